@@ -1,0 +1,232 @@
+"""What every metcli command shares: options, error handling, logging, progress.
+
+Exit codes: 0 success, 1 error, 2 usage error, 3 some participants failed (the
+rest done), 130 interrupted. Errors are printed as one line on stderr;
+``--debug`` prints the traceback as well. stdout carries results only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import click
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+_stderr_console = None
+
+
+def stderr_console():
+    global _stderr_console
+    if _stderr_console is None:
+        from rich.console import Console
+
+        _stderr_console = Console(stderr=True, highlight=False, soft_wrap=True)
+    return _stderr_console
+
+
+def echo_error(message: str) -> None:
+    click.echo(f"metcli: error: {message}", err=True)
+
+
+# ----------------------------------------------------------------------------- logging
+def setup_logging(verbose: int, quiet: bool, debug: bool) -> None:
+    level = logging.WARNING
+    if verbose == 1:
+        level = logging.INFO
+    elif verbose >= 2 or debug:
+        level = logging.DEBUG
+    if quiet:
+        level = logging.ERROR
+    logger = logging.getLogger("metcli")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_metcli_cli", False):
+            logger.removeHandler(handler)
+    try:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=stderr_console(), show_time=False, show_path=debug,
+                              markup=False, rich_tracebacks=debug)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    except ImportError:  # pragma: no cover - rich is a dependency
+        handler = logging.StreamHandler(sys.stderr)
+    handler._metcli_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+# ----------------------------------------------------------------------------- config files
+def _load_config(ctx: click.Context, _param, value):
+    """``--config FILE``: a YAML or JSON mapping of option names to default values."""
+    if value is None:
+        return None
+    import yaml
+
+    path = Path(value)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise click.BadParameter(f"{path}: cannot read it as YAML or JSON ({exc})",
+                                 param_hint="--config") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path}: must hold a mapping of option names to values",
+                                 param_hint="--config")
+    known = {p.name for p in ctx.command.params}
+    defaults = {}
+    for key, val in data.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in known or name == "config":
+            raise click.BadParameter(
+                f"{path}: unknown option {key!r} for '{ctx.command.name}' "
+                f"(known: {', '.join(sorted(k.replace('_', '-') for k in known if k != 'config'))})",
+                param_hint="--config")
+        defaults[name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return path
+
+
+# ----------------------------------------------------------------------------- options
+def common_options(fn: Callable) -> Callable:
+    """-v/-q, --no-progress, --debug and --config, shared by every command."""
+    fn = click.option("--config", type=click.Path(exists=True, dir_okay=False), is_eager=True,
+                      expose_value=False, callback=_load_config,
+                      help="YAML/JSON file of option values (command-line options win).")(fn)
+    fn = click.option("--debug", is_flag=True, help="Show tracebacks of errors.")(fn)
+    fn = click.option("--no-progress", is_flag=True, help="Hide progress bars.")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, help="Only print errors.")(fn)
+    fn = click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")(fn)
+    return fn
+
+
+def participant_options(fn: Callable) -> Callable:
+    """--participant-label (repeatable) and --level, as in BIDS apps."""
+    fn = click.option("--level", type=click.Choice(["participant", "group", "both"]),
+                      default=None,
+                      help="Analysis level. Default: both, or participant only when "
+                           "--participant-label is given.")(fn)
+    fn = click.option("--participant-label", "participant_label", multiple=True,
+                      metavar="LABEL",
+                      help="Process only this participant (repeatable; with or without "
+                           "'sub-').")(fn)
+    return fn
+
+
+def overwrite_option(fn: Callable) -> Callable:
+    return click.option("--overwrite", is_flag=True,
+                        help="Redo outputs that are already done.")(fn)
+
+
+def seed_option(default: int = 0):
+    def wrap(fn):
+        return click.option("--seed", type=int, default=default, show_default=True,
+                            help="Random seed (same inputs and seed give the same outputs).")(fn)
+    return wrap
+
+
+# ----------------------------------------------------------------------------- running
+def run_command(fn: Callable) -> Callable:
+    """Wrap a click callback: logging set-up, one-line errors and exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, verbose: int = 0, quiet: bool = False, debug: bool = False,
+                no_progress: bool = False, **kwargs):
+        from metcli.errors import MetcliError, ParticipantsFailed, UsageError
+
+        setup_logging(verbose, quiet, debug)
+        ctx = click.get_current_context()
+        ctx.obj = {"progress": not no_progress and not quiet and sys.stderr.isatty(),
+                   "quiet": quiet, "debug": debug}
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            echo_error("interrupted; outputs not finished were not written")
+            ctx.exit(EXIT_INTERRUPTED)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except ParticipantsFailed as exc:
+            if debug:
+                traceback.print_exc()
+            echo_error(exc.one_line())
+            ctx.exit(EXIT_PARTIAL)
+        except UsageError as exc:
+            if debug:
+                traceback.print_exc()
+            echo_error(exc.one_line())
+            ctx.exit(EXIT_USAGE)
+        except MetcliError as exc:
+            if debug:
+                traceback.print_exc()
+            echo_error(exc.one_line())
+            ctx.exit(EXIT_ERROR)
+        except Exception as exc:  # noqa: BLE001 - last resort, one line unless --debug
+            if debug:
+                traceback.print_exc()
+            echo_error(f"unexpected {type(exc).__name__}: {exc} "
+                       "(run again with --debug for the traceback and report it)")
+            ctx.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str) -> Iterator[Callable[[str, str], None]]:
+    """A rich progress bar on stderr; yields the callback the library calls per item."""
+    ctx = click.get_current_context(silent=True)
+    enabled = bool(ctx and ctx.obj and ctx.obj.get("progress")) and total > 0
+    if not enabled:
+        yield lambda name, status: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.fields[last]}"),
+                  console=stderr_console(), transient=True) as progress:
+        task = progress.add_task(description, total=total, last="")
+
+        def advance(name: str, status: str) -> None:
+            progress.update(task, advance=1, last=f"{name}: {status}")
+
+        yield advance
+
+
+def finish(report, *, what: str = "participants") -> None:
+    """Print the batch summary on stderr; raise ParticipantsFailed if any failed."""
+    from metcli.errors import ParticipantsFailed
+
+    ctx = click.get_current_context(silent=True)
+    quiet = bool(ctx and ctx.obj and ctx.obj.get("quiet"))
+    counts = report.counts()
+    if report.failed:
+        from rich.table import Table
+
+        table = Table(title=f"{len(report.failed)} failed", title_justify="left")
+        table.add_column("item")
+        table.add_column("error")
+        for name, message in sorted(report.failed.items()):
+            table.add_row(name, message)
+        stderr_console().print(table)
+    if not quiet:
+        click.echo(f"{what}: {counts['done']} done, {counts['skipped']} skipped (already done), "
+                   f"{counts['failed']} failed", err=True)
+    if report.failed:
+        raise ParticipantsFailed(report.failed, total=len(report.status))
+
+
+def path_arg(name: str, *, exists: bool = True, file_okay: bool = True, dir_okay: bool = True):
+    return click.argument(name, type=click.Path(exists=exists, file_okay=file_okay,
+                                                dir_okay=dir_okay, path_type=Path))
+
+
+def kwargs_subset(d: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {n: d[n] for n in names if n in d}
