@@ -20,7 +20,7 @@ from metcli.errors import SchemaError
 def load_schema(name: str) -> dict:
     """The schema ``<name>.schema.json`` shipped with metcli."""
     try:
-        text = resources.files("metcli.schemas").joinpath(f"{name}.schema.json").read_text("utf-8")
+        text = resources.files("metcli._schemas").joinpath(f"{name}.schema.json").read_text("utf-8")
     except FileNotFoundError:
         raise SchemaError(f"no schema named {name!r} ships with metcli") from None
     return json.loads(text)
@@ -28,7 +28,7 @@ def load_schema(name: str) -> dict:
 
 def available() -> list[str]:
     return sorted(p.name[: -len(".schema.json")]
-                  for p in resources.files("metcli.schemas").iterdir()
+                  for p in resources.files("metcli._schemas").iterdir()
                   if p.name.endswith(".schema.json"))
 
 
