@@ -1,0 +1,135 @@
+"""The command line as a user meets it: help, version, exit codes, one-line errors."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from conftest import REPO, invoke
+from metcli._version import __version__
+from metcli.cli import _common
+from metcli.cli.main import COMMANDS, cli
+
+
+def test_help_lists_every_command_with_a_description(runner):
+    result = invoke(runner, ["--help"])
+    for name in COMMANDS:
+        line = next((l for l in result.stdout.splitlines() if l.strip().startswith(name + " ")),
+                    None)
+        assert line is not None, f"{name} missing from --help"
+        assert len(line.split(None, 1)) == 2, f"{name} has no description"
+
+
+def test_every_command_has_help(runner):
+    for name in COMMANDS:
+        result = invoke(runner, [name, "--help"])
+        assert "Usage: " in result.stdout and "--debug" in result.stdout
+
+
+def test_version(runner):
+    assert invoke(runner, ["--version"]).stdout.strip() == f"metcli {__version__}"
+
+
+def test_unknown_command_is_a_usage_error(runner):
+    result = invoke(runner, ["segmentt"], expect=2)
+    assert "No such command" in result.stderr
+
+
+def test_help_and_import_stay_light_and_side_effect_free():
+    code = textwrap.dedent("""
+        import io, logging, os, sys, contextlib
+        env = dict(os.environ)
+        import metcli
+        assert dict(os.environ) == env, "importing metcli changed the environment"
+        handlers = logging.getLogger("metcli").handlers
+        assert all(isinstance(h, logging.NullHandler) for h in handlers), handlers
+        assert not logging.getLogger().handlers, "importing metcli configured the root logger"
+        from metcli.cli.main import cli
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                cli.main(["--help"], prog_name="metcli")
+            except SystemExit:
+                pass
+        heavy = [m for m in ("torch", "nnunetv2", "monai", "onnxruntime", "sklearn", "radiomics")
+                 if m in sys.modules]
+        assert not heavy, heavy
+        print("OK")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "OK"
+
+
+def test_console_script_is_installed():
+    exe = os.path.join(os.path.dirname(sys.executable), "metcli")
+    assert os.path.exists(exe), "the metcli console script is not installed in this environment"
+    result = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"metcli {__version__}"
+
+
+# --- the error handling shared by every command, on a throwaway command -------------------
+def _command(behaviour):
+    @click.command()
+    @_common.common_options
+    @click.option("--value", default=1)
+    @_common.run_command
+    def demo(value):
+        from metcli import errors
+        from metcli.batch import BatchReport
+
+        if behaviour == "usage":
+            raise errors.UsageError("--value 7 is too large", fix="use 1 to 5")
+        if behaviour == "input":
+            raise errors.ImageError("cannot read the image", path="sub-1_ct.nii.gz",
+                                    fix="export it again")
+        if behaviour == "partial":
+            report = BatchReport()
+            report.record("sub-1", "done")
+            report.record("sub-2", "failed", "sub-2_ct.nii.gz: cannot read the image.")
+            _common.finish(report)
+        if behaviour == "interrupt":
+            raise KeyboardInterrupt
+        if behaviour == "bug":
+            raise ZeroDivisionError("division by zero")
+        click.echo(f"value={value}")
+
+    return demo
+
+
+@pytest.mark.parametrize("behaviour,code,text", [
+    ("usage", 2, "--value 7 is too large. Fix: use 1 to 5."),
+    ("input", 1, "sub-1_ct.nii.gz: cannot read the image. Fix: export it again."),
+    ("partial", 3, "1 of 2 participant(s) failed: sub-2"),
+    ("interrupt", 130, "interrupted"),
+    ("bug", 1, "unexpected ZeroDivisionError"),
+])
+def test_errors_are_one_line_with_exit_codes(behaviour, code, text):
+    result = CliRunner().invoke(_command(behaviour), [], catch_exceptions=False)
+    assert result.exit_code == code
+    error_lines = [l for l in result.stderr.splitlines() if l.startswith("metcli: error:")]
+    assert len(error_lines) == 1 and text in error_lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_debug_shows_the_traceback():
+    result = CliRunner().invoke(_command("bug"), ["--debug"], catch_exceptions=False)
+    assert result.exit_code == 1 and "Traceback" in result.stderr
+
+
+def test_config_file_sets_option_defaults(tmp_path):
+    config = tmp_path / "metcli.yaml"
+    config.write_text("value: 4\n")
+    result = CliRunner().invoke(_command("ok"), ["--config", str(config)])
+    assert result.stdout.strip() == "value=4"
+    result = CliRunner().invoke(_command("ok"), ["--config", str(config), "--value", "5"])
+    assert result.stdout.strip() == "value=5"
+    config.write_text("valu: 4\n")
+    result = CliRunner().invoke(_command("ok"), ["--config", str(config)])
+    assert result.exit_code == 2 and "unknown option 'valu'" in result.stderr
