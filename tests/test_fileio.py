@@ -148,3 +148,12 @@ def test_participants_errors(tmp_path):
     (tmp_path / "participants.tsv").write_text("participant_id\tprimary\nsub-1\tx\textra\n")
     with pytest.raises(InputError, match="line 2"):
         participants.read_participants(tmp_path)
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = fileio.write_json({"a": 1}, tmp_path / "x.json")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -36,8 +36,26 @@ def _temp_name(dest: Path) -> Path:
     except InputError:
         ext = dest.suffix
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".part{ext}", dir=dest.parent)
-    os.close(fd)
+    try:
+        # mkstemp creates the file 0600; give it the permissions a plain open() would.
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     return Path(name)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
