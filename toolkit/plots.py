@@ -1,0 +1,351 @@
+"""Figures of ``metcli evaluate`` and the numbers behind each.
+
+``*_rows`` functions turn the evaluation results (:class:`metcli.evaluate.LevelResult`)
+into the rows of each figure's TSV; ``*_figure`` functions draw a PNG from exactly those
+rows, so the numbers behind a figure are always on disk. Figures
+are drawn on matplotlib's Agg canvas, chosen inside each function: importing this
+module neither imports matplotlib nor changes any global backend.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from metcli import stats
+
+if TYPE_CHECKING:  # pragma: no cover
+    from metcli.evaluate import LevelResult
+
+DPI = 120
+ROC_GRID = np.linspace(0.0, 1.0, 101)
+CALIBRATION_BINS = 10
+LEVELS = ("patient", "lesion")
+ROC_COLUMNS = ("model", "level", "class", "kind", "fpr", "tpr", "threshold", "tpr_lower",
+               "tpr_upper")
+CALIBRATION_COLUMNS = ("model", "level", "class", "kind", "bin_lower", "bin_upper", "count",
+                       "mean_predicted", "observed_fraction")
+CONFUSION_COLUMNS = ("model", "level", "true_class", "predicted_class", "count",
+                     "fraction_of_true")
+GRID_COLUMNS = ("model", "participant_id", "true_class", "lesion_id", "predicted_class",
+                "probability", "correct", "row", "column")
+
+
+# ----------------------------------------------------------------------------- the numbers
+def roc_rows(results: Sequence["LevelResult"], level_ci: float = 0.95) -> list[dict]:
+    """ROC curve, bootstrap band and operating point of every model at one level."""
+    from sklearn.metrics import roc_curve
+
+    rows = []
+    for result in results:
+        data, model = result.data, result.model
+        targets = [model.classes.index(model.positive_class)] if model.binary \
+            else range(len(model.classes))
+        for index in targets:
+            truth = data.y == index
+            if truth.all() or not truth.any():
+                continue
+            cls = model.classes[index]
+            base = {"model": model.name, "level": data.level, "class": cls}
+            fpr, tpr, thr = roc_curve(truth, data.prob[:, index])
+            for x, yv, t in zip(fpr, tpr, thr):
+                rows.append({**base, "kind": "curve", "fpr": float(x), "tpr": float(yv),
+                             "threshold": _f(t)})
+            median, low, high = stats.weighted_roc_band(data.prob[:, index], truth,
+                                                        result.weights, ROC_GRID, level_ci)
+            for x, m, lo, hi in zip(ROC_GRID, median, low, high):
+                rows.append({**base, "kind": "band", "fpr": float(x), "tpr": _f(m),
+                             "tpr_lower": _f(lo), "tpr_upper": _f(hi)})
+            rates = stats.one_vs_rest_rates(result.confusion[None].astype(float), index)
+            sens, spec = _f(rates["sensitivity"][0]), _f(rates["specificity"][0])
+            if sens is not None and spec is not None:
+                rows.append({**base, "kind": "operating_point", "fpr": 1.0 - spec, "tpr": sens,
+                             "threshold": data.threshold})
+    return rows
+
+
+def calibration_rows(results: Sequence["LevelResult"], n_bins: int = CALIBRATION_BINS
+                     ) -> list[dict]:
+    """Reliability bins (equal width) and the overall mean probability vs prevalence."""
+    rows = []
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    for result in results:
+        data, model = result.data, result.model
+        targets = [model.classes.index(model.positive_class)] if model.binary \
+            else range(len(model.classes))
+        for index in targets:
+            truth = (data.y == index).astype(float)
+            prob = data.prob[:, index]
+            base = {"model": model.name, "level": data.level, "class": model.classes[index]}
+            bins = np.clip(np.searchsorted(edges, prob, side="right") - 1, 0, n_bins - 1)
+            for b in range(n_bins):
+                inside = bins == b
+                if not inside.any():
+                    continue
+                rows.append({**base, "kind": "bin", "bin_lower": float(edges[b]),
+                             "bin_upper": float(edges[b + 1]), "count": int(inside.sum()),
+                             "mean_predicted": float(prob[inside].mean()),
+                             "observed_fraction": float(truth[inside].mean())})
+            rows.append({**base, "kind": "overall", "bin_lower": 0.0, "bin_upper": 1.0,
+                         "count": int(prob.size), "mean_predicted": float(prob.mean()),
+                         "observed_fraction": float(truth.mean())})
+    return rows
+
+
+def confusion_rows(results: Sequence["LevelResult"]) -> list[dict]:
+    rows = []
+    for result in results:
+        classes = result.model.classes
+        cm = result.confusion
+        for t, true_class in enumerate(classes):
+            total = int(cm[t].sum())
+            for p, pred_class in enumerate(classes):
+                rows.append({"model": result.model.name, "level": result.level,
+                             "true_class": true_class, "predicted_class": pred_class,
+                             "count": int(cm[t, p]),
+                             "fraction_of_true": float(cm[t, p] / total) if total else None})
+    return rows
+
+
+def lesion_grid_rows(results: Sequence["LevelResult"]) -> list[dict]:
+    """One row per lesion: the patient's row and the lesion's column in the grid figure."""
+    rows = []
+    for result in results:
+        data, model = result.data, result.model
+        patient_class = {p: int(data.y[data.participant_ids.index(p)]) for p in data.patients}
+        order = sorted(data.patients, key=lambda p: (patient_class[p], p))
+        row_of = {p: i for i, p in enumerate(order)}
+        column = dict.fromkeys(order, 0)
+        for i, (pid, lesion) in enumerate(zip(data.participant_ids, data.lesion_ids)):
+            pred = int(data.pred[i])
+            rows.append({"model": model.name, "participant_id": pid,
+                         "true_class": model.classes[int(data.y[i])], "lesion_id": lesion,
+                         "predicted_class": model.classes[pred],
+                         "probability": float(data.prob[i, pred]),
+                         "correct": bool(pred == data.y[i]), "row": row_of[pid],
+                         "column": column[pid]})
+            column[pid] += 1
+    rows.sort(key=lambda r: (r["model"], r["row"], r["column"]))
+    return rows
+
+
+def _f(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def figure_plan(results: dict[str, list["LevelResult"]], level_ci: float = 0.95
+                ) -> dict[str, tuple]:
+    """The figures of a run: ``{name: (columns, schema, rows, draw(rows, target), description)}``.
+
+    ``results`` maps each level to its results (patient first).
+    """
+    plan: dict[str, tuple] = {}
+    for lv in LEVELS:
+        found = results[lv]
+        if not found:
+            continue
+        label = "patient" if lv == "patient" else "lesion (CI band: patients resampled)"
+        plan[f"roc_{lv}"] = (ROC_COLUMNS, "roc", roc_rows(found, level_ci),
+                             lambda rows, target, t=f"ROC, {label} level": roc_figure(
+                                 rows, target, title=t),
+                             f"ROC curves at {lv} level, {int(level_ci * 100)}% bootstrap band "
+                             "and operating point")
+        plan[f"calibration_{lv}"] = (
+            CALIBRATION_COLUMNS, "calibration", calibration_rows(found),
+            lambda rows, target, t=f"Calibration, {lv} level": calibration_figure(
+                rows, target, title=t),
+            f"reliability diagram at {lv} level; mean predicted probability against the "
+            "observed prevalence (resampling in training shifts it)")
+        plan[f"confusion_{lv}"] = (
+            CONFUSION_COLUMNS, "confusion", confusion_rows(found),
+            lambda rows, target, t=f"Confusion matrix, {lv} level": confusion_figure(
+                rows, target, title=t),
+            f"confusion matrices at {lv} level (rows: true class)")
+    if results["lesion"]:
+        plan["lesion_grid"] = (
+            GRID_COLUMNS, "lesion_grid", lesion_grid_rows(results["lesion"]),
+            lambda rows, target: lesion_grid_figure(rows, target),
+            "per-patient lesion grid: one row per patient, one box per lesion coloured by "
+            "the predicted class, crossed where wrong")
+    return plan
+
+
+# ----------------------------------------------------------------------------- the figures
+def _figure(width: float, height: float, layout: str | None = None):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI, layout=layout)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, target: Path) -> None:
+    figure.savefig(str(target), format="png", dpi=DPI, metadata={"Software": None})
+
+
+def _colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def _groups(rows: Sequence[dict], *keys: str) -> "OrderedDict[tuple, list[dict]]":
+    groups: OrderedDict[tuple, list[dict]] = OrderedDict()
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    return groups
+
+
+def roc_figure(rows: Sequence[dict[str, Any]], target: Path, *, title: str = "ROC") -> None:
+    """ROC curves of every model (one class against the rest for several classes), the
+    bootstrap band of each, and the operating point of its decision rule."""
+    figure = _figure(6.0, 6.0)
+    ax = figure.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
+    series = _groups(rows, "model", "class")
+    multiclass = len({key[1] for key in series}) > 1
+    for colour, ((model, cls), items) in zip(_colours(len(series)), series.items()):
+        label = f"{model} ({cls})" if multiclass else model
+        band = [r for r in items if r["kind"] == "band" and r["tpr_lower"] is not None]
+        if band:
+            ax.fill_between([r["fpr"] for r in band], [r["tpr_lower"] for r in band],
+                            [r["tpr_upper"] for r in band], color=colour, alpha=0.15,
+                            linewidth=0)
+        curve = [r for r in items if r["kind"] == "curve"]
+        ax.plot([r["fpr"] for r in curve], [r["tpr"] for r in curve], color=colour,
+                linewidth=1.8, label=label)
+        for point in (r for r in items if r["kind"] == "operating_point"):
+            ax.plot([point["fpr"]], [point["tpr"]], marker="o", markersize=7, color=colour,
+                    markeredgecolor="black")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("1 - specificity (false-positive rate)")
+    ax.set_ylabel("sensitivity (true-positive rate)")
+    ax.set_title(title, fontsize=10)
+    if series:
+        ax.legend(loc="lower right", fontsize=8, title="shaded: 95% bootstrap band; "
+                                                       "dot: operating point",
+                  title_fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no curve: a single class in the set", ha="center", va="center")
+    _save(figure, target)
+
+
+def calibration_figure(rows: Sequence[dict[str, Any]], target: Path, *,
+                       title: str = "Calibration") -> None:
+    """Reliability diagram; dashed: observed prevalence, dotted: mean predicted probability.
+
+    A gap between the two lines is a shift of the prior, as resampling the training set
+    (SMOTE, undersampling) causes.
+    """
+    figure = _figure(6.0, 6.0)
+    ax = figure.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1, label="perfect")
+    series = _groups(rows, "model", "class")
+    multiclass = len({key[1] for key in series}) > 1
+    for colour, ((model, cls), items) in zip(_colours(len(series)), series.items()):
+        label = f"{model} ({cls})" if multiclass else f"{model} (P={cls})"
+        bins = [r for r in items if r["kind"] == "bin"]
+        sizes = [20 + 80 * r["count"] / max(b["count"] for b in bins) for r in bins]
+        ax.plot([r["mean_predicted"] for r in bins], [r["observed_fraction"] for r in bins],
+                color=colour, linewidth=1.2)
+        ax.scatter([r["mean_predicted"] for r in bins], [r["observed_fraction"] for r in bins],
+                   s=sizes, color=colour, edgecolors="black", linewidths=0.5, zorder=3,
+                   label=label)
+        for overall in (r for r in items if r["kind"] == "overall"):
+            ax.axhline(overall["observed_fraction"], color=colour, linestyle="--", linewidth=0.9)
+            ax.axvline(overall["mean_predicted"], color=colour, linestyle=":", linewidth=0.9)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("mean predicted probability (bin)")
+    ax.set_ylabel("observed fraction (bin)")
+    ax.set_title(title + "\ndashed: observed prevalence; dotted: mean predicted probability",
+                 fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    _save(figure, target)
+
+
+def confusion_figure(rows: Sequence[dict[str, Any]], target: Path, *,
+                     title: str = "Confusion matrix") -> None:
+    """One confusion matrix per model (rows: true class, columns: predicted class)."""
+    models = _groups(rows, "model")
+    n = max(1, len(models))
+    columns = min(n, 3)
+    lines = (n + columns - 1) // columns
+    figure = _figure(3.8 * columns, 3.6 * lines + 0.4, layout="constrained")
+    for position, ((model,), items) in enumerate(models.items(), start=1):
+        classes = list(OrderedDict.fromkeys(r["true_class"] for r in items))
+        counts = np.zeros((len(classes), len(classes)), dtype=int)
+        for r in items:
+            counts[classes.index(r["true_class"]), classes.index(r["predicted_class"])] = r["count"]
+        ax = figure.add_subplot(lines, columns, position)
+        ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(1, counts.max()))
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                dark = counts[i, j] > counts.max() / 2
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center",
+                        color="white" if dark else "black", fontsize=11)
+        ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(classes)), classes, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(model, fontsize=9)
+    figure.suptitle(title, fontsize=10)
+    _save(figure, target)
+
+
+def lesion_grid_figure(rows: Sequence[dict[str, Any]], target: Path, *,
+                       title: str = "Lesions per patient") -> None:
+    """One row per patient, one box per lesion coloured by the predicted class, a cross
+    where the lesion's prediction is wrong (the patient's true class is in the row label)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle
+
+    models = _groups(rows, "model")
+    classes = list(OrderedDict.fromkeys(
+        [r["true_class"] for r in rows] + [r["predicted_class"] for r in rows]))
+    colours = dict(zip(sorted(classes), _colours(len(classes))))
+    widest = max((r["column"] for r in rows), default=0) + 1
+    tallest = max((r["row"] for r in rows), default=0) + 1
+    panel_width = 2.4 + 0.28 * min(widest, 40)
+    figure = _figure(panel_width * max(1, len(models)), 1.4 + 0.28 * tallest,
+                     layout="constrained")
+    for position, ((model,), items) in enumerate(models.items(), start=1):
+        ax = figure.add_subplot(1, len(models), position)
+        names = {}
+        for r in items:
+            names[r["row"]] = f"{r['participant_id']} ({r['true_class']})"
+            x, y = r["column"], r["row"]
+            ax.add_patch(Rectangle((x + 0.05, y + 0.05), 0.9, 0.9,
+                                   facecolor=colours[r["predicted_class"]], edgecolor="black",
+                                   linewidth=0.4))
+            if not r["correct"]:
+                ax.plot([x + 0.15, x + 0.85], [y + 0.15, y + 0.85], color="black", linewidth=1.2)
+                ax.plot([x + 0.15, x + 0.85], [y + 0.85, y + 0.15], color="black", linewidth=1.2)
+        rows_here = max(names) + 1 if names else 1
+        ax.set_xlim(0, widest)
+        ax.set_ylim(rows_here, 0)
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_yticks([i + 0.5 for i in sorted(names)], [names[i] for i in sorted(names)],
+                      fontsize=7)
+        ax.set_xticks([])
+        ax.set_xlabel("lesions")
+        ax.set_title(model, fontsize=9)
+        for side in ("top", "right", "bottom"):
+            ax.spines[side].set_visible(False)
+    handles = [Patch(facecolor=colours[c], edgecolor="black", label=f"predicted {c}")
+               for c in sorted(classes)]
+    handles.append(Line2D([], [], color="black", marker="x", linestyle="", label="wrong"))
+    figure.legend(handles=handles, loc="outside lower center", fontsize=7, ncol=len(handles))
+    figure.suptitle(title, fontsize=10)
+    _save(figure, target)
