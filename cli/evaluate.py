@@ -30,12 +30,19 @@ from metcli.cli._common import common_options, overwrite_option, run_command, se
 @click.option("--set", "eval_set", type=click.Choice(["train", "val", "test"]), default="test",
               show_default=True, help="Which set of the predictions to evaluate.")
 @click.option("--no-plots", is_flag=True, help="Write the metrics only, no figures.")
+@click.option("--raw", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Raw dataset (CTs) of the evaluated patients: with --lesions, the report "
+                   "shows their lesion masks on the CT.")
+@click.option("--lesions", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="split-lesions' output (lesion maps) the predictions were made from.")
+@click.option("--overlay-lesions", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Most lesions shown on CT per patient (with --raw and --lesions).")
 @seed_option()
 @overwrite_option
 @common_options
 @run_command
 def command(predictions, out_dir, labels, label_column, level, positive_class, n_bootstrap,
-            compare, eval_set, no_plots, seed, overwrite):
+            compare, eval_set, no_plots, raw, lesions, overlay_lesions, seed, overwrite):
     """Evaluate PREDICTIONS (predictions.tsv files, or folders holding them) against the
     labels in participants.tsv; write metrics.tsv, metrics.json and plots to OUT_DIR.
 
@@ -44,7 +51,9 @@ def command(predictions, out_dir, labels, label_column, level, positive_class, n
     with patient-bootstrap CIs. Lesion level: every CI resamples patients (cluster
     bootstrap) and the AUC also has Obuchowski's clustered variance; lesions are never
     treated as independent. When a model has only lesion rows, a patient's
-    probabilities are the mean of its lesions' (reported as derived).
+    probabilities are the mean of its lesions' (reported as derived). With --raw and
+    --lesions, report.html also shows every evaluated patient's lesion masks on the CT
+    (an axial slice through each lesion's centroid, abdominal window W330/L10).
     """
     from metcli.evaluate import evaluate
     from metcli.fileio import format_value
@@ -52,7 +61,8 @@ def command(predictions, out_dir, labels, label_column, level, positive_class, n
     result = evaluate(predictions, out_dir, labels=labels, label_column=label_column,
                       level=level, positive_class=positive_class, n_bootstrap=n_bootstrap,
                       seed=seed, compare=compare, eval_set=eval_set, overwrite=overwrite,
-                      draw_plots=not no_plots)
+                      draw_plots=not no_plots, raw=raw, lesions=lesions,
+                      overlay_lesions=overlay_lesions)
     if result.skipped:
         click.echo(f"evaluate: {out_dir} is up to date (use --overwrite to redo)", err=True)
         return

@@ -20,6 +20,7 @@ COMMANDS = {
     "import-mask": "import_mask",
     "split-lesions": "split_lesions",
     "evaluate": "evaluate",
+    "evaluate-seg": "evaluate_seg",
 }
 
 

@@ -664,3 +664,133 @@ def test_several_classes_compared_and_levels_chosen(runner, tmp_path):
     # Patient rows only: asking for the lesion level is an error that names the fix.
     result = run(runner, tmp_path, files[:1], lab, "--level", "lesion", expect=1, out="les")
     assert "has no lesion rows" in result.stderr and not (tmp_path / "les").exists()
+
+
+# ----------------------------------------------------------------------------- lesion overlays
+@pytest.fixture(scope="module")
+def overlay_cohort(tmp_path_factory):
+    """Two synthetic subjects (CT, truth lesion maps) and lesion predictions for them."""
+    from metcli.lesions import read_lesion_table
+    from metcli.synth import synth_cohort
+
+    root = tmp_path_factory.mktemp("overlay")
+    synth_cohort(root, n_colorectal=1, n_pancreatic=1, seed=0)
+    labels = {r["participant_id"]: r["primary"] for r in read_tsv(root / "rawdata" /
+                                                                  "participants.tsv")}
+    rows = []
+    for pid, label in sorted(labels.items()):
+        table = root / "derivatives" / "truth-lesions" / pid / "anat" / \
+            f"{pid}_ce-portal_desc-lesions_dseg.tsv"
+        kept = [r["index"] for r in read_lesion_table(table) if r["kept"]]
+        # Predictions for the second and third lesions only (the first where there is one):
+        # those come first in the overlay.
+        for lesion in kept[1:3] or kept[:1]:
+            p = 0.9 if label == "pancreatic" else 0.2
+            rows.append({"participant_id": pid, "lesion_id": lesion, "model": "knn",
+                         "probs": (1 - p, p)})
+    path = write_predictions(root / "pred" / "predictions.tsv", rows,
+                             classes=("colorectal", "pancreatic"))
+    return root, path, labels
+
+
+def test_overlays_show_each_predicted_lesion_on_ct_through_its_centroid(runner, tmp_path,
+                                                                        overlay_cohort):
+    import SimpleITK as sitk
+    from matplotlib.image import imread
+
+    from metcli.lesions import read_lesion_table
+
+    root, predictions, labels = overlay_cohort
+    out = tmp_path / "out"
+    invoke(runner, ["evaluate", predictions, out, "--labels", root / "rawdata", *BOOT,
+                    "--raw", root / "rawdata", "--lesions", root / "derivatives" /
+                    "truth-lesions", "--overlay-lesions", "3", "--no-plots"])
+    text = (out / "report.html").read_text()
+    assert text.count('<figure class="overlay"') == 2
+    # Asked for explicitly, the overlays are drawn even with --no-plots.
+    assert text.count('src="data:image/png;base64,') == len(list(out.glob("*.png"))) == 2
+    assert "W330/L10" in text and "Not shown" not in text
+    for pid in sorted(labels):
+        png = out / f"{pid}_ce-portal_desc-lesions_overlay.png"
+        doc = read_json(png.with_suffix(".json"))
+        validate(doc, "sidecar")
+        stem = root / "derivatives" / "truth-lesions" / pid / "anat" / \
+            f"{pid}_ce-portal_desc-lesions_dseg"
+        table = {r["index"]: r for r in read_lesion_table(stem.with_suffix(".tsv"))
+                 if r["kept"]}
+        shown = [lesion["lesion_id"] for lesion in doc["Lesions"]]
+        # The predicted lesions (2 and 3) first, then the largest other one; at most three.
+        predicted = [2, 3] if len(table) >= 3 else [1]
+        assert shown == ([2, 3, 1] if len(table) >= 3 else [1])
+        lesion_map = sitk.ReadImage(str(stem) + ".nii.gz")
+        ids = sitk.GetArrayFromImage(lesion_map)
+        for lesion in doc["Lesions"]:
+            row = table[lesion["lesion_id"]]
+            k = round((row["centroid_z_mm"] - lesion_map.GetOrigin()[2])
+                      / lesion_map.GetSpacing()[2])  # identity direction
+            assert lesion["slice_index"] == k and np.any(ids[k] == lesion["lesion_id"])
+            assert lesion["window_hu"] == [330.0, 10.0]
+            assert lesion["predicted"] == (labels[pid] if lesion["lesion_id"] in predicted
+                                           else None)
+        pixels = imread(png)[..., :3]
+        yellow = (pixels[..., 0] > 0.9) & (pixels[..., 1] > 0.7) & (pixels[..., 2] < 0.2)
+        assert yellow.sum() > 50  # the lesion contours are drawn
+    # Without --raw/--lesions the section says how to get the overlays.
+    plain = tmp_path / "plain"
+    invoke(runner, ["evaluate", predictions, plain, "--labels", root / "rawdata", *BOOT,
+                    "--no-plots"])
+    assert 'id="overlays"' in (plain / "report.html").read_text()
+    assert "Not drawn: give <code>--raw" in (plain / "report.html").read_text()
+
+
+def test_overlay_panels_are_the_ct_and_mask_in_radiological_orientation(tmp_path,
+                                                                         overlay_cohort):
+    import SimpleITK as sitk
+
+    from metcli import plots
+
+    root, _predictions, _labels = overlay_cohort
+    found, missing = plots.overlay_sources(root / "rawdata", root / "derivatives" /
+                                           "truth-lesions", ["sub-001", "sub-999"])
+    assert list(found) == ["sub-001"] and "no lesion map" in missing["sub-999"]
+    source = found["sub-001"]
+    panels = plots.overlay_panels(source, n_lesions=1)
+    panel = panels[0]
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(source["ct"])))
+    ids = sitk.GetArrayFromImage(sitk.ReadImage(str(source["map"])))
+    k = panel["slice_index"]
+    # The crop is a window of slice k around the centroid: find it in the full slice.
+    h, w = panel["ct"].shape
+    matches = [(j, i) for j in range(ct.shape[1] - h + 1) for i in range(ct.shape[2] - w + 1)
+               if np.array_equal(ct[k, j:j + h, i:i + w], panel["ct"])]
+    assert len(matches) == 1
+    j, i = matches[0]
+    assert np.array_equal(panel["lesion"], ids[k, j:j + h, i:i + w] == 1)
+    assert panel["lesion"].sum() > 0
+    # The same scan stored with flipped x and z axes gives the same picture.
+    flipped = {}
+    for key in ("ct", "map"):
+        target = tmp_path / Path(source[key]).name
+        sitk.WriteImage(sitk.Flip(sitk.ReadImage(str(source[key])), [True, False, True]),
+                        str(target))
+        flipped[key] = target
+    again = plots.overlay_panels({**source, **flipped}, n_lesions=1)[0]
+    assert np.array_equal(again["ct"], panel["ct"])
+    assert np.array_equal(again["lesion"], panel["lesion"])
+    assert again["slice_z_mm"] == pytest.approx(panel["slice_z_mm"])
+
+
+def test_overlay_arguments_and_missing_scans(runner, tmp_path, overlay_cohort):
+    root, predictions, _labels = overlay_cohort
+    result = invoke(runner, ["evaluate", predictions, tmp_path / "a", "--labels",
+                             root / "rawdata", *BOOT, "--raw", root / "rawdata"], expect=2)
+    assert "--raw and --lesions go together" in result.stderr
+    assert not (tmp_path / "a").exists()
+    partial = tmp_path / "lesions"
+    shutil.copytree(root / "derivatives" / "truth-lesions", partial)
+    shutil.rmtree(partial / "sub-002")
+    invoke(runner, ["evaluate", predictions, tmp_path / "b", "--labels", root / "rawdata",
+                    *BOOT, "--no-plots", "--raw", root / "rawdata", "--lesions", partial])
+    text = (tmp_path / "b" / "report.html").read_text()
+    assert text.count('<figure class="overlay"') == 1
+    assert "Not shown: sub-002 (no lesion map" in text

@@ -758,7 +758,9 @@ def evaluate(predictions: Sequence[str | Path], out_dir: str | Path, *, labels: 
              label_column: str = "primary", level: str = "both",
              positive_class: str | None = None, n_bootstrap: int = 2000, seed: int = 0,
              compare: bool = False, eval_set: str = "test", overwrite: bool = False,
-             confidence_level: float = 0.95, draw_plots: bool = True) -> EvaluationResult:
+             confidence_level: float = 0.95, draw_plots: bool = True,
+             raw: str | Path | None = None, lesions: str | Path | None = None,
+             overlay_lesions: int = 3) -> EvaluationResult:
     """Evaluate prediction tables against the labels; write metrics, comparisons and plots.
 
     Args:
@@ -776,6 +778,11 @@ def evaluate(predictions: Sequence[str | Path], out_dir: str | Path, *, labels: 
         overwrite: redo the run even when its outputs are up to date.
         confidence_level: of every interval (0.95).
         draw_plots: write the figures and the tables behind them.
+        raw, lesions: the raw dataset (CTs) and split-lesions' output (lesion maps) of the
+            evaluated patients: the report then shows their lesion masks on the CT (one PNG
+            per patient, ``sub-<id>[_ses-<s>][_ce-<phase>]_desc-lesions_overlay.png``, see
+            :func:`metcli.plots.overlay_panels`). Give both or neither.
+        overlay_lesions: the most lesions shown per patient.
 
     Raises:
         UsageError: for bad arguments; InputError for bad inputs (nothing is written).
@@ -799,6 +806,16 @@ def evaluate(predictions: Sequence[str | Path], out_dir: str | Path, *, labels: 
     if not predictions:
         raise UsageError("no predictions given", fix="give one or more predictions.tsv files "
                                                      "or folders")
+    if (raw is None) != (lesions is None):
+        raise UsageError("--raw and --lesions go together",
+                         fix="give the CTs and the lesion maps of the evaluated patients, or "
+                             "neither")
+    if raw is not None and (isinstance(overlay_lesions, bool) or overlay_lesions < 1):
+        raise UsageError(f"--overlay-lesions must be 1 or more, got {overlay_lesions!r}")
+    for folder, option in ((raw, "--raw"), (lesions, "--lesions")):
+        if folder is not None and not Path(folder).is_dir():
+            raise InputError(f"the {option} folder does not exist", path=folder,
+                             fix="give the raw dataset and split-lesions' output")
     labels_path, label_map = read_labels(labels, label_column)
     files = find_prediction_files(predictions)
     roots = _input_roots([Path(p) for p in predictions], labels_path)
@@ -806,6 +823,18 @@ def evaluate(predictions: Sequence[str | Path], out_dir: str | Path, *, labels: 
     check_output_not_inside_input(out_dir, [Path(p) for p in predictions if Path(p).is_dir()])
     models = load_predictions(files, label_map, labels_path, positive_class=positive_class,
                               eval_set=eval_set, label_column=label_column)
+    overlay_found: dict[str, dict] = {}
+    overlay_missing: dict[str, str] = {}
+    if raw is not None:
+        if "labels" in roots and roots["labels"].resolve() == Path(raw).resolve():
+            del roots["labels"]  # participants.tsv of the raw dataset: name it bids:raw:
+        roots.update({"raw": Path(raw), "lesions": Path(lesions)})
+        check_output_not_inside_input(out_dir, [Path(raw), Path(lesions)])
+        patients = sorted({r["participant_id"] for m in models for r in m.rows})
+        overlay_found, overlay_missing = plots.overlay_sources(Path(raw), Path(lesions),
+                                                               patients)
+        for pid, why in overlay_missing.items():
+            log.warning("%s: no lesion overlay (%s)", pid, why)
     if compare and len(models) < 2:
         raise UsageError(f"--compare needs two or more models; found {len(models)} "
                          f"({', '.join(m.name for m in models)})",
@@ -814,9 +843,14 @@ def evaluate(predictions: Sequence[str | Path], out_dir: str | Path, *, labels: 
     settings = {"level": level, "label_column": label_column, "positive_class": positive_class,
                 "n_bootstrap": n_bootstrap, "seed": seed, "compare": compare, "set": eval_set,
                 "confidence_level": confidence_level, "plots": draw_plots}
+    if raw is not None:
+        settings["overlays"] = {"lesions_per_patient": overlay_lesions,
+                                "window_hu": list(plots.OVERLAY_WINDOW_HU)}
     step = Step("evaluate", out_dir, roots, settings)
     input_files = list(files) + [sidecar_path(f) for f in files if sidecar_path(f).is_file()]
     input_files.append(labels_path)
+    for source in overlay_found.values():
+        input_files += [source["ct"], source["map"], source["table"]]
     inputs = step.inputs(input_files)
     metrics_json = out_dir / "metrics.json"
     if not overwrite and step.is_done(metrics_json, inputs):
@@ -847,6 +881,7 @@ def evaluate(predictions: Sequence[str | Path], out_dir: str | Path, *, labels: 
                 comparison_rows.extend(compare_pair(a, b, n_boot=n_bootstrap, seed=seed))
         table_rows = report.comparison_table(ordered)
     figures = plots.figure_plan(results, confidence_level) if draw_plots else {}
+    overlays = _overlay_plan(overlay_found, results, label_map, overlay_lesions)
 
     # ---- write: dataset description, then every file through one OutputSet
     write_dataset_description(out_dir, name="metcli evaluate", sources=roots,
@@ -888,10 +923,27 @@ def evaluate(predictions: Sequence[str | Path], out_dir: str | Path, *, labels: 
         produced = {metrics_tsv: tmp, **produced}
         content = _metrics_document(step, models, ordered, comparison_rows, n_bootstrap, seed,
                                     eval_set, confidence_level)
+        overlay_figures = []
+        for pid, (ent, panels, title, caption) in overlays.items():
+            # At the root, beside the other figures (metrics.json lists outputs by name).
+            png = out_dir / ent.with_(desc="lesions", suffix="overlay", extension=".png").name
+            tmp_png = outs.path(png)
+            plots.lesion_overlay_figure(panels, tmp_png, title=title)
+            overlay_figures.append((pid, tmp_png.read_bytes(), caption))
+            step.write_sidecar(outs, sidecar_path(png), inputs, {png: tmp_png}, extra={
+                "Description": "lesion masks on CT for visual quality control: an axial slice "
+                               "through each lesion's centroid, abdominal window",
+                "Lesions": [plots.overlay_record(p) for p in panels]})
+            produced[png] = tmp_png
+            written += [png, sidecar_path(png)]
         report_html = out_dir / "report.html"
         tmp = outs.path(report_html)
-        report.write_report_to(report.render(step.sidecar(inputs, produced, extra=content),
-                                             figures=inlined, table_rows=table_rows), tmp)
+        report.write_report_to(report.render(
+            step.sidecar(inputs, produced, extra=content), figures=inlined,
+            table_rows=table_rows,
+            overlays=None if raw is None else {"figures": overlay_figures,
+                                               "missing": overlay_missing,
+                                               "lesions_per_patient": overlay_lesions}), tmp)
         step.write_sidecar(outs, sidecar_path(report_html), inputs, {report_html: tmp},
                            extra={"Description": "report of metcli evaluate (self-contained "
                                                  "HTML); research use only"})
@@ -904,6 +956,46 @@ def evaluate(predictions: Sequence[str | Path], out_dir: str | Path, *, labels: 
         written += [metrics_tsv, metrics_json]
     summary = [{"model": r.model.name, "level": r.level, **r.summary} for r in ordered]
     return EvaluationResult(out_dir=out_dir, skipped=False, files=written, summary=summary)
+
+
+def _overlay_plan(found: dict[str, dict], results: dict[str, list[LevelResult]],
+                  label_map: dict[str, str | None], n_lesions: int) -> dict[str, tuple]:
+    """``{participant: (entities, panels, title, caption)}`` of the lesion overlays.
+
+    Lesions with a lesion-level prediction come first, annotated with the prediction of
+    the model chosen by cross-validation (else the first model).
+    """
+    from metcli import plots
+
+    if not found:
+        return {}
+    lesion_results = results.get("lesion") or []
+    chosen = next((r for r in lesion_results if r.model.selected), None) or \
+        (lesion_results[0] if lesion_results else None)
+    annotations: dict[str, dict[int, dict]] = {}
+    if chosen is not None:
+        data = chosen.data
+        for i, (pid, lesion) in enumerate(zip(data.participant_ids, data.lesion_ids)):
+            if lesion is None or not str(lesion).isdigit():
+                continue
+            pred = int(data.pred[i])
+            annotations.setdefault(pid, {})[int(lesion)] = {
+                "predicted": chosen.model.classes[pred],
+                "probability": float(data.prob[i, pred]), "correct": bool(pred == data.y[i])}
+    plan = {}
+    for pid, source in found.items():
+        ids = sorted(annotations.get(pid, {})) or None
+        panels = plots.overlay_panels(source, lesion_ids=ids, n_lesions=n_lesions,
+                                      annotations=annotations.get(pid))
+        ent = source["entities"]
+        title = f"{pid} (true class: {label_map.get(pid) or 'n/a'})"
+        where = ", ".join(x for x in (f"session {ent.ses}" if ent.ses else None,
+                                      f"{ent.ce} phase" if ent.ce else None) if x)
+        caption = (title + (f", {where}" if where else "")
+                   + (f"; lesion-level predictions of {chosen.model.name}"
+                      if chosen is not None and pid in annotations else ""))
+        plan[pid] = (ent, panels, title, caption)
+    return plan
 
 
 def _metrics_document(step, models, ordered, comparison_rows, n_bootstrap, seed, eval_set,

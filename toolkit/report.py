@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from metcli.evaluate import LevelResult
 
 #: Section ids, in page order (a test checks that a browser shows each).
-SECTIONS = ("summary", "metrics", "comparisons", "figures", "checklist", "methods",
+SECTIONS = ("summary", "metrics", "comparisons", "figures", "overlays", "checklist", "methods",
             "provenance")
 
 _CSS = """
@@ -35,6 +35,7 @@ th{background:#eef}td.num{text-align:right;font-variant-numeric:tabular-nums;whi
 .todo{color:#a00;font-weight:600}.done{color:#060}
 figure{display:inline-block;margin:.5em;vertical-align:top;max-width:48%}
 figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.85em;color:#555}
+figure.overlay{display:block;max-width:100%}
 code{background:#f4f4f8;padding:0 .2em}.note{color:#555;font-size:.85em}
 """
 
@@ -180,13 +181,17 @@ def checklist(doc: Mapping[str, Any]) -> list[tuple[str, str, str, bool]]:
 
 
 def render(doc: Mapping[str, Any], *, figures: Mapping[str, tuple[bytes, str]],
-           table_rows: Sequence[Mapping[str, Any]] = ()) -> str:
+           table_rows: Sequence[Mapping[str, Any]] = (),
+           overlays: Mapping[str, Any] | None = None) -> str:
     """The page as text.
 
     Args:
         doc: the metrics.json document (with its Sources and Provenance).
         figures: ``{name: (png bytes, caption)}`` to inline, in order.
         table_rows: the comparison table (models x metrics), if one was made.
+        overlays: lesion masks on CT, if asked for: ``figures`` (a list of
+            ``(name, png bytes, caption)``), ``missing`` (``{participant: why}``) and
+            ``lesions_per_patient``.
     """
     parts = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
              "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
@@ -200,6 +205,7 @@ def render(doc: Mapping[str, Any], *, figures: Mapping[str, tuple[bytes, str]],
     parts.append(_metrics(doc))
     parts.append(_comparisons(doc, table_rows))
     parts.append(_figures(figures))
+    parts.append(_overlays(overlays))
     parts.append(_checklist(doc))
     parts.append(_methods(doc))
     parts.append(_provenance(doc))
@@ -278,6 +284,32 @@ def _figures(figures) -> str:
         out.append(f"<figure id=\"fig-{_e(name)}\"><img alt=\"{_e(name)}\" "
                    f"src=\"data:image/png;base64,{data}\"><figcaption>{_e(name)}: "
                    f"{_e(caption)}</figcaption></figure>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _overlays(overlays: Mapping[str, Any] | None) -> str:
+    out = ["<section id=\"overlays\"><h2>Lesion masks on CT (visual quality control)</h2>"]
+    if not overlays:
+        out.append("<p>Not drawn: give <code>--raw RAW_DIR</code> and <code>--lesions "
+                   "LESIONS_DIR</code> to show the lesion masks on the CT of every evaluated "
+                   "patient.</p></section>")
+        return "".join(out)
+    out.append(f"<p class=\"note\">Up to {_e(overlays.get('lesions_per_patient'))} lesions per "
+               "evaluated patient (those with predictions first, largest first): one axial "
+               "slice through each lesion's centroid, abdominal window W330/L10 HU, the "
+               "lesion's contour in yellow and other lesions in cyan; patient's right on the "
+               "left. Below each: the lesion-level prediction and whether it is right. Check "
+               "that every contour follows a lesion.</p>")
+    for name, png, caption in overlays.get("figures", ()):
+        data = base64.b64encode(png).decode("ascii")
+        out.append(f"<figure class=\"overlay\" id=\"overlay-{_e(name)}\"><img alt=\"lesions of "
+                   f"{_e(name)} on CT\" src=\"data:image/png;base64,{data}\"><figcaption>"
+                   f"{_e(caption)}</figcaption></figure>")
+    missing = overlays.get("missing") or {}
+    if missing:
+        out.append("<p class=\"todo\">Not shown: " + "; ".join(
+            f"{_e(pid)} ({_e(why)})" for pid, why in sorted(missing.items())) + ".</p>")
     out.append("</section>")
     return "".join(out)
 
