@@ -19,6 +19,7 @@ COMMANDS = {
     "import-dicom": "import_dicom",
     "import-mask": "import_mask",
     "split-lesions": "split_lesions",
+    "extract": "extract",
     "evaluate": "evaluate",
     "evaluate-seg": "evaluate_seg",
 }
