@@ -22,6 +22,8 @@ COMMANDS = {
     "extract": "extract",
     "evaluate": "evaluate",
     "evaluate-seg": "evaluate_seg",
+    "export-onnx": "export_onnx",
+    "weights": "weights",
 }
 
 
