@@ -20,6 +20,8 @@ COMMANDS = {
     "import-mask": "import_mask",
     "split-lesions": "split_lesions",
     "extract": "extract",
+    "train-radiomics": "train_radiomics",
+    "predict": "predict",
     "evaluate": "evaluate",
     "evaluate-seg": "evaluate_seg",
     "export-onnx": "export_onnx",

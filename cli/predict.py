@@ -1,0 +1,47 @@
+"""``metcli predict``: run a metcli model (ONNX + card) on new participants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from metcli.cli._common import common_options, finish, overwrite_option, run_command
+
+
+@click.command("predict")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--participants", type=click.Path(exists=True, path_type=Path), default=None,
+              help="participants.tsv with the covariates the model uses (age, sex...).")
+@click.option("--aggregate", type=click.Choice(["mean", "max", "vote"]), default="mean",
+              show_default=True,
+              help="Patient from lesions: mean or maximum of the probabilities, or the share "
+                   "of lesions predicted as each class (vote).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True,
+              help="ONNX Runtime provider: CUDA when available (auto, cuda) or the CPU.")
+@click.option("--session", default=None,
+              help="Session to use when participants have lesions from several.")
+@overwrite_option
+@common_options
+@run_command
+def command(model_dir, inputs, out_dir, participants, aggregate, device, session, overwrite):
+    """Predict the class of each lesion and patient with a metcli model.
+
+    MODEL_DIR is a model folder (model.onnx and its card model.json) from
+    train-radiomics. INPUT is a features table or the folder `metcli extract`
+    wrote, made with the same extraction settings as the model's training
+    features (checked). OUT_DIR gets sub-<id>/.../..._predictions.tsv per
+    participant and predictions.tsv for all, with the card's threshold.
+    """
+    from metcli.predict import predict
+
+    report = predict(model_dir, list(inputs), out_dir, participants=participants,
+                     aggregate=aggregate, device=device, session=session, overwrite=overwrite)
+    group = Path(out_dir) / "predictions.tsv"
+    if group in report.outputs:
+        click.echo(str(group))
+    finish(report)

@@ -1,0 +1,177 @@
+"""predict: ONNX Runtime reproduces scikit-learn, inputs are checked against the card."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import invoke
+from metcli.fileio import read_json, read_tsv
+from test_train_radiomics import (FAST, HASH, NAMES, OTHER_HASH, TINY_GRIDS, frame_of, make_cohort,
+                                  write_features, write_labels)
+
+
+def _covariates(labels, seed):
+    rng = np.random.default_rng(seed)
+    return {p: {"age": int(rng.integers(40, 80)), "sex": "F" if rng.random() < 0.5 else "M"}
+            for p in labels}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two models (with the covariates age and sex) trained once for this module."""
+    from metcli.radiomics_training import train_radiomics
+
+    root = tmp_path_factory.mktemp("trained")
+    labels, rows = make_cohort(21, n_patients=20, signal=2.0)
+    extra = _covariates(labels, 0)
+    result = train_radiomics(write_features(root / "features", rows), root / "models",
+                             labels=write_labels(root / "participants.tsv", labels, extra=extra),
+                             classifiers="logistic-regression,random-forest", samplers="none",
+                             covariates="age,sex", grids=TINY_GRIDS, **FAST)
+    # new participants: features from "another run of extract" with the same settings
+    new_labels, new_rows = make_cohort(22, n_patients=6, signal=2.0, first=100)
+    new_rows = [r for r in new_rows]
+    participants = write_labels(root / "new" / "participants.tsv", new_labels,
+                                extra=_covariates(new_labels, 1))
+    return {"root": root, "result": result, "rows": new_rows, "labels": new_labels,
+            "participants": participants}
+
+
+def _expected(trained, name, rows):
+    import pandas as pd
+
+    frame = frame_of(rows)
+    participants = read_tsv(trained["participants"])
+    by_pid = {r["participant_id"]: r for r in participants}
+    frame["covariate_age"] = [float(by_pid[r[0]]["age"]) for r in rows]
+    frame["covariate_sex_M"] = [1.0 if by_pid[r[0]]["sex"] == "M" else 0.0 for r in rows]
+    pipeline = trained["result"].models[name].pipeline
+    return pipeline.predict_proba(pd.DataFrame(frame.astype(np.float32).astype(np.float64)))
+
+
+@pytest.mark.parametrize("name", ["logistic-regression_none", "random-forest_none"])
+def test_predict_reproduces_the_scikit_learn_probabilities(trained, tmp_path, runner, name):
+    features = write_features(tmp_path / "extract2", trained["rows"])
+    model_dir = trained["root"] / "models" / name
+    out = tmp_path / "pred"
+    result = invoke(runner, ["predict", model_dir, features, out, "--participants",
+                             trained["participants"], "--device", "cpu"])
+    assert result.stdout.strip() == str(out / "predictions.tsv")
+    card = read_json(model_dir / "model.json")
+    assert [i["name"] for i in card["inputs"]][-2:] == ["covariate_age", "covariate_sex_M"]
+    rows = read_tsv(out / "predictions.tsv")
+    lesions = [r for r in rows if r["level"] == "lesion"]
+    expected = _expected(trained, name, trained["rows"])
+    got = np.array([[float(r["prob_colorectal"]), float(r["prob_pancreatic"])] for r in lesions])
+    order = {(r[0], r[1]): i for i, r in enumerate(trained["rows"])}
+    index = [order[(r["participant_id"], int(r["lesion_id"]))] for r in lesions]
+    assert np.abs(got - expected[index]).max() < 1e-5
+    # the card's threshold decides, lesion and patient rows alike; patient = mean of lesions
+    threshold = card["threshold"]
+    for row in rows:
+        p = float(row["prob_pancreatic"])
+        assert row["predicted"] == ("pancreatic" if p >= threshold else "colorectal")
+        assert row["model"] == name and row["set"] == "test"
+    for pid in trained["labels"]:
+        mine = [float(r["prob_pancreatic"]) for r in lesions if r["participant_id"] == pid]
+        patient = next(r for r in rows if r["participant_id"] == pid and r["level"] == "patient")
+        assert patient["lesion_id"] == "n/a"
+        assert float(patient["prob_pancreatic"]) == pytest.approx(np.mean(mine), abs=1e-9)
+        per = out / pid / "anat" / f"{pid}_ce-portal_predictions.tsv"
+        assert per.is_file() and per.with_suffix(".json").is_file()
+        assert {r["participant_id"] for r in read_tsv(per)} == {pid}
+    side = read_json(out / "predictions.json")
+    assert side["classes"] == card["classes"] and side["threshold"] == threshold
+    assert side["Provenance"]["models"][0]["sha256"] == card["onnx"]["sha256"]
+    # a second run finds everything current
+    again = invoke(runner, ["predict", model_dir, features, out, "--participants",
+                            trained["participants"]])
+    assert "6 skipped" in again.stderr
+
+
+def test_missing_feature_is_refused_naming_it(trained, tmp_path, runner):
+    name = "logistic-regression_none"
+    card = read_json(trained["root"] / "models" / name / "model.json")
+    dropped = card["inputs"][0]["name"]
+    keep = [n for n in NAMES if n != dropped]
+    rows = [(p, lesion, v[[NAMES.index(n) for n in keep]]) for p, lesion, v in trained["rows"]]
+    features = write_features(tmp_path / "f", rows, names=keep)
+    result = invoke(runner, ["predict", trained["root"] / "models" / name, features,
+                             tmp_path / "out", "--participants", trained["participants"]],
+                    expect=1)
+    assert f"the features lack {dropped}" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "out" / "predictions.tsv").exists()
+
+
+def test_other_extraction_settings_are_refused(trained, tmp_path, runner):
+    features = write_features(tmp_path / "f", trained["rows"], settings_hash=OTHER_HASH)
+    result = invoke(runner, ["predict", trained["root"] / "models" / "random-forest_none",
+                             features, tmp_path / "out", "--participants",
+                             trained["participants"]], expect=1)
+    assert "extracted with other settings" in result.stderr and OTHER_HASH[:12] in result.stderr
+    assert HASH[:12] in result.stderr
+
+
+def test_covariates_are_needed_and_a_participant_without_them_fails_alone(trained, tmp_path,
+                                                                          runner):
+    model = trained["root"] / "models" / "logistic-regression_none"
+    features = write_features(tmp_path / "f", trained["rows"])
+    result = invoke(runner, ["predict", model, features, tmp_path / "a"], expect=2)
+    assert "uses covariates (age, sex)" in result.stderr
+    lacking = tmp_path / "participants.tsv"
+    rows = read_tsv(trained["participants"])
+    rows[0]["sex"] = "n/a"
+    lacking.write_text("\t".join(rows[0]) + "\n" + "".join(
+        "\t".join(r.values()) + "\n" for r in rows))
+    result = invoke(runner, ["predict", model, features, tmp_path / "b", "--participants",
+                             lacking], expect=3)
+    assert rows[0]["participant_id"] in result.stderr
+    written = {r["participant_id"] for r in read_tsv(tmp_path / "b" / "predictions.tsv")}
+    assert written == set(trained["labels"]) - {rows[0]["participant_id"]}
+
+
+def test_a_changed_model_file_is_refused(trained, tmp_path, runner):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained["root"] / "models" / "random-forest_none", model)
+    (model / "model.onnx").write_bytes((model / "model.onnx").read_bytes() + b"\0")
+    features = write_features(tmp_path / "f", trained["rows"])
+    result = invoke(runner, ["predict", model, features, tmp_path / "out"], expect=1)
+    assert "does not match the sha256 in its card" in result.stderr
+
+
+def test_cuda_request_without_cuda_runs_on_the_cpu_and_says_so(trained, tmp_path, runner):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this ONNX Runtime has CUDA")
+    features = write_features(tmp_path / "f", trained["rows"])
+    result = invoke(runner, ["predict", trained["root"] / "models" / "random-forest_none",
+                             features, tmp_path / "out", "--participants",
+                             trained["participants"], "--device", "cuda"])
+    assert "running on the CPU" in result.stderr
+    side = read_json(tmp_path / "out" / "predictions.json")
+    assert side["ExecutionProvider"] == "CPUExecutionProvider"
+
+
+def test_patient_aggregation_rules():
+    from metcli.predict import aggregate_patients, prediction_rows
+
+    classes = ["colorectal", "pancreatic"]
+    proba = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.8, 0.2]])
+    pids = ["sub-1", "sub-1", "sub-1", "sub-2"]
+    _, mean = aggregate_patients(pids, proba, classes)
+    _, peak = aggregate_patients(pids, proba, classes, aggregate="max", positive="pancreatic")
+    _, vote = aggregate_patients(pids, proba, classes, aggregate="vote", positive="pancreatic",
+                                 threshold=0.5)
+    assert mean[0, 1] == pytest.approx(1.4 / 3) and peak[0, 1] == pytest.approx(0.7)
+    assert vote[0, 1] == pytest.approx(2 / 3) and vote[1, 1] == 0.0
+    rows = prediction_rows(pids, [1, 2, 3, 1], proba, classes, model="m", set_name="test",
+                           positive="pancreatic", threshold=0.5, aggregate="vote")
+    patient = [r for r in rows if r["level"] == "patient"]
+    assert [r["predicted"] for r in patient] == ["pancreatic", "colorectal"]
+    assert json.dumps([r["lesion_id"] for r in patient]) == "[null, null]"

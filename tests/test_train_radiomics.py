@@ -1,0 +1,451 @@
+"""train-radiomics: leakage-safe selection and CV, ONNX parity, outputs and bad input.
+
+Every cohort is synthetic (numpy) and written in extract's features-table format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import invoke
+from metcli import schemas
+from metcli.fileio import read_json, read_tsv
+
+HASH = "a" * 64
+OTHER_HASH = "b" * 64
+NAMES = ["original_firstorder_Mean", "original_glcm_Contrast", "original_shape_Sphericity",
+         "original_glrlm_RunEntropy", "original_gldm_DependenceEntropy",
+         "original_ngtdm_Busyness"]
+FAST = dict(cv_folds=3, cv_repeats=1, inner_folds=2, importance_trees=10, importance_repeats=2)
+TINY_GRIDS = {
+    "xgboost": {"n_estimators": [20], "max_depth": [2]},
+    "random-forest": {"n_estimators": [20]},
+    "linear-svm": {"C": [1.0]},
+    "kernel-svm": {"C": [1.0]},
+    "knn": {"n_neighbors": [5]},
+    "logistic-regression": {"C": [1.0]},
+    "naive-bayes": {"var_smoothing": [1e-9]},
+    "decision-tree": {"max_depth": [3]},
+}
+
+
+# ----------------------------------------------------------------------------- synthetic data
+def make_cohort(seed, *, n_patients=24, names=NAMES, signal=0.0, patient_sd=1.0, lesion_sd=0.5,
+                classes=("colorectal", "pancreatic"), lesions=(2, 6), first=0):
+    """Labels per patient and lesion rows; class k shifts feature k-1 by ``signal``."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([classes[i % len(classes)] for i in range(n_patients)], dtype=object)
+    rng.shuffle(labels)
+    rows = []
+    for p in range(n_patients):
+        pid = f"sub-{first + p:03d}"
+        centre = rng.normal(0.0, patient_sd, len(names))
+        k = classes.index(labels[p])
+        if k:
+            centre[k - 1] += signal
+        for lesion in range(1, int(rng.integers(lesions[0], lesions[1] + 1)) + 1):
+            rows.append((pid, lesion, centre + rng.normal(0.0, lesion_sd, len(names))))
+    return {f"sub-{first + p:03d}": labels[p] for p in range(n_patients)}, rows
+
+
+def write_features(folder: Path, rows, *, names=NAMES, settings_hash=HASH, failed=(),
+                   hash_under_provenance=False) -> Path:
+    """extract's group table (features.tsv) and its sidecar in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    header = (["participant_id", "session", "phase", "lesion_id", "status", "message"] + names
+              + ["diagnostics_Mask-original_VoxelNum"])
+    lines = ["\t".join(header)]
+    for pid, lesion, values in rows:
+        status = "failed:too_small" if (pid, lesion) in failed else "ok"
+        cells = (["n/a"] * len(names) if status != "ok" else [repr(float(v)) for v in values])
+        lines.append("\t".join([pid, "n/a", "portal", str(lesion), status,
+                                "n/a" if status == "ok" else "too small"] + cells + ["42"]))
+    (folder / "features.tsv").write_text("\n".join(lines) + "\n")
+    doc = ({"Provenance": {"settings": {"extraction_settings_sha256": settings_hash}}}
+           if hash_under_provenance else {"extraction_settings_sha256": settings_hash})
+    (folder / "features.json").write_text(json.dumps(doc))
+    return folder
+
+
+def write_labels(path: Path, labels: dict, *, column="primary", extra=None) -> Path:
+    extra = extra or {}
+    columns = ["participant_id", column] + sorted({k for v in extra.values() for k in v})
+    lines = ["\t".join(columns)]
+    for pid, label in sorted(labels.items()):
+        cells = [pid, "n/a" if label is None else str(label)]
+        cells += [str(extra.get(pid, {}).get(c, "n/a")) for c in columns[2:]]
+        lines.append("\t".join(cells))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def frame_of(rows, names=NAMES):
+    """The lesions as the model sees them (float32-representable values)."""
+    import pandas as pd
+
+    values = np.array([r[2] for r in rows], dtype=np.float64)
+    return pd.DataFrame(values.astype(np.float32).astype(np.float64), columns=names)
+
+
+def null_band(n0: int, n1: int, z: float = 3.0) -> tuple[float, float]:
+    """Chance band of a patient-level AUC under the null (Hanley & McNeil variance)."""
+    sd = math.sqrt((n0 + n1 + 1) / (12.0 * n0 * n1))
+    return 0.5 - z * sd, 0.5 + z * sd
+
+
+# ----------------------------------------------------------------------------- selection steps
+def test_correlation_filter_rule_is_documented_and_order_independent():
+    import pandas as pd
+
+    from metcli.feature_selection import CorrelationFilter
+
+    rng = np.random.default_rng(0)
+    a, c, d = rng.normal(size=(3, 200))
+    data = {"a": a, "c": c, "d": d,
+            "hub": a + c,                           # |r| ~ 0.71 with a and with c
+            "z_copy": d + rng.normal(0, 0.01, 200),  # same as d: the name sorting last goes
+            "const": np.ones(200)}
+    frame = pd.DataFrame(data)
+    fitted = CorrelationFilter(threshold=0.6).fit(frame)
+    assert sorted(fitted.get_feature_names_out()) == ["a", "c", "d"]
+    reasons = {row["feature"]: row["reason"] for row in fitted.dropped_}
+    assert reasons == {"const": "constant", "hub": "correlated", "z_copy": "correlated"}
+    kept = frame[list(fitted.get_feature_names_out())]
+    assert np.abs(np.corrcoef(kept.to_numpy(), rowvar=False) - np.eye(3)).max() <= 0.6
+    for seed in range(5):
+        order = list(np.random.default_rng(seed).permutation(frame.columns))
+        again = CorrelationFilter(threshold=0.6).fit(frame[order])
+        assert sorted(again.get_feature_names_out()) == ["a", "c", "d"]
+        assert list(again.transform(frame[order]).columns) == [c for c in order
+                                                               if c in ("a", "c", "d")]
+    # a covariate is never dropped, however correlated
+    keep = CorrelationFilter(threshold=0.6, keep=("hub",)).fit(frame)
+    assert "hub" in keep.get_feature_names_out()
+
+
+def test_importance_selector_ranks_the_signal_first_and_keeps_covariates():
+    import pandas as pd
+
+    from metcli.feature_selection import PermutationImportanceSelector
+
+    rng = np.random.default_rng(1)
+    patients = np.repeat(np.arange(40), 3)
+    y = np.repeat(rng.permutation([0, 1] * 20), 3)
+    frame = pd.DataFrame({"noise1": rng.normal(size=120), "signal": y * 2.0
+                          + rng.normal(size=120), "noise2": rng.normal(size=120),
+                          "covariate_age": rng.normal(size=120)})
+    sel = PermutationImportanceSelector(max_features=1, n_estimators=30, n_repeats=3,
+                                        keep=("covariate_age",), random_state=0)
+    sel.fit(frame, y, groups=patients)
+    assert sel.ranking_[0] == "signal"
+    assert list(sel.get_feature_names_out()) == ["signal", "covariate_age"]
+    assert np.isnan(sel.importances_[3]) and sel.importances_[1] > 0.1
+
+
+def test_patient_weights_make_patients_and_classes_count_equally():
+    from metcli.radiomics_model import lesion_weights
+
+    y = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    patients = np.array(["a", "a", "a", "a", "b", "c", "c", "d"])
+    w = lesion_weights(y, patients, per_patient=True)
+    per_patient = {p: w[patients == p].sum() for p in "abcd"}
+    assert per_patient["a"] == pytest.approx(per_patient["b"])
+    assert per_patient["c"] == pytest.approx(per_patient["d"])
+    assert w[y == 0].sum() == pytest.approx(w[y == 1].sum())
+    balanced = lesion_weights(y, patients, per_patient=False)
+    assert balanced[y == 0].sum() == pytest.approx(balanced[y == 1].sum())
+
+
+def test_thresholds_youden_and_f1():
+    from metcli.radiomics_model import choose_threshold
+
+    truth = np.array([0, 0, 0, 1, 0, 1, 1, 1], dtype=bool)
+    scores = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.9])
+    # youden: >= 0.6 gives tpr 3/4, fpr 0 (0.75); >= 0.35 gives 1 - 1/4 (0.75): highest wins
+    assert choose_threshold(truth, scores, "youden") == 0.6
+    # f1: >= 0.35 -> tp 4, fp 1 -> 8/9; >= 0.6 -> 6/7
+    assert choose_threshold(truth, scores, "f1") == 0.35
+
+
+# ----------------------------------------------------------------------------- honesty of the CV
+def _patient_auc(proba, y, patients):
+    from metcli.predict import aggregate_patients
+    from metcli.radiomics_model import auc
+
+    order, p = aggregate_patients(patients, proba, ["a", "b"])
+    truth = np.array([y[np.flatnonzero(patients == q)[0]] for q in order])
+    return auc(truth, p, positive_index=1)
+
+
+def test_null_cohort_grouped_cv_stays_at_chance_while_lesion_level_cv_leaks():
+    """Lesions of a patient share a strong offset; labels are random per patient."""
+    from metcli.radiomics_model import check_settings, cross_validate
+
+    settings = check_settings(classifiers="knn", samplers="none", grids={"knn": {
+        "n_neighbors": [3]}}, cv_folds=4, **{k: v for k, v in FAST.items() if k != "cv_folds"})
+    grouped, leaky = [], []
+    for seed in range(4):
+        labels, rows = make_cohort(seed, n_patients=30, patient_sd=3.0, lesion_sd=0.3,
+                                   lesions=(3, 6))
+        frame = frame_of(rows)
+        patients = np.array([r[0] for r in rows], dtype=object)
+        y = np.array([labels[p] == "pancreatic" for p in patients], dtype=int)
+        lesions = np.arange(len(rows)).astype(str)
+        for groups, sink in ((patients, grouped), (lesions, leaky)):
+            out = cross_validate(frame, y, patients=groups, cv_groups=groups,
+                                 models=[("knn", "none")], settings=settings, n_classes=2)
+            sink.append(_patient_auc(out.mean_oof("knn_none"), y, patients))
+    low, high = null_band(15, 15)
+    assert all(low < a < high for a in grouped), (grouped, (low, high))
+    sd = (high - 0.5) / 3.0
+    assert abs(np.mean(grouped) - 0.5) < 3.0 * sd / math.sqrt(len(grouped)), grouped
+    assert min(leaky) > 0.9, leaky
+    print(f"null cohort: grouped CV patient AUCs {np.round(grouped, 3).tolist()}, "
+          f"lesion-level (leaky) {np.round(leaky, 3).tolist()}, band {low:.2f}-{high:.2f}")
+
+
+def test_known_signal_gives_auc_well_above_chance(tmp_path):
+    from metcli.radiomics_training import train_radiomics
+
+    labels, rows = make_cohort(11, n_patients=24, signal=2.5)
+    features = write_features(tmp_path / "features", rows)
+    result = train_radiomics(features, tmp_path / "out", labels=write_labels(
+        tmp_path / "participants.tsv", labels), classifiers="logistic-regression,decision-tree",
+        samplers="none", grids=TINY_GRIDS, **FAST)
+    table = {(r["model"], r["level"]): r for r in read_tsv(tmp_path / "out" / "results.tsv")}
+    best = float(table[(result.selected, "patient")]["cv_auc"])
+    assert best > 0.85, table
+    assert float(table[("logistic-regression_none", "patient")]["cv_auc"]) > 0.85
+    # the signal feature is what the final models use, and the table says so
+    selected = {r["feature"]: r for r in read_tsv(tmp_path / "out" / "selected_features.tsv")}
+    assert selected[NAMES[0]]["selected"] == "true" and selected[NAMES[0]]["rank"] == "1"
+    assert float(selected[NAMES[0]]["selection_frequency"]) == 1.0
+    print(f"known signal: patient-level CV AUC {best:.3f} ({result.selected})")
+
+
+# ----------------------------------------------------------------------------- ONNX parity
+def _onnx_probabilities(model_dir: Path, frame):
+    import onnxruntime as ort
+
+    card = read_json(model_dir / "model.json")
+    sess = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i["name"] for i in card["inputs"]]
+    assert [i.name for i in sess.get_inputs()] == names
+    feeds = {n: frame[[n]].to_numpy(np.float32) for n in names}
+    return sess.run(["probabilities"], feeds)[0], card
+
+
+@pytest.mark.parametrize("classes", [("colorectal", "pancreatic"),
+                                     ("colorectal", "gastric", "pancreatic")])
+def test_onnx_reproduces_predict_proba_for_every_classifier(tmp_path, classes):
+    from metcli.radiomics_model import CLASSIFIERS
+    from metcli.radiomics_training import train_radiomics
+
+    labels, rows = make_cohort(3, n_patients=18 if len(classes) == 2 else 21, signal=1.5,
+                               classes=classes)
+    chosen = CLASSIFIERS if len(classes) == 2 else ("xgboost", "logistic-regression",
+                                                   "kernel-svm")
+    result = train_radiomics(write_features(tmp_path / "f", rows), tmp_path / "out",
+                             labels=write_labels(tmp_path / "p.tsv", labels),
+                             classifiers=",".join(chosen), samplers="none", grids=TINY_GRIDS,
+                             max_features=4, **FAST)
+    _, new_rows = make_cohort(99, n_patients=12, signal=1.5, classes=classes, first=500)
+    frame = frame_of(new_rows)
+    differences = {}
+    for name, model in result.models.items():
+        onnx_proba, card = _onnx_probabilities(tmp_path / "out" / name, frame)
+        reference = model.pipeline.predict_proba(frame)
+        differences[name.split("_")[0]] = float(np.abs(onnx_proba - reference).max())
+        assert differences[name.split("_")[0]] < 1e-5, (name, differences)
+        assert card["classes"] == sorted(classes) or len(classes) == 2
+        assert card["onnx"]["max_abs_difference"] < 1e-5
+    assert len(differences) == len(chosen)
+    print(f"ONNX max |difference| ({len(classes)} classes): "
+          + ", ".join(f"{k} {v:.1e}" for k, v in differences.items()))
+
+
+# ----------------------------------------------------------------------------- outputs (CLI)
+def _cli_args(features, out, labels, *extra):
+    return (["train-radiomics", features, out, "--labels", labels, "--cv-folds", "3",
+             "--cv-repeats", "1", "--inner-folds", "2", "--importance-trees", "10",
+             "--importance-repeats", "2"] + list(extra))
+
+
+def test_holdout_outputs_follow_the_contract_and_same_seed_is_byte_identical(tmp_path, runner):
+    labels, rows = make_cohort(5, n_patients=20, signal=2.0)
+    features = write_features(tmp_path / "features", rows)
+    labels_path = write_labels(tmp_path / "raw" / "participants.tsv", labels)
+    args = ["--classifiers", "naive-bayes", "--sampler", "smote,undersample",
+            "--protocol", "holdout", "--test-patients", "6", "--seed", "3"]
+    first = invoke(runner, _cli_args(features, tmp_path / "a", labels_path, *args))
+    invoke(runner, _cli_args(features, tmp_path / "b", labels_path, *args))
+    out = tmp_path / "a"
+    for name in ("results.tsv", "selected_features.tsv", "split.tsv", "oof_predictions.tsv",
+                 "predictions.tsv"):
+        assert (out / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    # stdout: the chosen model's folder
+    results = read_tsv(out / "results.tsv")
+    chosen = {r["model"] for r in results if r["selected_by_cv"] == "true"}
+    assert len(chosen) == 1 and first.stdout.strip() == str(out / chosen.pop())
+    assert len(results) == 2 * 2
+    # chosen on CV alone: highest patient-level cv_auc
+    patient = [r for r in results if r["level"] == "patient"]
+    top = max(float(r["cv_auc"]) for r in patient)
+    assert any(float(r["cv_auc"]) == top and r["selected_by_cv"] == "true" for r in patient)
+    # split by patient, stratified: 3 + 3 test patients, nobody in two sets
+    split = read_tsv(out / "split.tsv")
+    test = [r["participant_id"] for r in split if r["set"] == "test"]
+    assert len(test) == 6 and len({r["participant_id"] for r in split}) == len(split) == 20
+    assert sorted(labels[p] for p in test) == ["colorectal"] * 3 + ["pancreatic"] * 3
+    predictions = read_tsv(out / "predictions.tsv")
+    assert {r["participant_id"] for r in predictions} == set(test)
+    assert {r["set"] for r in predictions} == {"test"}
+    oof = read_tsv(out / "oof_predictions.tsv")
+    assert not {r["participant_id"] for r in oof} & set(test)
+    # patient rows are the mean of the lesion rows
+    lesion = [float(r["prob_pancreatic"]) for r in oof if r["level"] == "lesion"
+              and r["participant_id"] == oof[0]["participant_id"] and r["model"] == oof[0]["model"]]
+    patient_row = next(r for r in oof if r["level"] == "patient"
+                       and r["participant_id"] == oof[0]["participant_id"]
+                       and r["model"] == oof[0]["model"])
+    assert float(patient_row["prob_pancreatic"]) == pytest.approx(np.mean(lesion), abs=1e-9)
+    # sidecars: what evaluate reads
+    side = read_json(out / "predictions.json")
+    assert side["classes"] == ["colorectal", "pancreatic"] and side["positive_class"] == \
+        "pancreatic"
+    assert sum(m["selected"] for m in side["models"].values()) == 1
+    model_dir = out / "naive-bayes_smote"
+    card = read_json(model_dir / "model.json")
+    schemas.validate(card, "model_card")
+    schemas.validate(card, "sidecar")
+    assert card["extraction_settings_sha256"] == HASH
+    assert card["split"]["test_patients"] == 6 and card["sampler"] == "smote"
+    assert card["threshold"] == read_json(model_dir / "predictions.json")["threshold"]
+    from metcli.fileio import sha256_file
+
+    assert card["onnx"]["sha256"] == sha256_file(model_dir / "model.onnx")
+    for path in out.rglob("*.tsv"):
+        header = path.read_text().splitlines()[0].split("\t")
+        schema = {"results.tsv": "results", "selected_features.tsv": "selected_features",
+                  "split.tsv": "split"}.get(path.name, "predictions")
+        assert set(schemas.load_schema(schema)["required"]) <= set(header), path
+        assert path.with_suffix(".json").is_file(), path
+    assert (out / "dataset_description.json").is_file()
+    assert not [p for p in out.rglob(".*part*")]
+    # the same run again is skipped (outputs current)
+    again = invoke(runner, _cli_args(features, out, labels_path, *args))
+    assert "nothing redone" in again.stderr
+
+
+def test_failed_rows_and_unlabelled_participants_are_left_out_with_a_warning(tmp_path, runner):
+    labels, rows = make_cohort(7, n_patients=16, signal=2.0)
+    labels["sub-003"] = None                                # no label: listed, left out
+    features = write_features(tmp_path / "f", rows, failed={("sub-001", 1)},
+                              hash_under_provenance=True)
+    labels_path = write_labels(tmp_path / "participants.tsv", labels)
+    result = invoke(runner, _cli_args(features, tmp_path / "out", labels_path, "--classifiers",
+                                      "naive-bayes", "--sampler", "none"))
+    assert "sub-003" in result.stderr and "no primary label" in result.stderr
+    assert "failed extraction status" in result.stderr
+    split = {r["participant_id"] for r in read_tsv(tmp_path / "out" / "split.tsv")}
+    assert "sub-003" not in split and len(split) == 15
+    oof = read_tsv(tmp_path / "out" / "oof_predictions.tsv")
+    assert not [r for r in oof if r["participant_id"] == "sub-001" and r["lesion_id"] == "1"]
+    card = read_json(tmp_path / "out" / "naive-bayes_none" / "model.json")
+    assert card["extraction_settings_sha256"] == HASH        # found under Provenance.settings
+
+
+def test_overlapping_split_file_is_refused(tmp_path, runner):
+    labels, rows = make_cohort(2, n_patients=12, signal=2.0)
+    features = write_features(tmp_path / "f", rows)
+    split = tmp_path / "split.tsv"
+    split.write_text("participant_id\tset\tfold\n" + "".join(
+        f"{p}\t{'test' if i < 4 else 'train'}\tn/a\n" for i, p in enumerate(sorted(labels)))
+        + "sub-000\ttrain\t0\n")
+    result = invoke(runner, _cli_args(features, tmp_path / "out", write_labels(
+        tmp_path / "participants.tsv", labels), "--protocol", "holdout", "--split", split,
+        "--classifiers", "knn"), expect=1)
+    assert "sub-000 is in two sets" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "out" / "results.tsv").exists()
+
+
+@pytest.mark.parametrize("case, expect, message", [
+    ("no label column", 1, "missing column(s) primary"),
+    ("single class", 1, "a classifier needs two classes"),
+    ("too few patients", 2, "--test-patients 12"),
+    ("patient weights with smote", 2, "--patient-weights works with --sampler none"),
+    ("class too small for test set", 2, "needs 4 test patient(s) of class colorectal"),
+])
+def test_bad_input_gives_one_line_errors(tmp_path, runner, case, expect, message):
+    labels, rows = make_cohort(4, n_patients=10, signal=1.0)
+    features = write_features(tmp_path / "f", rows)
+    args = ["--classifiers", "knn", "--sampler", "none"]
+    labels_path = tmp_path / "participants.tsv"
+    if case == "no label column":
+        write_labels(labels_path, labels, column="origin")
+    elif case == "single class":
+        write_labels(labels_path, {p: "colorectal" for p in labels})
+    else:
+        write_labels(labels_path, labels)
+    if case == "too few patients":
+        args += ["--protocol", "holdout", "--test-patients", "12"]
+    elif case == "patient weights with smote":
+        args = ["--sampler", "smote", "--patient-weights"]
+    elif case == "class too small for test set":
+        args += ["--protocol", "holdout", "--test-patients", "7"]
+    result = invoke(runner, _cli_args(features, tmp_path / "out", labels_path, *args),
+                    expect=expect)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("metcli: error")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_site_grouping_random_search_and_patient_weights(tmp_path):
+    """Leave-site-out folds hold whole sites; weights and a random search run through."""
+    from metcli.radiomics_training import train_radiomics
+
+    labels, rows = make_cohort(8, n_patients=24, signal=2.0)
+    sites = {p: {"site": f"S{i % 4}"} for i, p in enumerate(sorted(labels))}
+    result = train_radiomics(write_features(tmp_path / "f", rows), tmp_path / "out",
+                             labels=write_labels(tmp_path / "p.tsv", labels, extra=sites),
+                             classifiers="logistic-regression", samplers="none",
+                             patient_weights=True, group_by="site", search="random",
+                             search_iterations=2, cv_folds=4, cv_repeats=1, inner_folds=2,
+                             importance_trees=10, importance_repeats=2)
+    split = read_tsv(tmp_path / "out" / "split.tsv")
+    fold_of_site = {}
+    for row in split:
+        fold_of_site.setdefault(sites[row["participant_id"]]["site"], set()).add(row["fold"])
+    assert all(len(folds) == 1 for folds in fold_of_site.values()), fold_of_site
+    assert len({f for folds in fold_of_site.values() for f in folds}) == 4
+    card = read_json(tmp_path / "out" / "logistic-regression_none" / "model.json")
+    assert card["sample_weighting"] == "class weights x 1/(lesions of the patient)"
+    assert card["search"]["kind"] == "random" and card["split"]["group_by"] == "site"
+    assert "C" in card["hyperparameters"]
+    assert result.results[0]["cv_auc"] is not None
+
+
+def test_split_file_with_folds_is_followed(tmp_path, runner):
+    labels, rows = make_cohort(9, n_patients=16, signal=2.0)
+    ordered = sorted(labels)
+    test = ordered[:2] + [p for p in ordered if labels[p] != labels[ordered[0]]][:2]
+    test = sorted(set(test))
+    train = [p for p in ordered if p not in test]
+    split = tmp_path / "split.tsv"
+    split.write_text("participant_id\tset\tfold\n" + "".join(
+        f"{p}\ttest\tn/a\n" for p in test) + "".join(
+        f"{p}\t{'val' if i % 5 == 0 else 'train'}\t{i % 3}\n" for i, p in enumerate(train)))
+    invoke(runner, _cli_args(write_features(tmp_path / "f", rows), tmp_path / "out",
+                             write_labels(tmp_path / "participants.tsv", labels), "--protocol",
+                             "holdout", "--split", split, "--classifiers", "naive-bayes",
+                             "--sampler", "none"))
+    written = {r["participant_id"]: r for r in read_tsv(tmp_path / "out" / "split.tsv")}
+    assert sorted(p for p, r in written.items() if r["set"] == "test") == test
+    assert all(written[p]["fold"] == str(i % 3) for i, p in enumerate(train))
+    card = read_json(tmp_path / "out" / "naive-bayes_none" / "model.json")
+    assert card["split"]["source"] == "split file" and card["split"]["cv_repeats"] == 1

@@ -1,0 +1,168 @@
+"""Fitted radiomics pipelines as ONNX graphs, and running them with ONNX Runtime.
+
+The correlation filter and the importance selection fix the feature subset
+when they are fitted, and the sampler does nothing at prediction time, so the
+fitted pipeline reduces to ``StandardScaler -> classifier`` on the selected
+features. That is what the graph holds: one float32 input of shape ``[N, 1]``
+per selected feature (and covariate), named after it and listed in order in the
+model card; outputs ``label`` (class index) and ``probabilities`` (``[N,
+classes]`` in the card's class order).
+
+Agreement with scikit-learn: the pipeline is trained on float32-representable
+values; its scaler keeps a float32-rounded mean (skl2onnx stores the mean as
+float32) and is exported as ``(float64(x) - mean) / scale`` cast to float32
+(skl2onnx's ``div_cast``), which is bit for bit what scikit-learn computes
+before a tree casts its input to float32. Tree splits that fall exactly on a
+training value therefore go the same way, and the graph reproduces
+``predict_proba`` to about 1e-6 (the card records the largest difference on
+the training and test lesions).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+OUTPUT_LABEL = "label"
+OUTPUT_PROBABILITIES = "probabilities"
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+_REGISTERED: set[str] = set()
+
+
+def _register(what: str) -> None:
+    """Tell skl2onnx about metcli's scaler and about XGBoost (through onnxmltools)."""
+    if what in _REGISTERED:
+        return
+    from skl2onnx import update_registered_converter
+
+    if what == "scaler":
+        from skl2onnx.operator_converters.scaler_op import convert_sklearn_scaler
+        from skl2onnx.shape_calculators.scaler import calculate_sklearn_scaler_output_shapes
+
+        from metcli.feature_selection import Float32MeanScaler
+
+        update_registered_converter(Float32MeanScaler, "MetcliFloat32MeanScaler",
+                                    calculate_sklearn_scaler_output_shapes,
+                                    convert_sklearn_scaler,
+                                    options={"div": ["std", "div", "div_cast"]})
+    else:
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+        from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
+        from xgboost import XGBClassifier
+
+        update_registered_converter(
+            XGBClassifier, "XGBoostXGBClassifier", calculate_linear_classifier_output_shapes,
+            convert_xgboost, options={"nocl": [True, False], "zipmap": [True, False, "columns"]})
+    _REGISTERED.add(what)
+
+
+def deployed_steps(pipeline):
+    """(scaler, classifier) of a fitted training pipeline."""
+    steps = dict(pipeline.named_steps)
+    return steps["scale"], steps["clf"]
+
+
+def input_names(pipeline) -> list[str]:
+    """The names of the columns the scaler sees: the selected features, in order."""
+    return [str(n) for n in pipeline.named_steps["select"].get_feature_names_out()]
+
+
+def to_onnx(pipeline, names: Sequence[str] | None = None, *, model_name: str = "metcli") -> bytes:
+    """The serialized ONNX graph of a fitted pipeline (see the module docstring)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.pipeline import Pipeline
+
+    names = list(names) if names is not None else input_names(pipeline)
+    scaler, classifier = deployed_steps(pipeline)
+    _register("scaler")
+    if type(classifier).__name__ == "XGBClassifier":
+        _register("xgboost")
+    deployed = Pipeline([("scale", scaler), ("clf", classifier)])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # SVC's probA_, probB_
+        onx = convert_sklearn(
+            deployed, name=model_name,
+            initial_types=[(n, FloatTensorType([None, 1])) for n in names],
+            options={id(scaler): {"div": "div_cast"}, id(classifier): {"zipmap": False}},
+            target_opset=dict(TARGET_OPSET))
+    outputs = [o.name for o in onx.graph.output]
+    if outputs != [OUTPUT_LABEL, OUTPUT_PROBABILITIES]:
+        raise RuntimeError(f"unexpected ONNX outputs {outputs}")
+    onx.producer_name = "metcli"
+    onx.doc_string = "metcli radiomics model: inputs are the selected features (see model.json)"
+    return onx.SerializeToString()
+
+
+def providers_for(device: str) -> list[str]:
+    """ONNX Runtime execution providers for ``--device auto|cpu|cuda``.
+
+    ``cuda`` and ``auto`` use CUDA when this ONNX Runtime offers it; otherwise
+    they run on the CPU (``cuda`` says so in a warning).
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        log.warning("--device cuda: this ONNX Runtime has no CUDA provider (install "
+                    "onnxruntime-gpu); running on the CPU")
+    else:
+        log.info("running on the CPU (no CUDA provider in this ONNX Runtime)")
+    return ["CPUExecutionProvider"]
+
+
+def session(model: bytes | Path, *, providers: Sequence[str] = ("CPUExecutionProvider",)):
+    """An ONNX Runtime session (deterministic: one thread)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, sess_options=options, providers=list(providers))
+
+
+def probabilities(sess, names: Sequence[str], values: np.ndarray) -> np.ndarray:
+    """Class probabilities of the rows of ``values`` (columns in the order of ``names``).
+
+    Clipped to [0, 1]: float32 arithmetic can give -1e-7 for a class no tree votes for.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    feeds = {n: np.ascontiguousarray(values[:, [i]]) for i, n in enumerate(names)}
+    proba = np.asarray(sess.run([OUTPUT_PROBABILITIES], feeds)[0], dtype=np.float64)
+    return np.clip(proba, 0.0, 1.0)
+
+
+def max_difference(pipeline, model: bytes, frame) -> float:
+    """Largest |ONNX - scikit-learn| probability on the rows of ``frame`` (all features)."""
+    names = input_names(pipeline)
+    onnx_proba = probabilities(session(model), names, frame.loc[:, names].to_numpy())
+    return float(np.max(np.abs(onnx_proba - pipeline.predict_proba(frame))))
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries a model was trained and exported with."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("numpy", "scikit-learn", "imbalanced-learn", "xgboost", "xgboost-cpu",
+                 "skl2onnx", "onnxmltools", "onnx", "onnxruntime"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    from metcli._version import __version__
+
+    out["metcli"] = __version__
+    return out
