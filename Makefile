@@ -19,9 +19,16 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/metcli synth $(DEMO) --subjects 12 --seed 0
+	$(BIN)/metcli synth $(DEMO) --subjects 24 --seed 0
 	$(BIN)/metcli split-lesions $(DEMO)/derivatives/truth $(DEMO)/derivatives/lesions
-	@echo "demo done: per-lesion table $(DEMO)/derivatives/lesions/lesions.tsv, tumour burden $(DEMO)/derivatives/lesions/tumour_burden.tsv"
+	$(BIN)/metcli extract $(DEMO)/rawdata $(DEMO)/derivatives/lesions $(DEMO)/derivatives/radiomics --jobs 2
+	$(BIN)/metcli train-radiomics $(DEMO)/derivatives/radiomics $(DEMO)/derivatives/models \
+		--labels $(DEMO)/rawdata/participants.tsv --protocol holdout --test-patients 8 \
+		--cv-repeats 1 --jobs 2 --seed 0
+	$(BIN)/metcli evaluate $(DEMO)/derivatives/models $(DEMO)/derivatives/evaluation \
+		--labels $(DEMO)/rawdata/participants.tsv --raw $(DEMO)/rawdata \
+		--lesions $(DEMO)/derivatives/lesions --seed 0
+	@echo "demo done: open $(DEMO)/derivatives/evaluation/report.html"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --durations=10 $(PYTEST_ARGS)

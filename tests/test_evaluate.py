@@ -794,3 +794,14 @@ def test_overlay_arguments_and_missing_scans(runner, tmp_path, overlay_cohort):
     text = (tmp_path / "b" / "report.html").read_text()
     assert text.count('<figure class="overlay"') == 1
     assert "Not shown: sub-002 (no lesion map" in text
+
+
+def test_a_folder_with_its_own_group_table_is_read_once(tmp_path):
+    from metcli.evaluate import find_prediction_files
+
+    (tmp_path / "knn_smote").mkdir()
+    for path in (tmp_path / "predictions.tsv", tmp_path / "knn_smote" / "predictions.tsv"):
+        path.write_text("participant_id\n")
+    assert find_prediction_files([tmp_path]) == [tmp_path / "predictions.tsv"]
+    assert find_prediction_files([tmp_path / "knn_smote"]) == [
+        tmp_path / "knn_smote" / "predictions.tsv"]

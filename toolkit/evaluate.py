@@ -107,14 +107,16 @@ class ModelPredictions:
 
 
 def find_prediction_files(inputs: Sequence[str | Path]) -> list[Path]:
-    """Prediction tables: files as given, folders searched for ``predictions.tsv``."""
+    """Prediction tables: files as given; for a folder, its own ``predictions.tsv`` (the
+    group table train-radiomics and predict write), else every ``predictions.tsv`` below it."""
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_file():
             found = [path]
         elif path.is_dir():
-            found = sorted(path.rglob(PREDICTIONS_FILE))
+            top = path / PREDICTIONS_FILE
+            found = [top] if top.is_file() else sorted(path.rglob(PREDICTIONS_FILE))
             if not found:
                 raise InputError(f"no {PREDICTIONS_FILE} in this folder or below it", path=path,
                                  fix="give the predictions table, or the folder predict or "
