@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,nnunet]'
+	$(BIN)/python -m pip install --quiet -e '.[test,nnunet,cnn]'
 	touch $(STAMP)
 
 install: $(STAMP)

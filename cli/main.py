@@ -21,6 +21,7 @@ COMMANDS = {
     "split-lesions": "split_lesions",
     "extract": "extract",
     "train-radiomics": "train_radiomics",
+    "train-cnn": "train_cnn",
     "predict": "predict",
     "evaluate": "evaluate",
     "evaluate-seg": "evaluate_seg",
