@@ -20,7 +20,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/metcli synth $(DEMO) --subjects 24 --seed 0
-	$(BIN)/metcli split-lesions $(DEMO)/derivatives/truth $(DEMO)/derivatives/lesions
+	$(BIN)/metcli segment $(DEMO)/rawdata $(DEMO)/derivatives/segment --no-tta
+	$(BIN)/metcli evaluate-seg $(DEMO)/derivatives/segment $(DEMO)/derivatives/truth \
+		$(DEMO)/derivatives/segment-vs-truth
+	$(BIN)/metcli split-lesions $(DEMO)/derivatives/segment $(DEMO)/derivatives/lesions
 	$(BIN)/metcli extract $(DEMO)/rawdata $(DEMO)/derivatives/lesions $(DEMO)/derivatives/radiomics --jobs 2
 	$(BIN)/metcli train-radiomics $(DEMO)/derivatives/radiomics $(DEMO)/derivatives/models \
 		--labels $(DEMO)/rawdata/participants.tsv --protocol holdout --test-patients 8 \
