@@ -31,6 +31,12 @@ NA = "n/a"
 
 # ----------------------------------------------------------------------------- atomic writes
 def _temp_name(dest: Path) -> Path:
+    """A new empty temporary file beside ``dest`` (its folder is created if needed)."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the folder ({exc.strerror})", path=dest.parent,
+                          fix="choose an output folder you can write to") from None
     try:
         _stem, ext = split_extension(dest.name)
     except InputError:
@@ -67,11 +73,6 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     temporary file is removed and ``dest`` is left as it was.
     """
     dest = Path(dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the folder ({exc.strerror})", path=dest.parent,
-                          fix="choose an output folder you can write to") from None
     tmp = _temp_name(dest)
     try:
         yield tmp
@@ -97,11 +98,6 @@ class OutputSet:
 
     def path(self, dest: str | Path) -> Path:
         dest = Path(dest)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the folder ({exc.strerror})", path=dest.parent,
-                              fix="choose an output folder you can write to") from None
         tmp = _temp_name(dest)
         self._pending.append((tmp, dest))
         return tmp
