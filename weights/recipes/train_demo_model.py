@@ -305,7 +305,11 @@ def export(work_dir: Path, out_dir: Path, checkpoint: str = "final") -> None:
     source = results / f"fold_{FOLD}" / f"checkpoint_{checkpoint}.pth"
     if not source.is_file():
         raise SystemExit(f"{source} not found: train first (--stage train)")
-    checkpoint = torch.load(source, map_location="cpu", weights_only=False)  # our own file
+    from metcli.nnunet_onnx import load_checkpoint
+
+    # weights_only=True with numpy's scalar types allowed: a full nnU-Net training
+    # checkpoint needs nothing more (checked on this recipe's checkpoints).
+    checkpoint, _how = load_checkpoint(source, trusted=False)
     mirror_axes = checkpoint.get("inference_allowed_mirroring_axes")
     stripped = {
         # As saved (no copies): tensors that share storage (nnU-Net's conv and
