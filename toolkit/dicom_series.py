@@ -40,13 +40,8 @@ Rules of the conversion (each checked on the headers before any pixel is decoded
   common) are decoded by SimpleITK's GDCM. A syntax neither can decode is a
   DicomError naming it and the packages to install.
 
-Privacy: the sidecar holds non-identifying acquisition metadata only (never
-names, IDs, dates, institutions or UIDs; the SeriesInstanceUID only as its
-sha256, so that a mask referencing the series can be matched). The input record
-names the series folder relative to DICOM_DIR, unless a part of that path looks
-identifying (patient name or ID, accession number, a UID or a date), in which
-case the DICOM_DIR root is recorded instead; the sha256 and the file count
-identify the series either way.
+Privacy: :func:`acquisition_metadata` keeps non-identifying acquisition metadata
+only; what the import records is described in :mod:`metcli.dicom`.
 """
 
 from __future__ import annotations
