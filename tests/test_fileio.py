@@ -106,6 +106,26 @@ def test_read_image_errors(tmp_path):
     assert fileio.read_image(good).GetSize() == (6, 5, 4)
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_read_image_refuses_nan_and_infinity(tmp_path, suffix):
+    """SimpleITK reads NaN in a NIfTI file as 0: read_image looks in the file itself."""
+    import SimpleITK as sitk
+
+    array = np.zeros((4, 5, 6), np.float32)
+    array[1, 2, 3] = np.nan
+    array[2, 2, 2] = np.inf
+    path = tmp_path / f"nan{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    if suffix == ".nii.gz":
+        assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).any()
+    with pytest.raises(ImageError, match="2 voxel") as info:
+        fileio.read_image(path, what="CT")
+    assert str(path) in str(info.value)
+    array[:] = 1.5
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    assert fileio.read_image(path).GetPixelID() == sitk.sitkFloat32
+
+
 def test_output_not_inside_input(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()

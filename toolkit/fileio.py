@@ -302,9 +302,43 @@ def read_image(path: str | Path, *, what: str = "image", pixel_type=None, dims: 
                              "needed", path=path, fix=f"give a {dims}D volume")
     if dims == 3 and min(image.GetSize()) < 1:
         raise ImageError(f"the {what} is empty", path=path, fix="give a non-empty volume")
+    _refuse_non_finite(path, image, what)
     if pixel_type is not None:
         image = sitk.Cast(image, pixel_type)
     return image
+
+
+def _refuse_non_finite(path: Path, image, what: str) -> None:
+    """Refuse an image whose stored floating-point values include NaN or infinity.
+
+    SimpleITK's NIfTI reader turns NaN and infinite voxels into 0 (water in a CT),
+    so for NIfTI they are looked for in the file itself with nibabel; integer
+    files cannot hold them and are not read again. Other formats (NRRD) keep
+    them, and the array SimpleITK read is checked.
+    """
+    import numpy as np
+    import SimpleITK as sitk
+
+    if path.name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        try:
+            stored = nib.load(str(path))
+            if np.dtype(stored.get_data_dtype()).kind not in "fc":
+                return
+            data = np.asanyarray(stored.dataobj)
+        except Exception:  # noqa: BLE001 - SimpleITK accepted the file; keep its reading
+            return
+    else:
+        data = sitk.GetArrayViewFromImage(image)
+        if data.dtype.kind not in "fc":
+            return
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise ImageError(f"the {what} has {bad} voxel(s) that are NaN or infinite"
+                         + (" (SimpleITK would read them as 0)" if path.name.endswith(
+                             (".nii", ".nii.gz")) else ""), path=path,
+                         fix="convert it again from the source, or replace those voxels")
 
 
 def _short(text: str, limit: int = 160) -> str:

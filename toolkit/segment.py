@@ -35,7 +35,7 @@ from metcli.batch import DONE, FAILED, SKIPPED, BatchReport, run_each
 from metcli.bids import (Acquisition, derivative_path, find_files, participant_folders,
                          resolve_levels, select_participants, sidecar_path)
 from metcli.dseg import BACKGROUND, LABELS, LESION, LIVER
-from metcli.errors import GeometryError, ImageError, InputError, MetcliError, UsageError
+from metcli.errors import GeometryError, InputError, MetcliError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -476,7 +476,6 @@ class _Runner:
             self.report.outputs.extend([out_image, sidecar])
             return SKIPPED
         ct = read_image(acq.path, what="CT")
-        check_stored_values(acq.path)
         try:
             check_ct(ct)
             labels = self.segmenter.predict(ct)
@@ -511,33 +510,6 @@ class _Runner:
                  counts[LIVER], counts[LESION])
         self.report.outputs.extend([out_image, sidecar])
         return DONE
-
-
-def check_stored_values(path: Path) -> None:
-    """Refuse a NIfTI CT whose stored floating-point values include NaN or infinity.
-
-    SimpleITK's NIfTI reader turns NaN and infinite voxels into 0 (water), so they
-    must be looked for in the file itself (nibabel); integer files cannot hold them
-    and are not read again.
-    """
-    path = Path(path)
-    if not path.name.endswith((".nii", ".nii.gz")):
-        return
-    import nibabel as nib
-
-    try:
-        image = nib.load(str(path))
-        if np.dtype(image.get_data_dtype()).kind not in "fc":
-            return
-        data = np.asanyarray(image.dataobj)
-    except Exception:  # noqa: BLE001 - read_image already accepted the file; keep its reading
-        log.debug("%s: nibabel could not read it back to look for NaN", path)
-        return
-    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-    if bad:
-        raise ImageError(f"the CT has {bad} voxel(s) that are NaN or infinite (SimpleITK would "
-                         "read them as 0 HU)", path=path,
-                         fix="convert it again from DICOM, or replace those voxels")
 
 
 def _array(image) -> np.ndarray:
