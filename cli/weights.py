@@ -121,7 +121,8 @@ def verify_command(name):
 
     Exit code 1 when a model's files do not match.
     """
-    from metcli.weights import WeightsError, verify
+    from metcli.errors import WeightsError
+    from metcli.weights import verify
 
     results = verify(name)
     _print_table([r.row() for r in results], ["name", "status", "detail"], title="models")

@@ -61,6 +61,10 @@ class MaskError(InputError):
     """A segmentation (RTSTRUCT, DICOM-SEG, NRRD, NIfTI) cannot be imported."""
 
 
+class WeightsError(InputError):
+    """A model cannot be found, downloaded, verified or installed."""
+
+
 class SchemaError(MetcliError):
     """A table or JSON document does not follow its schema."""
 

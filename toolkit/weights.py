@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from metcli.errors import InputError, OutputError, UsageError
+from metcli.errors import OutputError, UsageError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ INSTALL_RECORD = ".metcli-install.json"
 RUNNABLE_FORMATS = ("nnunetv2", "onnx-export")
 DOWNLOAD_TIMEOUT_S = 60
 CHUNK = 1 << 20
-
-
-class WeightsError(InputError):
-    """A model cannot be found, downloaded, verified or installed."""
 
 
 # ============================================================================ places
