@@ -797,7 +797,7 @@ def test_overlay_arguments_and_missing_scans(runner, tmp_path, overlay_cohort):
 
 
 def test_a_folder_with_its_own_group_table_is_read_once(tmp_path):
-    from metcli.evaluate import find_prediction_files
+    from metcli.evaluation_inputs import find_prediction_files
 
     (tmp_path / "knn_smote").mkdir()
     for path in (tmp_path / "predictions.tsv", tmp_path / "knn_smote" / "predictions.tsv"):

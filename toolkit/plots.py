@@ -1,6 +1,6 @@
 """Figures of ``metcli evaluate`` and the numbers behind each.
 
-``*_rows`` functions turn the evaluation results (:class:`metcli.evaluate.LevelResult`)
+``*_rows`` functions turn the evaluation results (:class:`metcli.evaluation_metrics.LevelResult`)
 into the rows of each figure's TSV; ``*_figure`` functions draw a PNG from exactly those
 rows, so the numbers behind a figure are always on disk. Figures
 are drawn on matplotlib's Agg canvas, chosen inside each function: importing this
@@ -18,7 +18,7 @@ import numpy as np
 from metcli import stats
 
 if TYPE_CHECKING:  # pragma: no cover
-    from metcli.evaluate import LevelResult
+    from metcli.evaluation_metrics import LevelResult
 
 DPI = 120
 ROC_GRID = np.linspace(0.0, 1.0, 101)

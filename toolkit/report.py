@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
-    from metcli.evaluate import LevelResult
+    from metcli.evaluation_metrics import LevelResult
 
 #: Section ids, in page order (a test checks that a browser shows each).
 SECTIONS = ("summary", "metrics", "comparisons", "figures", "overlays", "checklist", "methods",
