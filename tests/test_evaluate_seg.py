@@ -16,7 +16,8 @@ from conftest import REPO, invoke, make_image
 from metcli import schemas
 from metcli.bids import Entities, find_files
 from metcli.errors import UsageError
-from metcli.evaluate_seg import evaluate_seg, overlap_measures, read_typed_table, size_band
+from metcli.evaluate_seg import evaluate_seg, read_typed_table
+from metcli.seg_measures import overlap_measures, size_band
 from metcli.fileio import read_json
 from metcli.lesions import read_lesion_table, split_lesions
 
