@@ -108,7 +108,7 @@ class _stdout_to_stderr:
 # ----------------------------------------------------------------------------- parent
 def make_scans(folder: Path, count: int, seed: int, size: str) -> list[Path]:
     import SimpleITK as sitk
-    from metcli.synth import SynthParams, grid_for, make_phantom
+    from metcli.synth_phantom import SynthParams, grid_for, make_phantom
 
     params = SynthParams(grid=grid_for(size)) if size != "small" else None
     paths = []

@@ -9,7 +9,7 @@ import click
 from metcli.cli._common import (common_options, finish, overwrite_option, progress_bar,
                                 run_command, seed_option)
 
-# Defaults live in metcli.synth.SynthParams; the help texts repeat them (a test checks that
+# Defaults live in metcli.synth_phantom.SynthParams; the help texts repeat them (a test checks that
 # they agree) so that `metcli --help` needs no numpy.
 _KNOB_OPTIONS = (
     ("--lesions-colorectal", "lesions_colorectal", "N",

@@ -642,7 +642,7 @@ def test_demo_model_agrees_on_synthetic_scans(tmp_path):
     pytest.importorskip("nnunetv2")
     from metcli.nnunet_onnx import export_onnx
     from metcli.onnx_backend import OnnxSegmenter
-    from metcli.synth import make_phantom
+    from metcli.synth_phantom import make_phantom
 
     export_onnx(DEMO_MODEL, tmp_path / "onnx")
     segmenter = OnnxSegmenter(tmp_path / "onnx", device="cpu", tta=False)

@@ -35,7 +35,7 @@ def _needs_nnunet():
 # ----------------------------------------------------------------------------- data
 def cropped_phantom(seed: int, cls: str = "colorectal"):
     """(CT, truth dseg) of a small synth phantom cropped to CROP_ZYX around its liver."""
-    from metcli.synth import make_phantom
+    from metcli.synth_phantom import make_phantom
 
     ct, dseg, _lesions = make_phantom(seed, cls=cls)
     truth = sitk.GetArrayFromImage(dseg)

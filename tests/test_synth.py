@@ -11,12 +11,12 @@ import SimpleITK as sitk
 from scipy import ndimage, optimize, stats
 
 from conftest import invoke
-from metcli import schemas, synth
+from metcli import schemas, synth, synth_phantom
 from metcli.batch import BatchReport
 from metcli.errors import OutputError, UsageError
 from metcli.fileio import read_image, read_json, read_tsv, sha256_file
 from metcli.participants import read_participants
-from metcli.synth import SIZES, Grid, SynthParams, make_phantom, phantom_arrays
+from metcli.synth_phantom import SIZES, Grid, SynthParams, make_phantom, phantom_arrays
 
 #: A coarse grid that keeps many phantoms fast (about 40 ms each).
 TINY = Grid(shape=(64, 64, 32), spacing=(3.0, 3.0, 3.75), anatomy_scale=0.5)
@@ -52,11 +52,11 @@ def test_size_presets():
         # centred on the origin; the liver (with its largest jitter) fits the z extent
         assert np.allclose(np.asarray(grid.origin) + (np.asarray(grid.shape) - 1) / 2
                            * np.asarray(grid.spacing), 0.0)
-        liver_z = 2 * synth.LIVER_SEMI_AXES[2] * 1.08 * grid.anatomy_scale
+        liver_z = 2 * synth_phantom.LIVER_SEMI_AXES[2] * 1.08 * grid.anatomy_scale
         assert liver_z < grid.shape[2] * grid.spacing[2]
-    assert synth.grid_for("paper") is paper
+    assert synth_phantom.grid_for("paper") is paper
     with pytest.raises(UsageError, match="huge"):
-        synth.grid_for("huge")
+        synth_phantom.grid_for("huge")
     with pytest.raises(UsageError, match="does not fit"):
         Grid(shape=(32, 32, 32), spacing=(1.0, 1.0, 1.0), anatomy_scale=1.0).validate()
 
@@ -70,7 +70,7 @@ def test_make_phantom_images_have_the_grid():
         assert image.GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1)
     assert ct.GetPixelIDTypeAsString() == "16-bit signed integer"
     assert dseg.GetPixelIDTypeAsString() == "8-bit unsigned integer"
-    assert lesions and all(isinstance(lesion, synth.Lesion) for lesion in lesions)
+    assert lesions and all(isinstance(lesion, synth_phantom.Lesion) for lesion in lesions)
 
 
 @pytest.mark.slow
@@ -93,11 +93,11 @@ def test_hounsfield_units_of_the_tissues():
         def mean(codes):
             return float(ph.hu[np.isin(ph.tissue, codes)].mean())
 
-        assert mean([synth.AIR]) == pytest.approx(-1000, abs=15)
-        assert mean([synth.FAT]) == pytest.approx(-100, abs=20)
-        assert 20 < mean([synth.MUSCLE, synth.CAVITY]) < 70
-        assert mean([synth.MARROW, synth.CORTICAL_BONE]) > 300
-        assert mean([synth.AORTA]) > 120
+        assert mean([synth_phantom.AIR]) == pytest.approx(-1000, abs=15)
+        assert mean([synth_phantom.FAT]) == pytest.approx(-100, abs=20)
+        assert 20 < mean([synth_phantom.MUSCLE, synth_phantom.CAVITY]) < 70
+        assert mean([synth_phantom.MARROW, synth_phantom.CORTICAL_BONE]) > 300
+        assert mean([synth_phantom.AORTA]) > 120
         liver = ph.hu[ph.dseg == 1]
         assert float(liver.mean()) == pytest.approx(ph.liver_hu, abs=3)
         assert 8 < float(liver.std()) < 25  # noise and texture
@@ -201,7 +201,7 @@ def test_class_assignment():
 def test_lesion_plans_follow_the_study_and_the_null_removes_the_difference():
     def plans(params, cls, n=3000):
         rng = np.random.default_rng(11 if cls == "colorectal" else 12)
-        diameters = [synth.lesion_plan(rng, params, cls) for _ in range(n)]
+        diameters = [synth_phantom.lesion_plan(rng, params, cls) for _ in range(n)]
         return (np.array([len(d) for d in diameters], float),
                 np.concatenate(diameters))
 
