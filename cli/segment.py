@@ -38,12 +38,17 @@ def _split_folds(values) -> list[str] | None:
               help="Translate the model's labels into metcli's, e.g. "
                    "'liver=liver,liver_tumor=lesion' (model label name or value = background, "
                    "liver or lesion). Default: the manifest's map, else the label names.")
+@click.option("--orientation", default=None, metavar="CODE|as-stored",
+              help="Bring every CT to this orientation (e.g. LPS, RAS) before the network "
+                   "sees it; labels come back on the CT's own grid. Default: the model's own "
+                   "(an ONNX export's, a manifest model's input.orientation, else as-stored "
+                   "as nnU-Net does).")
 @participant_options
 @overwrite_option
 @common_options
 @run_command
 def command(raw_dir, out_dir, model, backend, device, folds, tta, step_size, label_map,
-            participant_label, level, overwrite):
+            orientation, participant_label, level, overwrite):
     """Segment liver (1) and lesions (2) in every CT of RAW_DIR.
 
     RAW_DIR holds sub-<id>/[ses-<s>/]anat/..._ct.nii.gz. OUT_DIR gets, per CT,
@@ -61,7 +66,8 @@ def command(raw_dir, out_dir, model, backend, device, folds, tta, step_size, lab
     with progress_bar(total, "segment") as progress:
         report = segment(raw_dir, out_dir, model=model, backend=backend, device=device,
                          folds=_split_folds(folds), tta=tta, step_size=step_size,
-                         label_map=label_map, participants=labels, level=level,
+                         label_map=label_map, orientation=orientation, participants=labels,
+                         level=level,
                          overwrite=overwrite, progress=progress)
     if do_participants:
         finish(report, what="CTs")

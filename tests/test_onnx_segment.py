@@ -636,6 +636,30 @@ def test_real_model_flipped_ct_same_physical_labels(tiny_export_dir):
 
 
 @pytest.mark.slow
+def test_both_backends_agree_on_a_flipped_ct_in_the_exports_orientation(tiny_nnunet,
+                                                                         tiny_export_dir):
+    """The export brings CTs to LPS; the nnU-Net backend told the same orientation (as
+    segment does by default) labels a flipped CT like the ONNX backend."""
+    import SimpleITK as sitk
+    from metcli.errors import UsageError
+    from metcli.nnunet_backend import NnunetSegmenter
+    from metcli.onnx_backend import OnnxSegmenter
+    from metcli.segment import resolve_segmentation_model
+
+    model = resolve_segmentation_model(str(tiny_export_dir), backend="onnx")
+    assert model.orientation == "LPS"
+    with pytest.raises(UsageError, match="export-onnx --orientation RAS"):
+        resolve_segmentation_model(str(tiny_export_dir), backend="onnx", orientation="RAS")
+    ct = flipped_copy(blob_ct((40, 40, 24), (2.0, 1.0, 1.0), seed=22), 0)
+    ours = OnnxSegmenter(tiny_export_dir, device="cpu", tta=False).predict(ct)
+    theirs = NnunetSegmenter(tiny_nnunet, device="cpu", tta=False,
+                             orientation="LPS").predict(ct)
+    a, b = sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs)
+    assert len(np.unique(a)) > 1
+    assert dice(a == 1, b == 1) >= 0.99 and np.mean(a == b) >= 0.999
+
+
+@pytest.mark.slow
 def test_demo_model_agrees_on_synthetic_scans(tmp_path):
     if not (DEMO_MODEL / "plans.json").is_file():
         pytest.skip("the demo model is not built yet (weights/recipes/train_demo_model.py)")

@@ -291,16 +291,44 @@ def test_backend_labels_and_prediction_on_the_cts_grid(demo_segmenter, phantoms)
 
 
 def test_backend_follows_nnunets_axis_order(demo_segmenter, phantoms):
-    """A CT stored with x reversed (direction negated) is given to nnU-Net as its array,
-    as nnU-Net's SimpleITKIO does; the mask comes back on that CT's grid and, on a crop
-    around the liver, describes the same physical liver."""
+    """Without an orientation, a CT stored with x reversed (direction negated) is given
+    to nnU-Net as its array, as nnU-Net's SimpleITKIO does; the mask comes back on that
+    CT's grid and, on a crop around the liver, describes the same physical liver."""
     ct, _truth = phantoms["002"]
+    assert demo_segmenter.orientation is None
     seg = sitk.GetArrayFromImage(demo_segmenter.predict(ct))
     flipped = sitk.Flip(ct, [True, False, False])  # voxels reversed, direction negated
     seg_flipped = demo_segmenter.predict(flipped)
     assert seg_flipped.GetDirection() == flipped.GetDirection()
     back = sitk.GetArrayFromImage(seg_flipped)[:, :, ::-1]
     assert dice(back > 0, seg > 0) > 0.95
+
+
+def test_backend_with_an_orientation_gives_the_same_physical_labels(phantoms):
+    """With orientation LPS (the demo model's), the same physical CT stored flipped and
+    permuted gets exactly the same physical labels: the network sees the same array."""
+    _needs_nnunet()
+    from metcli.nnunet_backend import NnunetSegmenter
+
+    segmenter = NnunetSegmenter(DEMO, device="cpu", tta=False, orientation="LPS")
+    ct, _truth = phantoms["002"]
+    seg = segmenter.predict(ct)
+    stored_otherwise = sitk.PermuteAxes(sitk.Flip(ct, [True, False, True]), [1, 0, 2])
+    seg_other = segmenter.predict(stored_otherwise)
+    assert seg_other.GetDirection() == stored_otherwise.GetDirection()
+    back = sitk.Resample(seg_other, seg, sitk.Transform(), sitk.sitkNearestNeighbor)
+    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(seg))
+    with pytest.raises(UsageError, match="three-letter"):
+        NnunetSegmenter(DEMO, device="cpu", tta=False, orientation="XYZ")
+
+
+def test_the_demo_model_is_run_in_its_manifest_orientation():
+    from metcli.segment import resolve_segmentation_model
+
+    assert resolve_segmentation_model(None).orientation == "LPS"
+    assert resolve_segmentation_model(None, orientation="as-stored").orientation is None
+    assert resolve_segmentation_model(str(DEMO)).orientation is None  # a named folder
+    assert resolve_segmentation_model(str(DEMO), orientation="ras").orientation == "RAS"
 
 
 def test_backend_refuses_a_ct_with_nans(demo_segmenter, phantoms):

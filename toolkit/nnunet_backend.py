@@ -274,6 +274,11 @@ class NnunetSegmenter:
         checkpoint_name: the checkpoint file in each fold folder.
         allow_pickle: allow checkpoints that need full unpickling (see the module
             docstring); False refuses them.
+        orientation: a three-letter code (SimpleITK ``DICOMOrient``, e.g. ``LPS``)
+            to bring every CT to before it is given to nnU-Net (a lossless
+            permutation/flip of axes; the labels are mapped back onto the CT's own
+            grid), as the ONNX backend does; None feeds the array as stored, which is
+            what nnU-Net's SimpleITKIO does.
 
     Attributes:
         labels: the model's labels, ``{name: value}`` (dataset.json).
@@ -285,7 +290,7 @@ class NnunetSegmenter:
     def __init__(self, model_dir: str | Path, *, device: str = "auto",
                  folds: Sequence[int | str] | None = None, tta: bool = True,
                  step_size: float = 0.5, checkpoint_name: str = CHECKPOINT_NAME,
-                 allow_pickle: bool = True):
+                 allow_pickle: bool = True, orientation: str | None = None):
         if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or \
                 not 0 < step_size <= 1:
             raise UsageError(f"--step-size must be a number in (0, 1], got {step_size!r}")
@@ -295,6 +300,11 @@ class NnunetSegmenter:
         self.folds = resolve_folds(self.model_dir, folds, checkpoint_name)
         self.tta = bool(tta)
         self.step_size = float(step_size)
+        self.orientation = orientation
+        if orientation is not None:
+            from metcli.onnx_backend import orientation_transform
+
+            orientation_transform((1, 0, 0, 0, 1, 0, 0, 0, 1), orientation)  # validates it
         predictor_class = import_nnunet()
         self.device = resolve_device(device)
         checkpoints = [load_checkpoint(self.model_dir / f"fold_{fold}" / checkpoint_name,
@@ -371,12 +381,16 @@ class NnunetSegmenter:
         """
         import SimpleITK as sitk
 
+        from metcli.onnx_backend import orientation_transform
+
         array = check_ct(ct)
-        spacing_zyx = [float(s) for s in reversed(ct.GetSpacing())]
+        orient = orientation_transform(ct.GetDirection(), self.orientation)
+        spacing_zyx = orient.spacing_zyx([float(s) for s in reversed(ct.GetSpacing())])
+        oriented = np.ascontiguousarray(orient.forward(array))
         with quiet_nnunet("predict"):
             segmentation = self._predictor.predict_single_npy_array(
-                array[None], {"spacing": spacing_zyx}, None, None, False)
-        segmentation = np.asarray(segmentation)
+                oriented[None], {"spacing": spacing_zyx}, None, None, False)
+        segmentation = np.ascontiguousarray(orient.backward(np.asarray(segmentation)))
         if segmentation.shape != array.shape:
             raise RuntimeError(f"nnU-Net returned shape {segmentation.shape} for an image of "
                                f"shape {array.shape}")

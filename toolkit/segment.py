@@ -43,6 +43,7 @@ COMMAND = "segment"
 DEFAULT_MODEL = "metcli-demo-nnunet"
 BACKENDS = ("nnunet", "onnx")
 DEVICES = ("auto", "cpu", "cuda")
+AS_STORED = "as-stored"
 SEG_SUFFIX = "dseg"
 CT_SUFFIX = "ct"
 #: Model label names read as metcli's labels when no label map is given.
@@ -169,13 +170,15 @@ class SegmentationModel:
     manifest_map: dict[int, int] | None = None
     from_manifest: bool = False
     folds: list[str] | None = None
+    orientation: str | None = None   #: code CTs are brought to first; None = as stored
     extra: dict = field(default_factory=dict)
 
     def record(self) -> dict:
         """The sidecar's ``models`` entry."""
         return {"name": self.name, "sha256": self.sha256, "backend": self.backend,
                 "source": "manifest" if self.from_manifest else "path",
-                "folds": self.folds, "files": self.files}
+                "folds": self.folds, "orientation": self.orientation or AS_STORED,
+                "files": self.files}
 
 
 def model_digest(files: Mapping[str, str]) -> str:
@@ -213,7 +216,8 @@ def _check_sums_file(path: Path, files: Mapping[str, str]) -> None:
 
 
 def resolve_segmentation_model(model: str | Path | None, *, backend: str = "nnunet",
-                               folds: Sequence[int | str] | None = None) -> SegmentationModel:
+                               folds: Sequence[int | str] | None = None,
+                               orientation: str | None = None) -> SegmentationModel:
     """The model of ``--model`` (a manifest name or a folder), checked and hashed.
 
     A name must be in the weights manifest (an unknown name lists the known ones)
@@ -221,6 +225,11 @@ def resolve_segmentation_model(model: str | Path | None, *, backend: str = "nnun
     has no sums for is checked against its ``SHA256SUMS``). A folder is the user's
     own: an nnU-Net v2 trained-model folder for the nnunet backend, a
     ``metcli export-onnx`` folder for the onnx backend.
+
+    ``orientation`` (a three-letter code or ``as-stored``) is what CTs are brought
+    to before the network sees them. None: an ONNX export's own (fixed at export),
+    a manifest model's ``input.orientation``, else ``as-stored`` (nnU-Net's own
+    behaviour for a folder the user names). Both backends then see the same arrays.
     """
     from metcli import weights
     from metcli.fileio import sha256_file
@@ -250,6 +259,9 @@ def resolve_segmentation_model(model: str | Path | None, *, backend: str = "nnun
                              fix="use --backend onnx with it, or give an nnU-Net v2 model folder")
         read_model_folder(path)
         used_folds = resolve_folds(path, folds)
+        if orientation is None:
+            orientation = ((entry.get("input") or {}).get("orientation") if entry is not None
+                           else None) or AS_STORED
     else:
         if folds:
             raise UsageError("--folds applies to the nnunet backend only (an ONNX export holds "
@@ -259,6 +271,8 @@ def resolve_segmentation_model(model: str | Path | None, *, backend: str = "nnun
                              fix=f"export it first (metcli export-onnx {path} ONNX_DIR) and give "
                                  "ONNX_DIR, or use --backend nnunet")
         used_folds = None
+        orientation = _export_orientation(path, orientation)
+    orientation = _check_orientation(orientation)
     relpaths = _model_files(path, backend, used_folds)
     files = {}
     for rel in relpaths:
@@ -271,7 +285,37 @@ def resolve_segmentation_model(model: str | Path | None, *, backend: str = "nnun
         _check_sums_file(path, files)
     return SegmentationModel(name=name, path=path, backend=backend, files=files,
                              sha256=model_digest(files), manifest_map=manifest_map,
-                             from_manifest=entry is not None, folds=used_folds)
+                             from_manifest=entry is not None, folds=used_folds,
+                             orientation=orientation)
+
+
+def _check_orientation(code: str) -> str | None:
+    """``as-stored`` -> None; a valid three-letter code -> itself, upper-case."""
+    if str(code).strip().lower() == AS_STORED:
+        return None
+    from metcli.onnx_backend import orientation_transform
+
+    code = str(code).strip().upper()
+    if len(code) != 3:
+        raise UsageError(f"--orientation {code!r} is not a three-letter code or {AS_STORED}",
+                         fix="use for example LPS, RAS, or as-stored")
+    orientation_transform((1, 0, 0, 0, 1, 0, 0, 0, 1), code)  # raises UsageError if invalid
+    return code
+
+
+def _export_orientation(path: Path, wanted: str | None) -> str:
+    """The orientation an ONNX export was made for; another one asked for is refused."""
+    from metcli.fileio import read_json
+
+    spec = read_json(path / "preprocessing.json")
+    axes = spec.get("axes") if isinstance(spec, dict) else None
+    own = (axes or {}).get("orientation") if isinstance(axes, dict) else None
+    own = AS_STORED if own is None else str(own)
+    if wanted is not None and str(wanted).strip().upper() != own.upper():
+        raise UsageError(f"--orientation {wanted} differs from the {own} the ONNX export was "
+                         "made for", fix=f"leave --orientation out, or export again with "
+                                         f"metcli export-onnx --orientation {wanted}")
+    return own
 
 
 def model_labels_of(model: SegmentationModel) -> dict[str, int]:
@@ -300,7 +344,8 @@ def load_segmenter(model: SegmentationModel, *, device: str = "auto", tta: bool 
         # The folder was named by the user or verified against the manifest (see
         # resolve_segmentation_model): full unpickling is allowed where needed.
         return NnunetSegmenter(model.path, device=device, folds=model.folds, tta=tta,
-                               step_size=step_size, allow_pickle=True)
+                               step_size=step_size, allow_pickle=True,
+                               orientation=model.orientation)
     from metcli.onnx_backend import OnnxSegmenter
 
     return OnnxSegmenter(model.path, device=device, tta=tta, step_size=step_size)
@@ -346,6 +391,7 @@ def select(raw_dir: Path, participants: Sequence[str] | None) -> list[str]:
 def segment(raw_dir, out_dir, *, model: str | Path | None = None, backend: str = "nnunet",
             device: str = "auto", folds: Sequence[int | str] | None = None, tta: bool = True,
             step_size: float = 0.5, label_map: str | Mapping | None = None,
+            orientation: str | None = None,
             participants: Sequence[str] | str | None = None, level: str | None = None,
             overwrite: bool = False, progress: Callable[[str, str], None] | None = None
             ) -> BatchReport:
@@ -363,6 +409,9 @@ def segment(raw_dir, out_dir, *, model: str | Path | None = None, backend: str =
         tta: mirroring test-time augmentation.
         step_size: sliding-window step (fraction of the patch, nnU-Net's 0.5).
         label_map: translation of the model's labels (see :func:`resolve_label_map`).
+        orientation: what CTs are brought to before the network sees them (a
+            three-letter code or ``as-stored``); None = the model's own (see
+            :func:`resolve_segmentation_model`).
         participants: labels to process (with or without ``sub-``); None = all.
         level: ``participant``, ``group`` or ``both``; None = both, or only the
             participant level when ``participants`` are given.
@@ -392,11 +441,13 @@ def segment(raw_dir, out_dir, *, model: str | Path | None = None, backend: str =
     report = BatchReport()
 
     if do_participants:
-        resolved = resolve_segmentation_model(model, backend=backend, folds=folds)
+        resolved = resolve_segmentation_model(model, backend=backend, folds=folds,
+                                              orientation=orientation)
         mapping = resolve_label_map(model_labels_of(resolved), label_map,
                                     manifest_map=resolved.manifest_map)
         settings = {"model_sha256": resolved.sha256, "backend": backend,
                     "folds": resolved.folds, "tta": bool(tta), "step_size": float(step_size),
+                    "orientation": resolved.orientation or AS_STORED,
                     "label_map": {str(k): v for k, v in mapping.items()}}
         step = Step(COMMAND, out_dir, {"raw": raw_dir}, settings)
         write_dataset_description(out_dir, name="metcli segment", sources={"raw": raw_dir},
