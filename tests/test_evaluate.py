@@ -805,3 +805,31 @@ def test_a_folder_with_its_own_group_table_is_read_once(tmp_path):
     assert find_prediction_files([tmp_path]) == [tmp_path / "predictions.tsv"]
     assert find_prediction_files([tmp_path / "knn_smote"]) == [
         tmp_path / "knn_smote" / "predictions.tsv"]
+
+
+def test_roc_figure_keeps_the_cv_choice_and_the_best_curves(tmp_path):
+    """Sixteen models: the figure draws six (the CV choice first, then by AUC); the
+    AUC in the legend is the curve's area, equal to scikit-learn's."""
+    from sklearn.metrics import roc_curve
+
+    from metcli import plots
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 2, 60)
+    rows, expected = [], {}
+    for k in range(16):
+        score = truth * (k / 10.0) + rng.normal(size=60)
+        expected[f"m{k:02d}"] = roc_auc_score(truth, score)
+        fpr, tpr, thr = roc_curve(truth, score)
+        rows += [{"model": f"m{k:02d}", "class": "b", "kind": "curve", "fpr": x, "tpr": y,
+                  "threshold": None} for x, y in zip(fpr, tpr)]
+    groups = plots._groups(rows, "model", "class")
+    keys = list(groups)
+    aucs = [plots._curve_auc(groups[key]) for key in keys]
+    for key, auc in zip(keys, aucs):
+        assert auc == pytest.approx(expected[key[0]], abs=1e-12)
+    shown = [keys[i][0] for i in plots.shown_roc_series(keys, aucs, first=["m03"])]
+    best = sorted((m for m in expected if m != "m03"), key=lambda m: -expected[m])[:5]
+    assert shown == ["m03", *best]
+    plots.roc_figure(rows, tmp_path / "roc.png", first=["m03"], table_name="roc_patient.tsv")
+    assert (tmp_path / "roc.png").stat().st_size > 10_000

@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover
 DPI = 120
 ROC_GRID = np.linspace(0.0, 1.0, 101)
 CALIBRATION_BINS = 10
+#: At most this many curves in an ROC figure (its TSV keeps every model); bootstrap
+#: bands are drawn only up to BAND_CURVES curves, beyond which they hide each other.
+MAX_ROC_CURVES, BAND_CURVES = 6, 3
 LEVELS = ("patient", "lesion")
 ROC_COLUMNS = ("model", "level", "class", "kind", "fpr", "tpr", "threshold", "tpr_lower",
                "tpr_upper")
@@ -151,9 +154,11 @@ def figure_plan(results: dict[str, list["LevelResult"]], level_ci: float = 0.95
         if not found:
             continue
         label = "patient" if lv == "patient" else "lesion (CI band: patients resampled)"
+        selected = [r.model.name for r in found if r.model.selected]
         plan[f"roc_{lv}"] = (ROC_COLUMNS, "roc", roc_rows(found, level_ci),
-                             lambda rows, target, t=f"ROC, {label} level": roc_figure(
-                                 rows, target, title=t),
+                             lambda rows, target, t=f"ROC, {label} level", first=selected,
+                             name=f"roc_{lv}.tsv": roc_figure(rows, target, title=t,
+                                                              first=first, table_name=name),
                              f"ROC curves at {lv} level, {int(level_ci * 100)}% bootstrap band "
                              "and operating point")
         plan[f"calibration_{lv}"] = (
@@ -204,24 +209,59 @@ def _groups(rows: Sequence[dict], *keys: str) -> "OrderedDict[tuple, list[dict]]
     return groups
 
 
-def roc_figure(rows: Sequence[dict[str, Any]], target: Path, *, title: str = "ROC") -> None:
-    """ROC curves of every model (one class against the rest for several classes), the
-    bootstrap band of each, and the operating point of its decision rule."""
+def _curve_auc(items: Sequence[dict]) -> float:
+    curve = [r for r in items if r["kind"] == "curve"]
+    if len(curve) < 2:
+        return float("nan")
+    fpr = np.array([r["fpr"] for r in curve], float)
+    tpr = np.array([r["tpr"] for r in curve], float)
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+
+
+def shown_roc_series(series: Sequence[tuple], aucs: Sequence[float], first: Sequence[str] = (),
+                     limit: int = MAX_ROC_CURVES) -> list[int]:
+    """Which (model, class) series an ROC figure draws: the models selected by
+    cross-validation first, then the others by falling AUC (ties: name), at most ``limit``."""
+    order = sorted(range(len(series)),
+                   key=lambda i: (series[i][0] not in first,
+                                  -aucs[i] if np.isfinite(aucs[i]) else np.inf,
+                                  str(series[i][0]), str(series[i][1])))
+    return order[:limit]
+
+
+def roc_figure(rows: Sequence[dict[str, Any]], target: Path, *, title: str = "ROC",
+               first: Sequence[str] = (), table_name: str | None = None) -> None:
+    """ROC curves (one class against the rest for several classes), the bootstrap band
+    of each and the operating point of its decision rule.
+
+    With many models the figure keeps the cross-validation choice (``first``) and
+    the best of the others by AUC, :data:`MAX_ROC_CURVES` curves in all, and says how
+    many more the table holds; bands are drawn for up to :data:`BAND_CURVES` curves.
+    """
     figure = _figure(6.0, 6.0)
     ax = figure.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
-    series = _groups(rows, "model", "class")
-    multiclass = len({key[1] for key in series}) > 1
-    for colour, ((model, cls), items) in zip(_colours(len(series)), series.items()):
+    groups = _groups(rows, "model", "class")
+    keys = list(groups)
+    aucs = [_curve_auc(groups[k]) for k in keys]
+    shown = shown_roc_series(keys, aucs, first)
+    multiclass = len({key[1] for key in keys}) > 1
+    bands = len(shown) <= BAND_CURVES
+    for colour, index in zip(_colours(len(shown)), shown):
+        (model, cls), items = keys[index], groups[keys[index]]
         label = f"{model} ({cls})" if multiclass else model
+        if np.isfinite(aucs[index]):
+            label += f"  AUC {aucs[index]:.2f}"
+        if model in first:
+            label += " (CV choice)"
         band = [r for r in items if r["kind"] == "band" and r["tpr_lower"] is not None]
-        if band:
+        if band and bands:
             ax.fill_between([r["fpr"] for r in band], [r["tpr_lower"] for r in band],
                             [r["tpr_upper"] for r in band], color=colour, alpha=0.15,
                             linewidth=0)
         curve = [r for r in items if r["kind"] == "curve"]
         ax.plot([r["fpr"] for r in curve], [r["tpr"] for r in curve], color=colour,
-                linewidth=1.8, label=label)
+                linewidth=2.4 if model in first else 1.6, label=label)
         for point in (r for r in items if r["kind"] == "operating_point"):
             ax.plot([point["fpr"]], [point["tpr"]], marker="o", markersize=7, color=colour,
                     markeredgecolor="black")
@@ -230,11 +270,14 @@ def roc_figure(rows: Sequence[dict[str, Any]], target: Path, *, title: str = "RO
     ax.set_aspect("equal")
     ax.set_xlabel("1 - specificity (false-positive rate)")
     ax.set_ylabel("sensitivity (true-positive rate)")
+    hidden = len(keys) - len(shown)
+    if hidden:
+        title += f"\n{len(shown)} of {len(keys)} curves: CV choice and best AUCs; all in " \
+                 f"{table_name or 'the table'}"
     ax.set_title(title, fontsize=10)
-    if series:
-        ax.legend(loc="lower right", fontsize=8, title="shaded: 95% bootstrap band; "
-                                                       "dot: operating point",
-                  title_fontsize=7)
+    if keys:
+        legend_title = ("shaded: 95% bootstrap band; " if bands else "") + "dot: operating point"
+        ax.legend(loc="lower right", fontsize=7, title=legend_title, title_fontsize=7)
     else:
         ax.text(0.5, 0.5, "no curve: a single class in the set", ha="center", va="center")
     _save(figure, target)
