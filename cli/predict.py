@@ -16,31 +16,44 @@ from metcli.cli._common import common_options, finish, overwrite_option, run_com
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--participants", type=click.Path(exists=True, path_type=Path), default=None,
               help="participants.tsv with the covariates the model uses (age, sex...).")
-@click.option("--aggregate", type=click.Choice(["mean", "max", "vote"]), default="mean",
+@click.option("--aggregate", type=click.Choice(["mean", "max", "vote", "sum"]), default="mean",
               show_default=True,
-              help="Patient from lesions: mean or maximum of the probabilities, or the share "
-                   "of lesions predicted as each class (vote).")
+              help="Patient from lesions: mean or maximum of the probabilities, the share of "
+                   "lesions predicted as each class (vote), or the per-class sums of the "
+                   "probabilities through a softmax (sum; every agreeing lesion adds "
+                   "evidence). The card's threshold applies to mean only; vote and sum "
+                   "predict the larger class.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True,
-              help="ONNX Runtime provider: CUDA when available (auto, cuda) or the CPU.")
+              help="ONNX Runtime provider: CUDA when available (auto, cuda) or the CPU. "
+                   "cuda without CUDA: radiomics models run on the CPU (warned), image "
+                   "models stop with an error.")
 @click.option("--session", default=None,
               help="Session to use when participants have lesions from several.")
+@click.option("--explain", is_flag=True, default=False,
+              help="Image models: also write, per lesion, a PNG of its most probable slice "
+                   "with the Grad-CAM heat map of the predicted class (needs checkpoint.pt).")
 @overwrite_option
 @common_options
 @run_command
-def command(model_dir, inputs, out_dir, participants, aggregate, device, session, overwrite):
+def command(model_dir, inputs, out_dir, participants, aggregate, device, session, explain,
+            overwrite):
     """Predict the class of each lesion and patient with a metcli model.
 
     MODEL_DIR is a model folder (model.onnx and its card model.json) from
-    train-radiomics. INPUT is a features table or the folder `metcli extract`
-    wrote, made with the same extraction settings as the model's training
-    features (checked). OUT_DIR gets sub-<id>/.../..._predictions.tsv per
-    participant and predictions.tsv for all, with the card's threshold.
+    train-radiomics or train-cnn. For a radiomics model, INPUT is a features
+    table or the folder `metcli extract` wrote, made with the same extraction
+    settings as the model's training features (checked). For an image model
+    (train-cnn), INPUT is RAW_DIR LESIONS_DIR: the CTs and split-lesions'
+    folder, preprocessed as the card says (checked). OUT_DIR gets
+    sub-<id>/.../..._predictions.tsv per participant and predictions.tsv for
+    all, with the card's threshold; --explain adds ..._lesion-<n>_gradcam.png.
     """
     from metcli.predict import predict
 
     report = predict(model_dir, list(inputs), out_dir, participants=participants,
-                     aggregate=aggregate, device=device, session=session, overwrite=overwrite)
+                     aggregate=aggregate, device=device, session=session, explain=explain,
+                     overwrite=overwrite)
     group = Path(out_dir) / "predictions.tsv"
     if group in report.outputs:
         click.echo(str(group))

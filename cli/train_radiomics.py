@@ -41,6 +41,12 @@ CLASSIFIER_HELP = ("all, or a comma-separated list of xgboost, random-forest, li
               help="Holdout: patients in the test set, stratified by class [default: 8].")
 @click.option("--split", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Holdout: a split file (participant_id, set, fold).")
+@click.option("--hierarchy", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None,
+              help="YAML/JSON file of label groups (groups: {metastasis: [colorectal, "
+                   "pancreatic], hcc: [hcc]}): train hierarchical models, step 1 on the groups "
+                   "and step 2 on the labels of each group; P(label) = P(group) x "
+                   "P(label | group).")
 @click.option("--cv-folds", type=int, default=5, show_default=True, help="Outer CV folds.")
 @click.option("--cv-repeats", type=int, default=2, show_default=True,
               help="Repeats of the outer CV (other shuffles of the patients).")
@@ -69,16 +75,17 @@ CLASSIFIER_HELP = ("all, or a comma-separated list of xgboost, random-forest, li
 @click.option("--importance-repeats", type=int, default=5, show_default=True,
               help="Shuffles per feature of the permutation importance.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Parallel jobs of the hyper-parameter search.")
+              help="Processes that share the outer CV folds (and the final models' "
+                   "searches); results do not change.")
 @seed_option()
 @overwrite_option
 @common_options
 @run_command
 def command(features, out_dir, labels, label_column, positive_class, classifiers, samplers,
             patient_weights, pcc_threshold, max_features, protocol, test_patients, split,
-            cv_folds, cv_repeats, inner_folds, group_by, search, search_iterations, threshold,
-            threshold_level, covariates, phase, session, importance_trees, importance_repeats,
-            jobs, seed, overwrite):
+            hierarchy, cv_folds, cv_repeats, inner_folds, group_by, search, search_iterations,
+            threshold, threshold_level, covariates, phase, session, importance_trees,
+            importance_repeats, jobs, seed, overwrite):
     """Train the study's radiomics classifiers without leaking patients between folds.
 
     FEATURES is the folder `metcli extract` wrote (its features.tsv) or a
@@ -89,6 +96,7 @@ def command(features, out_dir, labels, label_column, positive_class, classifiers
     gets one folder per classifier and sampler (model.onnx, model.json),
     results.tsv, selected_features.tsv, split.tsv, oof_predictions.tsv and,
     with a test set, predictions.tsv. Prints the chosen model's folder.
+    With --hierarchy each model folder chains step1/ and step2-<group>/.
     """
     from metcli.radiomics_model import check_settings
     from metcli.radiomics_training import train_radiomics
@@ -107,7 +115,8 @@ def command(features, out_dir, labels, label_column, positive_class, classifiers
         settings.cv_folds * settings.cv_repeats + 1)
     with progress_bar(fits, "train-radiomics") as progress:
         result = train_radiomics(features, out_dir, labels=labels, split=split,
-                                 overwrite=overwrite, jobs=jobs, progress=progress, **options)
+                                 hierarchy=hierarchy, overwrite=overwrite, jobs=jobs,
+                                 progress=progress, **options)
     ctx = click.get_current_context()
     if result.excluded and not (ctx.obj and ctx.obj.get("quiet")):
         click.echo("left out (no label or covariate): " + ", ".join(

@@ -175,3 +175,93 @@ def test_patient_aggregation_rules():
     patient = [r for r in rows if r["level"] == "patient"]
     assert [r["predicted"] for r in patient] == ["pancreatic", "colorectal"]
     assert json.dumps([r["lesion_id"] for r in patient]) == "[null, null]"
+
+
+def test_sum_aggregation_is_a_softmax_of_the_summed_probabilities():
+    from metcli.predict import aggregate_patients, prediction_rows
+
+    classes = ["colorectal", "pancreatic"]
+    proba = np.array([[0.3, 0.7]] * 3 + [[0.3, 0.7]] + [[0.9, 0.1], [0.3, 0.7]])
+    pids = ["sub-1"] * 3 + ["sub-2"] + ["sub-3"] * 2
+    order, summed = aggregate_patients(pids, proba, classes, aggregate="sum",
+                                       positive="pancreatic")
+    _, mean = aggregate_patients(pids, proba, classes)
+    assert order == ["sub-1", "sub-2", "sub-3"]
+    assert np.allclose(summed.sum(axis=1), 1.0)
+    # same mean, but three agreeing lesions make the patient more certain than one
+    assert mean[0, 1] == pytest.approx(mean[1, 1]) and summed[0, 1] > summed[1, 1] > 0.5
+    # two classes: the logistic function of the summed evidence, sum of (2p - 1)
+    assert summed[0, 1] == pytest.approx(1.0 / (1.0 + np.exp(-3 * 0.4)))
+    assert summed[1, 1] == pytest.approx(1.0 / (1.0 + np.exp(-0.4)))
+    assert summed[2, 0] > 0.5
+    # several classes: softmax of the per-class sums
+    three = np.array([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3]])
+    _, per = aggregate_patients(["sub-1", "sub-1"], three, ["a", "b", "c"], aggregate="sum")
+    totals = three.sum(axis=0)
+    assert np.allclose(per[0], np.exp(totals) / np.exp(totals).sum())
+    # hundreds of lesions do not overflow
+    _, many = aggregate_patients(["sub-1"] * 2000, np.tile([[0.01, 0.99]], (2000, 1)), classes,
+                                 aggregate="sum", positive="pancreatic")
+    assert np.isfinite(many).all() and many[0, 1] == pytest.approx(1.0)
+    # the patient gets the class with the larger sum; the card's threshold (chosen on means)
+    # still decides the lesion rows
+    rows = prediction_rows(pids, [1, 2, 3, 1, 1, 2], proba, classes, model="m",
+                           set_name="test", positive="pancreatic", threshold=0.9,
+                           aggregate="sum")
+    patient = {r["participant_id"]: r["predicted"] for r in rows if r["level"] == "patient"}
+    assert patient == {"sub-1": "pancreatic", "sub-2": "pancreatic", "sub-3": "colorectal"}
+    assert {r["predicted"] for r in rows if r["level"] == "lesion"} == {"colorectal"}
+
+
+def test_predict_runs_a_hierarchical_models_chain(tmp_path, runner):
+    """model.onnx of a hierarchy reproduces P(group) x P(label | group) of the fitted steps;
+    a feature only step 2 needs is checked like any other input."""
+    import pandas as pd
+
+    from metcli.radiomics_training import train_radiomics
+    from test_train_radiomics import HIERARCHY, THREE, make_three_classes
+
+    labels, rows = make_three_classes(4)
+    (tmp_path / "hierarchy.yaml").write_text(HIERARCHY)
+    result = train_radiomics(write_features(tmp_path / "features", rows), tmp_path / "models",
+                             labels=write_labels(tmp_path / "participants.tsv", labels),
+                             hierarchy=tmp_path / "hierarchy.yaml",
+                             classifiers="logistic-regression", samplers="none",
+                             grids=TINY_GRIDS, **FAST)
+    model_dir = tmp_path / "models" / "logistic-regression_none"
+    _, new_rows = make_three_classes(5, n_patients=9, first=300)
+    features = write_features(tmp_path / "extract2", new_rows)
+    out = tmp_path / "pred"
+    invoke(runner, ["predict", model_dir, features, out, "--aggregate", "sum", "--device", "cpu"])
+    got = read_tsv(out / "predictions.tsv")
+    lesions = [r for r in got if r["level"] == "lesion"]
+    order = {(p, lesion): i for i, (p, lesion, _) in enumerate(new_rows)}
+    index = [order[(r["participant_id"], int(r["lesion_id"]))] for r in lesions]
+    frame = pd.DataFrame(frame_of(new_rows).to_numpy()[index], columns=NAMES)
+    chained = result.models["logistic-regression_none"]
+    parts = chained.steps
+    p1 = parts["step1"].pipeline.predict_proba(frame)                  # hcc, metastasis
+    p2 = parts["step2-metastasis"].pipeline.predict_proba(frame)       # colorectal, pancreatic
+    expected = np.column_stack([p1[:, 1] * p2[:, 0], p1[:, 0], p1[:, 1] * p2[:, 1]])
+    proba = np.array([[float(r[f"prob_{c}"]) for c in THREE] for r in lesions])
+    assert np.abs(proba - expected).max() < 1e-5
+    assert np.abs(chained.pipeline.predict_proba(frame) - expected).max() < 1e-12
+    assert [r["predicted"] for r in lesions] == [THREE[i] for i in proba.argmax(axis=1)]
+    for pid in {r["participant_id"] for r in lesions}:
+        mine = proba[[i for i, r in enumerate(lesions) if r["participant_id"] == pid]]
+        patient = next(r for r in got if r["participant_id"] == pid and r["level"] == "patient")
+        soft = np.exp(mine.sum(axis=0) - mine.sum(axis=0).max())
+        assert np.allclose([float(patient[f"prob_{c}"]) for c in THREE], soft / soft.sum(),
+                           atol=1e-9)
+    side = read_json(out / "predictions.json")
+    assert side["patient_aggregate"] == "sum" and side["classes"] == list(THREE)
+    # a features table without an input of step 2 is refused, naming it
+    card = read_json(model_dir / "model.json")
+    step2 = next(s for s in card["hierarchy"]["steps"] if s["name"] == "step2-metastasis")
+    dropped = step2["inputs"][0]
+    keep = [n for n in NAMES if n != dropped]
+    cut = [(p, lesion, v[[NAMES.index(n) for n in keep]]) for p, lesion, v in new_rows]
+    refused = invoke(runner, ["predict", model_dir, write_features(tmp_path / "cut", cut,
+                                                                   names=keep),
+                              tmp_path / "pred2"], expect=1)
+    assert f"the features lack {dropped}" in refused.stderr

@@ -129,6 +129,33 @@ def test_correlation_filter_rule_is_documented_and_order_independent():
     assert "hub" in keep.get_feature_names_out()
 
 
+def test_cached_filter_fits_equal_fresh_ones(tmp_path):
+    """The CV shares one filter fit per training fold through a cache keyed by the data."""
+    import pandas as pd
+
+    from metcli.feature_selection import CorrelationFilter
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(2, 50))
+    frame = pd.DataFrame({"a": a, "b": b, "a2": a + rng.normal(0, 0.1, 50),
+                          "const": np.zeros(50)})
+    fresh = CorrelationFilter(threshold=0.6).fit(frame)
+    first = CorrelationFilter(threshold=0.6, cache_dir=str(tmp_path)).fit(frame)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    again = CorrelationFilter(threshold=0.6, cache_dir=str(tmp_path)).fit(frame)
+    for fit in (first, again):
+        assert fit.support_.tolist() == fresh.support_.tolist()
+        assert fit.dropped_ == fresh.dropped_
+    # other values or another threshold are other entries, not a stale hit
+    other = frame.assign(b=a + rng.normal(0, 0.1, 50))       # now a, a2 and b correlate
+    cached = CorrelationFilter(threshold=0.6, cache_dir=str(tmp_path)).fit(other)
+    assert cached.support_.tolist() == CorrelationFilter(
+        threshold=0.6).fit(other).support_.tolist()
+    assert cached.support_.sum() == fresh.support_.sum() - 1
+    CorrelationFilter(threshold=0.95, cache_dir=str(tmp_path)).fit(frame)
+    assert len(list(tmp_path.glob("*.npz"))) == 3
+
+
 def test_importance_selector_ranks_the_signal_first_and_keeps_covariates():
     import pandas as pd
 
@@ -277,14 +304,16 @@ def _cli_args(features, out, labels, *extra):
              "--importance-repeats", "2"] + list(extra))
 
 
-def test_holdout_outputs_follow_the_contract_and_same_seed_is_byte_identical(tmp_path, runner):
+def test_holdout_outputs_follow_the_contract_and_are_byte_identical_with_any_jobs(tmp_path,
+                                                                                 runner):
     labels, rows = make_cohort(5, n_patients=20, signal=2.0)
     features = write_features(tmp_path / "features", rows)
     labels_path = write_labels(tmp_path / "raw" / "participants.tsv", labels)
     args = ["--classifiers", "naive-bayes", "--sampler", "smote,undersample",
             "--protocol", "holdout", "--test-patients", "6", "--seed", "3"]
     first = invoke(runner, _cli_args(features, tmp_path / "a", labels_path, *args))
-    invoke(runner, _cli_args(features, tmp_path / "b", labels_path, *args))
+    # the same again, with the outer folds shared by two worker processes
+    invoke(runner, _cli_args(features, tmp_path / "b", labels_path, *args, "--jobs", "2"))
     out = tmp_path / "a"
     for name in ("results.tsv", "selected_features.tsv", "split.tsv", "oof_predictions.tsv",
                  "predictions.tsv"):
@@ -449,3 +478,159 @@ def test_split_file_with_folds_is_followed(tmp_path, runner):
     assert all(written[p]["fold"] == str(i % 3) for i, p in enumerate(train))
     card = read_json(tmp_path / "out" / "naive-bayes_none" / "model.json")
     assert card["split"]["source"] == "split file" and card["split"]["cv_repeats"] == 1
+
+
+# ----------------------------------------------------------------------------- hierarchy
+HIERARCHY = "groups:\n  metastasis: [colorectal, pancreatic]\n  hcc: [hcc]\n"
+THREE = ("colorectal", "hcc", "pancreatic")
+
+
+def make_three_classes(seed, *, n_patients=27, first=0):
+    """hcc far from the metastases on feature 0 (step 1 is easy); pancreatic vs
+    colorectal shifted by 2 SD on feature 1 (step 2 is harder)."""
+    labels, rows = make_cohort(seed, n_patients=n_patients, signal=2.0, classes=THREE,
+                               first=first)
+    shift = np.zeros(len(NAMES))
+    shift[0] = 4.0
+    return labels, [(p, lesion, v + shift if labels[p] == "hcc" else v)
+                    for p, lesion, v in rows]
+
+
+@pytest.mark.parametrize("case, expect, message", [
+    ("label in two groups", 1, "label 'colorectal' is in two groups"),
+    ("single labels only", 1, "every group holds a single label"),
+    ("not the schema", 1, "does not follow the hierarchy schema"),
+    ("label in no group", 1, "label 'pancreatic' of participants.tsv is in no group"),
+    ("label without patients", 1, "label 'icc' of group icc in the hierarchy"),
+    ("positive class", 2, "--positive-class does not apply to --hierarchy"),
+])
+def test_bad_hierarchy_files_give_one_line_errors(tmp_path, runner, case, expect, message):
+    labels, rows = make_three_classes(1, n_patients=12)
+    hierarchy = tmp_path / "hierarchy.yaml"
+    hierarchy.write_text({
+        "label in two groups": "groups:\n  metastasis: [colorectal, pancreatic]\n"
+                               "  other: [colorectal, hcc]\n",
+        "single labels only": "groups:\n  a: [colorectal]\n  b: [hcc]\n  c: [pancreatic]\n",
+        "not the schema": "groups:\n  metastasis: [colorectal, pancreatic]\nsecond: [x]\n",
+        "label in no group": "groups:\n  metastasis: [colorectal, gastric]\n  hcc: [hcc]\n",
+        "label without patients": HIERARCHY + "  icc: [icc]\n",
+    }.get(case, HIERARCHY))
+    extra = ["--positive-class", "hcc"] if case == "positive class" else []
+    result = invoke(runner, _cli_args(write_features(tmp_path / "f", rows), tmp_path / "out",
+                                      write_labels(tmp_path / "participants.tsv", labels),
+                                      "--hierarchy", hierarchy, "--classifiers", "knn",
+                                      "--sampler", "none", *extra), expect=expect)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("metcli: error")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "out" / "results.tsv").exists()
+
+
+def test_hierarchical_model_chains_its_steps_on_the_same_patient_folds(tmp_path, monkeypatch):
+    """Step 1 (hcc vs metastasis) is easy, step 2 (colorectal vs pancreatic) learns from the
+    metastasis patients; every fit of either step sees the training patients of one outer
+    fold (the same folds for both) or all of them, never a test patient."""
+    from metcli import radiomics_hierarchy, radiomics_training
+    from metcli.fileio import sha256_file
+    from metcli.radiomics_model import fit_search
+
+    calls = []
+
+    def spy(classifier, sampler, X, y, *, patients, **kwargs):
+        calls.append((classifier, frozenset(np.asarray(patients).tolist())))
+        return fit_search(classifier, sampler, X, y, patients=patients, **kwargs)
+
+    monkeypatch.setattr(radiomics_hierarchy, "fit_search", spy)
+    monkeypatch.setattr(radiomics_training, "fit_search", spy)
+    labels, rows = make_three_classes(2)
+    hierarchy = tmp_path / "hierarchy.yaml"
+    hierarchy.write_text(HIERARCHY)
+    result = radiomics_training.train_radiomics(
+        write_features(tmp_path / "f", rows), tmp_path / "out",
+        labels=write_labels(tmp_path / "participants.tsv", labels), hierarchy=hierarchy,
+        classifiers="logistic-regression,naive-bayes", samplers="none", grids=TINY_GRIDS,
+        protocol="holdout", test_patients=6, **FAST)
+    out = tmp_path / "out"
+
+    # -- the same patient-level split and folds for both steps, test patients never fitted
+    split = read_tsv(out / "split.tsv")
+    test = {r["participant_id"] for r in split if r["set"] == "test"}
+    fold_of = {r["participant_id"]: r["fold"] for r in split if r["set"] == "train"}
+    assert len(test) == 6 and sorted(labels[p] for p in test) == sorted(THREE * 2)
+    eligible = {"step1": set(fold_of),
+                "step2": {p for p in fold_of if labels[p] != "hcc"}}
+    kinds = {"step1": [], "step2": []}
+    for classifier, patients in calls:
+        assert not patients & test
+        step = "step2" if all(labels[p] != "hcc" for p in patients) else "step1"
+        left_out = eligible[step] - patients
+        assert patients <= eligible[step]
+        folds = {fold_of[p] for p in left_out}
+        assert len(folds) <= 1 and left_out == {p for p in eligible[step]
+                                                if fold_of[p] in folds}, (step, left_out)
+        kinds[step].append(folds.pop() if folds else "final")
+    for step in kinds:   # 3 outer folds + the final fit, for each of the two classifiers
+        assert sorted(kinds[step]) == sorted(["0", "1", "2", "final"] * 2), kinds
+
+    # -- the model folder: the chain, its steps, and cards that say how they chain
+    name = "logistic-regression_none"
+    card = read_json(out / name / "model.json")
+    schemas.validate(card, "model_card")
+    assert card["kind"] == "radiomics-hierarchy" and card["classes"] == list(THREE)
+    assert card["positive_class"] is None and card["threshold"] is None
+    steps = {s["name"]: s for s in card["hierarchy"]["steps"]}
+    assert sorted(steps) == ["step1", "step2-metastasis"]
+    assert card["hierarchy"]["groups"] == {"hcc": ["hcc"], "metastasis": ["colorectal",
+                                                                          "pancreatic"]}
+    for step, entry in steps.items():
+        sub = read_json(out / name / entry["folder"] / "model.json")
+        schemas.validate(sub, "model_card")
+        assert sub["kind"] == "radiomics" and sub["classes"] == entry["classes"]
+        assert entry["onnx_sha256"] == sha256_file(out / name / step / "model.onnx")
+        assert [i["name"] for i in sub["inputs"]] == entry["inputs"]
+        assert set(entry["inputs"]) <= {i["name"] for i in card["inputs"]}
+    assert steps["step1"]["classes"] == ["hcc", "metastasis"]
+    assert steps["step2-metastasis"]["classes"] == ["colorectal", "pancreatic"]
+    step2 = read_json(out / name / "step2-metastasis" / "model.json")
+    assert step2["split"]["train_patients"] == 14 and step2["split"]["test_patients"] == 4
+
+    # -- chained probabilities: P(group) x P(label | group), out of fold and on the test set
+    model = result.models[name]
+    parts = model.steps
+    oof = read_tsv(out / name / "oof_predictions.tsv")
+    lesions = [r for r in oof if r["level"] == "lesion"]
+    proba = np.array([[float(r[f"prob_{c}"]) for c in THREE] for r in lesions])
+    assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    assert np.allclose(proba[:, 1], parts["step1"].oof[:, 0], atol=1e-9)      # P(hcc)
+    metastasis = np.array([labels[r["participant_id"]] != "hcc" for r in lesions])
+    within = proba[metastasis][:, [0, 2]] / proba[metastasis][:, [0, 2]].sum(axis=1,
+                                                                            keepdims=True)
+    assert np.allclose(within, parts["step2-metastasis"].oof, atol=1e-9)
+    test_rows = [r for r in read_tsv(out / "predictions.tsv")
+                 if r["model"] == name and r["level"] == "lesion"]
+    assert {r["participant_id"] for r in test_rows} == test
+    index = {(p, lesion): i for i, (p, lesion, _) in enumerate(rows)}
+    frame = frame_of(rows).iloc[[index[(r["participant_id"], int(r["lesion_id"]))]
+                                 for r in test_rows]]
+    p1 = parts["step1"].pipeline.predict_proba(frame)
+    p2 = parts["step2-metastasis"].pipeline.predict_proba(frame)
+    expected = np.column_stack([p1[:, 1] * p2[:, 0], p1[:, 0], p1[:, 1] * p2[:, 1]])
+    got = np.array([[float(r[f"prob_{c}"]) for c in THREE] for r in test_rows])
+    assert np.abs(got - expected).max() < 1e-9
+    assert [r["predicted"] for r in test_rows] == [THREE[i] for i in got.argmax(axis=1)]
+
+    # -- group-level tables: chain rows (chosen on CV) and step rows; one selection per step
+    results = read_tsv(out / "results.tsv")
+    assert len(results) == 2 * 3 * 2     # models x (chain, step1, step2) x levels
+    assert {r["step"] for r in results} == {"chain", "step1", "step2-metastasis"}
+    assert all(r["step"] == "chain" for r in results if r["selected_by_cv"] == "true")
+    assert sum(r["selected_by_cv"] == "true" for r in results) == 2
+    step1 = [float(r["cv_auc"]) for r in results if r["step"] == "step1"]
+    assert min(step1) > 0.95, step1
+    selected = read_tsv(out / "selected_features.tsv")
+    assert len(selected) == 2 * len(NAMES)
+    first = next(r for r in selected if r["step"] == "step1" and r["rank"] == "1")
+    assert first["feature"] == NAMES[0]      # the hcc shift
+    side = read_json(out / "predictions.json")
+    assert side["classes"] == list(THREE) and "positive_class" not in side
+    print("hierarchy: step1 patient/lesion CV AUCs", step1, "chain",
+          [r["cv_auc"] for r in results if r["step"] == "chain"])

@@ -21,8 +21,9 @@ from typing import Iterable, Sequence
 
 from metcli.errors import InputError, UsageError
 
-#: Entities in the order they appear in a file name.
-ENTITY_ORDER = ("sub", "ses", "ce", "desc")
+#: Entities in the order they appear in a file name (``lesion-<id>``: one lesion of a
+#: lesion map, in per-lesion derivatives such as predict's Grad-CAM images).
+ENTITY_ORDER = ("sub", "ses", "ce", "lesion", "desc")
 #: Contrast phases metcli knows; others are accepted if they are valid labels.
 KNOWN_PHASES = ("native", "arterial", "portal", "delayed")
 #: Extensions metcli reads and writes, longest first so ``.nii.gz`` wins over ``.gz``.
@@ -59,7 +60,7 @@ def clean_label(label: str, *, entity: str = "sub", option: str = "--participant
 class Entities:
     """The parts of a metcli file name.
 
-    ``sub`` is required; ``ses``, ``ce`` (contrast phase) and ``desc`` are optional;
+    ``sub`` is required; ``ses``, ``ce`` (contrast phase), ``lesion`` and ``desc`` are optional;
     ``suffix`` (``ct``, ``dseg``, ``features``...) and ``extension`` end the name.
     """
 
@@ -69,6 +70,7 @@ class Entities:
     desc: str | None = None
     suffix: str = CT_SUFFIX
     extension: str = ".nii.gz"
+    lesion: str | None = None
 
     def __post_init__(self):
         for name in ENTITY_ORDER:

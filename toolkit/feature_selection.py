@@ -50,7 +50,8 @@ _DECIMALS = 12
 
 def _digest(estimator, names, *arrays) -> str:
     params = {k: v for k, v in estimator.get_params().items() if k != "cache_dir"}
-    digest = hashlib.sha256(repr(sorted(params.items())).encode())
+    digest = hashlib.sha256(type(estimator).__name__.encode())
+    digest.update(repr(sorted(params.items())).encode())
     digest.update("\0".join(names).encode())
     for array in arrays:
         if array is None:
@@ -153,20 +154,38 @@ class CorrelationFilter(_Selector):
     Columns named in ``keep`` are never dropped and are not part of the
     comparison.
 
+    ``cache_dir``: a folder where fits are kept by a hash of the parameters and
+    the values (as for :class:`PermutationImportanceSelector`): cross-validation
+    fits the filter on the same training fold for every classifier, sampler and
+    grid candidate (it is the pipeline's first step), so they share one fit.
+    The result is the same with or without it.
+
     Attributes:
         support_: boolean mask of the kept input columns.
         dropped_: one dict per dropped feature (``feature``, ``reason``
             ``constant`` or ``correlated``, ``partner``, ``r``), in removal order.
     """
 
-    def __init__(self, *, threshold: float = 0.6, keep: Sequence[str] = ()):
+    def __init__(self, *, threshold: float = 0.6, keep: Sequence[str] = (),
+                 cache_dir: str | None = None):
         self.threshold = threshold
         self.keep = keep
+        self.cache_dir = cache_dir
 
     def fit(self, X, y=None):
+        import json
+
         if not 0.0 < float(self.threshold) <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold!r}")
         names, array, kept_always = self._start(X)
+        cached = None
+        if self.cache_dir:
+            cached = Path(self.cache_dir) / f"{_digest(self, names, array)}.npz"
+            if cached.is_file():
+                with np.load(cached, allow_pickle=False) as stored:
+                    self.support_ = stored["support"]
+                    self.dropped_ = json.loads(str(stored["dropped"]))
+                return self
         candidates = [i for i in range(len(names)) if not kept_always[i]]
         dropped: list[dict] = []
         usable = []
@@ -206,6 +225,8 @@ class CorrelationFilter(_Selector):
         support[remaining] = True
         self.support_ = support
         self.dropped_ = dropped
+        if cached is not None:
+            _store(cached, support=support, dropped=np.array(json.dumps(dropped)))
         log.debug("correlation filter: %d of %d feature(s) kept", int(support.sum()), len(names))
         return self
 

@@ -143,9 +143,81 @@ def probabilities(sess, names: Sequence[str], values: np.ndarray) -> np.ndarray:
     return np.clip(proba, 0.0, 1.0)
 
 
-def max_difference(pipeline, model: bytes, frame) -> float:
-    """Largest |ONNX - scikit-learn| probability on the rows of ``frame`` (all features)."""
-    names = input_names(pipeline)
+def chain(steps: Sequence[tuple[str, bytes]], columns: Sequence[Sequence[tuple[str, int]]], *,
+          model_name: str = "metcli") -> bytes:
+    """One ONNX graph that runs several step graphs and multiplies their probabilities.
+
+    ``steps``: (step name, serialized graph from :func:`to_onnx`). ``columns[j]``
+    lists the (step, column) probabilities whose product is output column ``j``
+    (a hierarchical model: P(group) from step 1 times P(label | group) from the
+    group's step 2). The inputs are the union of the steps' inputs, by name, in
+    the order of ``steps``; the outputs ``label`` (index of the most probable
+    column) and ``probabilities`` ([N, len(columns)], float32). Each step's
+    nodes and initializers are prefixed with ``<step>/``; its own outputs stay in
+    the graph (unused).
+    """
+    import onnx
+    from onnx import TensorProto, compose, helper
+
+    nodes, initializers, value_infos, inputs, opsets = [], [], [], [], {}
+    seen: set[str] = set()
+    ir_version = None
+    for step, blob in steps:
+        model = onnx.load_from_string(blob)
+        graph = compose.add_prefix_graph(model.graph, f"{step}/", rename_inputs=False)
+        nodes.extend(graph.node)
+        initializers.extend(graph.initializer)
+        value_infos.extend(graph.value_info)
+        for item in graph.input:
+            if item.name not in seen:
+                seen.add(item.name)
+                inputs.append(item)
+        for op in model.opset_import:
+            opsets[op.domain] = max(opsets.get(op.domain, 0), op.version)
+        ir_version = max(ir_version or 0, model.ir_version)
+    products = []
+    for j, factors in enumerate(columns):
+        parts = []
+        for step, k in factors:
+            index = f"chain/index_{step}_{k}"
+            if index not in {i.name for i in initializers}:
+                initializers.append(helper.make_tensor(index, TensorProto.INT64, [1], [k]))
+            part = f"chain/{step}_{k}_of_{j}"
+            nodes.append(helper.make_node("Gather", [f"{step}/{OUTPUT_PROBABILITIES}", index],
+                                          [part], axis=1, name=f"chain/gather_{step}_{k}_{j}"))
+            parts.append(part)
+        product = parts[0]
+        for m, part in enumerate(parts[1:], start=1):
+            out = f"chain/product_{j}_{m}"
+            nodes.append(helper.make_node("Mul", [product, part], [out],
+                                          name=f"chain/mul_{j}_{m}"))
+            product = out
+        products.append(product)
+    nodes.append(helper.make_node("Concat", products, [OUTPUT_PROBABILITIES], axis=1,
+                                  name="chain/concat"))
+    nodes.append(helper.make_node("ArgMax", [OUTPUT_PROBABILITIES], [OUTPUT_LABEL], axis=1,
+                                  keepdims=0, name="chain/argmax"))
+    outputs = [helper.make_tensor_value_info(OUTPUT_LABEL, TensorProto.INT64, [None]),
+               helper.make_tensor_value_info(OUTPUT_PROBABILITIES, TensorProto.FLOAT,
+                                             [None, len(columns)])]
+    graph = helper.make_graph(nodes, model_name, inputs, outputs, initializer=initializers,
+                              value_info=value_infos)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v)
+                                                    for d, v in sorted(opsets.items())],
+                              producer_name="metcli")
+    model.ir_version = ir_version
+    model.doc_string = ("metcli hierarchical radiomics model: inputs are the selected features "
+                        "of every step (see model.json)")
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def max_difference(pipeline, model: bytes, frame, names: Sequence[str] | None = None) -> float:
+    """Largest |ONNX - scikit-learn| probability on the rows of ``frame`` (all features).
+
+    ``names``: the graph's inputs (default: the pipeline's selected features).
+    """
+    names = list(names) if names is not None else input_names(pipeline)
     onnx_proba = probabilities(session(model), names, frame.loc[:, names].to_numpy())
     return float(np.max(np.abs(onnx_proba - pipeline.predict_proba(frame))))
 

@@ -3,8 +3,9 @@
 A model directory holds ``model.onnx`` and its card ``model.json``. The card's
 ``kind`` picks the backend that turns the inputs into the graph's input
 tensors: ``radiomics`` (features tables from ``metcli extract``, covariates
-from participants.tsv) is built; an ``image`` backend (CT and lesion maps) can
-be added to :data:`BACKENDS` with the same two methods (``prepare``, ``run``).
+from participants.tsv) and ``image`` (train-cnn models: CT and lesion maps,
+:mod:`metcli.predict_image`, which drives its own participant-by-participant
+run through the backend's ``predict`` classmethod).
 
 Before anything runs, the inputs are checked against the card: every input
 feature must be present by name and the features must come from the same
@@ -35,13 +36,14 @@ import numpy as np
 
 from metcli.batch import DONE, FAILED, SKIPPED, BatchReport, run_each
 from metcli.errors import InputError, MetcliError, UsageError
+from metcli.predict_image import ImageBackend
 
 log = logging.getLogger(__name__)
 
 COMMAND = "predict"
 DEVICES = ("auto", "cpu", "cuda")
 GROUP_TABLE = "predictions.tsv"
-AGGREGATES = ("mean", "max", "vote")
+AGGREGATES = ("mean", "max", "vote", "sum")
 
 
 # ----------------------------------------------------------------------------- predictions
@@ -69,7 +71,14 @@ def aggregate_patients(participants: Sequence[str], proba: np.ndarray, classes: 
     ``mean``: mean of the lesions' probabilities. ``max``: the maximum per class,
     renormalised to sum to 1 (for two classes: the positive class's maximum).
     ``vote``: the share of lesions predicted as each class (threshold for a
-    binary model, else the most probable class).
+    binary model, else the most probable class). ``sum``: the sums S_c of the
+    lesions' probabilities per class (as the non-contrast MRI study summed its
+    image outputs per patient) through a softmax, exp(S_c) / sum_k exp(S_k): the
+    class with the largest sum is the most probable and every lesion that
+    agrees makes the patient's probabilities sharper (two classes:
+    1 / (1 + exp(-sum of (2 p - 1))) for the positive class). Dividing the sums
+    by their total would give the mean again, since a lesion's probabilities
+    sum to 1.
     """
     if aggregate not in AGGREGATES:
         raise UsageError(f"aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")
@@ -84,6 +93,10 @@ def aggregate_patients(participants: Sequence[str], proba: np.ndarray, classes: 
         rows = participants == pid
         if aggregate == "mean":
             out[i] = proba[rows].mean(axis=0)
+        elif aggregate == "sum":
+            total = proba[rows].sum(axis=0)
+            weights = np.exp(total - total.max())
+            out[i] = weights / weights.sum()
         elif aggregate == "max":
             if len(classes) == 2 and positive is not None:
                 pos = list(classes).index(positive)
@@ -112,7 +125,9 @@ def prediction_rows(participants: Sequence[str], lesion_ids: Sequence[int], prob
     order, patient = aggregate_patients(participants, proba, classes, aggregate=aggregate,
                                         positive=positive, threshold=threshold)
     patient_pred = predicted_labels(patient, classes, positive=positive, threshold=threshold)
-    if aggregate == "vote" and len(classes) == 2 and positive is not None:
+    if aggregate in ("vote", "sum") and len(classes) == 2 and positive is not None:
+        # the card's threshold was chosen on mean probabilities: vote and sum use 0.5
+        # (the majority, the larger sum; a tie goes to the positive class)
         patient_pred = predicted_labels(patient, classes, positive=positive, threshold=0.5)
     for pid, p, pred in zip(order, patient, patient_pred):
         rows.append({"participant_id": pid, "lesion_id": None, "level": "patient",
@@ -134,7 +149,11 @@ def load_card(model_dir: Path) -> dict:
             raise InputError(f"not a metcli model directory: {path.name} is missing",
                              path=model_dir, fix="give a folder that train-radiomics wrote "
                                                  "(<classifier>_<sampler>/)")
-    card = read_json(card_path, schema="model_card")
+    card = read_json(card_path)
+    from metcli.schemas import validate
+
+    validate(card, "cnn_card" if isinstance(card, dict) and card.get("kind") == "image"
+             else "model_card", where=card_path)
     if sha256_file(onnx_path) != card["onnx"]["sha256"]:
         raise InputError("model.onnx does not match the sha256 in its card", path=onnx_path,
                          fix="copy the model directory again (model.onnx and model.json "
@@ -251,14 +270,19 @@ class RadiomicsBackend:
         return onnx_export.probabilities(self.session, self.names, values)
 
 
-#: card kind -> backend class. Image models (train-cnn) add theirs here.
-BACKENDS: dict[str, Callable[..., Any]] = {"radiomics": RadiomicsBackend}
+#: card kind -> backend class. A backend with a ``predict`` classmethod runs the whole
+#: prediction itself (image models: :meth:`metcli.predict_image.ImageBackend.predict`).
+BACKENDS: dict[str, Callable[..., Any]] = {"radiomics": RadiomicsBackend, "image": ImageBackend}
+#: A hierarchical radiomics model (train-radiomics --hierarchy) runs like a flat one: its
+#: model.onnx chains the steps (P(group) x P(label | group)) and its card lists the inputs
+#: of every step (see metcli.radiomics_hierarchy).
+BACKENDS["radiomics-hierarchy"] = RadiomicsBackend
 
 
 def predict(model_dir, inputs: Sequence[Path], out_dir, *, participants=None,
             aggregate: str = "mean", device: str = "auto", session: str | None = None,
-            overwrite: bool = False, progress: Callable[[str, str], None] | None = None
-            ) -> BatchReport:
+            explain: bool = False, overwrite: bool = False,
+            progress: Callable[[str, str], None] | None = None) -> BatchReport:
     """Predict every participant of ``inputs`` with the model in ``model_dir``.
 
     Returns a :class:`~metcli.batch.BatchReport` (one item per participant);
@@ -282,6 +306,14 @@ def predict(model_dir, inputs: Sequence[Path], out_dir, *, participants=None,
     if backend_class is None:
         raise InputError(f"predict cannot run {card['kind']} models yet", path=model_dir,
                          fix=f"use a model of kind {', '.join(BACKENDS)}")
+    if hasattr(backend_class, "predict"):  # image models: CT + lesion maps, one by one
+        return backend_class.predict(model_dir, card, inputs, out_dir, aggregate=aggregate,
+                                     device=device, session=session, explain=explain,
+                                     participants=participants, overwrite=overwrite,
+                                     progress=progress)
+    if explain:
+        raise UsageError(f"--explain needs an image model (train-cnn); {card['name']} is a "
+                         f"{card['kind']} model", fix="leave out --explain")
     check_output_not_inside_input(out_dir, [model_dir] + [p for p in inputs if p.is_dir()])
     backend = backend_class(model_dir, card, onnx_export.providers_for(device))
     log.info("running %s on %s", card["name"], backend.provider)

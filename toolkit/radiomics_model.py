@@ -29,6 +29,7 @@ import logging
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -49,8 +50,7 @@ WEIGHTED = frozenset(CLASSIFIERS) - {"knn"}
 
 DEFAULT_GRIDS: dict[str, dict[str, list]] = {
     "xgboost": {"n_estimators": [100], "max_depth": [2, 4], "learning_rate": [0.05, 0.2]},
-    "random-forest": {"n_estimators": [100], "max_depth": [None, 5],
-                      "min_samples_leaf": [1, 3]},
+    "random-forest": {"n_estimators": [100], "min_samples_leaf": [1, 3]},
     "linear-svm": {"C": [0.01, 0.1, 1.0]},
     "kernel-svm": {"C": [0.1, 1.0, 10.0], "gamma": ["scale"]},
     "knn": {"n_neighbors": [5, 9, 15]},
@@ -141,6 +141,7 @@ class Settings:
     importance_repeats: int = 5
     seed: int = 0
     grids: dict | None = None
+    hierarchy: dict | None = None
 
     def record(self) -> dict:
         out = asdict(self)
@@ -169,7 +170,7 @@ def check_settings(**options) -> Settings:
     if unknown:
         raise UsageError(f"unknown option(s) {', '.join(sorted(unknown))}")
     s = Settings(**{k: v for k, v in options.items() if v is not None or k in (
-        "positive_class", "test_patients", "phase", "session", "grids")})
+        "positive_class", "test_patients", "phase", "session", "grids", "hierarchy")})
     s.classifiers = _names(s.classifiers, CLASSIFIERS, "--classifiers")
     s.samplers = _names(s.samplers, SAMPLERS, "--sampler")
     if isinstance(s.covariates, str):
@@ -198,6 +199,10 @@ def check_settings(**options) -> Settings:
         raise UsageError("--patient-weights works with --sampler none only: SMOTE and "
                          "undersampling make or drop lesions, which have no patient weight",
                          fix="use --sampler none --patient-weights")
+    if s.hierarchy is not None and s.positive_class is not None:
+        raise UsageError("--positive-class does not apply to --hierarchy: the chained model "
+                         "has three labels or more (a binary step's positive class is its "
+                         "label that sorts last)", fix="leave --positive-class out")
     if s.test_patients is not None and s.protocol != "holdout":
         raise UsageError("--test-patients needs --protocol holdout")
     if s.grids:
@@ -223,7 +228,8 @@ def build_pipeline(classifier: str, sampler: str, *, settings: Settings, keep: S
                       "undersample": lambda: RandomUnderSampler(random_state=seed),
                       "none": lambda: "passthrough"}[sampler]()
     return Pipeline([
-        ("filter", CorrelationFilter(threshold=settings.pcc_threshold, keep=tuple(keep))),
+        ("filter", CorrelationFilter(threshold=settings.pcc_threshold, keep=tuple(keep),
+                                     cache_dir=cache_dir)),
         ("select", PermutationImportanceSelector(
             max_features=settings.max_features, n_estimators=settings.importance_trees,
             n_repeats=settings.importance_repeats, keep=tuple(keep), random_state=seed,
@@ -393,27 +399,70 @@ def _cross_validate(X, y, *, patients, cv_groups, models, settings, keep, n_clas
     outcome = CVOutcome(list(models), {n: np.full((repeats, len(y), n_classes), np.nan)
                                        for n in names},
                         np.full((repeats, len(y)), -1, dtype=int))
-    patients, cv_groups = np.asarray(patients), np.asarray(cv_groups)
-    for repeat, fold, train, test in splits:
+    task = partial(_outer_fold, X=X, y=y, patients=np.asarray(patients),
+                   cv_groups=np.asarray(cv_groups), models=list(models), settings=settings,
+                   keep=tuple(keep), n_classes=n_classes, cache_dir=cache_dir)
+    for (repeat, fold, train, test), (probas, selection) in each_outer_fold(task, splits, jobs):
         outcome.folds[repeat, test] = fold
-        for index, (classifier, sampler) in enumerate(models):
-            search = fit_search(classifier, sampler, X.iloc[train], y[train],
-                                patients=patients[train], cv_groups=cv_groups[train],
-                                settings=settings, keep=keep, n_classes=n_classes, jobs=jobs,
-                                cache_dir=cache_dir)
-            proba = search.predict_proba(X.iloc[test])
-            outcome.oof[model_name(classifier, sampler)][repeat][np.ix_(test, range(
-                n_classes))] = proba
-            if index == 0:
-                best = search.best_estimator_
-                filt, sel = best.named_steps["filter"], best.named_steps["select"]
-                outcome.filter_kept.append(set(filt.get_feature_names_out()) - set(keep))
-                outcome.selected.append(set(sel.get_feature_names_out()) - set(keep))
-                outcome.importances.append({n: float(v) for n, v in zip(
-                    sel.feature_names_in_, sel.importances_) if np.isfinite(v)})
+        for name, proba in zip(names, probas):
+            outcome.oof[name][repeat][np.ix_(test, range(n_classes))] = proba
             if progress:
-                progress(f"repeat {repeat + 1} fold {fold + 1}", model_name(classifier, sampler))
+                progress(f"repeat {repeat + 1} fold {fold + 1}", name)
+        record_selection(outcome, selection)
     return outcome
+
+
+def _outer_fold(split, *, X, y, patients, cv_groups, models, settings, keep, n_classes,
+                cache_dir):
+    """Fit every model's search on one outer training fold: (test probabilities, selection)."""
+    _, _, train, test = split
+    probas, selection = [], None
+    for index, (classifier, sampler) in enumerate(models):
+        search = fit_search(classifier, sampler, X.iloc[train], y[train],
+                            patients=patients[train], cv_groups=cv_groups[train],
+                            settings=settings, keep=keep, n_classes=n_classes, jobs=1,
+                            cache_dir=cache_dir)
+        probas.append(search.predict_proba(X.iloc[test]))
+        if index == 0:
+            selection = selection_of(search, keep)
+    return probas, selection
+
+
+def each_outer_fold(task: Callable, splits: Sequence, jobs: int):
+    """``(split, task(split))`` for every outer split, in the order of ``splits``.
+
+    With ``jobs`` > 1 the splits are shared among that many worker processes
+    (joblib), each fitting its searches one candidate at a time: the outer folds
+    are many and of equal size, so two cores stay busy, and the results are the
+    same as with one process (each fit is seeded; the selection cache holds the
+    same values whoever computes them).
+    """
+    if jobs <= 1 or len(splits) < 2:
+        for split in splits:
+            yield split, task(split)
+        return
+    from joblib import Parallel, delayed
+
+    runner = Parallel(n_jobs=min(jobs, len(splits)), return_as="generator")
+    yield from zip(splits, runner(delayed(task)(split) for split in splits))
+
+
+def selection_of(search, keep: Sequence[str]) -> tuple[set, set, dict]:
+    """What the filter and the selector of one outer fit kept, and the importances."""
+    best = search.best_estimator_
+    filt, sel = best.named_steps["filter"], best.named_steps["select"]
+    return (set(filt.get_feature_names_out()) - set(keep),
+            set(sel.get_feature_names_out()) - set(keep),
+            {n: float(v) for n, v in zip(sel.feature_names_in_, sel.importances_)
+             if np.isfinite(v)})
+
+
+def record_selection(outcome: CVOutcome, selection: tuple[set, set, dict]) -> None:
+    """Note one outer fit's :func:`selection_of` (for selected_features.tsv)."""
+    kept, selected, importances = selection
+    outcome.filter_kept.append(kept)
+    outcome.selected.append(selected)
+    outcome.importances.append(importances)
 
 
 # ----------------------------------------------------------------------------- metrics
