@@ -180,6 +180,24 @@ def test_split_without_a_class_in_training_is_refused(tmp_path):
                    val_patients=1, test_patients=None, seed=0)
 
 
+def test_a_radiomics_split_gets_validation_patients_from_its_training_set(tmp_path):
+    """train-radiomics' split.tsv has train and test only: the CNN keeps its test set
+    and validates on training patients, stratified, the same for a seed."""
+    from metcli.cnn_training import plan_split
+
+    labels = {f"sub-{i:03d}": ("a" if i % 2 else "b") for i in range(1, 13)}
+    split = tmp_path / "split.tsv"
+    split.write_text("participant_id\tset\n" + "".join(
+        f"{p}\t{'test' if i < 4 else 'train'}\n" for i, p in enumerate(sorted(labels))))
+    plan = plan_split(labels, split=split, val_patients=2, test_patients=None, seed=0)
+    assert [p for p, s in sorted(plan.items()) if s == "test"] == sorted(labels)[:4]
+    val = [p for p, s in plan.items() if s == "val"]
+    assert sorted(labels[p] for p in val) == ["a", "b"]
+    assert plan == plan_split(labels, split=split, val_patients=2, test_patients=None, seed=0)
+    with pytest.raises(UsageError, match="no training patient"):
+        plan_split(labels, split=split, val_patients=8, test_patients=None, seed=0)
+
+
 def test_slice_and_patient_aggregation():
     from metcli.cnn_training import Sample, decide, lesion_probabilities, prediction_rows
 

@@ -181,7 +181,11 @@ def plan_split(labels: dict[str, str], *, split: Path | None, val_patients: int,
                test_patients: int | None, seed: int, need_val: bool = True) -> dict[str, str]:
     """participant -> train, val or test (by patient; split file or stratified at random).
 
-    ``need_val=False`` (``--cv-folds``) allows a split without validation patients.
+    A split file without validation patients (train-radiomics' ``split.tsv`` has
+    train and test only) gets ``val_patients`` of its training patients, taken
+    stratified by class with ``seed``, so a CNN and the radiomics models share
+    one test set. ``need_val=False`` (``--cv-folds``) allows a split without
+    validation patients.
     """
     if split is not None:
         from metcli.radiomics_data import read_split
@@ -192,6 +196,16 @@ def plan_split(labels: dict[str, str], *, split: Path | None, val_patients: int,
             log.warning("%d participant(s) not in the split file, left out: %s", len(missing),
                         ", ".join(missing))
         plan = {p: sets[p] for p in labels if p in sets}
+        if need_val and val_patients > 0 and "val" not in plan.values():
+            train = sorted(p for p, s in plan.items() if s == "train")
+            if val_patients >= len(train):
+                raise UsageError(f"--val-patients {val_patients} would leave no training "
+                                 f"patient of the split file's {len(train)}",
+                                 fix="lower --val-patients, or use --cv-folds")
+            for p in _take(train, labels, val_patients, np.random.default_rng(seed)):
+                plan[p] = "val"
+            log.info("the split file has no validation patients: %d of its training "
+                     "patients validate (stratified, seed %d)", val_patients, seed)
     else:
         rng = np.random.default_rng(seed)
         everyone = sorted(labels)
