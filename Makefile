@@ -28,7 +28,11 @@ demo: $(STAMP)
 	$(BIN)/metcli train-radiomics $(DEMO)/derivatives/radiomics $(DEMO)/derivatives/models \
 		--labels $(DEMO)/rawdata/participants.tsv --protocol holdout --test-patients 8 \
 		--cv-repeats 1 --jobs 2 --seed 0
-	$(BIN)/metcli evaluate $(DEMO)/derivatives/models $(DEMO)/derivatives/evaluation \
+	$(BIN)/metcli train-cnn $(DEMO)/rawdata $(DEMO)/derivatives/lesions $(DEMO)/derivatives/cnn \
+		--labels $(DEMO)/rawdata/participants.tsv --split $(DEMO)/derivatives/models/split.tsv \
+		--val-patients 4 --size 64 --epochs 8 --patience 3 --seed 0
+	$(BIN)/metcli evaluate $(DEMO)/derivatives/models $(DEMO)/derivatives/cnn \
+		$(DEMO)/derivatives/evaluation --compare \
 		--labels $(DEMO)/rawdata/participants.tsv --raw $(DEMO)/rawdata \
 		--lesions $(DEMO)/derivatives/lesions --seed 0
 	@echo "demo done: open $(DEMO)/derivatives/evaluation/report.html"

@@ -154,7 +154,13 @@ def figure_plan(results: dict[str, list["LevelResult"]], level_ci: float = 0.95
         if not found:
             continue
         label = "patient" if lv == "patient" else "lesion (CI band: patients resampled)"
-        selected = [r.model.name for r in found if r.model.selected]
+        # First in the figure: each input file's chosen model (its sidecar's "selected",
+        # or the only model of that file, e.g. a CNN beside sixteen radiomics models).
+        per_file: dict = {}
+        for r in found:
+            per_file.setdefault(r.model.path, []).append(r.model)
+        selected = [m.name for models in per_file.values() for m in models
+                    if m.selected or len(models) == 1]
         plan[f"roc_{lv}"] = (ROC_COLUMNS, "roc", roc_rows(found, level_ci),
                              lambda rows, target, t=f"ROC, {label} level", first=selected,
                              name=f"roc_{lv}.tsv": roc_figure(rows, target, title=t,
@@ -234,7 +240,7 @@ def roc_figure(rows: Sequence[dict[str, Any]], target: Path, *, title: str = "RO
     """ROC curves (one class against the rest for several classes), the bootstrap band
     of each and the operating point of its decision rule.
 
-    With many models the figure keeps the cross-validation choice (``first``) and
+    With many models the figure keeps the chosen models (``first``: the cross-validation choice of each input, or its only model) and
     the best of the others by AUC, :data:`MAX_ROC_CURVES` curves in all, and says how
     many more the table holds; bands are drawn for up to :data:`BAND_CURVES` curves.
     """
@@ -253,7 +259,7 @@ def roc_figure(rows: Sequence[dict[str, Any]], target: Path, *, title: str = "RO
         if np.isfinite(aucs[index]):
             label += f"  AUC {aucs[index]:.2f}"
         if model in first:
-            label += " (CV choice)"
+            label += " (chosen)"
         band = [r for r in items if r["kind"] == "band" and r["tpr_lower"] is not None]
         if band and bands:
             ax.fill_between([r["fpr"] for r in band], [r["tpr_lower"] for r in band],
@@ -272,7 +278,7 @@ def roc_figure(rows: Sequence[dict[str, Any]], target: Path, *, title: str = "RO
     ax.set_ylabel("sensitivity (true-positive rate)")
     hidden = len(keys) - len(shown)
     if hidden:
-        title += f"\n{len(shown)} of {len(keys)} curves: CV choice and best AUCs; all in " \
+        title += f"\n{len(shown)} of {len(keys)} curves: chosen models and best AUCs; all in " \
                  f"{table_name or 'the table'}"
     ax.set_title(title, fontsize=10)
     if keys:
