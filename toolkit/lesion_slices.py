@@ -148,18 +148,30 @@ def square_crop(image: np.ndarray, region: np.ndarray, spacing_rc: tuple[float, 
     return _take(image, r0, nr, c0, nc)
 
 
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """``image`` resized to size x size (bilinear; anti-aliased when shrinking), float32."""
+def resize_to(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` (2D or 3D, values in [0, 1]) resized to ``size`` along every axis
+    (linear; anti-aliased when shrinking), float32 in [0, 1]."""
     from skimage.transform import resize
 
-    if image.shape == (size, size):
-        return image.astype(np.float32)
-    out = resize(image.astype(np.float64), (size, size), order=1, mode="edge",
-                 anti_aliasing=min(image.shape) > size, preserve_range=True)
+    shape = (int(size),) * array.ndim
+    if array.shape == shape:
+        return array.astype(np.float32)
+    out = resize(array.astype(np.float64), shape, order=1, mode="edge",
+                 anti_aliasing=min(array.shape) > size, preserve_range=True)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _oriented_arrays(ct, lesion_map, *, ct_path=None, lesion_map_path=None):
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """``image`` resized to size x size (bilinear; anti-aliased when shrinking), float32."""
+    return resize_to(image, size)
+
+
+def oriented_arrays(ct, lesion_map, *, ct_path=None, lesion_map_path=None):
+    """(HU [z, y, x], lesion ids [z, y, x], spacing (z, y, x) mm), both in :data:`ORIENTATION`.
+
+    The lesion map must be on the CT's grid or a flipped/permuted copy of it
+    (:func:`metcli.geometry.to_reference_grid`; anything else is a GeometryError).
+    """
     import SimpleITK as sitk
 
     from metcli.geometry import to_reference_grid
@@ -168,10 +180,9 @@ def _oriented_arrays(ct, lesion_map, *, ct_path=None, lesion_map_path=None):
                                    reference_path=ct_path)
     ct = sitk.DICOMOrient(ct, ORIENTATION)
     lesion_map = sitk.DICOMOrient(lesion_map, ORIENTATION)
-    hu = sitk.GetArrayFromImage(ct)            # [z, y, x]
-    ids = sitk.GetArrayFromImage(lesion_map)
-    sx, sy, _sz = ct.GetSpacing()
-    return hu, ids, (float(sy), float(sx))
+    sx, sy, sz = ct.GetSpacing()
+    return (sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(lesion_map),
+            (float(sz), float(sy), float(sx)))
 
 
 def lesion_slices(ct, lesion_map, *, lesion_ids: Sequence[int] | None = None,
@@ -188,8 +199,9 @@ def lesion_slices(ct, lesion_map, *, lesion_ids: Sequence[int] | None = None,
         settings: :class:`SliceSettings` (default: the study's).
     """
     settings = settings or SliceSettings()
-    hu, ids, spacing_rc = _oriented_arrays(ct, lesion_map, ct_path=ct_path,
+    hu, ids, spacing_zyx = oriented_arrays(ct, lesion_map, ct_path=ct_path,
                                            lesion_map_path=lesion_map_path)
+    spacing_rc = spacing_zyx[1:]
     present = set(int(v) for v in np.unique(ids)) - {0}
     wanted = sorted(present) if lesion_ids is None else [int(i) for i in lesion_ids]
     missing = [i for i in wanted if i not in present]

@@ -36,7 +36,8 @@ from typing import Sequence
 import numpy as np
 
 from metcli.errors import MaskError
-from metcli.lesion_slices import ORIENTATION, SliceSettings, _window_1d, window
+from metcli.lesion_slices import (SliceSettings, _window_1d, oriented_arrays, resize_to,
+                                  window)
 
 log = logging.getLogger(__name__)
 
@@ -110,27 +111,7 @@ def cube_crop(volume: np.ndarray, region: np.ndarray, spacing_zyx: Sequence[floa
 
 def resize_cube(volume: np.ndarray, size: int) -> np.ndarray:
     """``volume`` resized to size x size x size (trilinear; anti-aliased when shrinking)."""
-    from skimage.transform import resize
-
-    if volume.shape == (size, size, size):
-        return volume.astype(np.float32)
-    out = resize(volume.astype(np.float64), (size, size, size), order=1, mode="edge",
-                 anti_aliasing=min(volume.shape) > size, preserve_range=True)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-
-def _oriented_arrays(ct, lesion_map, *, ct_path=None, lesion_map_path=None):
-    import SimpleITK as sitk
-
-    from metcli.geometry import to_reference_grid
-
-    lesion_map = to_reference_grid(lesion_map, ct, image_path=lesion_map_path,
-                                   reference_path=ct_path)
-    ct = sitk.DICOMOrient(ct, ORIENTATION)
-    lesion_map = sitk.DICOMOrient(lesion_map, ORIENTATION)
-    sx, sy, sz = ct.GetSpacing()
-    return (sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(lesion_map),
-            (float(sz), float(sy), float(sx)))
+    return resize_to(volume, size)
 
 
 def lesion_volumes(ct, lesion_map, *, lesion_ids: Sequence[int] | None = None,
@@ -148,7 +129,7 @@ def lesion_volumes(ct, lesion_map, *, lesion_ids: Sequence[int] | None = None,
             context_mm, fov_mm).
     """
     settings = settings or SliceSettings(size=64)
-    hu, ids, spacing = _oriented_arrays(ct, lesion_map, ct_path=ct_path,
+    hu, ids, spacing = oriented_arrays(ct, lesion_map, ct_path=ct_path,
                                         lesion_map_path=lesion_map_path)
     present = set(int(v) for v in np.unique(ids)) - {0}
     wanted = sorted(present) if lesion_ids is None else [int(i) for i in lesion_ids]
