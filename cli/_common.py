@@ -125,6 +125,23 @@ def overwrite_option(fn: Callable) -> Callable:
                         help="Redo outputs that are already done.")(fn)
 
 
+def _available_cpus() -> int:
+    from metcli.threads import available_cpus
+
+    return available_cpus()
+
+
+def threads_option(what: str):
+    """``--threads N``: PyTorch's CPU threads for ``what`` (default: the CPUs this process may use)."""
+    def wrap(fn):
+        return click.option("--threads", type=click.IntRange(min=1), default=_available_cpus,
+                            show_default="the CPUs this process may use",
+                            help=f"PyTorch CPU threads for {what}; 1 on a machine shared with "
+                                 "other jobs (busy cores make torch's threads wait). Does not "
+                                 "count as a setting for skipping finished outputs.")(fn)
+    return wrap
+
+
 def seed_option(default: int = 0):
     def wrap(fn):
         return click.option("--seed", type=int, default=default, show_default=True,

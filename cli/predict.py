@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from metcli.cli._common import common_options, finish, overwrite_option, run_command
+from metcli.cli._common import (common_options, finish, overwrite_option, participant_options,
+                                run_command, threads_option)
 
 
 @click.command("predict")
@@ -33,11 +34,13 @@ from metcli.cli._common import common_options, finish, overwrite_option, run_com
 @click.option("--explain", is_flag=True, default=False,
               help="Image models: also write, per lesion, a PNG of its most probable slice "
                    "with the Grad-CAM heat map of the predicted class (needs checkpoint.pt).")
+@threads_option("the Grad-CAM maps of --explain")
+@participant_options
 @overwrite_option
 @common_options
 @run_command
 def command(model_dir, inputs, out_dir, participants, aggregate, device, session, explain,
-            overwrite):
+            threads, participant_label, level, overwrite):
     """Predict the class of each lesion and patient with a metcli model.
 
     MODEL_DIR is a model folder (model.onnx and its card model.json) from
@@ -48,12 +51,15 @@ def command(model_dir, inputs, out_dir, participants, aggregate, device, session
     folder, preprocessed as the card says (checked). OUT_DIR gets
     sub-<id>/.../..._predictions.tsv per participant and predictions.tsv for
     all, with the card's threshold; --explain adds ..._lesion-<n>_gradcam.png.
+    With --participant-label, only those participants' files (the
+    participant level); --level group then reads them into predictions.tsv.
     """
     from metcli.predict import predict
 
     report = predict(model_dir, list(inputs), out_dir, participants=participants,
                      aggregate=aggregate, device=device, session=session, explain=explain,
-                     overwrite=overwrite)
+                     participant_label=list(participant_label) or None, level=level,
+                     threads=threads, overwrite=overwrite)
     group = Path(out_dir) / "predictions.tsv"
     if group in report.outputs:
         click.echo(str(group))

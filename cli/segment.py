@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from metcli.cli._common import (common_options, finish, overwrite_option, participant_options,
-                                progress_bar, run_command)
+                                progress_bar, run_command, threads_option)
 
 
 def _split_folds(values) -> list[str] | None:
@@ -43,12 +43,13 @@ def _split_folds(values) -> list[str] | None:
                    "sees it; labels come back on the CT's own grid. Default: the model's own "
                    "(an ONNX export's, a manifest model's input.orientation, else as-stored "
                    "as nnU-Net does).")
+@threads_option("the nnU-Net backend (nnU-Net uses at most nnUNet_def_n_proc, 8 by default)")
 @participant_options
 @overwrite_option
 @common_options
 @run_command
 def command(raw_dir, out_dir, model, backend, device, folds, tta, step_size, label_map,
-            orientation, participant_label, level, overwrite):
+            orientation, threads, participant_label, level, overwrite):
     """Segment liver (1) and lesions (2) in every CT of RAW_DIR.
 
     RAW_DIR holds sub-<id>/[ses-<s>/]anat/..._ct.nii.gz. OUT_DIR gets, per CT,
@@ -67,7 +68,7 @@ def command(raw_dir, out_dir, model, backend, device, folds, tta, step_size, lab
         report = segment(raw_dir, out_dir, model=model, backend=backend, device=device,
                          folds=_split_folds(folds), tta=tta, step_size=step_size,
                          label_map=label_map, orientation=orientation, participants=labels,
-                         level=level,
+                         level=level, threads=threads,
                          overwrite=overwrite, progress=progress)
     if do_participants:
         finish(report, what="CTs")

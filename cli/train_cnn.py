@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from metcli.cli._common import (common_options, overwrite_option, progress_bar, run_command,
-                                seed_option)
+                                seed_option, threads_option)
 
 
 def _window(ctx, param, value):
@@ -68,14 +68,15 @@ def _window(ctx, param, value):
               help="Automatic mixed precision (CUDA only; an error on the CPU).")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from OUT_DIR/resume (same inputs and options).")
+@threads_option("training (on the CPU the weights depend on it; see docs/train-cnn.md)")
 @seed_option()
 @overwrite_option
 @common_options
 @run_command
 def command(raw_dir, lesions_dir, out_dir, labels, label_column, positive_class, arch, dims,
             phases, window, size, fov_mm, context_mm, epochs, batch_size, lr, val_patients,
-            test_patients, split, monitor, patience, cv_folds, device, amp, resume, seed,
-            overwrite):
+            test_patients, split, monitor, patience, cv_folds, device, amp, resume, threads,
+            seed, overwrite):
     """Train the study's lesion-slice CNN on CTs and split-lesions' lesion maps.
 
     Every axial slice of every kept lesion (or, with --dims 3, a cube around
@@ -98,7 +99,8 @@ def command(raw_dir, lesions_dir, out_dir, labels, label_column, positive_class,
                            batch_size=batch_size, lr=lr, val_patients=val_patients,
                            test_patients=test_patients, split=split, cv_folds=cv_folds,
                            patience=patience, monitor=monitor, device=device, amp=amp,
-                           seed=seed, resume=resume, overwrite=overwrite, progress=progress)
+                           seed=seed, resume=resume, threads=threads, overwrite=overwrite,
+                           progress=progress)
     ctx = click.get_current_context()
     quiet = ctx.obj and ctx.obj.get("quiet")
     if result.excluded and not quiet:

@@ -265,3 +265,80 @@ def test_predict_runs_a_hierarchical_models_chain(tmp_path, runner):
                                                                    names=keep),
                               tmp_path / "pred2"], expect=1)
     assert f"the features lack {dropped}" in refused.stderr
+
+
+def _write_extract_folder(folder, rows):
+    """An extract folder: one ..._desc-radiomics_features.tsv (+ sidecar) per participant and
+    the group's features.tsv."""
+    write_features(folder, rows)
+    header, *lines = (folder / "features.tsv").read_text().splitlines()
+    for pid in sorted({r[0] for r in rows}):
+        anat = folder / pid / "anat"
+        anat.mkdir(parents=True)
+        mine = [line for line in lines if line.split("\t")[0] == pid]
+        (anat / f"{pid}_ce-portal_desc-radiomics_features.tsv").write_text(
+            "\n".join([header] + mine) + "\n")
+        (anat / f"{pid}_ce-portal_desc-radiomics_features.json").write_text(
+            json.dumps({"extraction_settings_sha256": HASH}))
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["table", "extract folder"])
+def test_participant_runs_then_the_group_level_give_the_full_runs_predictions(
+        trained, tmp_path, runner, kind):
+    """A single table's rows are filtered per participant; extract's folder gives each
+    participant's own table. The group level reads the participants' files back."""
+    model = trained["root"] / "models" / "logistic-regression_none"
+    folder = _write_extract_folder(tmp_path / "extract", trained["rows"])
+    given = folder / "features.tsv" if kind == "table" else folder
+    common = ["--participants", trained["participants"], "--device", "cpu"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    invoke(runner, ["predict", model, folder, full, *common])
+    labels = sorted(trained["labels"])
+    first = invoke(runner, ["predict", model, given, split, *common, "--participant-label",
+                            labels[0], "--participant-label", labels[1][4:]])
+    assert first.stdout == "" and "2 done" in first.stderr
+    assert not (split / "predictions.tsv").exists()
+    assert sorted(p.name for p in split.glob("sub-*")) == labels[:2]
+    # the group level before every participant is done: the others are named, exit 3
+    early = invoke(runner, ["predict", model, given, split, *common, "--level", "group"],
+                   expect=3)
+    assert f"no current predictions of {labels[2]}" in early.stderr
+    assert {r["participant_id"] for r in read_tsv(split / "predictions.tsv")} == set(labels[:2])
+    invoke(runner, ["predict", model, given, split, *common, "--level", "participant",
+                    *[x for label in labels[2:] for x in ("--participant-label", label)]])
+    group = invoke(runner, ["predict", model, given, split, *common, "--level", "group"])
+    assert group.stdout.strip() == str(split / "predictions.tsv")
+    assert "6 skipped" in group.stderr
+    assert (split / "predictions.tsv").read_bytes() == (full / "predictions.tsv").read_bytes()
+    for pid in labels:
+        name = f"{pid}/anat/{pid}_ce-portal_predictions.tsv"
+        assert (split / name).read_bytes() == (full / name).read_bytes()
+    side = read_json(split / "predictions.json", schema="sidecar")
+    sources = {s.split(":")[-1] for s in side["Sources"]}
+    if kind == "table":  # the same inputs as the full run: the same sidecar
+        assert (split / "predictions.json").read_bytes() == (full / "predictions.json").read_bytes()
+    else:                # the participants' own tables
+        assert f"{labels[0]}/anat/{labels[0]}_ce-portal_desc-radiomics_features.tsv" in sources
+        assert "features.tsv" not in sources
+        # a participant's sidecar names its own table only, whoever shared its run
+        own = read_json(split / labels[0] / "anat" / f"{labels[0]}_ce-portal_predictions.json")
+        tables = [s for s in own["Sources"] if s.startswith("bids:features:")]
+        assert tables == [f"bids:features:{labels[0]}/anat/{labels[0]}_ce-portal_desc-"
+                          "radiomics_features.tsv"]
+    assert side["ExecutionProvider"] == "CPUExecutionProvider"
+    # a full run finds everything current
+    again = invoke(runner, ["predict", model, folder, full, *common])
+    assert "6 skipped" in again.stderr
+
+
+def test_an_unknown_participant_label_is_a_usage_error_naming_it(trained, tmp_path, runner):
+    model = trained["root"] / "models" / "logistic-regression_none"
+    features = write_features(tmp_path / "f", trained["rows"])
+    for given in (features, features / "features.tsv"):
+        result = invoke(runner, ["predict", model, given, tmp_path / "out", "--participants",
+                                 trained["participants"], "--participant-label", "sub-999"],
+                        expect=2)
+        assert "--participant-label 'sub-999' is not a participant" in result.stderr
+        assert result.stderr.count("\n") == 1
+    assert not list((tmp_path / "out").glob("sub-*"))

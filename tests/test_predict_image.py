@@ -17,7 +17,7 @@ from metcli.fileio import read_json, read_tsv  # noqa: E402
 SIZE = 64   # Grad-CAM's map is size/32 cells a side: 64 gives 2x2, 32 a single (constant) cell
 TRAIN = ["--arch", "densenet121", "--size", str(SIZE), "--epochs", "1", "--batch-size", "32",
          "--val-patients", "1", "--test-patients", "0", "--device", "cpu", "--seed", "3",
-         "--no-progress"]
+         "--threads", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,7 +53,7 @@ def predicted(cohort):
 
     out = cohort["root"] / "pred"
     result = invoke(CliRunner(), ["predict", cohort["model"], cohort["raw"], cohort["lesions"],
-                                  out, "--device", "cpu", "--explain"])
+                                  out, "--device", "cpu", "--explain", "--threads", "1"])
     assert result.stdout.strip() == str(out / "predictions.tsv")
     return out
 
@@ -101,7 +101,7 @@ def test_predict_reproduces_the_validation_predictions_of_training(cohort, predi
 def test_a_second_run_skips_the_finished_participants(cohort, predicted, runner):
     before = (predicted / "predictions.tsv").read_bytes()
     result = invoke(runner, ["predict", cohort["model"], cohort["raw"], cohort["lesions"],
-                             predicted, "--device", "cpu", "--explain"])
+                             predicted, "--device", "cpu", "--explain", "--threads", "1"])
     assert "0 done, 6 skipped" in result.stderr
     assert (predicted / "predictions.tsv").read_bytes() == before
 
@@ -124,12 +124,15 @@ def test_explain_writes_a_heat_map_png_per_lesion(cohort, predicted):
         assert info["target_layer"] == "class_layers.relu"
         assert info["checkpoint_sha256"] == card["checkpoint"]["sha256"]
         assert info["heat_map_max"] in (0.0, 1.0)
+        assert info["TorchThreads"] == 1     # --threads reached Grad-CAM; not a setting
+        assert "threads" not in json.dumps(info["Provenance"]["settings"])
         assert [o["name"] for o in info["Provenance"]["outputs"]] == [png.name]
     # the predictions' sidecar lists the pictures, so a deleted one is redone
     side = read_json(predicted / "sub-001" / "anat" / "sub-001_ce-portal_predictions.json")
     names = [o["name"] for o in side["Provenance"]["outputs"]]
     assert "sub-001_ce-portal_lesion-1_gradcam.png" in names
     assert side["Provenance"]["settings"]["explain"] is True
+    assert side["TorchThreads"] == 1
 
 
 def test_the_heat_map_is_spatial_and_follows_the_class(cohort):
@@ -275,7 +278,7 @@ def test_a_3d_model_with_two_phases_reproduces_its_validation_predictions(cohort
     invoke(runner, ["train-cnn", raw, cohort["lesions"], train, "--labels",
                     raw / "participants.tsv", "--dims", "3", "--phases", "arterial,portal",
                     "--size", "32", "--epochs", "1", "--val-patients", "1", "--test-patients",
-                    "0", "--device", "cpu", "--seed", "3", "--no-progress"])
+                    "0", "--device", "cpu", "--seed", "3", "--threads", "1", "--no-progress"])
     card = read_json(train / "model" / "model.json")
     assert card["dims"] == 3 and card["input"]["channels"] == ["arterial", "portal"]
     out = tmp_path / "pred"
@@ -308,3 +311,63 @@ def test_the_lesion_entity_names_one_lesion():
     assert bids.Entities(sub="001", ce="portal").with_(lesion="3", suffix="gradcam",
                                                        extension=".png").name == \
         "sub-001_ce-portal_lesion-3_gradcam.png"
+
+
+def test_participant_runs_then_the_group_level_give_the_full_runs_predictions(cohort, predicted,
+                                                                             tmp_path, runner):
+    """Per-participant runs write only their participants' files; --level group reads them
+    back into the predictions.tsv of one full run."""
+    args = [cohort["model"], cohort["raw"], cohort["lesions"]]
+    split = tmp_path / "split"
+    first = invoke(runner, ["predict", *args, split, "--device", "cpu", "--participant-label",
+                            "001", "--participant-label", "sub-002"])
+    assert first.stdout == "" and "2 done" in first.stderr
+    assert sorted(p.name for p in split.glob("sub-*")) == ["sub-001", "sub-002"]
+    assert not (split / "predictions.tsv").exists()
+    early = invoke(runner, ["predict", *args, split, "--level", "group"], expect=3)
+    assert "no current predictions of sub-003" in " ".join(early.stderr.split())
+    invoke(runner, ["predict", *args, split, "--device", "cpu", "--level", "participant",
+                    *[x for i in range(3, 7) for x in ("--participant-label", f"00{i}")]])
+    group = invoke(runner, ["predict", *args, split, "--level", "group"])
+    assert group.stdout.strip() == str(split / "predictions.tsv") and "6 skipped" in group.stderr
+    # the same table as the full run (which also ran --explain: the rows do not change)
+    assert (split / "predictions.tsv").read_bytes() == (predicted / "predictions.tsv").read_bytes()
+    side = read_json(split / "predictions.json", schema="sidecar")
+    assert side["ExecutionProvider"] == "CPUExecutionProvider" and "TorchThreads" not in side
+    assert not list(split.glob("sub-*/anat/*_gradcam.png"))
+    # --explain at the participant level: that participant's heat maps only
+    one = tmp_path / "one"
+    invoke(runner, ["predict", *args, one, "--device", "cpu", "--explain", "--threads", "1",
+                    "--participant-label", "004"])
+    pngs = sorted(p.name for p in one.glob("sub-*/anat/*_gradcam.png"))
+    assert pngs and all(name.startswith("sub-004_") for name in pngs)
+    assert not (one / "predictions.tsv").exists()
+
+
+def test_an_unknown_participant_label_is_a_usage_error_naming_it(cohort, tmp_path, runner):
+    result = invoke(runner, ["predict", cohort["model"], cohort["raw"], cohort["lesions"],
+                             tmp_path / "out", "--participant-label", "042"], expect=2)
+    assert "--participant-label '042' is not a participant" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_limit_cpu_threads_sets_and_restores_torchs_threads():
+    import torch
+
+    from metcli.errors import UsageError
+    from metcli.threads import available_cpus, limit_cpu_threads
+
+    before = torch.get_num_threads()
+    with limit_cpu_threads(before + 1) as used:
+        assert used == torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError):
+        with limit_cpu_threads(before + 2):
+            raise RuntimeError("the number comes back after an error too")
+    assert torch.get_num_threads() == before
+    with limit_cpu_threads(None) as used:          # None keeps the caller's number
+        assert used == torch.get_num_threads() == before
+    with pytest.raises(UsageError, match="--threads must be a whole number of at least 1"):
+        with limit_cpu_threads(0):
+            pass
+    assert 1 <= available_cpus()

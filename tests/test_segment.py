@@ -359,9 +359,14 @@ def test_segment_writes_masks_on_the_ct_grid_with_provenance(runner, raw, tmp_pa
     monkeypatch.setattr(nnunet_backend.NnunetSegmenter, "__init__", counting)
     monkeypatch.delenv("nnUNet_raw", raising=False)
     out = tmp_path / "seg"
-    result = invoke(runner, ["segment", raw, out, "--no-tta", "--device", "cpu"])
+    import torch
+
+    threads_before = torch.get_num_threads()
+    result = invoke(runner, ["segment", raw, out, "--no-tta", "--device", "cpu", "--threads",
+                             "1"])
     assert result.stdout == ""
     assert len(loads) == 1  # once for both participants
+    assert loads[0]["threads"] == 1 and torch.get_num_threads() == threads_before
     assert "nnUNet_raw" not in os.environ
     model = resolve_segmentation_model(None)
     for sub, (ct, truth) in phantoms.items():
@@ -375,6 +380,8 @@ def test_segment_writes_masks_on_the_ct_grid_with_provenance(runner, raw, tmp_pa
         record = sidecar["Provenance"]["models"][0]
         assert record["name"] == "metcli-demo-nnunet" and record["sha256"] == model.sha256
         assert sidecar["Provenance"]["settings"]["tta"] is False
+        assert sidecar["TorchThreads"] == 1                     # recorded, not a setting
+        assert "threads" not in json.dumps(sidecar["Provenance"]["settings"])
         assert sidecar["Sources"] == [f"bids:raw:sub-{sub}/anat/sub-{sub}_ce-portal_ct.nii.gz"]
     assert [row["name"] for row in read_tsv(out / "dseg.tsv")] == ["background", "liver",
                                                                     "lesion"]
@@ -383,15 +390,17 @@ def test_segment_writes_masks_on_the_ct_grid_with_provenance(runner, raw, tmp_pa
 
     # Re-running skips both without loading the model; --overwrite redoes one.
     before = seg_path(out, "001").stat().st_mtime_ns
-    result = invoke(runner, ["segment", raw, out, "--no-tta", "--device", "cpu"])
+    result = invoke(runner, ["segment", raw, out, "--no-tta", "--device", "cpu", "--threads",
+                             "2"])
     assert "0 done, 2 skipped" in result.stderr and len(loads) == 1
     result = invoke(runner, ["segment", raw, out, "--no-tta", "--device", "cpu", "--overwrite",
-                             "--participant-label", "001"])
+                             "--participant-label", "001", "--threads", "1"])
     assert "1 done, 0 skipped" in result.stderr and len(loads) == 2
     assert seg_path(out, "001").stat().st_mtime_ns != before
     # Other settings are other outputs: the skip rule redoes them.
     result = invoke(runner, ["segment", raw, out, "--no-tta", "--device", "cpu",
-                             "--step-size", "0.75", "--participant-label", "002"])
+                             "--step-size", "0.75", "--participant-label", "002", "--threads",
+                             "1"])
     assert "1 done" in result.stderr
 
 

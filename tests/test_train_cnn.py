@@ -13,7 +13,7 @@ from metcli.errors import InputError, UsageError
 
 ARGS = ["--arch", "densenet121", "--size", "32", "--epochs", "2", "--batch-size", "32",
         "--val-patients", "1", "--test-patients", "1", "--device", "cpu", "--seed", "3",
-        "--no-progress"]
+        "--threads", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,6 +66,7 @@ def test_writes_every_output_with_its_schema(trained):
     validate(card, "cnn_card")
     assert card["classes"] == ["colorectal", "pancreatic"]
     assert card["positive_class"] == "pancreatic" and card["threshold"] == 0.5
+    assert card["training"]["torch_threads"] == 1  # ARGS give --threads 1
     assert card["preprocessing"]["window_width"] == 330 and card["preprocessing"]["size"] == 32
     assert card["split"]["train_patients"] == 4 and card["split"]["test_patients"] == 1
     assert card["onnx"]["sha256"] == sha256_file(model / "model.onnx")
@@ -404,10 +405,14 @@ def test_cv_folds_choose_the_epochs_and_train_on_every_training_patient(cohort, 
 
     raw = cohort / "synth" / "rawdata"
     out = cohort / "cv"
-    invoke(runner, ["train-cnn", raw, cohort / "synth" / "derivatives" / "truth-lesions", out,
-                    "--labels", raw / "participants.tsv", "--arch", "resnet18", "--size", "16",
-                    "--epochs", "2", "--cv-folds", "2", "--val-patients", "0",
-                    "--test-patients", "2", "--device", "cpu", "--seed", "1", "--no-progress"])
+    result = invoke(runner, ["train-cnn", raw, cohort / "synth" / "derivatives" /
+                             "truth-lesions", out, "--labels", raw / "participants.tsv",
+                             "--arch", "resnet18", "--size", "16", "--epochs", "2",
+                             "--cv-folds", "2", "--val-patients", "0", "--test-patients", "2",
+                             "--device", "cpu", "--seed", "1", "--threads", "1", "-v",
+                             "--no-progress"])
+    # --threads reaches the training (logged; not a setting of the skip rule)
+    assert "train-cnn: 1 PyTorch CPU thread(s)" in " ".join(result.stderr.split())
     cv_rows = _rows(out / "cv_log.tsv")
     assert sorted((r["fold"], r["epoch"]) for r in cv_rows) == [
         ("0", "1"), ("0", "2"), ("1", "1"), ("1", "2")]
@@ -457,7 +462,7 @@ def test_3d_multiphase_model_exports_and_matches_its_checkpoint(cohort, runner, 
                              out, "--labels", raw / "participants.tsv", "--dims", "3",
                              "--phases", "portal,arterial", "--arch", "resnet18", "--size",
                              "16", "--epochs", "1", "--val-patients", "1", "--test-patients",
-                             "1", "--device", "cpu", "--no-progress"])
+                             "1", "--device", "cpu", "--threads", "1", "--no-progress"])
     assert f"{pancreatic[-1]} (no CT of phase arterial)" in result.stderr
     card = read_json(out / "model" / "model.json")
     validate(card, "cnn_card")

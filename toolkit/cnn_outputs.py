@@ -116,7 +116,7 @@ def write_outputs(out_dir: Path, *, step, inputs: list[dict], result: FitResult,
                   folds: dict[str, int], classes: list[str], spec: dict, arch: str,
                   label_column: str, split: Path | None, fit_settings: FitSettings,
                   epochs: int, monitor: str, patience: int | None,
-                  versions: dict[str, str]) -> float:
+                  versions: dict[str, str], torch_threads: int | None = None) -> float:
     """Write OUT_DIR's files and return the ONNX parity difference."""
     import torch
 
@@ -171,7 +171,9 @@ def write_outputs(out_dir: Path, *, step, inputs: list[dict], result: FitResult,
         "batch_size": s.batch_size, "lr": s.lr, "seed": s.seed, "device": device,
         "amp": s.amp, "class_weighting": "inverse frequency",
         "augmentation": step.settings["augmentation"],
-        "seconds_per_epoch": round(result.seconds_per_epoch, 3)}
+        "seconds_per_epoch": round(result.seconds_per_epoch, 3),
+        # CPU results depend on the thread count (floating-point summation order)
+        "torch_threads": torch_threads}
     stale = []
     with OutputSet() as outs:
         for path, rows, columns, schema, extra in tables:

@@ -69,6 +69,7 @@ class CnnResult:
     max_abs_difference: float | None = None
     epochs_run: int | None = None
     cv_epochs: int | None = None
+    torch_threads: int | None = None
 
 
 def check_options(*, arch: str, size: int, epochs: int, batch_size: int, lr: float,
@@ -195,7 +196,7 @@ def train_cnn(raw_dir, lesions_dir, out_dir, *, labels, label_column: str = "pri
               test_patients: int | None = None, split: Path | None = None,
               cv_folds: int | None = None, patience: int | None = None, monitor: str = "loss",
               device: str = "auto", amp: bool = False, seed: int = 0, resume: bool = False,
-              overwrite: bool = False,
+              threads: int | None = None, overwrite: bool = False,
               progress: Callable[[str, str], None] | None = None) -> CnnResult:
     """Train the lesion CNN and write OUT_DIR (see the module docstring and docs/train-cnn.md).
 
@@ -206,6 +207,13 @@ def train_cnn(raw_dir, lesions_dir, out_dir, *, labels, label_column: str = "pri
     ``checkpoint.pt``). While the run is unfinished, ``OUT_DIR/resume/`` holds
     the resume states (``resume=True`` continues from them); a finished run
     removes it. ``size`` defaults to 224 (2D) or 64 (3D).
+
+    ``threads``: PyTorch's CPU threads for the training and the export (set
+    for this call and restored afterwards, :func:`metcli.threads.limit_cpu_threads`;
+    None keeps torch's current number). It is not a setting of the skip rule,
+    but on the CPU the weights depend on it (the order of floating-point sums):
+    the same inputs, seed and number of threads give the same outputs. The
+    number used is logged and returned (``torch_threads``).
     """
     from metcli.fileio import check_output_not_inside_input, sha256_json
     from metcli.lesion_slices import SliceSettings
@@ -219,6 +227,9 @@ def train_cnn(raw_dir, lesions_dir, out_dir, *, labels, label_column: str = "pri
                   dims=dims, cv_folds=cv_folds, patience=patience, monitor=monitor)
     if split is not None and test_patients is not None:
         raise UsageError("give --test-patients or --split, not both")
+    from metcli.threads import check_threads, limit_cpu_threads
+
+    check_threads(threads)
     phases = parse_phases(phases)
     device = resolve_device(device, amp=amp)
     slice_settings = SliceSettings(window_width=float(window[0]), window_level=float(window[1]),
@@ -268,21 +279,24 @@ def train_cnn(raw_dir, lesions_dir, out_dir, *, labels, label_column: str = "pri
                                batch_size=batch_size, lr=lr, device=device, seed=seed, amp=amp,
                                monitor=monitor, patience=patience)
     cv = None
-    if cv_folds is not None:
-        cv = choose_epochs(parts["train"], folds, fit_settings, state_dir=state_dir,
-                           resume=resume, fingerprint=fingerprint, progress=progress)
-        fit_settings = replace(fit_settings, epochs=cv.epochs, keep_last=True)
-    result = fit(parts["train"], parts["val"], fit_settings, state_path=state_dir / "train.pt",
-                 resume=resume, fingerprint=f"{fingerprint}:train", progress=progress)
-    difference = write_outputs(
-        out_dir, step=step, inputs=inputs, result=result, cv=cv, parts=parts, plan=plan,
-        folds=folds, classes=classes, spec=spec, arch=arch, label_column=label_column,
-        split=split, fit_settings=fit_settings, epochs=epochs, monitor=monitor,
-        patience=patience, versions=_versions())
+    with limit_cpu_threads(threads) as torch_threads:
+        log.info("train-cnn: %d PyTorch CPU thread(s)", torch_threads)
+        if cv_folds is not None:
+            cv = choose_epochs(parts["train"], folds, fit_settings, state_dir=state_dir,
+                               resume=resume, fingerprint=fingerprint, progress=progress)
+            fit_settings = replace(fit_settings, epochs=cv.epochs, keep_last=True)
+        result = fit(parts["train"], parts["val"], fit_settings,
+                     state_path=state_dir / "train.pt", resume=resume,
+                     fingerprint=f"{fingerprint}:train", progress=progress)
+        difference = write_outputs(
+            out_dir, step=step, inputs=inputs, result=result, cv=cv, parts=parts, plan=plan,
+            folds=folds, classes=classes, spec=spec, arch=arch, label_column=label_column,
+            split=split, fit_settings=fit_settings, epochs=epochs, monitor=monitor,
+            patience=patience, versions=_versions(), torch_threads=torch_threads)
     shutil.rmtree(state_dir, ignore_errors=True)
     return CnnResult(model_dir, excluded=excluded, seconds_per_epoch=result.seconds_per_epoch,
                      max_abs_difference=difference, epochs_run=len(result.rows),
-                     cv_epochs=None if cv is None else cv.epochs)
+                     cv_epochs=None if cv is None else cv.epochs, torch_threads=torch_threads)
 
 
 def _folds(plan: dict[str, str], labels: dict[str, str], cv_folds: int | None,

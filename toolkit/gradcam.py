@@ -76,14 +76,22 @@ class GradCam:
     Args:
         net: the network (eval mode), for example from :func:`load_network`.
         arch: its architecture name (picks :data:`TARGET_LAYERS`).
+        threads: PyTorch's CPU threads while a map is computed (set and restored
+            around each call, :func:`metcli.threads.limit_cpu_threads`); None =
+            torch's number when the object is made. On a machine where other
+            processes keep cores busy, 1 is much faster than torch's default.
     """
 
-    def __init__(self, net, arch: str):
+    def __init__(self, net, arch: str, *, threads: int | None = None):
+        import torch
         from monai.visualize import GradCAM
+
+        from metcli.threads import check_threads
 
         if arch not in TARGET_LAYERS:
             raise InputError(f"architecture {arch!r} has no Grad-CAM target layer "
                              f"(known: {', '.join(TARGET_LAYERS)})")
+        self.threads = check_threads(threads) or torch.get_num_threads()
         self.net = net
         self.arch = arch
         self.target_layer = TARGET_LAYERS[arch]
@@ -98,6 +106,8 @@ class GradCam:
         """
         import torch
 
+        from metcli.threads import limit_cpu_threads
+
         images = np.asarray(images, dtype=np.float32)
         if images.ndim not in (4, 5):
             raise ValueError(f"images must be [n, channels, *spatial] (2D or 3D), got shape "
@@ -110,7 +120,7 @@ class GradCam:
             self._warned = True
         device = next(self.net.parameters()).device
         x = torch.from_numpy(images).to(device)
-        with torch.enable_grad():
+        with limit_cpu_threads(self.threads), torch.enable_grad():
             raw = self._cam(x, class_idx=int(class_index))
         maps = raw.detach().cpu().numpy()[:, 0].astype(np.float64)
         peak = maps.reshape(len(maps), -1).max(axis=1).reshape((-1,) + (1,) * len(spatial))

@@ -274,6 +274,10 @@ class NnunetSegmenter:
         checkpoint_name: the checkpoint file in each fold folder.
         allow_pickle: allow checkpoints that need full unpickling (see the module
             docstring); False refuses them.
+        threads: PyTorch's CPU threads while a CT is segmented (set and restored
+            around each :meth:`predict`, :func:`metcli.threads.limit_cpu_threads`;
+            nnU-Net itself uses at most ``nnUNet_def_n_proc``, 8 by default);
+            None = torch's number when the segmenter is made.
         orientation: a three-letter code (SimpleITK ``DICOMOrient``, e.g. ``LPS``)
             to bring every CT to before it is given to nnU-Net (a lossless
             permutation/flip of axes; the labels are mapped back onto the CT's own
@@ -285,12 +289,17 @@ class NnunetSegmenter:
         folds: the folds in use.
         configuration: the nnU-Net configuration of the checkpoint (``3d_fullres``...).
         device: the torch device.
+        threads: PyTorch's CPU threads of :meth:`predict`.
     """
 
     def __init__(self, model_dir: str | Path, *, device: str = "auto",
                  folds: Sequence[int | str] | None = None, tta: bool = True,
                  step_size: float = 0.5, checkpoint_name: str = CHECKPOINT_NAME,
-                 allow_pickle: bool = True, orientation: str | None = None):
+                 allow_pickle: bool = True, orientation: str | None = None,
+                 threads: int | None = None):
+        from metcli.threads import check_threads
+
+        check_threads(threads)
         if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or \
                 not 0 < step_size <= 1:
             raise UsageError(f"--step-size must be a number in (0, 1], got {step_size!r}")
@@ -307,6 +316,9 @@ class NnunetSegmenter:
             orientation_transform((1, 0, 0, 0, 1, 0, 0, 0, 1), orientation)  # validates it
         predictor_class = import_nnunet()
         self.device = resolve_device(device)
+        import torch
+
+        self.threads = threads or torch.get_num_threads()
         checkpoints = [load_checkpoint(self.model_dir / f"fold_{fold}" / checkpoint_name,
                                        allow_pickle=allow_pickle) for fold in self.folds]
         first = checkpoints[0]
@@ -382,12 +394,13 @@ class NnunetSegmenter:
         import SimpleITK as sitk
 
         from metcli.onnx_backend import orientation_transform
+        from metcli.threads import limit_cpu_threads
 
         array = check_ct(ct)
         orient = orientation_transform(ct.GetDirection(), self.orientation)
         spacing_zyx = orient.spacing_zyx([float(s) for s in reversed(ct.GetSpacing())])
         oriented = np.ascontiguousarray(orient.forward(array))
-        with quiet_nnunet("predict"):
+        with limit_cpu_threads(self.threads), quiet_nnunet("predict"):
             segmentation = self._predictor.predict_single_npy_array(
                 oriented[None], {"spacing": spacing_zyx}, None, None, False)
         segmentation = np.ascontiguousarray(orient.backward(np.asarray(segmentation)))

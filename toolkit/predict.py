@@ -23,6 +23,14 @@ majority; a tie goes to the positive class).
 Outputs of predict, in that format with the card's threshold (set ``test``): per participant ``sub-<id>/[ses-<s>/]anat/sub-<id>[_ses-<s>][_ce-<phase>]_predictions.tsv``
 and, at the group level, ``predictions.tsv``; each with a JSON sidecar (classes,
 positive class, threshold and its source, the model and its sha256).
+
+Levels, as in BIDS apps (:func:`metcli.bids.resolve_levels`): a participant-level
+run (``participant_label``, or ``level="participant"``) writes only the chosen
+participants' files; a group-level run (``level="group"``) runs no model and
+reads the participants' current files back into ``predictions.tsv``
+(:func:`current_predictions`); without labels a run does both. For radiomics
+models, a features table's rows are filtered to the chosen participants, and
+extract's folder gives each participant's own table (:func:`feature_tables`).
 """
 
 from __future__ import annotations
@@ -186,15 +194,22 @@ class RadiomicsBackend:
         self.provider = self.session.get_providers()[0]
 
     def prepare(self, inputs: Sequence[Path], *, participants: Path | None = None,
-                session: str | None = None) -> Prepared:
-        from metcli.radiomics_data import encode_covariates, read_features, read_label_rows
+                session: str | None = None, only: set[str] | None = None) -> Prepared:
+        """The graph's inputs of every lesion of ``inputs`` (features tables).
+
+        ``participants``: participants.tsv with the covariates; ``only``: the
+        participant ids (``sub-<label>``) to keep (None: all); one of them
+        without a usable row fails alone.
+        """
+        from metcli.radiomics_data import encode_covariates, read_label_rows
 
         card = self.card
-        try:
-            table = read_features(inputs, phase=card.get("phase"), session=session,
-                                  phase_option="the model's phase")
-        except UsageError as exc:
-            raise InputError(exc.what, path=inputs[0], fix=exc.fix) from None
+        table = read_feature_rows(card, inputs, session=session)
+        lacking = set()
+        if only is not None:
+            lacking = set(only) - {k[0] for k in table.keys}
+            table = table.take(np.flatnonzero(np.array([k[0] in only for k in table.keys],
+                                                       dtype=bool)))
         where = table.tables[0]
         self._check_settings(table.settings_sha256, where)
         features = [i for i in card["inputs"] if i["source"] == "features"]
@@ -210,6 +225,8 @@ class RadiomicsBackend:
         for item in features:
             values[:, item["index"]] = table.values[:, column[item["column"]]]
         prepared = Prepared(table.keys, values, sources=list(table.tables))
+        for pid in sorted(lacking):
+            prepared.failed[pid] = "no lesion row with status ok in the features"
         covariates = [i for i in card["inputs"] if i["source"] == "participants"]
         if covariates:
             if participants is None:
@@ -270,6 +287,17 @@ class RadiomicsBackend:
         return onnx_export.probabilities(self.session, self.names, values)
 
 
+def read_feature_rows(card: dict, tables: Sequence[Path], *, session: str | None = None):
+    """The features tables as a :class:`~metcli.radiomics_data.FeatureTable` (the card's phase)."""
+    from metcli.radiomics_data import read_features
+
+    try:
+        return read_features(tables, phase=card.get("phase"), session=session,
+                             phase_option="the model's phase")
+    except UsageError as exc:
+        raise InputError(exc.what, path=tables[0], fix=exc.fix) from None
+
+
 #: card kind -> backend class. A backend with a ``predict`` classmethod runs the whole
 #: prediction itself (image models: :meth:`metcli.predict_image.ImageBackend.predict`).
 BACKENDS: dict[str, Callable[..., Any]] = {"radiomics": RadiomicsBackend, "image": ImageBackend}
@@ -281,22 +309,38 @@ BACKENDS["radiomics-hierarchy"] = RadiomicsBackend
 
 def predict(model_dir, inputs: Sequence[Path], out_dir, *, participants=None,
             aggregate: str = "mean", device: str = "auto", session: str | None = None,
-            explain: bool = False, overwrite: bool = False,
+            explain: bool = False, participant_label: Sequence[str] | str | None = None,
+            level: str | None = None, threads: int | None = None, overwrite: bool = False,
             progress: Callable[[str, str], None] | None = None) -> BatchReport:
     """Predict every participant of ``inputs`` with the model in ``model_dir``.
+
+    Args:
+        participants: participants.tsv with the covariates the model uses.
+        participant_label: the participants to predict (labels with or without
+            ``sub-``); None = all. An unknown label is a :class:`UsageError`.
+        level: ``participant`` (only the participants' ``..._predictions.tsv``),
+            ``group`` (``predictions.tsv`` from the participants' current
+            files) or ``both``; None = both, or the participant level only
+            when ``participant_label`` is given (:func:`metcli.bids.resolve_levels`).
+        threads: PyTorch's CPU threads for ``explain`` (Grad-CAM);
+            None = the current number (:func:`metcli.threads.limit_cpu_threads`).
 
     Returns a :class:`~metcli.batch.BatchReport` (one item per participant);
     ``outputs`` lists the files written or found current.
     """
-    from metcli import onnx_export
+    from metcli.bids import resolve_levels
     from metcli.fileio import check_output_not_inside_input, sha256_file
     from metcli.provenance import Step, write_dataset_description
-    from metcli.radiomics_data import features_table_path
+    from metcli.threads import check_threads
 
     if aggregate not in AGGREGATES:
         raise UsageError(f"--aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")
     if device not in DEVICES:
         raise UsageError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+    check_threads(threads)
+    labels = [participant_label] if isinstance(participant_label, str) else (
+        list(participant_label) if participant_label else None)
+    do_participants, do_group = resolve_levels(level, labels)
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     inputs = [Path(p) for p in inputs]
     if not inputs:
@@ -309,47 +353,74 @@ def predict(model_dir, inputs: Sequence[Path], out_dir, *, participants=None,
     if hasattr(backend_class, "predict"):  # image models: CT + lesion maps, one by one
         return backend_class.predict(model_dir, card, inputs, out_dir, aggregate=aggregate,
                                      device=device, session=session, explain=explain,
-                                     participants=participants, overwrite=overwrite,
+                                     participants=participants, participant_label=labels,
+                                     level=level, threads=threads, overwrite=overwrite,
                                      progress=progress)
     if explain:
         raise UsageError(f"--explain needs an image model (train-cnn); {card['name']} is a "
                          f"{card['kind']} model", fix="leave out --explain")
     check_output_not_inside_input(out_dir, [model_dir] + [p for p in inputs if p.is_dir()])
-    backend = backend_class(model_dir, card, onnx_export.providers_for(device))
-    log.info("running %s on %s", card["name"], backend.provider)
-    prepared = backend.prepare([features_table_path(p) for p in inputs],
-                               participants=participants, session=session)
-    proba = backend.run(prepared.values)
+    # a run of both levels over everyone reads extract's features.tsv, as before; the other
+    # runs read each participant's own table where extract's folder has them
+    full_run = do_participants and do_group and not labels
+    tables, chosen = feature_tables(inputs, labels, own_tables=not full_run)
 
     roots = {"model": model_dir}
-    for i, table in enumerate(prepared.sources):
-        roots[f"features{i or ''}"] = table.parent
-    sources = list(prepared.sources) + [model_dir / "model.onnx", model_dir / "model.json"]
+    for i, path in enumerate(inputs):
+        roots[f"features{i or ''}"] = path if path.is_dir() else path.parent
+    participants_table = None
     if participants is not None:
-        table = Path(participants)
-        table = table if table.is_file() else table / "participants.tsv"
-        roots["participants"] = table.parent
-        sources.append(table)
+        participants_table = Path(participants)
+        if not participants_table.is_file():
+            participants_table = participants_table / "participants.tsv"
+        roots["participants"] = participants_table.parent
     model_sha = sha256_file(model_dir / "model.onnx")
     step = Step(COMMAND, out_dir, roots, {"model_sha256": model_sha, "aggregate": aggregate,
                                           "session": session})
-    inputs_record = step.inputs(sources)
-    write_dataset_description(out_dir, name="metcli predict", sources={"model": model_dir},
-                              description=f"predictions of model {card['name']}")
     extra = {"model": card["name"], "classes": card["classes"],
              "positive_class": card["positive_class"], "threshold": card["threshold"],
              "threshold_source": card["threshold_source"],
              "selected": bool(card.get("selected_by_cv", False)),
-             "patient_aggregate": aggregate, "ExecutionProvider": backend.provider}
+             "patient_aggregate": aggregate, "ExecutionProvider": None}
     for key in ("positive_class", "threshold"):  # none for a multi-class model
         if extra[key] is None:
             del extra[key]
     models = [{"name": card["name"], "sha256": model_sha}]
+    report = BatchReport()
+    if not do_participants:
+        write_dataset_description(out_dir, name="metcli predict", sources={"model": model_dir},
+                                  description=f"predictions of model {card['name']}")
+        return _radiomics_group(card, tables, chosen, out_dir, step, roots, extra, models,
+                                session=session, overwrite=overwrite, progress=progress,
+                                report=report)
+
+    from metcli import onnx_export
+
+    backend = backend_class(model_dir, card, onnx_export.providers_for(device))
+    log.info("running %s on %s", card["name"], backend.provider)
+    extra["ExecutionProvider"] = backend.provider
+    prepared = backend.prepare(tables, participants=participants, session=session, only=chosen)
+    proba = backend.run(prepared.values)
+    write_dataset_description(out_dir, name="metcli predict", sources={"model": model_dir},
+                              description=f"predictions of model {card['name']}")
+    sources = list(prepared.sources) + [model_dir / "model.onnx", model_dir / "model.json"]
+    if participants_table is not None:
+        sources.append(participants_table)
+    inputs_record = step.inputs(sources)
+    owners = {} if full_run else {path: _owner(path) for path in prepared.sources}
+
+    def inputs_of(pid: str) -> list[dict]:
+        """The inputs of a participant's file: every table read (a full run), or its own
+        table(s), the shared ones, the model and participants.tsv (any other run, so that
+        a participant's sidecar does not depend on who else was in the run)."""
+        if full_run:
+            return inputs_record
+        return [record for path, record in zip(sources, inputs_record)
+                if owners.get(path) in (None, pid)]
 
     by_participant: dict[str, list[int]] = {}
     for r, key in enumerate(prepared.keys):
         by_participant.setdefault(key[0], []).append(r)
-    report = BatchReport()
     for pid, reason in sorted(prepared.failed.items()):
         log.error("%s: %s", pid, reason)
         report.record(pid, FAILED, reason)
@@ -360,7 +431,7 @@ def predict(model_dir, inputs: Sequence[Path], out_dir, *, participants=None,
         table_rows = _rows(card, pid, [prepared.keys[r][3] for r in rows], proba[rows],
                            aggregate)
         key = prepared.keys[rows[0]]
-        status = _write_participant(out_dir, key, table_rows, card, step, inputs_record,
+        status = _write_participant(out_dir, key, table_rows, card, step, inputs_of(pid),
                                     {**extra, "DroppedLesions": prepared.dropped_lesions.get(pid,
                                                                                             0)},
                                     models, overwrite, report)
@@ -369,10 +440,175 @@ def predict(model_dir, inputs: Sequence[Path], out_dir, *, participants=None,
 
     run_each(sorted(by_participant), key=lambda p: p, work=work, progress=progress,
              report=report)
-    if all_rows:
+    if do_group and all_rows:
         report.outputs.extend(_write_group(out_dir, all_rows, card, step, inputs_record, extra,
                                            models, overwrite))
     return report
+
+
+def feature_tables(inputs: Sequence[Path], labels: Sequence[str] | None, *,
+                   own_tables: bool = True) -> tuple[list[Path], set[str] | None]:
+    """(features tables to read, participant ids to keep or None for all) of radiomics INPUTs.
+
+    A features table is read whole and its rows are kept for the chosen
+    participants. An extract folder gives each chosen participant's own tables
+    (``sub-<id>/.../..._desc-radiomics_features.tsv``) when ``own_tables`` and
+    the folder has them, else its ``features.tsv``. An unknown label is a
+    :class:`UsageError` naming it.
+    """
+    from metcli.bids import find_files, select_participants
+    from metcli.extract import DESC, SUFFIX
+    from metcli.fileio import read_tsv
+    from metcli.radiomics_data import features_table_path
+
+    found: list = []
+    available: set[str] = set()
+    for path in inputs:
+        own = (find_files(path, suffix=SUFFIX, desc=DESC, extension=".tsv")
+               if own_tables and path.is_dir() else [])
+        if own:
+            available.update(a.entities.sub for a in own)
+            found.append(own)
+        else:
+            table = features_table_path(path)
+            if labels:
+                available.update(str(r.get("participant_id", ""))[4:]
+                                 for r in read_tsv(table, required=("participant_id",)))
+            found.append(table)
+    chosen = None
+    if labels:
+        chosen = set(select_participants(sorted(available), labels,
+                                         where=inputs[0] if len(inputs) == 1 else None))
+    tables: list[Path] = []
+    for item in found:
+        if isinstance(item, list):
+            tables.extend(a.path for a in item if chosen is None or a.entities.sub in chosen)
+        else:
+            tables.append(item)
+    return tables, None if chosen is None else {f"sub-{label}" for label in chosen}
+
+
+def _owner(table: Path) -> str | None:
+    """The participant of one of extract's per-participant tables (None: a shared table)."""
+    from metcli.bids import parse_name
+    from metcli.extract import DESC, SUFFIX
+
+    try:
+        entities = parse_name(Path(table).name)
+    except MetcliError:
+        return None
+    if entities.suffix != SUFFIX or entities.desc != DESC:
+        return None
+    return entities.participant_id
+
+
+def _radiomics_group(card, tables, chosen, out_dir, step, roots, extra, models, *, session,
+                     overwrite, progress, report) -> BatchReport:
+    """``predictions.tsv`` from the participants' current ``..._predictions.tsv`` (group level)."""
+    table = read_feature_rows(card, tables, session=session)
+    first: dict[str, tuple] = {}
+    for key in table.keys:
+        if chosen is None or key[0] in chosen:
+            first.setdefault(key[0], key)
+    all_rows: list[dict] = []
+    used: list[dict] = []
+    recorded: list[dict] = []
+
+    def work(pid: str) -> str:
+        path = participant_path(out_dir, first[pid])
+        rows, inputs, doc = current_predictions(step, path, pid, roots=roots)
+        all_rows.extend(rows)
+        used.extend(i for i in inputs if i not in used)
+        recorded.append(doc)
+        report.outputs.extend([path, sidecar_of(path)])
+        return SKIPPED
+
+    run_each(sorted(first), key=lambda p: p, work=work, progress=progress, report=report)
+    if all_rows:
+        report.outputs.extend(_write_group(out_dir, all_rows, card, step, used,
+                                           recorded_extra(extra, recorded), models, overwrite))
+    return report
+
+
+def sidecar_of(path: Path) -> Path:
+    from metcli.bids import sidecar_path
+
+    return sidecar_path(path)
+
+
+def participant_path(out_dir: Path, key) -> Path:
+    """``sub-<id>/[ses-<s>/]anat/..._predictions.tsv`` of a (participant, session, phase) key."""
+    from metcli.bids import Entities, derivative_path
+
+    pid, ses, phase = key[:3]
+    try:
+        entities = Entities(sub=pid[4:], ses=ses, ce=phase, suffix="predictions",
+                            extension=".tsv")
+    except MetcliError as exc:
+        raise InputError(f"{pid}: {exc.what}") from None
+    return derivative_path(out_dir, entities, suffix="predictions", extension=".tsv")
+
+
+def current_predictions(step, path: Path, pid: str, *, inputs: list[dict] | None = None,
+                        roots: dict[str, Path] | None = None):
+    """(rows, input records, sidecar) of a participant's predictions that are current.
+
+    Current: the skip rule holds for ``inputs`` (image models: the
+    participant's files and the model's), or, without ``inputs``, for the
+    inputs its sidecar records, found again under ``roots`` and hashed anew
+    (radiomics models, whose participant level reads the participant's own
+    features table or a whole one). Otherwise an :class:`InputError` that says
+    to run the participant level first.
+    """
+    from metcli.fileio import read_json
+
+    sidecar = sidecar_of(path)
+    stale = InputError(f"no current predictions of {pid} (missing, or made from other inputs "
+                       "or with other settings than this run's)", path=path,
+                       fix=f"run predict with --participant-label {pid[4:]} and the same model, "
+                           "inputs and options first")
+    if not sidecar.is_file():
+        raise stale
+    try:
+        doc = read_json(sidecar)
+    except InputError:
+        raise stale from None
+    if inputs is None:
+        files = [_input_file(record, roots or {}) for record in
+                 ((doc.get("Provenance") or {}).get("inputs") or [])]
+        if not files or any(f is None for f in files):
+            raise stale
+        inputs = step.inputs(files)
+    if not step.is_done(sidecar, inputs):
+        raise stale
+    from metcli.predict_image import _read_rows
+
+    return _read_rows(path), inputs, doc
+
+
+def _input_file(record: dict, roots: dict[str, Path]) -> Path | None:
+    """The file of a recorded input (``bids:<root>:<path>``) under this run's roots, if any."""
+    uri = str(record.get("uri", ""))
+    parts = uri.split(":", 2)
+    if len(parts) != 3 or parts[0] != "bids" or parts[1] not in roots:
+        return None
+    path = Path(roots[parts[1]]) / parts[2]
+    return path if path.is_file() else None
+
+
+def recorded_extra(extra: dict, sidecars: Sequence[dict]) -> dict:
+    """``extra`` with what the participant runs recorded (execution provider, torch threads)."""
+    out = dict(extra)
+    for key in ("ExecutionProvider", "TorchThreads"):
+        values: list = []
+        for doc in sidecars:
+            if key in doc and doc[key] not in values:
+                values.append(doc[key])
+        if values:
+            out[key] = values[0] if len(values) == 1 else sorted(values, key=str)
+        elif out.get(key) is None:
+            out.pop(key, None)
+    return out
 
 
 def _rows(card, pid, lesion_ids, proba, aggregate) -> list[dict]:
@@ -383,16 +619,11 @@ def _rows(card, pid, lesion_ids, proba, aggregate) -> list[dict]:
 
 def _write_participant(out_dir, key, rows, card, step, inputs, extra, models, overwrite,
                        report) -> str:
-    from metcli.bids import Entities, derivative_path, sidecar_path
+    from metcli.bids import sidecar_path
     from metcli.fileio import OutputSet, write_tsv_to
 
-    pid, ses, phase, _lesion = key
-    try:
-        entities = Entities(sub=pid[4:], ses=ses, ce=phase, suffix="predictions",
-                            extension=".tsv")
-    except MetcliError as exc:
-        raise InputError(f"{pid}: {exc.what}") from None
-    path = derivative_path(out_dir, entities, suffix="predictions", extension=".tsv")
+    pid = key[0]
+    path = participant_path(out_dir, key)
     sidecar = sidecar_path(path)
     report.outputs.extend([path, sidecar])
     if not overwrite and step.is_done(sidecar, inputs):

@@ -38,7 +38,10 @@ participant (one participant's images in memory at a time):
    sidecar (slice, class, probability, target layer, checkpoint sha256).
 
 A participant whose outputs are current (the same inputs, model and settings)
-is skipped; its rows are read back for the group table.
+is skipped; its rows are read back for the group table. ``participant_label``
+and ``level`` run one level only (as :func:`metcli.predict.predict`): the group
+level (``level="group"``) builds no network and reads every participant's
+current table back; a participant without one fails there.
 """
 
 from __future__ import annotations
@@ -257,22 +260,39 @@ class ImageBackend:
 
 def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None = None,
                   aggregate: str = "mean", device: str = "auto", session: str | None = None,
-                  explain: bool = False, participants=None, overwrite: bool = False,
+                  explain: bool = False, participants=None,
+                  participant_label: Sequence[str] | str | None = None, level: str | None = None,
+                  threads: int | None = None, overwrite: bool = False,
                   progress: Callable[[str, str], None] | None = None):
     """Predict every participant of RAW_DIR/LESIONS_DIR with an image model (module docstring).
+
+    ``participant_label`` and ``level`` choose the participants and the levels
+    as in :func:`metcli.predict.predict`: the participant level writes each
+    participant's files (skipping current ones), the group level reads them back
+    into ``predictions.tsv`` (a participant without current files fails there).
+    ``threads``: PyTorch's CPU threads for the Grad-CAM maps of ``explain``
+    (None: the current number).
 
     Returns a :class:`~metcli.batch.BatchReport` (one item per participant);
     ``outputs`` lists the files written or found current.
     """
     from metcli.batch import DONE, SKIPPED, BatchReport, run_each
+    from metcli.bids import resolve_levels, select_participants
     from metcli.fileio import check_output_not_inside_input, sha256_file
-    from metcli.predict import AGGREGATES, _write_group, load_card
+    from metcli.lesion_slices import card_phases
+    from metcli.predict import (AGGREGATES, _write_group, current_predictions, load_card,
+                                recorded_extra)
     from metcli.provenance import Step, write_dataset_description
+    from metcli.threads import check_threads
 
     model_dir, raw_dir, lesions_dir, out_dir = (Path(p) for p in (model_dir, raw_dir,
                                                                    lesions_dir, out_dir))
     if aggregate not in AGGREGATES:
         raise UsageError(f"--aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")
+    check_threads(threads)
+    labels = [participant_label] if isinstance(participant_label, str) else (
+        list(participant_label) if participant_label else None)
+    do_participants, do_group = resolve_levels(level, labels)
     card = card if card is not None else load_card(model_dir)
     if card.get("kind") != "image":
         raise InputError(f"model {card['name']} is a {card.get('kind')} model, not an image "
@@ -281,10 +301,16 @@ def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None
     check_output_not_inside_input(out_dir, [model_dir, raw_dir, lesions_dir])
     if participants is not None:
         log.warning("image models use no covariates; --participants is not used")
-    backend = ImageBackend(model_dir, card, device=device)
-    explainer = _explainer(model_dir, card, device) if explain else None
-    log.info("running %s on %s", card["name"], backend.provider)
-    jobs = find_image_jobs(raw_dir, lesions_dir, session=session, phases=backend.phases)
+    jobs = find_image_jobs(raw_dir, lesions_dir, session=session, phases=card_phases(card))
+    if labels:
+        chosen = set(select_participants([j.participant_id[4:] for j in jobs], labels,
+                                         where=lesions_dir))
+        jobs = [j for j in jobs if j.participant_id[4:] in chosen]
+    backend = explainer = None
+    if do_participants:
+        backend = ImageBackend(model_dir, card, device=device)
+        explainer = _explainer(model_dir, card, device, threads) if explain else None
+        log.info("running %s on %s", card["name"], backend.provider)
 
     model_files = [model_dir / "model.onnx", model_dir / "model.json"]
     if explain:
@@ -300,7 +326,9 @@ def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None
              "positive_class": card["positive_class"], "threshold": card["threshold"],
              "threshold_source": card["threshold_source"],
              "lesion_aggregate": card["lesion_aggregate"], "patient_aggregate": aggregate,
-             "ExecutionProvider": backend.provider}
+             "ExecutionProvider": backend.provider if backend is not None else None}
+    if explainer is not None:
+        extra["TorchThreads"] = explainer.threads
     for key in ("positive_class", "threshold"):  # none for a multi-class model
         if extra[key] is None:
             del extra[key]
@@ -312,6 +340,7 @@ def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None
     report = BatchReport()
     all_rows: list[dict] = []
     group_files: list[Path] = []
+    recorded: list[dict] = []
 
     def work(job: ImageJob) -> str:
         if job.problem is not None:
@@ -319,6 +348,13 @@ def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None
         inputs = step.inputs(job.files + model_files)
         path, sidecar = _predictions_path(out_dir, job)
         report.outputs.extend([path, sidecar])
+        if not do_participants:  # group level only: the participant's current files
+            rows, _inputs, doc = current_predictions(step, path, job.participant_id,
+                                                     inputs=inputs)
+            all_rows.extend(rows)
+            group_files.extend(job.files)
+            recorded.append(doc)
+            return SKIPPED
         if not overwrite and step.is_done(sidecar, inputs):
             all_rows.extend(_read_rows(path))
             group_files.extend(job.files)
@@ -332,19 +368,21 @@ def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None
         return DONE
 
     run_each(jobs, key=lambda j: j.participant_id, work=work, progress=progress, report=report)
-    if all_rows:
+    if do_group and all_rows:
+        if not do_participants:
+            extra = recorded_extra(extra, recorded)
         group_inputs = step.inputs(group_files + model_files)
         report.outputs.extend(_write_group(out_dir, all_rows, card, step, group_inputs, extra,
                                            models, overwrite))
     return report
 
 
-def _explainer(model_dir: Path, card: dict, device: str):
+def _explainer(model_dir: Path, card: dict, device: str, threads: int | None = None):
     from metcli.cnn_training import resolve_device
     from metcli.gradcam import GradCam, load_network
 
     net = load_network(model_dir, card, device=resolve_device(device))
-    return GradCam(net, card["architecture"])
+    return GradCam(net, card["architecture"], threads=threads)
 
 
 def _predictions_path(out_dir: Path, job: ImageJob) -> tuple[Path, Path]:
@@ -424,7 +462,8 @@ def _gradcam_picture(explainer, job: ImageJob, lesion, slice_probs: np.ndarray, 
             "image": "the preprocessed network input (window, blackened surroundings, square "
                      "crop, resize); rows anterior to posterior, columns right to left",
             "checkpoint_sha256": card["checkpoint"]["sha256"],
-            "heat_map_max": float(heat.max()), "heat_map_mean": float(heat.mean())}
+            "heat_map_max": float(heat.max()), "heat_map_mean": float(heat.mean()),
+            "TorchThreads": explainer.threads}
     return path, sidecar_path(path), rgb, info
 
 

@@ -336,8 +336,13 @@ def model_labels_of(model: SegmentationModel) -> dict[str, int]:
 
 
 def load_segmenter(model: SegmentationModel, *, device: str = "auto", tta: bool = True,
-                   step_size: float = 0.5):
-    """The backend's segmenter for ``model`` (loaded once; ``predict(ct)`` per CT)."""
+                   step_size: float = 0.5, threads: int | None = None):
+    """The backend's segmenter for ``model`` (loaded once; ``predict(ct)`` per CT).
+
+    ``threads``: CPU threads of the network: PyTorch's for the nnU-Net backend
+    (None: torch's current number), ONNX Runtime's intra-op threads for the ONNX
+    backend (None: its own choice).
+    """
     if model.backend == "nnunet":
         from metcli.nnunet_backend import NnunetSegmenter
 
@@ -345,10 +350,11 @@ def load_segmenter(model: SegmentationModel, *, device: str = "auto", tta: bool 
         # resolve_segmentation_model): full unpickling is allowed where needed.
         return NnunetSegmenter(model.path, device=device, folds=model.folds, tta=tta,
                                step_size=step_size, allow_pickle=True,
-                               orientation=model.orientation)
+                               orientation=model.orientation, threads=threads)
     from metcli.onnx_backend import OnnxSegmenter
 
-    return OnnxSegmenter(model.path, device=device, tta=tta, step_size=step_size)
+    return OnnxSegmenter(model.path, device=device, tta=tta, step_size=step_size,
+                         threads=threads)
 
 
 # ============================================================================ the command
@@ -393,8 +399,8 @@ def segment(raw_dir, out_dir, *, model: str | Path | None = None, backend: str =
             step_size: float = 0.5, label_map: str | Mapping | None = None,
             orientation: str | None = None,
             participants: Sequence[str] | str | None = None, level: str | None = None,
-            overwrite: bool = False, progress: Callable[[str, str], None] | None = None
-            ) -> BatchReport:
+            threads: int | None = None, overwrite: bool = False,
+            progress: Callable[[str, str], None] | None = None) -> BatchReport:
     """Segment liver and lesions in every CT of ``raw_dir`` into ``out_dir``.
 
     Args:
@@ -415,6 +421,9 @@ def segment(raw_dir, out_dir, *, model: str | Path | None = None, backend: str =
         participants: labels to process (with or without ``sub-``); None = all.
         level: ``participant``, ``group`` or ``both``; None = both, or only the
             participant level when ``participants`` are given.
+        threads: PyTorch's CPU threads of the nnU-Net backend (recorded in the
+            sidecars as ``TorchThreads``, not a setting of the skip rule); None =
+            torch's current number (:mod:`metcli.threads`).
         overwrite: redo outputs that are already done.
         progress: called with (item, status) after each CT.
 
@@ -433,6 +442,9 @@ def segment(raw_dir, out_dir, *, model: str | Path | None = None, backend: str =
     from metcli.provenance import Step, write_dataset_description
 
     check_settings(backend=backend, device=device, tta=tta, step_size=step_size)
+    from metcli.threads import check_threads
+
+    check_threads(threads)
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     labels = [participants] if isinstance(participants, str) else participants
     do_participants, do_group = resolve_levels(level, labels)
@@ -463,7 +475,8 @@ def segment(raw_dir, out_dir, *, model: str | Path | None = None, backend: str =
                 log.error("sub-%s: %s", label, error.one_line())
                 report.record(f"sub-{label}", FAILED, error.one_line())
         runner = _Runner(step, out_dir, resolved, mapping, overwrite=overwrite, device=device,
-                         tta=bool(tta), step_size=float(step_size), report=report)
+                         tta=bool(tta), step_size=float(step_size), report=report,
+                         threads=threads)
         runner.prepare(acquisitions)
         run_each(acquisitions, key=lambda a: a.entities.describe(), work=runner.work,
                  progress=progress, report=report)
@@ -481,10 +494,11 @@ class _Runner:
     """Per-CT work of one run; the model is loaded once, before the first CT needing it."""
 
     def __init__(self, step, out_dir: Path, model: SegmentationModel, mapping: dict[int, int], *,
-                 overwrite: bool, device: str, tta: bool, step_size: float, report: BatchReport):
+                 overwrite: bool, device: str, tta: bool, step_size: float, report: BatchReport,
+                 threads: int | None = None):
         self.step, self.out_dir, self.model, self.mapping = step, out_dir, model, mapping
         self.overwrite, self.device, self.tta, self.step_size = overwrite, device, tta, step_size
-        self.report = report
+        self.report, self.threads = report, threads
         self.segmenter = None
         self._inputs: dict[Path, list[dict]] = {}
 
@@ -512,7 +526,7 @@ class _Runner:
                 break
         if needed:
             self.segmenter = load_segmenter(self.model, device=self.device, tta=self.tta,
-                                            step_size=self.step_size)
+                                            step_size=self.step_size, threads=self.threads)
             self.device_used = str(getattr(self.segmenter, "device", self.device))
 
     def work(self, acq: Acquisition) -> str:
@@ -552,6 +566,8 @@ class _Runner:
             "LiverVoxels": int(counts[LIVER]),
             "LesionVoxels": int(counts[LESION]),
         }
+        if self.model.backend == "nnunet":  # PyTorch's CPU threads (not a skip-rule setting)
+            extra["TorchThreads"] = int(self.segmenter.threads)
         with OutputSet() as outs:
             tmp_image = outs.path(out_image)
             write_image_to(dseg, tmp_image)
