@@ -36,6 +36,18 @@ def make_image(array, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction
     return image
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One PyTorch thread for a module's tests: on a shared CPU, OpenMP threads waiting
+    on each other are far slower. The previous number is put back afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def runner(tmp_path, monkeypatch):
     """click's CliRunner with HOME and METCLI_HOME inside the test's folder."""

@@ -21,14 +21,8 @@ TRAIN = ["--arch", "densenet121", "--size", str(SIZE), "--epochs", "1", "--batch
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One PyTorch thread: on a shared CPU, OpenMP threads waiting on each other are far slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(torch_one_thread):
+    """Every test of this module with one PyTorch thread (conftest.torch_one_thread)."""
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,8 @@ ARGS = ["--arch", "densenet121", "--size", "32", "--epochs", "2", "--batch-size"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One PyTorch thread: on a shared CPU, OpenMP threads waiting on each other are far slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread(torch_one_thread):
+    """Every test of this module with one PyTorch thread (conftest.torch_one_thread)."""
 
 
 @pytest.fixture(scope="module")
