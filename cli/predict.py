@@ -26,9 +26,8 @@ from metcli.cli._common import (common_options, finish, overwrite_option, partic
                    "predict the larger class.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True,
-              help="ONNX Runtime provider: CUDA when available (auto, cuda) or the CPU. "
-                   "cuda without CUDA: radiomics models run on the CPU (warned), image "
-                   "models stop with an error.")
+              help="ONNX Runtime provider: auto (CUDA when available, else the CPU), "
+                   "cpu, or cuda (an error without a CUDA provider).")
 @click.option("--session", default=None,
               help="Session to use when participants have lesions from several.")
 @click.option("--explain", is_flag=True, default=False,

@@ -326,21 +326,20 @@ def test_segmenter_refuses_bad_input(tmp_path):
         OnnxSegmenter(model)
 
 
-def test_cuda_request_falls_back_to_cpu_with_one_warning(tmp_path, caplog):
+def test_cuda_request_without_cuda_is_a_usage_error(tmp_path, caplog):
+    """--device cuda asks for the GPU: without one it stops (auto runs on the CPU)."""
     import onnxruntime as ort
+    from metcli.errors import UsageError
     from metcli.onnx_backend import OnnxSegmenter
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("this ONNX Runtime has CUDA; the fallback is not exercised")
+        pytest.skip("this ONNX Runtime has CUDA")
     model = tiny_export(tmp_path / "m")
+    with pytest.raises(UsageError, match="onnxruntime-gpu"):
+        OnnxSegmenter(model, device="cuda")
     with caplog.at_level("INFO", logger="metcli.onnx_backend"):
-        segmenter = OnnxSegmenter(model, device="cuda")
-    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
-    assert segmenter.provider == "CPUExecutionProvider" and len(warnings) == 1
-    assert "running on the CPU" in warnings[0].getMessage()
-    caplog.clear()
-    with caplog.at_level("INFO", logger="metcli.onnx_backend"):
-        OnnxSegmenter(model, device="auto")
+        segmenter = OnnxSegmenter(model, device="auto")
+    assert segmenter.provider == "CPUExecutionProvider"
     assert [r.levelname for r in caplog.records] == ["INFO"]
 
 

@@ -144,7 +144,7 @@ def test_a_changed_model_file_is_refused(trained, tmp_path, runner):
     assert "does not match the sha256 in its card" in result.stderr
 
 
-def test_cuda_request_without_cuda_runs_on_the_cpu_and_says_so(trained, tmp_path, runner):
+def test_cuda_request_without_cuda_is_a_usage_error(trained, tmp_path, runner):
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
@@ -152,8 +152,11 @@ def test_cuda_request_without_cuda_runs_on_the_cpu_and_says_so(trained, tmp_path
     features = write_features(tmp_path / "f", trained["rows"])
     result = invoke(runner, ["predict", trained["root"] / "models" / "random-forest_none",
                              features, tmp_path / "out", "--participants",
-                             trained["participants"], "--device", "cuda"])
-    assert "running on the CPU" in result.stderr
+                             trained["participants"], "--device", "cuda"], expect=2)
+    assert "no CUDA provider" in result.stderr and "onnxruntime-gpu" in result.stderr
+    assert not (tmp_path / "out" / "predictions.tsv").exists()
+    invoke(runner, ["predict", trained["root"] / "models" / "random-forest_none", features,
+                    tmp_path / "out", "--participants", trained["participants"]])
     side = read_json(tmp_path / "out" / "predictions.json")
     assert side["ExecutionProvider"] == "CPUExecutionProvider"
 

@@ -629,7 +629,8 @@ def available_providers() -> list[str]:
 
 
 def _make_session(onnx_path: Path, device: str, threads: int | None):
-    """An ONNX Runtime session on CUDA when asked/auto and possible, else on the CPU."""
+    """An ONNX Runtime session on CUDA when possible (``auto``) or asked for (``cuda``:
+    an error without it), else on the CPU."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -651,10 +652,10 @@ def _make_session(onnx_path: Path, device: str, threads: int | None):
                 reason = "ONNX Runtime could not use it"
         else:
             reason = "this ONNX Runtime has no CUDAExecutionProvider (install onnxruntime-gpu)"
-        message = f"CUDA is not available to ONNX Runtime: {reason}; running on the CPU"
         if device == "cuda":
-            log.warning(message)
-        else:
-            log.info(message)
+            raise UsageError(f"--device cuda was asked for, but {reason}",
+                             fix="install onnxruntime-gpu (pip install 'metcli[gpu]') on a "
+                                 "machine with a GPU, or use --device auto or cpu")
+        log.info("CUDA is not available to ONNX Runtime: %s; running on the CPU", reason)
     session = ort.InferenceSession(str(onnx_path), options, providers=[CPU_PROVIDER])
     return session, CPU_PROVIDER

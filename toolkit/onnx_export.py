@@ -27,6 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
+from metcli.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 OUTPUT_LABEL = "label"
@@ -103,8 +105,9 @@ def to_onnx(pipeline, names: Sequence[str] | None = None, *, model_name: str = "
 def providers_for(device: str) -> list[str]:
     """ONNX Runtime execution providers for ``--device auto|cpu|cuda``.
 
-    ``cuda`` and ``auto`` use CUDA when this ONNX Runtime offers it; otherwise
-    they run on the CPU (``cuda`` says so in a warning).
+    ``auto`` uses CUDA when this ONNX Runtime offers it, else the CPU; ``cuda``
+    without it is a :class:`UsageError`, as in every metcli command (asking for
+    the GPU and silently getting the CPU would hide a broken installation).
     """
     import onnxruntime as ort
 
@@ -114,10 +117,10 @@ def providers_for(device: str) -> list[str]:
     if "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda":
-        log.warning("--device cuda: this ONNX Runtime has no CUDA provider (install "
-                    "onnxruntime-gpu); running on the CPU")
-    else:
-        log.info("running on the CPU (no CUDA provider in this ONNX Runtime)")
+        raise UsageError("--device cuda was asked for, but this ONNX Runtime has no CUDA "
+                         "provider", fix="install onnxruntime-gpu (pip install "
+                                         "'metcli[gpu]'), or use --device auto or cpu")
+    log.info("running on the CPU (no CUDA provider in this ONNX Runtime)")
     return ["CPUExecutionProvider"]
 
 
