@@ -14,9 +14,15 @@ Chromium:
 4. Chromium renders report.html at 1280 px wide and the full page height; the PNG is
    reduced to 256 colours so that it stays under 1 MB.
 
+With ``--report PATH`` it photographs an existing report instead, such as the one
+``make demo`` writes from models it really trained (what docs/report-screenshot.png
+shows).
+
 Run from the repository root::
 
-    python docs/make_report_screenshot.py            # writes docs/report-screenshot.png
+    python docs/make_report_screenshot.py --report demo/derivatives/evaluation/report.html \
+        --top 5200
+    python docs/make_report_screenshot.py            # the hand-made example instead
     python docs/make_report_screenshot.py --keep /tmp/example   # keep the example data
 
 Needs metcli (installed), Chromium (``chromium`` on the PATH, or ``--chromium``) and
@@ -113,7 +119,8 @@ def page_height(chromium: str, report: Path, work: Path) -> int:
     return int(html.unescape(done.stdout[start:done.stdout.index('"', start)]))
 
 
-def screenshot(chromium: str, report: Path, target: Path, height: int) -> None:
+def screenshot(chromium: str, report: Path, target: Path, height: int,
+               keep_height: int | None = None) -> None:
     from PIL import Image
 
     raw = target.with_name(target.stem + ".full.png")
@@ -123,6 +130,8 @@ def screenshot(chromium: str, report: Path, target: Path, height: int) -> None:
                     "--virtual-time-budget=5000", report.as_uri()],
                    capture_output=True, timeout=180, check=True)
     image = Image.open(raw).convert("RGB")
+    if keep_height is not None and image.height > keep_height:
+        image = image.crop((0, 0, image.width, keep_height))
     image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
     raw.unlink()
     size = target.stat().st_size
@@ -138,13 +147,22 @@ def main(argv=None) -> None:
                         help="Write the example here and keep it (default: a temporary folder).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chromium", default=None)
+    parser.add_argument("--report", type=Path, default=None,
+                        help="Photograph this report.html instead of building the example.")
+    parser.add_argument("--top", type=int, default=None, metavar="PX",
+                        help="Keep only the top PX pixels of the page (a long report).")
     args = parser.parse_args(argv)
     chromium = find_chromium(args.chromium)
+    if args.report is not None and not args.report.is_file():
+        sys.exit(f"{args.report}: no such report; run make demo first, or leave --report out")
     with tempfile.TemporaryDirectory(prefix="metcli-report-") as temporary:
-        root = args.keep or Path(temporary) / "example"
-        _root, report = make_example(root, args.seed)
+        if args.report is not None:
+            report = args.report.resolve()
+        else:
+            root = args.keep or Path(temporary) / "example"
+            _root, report = make_example(root, args.seed)
         height = page_height(chromium, report, Path(temporary))
-        screenshot(chromium, report, args.out, height)
+        screenshot(chromium, report, args.out, height, args.top)
 
 
 if __name__ == "__main__":

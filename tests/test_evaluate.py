@@ -833,3 +833,26 @@ def test_roc_figure_keeps_the_cv_choice_and_the_best_curves(tmp_path):
     assert shown == ["m03", *best]
     plots.roc_figure(rows, tmp_path / "roc.png", first=["m03"], table_name="roc_patient.tsv")
     assert (tmp_path / "roc.png").stat().st_size > 10_000
+
+
+def test_report_opens_each_files_chosen_model_and_folds_the_others():
+    from metcli import report
+
+    def model(name, source, selected):
+        level = {"level": "patient", "metrics": [{"metric": "auc", "class": "b",
+                                                  "estimate": 0.7, "ci_lower": 0.5,
+                                                  "ci_upper": 0.9, "ci_method": "delong",
+                                                  "note": None}],
+                 "confusion_matrix": {"classes": ["a", "b"], "counts": [[3, 1], [1, 3]]}}
+        return {"model": name, "source": source, "selected_by_cv": selected, "levels": [level]}
+
+    models = [model(f"m{k}", "bids:predictions:predictions.tsv", k == 3) for k in range(6)]
+    models.append(model("cnn", "bids:predictions2:predictions.tsv", None))
+    assert report.chosen_models(models) == ["m3", "cnn"]
+    page = report._metrics({"Models": models, "LesionLevel": "clustered",
+                            "ConfidenceLevel": 0.95})
+    assert page.index("<h3>m3,") < page.index("<h3>cnn,") < page.index("<h3>m0,")
+    assert page.count("<details>") == 5 and "<summary>m3</summary>" not in page
+    few = report._metrics({"Models": models[:3], "LesionLevel": "clustered",
+                           "ConfidenceLevel": 0.95})
+    assert "<details>" not in few

@@ -26,6 +26,8 @@ SECTIONS = ("summary", "metrics", "comparisons", "figures", "overlays", "checkli
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;
 max-width:1100px;padding:1.5em;color:#222;line-height:1.4}
+details{margin:.3em 0}summary{cursor:pointer;font-weight:600;color:#335}
+.wide{overflow-x:auto;max-width:100%}
 h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #ccd;padding-bottom:.2em;
 margin-top:2em}h3{margin-bottom:.3em}
 .banner{background:#fff3cd;border:1px solid #e0c36c;padding:.6em 1em;font-weight:600}
@@ -95,7 +97,8 @@ def _e(value: Any) -> str:
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = ()
            ) -> str:
-    out = ["<table><thead><tr>", *(f"<th>{html.escape(h)}</th>" for h in headers),
+    out = ["<div class=\"wide\"><table><thead><tr>",
+           *(f"<th>{html.escape(h)}</th>" for h in headers),
            "</tr></thead><tbody>"]
     for row in rows:
         out.append("<tr>")
@@ -103,7 +106,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Seque
             css = ' class="num"' if i in numeric else ""
             out.append(f"<td{css}>{cell if isinstance(cell, _Raw) else _e(cell)}</td>")
         out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
@@ -214,27 +217,65 @@ def render(doc: Mapping[str, Any], *, figures: Mapping[str, tuple[bytes, str]],
 
 
 def _summary(doc) -> str:
-    rows = []
+    columns = ["model", "level", "patients", "units", "true classes", "patient "
+               "probabilities", "positive class", "threshold"]
+    rows, files = [], {}
     for m in doc["Models"]:
+        entry = files.setdefault(m["source"], {"models": [], "sources": []})
+        entry["models"].append(m["model"])
         for lv in m["levels"]:
             counts = ", ".join(f"{c}: {n}" for c, n in lv["class_counts"].items())
             rows.append([m["model"], lv["level"], lv["n_patients"], lv["n_units"], counts,
                          "derived (mean of lesions)" if lv["derived_from_lesions"] else "given",
-                         m["positive_class"] or "one vs rest",
-                         lv["threshold"], lv["threshold_source"], m["source"]])
+                         m["positive_class"] or "one vs rest", lv["threshold"]])
+            if lv["threshold_source"] not in entry["sources"]:
+                entry["sources"].append(lv["threshold_source"])
+    # A column with one value in every row is said once, above the table.
+    shared = [j for j in (5, 6) if rows and len({str(r[j]) for r in rows}) == 1]
+    said = "".join(f" {_e(columns[j].capitalize())}: <b>{_e(rows[0][j])}</b>." for j in shared)
+    keep = [j for j in range(len(columns)) if j not in shared]
+    numeric = tuple(keep.index(j) for j in (2, 3, 7))
+    sources = _table(["predictions", "models", "thresholds chosen by"],
+                     [[source, len(e["models"]) if len(e["models"]) > 1 else e["models"][0],
+                       "; ".join(e["sources"])] for source, e in files.items()], numeric=())
     return ("<section id=\"summary\"><h2>Data summary</h2>"
             f"<p>Set evaluated: <b>{_e(doc['Set'])}</b>. The patient is the unit of inference; "
-            "patient-level figures come first.</p>"
-            + _table(["model", "level", "patients", "units", "true classes", "patient "
-                      "probabilities", "positive class", "threshold", "threshold from",
-                      "predictions"], rows, numeric=(2, 3, 7))
+            f"patient-level figures come first.{said}</p>" + sources
+            + _table([columns[j] for j in keep], [[r[j] for j in keep] for r in rows],
+                     numeric=numeric)
             + "</section>")
+
+
+#: With more models than this, only the chosen ones' metric tables are shown open.
+OPEN_MODELS = 4
+
+
+def chosen_models(models: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each prediction file's chosen model: the one selected by cross-validation, or
+    the file's only model (a CNN beside sixteen radiomics models)."""
+    by_source: dict[str, list[Mapping[str, Any]]] = {}
+    for m in models:
+        by_source.setdefault(m["source"], []).append(m)
+    return [m["model"] for group in by_source.values() for m in group
+            if m.get("selected_by_cv") or len(group) == 1]
 
 
 def _metrics(doc) -> str:
     out = ["<section id=\"metrics\"><h2>Metrics with confidence intervals</h2>",
            f"<p class=\"note\">Lesion level: {_e(doc['LesionLevel'])}.</p>"]
-    for m in doc["Models"]:
+    models = list(doc["Models"])
+    fold = len(models) > OPEN_MODELS
+    if fold:
+        chosen = chosen_models(models)
+        models.sort(key=lambda m: m["model"] not in chosen)  # stable: chosen first
+        out.append(f"<p class=\"note\">{len(models)} models: the chosen one of each "
+                   "prediction file (selected by cross-validation, or its only model) is "
+                   "shown first and open; the others are folded below (click to open). "
+                   "The comparison table further down puts all of them side by side.</p>")
+    for m in models:
+        folded = fold and m["model"] not in chosen
+        if folded:
+            out.append(f"<details><summary>{_e(m['model'])}</summary>")
         for lv in m["levels"]:
             out.append(f"<h3>{_e(m['model'])}, {_e(lv['level'])} level</h3>")
             # A note every row carries is said once, above the table.
@@ -252,6 +293,8 @@ def _metrics(doc) -> str:
             out.append(_table(["true \\ predicted", *cm["classes"]],
                               [[c, *counts] for c, counts in zip(cm["classes"], cm["counts"])],
                               numeric=tuple(range(1, len(cm["classes"]) + 1))))
+        if folded:
+            out.append("</details>")
     out.append("</section>")
     return "".join(out)
 
@@ -262,12 +305,29 @@ def _comparisons(doc, table_rows) -> str:
         columns = list(table_rows[0].keys())
         out.append(_table(columns, [[r[c] for c in columns] for r in table_rows]))
     if doc["Comparisons"]:
-        rows = [[c["level"], c["model_a"], c["model_b"], c["metric"], c.get("estimate_a"),
-                 c.get("estimate_b"), c["test"], c.get("statistic"),
-                 "n/a" if c["p_value"] is None else f"{c['p_value']:.4g}", c.get("note") or ""]
-                for c in doc["Comparisons"]]
-        out.append(_table(["level", "model A", "model B", "metric", "A", "B", "test",
-                           "statistic", "p", "note"], rows, numeric=(4, 5, 7, 8)))
+        headers = ["level", "model A", "model B", "metric", "A", "B", "test", "statistic",
+                   "p", "note"]
+
+        def rows(items):
+            return [[c["level"], c["model_a"], c["model_b"], c["metric"], c.get("estimate_a"),
+                     c.get("estimate_b"), c["test"], c.get("statistic"),
+                     "n/a" if c["p_value"] is None else f"{c['p_value']:.4g}",
+                     c.get("note") or ""] for c in items]
+
+        if len(doc["Models"]) > OPEN_MODELS:
+            chosen = set(chosen_models(doc["Models"]))
+            between = [c for c in doc["Comparisons"]
+                       if c["model_a"] in chosen and c["model_b"] in chosen]
+            others = [c for c in doc["Comparisons"] if c not in between]
+            out.append("<p class=\"note\">Between the chosen models (p-values are not "
+                       "corrected for the number of comparisons; comparisons.tsv holds all "
+                       f"{len(doc['Comparisons'])} rows):</p>")
+            out.append(_table(headers, rows(between), numeric=(4, 5, 7, 8)) if between else
+                       "<p>(only one chosen model)</p>")
+            out.append(f"<details><summary>The other {len(others)} comparisons</summary>"
+                       + _table(headers, rows(others), numeric=(4, 5, 7, 8)) + "</details>")
+        else:
+            out.append(_table(headers, rows(doc["Comparisons"]), numeric=(4, 5, 7, 8)))
     else:
         out.append("<p>No comparison was asked for (run with <code>--compare</code> and two or "
                    "more models).</p>")
