@@ -185,6 +185,21 @@ def oriented_arrays(ct, lesion_map, *, ct_path=None, lesion_map_path=None):
             (float(sz), float(sy), float(sx)))
 
 
+def wanted_ids(ids: np.ndarray, lesion_ids: Sequence[int] | None, lesion_map_path=None
+               ) -> list[int]:
+    """The lesion ids to use: ``lesion_ids``, or every id in the map; an id the map
+    lacks is a :class:`MaskError` naming the map."""
+    present = set(int(v) for v in np.unique(ids)) - {0}
+    wanted = sorted(present) if lesion_ids is None else [int(i) for i in lesion_ids]
+    missing = [i for i in wanted if i not in present]
+    if missing:
+        raise MaskError(f"lesion id(s) {', '.join(map(str, missing))} are not in the lesion map",
+                        path=lesion_map_path,
+                        fix="give the lesion table written with this lesion map "
+                            "(split-lesions --overwrite)")
+    return wanted
+
+
 def lesion_slices(ct, lesion_map, *, lesion_ids: Sequence[int] | None = None,
                   settings: SliceSettings | None = None, ct_path=None,
                   lesion_map_path=None) -> list[LesionSlices]:
@@ -202,14 +217,7 @@ def lesion_slices(ct, lesion_map, *, lesion_ids: Sequence[int] | None = None,
     hu, ids, spacing_zyx = oriented_arrays(ct, lesion_map, ct_path=ct_path,
                                            lesion_map_path=lesion_map_path)
     spacing_rc = spacing_zyx[1:]
-    present = set(int(v) for v in np.unique(ids)) - {0}
-    wanted = sorted(present) if lesion_ids is None else [int(i) for i in lesion_ids]
-    missing = [i for i in wanted if i not in present]
-    if missing:
-        raise MaskError(f"lesion id(s) {', '.join(map(str, missing))} are not in the lesion map",
-                        path=lesion_map_path,
-                        fix="give the lesion table written with this lesion map "
-                            "(split-lesions --overwrite)")
+    wanted = wanted_ids(ids, lesion_ids, lesion_map_path)
     result = []
     for lesion_id in wanted:
         mask = ids == lesion_id

@@ -35,9 +35,8 @@ from typing import Sequence
 
 import numpy as np
 
-from metcli.errors import MaskError
 from metcli.lesion_slices import (SliceSettings, _window_1d, oriented_arrays, resize_to,
-                                  window)
+                                  wanted_ids, window)
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +130,7 @@ def lesion_volumes(ct, lesion_map, *, lesion_ids: Sequence[int] | None = None,
     settings = settings or SliceSettings(size=64)
     hu, ids, spacing = oriented_arrays(ct, lesion_map, ct_path=ct_path,
                                         lesion_map_path=lesion_map_path)
-    present = set(int(v) for v in np.unique(ids)) - {0}
-    wanted = sorted(present) if lesion_ids is None else [int(i) for i in lesion_ids]
-    missing = [i for i in wanted if i not in present]
-    if missing:
-        raise MaskError(f"lesion id(s) {', '.join(map(str, missing))} are not in the lesion map",
-                        path=lesion_map_path,
-                        fix="give the lesion table written with this lesion map "
-                            "(split-lesions --overwrite)")
+    wanted = wanted_ids(ids, lesion_ids, lesion_map_path)
     result = []
     for lesion_id in wanted:
         mask = ids == lesion_id
