@@ -120,6 +120,19 @@ def participant_options(fn: Callable) -> Callable:
     return fn
 
 
+def training_label_options(fn: Callable) -> Callable:
+    """--labels, --label-column and --positive-class of the training commands."""
+    fn = click.option("--positive-class", default=None,
+                      help="Positive class of a binary model. Default: the label that sorts "
+                           "last.")(fn)
+    fn = click.option("--label-column", default="primary", show_default=True,
+                      help="Column of --labels that holds the class of each participant.")(fn)
+    fn = click.option("--labels", type=click.Path(exists=True, path_type=Path), required=True,
+                      help="participants.tsv with the label column (or the folder holding "
+                           "it).")(fn)
+    return fn
+
+
 def overwrite_option(fn: Callable) -> Callable:
     return click.option("--overwrite", is_flag=True,
                         help="Redo outputs that are already done.")(fn)

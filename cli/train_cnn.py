@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from metcli.cli._common import (common_options, overwrite_option, progress_bar, run_command,
-                                seed_option, threads_option)
+                                seed_option, threads_option, training_label_options)
 
 
 def _window(ctx, param, value):
@@ -22,12 +22,7 @@ def _window(ctx, param, value):
 @click.argument("raw_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("lesions_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--labels", type=click.Path(exists=True, path_type=Path), required=True,
-              help="participants.tsv with the label column (or the folder holding it).")
-@click.option("--label-column", default="primary", show_default=True,
-              help="Column of --labels that holds the class of each participant.")
-@click.option("--positive-class", default=None,
-              help="Positive class of a binary model. Default: the label that sorts last.")
+@training_label_options
 @click.option("--arch", type=click.Choice(["densenet121", "resnet18"]), default="densenet121",
               show_default=True, help="MONAI network, trained from scratch.")
 @click.option("--dims", type=click.Choice(["2", "3"]), default="2", show_default=True,

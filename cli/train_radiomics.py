@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from metcli.cli._common import (common_options, overwrite_option, progress_bar, run_command,
-                                seed_option)
+                                seed_option, training_label_options)
 
 CLASSIFIER_HELP = ("all, or a comma-separated list of xgboost, random-forest, linear-svm, "
                    "kernel-svm, knn, logistic-regression, naive-bayes, decision-tree.")
@@ -16,12 +16,7 @@ CLASSIFIER_HELP = ("all, or a comma-separated list of xgboost, random-forest, li
 @click.command("train-radiomics")
 @click.argument("features", type=click.Path(exists=True, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--labels", type=click.Path(exists=True, path_type=Path), required=True,
-              help="participants.tsv with the label column (or the folder holding it).")
-@click.option("--label-column", default="primary", show_default=True,
-              help="Column of --labels that holds the class of each participant.")
-@click.option("--positive-class", default=None,
-              help="Positive class of a binary model. Default: the label that sorts last.")
+@training_label_options
 @click.option("--classifiers", default="all", show_default=True, help=CLASSIFIER_HELP)
 @click.option("--sampler", "samplers", default="smote,undersample", show_default=True,
               help="smote, undersample and/or none (class weights), comma-separated; one "
