@@ -41,7 +41,7 @@ def command(model_dir, out_dir, fold, opset, orientation, tolerance, overwrite):
 
     code = None if orientation.strip().lower() in ("as-stored", "none") else orientation
     result = export_onnx(model_dir, out_dir, fold=parse_fold(fold), opset=opset,
-                         orientation=code, tolerance=tolerance, trusted=True,
+                         orientation=code, tolerance=tolerance,
                          overwrite=overwrite)
     verification = result.spec["verification"]
     state = "already exported (skipped)" if result.skipped else "exported"

@@ -390,7 +390,8 @@ def test_export_refuses_incomplete_model_folders(tmp_path):
         export_onnx(folder, tmp_path / "out", fold="-1")
 
 
-def test_checkpoints_load_weights_only_unless_trusted(tmp_path, caplog):
+def test_checkpoints_load_weights_only(tmp_path):
+    """Weights-only, with numpy scalars allowed; anything else is refused, never unpickled."""
     torch = pytest.importorskip("torch")
     from fractions import Fraction
 
@@ -404,15 +405,15 @@ def test_checkpoints_load_weights_only_unless_trusted(tmp_path, caplog):
     checkpoint, how = load_checkpoint(tmp_path / "numpy.pth")
     assert how == "weights_only+numpy_scalars" and checkpoint["_best_ema"] == np.float32(0.5)
     torch.save({**weights, "extra": Fraction(1, 3)}, tmp_path / "object.pth")
-    with pytest.raises(InputError, match="GLOBAL fractions.Fraction"):
+    with pytest.raises(InputError, match="GLOBAL fractions.Fraction") as info:
         load_checkpoint(tmp_path / "object.pth")
-    with caplog.at_level("WARNING", logger="metcli.nnunet_onnx"):
-        checkpoint, how = load_checkpoint(tmp_path / "object.pth", trusted=True)
-    assert how == "full_unpickle" and checkpoint["extra"] == Fraction(1, 3)
-    assert "fractions.Fraction" in caplog.text
+    assert "object.pth" in str(info.value) and "strip" in str(info.value)
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "other.pth")
+    with pytest.raises(InputError, match="network_weights"):
+        load_checkpoint(tmp_path / "other.pth")
     (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="not a PyTorch checkpoint"):
-        load_checkpoint(tmp_path / "broken.pth", trusted=True)
+        load_checkpoint(tmp_path / "broken.pth")
 
 
 def test_cli_export_without_plans_is_one_line(runner, tmp_path):

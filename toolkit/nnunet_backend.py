@@ -21,11 +21,9 @@ pointing to a temporary folder when they are unset (older nnunetv2 versions
 print warnings on import otherwise) and restored afterwards; what nnU-Net prints
 goes to this module's logger at debug level, never to stdout.
 
-Checkpoints are pickles. metcli loads them with ``torch.load(weights_only=True)``
-first (the demo model is stored so that this works); a checkpoint that needs full
-unpickling (nnU-Net's own files hold numpy scalars and plans) is loaded with
-``weights_only=False`` only when ``allow_pickle`` is true, which the command line
-sets for sha256-verified or user-named model folders only.
+Checkpoints are pickles. They are loaded weights-only, with numpy scalars and
+dtypes allowed (:func:`metcli.nnunet_onnx.load_checkpoint`, shared with the ONNX
+export); metcli never unpickles a checkpoint fully.
 """
 
 from __future__ import annotations
@@ -222,43 +220,6 @@ def resolve_device(device: str):
     return torch.device(device)
 
 
-def load_checkpoint(path: Path, *, allow_pickle: bool) -> dict:
-    """A checkpoint as a dict: ``weights_only=True`` first, full unpickling if allowed."""
-    import pickle
-
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        if not allow_pickle:
-            raise InputError("the checkpoint holds Python objects beyond tensors and cannot be "
-                             "loaded safely (weights_only=True)", path=path,
-                             fix="load it from a folder you name yourself (--model PATH) or "
-                                 "from a sha256-verified model of the manifest") from None
-        log.info("%s: holds Python objects beyond tensors (weights_only=True refused it); "
-                 "unpickled because the folder was named or verified", path)
-        checkpoint = _load_pickled(path)
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise InputError(f"cannot read the checkpoint ({str(exc).splitlines()[0][:160]})",
-                         path=path, fix="fetch or copy the model again") from None
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
-        raise InputError("the checkpoint is not an nnU-Net v2 checkpoint (no network_weights)",
-                         path=path, fix=MODEL_FOLDER_FIX)
-    return checkpoint
-
-
-def _load_pickled(path: Path) -> dict:
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise InputError(f"cannot read the checkpoint ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:160] if str(exc) else ''})", path=path,
-                         fix="fetch or copy the model again") from None
-
-
 # ----------------------------------------------------------------------------- the segmenter
 class NnunetSegmenter:
     """An nnU-Net v2 model folder, loaded once, that segments CT images.
@@ -272,8 +233,6 @@ class NnunetSegmenter:
         step_size: sliding-window step as a fraction of the patch (0 < step <= 1;
             nnU-Net's default 0.5).
         checkpoint_name: the checkpoint file in each fold folder.
-        allow_pickle: allow checkpoints that need full unpickling (see the module
-            docstring); False refuses them.
         threads: PyTorch's CPU threads while a CT is segmented (set and restored
             around each :meth:`predict`, :func:`metcli.threads.limit_cpu_threads`;
             nnU-Net itself uses at most ``nnUNet_def_n_proc``, 8 by default);
@@ -295,7 +254,7 @@ class NnunetSegmenter:
     def __init__(self, model_dir: str | Path, *, device: str = "auto",
                  folds: Sequence[int | str] | None = None, tta: bool = True,
                  step_size: float = 0.5, checkpoint_name: str = CHECKPOINT_NAME,
-                 allow_pickle: bool = True, orientation: str | None = None,
+                 orientation: str | None = None,
                  threads: int | None = None):
         from metcli.threads import check_threads
 
@@ -319,8 +278,10 @@ class NnunetSegmenter:
         import torch
 
         self.threads = threads or torch.get_num_threads()
-        checkpoints = [load_checkpoint(self.model_dir / f"fold_{fold}" / checkpoint_name,
-                                       allow_pickle=allow_pickle) for fold in self.folds]
+        from metcli.nnunet_onnx import load_checkpoint
+
+        checkpoints = [load_checkpoint(self.model_dir / f"fold_{fold}" / checkpoint_name)[0]
+                       for fold in self.folds]
         first = checkpoints[0]
         init_args = first.get("init_args") or {}
         self.configuration = str(init_args.get("configuration", ""))

@@ -17,12 +17,12 @@ and writes into ``OUT_DIR``:
   ONNX file, and the export's verification: ONNX Runtime's logits against torch's
   on a random input (maximum absolute difference, refused above the tolerance).
 
-Checkpoints are pickles. They are loaded with ``torch.load(weights_only=True)``,
-allowing numpy scalars and dtypes only (nnU-Net's own checkpoints store numpy
-floats in their training log, which the plain weights-only loader refuses). A
-checkpoint that needs more is fully unpickled only when the caller says the folder
-is trusted (``metcli export-onnx`` does for the folder its user names), with a
-warning naming what the restricted loader refused.
+Checkpoints are pickles. :func:`load_checkpoint`, which the nnU-Net backend uses
+too, loads them with ``torch.load(weights_only=True)`` only, allowing numpy
+scalars and dtypes besides (nnU-Net's own checkpoints store numpy floats in their
+training log, which the plain weights-only loader refuses). A checkpoint that
+needs more is refused with the name of what the restricted loader refused and
+how to strip it; metcli never unpickles a checkpoint fully.
 """
 
 from __future__ import annotations
@@ -115,12 +115,13 @@ def _quiet_stdout():
         yield
 
 
-def load_checkpoint(path: str | Path, *, trusted: bool = False) -> tuple[dict, str]:
+def load_checkpoint(path: str | Path) -> tuple[dict, str]:
     """An nnU-Net checkpoint as a dict, and how it was loaded.
 
-    ``weights_only=True`` first (numpy scalars and dtypes allowed); a checkpoint that
-    needs more is unpickled fully only when ``trusted`` (a folder the user named),
-    else :class:`InputError` explains how to strip it.
+    ``torch.load(weights_only=True)``, then the same with numpy's scalar constructor
+    and dtype classes allowed (nothing that runs code). A checkpoint that needs
+    more is an :class:`InputError` naming what was refused and how to strip it;
+    one without ``network_weights`` is not an nnU-Net v2 checkpoint.
     """
     import pickle
     import zipfile
@@ -133,8 +134,9 @@ def load_checkpoint(path: str | Path, *, trusted: bool = False) -> tuple[dict, s
                          "is not one)", path=path,
                          fix="give the checkpoint_final.pth nnU-Net v2 wrote (copy it again if "
                              "it was truncated)")
+    checkpoint, how = None, "weights_only"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), "weights_only"
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():
             raise InputError(f"cannot read the checkpoint ({_short(exc)})", path=path,
@@ -142,28 +144,23 @@ def load_checkpoint(path: str | Path, *, trusted: bool = False) -> tuple[dict, s
     except (RuntimeError, EOFError, OSError) as exc:
         raise InputError(f"cannot read the checkpoint ({_short(exc)})", path=path,
                          fix="check that the file is a complete PyTorch checkpoint") from None
-    allowed = _numpy_safe_globals()
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return (torch.load(path, map_location="cpu", weights_only=True),
-                    "weights_only+numpy_scalars")
-    except pickle.UnpicklingError as exc:
-        refused = _refused_global(exc)
-    if not trusted:
-        raise InputError(f"the checkpoint holds Python objects that a weights-only load refuses "
-                         f"({refused}); metcli unpickles full checkpoints only from folders "
-                         "the user names", path=path,
-                         fix="give the model folder yourself (metcli export-onnx MODEL_DIR), or "
-                             "strip the checkpoint to network_weights, trainer_name, init_args "
-                             "and inference_allowed_mirroring_axes")
-    log.warning("%s: a weights-only load refused %s; unpickling it fully because you named "
-                "this folder (only do so for models you trust)", path, refused)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False), "full_unpickle"
-    except Exception as exc:  # noqa: BLE001 - unpickling raises anything
-        raise InputError(f"cannot unpickle the checkpoint ({_short(exc)})", path=path,
-                         fix="check the file and that the trainer's Python classes are "
-                             "installed") from None
+    if checkpoint is None:
+        how = "weights_only+numpy_scalars"
+        try:
+            with torch.serialization.safe_globals(_numpy_safe_globals()):
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise InputError(f"the checkpoint holds Python objects that a weights-only load "
+                             f"refuses ({_refused_global(exc)}); metcli does not unpickle "
+                             "checkpoints fully", path=path,
+                             fix="strip it, in an environment you trust, to network_weights, "
+                                 "trainer_name, init_args and inference_allowed_mirroring_axes "
+                                 "(docs/onnx.md shows how)") from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise InputError("the checkpoint has no 'network_weights'; it is not an nnU-Net v2 "
+                         "checkpoint", path=path, fix="give the checkpoint_final.pth nnU-Net "
+                                                      "v2 wrote")
+    return checkpoint, how
 
 
 def _numpy_safe_globals() -> list:
@@ -334,7 +331,7 @@ def _check_supported(plans_manager, configuration_manager, dataset_json: dict, w
 # ============================================================================ export
 def export_onnx(model_dir: str | Path, out_dir: str | Path, *, fold: int | str = 0,
                 opset: int = DEFAULT_OPSET, orientation: str | None = DEFAULT_ORIENTATION,
-                tolerance: float = DEFAULT_TOLERANCE, seed: int = 0, trusted: bool = True,
+                tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
                 overwrite: bool = False) -> ExportResult:
     """Export fold ``fold`` of the nnU-Net v2 model in ``model_dir`` to ``out_dir``.
 
@@ -351,8 +348,6 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, fold: int | str =
         tolerance: the largest |ONNX Runtime - torch| accepted on the logits of a
             random input; a larger one refuses the export.
         seed: seed of the random verification input.
-        trusted: the caller named ``model_dir`` itself, so a checkpoint that a
-            weights-only load refuses may be unpickled (with a warning).
         overwrite: export again even when ``out_dir`` holds an export of the same
             source files with the same settings.
     """
@@ -389,11 +384,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, fold: int | str =
 
     dataset_json = read_json(files["dataset.json"])
     plans = read_json(files["plans.json"])
-    checkpoint, loading = load_checkpoint(files[f"fold_{fold}/{CHECKPOINT_NAME}"], trusted=trusted)
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
-        raise InputError("the checkpoint has no 'network_weights'; it is not an nnU-Net v2 "
-                         "checkpoint", path=files[f"fold_{fold}/{CHECKPOINT_NAME}"],
-                         fix="give the checkpoint_final.pth nnU-Net wrote")
+    checkpoint, loading = load_checkpoint(files[f"fold_{fold}/{CHECKPOINT_NAME}"])
     configuration = configuration_name(checkpoint, model_dir, plans)
 
     with _quiet_stdout():

@@ -534,6 +534,19 @@ def level_metrics(y, proba, *, classes, positive, threshold, patients=None
             "accuracy": float(accuracy_score(y, pred)), "balanced_accuracy": balanced}
 
 
+def _level_units(y, proba, rows, patients, classes):
+    """(truth, probabilities) of ``rows``: per lesion, or per patient (mean of its
+    lesions' probabilities) when ``patients`` is given."""
+    truth, proba = np.asarray(y)[rows], proba[rows]
+    if patients is None:
+        return truth, proba
+    from metcli.predict import aggregate_patients
+
+    p = np.asarray(patients)[rows]
+    order, proba = aggregate_patients(p, proba, classes)
+    return np.array([truth[np.flatnonzero(p == q)[0]] for q in order]), proba
+
+
 def fold_auc_sd(outcome: CVOutcome, name: str, y, *, classes, positive, patients=None):
     """SD of the AUC over the outer test folds (folds where it is defined)."""
     values = []
@@ -541,14 +554,7 @@ def fold_auc_sd(outcome: CVOutcome, name: str, y, *, classes, positive, patients
     for repeat in range(outcome.folds.shape[0]):
         for fold in np.unique(outcome.folds[repeat]):
             rows = np.flatnonzero(outcome.folds[repeat] == fold)
-            proba = outcome.oof[name][repeat][rows]
-            truth = np.asarray(y)[rows]
-            if patients is not None:
-                from metcli.predict import aggregate_patients
-
-                p = np.asarray(patients)[rows]
-                order, proba = aggregate_patients(p, proba, classes)
-                truth = np.array([truth[np.flatnonzero(p == q)[0]] for q in order])
+            truth, proba = _level_units(y, outcome.oof[name][repeat], rows, patients, classes)
             value = auc(truth, proba, positive_index=pos_index)
             if value is not None:
                 values.append(value)
@@ -562,13 +568,7 @@ def cv_auc(outcome: CVOutcome, name: str, y, *, classes, positive, patients=None
     for repeat in range(outcome.folds.shape[0]):
         proba = outcome.oof[name][repeat]
         rows = np.flatnonzero(np.all(np.isfinite(proba), axis=1))
-        truth, proba = np.asarray(y)[rows], proba[rows]
-        if patients is not None:
-            from metcli.predict import aggregate_patients
-
-            p = np.asarray(patients)[rows]
-            order, proba = aggregate_patients(p, proba, classes)
-            truth = np.array([truth[np.flatnonzero(p == q)[0]] for q in order])
+        truth, proba = _level_units(y, proba, rows, patients, classes)
         value = auc(truth, proba, positive_index=pos_index)
         if value is not None:
             values.append(value)

@@ -346,11 +346,9 @@ def load_segmenter(model: SegmentationModel, *, device: str = "auto", tta: bool 
     if model.backend == "nnunet":
         from metcli.nnunet_backend import NnunetSegmenter
 
-        # The folder was named by the user or verified against the manifest (see
-        # resolve_segmentation_model): full unpickling is allowed where needed.
         return NnunetSegmenter(model.path, device=device, folds=model.folds, tta=tta,
-                               step_size=step_size, allow_pickle=True,
-                               orientation=model.orientation, threads=threads)
+                               step_size=step_size, orientation=model.orientation,
+                               threads=threads)
     from metcli.onnx_backend import OnnxSegmenter
 
     return OnnxSegmenter(model.path, device=device, tta=tta, step_size=step_size,

@@ -309,7 +309,7 @@ def export(work_dir: Path, out_dir: Path, checkpoint: str = "final") -> None:
 
     # weights_only=True with numpy's scalar types allowed: a full nnU-Net training
     # checkpoint needs nothing more (checked on this recipe's checkpoints).
-    checkpoint, _how = load_checkpoint(source, trusted=False)
+    checkpoint, _how = load_checkpoint(source)
     mirror_axes = checkpoint.get("inference_allowed_mirroring_axes")
     stripped = {
         # As saved (no copies): tensors that share storage (nnU-Net's conv and
