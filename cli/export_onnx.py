@@ -22,7 +22,9 @@ from metcli.cli._common import common_options, overwrite_option, run_command
                    "before inference. 'as-stored' feeds arrays as stored, exactly as nnU-Net does.")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-4,
               show_default=True,
-              help="Largest |ONNX Runtime - torch| accepted on the logits of a random input.")
+              help="Largest |ONNX Runtime - torch| accepted on the logits of a random input and a "
+                   "phantom, as a fraction of the logits' range (argmax labels must also agree "
+                   "beyond ties).")
 @overwrite_option
 @common_options
 @run_command
@@ -47,4 +49,5 @@ def command(model_dir, out_dir, fold, opset, orientation, tolerance, overwrite):
     state = "already exported (skipped)" if result.skipped else "exported"
     click.echo(f"{result.onnx_path}\t{state}\tmax_abs_logit_difference="
                f"{verification['max_abs_logit_difference']:.3g}\t"
+               f"relative_logit_difference={verification.get('relative_logit_difference', 0):.3g}\t"
                f"sha256={result.spec['onnx']['sha256']}")

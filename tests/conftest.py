@@ -36,6 +36,14 @@ def make_image(array, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction
     return image
 
 
+@pytest.fixture(autouse=True)
+def _in_an_empty_directory(tmp_path_factory, monkeypatch):
+    """Every test runs in an empty current directory, so that nothing a user (or
+    ``make demo``) left in the checkout, such as a ``demo/`` folder, can change what
+    a test sees. Tests name repository files through ``REPO``."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture(scope="module")
 def torch_one_thread():
     """One PyTorch thread for a module's tests: on a shared CPU, OpenMP threads waiting

@@ -573,7 +573,10 @@ def test_export_verifies_onnx_against_torch(tiny_nnunet, tiny_export_dir):
 
     spec = load_spec(tiny_export_dir)
     assert spec["verification"]["passed"]
-    assert spec["verification"]["max_abs_logit_difference"] < 1e-4
+    verification = spec["verification"]
+    assert verification["relative_logit_difference"] <= verification["tolerance"] == 1e-4
+    assert verification["labels_identical_beyond_ties"]
+    assert verification["inputs"] == ["phantom", "random"]
     assert spec["onnx"]["sha256"] == sha256_file(tiny_export_dir / "model.onnx")
     assert spec["source"]["files"]["plans.json"] == sha256_file(tiny_nnunet / "plans.json")
     assert spec["source"]["checkpoint_loading"] == "weights_only+numpy_scalars"

@@ -237,8 +237,7 @@ def resolve_segmentation_model(model: str | Path | None, *, backend: str = "nnun
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     text = DEFAULT_MODEL if model is None or str(model).strip() == "" else str(model)
-    candidate = Path(text).expanduser()
-    from_manifest = not candidate.exists() and "/" not in text and "\\" not in text
+    from_manifest = not weights.names_a_path(model if isinstance(model, Path) else text)
     entry = None
     if from_manifest:
         try:

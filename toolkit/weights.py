@@ -149,33 +149,56 @@ def get_entry(name: str, manifest: str | Path | None = None) -> ModelEntry:
         if entry.name == name:
             return entry
     known = ", ".join(e.name for e in entries)
-    raise WeightsError(f"unknown model name {name!r} (known: {known})",
-                       fix="use one of those names, or give the path of a model folder")
+    fix = "use one of those names, or give the path of a model folder"
+    if Path(name).exists():
+        fix = f"a bare name is read as a model name: write ./{name} to use the folder"
+    raise WeightsError(f"unknown model name {name!r} (known: {known})", fix=fix)
 
 
 # ============================================================================ resolving
+def names_a_path(name_or_path: str | Path) -> bool:
+    """Whether a model argument is a path rather than a manifest name.
+
+    The rule, the same in every command: a :class:`~pathlib.Path` object, or text
+    that contains a path separator or starts with ``~``, is a path (``./demo`` is the
+    folder ``demo`` in the current directory); anything else is a manifest name,
+    whatever folders lie in the current directory.
+    """
+    if isinstance(name_or_path, Path):
+        return True
+    text = str(name_or_path)
+    return "/" in text or os.sep in text or text.startswith("~")
+
+
 def resolve_model(name_or_path: str | Path, *, manifest: str | Path | None = None,
                   check: bool = True) -> Path:
     """The folder of a model given by manifest name or by path.
 
-    A path (it exists, or contains a path separator) is taken as the user's own
+    See :func:`names_a_path` for which is which. A path is taken as the user's own
     model folder and returned as it is. A name must be in the manifest; its folder
     must be shipped or installed (``metcli weights fetch NAME``), and with ``check``
     its files are re-hashed against the manifest / install record first (a mismatch
     is an error; a model whose checksum the manifest does not know is used with a
-    warning).
+    warning). A bare name that is also a folder in the current directory is an
+    error that says so: a name never silently means a folder, nor the reverse.
     """
     text = str(name_or_path)
-    candidate = Path(text).expanduser()
-    if candidate.exists():
+    if names_a_path(name_or_path):
+        candidate = Path(text).expanduser()
+        if not candidate.exists():
+            raise WeightsError("model folder not found", path=candidate,
+                               fix="check the path, or give a model name from "
+                                   "'metcli weights list'")
         if not candidate.is_dir():
             raise WeightsError("a model must be a folder, not a file", path=candidate,
                                fix="give the model folder (an nnU-Net v2 trained-model folder "
                                    "or a 'metcli export-onnx' output)")
         return candidate
-    if os.sep in text or "/" in text:
-        raise WeightsError("model folder not found", path=candidate,
-                           fix="check the path, or give a model name from 'metcli weights list'")
+    if Path(text).exists() and text in {e.name for e in load_manifest(manifest)}:
+        raise WeightsError(f"{text!r} is both a model name in the manifest and a folder "
+                           "in the current directory",
+                           fix=f"write ./{text} for the folder; to use the named model, "
+                               "run from another directory")
     entry = get_entry(text, manifest)
     if not entry.runnable:
         raise WeightsError(f"model {entry.name!r} is in the {entry['format']} format, which "
