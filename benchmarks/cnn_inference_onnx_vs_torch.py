@@ -2,7 +2,7 @@
 
 The network is the one train-cnn builds and exports (``monai.networks.nets.
 DenseNet121``, 2D, one channel, two classes, softmax included, exported by
-:func:`metcli.cnn_training.export_onnx`), with untrained weights (speed does
+:func:`metcli.cnn.train_cnn.export_onnx`), with untrained weights (speed does
 not depend on them). The inputs are random lesion slices of ``--size`` pixels
 (224, the study's). Both runtimes see the same batches:
 
@@ -36,7 +36,7 @@ import numpy as np
 def build(seed: int = 0):
     import torch
 
-    from metcli.cnn_training import build_network
+    from metcli.cnn.train_cnn import build_network
 
     torch.manual_seed(seed)
     return build_network("densenet121", 2).eval()
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from metcli.cnn_training import export_onnx
+    from metcli.cnn.train_cnn import export_onnx
 
     rng = np.random.default_rng(0)
     images = rng.random((args.slices, 1, args.size, args.size), dtype=np.float32)

@@ -114,10 +114,10 @@ def run(*, subjects: int = 12, seed: int = EVAL_SEED, model: str | None = None,
         backend: str = "nnunet", device: str = "auto", tta: bool = True,
         min_diameter: float = 10.0, hit_dice: float = 0.1, workdir: Path | None = None) -> dict:
     """Make the cohort, segment it, score it; returns the summary (with timings)."""
-    from metcli.bids import find_files
-    from metcli.lesions import output_paths, read_lesion_table
-    from metcli.segment import output_path, segment
-    from metcli.synth import class_counts, synth_cohort
+    from metcli.io.bids import find_files
+    from metcli.lesions.split_lesions import output_paths, read_lesion_table
+    from metcli.segmentation.segment import output_path, segment
+    from metcli.synth.synth import class_counts, synth_cohort
 
     own = workdir is None
     work = Path(tempfile.mkdtemp(prefix="metcli-quality-")) if own else Path(workdir)

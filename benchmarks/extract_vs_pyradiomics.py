@@ -63,8 +63,8 @@ def make_cohort(root: Path, participants: int, lesions: int, slices: int, seed: 
     import SimpleITK as sitk
     from scipy import ndimage
 
-    from metcli.bids import Entities
-    from metcli.participants import write_participants
+    from metcli.io.bids import Entities
+    from metcli.io.participants import write_participants
 
     rng = np.random.default_rng(seed)
     spacing = (0.78125, 0.78125, 1.5)
@@ -150,9 +150,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep everything here")
     args = parser.parse_args(argv)
 
-    from metcli.bids import Entities, find_files
-    from metcli.fileio import read_tsv
-    from metcli.lesions import split_lesions
+    from metcli.io.bids import Entities, find_files
+    from metcli.io.files import read_tsv
+    from metcli.lesions.split_lesions import split_lesions
 
     root = args.workdir or Path(tempfile.mkdtemp(prefix="metcli-bench-"))
     root.mkdir(parents=True, exist_ok=True)

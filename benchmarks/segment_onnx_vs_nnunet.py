@@ -6,7 +6,7 @@ once with each backend, each scan in a fresh subprocess so that its peak residen
 memory (``VmHWM`` on Linux) belongs to that scan and backend alone:
 
 * ``nnunet``: ``nnUNetPredictor`` (nnunetv2) on torch, ``predict_single_npy_array``;
-* ``onnx``: :class:`metcli.onnx_backend.OnnxSegmenter` on ONNX Runtime (no torch).
+* ``onnx``: :class:`metcli.segmentation.onnx.OnnxSegmenter` on ONNX Runtime (no torch).
 
 It prints, per scan and backend, the wall time of the whole subprocess (imports,
 model loading, prediction), the prediction time alone and the peak memory, then the
@@ -62,7 +62,7 @@ def child(backend: str, model: str, ct_path: str, out_path: str, tta: bool, devi
 
     ct = sitk.ReadImage(ct_path)
     if backend == "onnx":
-        from metcli.onnx_backend import OnnxSegmenter
+        from metcli.segmentation.onnx import OnnxSegmenter
 
         segmenter = OnnxSegmenter(model, device=device, tta=tta, step_size=step)
         loaded = time.perf_counter()
@@ -108,7 +108,7 @@ class _stdout_to_stderr:
 # ----------------------------------------------------------------------------- parent
 def make_scans(folder: Path, count: int, seed: int, size: str) -> list[Path]:
     import SimpleITK as sitk
-    from metcli.synth_phantom import SynthParams, grid_for, make_phantom
+    from metcli.synth.phantom import SynthParams, grid_for, make_phantom
 
     params = SynthParams(grid=grid_for(size)) if size != "small" else None
     paths = []
@@ -192,8 +192,8 @@ def main(argv=None) -> None:
         child(backend, model, ct, out, args.tta, args.device, args.step_size, args.fold)
         return
 
-    from metcli.nnunet_onnx import export_onnx
-    from metcli.weights import resolve_model
+    from metcli.segmentation.export_onnx import export_onnx
+    from metcli.io.weights import resolve_model
 
     model = resolve_model(args.model)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="metcli-bench-seg-"))

@@ -34,7 +34,7 @@ def lesion_auc(path: Path, positive: str, labels: dict[str, str], level: str = "
     """AUC of prob_<positive> against the participants' labels, at one level."""
     from sklearn.metrics import roc_auc_score
 
-    from metcli.fileio import read_tsv
+    from metcli.io.files import read_tsv
 
     rows = [r for r in read_tsv(path) if r["level"] == level]
     y = [labels[r["participant_id"]] == positive for r in rows]
@@ -64,10 +64,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from metcli.cnn_training import train_cnn
-    from metcli.fileio import read_json
-    from metcli.participants import labels_by_participant
-    from metcli.synth import synth_cohort
+    from metcli.cnn.train_cnn import train_cnn
+    from metcli.io.files import read_json
+    from metcli.io.participants import labels_by_participant
+    from metcli.synth.synth import synth_cohort
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:

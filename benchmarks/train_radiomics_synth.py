@@ -67,7 +67,7 @@ def run(command: list[str]) -> tuple[float, float, str]:
 
 def check_outputs(out: Path, *, n_features: int, train: set[str], test: set[str]) -> list[str]:
     """Problems with a train-radiomics output folder (empty when all is well)."""
-    from metcli.fileio import read_tsv
+    from metcli.io.files import read_tsv
 
     problems = []
     models = {f"{c}_{s}" for c in CLASSIFIERS for s in SAMPLERS}
@@ -105,7 +105,7 @@ def check_outputs(out: Path, *, n_features: int, train: set[str], test: set[str]
 
 def table3(out: Path) -> str:
     """Patient-level results, best cross-validated first (the study's Table 3)."""
-    from metcli.fileio import read_tsv
+    from metcli.io.files import read_tsv
 
     rows = [r for r in read_tsv(out / "results.tsv") if r["level"] == "patient"]
     rows.sort(key=lambda r: -float(r["cv_auc"]))
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep everything here")
     args = parser.parse_args(argv)
 
-    from metcli.fileio import read_tsv
+    from metcli.io.files import read_tsv
 
     root = args.workdir or Path(tempfile.mkdtemp(prefix="metcli-bench-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,7 @@ def overwrite_option(fn: Callable) -> Callable:
 
 
 def _available_cpus() -> int:
-    from metcli.threads import available_cpus
+    from metcli.core.threads import available_cpus
 
     return available_cpus()
 
@@ -169,7 +169,7 @@ def run_command(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, verbose: int = 0, quiet: bool = False, debug: bool = False,
                 no_progress: bool = False, **kwargs):
-        from metcli.errors import MetcliError, ParticipantsFailed, UsageError
+        from metcli.core.errors import MetcliError, ParticipantsFailed, UsageError
 
         setup_logging(verbose, quiet, debug)
         ctx = click.get_current_context()
@@ -232,7 +232,7 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[[str, str], 
 
 def finish(report, *, what: str = "participants") -> None:
     """Print the batch summary on stderr; raise ParticipantsFailed if any failed."""
-    from metcli.errors import ParticipantsFailed
+    from metcli.core.errors import ParticipantsFailed
 
     ctx = click.get_current_context(silent=True)
     quiet = bool(ctx and ctx.obj and ctx.obj.get("quiet"))

@@ -55,8 +55,8 @@ def command(predictions, out_dir, labels, label_column, level, positive_class, n
     --lesions, report.html also shows every evaluated patient's lesion masks on the CT
     (an axial slice through each lesion's centroid, abdominal window W330/L10).
     """
-    from metcli.evaluate import evaluate
-    from metcli.fileio import format_value
+    from metcli.evaluation.evaluate import evaluate
+    from metcli.io.files import format_value
 
     result = evaluate(predictions, out_dir, labels=labels, label_column=label_column,
                       level=level, positive_class=positive_class, n_bootstrap=n_bootstrap,

@@ -65,9 +65,9 @@ def command(seg_dir, reference_dir, out_dir, lesions_dir, reference_lesions_dir,
     --reference-predictions, classification_agreement.tsv (by Dice band). A region absent
     from both masks has no Dice (n/a), not 1.
     """
-    from metcli.bids import resolve_levels
-    from metcli.evaluate_seg import evaluate_seg, find_items, select
-    from metcli.fileio import format_value
+    from metcli.io.bids import resolve_levels
+    from metcli.evaluation.evaluate_seg import evaluate_seg, find_items, select
+    from metcli.io.files import format_value
 
     labels = list(participant_label) or None
     do_participants, do_group = resolve_levels(level, labels)

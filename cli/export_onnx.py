@@ -1,4 +1,4 @@
-"""``metcli export-onnx MODEL_DIR OUT_DIR``: nnU-Net v2 model to ONNX (metcli.nnunet_onnx)."""
+"""``metcli export-onnx MODEL_DIR OUT_DIR``: nnU-Net v2 model to ONNX (metcli.segmentation.export_onnx)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def command(model_dir, out_dir, fold, opset, orientation, tolerance, overwrite):
     checkpoint is a pickle: it is loaded weights-only where it allows, else (with a
     warning) fully, because you named the folder: export only models you trust.
     """
-    from metcli.nnunet_onnx import export_onnx, parse_fold
+    from metcli.segmentation.export_onnx import export_onnx, parse_fold
 
     code = None if orientation.strip().lower() in ("as-stored", "none") else orientation
     result = export_onnx(model_dir, out_dir, fold=parse_fold(fold), opset=opset,

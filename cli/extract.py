@@ -44,8 +44,9 @@ def command(raw_dir, lesions_dir, out_dir, params, seg_dir, peritumoral_mm, phas
     features.tsv. A lesion pyradiomics cannot extract gets status
     failed:<reason> and n/a values; its participant still succeeds.
     """
-    from metcli.bids import resolve_levels
-    from metcli.extract import as_params, check_options, extract, find_lesion_maps, select
+    from metcli.io.bids import resolve_levels
+    from metcli.lesions.maps import find_lesion_maps
+    from metcli.radiomics.extract import as_params, check_options, extract, select
 
     resolved = as_params(params)  # a bad parameter file stops here, before any work
     check_options(jobs=jobs, peritumoral_mm=peritumoral_mm, seg_dir=seg_dir, params=resolved)

@@ -39,7 +39,7 @@ def command(dicom_dir: Path, raw_dir: Path, participant_label: str, session: str
     with a JSON sidecar (non-identifying acquisition metadata and provenance). The
     participant is added to RAW_DIR/participants.tsv. Prints the image's path.
     """
-    from metcli.dicom import import_dicom
+    from metcli.imaging.dicom.import_dicom import import_dicom
 
     out = import_dicom(dicom_dir, raw_dir, participant=participant_label, session=session,
                        phase=phase, series_uid=series_uid, primary=primary, overwrite=overwrite)

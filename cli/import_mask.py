@@ -46,7 +46,7 @@ def command(mask: Path, raw_dir: Path, seg_dir: Path, participant_label: str,
     2 lesion; lesion wins where both overlap) with its provenance sidecar, and
     prints its path.
     """
-    from metcli.masks import import_mask
+    from metcli.imaging.import_mask import import_mask
 
     out = import_mask(mask, raw_dir, seg_dir, participant=participant_label, session=session,
                       phase=phase, label_map=list(label_map) or None,

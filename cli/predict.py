@@ -53,7 +53,7 @@ def command(model_dir, inputs, out_dir, participants, aggregate, device, session
     With --participant-label, only those participants' files (the
     participant level); --level group then reads them into predictions.tsv.
     """
-    from metcli.predict import predict
+    from metcli.prediction.predict import predict
 
     report = predict(model_dir, list(inputs), out_dir, participants=participants,
                      aggregate=aggregate, device=device, session=session, explain=explain,

@@ -58,8 +58,8 @@ def command(raw_dir, out_dir, model, backend, device, folds, tta, step_size, lab
     The model is loaded once for all participants of the run. Finished CTs are
     skipped unless --overwrite.
     """
-    from metcli.bids import resolve_levels
-    from metcli.segment import find_cts, segment, select
+    from metcli.io.bids import resolve_levels
+    from metcli.segmentation.segment import find_cts, segment, select
 
     labels = list(participant_label) or None
     do_participants, _do_group = resolve_levels(level, labels)

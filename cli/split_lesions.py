@@ -41,8 +41,8 @@ def command(seg_dir, out_dir, min_diameter_mm, diameter_rule, connectivity, lesi
     box, kept, reason) and a JSON sidecar; at the group level lesions.tsv and
     tumour_burden.tsv.
     """
-    from metcli.bids import resolve_levels
-    from metcli.lesions import find_segmentations, select, split_lesions
+    from metcli.io.bids import resolve_levels
+    from metcli.lesions.split_lesions import find_segmentations, select, split_lesions
 
     labels = list(participant_label) or None
     do_participants, do_group = resolve_levels(level, labels)

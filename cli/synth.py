@@ -1,4 +1,4 @@
-"""``metcli synth OUT_DIR``: a synthetic cohort to try metcli on (library: metcli.synth)."""
+"""``metcli synth OUT_DIR``: a synthetic cohort to try metcli on (library: metcli.synth.synth)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 from metcli.cli._common import (common_options, finish, overwrite_option, progress_bar,
                                 run_command, seed_option)
 
-# Defaults live in metcli.synth_phantom.SynthParams; the help texts repeat them (a test checks that
+# Defaults live in metcli.synth.phantom.SynthParams; the help texts repeat them (a test checks that
 # they agree) so that `metcli --help` needs no numpy.
 _KNOB_OPTIONS = (
     ("--lesions-colorectal", "lesions_colorectal", "N",
@@ -72,9 +72,9 @@ def command(out_dir: Path, subjects, colorectal, pancreatic, seed, size, dicom, 
     split-lesions output on them. The same seed gives the same files; re-running skips
     finished participants. See docs/synth.md for the phantom model.
     """
-    from metcli.batch import BatchReport
-    from metcli.errors import ParticipantsFailed, UsageError
-    from metcli.synth import class_counts, synth_cohort
+    from metcli.core.batch import BatchReport
+    from metcli.core.errors import ParticipantsFailed, UsageError
+    from metcli.synth.synth import class_counts, synth_cohort
 
     if subjects is not None and (colorectal is not None or pancreatic is not None):
         raise UsageError("give either --subjects or --colorectal and --pancreatic, not both")

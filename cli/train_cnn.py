@@ -83,7 +83,7 @@ def command(raw_dir, lesions_dir, out_dir, labels, label_column, positive_class,
     predictions.tsv (test set), ready for `metcli evaluate`. An interrupted
     run continues with --resume. Prints the model folder.
     """
-    from metcli.cnn_training import train_cnn
+    from metcli.cnn.train_cnn import train_cnn
 
     total = epochs * (1 + (cv_folds or 0))
     with progress_bar(total, "train-cnn") as progress:

@@ -93,8 +93,8 @@ def command(features, out_dir, labels, label_column, positive_class, classifiers
     with a test set, predictions.tsv. Prints the chosen model's folder.
     With --hierarchy each model folder chains step1/ and step2-<group>/.
     """
-    from metcli.radiomics_model import check_settings
-    from metcli.radiomics_training import train_radiomics
+    from metcli.radiomics.models import check_settings
+    from metcli.radiomics.train_radiomics import train_radiomics
 
     options = dict(label_column=label_column, positive_class=positive_class,
                    classifiers=classifiers, samplers=samplers, pcc_threshold=pcc_threshold,

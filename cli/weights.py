@@ -1,4 +1,4 @@
-"""``metcli weights list|fetch|verify``: the named models (library: metcli.weights)."""
+"""``metcli weights list|fetch|verify``: the named models (library: metcli.io.weights)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def command(ctx, verbose, quiet, no_progress, debug):
 @run_command
 def list_command():
     """List the models of the manifest with their status (stdout)."""
-    from metcli.weights import list_models, metcli_home
+    from metcli.io.weights import list_models, metcli_home
 
     rows = list_models()
     _print_table(rows, ["name", "status", "format", "source", "verified", "licence",
@@ -104,7 +104,7 @@ def fetch_command(name, url, sha256, allow_unverified, overwrite):
     A download whose sha256 differs from the expected one is refused and removed;
     nothing is left behind by a failed download. Prints the installed model folder.
     """
-    from metcli.weights import fetch
+    from metcli.io.weights import fetch
 
     with _download_bar(name) as progress:
         path = fetch(name, url=url, sha256=sha256, allow_unverified=allow_unverified,
@@ -121,8 +121,8 @@ def verify_command(name):
 
     Exit code 1 when a model's files do not match.
     """
-    from metcli.errors import WeightsError
-    from metcli.weights import verify
+    from metcli.core.errors import WeightsError
+    from metcli.io.weights import verify
 
     results = verify(name)
     _print_table([r.row() for r in results], ["name", "status", "detail"], title="models")

@@ -58,10 +58,10 @@ def find_chromium(given: str | None) -> str:
 
 def make_example(root: Path, seed: int) -> tuple[Path, Path]:
     """The synthetic cohort and the report of its hand-made predictions."""
-    from metcli.evaluate import evaluate
-    from metcli.fileio import read_tsv
-    from metcli.lesions import read_lesion_table
-    from metcli.synth import synth_cohort
+    from metcli.evaluation.evaluate import evaluate
+    from metcli.io.files import read_tsv
+    from metcli.lesions.split_lesions import read_lesion_table
+    from metcli.synth.synth import synth_cohort
 
     synth_cohort(root, n_colorectal=10, n_pancreatic=6, seed=seed)
     participants = read_tsv(root / "rawdata" / "participants.tsv")

@@ -1,11 +1,11 @@
-"""File naming, participant selection and levels (metcli.bids)."""
+"""File naming, participant selection and levels (metcli.io.bids)."""
 
 from pathlib import Path
 
 import pytest
 
-from metcli import bids
-from metcli.errors import InputError, UsageError
+from metcli.io import bids
+from metcli.core.errors import InputError, UsageError
 
 
 @pytest.mark.parametrize("name", [

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from conftest import REPO, invoke
 from metcli._version import __version__
 from metcli.cli import _common
-from metcli.cli.main import COMMANDS, cli
+from metcli.cli.main import COMMANDS
 
 
 def test_help_lists_every_command_with_a_description(runner):
@@ -80,8 +80,8 @@ def _command(behaviour):
     @click.option("--value", default=1)
     @_common.run_command
     def demo(value):
-        from metcli import errors
-        from metcli.batch import BatchReport
+        from metcli.core import errors
+        from metcli.core.batch import BatchReport
 
         if behaviour == "usage":
             raise errors.UsageError("--value 7 is too large", fix="use 1 to 5")

@@ -16,9 +16,9 @@ from scipy.stats import beta
 from sklearn.metrics import roc_auc_score
 
 from conftest import REPO, invoke
-from metcli import stats
-from metcli.fileio import read_json, read_tsv
-from metcli.schemas import load_schema, validate, validate_rows
+from metcli.evaluation import stats
+from metcli.io.files import read_json, read_tsv
+from metcli.io.schemas import load_schema, validate, validate_rows
 
 from test_stats import PROC_AUC, PROC_TESTS, read_asah
 
@@ -560,7 +560,7 @@ def test_bad_inputs_of_other_kinds(runner, tmp_path):
 def test_library_import_is_light():
     code = textwrap.dedent("""
         import sys
-        import metcli.evaluate, metcli.plots, metcli.stats
+        import metcli.evaluation.evaluate, metcli.evaluation.plots, metcli.evaluation.stats
         heavy = [m for m in ("matplotlib", "sklearn", "statsmodels") if m in sys.modules]
         assert not heavy, heavy
     """)
@@ -580,7 +580,7 @@ def _report_run(runner, tmp_path):
 
 
 def test_report_is_one_self_contained_page_with_every_section(runner, tmp_path):
-    from metcli.report import SECTIONS
+    from metcli.evaluation.report import SECTIONS
 
     path = _report_run(runner, tmp_path)
     text = path.read_text()
@@ -608,7 +608,7 @@ def _chromium():
 @pytest.mark.skipif(_chromium() is None,
                     reason="no headless Chromium (apt-get install chromium)")
 def test_report_opens_in_headless_chromium_and_shows_every_section(runner, tmp_path):
-    from metcli.report import SECTIONS
+    from metcli.evaluation.report import SECTIONS
 
     path = _report_run(runner, tmp_path)
     probe = tmp_path / "probe.html"
@@ -670,8 +670,8 @@ def test_several_classes_compared_and_levels_chosen(runner, tmp_path):
 @pytest.fixture(scope="module")
 def overlay_cohort(tmp_path_factory):
     """Two synthetic subjects (CT, truth lesion maps) and lesion predictions for them."""
-    from metcli.lesions import read_lesion_table
-    from metcli.synth import synth_cohort
+    from metcli.lesions.split_lesions import read_lesion_table
+    from metcli.synth.synth import synth_cohort
 
     root = tmp_path_factory.mktemp("overlay")
     synth_cohort(root, n_colorectal=1, n_pancreatic=1, seed=0)
@@ -698,7 +698,7 @@ def test_overlays_show_each_predicted_lesion_on_ct_through_its_centroid(runner, 
     import SimpleITK as sitk
     from matplotlib.image import imread
 
-    from metcli.lesions import read_lesion_table
+    from metcli.lesions.split_lesions import read_lesion_table
 
     root, predictions, labels = overlay_cohort
     out = tmp_path / "out"
@@ -747,8 +747,7 @@ def test_overlay_panels_are_the_ct_and_mask_in_radiological_orientation(tmp_path
                                                                          overlay_cohort):
     import SimpleITK as sitk
 
-    from metcli import plots
-
+    from metcli.evaluation import plots
     root, _predictions, _labels = overlay_cohort
     found, missing = plots.overlay_sources(root / "rawdata", root / "derivatives" /
                                            "truth-lesions", ["sub-001", "sub-999"])
@@ -797,7 +796,7 @@ def test_overlay_arguments_and_missing_scans(runner, tmp_path, overlay_cohort):
 
 
 def test_a_folder_with_its_own_group_table_is_read_once(tmp_path):
-    from metcli.evaluation_inputs import find_prediction_files
+    from metcli.evaluation.inputs import find_prediction_files
 
     (tmp_path / "knn_smote").mkdir()
     for path in (tmp_path / "predictions.tsv", tmp_path / "knn_smote" / "predictions.tsv"):
@@ -812,8 +811,7 @@ def test_roc_figure_keeps_the_cv_choice_and_the_best_curves(tmp_path):
     AUC in the legend is the curve's area, equal to scikit-learn's."""
     from sklearn.metrics import roc_curve
 
-    from metcli import plots
-
+    from metcli.evaluation import plots
     rng = np.random.default_rng(3)
     truth = rng.integers(0, 2, 60)
     rows, expected = [], {}
@@ -836,8 +834,7 @@ def test_roc_figure_keeps_the_cv_choice_and_the_best_curves(tmp_path):
 
 
 def test_report_opens_each_files_chosen_model_and_folds_the_others():
-    from metcli import report
-
+    from metcli.evaluation import report
     def model(name, source, selected):
         level = {"level": "patient", "metrics": [{"metric": "auc", "class": "b",
                                                   "estimate": 0.7, "ci_lower": 0.5,

@@ -13,13 +13,13 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import REPO, invoke, make_image
-from metcli import schemas
-from metcli.bids import Entities, find_files
-from metcli.errors import UsageError
-from metcli.evaluate_seg import evaluate_seg, read_typed_table
-from metcli.seg_measures import overlap_measures, size_band
-from metcli.fileio import read_json
-from metcli.lesions import read_lesion_table, split_lesions
+from metcli.io import schemas
+from metcli.io.bids import Entities, find_files
+from metcli.core.errors import UsageError
+from metcli.evaluation.evaluate_seg import evaluate_seg, read_typed_table
+from metcli.evaluation.seg_measures import overlap_measures, size_band
+from metcli.io.files import read_json
+from metcli.lesions.split_lesions import read_lesion_table, split_lesions
 
 BOOT = ["--bootstrap", "200"]
 TABLES = {"overlap.tsv": "overlap", "detection.tsv": "detection",
@@ -67,7 +67,7 @@ def check_written(out: Path) -> None:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     """4 small synthetic subjects, their truth, and the truth with eroded lesions (split)."""
-    from metcli.synth import synth_cohort
+    from metcli.synth.synth import synth_cohort
 
     root = tmp_path_factory.mktemp("cohort")
     synth_cohort(root, n_colorectal=2, n_pancreatic=2, seed=0)
@@ -468,7 +468,7 @@ def test_bad_arguments_are_usage_errors(runner, hand_built):
 def test_library_import_is_light():
     code = textwrap.dedent("""
         import sys
-        import metcli.evaluate_seg, metcli.cli.evaluate_seg
+        import metcli.evaluation.evaluate_seg, metcli.cli.evaluate_seg
         heavy = [m for m in ("SimpleITK", "matplotlib", "sklearn", "scipy") if m in sys.modules]
         assert not heavy, heavy
     """)

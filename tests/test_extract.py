@@ -11,15 +11,15 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import invoke, make_image
-from metcli import schemas
-from metcli.bids import Entities
-from metcli.errors import GeometryError, UsageError
-from metcli.extract import extract, extract_acquisition
-from metcli.radiomics_features import RegionResult, extract_features, table_columns
-from metcli.fileio import read_json, read_tsv
-from metcli.lesions import split_lesions
-from metcli.participants import write_participants
-from metcli.radiomics_params import PRESETS, load_params, params_from_dict
+from metcli.io import schemas
+from metcli.io.bids import Entities
+from metcli.core.errors import GeometryError, UsageError
+from metcli.radiomics.extract import extract, extract_acquisition
+from metcli.radiomics.features import RegionResult, extract_features, table_columns
+from metcli.io.files import read_json, read_tsv
+from metcli.lesions.split_lesions import split_lesions
+from metcli.io.participants import write_participants
+from metcli.radiomics.params import PRESETS, load_params, params_from_dict
 
 SPACING = (0.8, 0.8, 2.0)  # x, y, z (SimpleITK order)
 ORIGIN = (10.0, -20.0, 5.0)

@@ -1,4 +1,4 @@
-"""Atomic writes, tables, images and participants.tsv (metcli.fileio, metcli.participants)."""
+"""Atomic writes, tables, images and participants.tsv (metcli.io.files, metcli.io.participants)."""
 
 import gzip
 import os
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import make_image
-from metcli import fileio, participants
-from metcli.errors import ImageError, InputError, SchemaError, UsageError
+from metcli.io import files as fileio
+from metcli.io import participants
+from metcli.core.errors import ImageError, InputError, SchemaError, UsageError
 
 
 def test_atomic_path_failure_leaves_nothing(tmp_path):

@@ -1,12 +1,12 @@
-"""Physical-space matching of images and masks (metcli.geometry)."""
+"""Physical-space matching of images and masks (metcli.imaging.geometry)."""
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from conftest import make_image
-from metcli.errors import GeometryError
-from metcli.geometry import grid_difference, to_reference_grid
+from metcli.core.errors import GeometryError
+from metcli.imaging.geometry import grid_difference, to_reference_grid
 
 
 def _reference():

@@ -21,11 +21,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
 
 from conftest import invoke
-from metcli.dicom import (SETTINGS, find_series, import_dicom, read_ct_series, select_series,
-                          series_sha256)
-from metcli.errors import DicomError, UsageError
-from metcli.geometry import grid_difference, to_reference_grid
-from metcli.schemas import validate
+from metcli.imaging.dicom.import_dicom import SETTINGS, import_dicom, series_sha256
+from metcli.imaging.dicom.series import find_series, read_ct_series, select_series
+from metcli.core.errors import DicomError, UsageError
+from metcli.imaging.geometry import grid_difference, to_reference_grid
+from metcli.io.schemas import validate
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"

@@ -19,8 +19,8 @@ def write_raw(raw: Path, ct_image, label: str = "01", *, phase: str | None = Non
     """A raw dataset with one CT (a SimpleITK image or a file to copy) and participants.tsv."""
     import SimpleITK as sitk
 
-    from metcli.bids import Entities
-    from metcli.participants import write_participants
+    from metcli.io.bids import Entities
+    from metcli.io.participants import write_participants
 
     path = raw / Entities(sub=label, ce=phase).relpath()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,8 +137,8 @@ def totalseg(tmp_path_factory):
 
 @pytest.mark.data
 def test_rtstruct_of_ibsi_phantom_gives_the_reference_mask_exactly(data_dir):
-    from metcli.fileio import read_image
-    from metcli.masks import rasterize_rtstruct
+    from metcli.io.files import read_image
+    from metcli.imaging.import_mask import rasterize_rtstruct
 
     phantom = data_dir / "ibsi1-ct-phantom"
     reference = read_image(phantom / "nifti" / "image.nii.gz")
@@ -225,8 +225,8 @@ def test_dicom_seg_built_with_highdicom_comes_back_on_the_ct_grid(runner, totals
     import pydicom
     from pydicom.sr.codedict import codes
 
-    from metcli.geometry import to_reference_grid
-    from metcli.masks import read_dicom_seg
+    from metcli.imaging.geometry import to_reference_grid
+    from metcli.imaging.import_mask import read_dicom_seg
 
     import SimpleITK as sitk
 
@@ -300,8 +300,8 @@ def test_dicom_seg_built_with_highdicom_comes_back_on_the_ct_grid(runner, totals
 
 # ----------------------------------------------------------------------------- synthetic data
 def test_place_on_grid_accepts_only_an_exact_voxel_correspondence():
-    from metcli.errors import GeometryError
-    from metcli.masks import place_on_grid
+    from metcli.core.errors import GeometryError
+    from metcli.imaging.import_mask import place_on_grid
 
     ct = small_ct()  # 4 x 24 x 20 voxels (z, y, x), spacing (x, y, z) 1, 1.5, 2 mm
     expected = np.zeros((4, 24, 20), dtype=bool)
@@ -357,7 +357,7 @@ def test_nrrd_label_image_with_flipped_permuted_axes_round_trips(runner, tmp_pat
 
 
 def test_rtstruct_holes_names_overlap_and_inclusion_rule(tmp_path):
-    from metcli.masks import mask_to_dseg, rasterize_rtstruct
+    from metcli.imaging.import_mask import mask_to_dseg, rasterize_rtstruct
 
     ct = small_ct()
     rtstruct = write_rtstruct(tmp_path / "rs.dcm", {
@@ -486,8 +486,8 @@ def test_usage_errors(runner, tmp_path):
 
 
 def test_parse_label_map():
-    from metcli.errors import UsageError
-    from metcli.masks import label_from_name, parse_label_map
+    from metcli.core.errors import UsageError
+    from metcli.imaging.import_mask import label_from_name, parse_label_map
 
     assert parse_label_map("GTV-1=lesion, Liver=LIVER") == {"GTV-1": 2, "Liver": 1}
     assert parse_label_map(["5=liver", "2=lesion"]) == {"5": 1, "2": 2}

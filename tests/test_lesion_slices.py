@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import make_image
-from metcli.errors import MaskError, UsageError
-from metcli.lesion_slices import (SliceSettings, lesion_slices, resize_square, square_crop,
-                                  window)
+from metcli.core.errors import MaskError, UsageError
+from metcli.lesions.slices import lesion_slices
+from metcli.lesions.preprocess import SliceSettings, resize_square, square_crop, window
 
 
 def test_window_clips_to_the_abdominal_range():

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import make_image
-from metcli.errors import InputError, MaskError
-from metcli.lesion_slices import SliceSettings, lesion_slices, model_inputs
-from metcli.lesion_volumes import cube_crop, lesion_volumes
+from metcli.core.errors import InputError, MaskError
+from metcli.lesions.slices import lesion_slices
+from metcli.lesions.inputs import model_inputs
+from metcli.lesions.preprocess import SliceSettings
+from metcli.lesions.volumes import cube_crop, lesion_volumes
 
 
 def _volume():

@@ -1,4 +1,4 @@
-"""ONNX export of nnU-Net models and the ONNX backend (metcli.nnunet_onnx, metcli.onnx_backend).
+"""ONNX export of nnU-Net models and the ONNX backend (metcli.segmentation.export_onnx, metcli.segmentation.onnx).
 
 Quick tests check the numerical building blocks (against nnunetv2's own functions
 where it is installed) and the backend's contract on a tiny hand-made ONNX network.
@@ -137,7 +137,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # ============================================================================ building blocks
 def test_orientation_transform_matches_dicomorient():
     import SimpleITK as sitk
-    from metcli.onnx_backend import orientation_transform
+    from metcli.segmentation.onnx import orientation_transform
 
     rng = np.random.default_rng(1)
     base = make_image(rng.normal(size=(4, 5, 6)).astype(np.float32), spacing=(0.7, 1.1, 2.5))
@@ -161,7 +161,7 @@ def test_orientation_transform_matches_dicomorient():
 
 
 def test_steps_bbox_and_shapes():
-    from metcli.onnx_backend import compute_new_shape, nonzero_bbox, sliding_window_steps
+    from metcli.segmentation.onnx import compute_new_shape, nonzero_bbox, sliding_window_steps
 
     # 110 voxels, patch 64, step 0.5 -> 3 tiles at 0, 23, 46 (nnU-Net's documented example)
     assert sliding_window_steps((110, 64, 64), (64, 64, 64), 0.5) == [[0, 23, 46], [0], [0]]
@@ -174,7 +174,7 @@ def test_steps_bbox_and_shapes():
 
 
 def test_gaussian_weights_are_nnunets():
-    from metcli.onnx_backend import gaussian_importance
+    from metcli.segmentation.onnx import gaussian_importance
 
     weights = gaussian_importance((16, 32, 32))
     assert weights.dtype == np.float32 and weights.min() > 0
@@ -185,7 +185,7 @@ def test_gaussian_weights_are_nnunets():
 
 
 def test_resampling_separates_the_thick_axis():
-    from metcli.onnx_backend import resample_to_shape, separate_z
+    from metcli.segmentation.onnx import resample_to_shape, separate_z
 
     assert separate_z((4.0, 1.0, 1.0), (1.0, 1.0, 1.0)) == (True, 0)
     assert separate_z((1.0, 1.0, 1.0), (1.0, 3.5, 1.0)) == (True, 1)
@@ -206,7 +206,7 @@ def test_matches_nnunet_functions():
                                                               compute_steps_for_sliding_window)
     from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
 
-    from metcli.onnx_backend import gaussian_importance, resample_to_shape, sliding_window_steps
+    from metcli.segmentation.onnx import gaussian_importance, resample_to_shape, sliding_window_steps
 
     rng = np.random.default_rng(3)
     data = rng.normal(size=(2, 6, 11, 9)).astype(np.float32)
@@ -238,7 +238,7 @@ def test_matches_nnunet_functions():
 # ============================================================================ the segmenter
 def test_segmenter_contract_on_a_tiny_network(tmp_path):
     import SimpleITK as sitk
-    from metcli.onnx_backend import OnnxSegmenter
+    from metcli.segmentation.onnx import OnnxSegmenter
 
     model = tiny_export(tmp_path / "tiny")
     ct = blob_ct(zero_rows=2)
@@ -264,8 +264,8 @@ def test_segmenter_contract_on_a_tiny_network(tmp_path):
 
 def test_flipped_axes_give_the_same_physical_labels(tmp_path):
     import SimpleITK as sitk
-    from metcli.geometry import to_reference_grid
-    from metcli.onnx_backend import OnnxSegmenter
+    from metcli.imaging.geometry import to_reference_grid
+    from metcli.segmentation.onnx import OnnxSegmenter
 
     ct = blob_ct(shape=(12, 20, 17), spacing=(0.8, 1.0, 2.0), seed=4)
     for tta in (False, True):
@@ -284,7 +284,7 @@ def test_flipped_axes_give_the_same_physical_labels(tmp_path):
 def test_as_stored_orientation_follows_the_array(tmp_path):
     """orientation null (nnU-Net's own behaviour): the network sees the stored array."""
     import SimpleITK as sitk
-    from metcli.onnx_backend import OnnxSegmenter
+    from metcli.segmentation.onnx import OnnxSegmenter
 
     ct = blob_ct(seed=2)
     flipped = flipped_copy(ct, 0)
@@ -298,8 +298,8 @@ def test_as_stored_orientation_follows_the_array(tmp_path):
 
 def test_segmenter_refuses_bad_input(tmp_path):
     import SimpleITK as sitk
-    from metcli.errors import ImageError, InputError, UsageError
-    from metcli.onnx_backend import OnnxSegmenter
+    from metcli.core.errors import ImageError, InputError, UsageError
+    from metcli.segmentation.onnx import OnnxSegmenter
 
     model = tiny_export(tmp_path / "m")
     segmenter = OnnxSegmenter(model, device="cpu")
@@ -329,15 +329,15 @@ def test_segmenter_refuses_bad_input(tmp_path):
 def test_cuda_request_without_cuda_is_a_usage_error(tmp_path, caplog):
     """--device cuda asks for the GPU: without one it stops (auto runs on the CPU)."""
     import onnxruntime as ort
-    from metcli.errors import UsageError
-    from metcli.onnx_backend import OnnxSegmenter
+    from metcli.core.errors import UsageError
+    from metcli.segmentation.onnx import OnnxSegmenter
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this ONNX Runtime has CUDA")
     model = tiny_export(tmp_path / "m")
     with pytest.raises(UsageError, match="onnxruntime-gpu"):
         OnnxSegmenter(model, device="cuda")
-    with caplog.at_level("INFO", logger="metcli.onnx_backend"):
+    with caplog.at_level("INFO", logger="metcli.core.devices"):
         segmenter = OnnxSegmenter(model, device="auto")
     assert segmenter.provider == "CPUExecutionProvider"
     assert [r.levelname for r in caplog.records] == ["INFO"]
@@ -348,7 +348,7 @@ def test_backend_needs_neither_torch_nor_nnunetv2(tmp_path):
     code = (
         "import sys, numpy as np, SimpleITK as sitk\n"
         "sys.modules['torch'] = None; sys.modules['nnunetv2'] = None\n"
-        "from metcli.onnx_backend import OnnxSegmenter\n"
+        "from metcli.segmentation.onnx import OnnxSegmenter\n"
         "ct = sitk.GetImageFromArray(np.full((9, 10, 11), 40, np.int16))\n"
         f"labels = OnnxSegmenter({str(model)!r}, device='cpu').predict(ct)\n"
         "print(labels.GetSize())\n")
@@ -358,8 +358,8 @@ def test_backend_needs_neither_torch_nor_nnunetv2(tmp_path):
 
 
 def test_spec_problems_are_named(tmp_path):
-    from metcli.errors import InputError, SchemaError
-    from metcli.onnx_backend import load_spec
+    from metcli.core.errors import InputError, SchemaError
+    from metcli.segmentation.onnx import load_spec
 
     model = tiny_export(tmp_path / "m", scheme="SomeOtherNormalization")
     with pytest.raises(InputError, match="SomeOtherNormalization"):
@@ -372,8 +372,8 @@ def test_spec_problems_are_named(tmp_path):
 
 
 def test_export_refuses_incomplete_model_folders(tmp_path):
-    from metcli.errors import InputError, UsageError
-    from metcli.nnunet_onnx import export_onnx
+    from metcli.core.errors import InputError, UsageError
+    from metcli.segmentation.export_onnx import export_onnx
 
     folder = tmp_path / "model"
     (folder / "fold_1").mkdir(parents=True)
@@ -395,8 +395,8 @@ def test_checkpoints_load_weights_only(tmp_path):
     torch = pytest.importorskip("torch")
     from fractions import Fraction
 
-    from metcli.errors import InputError
-    from metcli.nnunet_onnx import load_checkpoint
+    from metcli.core.errors import InputError
+    from metcli.segmentation.export_onnx import load_checkpoint
 
     weights = {"network_weights": {"w": torch.zeros(2)}, "trainer_name": "nnUNetTrainer"}
     torch.save(weights, tmp_path / "plain.pth")
@@ -519,7 +519,7 @@ def tiny_nnunet(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_export_dir(tiny_nnunet, tmp_path_factory) -> Path:
-    from metcli.nnunet_onnx import export_onnx
+    from metcli.segmentation.export_onnx import export_onnx
 
     out = tmp_path_factory.mktemp("tiny-onnx")
     export_onnx(tiny_nnunet, out)
@@ -568,8 +568,8 @@ def assert_agreement(result: dict) -> None:
 
 @pytest.mark.slow
 def test_export_verifies_onnx_against_torch(tiny_nnunet, tiny_export_dir):
-    from metcli.fileio import sha256_file
-    from metcli.onnx_backend import load_spec
+    from metcli.io.files import sha256_file
+    from metcli.segmentation.onnx import load_spec
 
     spec = load_spec(tiny_export_dir)
     assert spec["verification"]["passed"]
@@ -609,7 +609,7 @@ def test_cli_export_and_skip(tiny_nnunet, runner, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("tta", [False, True], ids=["no-tta", "tta"])
 def test_onnx_backend_agrees_with_nnunet(tiny_nnunet, tiny_export_dir, tta):
-    from metcli.onnx_backend import OnnxSegmenter
+    from metcli.segmentation.onnx import OnnxSegmenter
 
     segmenter = OnnxSegmenter(tiny_export_dir, device="cpu", tta=tta)
     predictor = nnunet_predictor(tiny_nnunet, tta=tta)
@@ -625,8 +625,8 @@ def test_onnx_backend_agrees_with_nnunet(tiny_nnunet, tiny_export_dir, tta):
 @pytest.mark.slow
 def test_real_model_flipped_ct_same_physical_labels(tiny_export_dir):
     import SimpleITK as sitk
-    from metcli.geometry import to_reference_grid
-    from metcli.onnx_backend import OnnxSegmenter
+    from metcli.imaging.geometry import to_reference_grid
+    from metcli.segmentation.onnx import OnnxSegmenter
 
     segmenter = OnnxSegmenter(tiny_export_dir, device="cpu", tta=False)
     ct = blob_ct((40, 40, 24), (2.0, 1.0, 1.0), seed=21)
@@ -644,10 +644,10 @@ def test_both_backends_agree_on_a_flipped_ct_in_the_exports_orientation(tiny_nnu
     """The export brings CTs to LPS; the nnU-Net backend told the same orientation (as
     segment does by default) labels a flipped CT like the ONNX backend."""
     import SimpleITK as sitk
-    from metcli.errors import UsageError
-    from metcli.nnunet_backend import NnunetSegmenter
-    from metcli.onnx_backend import OnnxSegmenter
-    from metcli.segment import resolve_segmentation_model
+    from metcli.core.errors import UsageError
+    from metcli.segmentation.nnunet import NnunetSegmenter
+    from metcli.segmentation.onnx import OnnxSegmenter
+    from metcli.segmentation.segment import resolve_segmentation_model
 
     model = resolve_segmentation_model(str(tiny_export_dir), backend="onnx")
     assert model.orientation == "LPS"
@@ -667,9 +667,9 @@ def test_demo_model_agrees_on_synthetic_scans(tmp_path):
     if not (DEMO_MODEL / "plans.json").is_file():
         pytest.skip("the demo model is not built yet (weights/recipes/train_demo_model.py)")
     pytest.importorskip("nnunetv2")
-    from metcli.nnunet_onnx import export_onnx
-    from metcli.onnx_backend import OnnxSegmenter
-    from metcli.synth_phantom import make_phantom
+    from metcli.segmentation.export_onnx import export_onnx
+    from metcli.segmentation.onnx import OnnxSegmenter
+    from metcli.synth.phantom import make_phantom
 
     export_onnx(DEMO_MODEL, tmp_path / "onnx")
     segmenter = OnnxSegmenter(tmp_path / "onnx", device="cpu", tta=False)

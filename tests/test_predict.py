@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import invoke
-from metcli.fileio import read_json, read_tsv
+from metcli.io.files import read_json, read_tsv
 from test_train_radiomics import (FAST, HASH, NAMES, OTHER_HASH, TINY_GRIDS, frame_of, make_cohort,
                                   write_features, write_labels)
 
@@ -22,7 +22,7 @@ def _covariates(labels, seed):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Two models (with the covariates age and sex) trained once for this module."""
-    from metcli.radiomics_training import train_radiomics
+    from metcli.radiomics.train_radiomics import train_radiomics
 
     root = tmp_path_factory.mktemp("trained")
     labels, rows = make_cohort(21, n_patients=20, signal=2.0)
@@ -162,7 +162,7 @@ def test_cuda_request_without_cuda_is_a_usage_error(trained, tmp_path, runner):
 
 
 def test_patient_aggregation_rules():
-    from metcli.predict import aggregate_patients, prediction_rows
+    from metcli.io.predictions import aggregate_patients, prediction_rows
 
     classes = ["colorectal", "pancreatic"]
     proba = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.8, 0.2]])
@@ -181,7 +181,7 @@ def test_patient_aggregation_rules():
 
 
 def test_sum_aggregation_is_a_softmax_of_the_summed_probabilities():
-    from metcli.predict import aggregate_patients, prediction_rows
+    from metcli.io.predictions import aggregate_patients, prediction_rows
 
     classes = ["colorectal", "pancreatic"]
     proba = np.array([[0.3, 0.7]] * 3 + [[0.3, 0.7]] + [[0.9, 0.1], [0.3, 0.7]])
@@ -221,7 +221,7 @@ def test_predict_runs_a_hierarchical_models_chain(tmp_path, runner):
     a feature only step 2 needs is checked like any other input."""
     import pandas as pd
 
-    from metcli.radiomics_training import train_radiomics
+    from metcli.radiomics.train_radiomics import train_radiomics
     from test_train_radiomics import HIERARCHY, THREE, make_three_classes
 
     labels, rows = make_three_classes(4)

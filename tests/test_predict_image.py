@@ -12,7 +12,7 @@ from conftest import invoke
 
 pytest.importorskip("torch")
 pytest.importorskip("monai")
-from metcli.fileio import read_json, read_tsv  # noqa: E402
+from metcli.io.files import read_json, read_tsv  # noqa: E402
 
 SIZE = 64   # Grad-CAM's map is size/32 cells a side: 64 gives 2x2, 32 a single (constant) cell
 TRAIN = ["--arch", "densenet121", "--size", str(SIZE), "--epochs", "1", "--batch-size", "32",
@@ -29,7 +29,7 @@ def one_thread(torch_one_thread):
 def cohort(tmp_path_factory):
     from click.testing import CliRunner
 
-    from metcli.synth import synth_cohort
+    from metcli.synth.synth import synth_cohort
 
     root = tmp_path_factory.mktemp("cnn-predict")
     synth_cohort(root / "synth", n_colorectal=3, n_pancreatic=3, seed=5)
@@ -73,7 +73,7 @@ def test_predict_reproduces_the_validation_predictions_of_training(cohort, predi
             assert abs(float(mine[column]) - float(row[column])) < 1e-5, (row, mine)
         assert mine["predicted"] == row["predicted"] and mine["set"] == "test"
     # every participant: one table of its own, lesions (split-lesions' kept ids) then the patient
-    from metcli.extract import kept_lesion_ids
+    from metcli.lesions.maps import kept_lesion_ids
 
     for pid in [f"sub-00{i}" for i in range(1, 7)]:
         table = predicted / pid / "anat" / f"{pid}_ce-portal_predictions.tsv"
@@ -130,9 +130,9 @@ def test_explain_writes_a_heat_map_png_per_lesion(cohort, predicted):
 
 
 def test_the_heat_map_is_spatial_and_follows_the_class(cohort):
-    from metcli.gradcam import GradCam, load_network
-    from metcli.predict import load_card
-    from metcli.predict_image import ImageBackend, find_image_jobs
+    from metcli.cnn.gradcam import GradCam, load_network
+    from metcli.prediction.outputs import load_card
+    from metcli.prediction.image import ImageBackend, find_image_jobs
 
     card = load_card(cohort["model"])
     backend = ImageBackend(cohort["model"], card, device="cpu")
@@ -149,8 +149,8 @@ def test_the_heat_map_is_spatial_and_follows_the_class(cohort):
 
 
 def test_pytorch_and_onnx_runtime_agree(cohort):
-    from metcli.predict import load_card
-    from metcli.predict_image import ImageBackend, find_image_jobs
+    from metcli.prediction.outputs import load_card
+    from metcli.prediction.image import ImageBackend, find_image_jobs
 
     card = load_card(cohort["model"])
     onnx = ImageBackend(cohort["model"], card, device="cpu")
@@ -233,8 +233,10 @@ def test_a_changed_checkpoint_is_refused_by_explain(cohort, tmp_path, runner):
 def test_model_inputs_are_the_lesion_slices_with_a_channel_axis():
     from conftest import make_image
 
-    from metcli.errors import InputError, MaskError
-    from metcli.lesion_slices import SliceSettings, lesion_slices, model_inputs
+    from metcli.core.errors import InputError, MaskError
+    from metcli.lesions.slices import lesion_slices
+    from metcli.lesions.inputs import model_inputs
+    from metcli.lesions.preprocess import SliceSettings
 
     rng = np.random.default_rng(0)
     ct = make_image(rng.normal(40, 60, (6, 20, 24)), spacing=(0.8, 0.7, 2.0))
@@ -294,8 +296,7 @@ def test_a_3d_model_with_two_phases_reproduces_its_validation_predictions(cohort
 
 
 def test_the_lesion_entity_names_one_lesion():
-    from metcli import bids
-
+    from metcli.io import bids
     name = "sub-001_ses-1_ce-portal_lesion-12_gradcam.png"
     entities = bids.parse_name(name)
     assert (entities.sub, entities.ses, entities.ce, entities.lesion, entities.suffix) == (
@@ -348,8 +349,8 @@ def test_an_unknown_participant_label_is_a_usage_error_naming_it(cohort, tmp_pat
 def test_limit_cpu_threads_sets_and_restores_torchs_threads():
     import torch
 
-    from metcli.errors import UsageError
-    from metcli.threads import available_cpus, limit_cpu_threads
+    from metcli.core.errors import UsageError
+    from metcli.core.threads import available_cpus, limit_cpu_threads
 
     before = torch.get_num_threads()
     with limit_cpu_threads(before + 1) as used:

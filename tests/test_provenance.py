@@ -1,9 +1,11 @@
-"""Sidecars, dataset descriptions and the skip rule (metcli.provenance)."""
+"""Sidecars, dataset descriptions and the skip rule (metcli.io.provenance)."""
 
 import json
 
-from metcli import provenance, schemas
-from metcli.fileio import OutputSet, read_json
+from metcli.io import provenance
+
+from metcli.io import schemas
+from metcli.io.files import OutputSet, read_json
 
 
 def _step(tmp_path, **settings):

@@ -1,6 +1,6 @@
 """Conformance of metcli's extraction: pyradiomics' own baseline, IBSI, physical space.
 
-Each test runs metcli's library function :func:`metcli.radiomics_features.extract_features`
+Each test runs metcli's library function :func:`metcli.radiomics.features.extract_features`
 (the computation ``metcli extract`` does for every lesion) on public reference
 data from ``METCLI_TEST_DATA`` and is skipped where the data are absent.
 """
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from metcli.radiomics_features import IBSI_TAGS, extract_features
+from metcli.radiomics.features import IBSI_TAGS, extract_features
 
 BASELINE_CLASSES = ("firstorder", "shape", "shape2D", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
 #: pyradiomics' own tolerance for its baseline (tests/testUtils.py: 3 % relative).

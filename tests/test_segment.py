@@ -17,9 +17,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import REPO, invoke, make_image
-from metcli.bids import Entities
-from metcli.errors import ImageError, InputError, UsageError
-from metcli.fileio import read_json, read_tsv
+from metcli.io.bids import Entities
+from metcli.core.errors import ImageError, InputError, UsageError
+from metcli.io.files import read_json, read_tsv
 
 DEMO = REPO / "weights" / "demo" / "metcli-demo-nnunet"
 CROP_ZYX = (32, 48, 48)  # the demo model's patch: one tile per prediction
@@ -35,7 +35,7 @@ def _needs_nnunet():
 # ----------------------------------------------------------------------------- data
 def cropped_phantom(seed: int, cls: str = "colorectal"):
     """(CT, truth dseg) of a small synth phantom cropped to CROP_ZYX around its liver."""
-    from metcli.synth_phantom import make_phantom
+    from metcli.synth.phantom import make_phantom
 
     ct, dseg, _lesions = make_phantom(seed, cls=cls)
     truth = sitk.GetArrayFromImage(dseg)
@@ -80,14 +80,14 @@ def raw(tmp_path, phantoms):
 @pytest.fixture(scope="module")
 def demo_segmenter():
     _needs_nnunet()
-    from metcli.nnunet_backend import NnunetSegmenter
+    from metcli.segmentation.nnunet import NnunetSegmenter
 
     return NnunetSegmenter(DEMO, device="cpu", tta=False)
 
 
 # ----------------------------------------------------------------------------- label maps
 def test_label_map_by_name_number_and_synonym():
-    from metcli.segment import resolve_label_map
+    from metcli.segmentation.segment import resolve_label_map
 
     labels = {"background": 0, "liver": 1, "liver_tumor": 2, "vessel": 3}
     assert resolve_label_map(labels) == {1: 1, 2: 2}  # names: liver, and a lesion synonym
@@ -107,21 +107,21 @@ def test_label_map_by_name_number_and_synonym():
     ("vessel=background", "becomes liver or lesion"),
 ])
 def test_bad_label_maps_are_usage_errors(spec, words):
-    from metcli.segment import resolve_label_map
+    from metcli.segmentation.segment import resolve_label_map
 
     with pytest.raises(UsageError, match=words):
         resolve_label_map({"background": 0, "liver": 1, "vessel": 3}, spec)
 
 
 def test_a_model_without_liver_or_lesion_names_needs_a_label_map():
-    from metcli.segment import resolve_label_map
+    from metcli.segmentation.segment import resolve_label_map
 
     with pytest.raises(UsageError, match="--label-map"):
         resolve_label_map({"background": 0, "spleen": 1, "kidney": 2})
 
 
 def test_apply_label_map_keeps_the_grid_and_drops_unmapped_labels():
-    from metcli.segment import apply_label_map
+    from metcli.segmentation.segment import apply_label_map
 
     array = np.array([[[0, 1, 2, 3, 5]]], np.uint8)
     image = make_image(array, spacing=(0.7, 0.8, 2.5), origin=(1, 2, 3),
@@ -129,7 +129,7 @@ def test_apply_label_map_keeps_the_grid_and_drops_unmapped_labels():
     out = apply_label_map(image, {5: 1, 2: 2})
     assert sitk.GetArrayFromImage(out).tolist() == [[[0, 0, 2, 0, 1]]]
     assert out.GetPixelID() == sitk.sitkUInt8
-    from metcli.geometry import grid_difference
+    from metcli.imaging.geometry import grid_difference
 
     assert grid_difference(out, image) is None
 
@@ -138,7 +138,7 @@ def test_apply_label_map_keeps_the_grid_and_drops_unmapped_labels():
 def test_model_digest_is_the_sha256_of_a_sha256sum_listing():
     import hashlib
 
-    from metcli.segment import model_digest
+    from metcli.segmentation.segment import model_digest
 
     files = {"plans.json": "b" * 64, "dataset.json": "a" * 64}
     text = f"{'a' * 64}  dataset.json\n{'b' * 64}  plans.json\n"
@@ -147,7 +147,7 @@ def test_model_digest_is_the_sha256_of_a_sha256sum_listing():
 
 
 def test_a_model_folder_without_plans_json_is_refused(tmp_path):
-    from metcli.segment import resolve_segmentation_model
+    from metcli.segmentation.segment import resolve_segmentation_model
 
     folder = tmp_path / "model"
     (folder / "fold_0").mkdir(parents=True)
@@ -159,7 +159,7 @@ def test_a_model_folder_without_plans_json_is_refused(tmp_path):
 
 
 def test_a_multichannel_model_is_refused(tmp_path):
-    from metcli.nnunet_backend import read_model_folder
+    from metcli.segmentation.nnunet import read_model_folder
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -171,7 +171,7 @@ def test_a_multichannel_model_is_refused(tmp_path):
 
 
 def test_folds_are_found_and_checked(tmp_path):
-    from metcli.nnunet_backend import resolve_folds
+    from metcli.segmentation.nnunet import resolve_folds
 
     for fold in ("0", "1", "all"):
         (tmp_path / f"fold_{fold}").mkdir()
@@ -194,7 +194,7 @@ def test_an_unknown_model_name_lists_the_known_ones(runner, raw, tmp_path):
 
 
 def test_backend_and_model_kind_must_agree(tmp_path):
-    from metcli.segment import resolve_segmentation_model
+    from metcli.segmentation.segment import resolve_segmentation_model
 
     if not DEMO.is_dir():
         pytest.skip("the demo model is not built")
@@ -205,7 +205,7 @@ def test_backend_and_model_kind_must_agree(tmp_path):
 
 
 def test_the_demo_model_matches_its_sha256sums():
-    from metcli.segment import resolve_segmentation_model
+    from metcli.segmentation.segment import resolve_segmentation_model
 
     if not DEMO.is_dir():
         pytest.skip("the demo model is not built")
@@ -220,8 +220,8 @@ def test_the_demo_model_matches_its_sha256sums():
 def test_a_changed_shipped_file_is_refused(tmp_path, monkeypatch):
     import shutil
 
-    from metcli import weights
-    from metcli.segment import resolve_segmentation_model
+    from metcli.io import weights
+    from metcli.segmentation.segment import resolve_segmentation_model
 
     if not DEMO.is_dir():
         pytest.skip("the demo model is not built")
@@ -248,7 +248,7 @@ def test_the_demo_checkpoint_loads_without_unpickling_objects():
 
 
 def test_nnunet_environment_is_set_and_restored(monkeypatch):
-    from metcli.nnunet_backend import NNUNET_FOLDERS, nnunet_environment
+    from metcli.segmentation.nnunet import NNUNET_FOLDERS, nnunet_environment
 
     monkeypatch.delenv("nnUNet_raw", raising=False)
     monkeypatch.setenv("nnUNet_results", "/somewhere")
@@ -262,7 +262,7 @@ def test_nnunet_environment_is_set_and_restored(monkeypatch):
 
 # ----------------------------------------------------------------------------- CT checks
 def test_cts_with_nans_or_the_wrong_dimension_are_refused():
-    from metcli.nnunet_backend import check_ct
+    from metcli.segmentation.nnunet import check_ct
 
     array = np.zeros((4, 5, 6), np.float32)
     array[1, 2, 3] = np.nan
@@ -275,7 +275,7 @@ def test_cts_with_nans_or_the_wrong_dimension_are_refused():
 
 # ----------------------------------------------------------------------------- the backend
 def test_backend_labels_and_prediction_on_the_cts_grid(demo_segmenter, phantoms):
-    from metcli.geometry import grid_difference
+    from metcli.imaging.geometry import grid_difference
 
     assert demo_segmenter.labels == {"background": 0, "liver": 1, "lesion": 2}
     assert demo_segmenter.folds == ["0"] and demo_segmenter.configuration == "3d_fullres"
@@ -308,7 +308,7 @@ def test_backend_with_an_orientation_gives_the_same_physical_labels(phantoms):
     """With orientation LPS (the demo model's), the same physical CT stored flipped and
     permuted gets exactly the same physical labels: the network sees the same array."""
     _needs_nnunet()
-    from metcli.nnunet_backend import NnunetSegmenter
+    from metcli.segmentation.nnunet import NnunetSegmenter
 
     segmenter = NnunetSegmenter(DEMO, device="cpu", tta=False, orientation="LPS")
     ct, _truth = phantoms["002"]
@@ -323,7 +323,7 @@ def test_backend_with_an_orientation_gives_the_same_physical_labels(phantoms):
 
 
 def test_the_demo_model_is_run_in_its_manifest_orientation():
-    from metcli.segment import resolve_segmentation_model
+    from metcli.segmentation.segment import resolve_segmentation_model
 
     assert resolve_segmentation_model(None).orientation == "LPS"
     assert resolve_segmentation_model(None, orientation="as-stored").orientation is None
@@ -345,9 +345,9 @@ def test_backend_refuses_a_ct_with_nans(demo_segmenter, phantoms):
 def test_segment_writes_masks_on_the_ct_grid_with_provenance(runner, raw, tmp_path, phantoms,
                                                              monkeypatch):
     _needs_nnunet()
-    from metcli import nnunet_backend
-    from metcli.geometry import grid_difference
-    from metcli.segment import resolve_segmentation_model
+    from metcli.segmentation import nnunet as nnunet_backend
+    from metcli.imaging.geometry import grid_difference
+    from metcli.segmentation.segment import resolve_segmentation_model
 
     loads = []
     original = nnunet_backend.NnunetSegmenter.__init__

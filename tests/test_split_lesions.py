@@ -11,10 +11,10 @@ import SimpleITK as sitk
 from scipy.spatial.distance import pdist
 
 from conftest import invoke, make_image
-from metcli import schemas
-from metcli.bids import Entities
-from metcli.fileio import read_json, read_tsv
-from metcli.lesions import (BURDEN_COLUMNS, GROUP_LESION_COLUMNS, LESION_COLUMNS, label_lesions,
+from metcli.io import schemas
+from metcli.io.bids import Entities
+from metcli.io.files import read_json, read_tsv
+from metcli.lesions.split_lesions import (BURDEN_COLUMNS, GROUP_LESION_COLUMNS, LESION_COLUMNS, label_lesions,
                             max_pairwise_distance, split_image, split_lesions)
 
 IDENTITY = (1, 0, 0, 0, 1, 0, 0, 0, 1)
@@ -481,7 +481,7 @@ def test_output_inside_the_input_is_refused(runner, seg_dir):
 
 
 def test_library_checks_its_settings(seg_dir, out_dir):
-    from metcli.errors import UsageError
+    from metcli.core.errors import UsageError
 
     write_seg(seg_dir, "01", np.zeros((3, 4, 4), np.uint8))
     bad = [{"min_diameter_mm": -1}, {"diameter_rule": "long"}, {"connectivity": 8},

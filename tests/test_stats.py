@@ -1,4 +1,4 @@
-"""metcli.stats: DeLong and Obuchowski against pROC and their definitions, exact intervals,
+"""metcli.evaluation.stats: DeLong and Obuchowski against pROC and their definitions, exact intervals,
 the patient bootstrap."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import pytest
 from scipy.stats import beta
 from sklearn.metrics import roc_auc_score
 
-from metcli import stats
-
+from metcli.evaluation import stats
 # ----------------------------------------------------------------------------- pROC reference
 # Source: R 4.2.2, pROC 1.18.0 (Debian r-cran-proc), on the aSAH example data of pROC
 # (../shared/data/proc-asah/aSAH.csv, written from data(aSAH)), computed once with:

@@ -1,4 +1,4 @@
-"""The synthetic cohort (metcli.synth, ``metcli synth``): phantoms, class signal, files, CLI."""
+"""The synthetic cohort (metcli.synth.synth, ``metcli synth``): phantoms, class signal, files, CLI."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import SimpleITK as sitk
 from scipy import ndimage, optimize, stats
 
 from conftest import invoke
-from metcli import schemas, synth, synth_phantom
-from metcli.batch import BatchReport
-from metcli.errors import OutputError, UsageError
-from metcli.fileio import read_image, read_json, read_tsv, sha256_file
-from metcli.participants import read_participants
-from metcli.synth_phantom import SIZES, Grid, SynthParams, make_phantom, phantom_arrays
+from metcli.io import schemas
+from metcli.synth import synth
+from metcli.synth import phantom as synth_phantom
+from metcli.core.batch import BatchReport
+from metcli.core.errors import OutputError, UsageError
+from metcli.io.files import read_image, read_json, read_tsv, sha256_file
+from metcli.io.participants import read_participants
+from metcli.synth.phantom import SIZES, Grid, SynthParams, make_phantom, phantom_arrays
 
 #: A coarse grid that keeps many phantoms fast (about 40 ms each).
 TINY = Grid(shape=(64, 64, 32), spacing=(3.0, 3.0, 3.75), anatomy_scale=0.5)

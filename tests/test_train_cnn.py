@@ -9,7 +9,7 @@ from conftest import invoke
 
 pytest.importorskip("torch")
 pytest.importorskip("monai")
-from metcli.errors import InputError, UsageError
+from metcli.core.errors import InputError, UsageError
 
 ARGS = ["--arch", "densenet121", "--size", "32", "--epochs", "2", "--batch-size", "32",
         "--val-patients", "1", "--test-patients", "1", "--device", "cpu", "--seed", "3",
@@ -23,7 +23,7 @@ def one_thread(torch_one_thread):
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    from metcli.synth import synth_cohort
+    from metcli.synth.synth import synth_cohort
 
     root = tmp_path_factory.mktemp("cnn")
     synth_cohort(root / "synth", n_colorectal=3, n_pancreatic=3, seed=5)
@@ -42,14 +42,14 @@ def trained(cohort):
 
 
 def _rows(path):
-    from metcli.fileio import read_tsv
+    from metcli.io.files import read_tsv
 
     return read_tsv(path)
 
 
 def test_writes_every_output_with_its_schema(trained):
-    from metcli.fileio import read_json, sha256_file
-    from metcli.schemas import validate, validate_rows
+    from metcli.io.files import read_json, sha256_file
+    from metcli.io.schemas import validate, validate_rows
 
     model = trained / "model"
     for name in ("model.onnx", "model.json", "checkpoint.pt"):
@@ -97,8 +97,8 @@ def test_predictions_aggregate_lesions_and_patients(trained):
 
 
 def test_evaluate_reads_the_predictions(trained, cohort):
-    from metcli.evaluate import load_predictions
-    from metcli.participants import labels_by_participant
+    from metcli.evaluation.evaluate import load_predictions
+    from metcli.io.participants import labels_by_participant
 
     raw = cohort / "synth" / "rawdata"
     models = load_predictions([trained / "predictions.tsv"], labels_by_participant(raw),
@@ -112,7 +112,7 @@ def test_onnx_matches_the_checkpoint(trained):
     import onnxruntime as ort
     import torch
 
-    from metcli.cnn_training import load_checkpoint
+    from metcli.cnn.train_cnn import load_checkpoint
 
     net = load_checkpoint(trained / "model", "densenet121", 2)
     batch = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
@@ -153,7 +153,7 @@ def test_split_file_with_a_patient_in_two_sets_is_refused(cohort, runner, tmp_pa
 
 
 def test_plan_split_is_by_patient_and_stratified():
-    from metcli.cnn_training import plan_split
+    from metcli.cnn.train_cnn import plan_split
 
     labels = {f"sub-{i:03d}": ("a" if i % 2 else "b") for i in range(1, 11)}
     plan = plan_split(labels, split=None, val_patients=2, test_patients=2, seed=0)
@@ -166,7 +166,7 @@ def test_plan_split_is_by_patient_and_stratified():
 
 
 def test_split_without_a_class_in_training_is_refused(tmp_path):
-    from metcli.cnn_training import plan_split
+    from metcli.cnn.train_cnn import plan_split
 
     split = tmp_path / "split.tsv"
     split.write_text("participant_id\tset\nsub-001\ttrain\nsub-002\tval\nsub-003\ttest\n")
@@ -178,7 +178,7 @@ def test_split_without_a_class_in_training_is_refused(tmp_path):
 def test_a_radiomics_split_gets_validation_patients_from_its_training_set(tmp_path):
     """train-radiomics' split.tsv has train and test only: the CNN keeps its test set
     and validates on training patients, stratified, the same for a seed."""
-    from metcli.cnn_training import plan_split
+    from metcli.cnn.train_cnn import plan_split
 
     labels = {f"sub-{i:03d}": ("a" if i % 2 else "b") for i in range(1, 13)}
     split = tmp_path / "split.tsv"
@@ -194,7 +194,7 @@ def test_a_radiomics_split_gets_validation_patients_from_its_training_set(tmp_pa
 
 
 def test_slice_and_patient_aggregation():
-    from metcli.cnn_training import Sample, decide, lesion_probabilities, prediction_rows
+    from metcli.cnn.train_cnn import Sample, decide, lesion_probabilities, prediction_rows
 
     slices = np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4]])
     owner = np.array([0, 0, 1, 1])
@@ -220,7 +220,7 @@ def test_too_small_an_input_for_the_network_is_refused(cohort, runner, tmp_path)
 def test_cuda_without_a_gpu_is_a_clear_error():
     import torch
 
-    from metcli.cnn_training import resolve_device
+    from metcli.core.devices import torch_device as resolve_device
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
@@ -231,7 +231,7 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 def test_participant_without_a_kept_lesion_is_left_out(cohort, tmp_path):
     import shutil
 
-    from metcli.cnn_training import find_jobs
+    from metcli.cnn.train_cnn import find_jobs
 
     lesions = tmp_path / "lesions"
     shutil.copytree(cohort / "synth" / "derivatives" / "truth-lesions", lesions)
@@ -254,7 +254,7 @@ def test_participant_without_a_kept_lesion_is_left_out(cohort, tmp_path):
 def _toy(n: int, seed: int, *, flip: bool = False, size: int = 16, dims: int = 2,
          channels: int = 1):
     """n lesions of 2 inputs each (1 in 3D); class 1 is brighter (labels swapped with flip)."""
-    from metcli.cnn_training import Sample
+    from metcli.cnn.train_cnn import Sample
 
     rng = np.random.default_rng(seed)
     samples = []
@@ -267,7 +267,7 @@ def _toy(n: int, seed: int, *, flip: bool = False, size: int = 16, dims: int = 2
 
 
 def _settings(**changes):
-    from metcli.cnn_fit import FitSettings
+    from metcli.cnn.fit import FitSettings
 
     return FitSettings(**{"arch": "resnet18", "n_classes": 2, "epochs": 3, "batch_size": 4,
                           "lr": 1e-3, "seed": 7, **changes})
@@ -276,7 +276,7 @@ def _settings(**changes):
 def test_an_interrupted_fit_resumes_to_the_same_weights(tmp_path):
     import torch
 
-    from metcli.cnn_fit import fit, load_state
+    from metcli.cnn.fit import fit, load_state
 
     train, val = _toy(8, 0), _toy(4, 1)
     whole = fit(train, val, _settings(), state_path=tmp_path / "whole.pt", fingerprint="run")
@@ -304,7 +304,7 @@ def test_an_interrupted_fit_resumes_to_the_same_weights(tmp_path):
 
 
 def test_early_stopping_ends_the_run_after_patience_epochs_without_a_better_loss():
-    from metcli.cnn_fit import fit
+    from metcli.cnn.fit import fit
 
     train = _toy(8, 0)
     # Validation labels are the training labels swapped: learning makes the validation worse.
@@ -317,7 +317,7 @@ def test_early_stopping_ends_the_run_after_patience_epochs_without_a_better_loss
 
 
 def test_the_monitor_picks_the_best_epoch_and_counts_patience():
-    from metcli.cnn_fit import Monitor
+    from metcli.cnn.fit import Monitor
 
     loss = Monitor("loss", patience=2)
     assert [loss.update(e, v, None) for e, v in enumerate([0.9, 0.7, 0.8, 0.7], 1)] == [
@@ -335,7 +335,7 @@ def test_the_monitor_picks_the_best_epoch_and_counts_patience():
 
 def test_mixed_precision_code_path_runs(tmp_path):
     """On the CPU train-cnn refuses --amp; the loop's autocast path itself runs (bfloat16)."""
-    from metcli.cnn_fit import fit, load_state
+    from metcli.cnn.fit import fit, load_state
 
     result = fit(_toy(4, 0), _toy(2, 1), _settings(epochs=1, amp=True),
                  state_path=tmp_path / "amp.pt", fingerprint="amp")
@@ -344,7 +344,7 @@ def test_mixed_precision_code_path_runs(tmp_path):
 
 
 def test_folds_are_by_patient_and_stratified():
-    from metcli.cnn_data import assign_folds
+    from metcli.cnn.data import assign_folds
 
     labels = {f"sub-{i:03d}": ("a" if i < 6 else "b") for i in range(10)}
     folds = assign_folds(labels, 3, seed=0)
@@ -365,7 +365,7 @@ def test_folds_are_by_patient_and_stratified():
 def test_resume_after_an_interruption_gives_the_uninterrupted_run(trained, cohort, runner):
     import torch
 
-    from metcli.cnn_training import train_cnn
+    from metcli.cnn.train_cnn import train_cnn
 
     raw = cohort / "synth" / "rawdata"
     lesions = cohort / "synth" / "derivatives" / "truth-lesions"
@@ -394,8 +394,8 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_run(trained, cohor
 
 
 def test_cv_folds_choose_the_epochs_and_train_on_every_training_patient(cohort, runner):
-    from metcli.fileio import read_json
-    from metcli.schemas import validate
+    from metcli.io.files import read_json
+    from metcli.io.schemas import validate
 
     raw = cohort / "synth" / "rawdata"
     out = cohort / "cv"
@@ -435,10 +435,10 @@ def test_3d_multiphase_model_exports_and_matches_its_checkpoint(cohort, runner, 
     import SimpleITK as sitk
     import torch
 
-    from metcli.bids import find_files
-    from metcli.cnn_training import load_checkpoint
-    from metcli.fileio import read_json
-    from metcli.schemas import validate
+    from metcli.io.bids import find_files
+    from metcli.cnn.train_cnn import load_checkpoint
+    from metcli.io.files import read_json
+    from metcli.io.schemas import validate
 
     raw = tmp_path / "rawdata"
     shutil.copytree(cohort / "synth" / "rawdata", raw)
@@ -457,7 +457,7 @@ def test_3d_multiphase_model_exports_and_matches_its_checkpoint(cohort, runner, 
                              "--phases", "portal,arterial", "--arch", "resnet18", "--size",
                              "16", "--epochs", "1", "--val-patients", "1", "--test-patients",
                              "1", "--device", "cpu", "--threads", "1", "--no-progress"])
-    assert f"{pancreatic[-1]} (no CT of phase arterial)" in result.stderr
+    assert f"{pancreatic[-1]} (no CT of phase(s) arterial for {pancreatic[-1]})" in result.stderr
     card = read_json(out / "model" / "model.json")
     validate(card, "cnn_card")
     assert card["dims"] == 3 and card["phases"] == ["portal", "arterial"]

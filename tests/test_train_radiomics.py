@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import invoke
-from metcli import schemas
-from metcli.fileio import read_json, read_tsv
+from metcli.io import schemas
+from metcli.io.files import read_json, read_tsv
 
 HASH = "a" * 64
 OTHER_HASH = "b" * 64
@@ -103,7 +103,7 @@ def null_band(n0: int, n1: int, z: float = 3.0) -> tuple[float, float]:
 def test_correlation_filter_rule_is_documented_and_order_independent():
     import pandas as pd
 
-    from metcli.feature_selection import CorrelationFilter
+    from metcli.radiomics.selection import CorrelationFilter
 
     rng = np.random.default_rng(0)
     a, c, d = rng.normal(size=(3, 200))
@@ -133,7 +133,7 @@ def test_cached_filter_fits_equal_fresh_ones(tmp_path):
     """The CV shares one filter fit per training fold through a cache keyed by the data."""
     import pandas as pd
 
-    from metcli.feature_selection import CorrelationFilter
+    from metcli.radiomics.selection import CorrelationFilter
 
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=(2, 50))
@@ -159,7 +159,7 @@ def test_cached_filter_fits_equal_fresh_ones(tmp_path):
 def test_importance_selector_ranks_the_signal_first_and_keeps_covariates():
     import pandas as pd
 
-    from metcli.feature_selection import PermutationImportanceSelector
+    from metcli.radiomics.selection import PermutationImportanceSelector
 
     rng = np.random.default_rng(1)
     patients = np.repeat(np.arange(40), 3)
@@ -176,7 +176,7 @@ def test_importance_selector_ranks_the_signal_first_and_keeps_covariates():
 
 
 def test_patient_weights_make_patients_and_classes_count_equally():
-    from metcli.radiomics_model import lesion_weights
+    from metcli.radiomics.models import lesion_weights
 
     y = np.array([0, 0, 0, 0, 0, 1, 1, 1])
     patients = np.array(["a", "a", "a", "a", "b", "c", "c", "d"])
@@ -190,7 +190,7 @@ def test_patient_weights_make_patients_and_classes_count_equally():
 
 
 def test_thresholds_youden_and_f1():
-    from metcli.radiomics_model import choose_threshold
+    from metcli.radiomics.models import choose_threshold
 
     truth = np.array([0, 0, 0, 1, 0, 1, 1, 1], dtype=bool)
     scores = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.9])
@@ -202,8 +202,8 @@ def test_thresholds_youden_and_f1():
 
 # ----------------------------------------------------------------------------- honesty of the CV
 def _patient_auc(proba, y, patients):
-    from metcli.predict import aggregate_patients
-    from metcli.radiomics_model import auc
+    from metcli.io.predictions import aggregate_patients
+    from metcli.radiomics.models import auc
 
     order, p = aggregate_patients(patients, proba, ["a", "b"])
     truth = np.array([y[np.flatnonzero(patients == q)[0]] for q in order])
@@ -212,7 +212,7 @@ def _patient_auc(proba, y, patients):
 
 def test_null_cohort_grouped_cv_stays_at_chance_while_lesion_level_cv_leaks():
     """Lesions of a patient share a strong offset; labels are random per patient."""
-    from metcli.radiomics_model import check_settings, cross_validate
+    from metcli.radiomics.models import check_settings, cross_validate
 
     settings = check_settings(classifiers="knn", samplers="none", grids={"knn": {
         "n_neighbors": [3]}}, cv_folds=4, **{k: v for k, v in FAST.items() if k != "cv_folds"})
@@ -238,7 +238,7 @@ def test_null_cohort_grouped_cv_stays_at_chance_while_lesion_level_cv_leaks():
 
 
 def test_known_signal_gives_auc_well_above_chance(tmp_path):
-    from metcli.radiomics_training import train_radiomics
+    from metcli.radiomics.train_radiomics import train_radiomics
 
     labels, rows = make_cohort(11, n_patients=24, signal=2.5)
     features = write_features(tmp_path / "features", rows)
@@ -271,8 +271,8 @@ def _onnx_probabilities(model_dir: Path, frame):
 @pytest.mark.parametrize("classes", [("colorectal", "pancreatic"),
                                      ("colorectal", "gastric", "pancreatic")])
 def test_onnx_reproduces_predict_proba_for_every_classifier(tmp_path, classes):
-    from metcli.radiomics_model import CLASSIFIERS
-    from metcli.radiomics_training import train_radiomics
+    from metcli.radiomics.models import CLASSIFIERS
+    from metcli.radiomics.train_radiomics import train_radiomics
 
     labels, rows = make_cohort(3, n_patients=18 if len(classes) == 2 else 21, signal=1.5,
                                classes=classes)
@@ -356,7 +356,7 @@ def test_holdout_outputs_follow_the_contract_and_are_byte_identical_with_any_job
     assert card["extraction_settings_sha256"] == HASH
     assert card["split"]["test_patients"] == 6 and card["sampler"] == "smote"
     assert card["threshold"] == read_json(model_dir / "predictions.json")["threshold"]
-    from metcli.fileio import sha256_file
+    from metcli.io.files import sha256_file
 
     assert card["onnx"]["sha256"] == sha256_file(model_dir / "model.onnx")
     for path in out.rglob("*.tsv"):
@@ -436,7 +436,7 @@ def test_bad_input_gives_one_line_errors(tmp_path, runner, case, expect, message
 
 def test_site_grouping_random_search_and_patient_weights(tmp_path):
     """Leave-site-out folds hold whole sites; weights and a random search run through."""
-    from metcli.radiomics_training import train_radiomics
+    from metcli.radiomics.train_radiomics import train_radiomics
 
     labels, rows = make_cohort(8, n_patients=24, signal=2.0)
     sites = {p: {"site": f"S{i % 4}"} for i, p in enumerate(sorted(labels))}
@@ -529,9 +529,10 @@ def test_hierarchical_model_chains_its_steps_on_the_same_patient_folds(tmp_path,
     """Step 1 (hcc vs metastasis) is easy, step 2 (colorectal vs pancreatic) learns from the
     metastasis patients; every fit of either step sees the training patients of one outer
     fold (the same folds for both) or all of them, never a test patient."""
-    from metcli import radiomics_hierarchy, radiomics_training
-    from metcli.fileio import sha256_file
-    from metcli.radiomics_model import fit_search
+    from metcli.radiomics import hierarchy as radiomics_hierarchy
+    from metcli.radiomics import train_radiomics as radiomics_training
+    from metcli.io.files import sha256_file
+    from metcli.radiomics.models import fit_search
 
     calls = []
 

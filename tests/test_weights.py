@@ -1,4 +1,4 @@
-"""Named models: manifest, METCLI_HOME, fetch over HTTP on 127.0.0.1, verify (metcli.weights)."""
+"""Named models: manifest, METCLI_HOME, fetch over HTTP on 127.0.0.1, verify (metcli.io.weights)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 
 from conftest import invoke
 
-import metcli.weights as weights
-from metcli.errors import UsageError
-from metcli.weights import WeightsError
+import metcli.io.weights as weights
+from metcli.core.errors import UsageError
+from metcli.io.weights import WeightsError
 
 
 # ============================================================================ fixtures

@@ -8,7 +8,7 @@ download. It only knows ``metcli synth`` phantoms (small size: 96x96x48 voxels a
 What this script does, each stage skipped when its output is already there
 (so an interrupted run continues where it stopped; run the same command again):
 
-1. ``cohort``: a training cohort with :func:`metcli.synth.synth_cohort` (seed
+1. ``cohort``: a training cohort with :func:`metcli.synth.synth.synth_cohort` (seed
    :data:`COHORT_SEED`, which no test or benchmark uses).
 2. ``raw``: the cohort as an nnU-Net v2 raw dataset ``Dataset990_MetcliDemo``
    (``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz``, ``dataset.json`` with
@@ -129,7 +129,7 @@ def pick_device(name: str):
 
 # ------------------------------------------------------------------ 1. cohort
 def make_cohort(work_dir: Path) -> Path:
-    from metcli.synth import synth_cohort
+    from metcli.synth.synth import synth_cohort
 
     cohort = work_dir / "cohort"
     log.info("training cohort: %d phantoms, seed %d, knobs %s -> %s",
@@ -142,7 +142,7 @@ def make_cohort(work_dir: Path) -> Path:
 # ------------------------------------------------------------------ 2. raw dataset
 def make_raw_dataset(cohort: Path, work_dir: Path) -> Path:
     """The cohort as an nnU-Net v2 raw dataset (plain labels, channel 'CT')."""
-    from metcli.bids import find_files
+    from metcli.io.bids import find_files
 
     raw = nnunet_folders(work_dir)["nnUNet_raw"] / DATASET_NAME
     images, labels = raw / "imagesTr", raw / "labelsTr"
@@ -305,7 +305,7 @@ def export(work_dir: Path, out_dir: Path, checkpoint: str = "final") -> None:
     source = results / f"fold_{FOLD}" / f"checkpoint_{checkpoint}.pth"
     if not source.is_file():
         raise SystemExit(f"{source} not found: train first (--stage train)")
-    from metcli.nnunet_onnx import load_checkpoint
+    from metcli.segmentation.export_onnx import load_checkpoint
 
     # weights_only=True with numpy's scalar types allowed: a full nnU-Net training
     # checkpoint needs nothing more (checked on this recipe's checkpoints).

@@ -1,0 +1,442 @@
+"""train-cnn's training loop: one network trained for some epochs, resumable; epochs by CV.
+
+:func:`fit` trains a MONAI network (2D or 3D, any number of input channels)
+with class-weighted cross-entropy, MONAI's ``RandAffine`` augmentation and
+Adam, validates it after every epoch, keeps the best epoch's weights (lowest
+validation loss, or highest validation AUC) and stops early after
+``patience`` epochs without improvement. After every epoch it writes a resume
+state atomically (model, optimiser, mixed-precision scaler, epoch, best
+weights and score, log rows, and the random states of batch order,
+augmentation and PyTorch), so that a run interrupted after epoch k and
+resumed gives the same weights, bit for bit on the CPU, as a run that was
+never interrupted. The state is read back with ``torch.load(...,
+weights_only=True)``: it holds tensors and plain Python values only.
+
+:func:`choose_epochs` runs :func:`fit` on K folds of the training patients
+and picks the number of epochs with the best mean validation curve, for runs
+with too few validation patients to pick an epoch on.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from metcli.cnn.data import Sample, stack
+from metcli.core.errors import InputError, OutputError, UsageError
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = ("densenet121", "resnet18")
+#: Smallest input side each network accepts (its downsampling must leave at least 1 pixel).
+MIN_SIZE = {"densenet121": 32, "resnet18": 16}
+MONITORS = ("loss", "auc")
+THRESHOLD = 0.5
+LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "val_accuracy", "best"]
+#: Version of the resume state's layout; another one is refused.
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What :func:`fit` needs besides the data (all checked by train-cnn first).
+
+    ``monitor``: ``loss`` (lowest validation loss) or ``auc`` (highest
+    lesion-level validation AUC, ties broken by the lower loss) picks the best
+    epoch; ``patience``: stop after that many epochs without a better one
+    (None: train every epoch); ``keep_last``: keep the last epoch's weights
+    instead of the best (the fixed number of epochs chosen by CV).
+    """
+
+    arch: str
+    n_classes: int
+    epochs: int
+    batch_size: int
+    lr: float
+    device: str = "cpu"
+    seed: int = 0
+    amp: bool = False
+    monitor: str = "loss"
+    patience: int | None = None
+    keep_last: bool = False
+
+
+@dataclass
+class FitResult:
+    """The kept weights, the last epoch's weights and the training log."""
+
+    kept_state: dict
+    last_state: dict
+    rows: list[dict]
+    seconds_per_epoch: float
+    kept_epoch: int
+    stopped_early: bool = False
+
+
+@dataclass
+class CvResult:
+    """The epochs chosen by cross-validation, every fold's log rows and the mean curves."""
+
+    epochs: int
+    rows: list[dict] = field(default_factory=list)
+    mean_val_loss: list[float | None] = field(default_factory=list)
+    mean_val_auc: list[float | None] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- network
+def build_network(arch: str, n_classes: int, *, dims: int = 2, in_channels: int = 1):
+    """A MONAI network trained from scratch: DenseNet-121 or ResNet-18, 2D or 3D."""
+    from monai.networks import nets
+
+    if arch == "densenet121":
+        return nets.DenseNet121(spatial_dims=dims, in_channels=in_channels,
+                                out_channels=n_classes)
+    if arch == "resnet18":
+        return nets.resnet18(spatial_dims=dims, n_input_channels=in_channels,
+                             num_classes=n_classes)
+    raise UsageError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
+
+
+def augmenter(seed: int, dims: int, size: int):
+    """MONAI ``RandAffine``: p 0.9, rotation up to 15 degrees (about each axis in 3D),
+    shear 0.1, shift up to 10 % of the side, zoom up to 10 %, black padding."""
+    from monai.transforms import RandAffine
+
+    angle = np.pi / 12
+    augment = RandAffine(prob=0.9, rotate_range=(angle,) * (1 if dims == 2 else 3),
+                         shear_range=(0.1,) * (2 if dims == 2 else 6),
+                         translate_range=(0.1 * size,) * dims, scale_range=(0.1,) * dims,
+                         padding_mode="zeros", mode="bilinear")
+    augment.set_random_state(seed=seed)
+    return augment
+
+
+def _augment_generators(augment) -> list:
+    """The NumPy RandomStates RandAffine draws from (whether to apply; the affine)."""
+    return [augment.R, augment.rand_affine_grid.R]
+
+
+# ----------------------------------------------------------------------------- inference
+def _autocast(device: str, amp: bool):
+    import torch
+
+    return torch.autocast(device_type=device, dtype=torch.float16 if device == "cuda"
+                          else torch.bfloat16, enabled=amp)
+
+
+def slice_probabilities(model, images: np.ndarray, device: str, batch_size: int,
+                        amp: bool = False) -> np.ndarray:
+    """Softmax probabilities of each input row (a slice, or a volume in 3D)."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(images[start:start + batch_size]).to(device)
+            with _autocast(device, amp):
+                logits = model(batch)
+            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def lesion_probabilities(slice_probs: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Mean probability of each lesion's inputs (rows in sample order)."""
+    return np.stack([slice_probs[owner == i].mean(axis=0) for i in range(n)])
+
+
+def auc_score(labels: np.ndarray, probs: np.ndarray, n_classes: int) -> float | None:
+    """Lesion-level AUC (one-vs-rest for several classes); None when a class is absent."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(set(labels.tolist())) < n_classes:
+        return None
+    if n_classes == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    return float(roc_auc_score(labels, probs, multi_class="ovr"))
+
+
+# ----------------------------------------------------------------------------- best epoch
+class Monitor:
+    """Which epoch is best so far by the monitored metric, and when to stop early.
+
+    ``loss``: lower validation loss is better. ``auc``: higher validation AUC
+    is better, an equal AUC with a lower loss too; an epoch without an AUC is
+    never better. ``patience`` epochs in a row without a better one stop the run.
+    """
+
+    def __init__(self, kind: str, patience: int | None):
+        if kind not in MONITORS:
+            raise UsageError(f"--monitor must be one of {', '.join(MONITORS)}, got {kind!r}")
+        self.kind, self.patience = kind, patience
+        self.best: tuple | None = None
+        self.best_epoch = 0
+        self.since_best = 0
+
+    def score(self, loss: float, auc: float | None) -> tuple | None:
+        if not np.isfinite(loss) or (self.kind == "auc" and auc is None):
+            return None
+        return (-loss,) if self.kind == "loss" else (auc, -loss)
+
+    def update(self, epoch: int, loss: float, auc: float | None) -> bool:
+        """Record an epoch; True when it is the best so far."""
+        score = self.score(loss, auc)
+        if score is not None and (self.best is None or score > self.best):
+            self.best, self.best_epoch, self.since_best = score, epoch, 0
+            return True
+        self.since_best += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.since_best >= self.patience
+
+    def state(self) -> dict:
+        return {"best": None if self.best is None else [float(v) for v in self.best],
+                "best_epoch": self.best_epoch, "since_best": self.since_best}
+
+    def load(self, state: dict) -> None:
+        self.best = None if state["best"] is None else tuple(state["best"])
+        self.best_epoch, self.since_best = int(state["best_epoch"]), int(state["since_best"])
+
+
+# ----------------------------------------------------------------------------- resume state
+def _random_states(rng, augment, device: str) -> dict:
+    import torch
+
+    states = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state, "augment": []}
+    for generator in _augment_generators(augment):
+        name, keys, pos, has_gauss, cached = generator.get_state()
+        states["augment"].append({"name": str(name), "keys": torch.from_numpy(
+            keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached)})
+    if device == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_random_states(states: dict, rng, augment, device: str) -> None:
+    import torch
+
+    torch.set_rng_state(states["torch"])
+    rng.bit_generator.state = states["numpy"]
+    for generator, st in zip(_augment_generators(augment), states["augment"]):
+        generator.set_state((st["name"], st["keys"].numpy().astype(np.uint32), st["pos"],
+                             st["has_gauss"], st["cached_gaussian"]))
+    if device == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Write the resume state atomically (a killed write leaves the previous one)."""
+    import torch
+
+    from metcli.io.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path, fingerprint: str) -> dict:
+    """Read a resume state (``weights_only=True``); refuse one of another run."""
+    import torch
+
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise InputError(f"cannot read the resume state ({str(exc).splitlines()[0][:120]})",
+                         path=path, fix="run again without --resume to start over") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise InputError("the resume state is not one this metcli writes", path=path,
+                         fix="run again without --resume to start over")
+    if state.get("fingerprint") != fingerprint:
+        raise UsageError("the resume state was written by a run with other inputs or settings",
+                         path=path, fix="resume with the same inputs and options, or run "
+                                        "without --resume to start over")
+    return state
+
+
+def _clone(state_dict) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in state_dict.items()}
+
+
+# ----------------------------------------------------------------------------- the loop
+def fit(train: Sequence[Sample], val: Sequence[Sample], settings: FitSettings, *,
+        state_path: Path | None = None, resume: bool = False, fingerprint: str = "",
+        label: str = "", progress: Callable[[str, str], None] | None = None) -> FitResult:
+    """Train one network; see the module docstring.
+
+    Args:
+        train, val: the samples (``val`` may be empty with ``keep_last``).
+        state_path: where the resume state is written after every epoch.
+        resume: continue from ``state_path`` when it exists (it must carry
+            ``fingerprint``, which names the run's inputs and settings).
+        label: a prefix for the progress names (``fold 1``).
+        progress: called with (``epoch N``, a status with the losses and AUC)
+            after each epoch, once its resume state is written.
+    """
+    import torch
+
+    s = settings
+    spatial = train[0].images.shape[2:]
+    dims, channels = len(spatial), int(train[0].images.shape[1])
+    torch.manual_seed(s.seed)
+    if s.device == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    model = build_network(s.arch, s.n_classes, dims=dims, in_channels=channels).to(s.device)
+    images, labels, _ = stack(train)
+    if val:
+        val_images, val_labels, val_owner = stack(val)
+        val_lesion_labels = np.array([v.label for v in val])
+    elif not s.keep_last:
+        raise UsageError("no validation lesions to choose the best epoch on",
+                         fix="give validation patients, or --cv-folds")
+    counts = np.bincount(labels, minlength=s.n_classes).astype(float)
+    weights = counts.sum() / (s.n_classes * np.maximum(counts, 1.0))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32,
+                                                            device=s.device))
+    optimiser = torch.optim.Adam(model.parameters(), lr=s.lr)
+    scaler = torch.amp.GradScaler(s.device, enabled=s.amp and s.device == "cuda")
+    augment = augmenter(s.seed, dims, int(spatial[0]))
+    rng = np.random.default_rng(s.seed)
+    monitor = Monitor(s.monitor, s.patience)
+    kept, rows, times, first, finished = None, [], [], 1, False
+    if resume and state_path is not None and Path(state_path).is_file():
+        state = load_state(state_path, fingerprint)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        kept, rows, times = state["kept"], list(state["rows"]), list(state["times"])
+        monitor.load(state["monitor"])
+        _restore_random_states(state["random"], rng, augment, s.device)
+        first, finished = int(state["epoch"]) + 1, bool(state["finished"])
+        log.info("%sresuming after epoch %d", f"{label}: " if label else "", state["epoch"])
+    elif resume and state_path is not None:
+        log.info("no resume state at %s; starting at epoch 1", Path(state_path).name)
+    last_epoch = first - 1
+    for epoch in range(first, s.epochs + 1):
+        if finished:
+            break
+        started = time.perf_counter()
+        model.train()
+        order = rng.permutation(len(images))
+        total = 0.0
+        for start in range(0, len(order), s.batch_size):
+            idx = order[start:start + s.batch_size]
+            if len(idx) < 2 and len(order) > 1:
+                continue  # batch norm needs two samples; the input comes back next epoch
+            batch = np.stack([np.asarray(augment(images[i], spatial_size=spatial))
+                              for i in idx]).astype(np.float32)
+            x = torch.from_numpy(batch).to(s.device)
+            y = torch.from_numpy(labels[idx]).to(s.device)
+            optimiser.zero_grad()
+            with _autocast(s.device, s.amp):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            total += float(loss.item()) * len(idx)
+        row = {"epoch": epoch, "train_loss": round(total / len(images), 6), "val_loss": None,
+               "val_auc": None, "val_accuracy": None}
+        val_loss, auc = float("nan"), None
+        if val:
+            probs = slice_probabilities(model, val_images, s.device, s.batch_size, s.amp)
+            with torch.no_grad():
+                val_loss = float(loss_fn(torch.log(torch.from_numpy(probs).clamp_min(1e-12))
+                                         .to(s.device),
+                                         torch.from_numpy(val_labels).to(s.device)).item())
+            lesion = lesion_probabilities(probs, val_owner, len(val))
+            predicted = np.array([int(np.argmax(p)) if s.n_classes > 2 else
+                                  int(p[1] >= THRESHOLD) for p in lesion])
+            auc = auc_score(val_lesion_labels, lesion, s.n_classes)
+            row.update(val_loss=round(val_loss, 6), val_auc=None if auc is None else
+                       round(auc, 6), val_accuracy=round(float(np.mean(
+                           predicted == val_lesion_labels)), 6))
+        improved = monitor.update(epoch, val_loss, auc) if val else False
+        finished = epoch == s.epochs or (not s.keep_last and monitor.should_stop)
+        row["best"] = (epoch == s.epochs) if s.keep_last else improved
+        if row["best"]:
+            kept = _clone(model.state_dict())
+        rows.append(row)
+        times.append(time.perf_counter() - started)
+        last_epoch = epoch
+        if state_path is not None:
+            save_state(Path(state_path), {
+                "format": STATE_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
+                "finished": finished, "model": model.state_dict(),
+                "optimizer": optimiser.state_dict(), "scaler": scaler.state_dict(),
+                "kept": kept, "rows": rows, "times": times, "monitor": monitor.state(),
+                "random": _random_states(rng, augment, s.device)})
+        log.info("%sepoch %d: train loss %.4f, val loss %s", f"{label}: " if label else "",
+                 epoch, row["train_loss"], row["val_loss"])
+        if progress:
+            status = f"train loss {row['train_loss']:.3f}"
+            if val:
+                status += f", val loss {val_loss:.3f}" + ("" if auc is None else
+                                                          f", AUC {auc:.3f}")
+            progress(f"{label} epoch {epoch}".strip(), status)
+    if kept is None:
+        raise OutputError("the validation loss was never finite; no checkpoint to keep",
+                          fix="lower --lr or check the input images")
+    stopped = not s.keep_last and monitor.should_stop and len(rows) < s.epochs
+    if stopped and last_epoch >= first:
+        log.info("%sstopped early after epoch %d: no better %s for %d epochs",
+                 f"{label}: " if label else "", last_epoch, s.monitor, s.patience)
+    kept_epoch = max(r["epoch"] for r in rows if r["best"])
+    return FitResult(kept, _clone(model.state_dict()), rows, float(np.mean(times)), kept_epoch,
+                     stopped)
+
+
+def choose_epochs(train: Sequence[Sample], folds: dict[str, int], settings: FitSettings, *,
+                  state_dir: Path | None = None, resume: bool = False, fingerprint: str = "",
+                  progress: Callable[[str, str], None] | None = None) -> CvResult:
+    """The number of epochs (1..``settings.epochs``) with the best mean validation curve.
+
+    Fold f trains on the training patients of the other folds and validates on
+    its own, for every epoch. The curves are averaged over folds per epoch
+    (validation loss, or the AUC of the folds that have both classes); the
+    first epoch with the lowest mean loss (or the highest mean AUC) wins.
+    Returns the choice, every fold's log rows (with a ``fold`` column) and the
+    mean curves.
+    """
+    k = len(set(folds.values()))
+    rows = []
+    for f in range(k):
+        fold_train = [x for x in train if folds[x.participant_id] != f]
+        fold_val = [x for x in train if folds[x.participant_id] == f]
+        if not fold_train or not fold_val:
+            raise InputError(f"cross-validation fold {f} has no "
+                             f"{'training' if not fold_train else 'validation'} lesion",
+                             fix="lower --cv-folds or add patients")
+        result = fit(fold_train, fold_val, replace(settings, patience=None, keep_last=False),
+                     state_path=None if state_dir is None else
+                     Path(state_dir) / f"cv-fold-{f}.pt", resume=resume,
+                     fingerprint=f"{fingerprint}:cv-fold-{f}", label=f"fold {f}",
+                     progress=progress)
+        rows.extend({"fold": f, **r} for r in result.rows)
+    mean_loss, mean_auc = [], []
+    for epoch in range(1, settings.epochs + 1):
+        losses = [r["val_loss"] for r in rows if r["epoch"] == epoch]
+        aucs = [r["val_auc"] for r in rows if r["epoch"] == epoch and r["val_auc"] is not None]
+        mean_loss.append(float(np.mean(losses)))
+        mean_auc.append(float(np.mean(aucs)) if aucs else None)
+    if settings.monitor == "auc":
+        if all(a is None for a in mean_auc):
+            raise InputError("no cross-validation fold holds lesions of every class, so there "
+                             "is no validation AUC to choose the epochs on",
+                             fix="use --monitor loss, fewer --cv-folds or more patients")
+        best = max(range(len(mean_auc)), key=lambda i: (mean_auc[i] is not None,
+                                                        mean_auc[i] or 0.0, -mean_loss[i], -i))
+    else:
+        best = min(range(len(mean_loss)), key=lambda i: (mean_loss[i], i))
+    log.info("cross-validation chose %d epoch(s) of %d", best + 1, settings.epochs)
+    return CvResult(best + 1, rows, [round(v, 6) for v in mean_loss],
+                    [None if a is None else round(a, 6) for a in mean_auc])

@@ -1,0 +1,84 @@
+"""Running a command over participants: go on past failures, report at the end.
+
+The library never stops a batch at the first bad participant: each failure is
+recorded with its one-line message, the others are done, and the caller gets a
+:class:`BatchReport`. The command line prints its summary and exits 3 when some
+participants failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, TypeVar
+
+from metcli.core.errors import MetcliError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+
+
+@dataclass
+class BatchReport:
+    """What happened to each item (participant, or participant and phase) of a run."""
+
+    status: dict[str, str] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)
+    outputs: list = field(default_factory=list)
+
+    def record(self, key: str, status: str, message: str = "") -> None:
+        self.status[key] = status
+        if message:
+            self.messages[key] = message
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {k: self.messages.get(k, "") for k, s in self.status.items() if s == FAILED}
+
+    @property
+    def done(self) -> list[str]:
+        return [k for k, s in self.status.items() if s == DONE]
+
+    @property
+    def skipped(self) -> list[str]:
+        return [k for k, s in self.status.items() if s == SKIPPED]
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(1 for v in self.status.values() if v == s) for s in (DONE, SKIPPED, FAILED)}
+
+    def merge(self, other: "BatchReport") -> "BatchReport":
+        self.status.update(other.status)
+        self.messages.update(other.messages)
+        self.outputs.extend(other.outputs)
+        return self
+
+
+ProgressFn = Callable[[str, str], None]
+
+
+def run_each(items: Iterable[T], key: Callable[[T], str], work: Callable[[T], str], *,
+             progress: ProgressFn | None = None, report: BatchReport | None = None) -> BatchReport:
+    """Call ``work(item)`` for each item; it returns DONE or SKIPPED.
+
+    A :class:`MetcliError` (or an unexpected exception) marks that item FAILED with
+    its message and the batch goes on. ``KeyboardInterrupt`` stops the batch.
+    """
+    report = report if report is not None else BatchReport()
+    for item in items:
+        name = key(item)
+        try:
+            status = work(item)
+            report.record(name, status)
+        except MetcliError as exc:
+            log.error("%s: %s", name, exc.one_line())
+            report.record(name, FAILED, exc.one_line())
+        except (MemoryError, RecursionError, Exception) as exc:  # noqa: BLE001 - keep the batch going
+            log.error("%s: unexpected error: %s", name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            report.record(name, FAILED, f"unexpected error ({type(exc).__name__}: {exc}); "
+                                        "run with --debug for the traceback and report it")
+        if progress is not None:
+            progress(name, report.status[name])
+    return report

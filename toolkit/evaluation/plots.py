@@ -1,0 +1,557 @@
+"""Figures of ``metcli evaluate`` and the numbers behind each.
+
+``*_rows`` functions turn the evaluation results (:class:`metcli.evaluation.metrics.LevelResult`)
+into the rows of each figure's TSV; ``*_figure`` functions draw a PNG from exactly those
+rows, so the numbers behind a figure are always on disk. Figures
+are drawn on matplotlib's Agg canvas, chosen inside each function: importing this
+module neither imports matplotlib nor changes any global backend.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from metcli.evaluation import stats
+if TYPE_CHECKING:  # pragma: no cover
+    from metcli.evaluation.metrics import LevelResult
+
+DPI = 120
+ROC_GRID = np.linspace(0.0, 1.0, 101)
+CALIBRATION_BINS = 10
+#: At most this many curves in an ROC figure (its TSV keeps every model); bootstrap
+#: bands are drawn only up to BAND_CURVES curves, beyond which they hide each other.
+MAX_ROC_CURVES, BAND_CURVES = 6, 3
+LEVELS = ("patient", "lesion")
+ROC_COLUMNS = ("model", "level", "class", "kind", "fpr", "tpr", "threshold", "tpr_lower",
+               "tpr_upper")
+CALIBRATION_COLUMNS = ("model", "level", "class", "kind", "bin_lower", "bin_upper", "count",
+                       "mean_predicted", "observed_fraction")
+CONFUSION_COLUMNS = ("model", "level", "true_class", "predicted_class", "count",
+                     "fraction_of_true")
+GRID_COLUMNS = ("model", "participant_id", "true_class", "lesion_id", "predicted_class",
+                "probability", "correct", "row", "column")
+
+
+# ----------------------------------------------------------------------------- the numbers
+def roc_rows(results: Sequence["LevelResult"], level_ci: float = 0.95) -> list[dict]:
+    """ROC curve, bootstrap band and operating point of every model at one level."""
+    from sklearn.metrics import roc_curve
+
+    rows = []
+    for result in results:
+        data, model = result.data, result.model
+        targets = [model.classes.index(model.positive_class)] if model.binary \
+            else range(len(model.classes))
+        for index in targets:
+            truth = data.y == index
+            if truth.all() or not truth.any():
+                continue
+            cls = model.classes[index]
+            base = {"model": model.name, "level": data.level, "class": cls}
+            fpr, tpr, thr = roc_curve(truth, data.prob[:, index])
+            for x, yv, t in zip(fpr, tpr, thr):
+                rows.append({**base, "kind": "curve", "fpr": float(x), "tpr": float(yv),
+                             "threshold": _f(t)})
+            median, low, high = stats.weighted_roc_band(data.prob[:, index], truth,
+                                                        result.weights, ROC_GRID, level_ci)
+            for x, m, lo, hi in zip(ROC_GRID, median, low, high):
+                rows.append({**base, "kind": "band", "fpr": float(x), "tpr": _f(m),
+                             "tpr_lower": _f(lo), "tpr_upper": _f(hi)})
+            rates = stats.one_vs_rest_rates(result.confusion[None].astype(float), index)
+            sens, spec = _f(rates["sensitivity"][0]), _f(rates["specificity"][0])
+            if sens is not None and spec is not None:
+                rows.append({**base, "kind": "operating_point", "fpr": 1.0 - spec, "tpr": sens,
+                             "threshold": data.threshold})
+    return rows
+
+
+def calibration_rows(results: Sequence["LevelResult"], n_bins: int = CALIBRATION_BINS
+                     ) -> list[dict]:
+    """Reliability bins (equal width) and the overall mean probability vs prevalence."""
+    rows = []
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    for result in results:
+        data, model = result.data, result.model
+        targets = [model.classes.index(model.positive_class)] if model.binary \
+            else range(len(model.classes))
+        for index in targets:
+            truth = (data.y == index).astype(float)
+            prob = data.prob[:, index]
+            base = {"model": model.name, "level": data.level, "class": model.classes[index]}
+            bins = np.clip(np.searchsorted(edges, prob, side="right") - 1, 0, n_bins - 1)
+            for b in range(n_bins):
+                inside = bins == b
+                if not inside.any():
+                    continue
+                rows.append({**base, "kind": "bin", "bin_lower": float(edges[b]),
+                             "bin_upper": float(edges[b + 1]), "count": int(inside.sum()),
+                             "mean_predicted": float(prob[inside].mean()),
+                             "observed_fraction": float(truth[inside].mean())})
+            rows.append({**base, "kind": "overall", "bin_lower": 0.0, "bin_upper": 1.0,
+                         "count": int(prob.size), "mean_predicted": float(prob.mean()),
+                         "observed_fraction": float(truth.mean())})
+    return rows
+
+
+def confusion_rows(results: Sequence["LevelResult"]) -> list[dict]:
+    rows = []
+    for result in results:
+        classes = result.model.classes
+        cm = result.confusion
+        for t, true_class in enumerate(classes):
+            total = int(cm[t].sum())
+            for p, pred_class in enumerate(classes):
+                rows.append({"model": result.model.name, "level": result.level,
+                             "true_class": true_class, "predicted_class": pred_class,
+                             "count": int(cm[t, p]),
+                             "fraction_of_true": float(cm[t, p] / total) if total else None})
+    return rows
+
+
+def lesion_grid_rows(results: Sequence["LevelResult"]) -> list[dict]:
+    """One row per lesion: the patient's row and the lesion's column in the grid figure."""
+    rows = []
+    for result in results:
+        data, model = result.data, result.model
+        patient_class = {p: int(data.y[data.participant_ids.index(p)]) for p in data.patients}
+        order = sorted(data.patients, key=lambda p: (patient_class[p], p))
+        row_of = {p: i for i, p in enumerate(order)}
+        column = dict.fromkeys(order, 0)
+        for i, (pid, lesion) in enumerate(zip(data.participant_ids, data.lesion_ids)):
+            pred = int(data.pred[i])
+            rows.append({"model": model.name, "participant_id": pid,
+                         "true_class": model.classes[int(data.y[i])], "lesion_id": lesion,
+                         "predicted_class": model.classes[pred],
+                         "probability": float(data.prob[i, pred]),
+                         "correct": bool(pred == data.y[i]), "row": row_of[pid],
+                         "column": column[pid]})
+            column[pid] += 1
+    rows.sort(key=lambda r: (r["model"], r["row"], r["column"]))
+    return rows
+
+
+def _f(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def figure_plan(results: dict[str, list["LevelResult"]], level_ci: float = 0.95
+                ) -> dict[str, tuple]:
+    """The figures of a run: ``{name: (columns, schema, rows, draw(rows, target), description)}``.
+
+    ``results`` maps each level to its results (patient first).
+    """
+    plan: dict[str, tuple] = {}
+    for lv in LEVELS:
+        found = results[lv]
+        if not found:
+            continue
+        label = "patient" if lv == "patient" else "lesion (CI band: patients resampled)"
+        # First in the figure: each input file's chosen model (its sidecar's "selected",
+        # or the only model of that file, e.g. a CNN beside sixteen radiomics models).
+        per_file: dict = {}
+        for r in found:
+            per_file.setdefault(r.model.path, []).append(r.model)
+        selected = [m.name for models in per_file.values() for m in models
+                    if m.selected or len(models) == 1]
+        plan[f"roc_{lv}"] = (ROC_COLUMNS, "roc", roc_rows(found, level_ci),
+                             lambda rows, target, t=f"ROC, {label} level", first=selected,
+                             name=f"roc_{lv}.tsv": roc_figure(rows, target, title=t,
+                                                              first=first, table_name=name),
+                             f"ROC curves at {lv} level, {int(level_ci * 100)}% bootstrap band "
+                             "and operating point")
+        plan[f"calibration_{lv}"] = (
+            CALIBRATION_COLUMNS, "calibration", calibration_rows(found),
+            lambda rows, target, t=f"Calibration, {lv} level": calibration_figure(
+                rows, target, title=t),
+            f"reliability diagram at {lv} level; mean predicted probability against the "
+            "observed prevalence (resampling in training shifts it)")
+        plan[f"confusion_{lv}"] = (
+            CONFUSION_COLUMNS, "confusion", confusion_rows(found),
+            lambda rows, target, t=f"Confusion matrix, {lv} level": confusion_figure(
+                rows, target, title=t),
+            f"confusion matrices at {lv} level (rows: true class)")
+    if results["lesion"]:
+        plan["lesion_grid"] = (
+            GRID_COLUMNS, "lesion_grid", lesion_grid_rows(results["lesion"]),
+            lambda rows, target: lesion_grid_figure(rows, target),
+            "per-patient lesion grid: one row per patient, one box per lesion coloured by "
+            "the predicted class, crossed where wrong")
+    return plan
+
+
+# ----------------------------------------------------------------------------- the figures
+def _figure(width: float, height: float, layout: str | None = None):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI, layout=layout)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, target: Path) -> None:
+    figure.savefig(str(target), format="png", dpi=DPI, metadata={"Software": None})
+
+
+def _colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def _groups(rows: Sequence[dict], *keys: str) -> "OrderedDict[tuple, list[dict]]":
+    groups: OrderedDict[tuple, list[dict]] = OrderedDict()
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    return groups
+
+
+def _curve_auc(items: Sequence[dict]) -> float:
+    curve = [r for r in items if r["kind"] == "curve"]
+    if len(curve) < 2:
+        return float("nan")
+    fpr = np.array([r["fpr"] for r in curve], float)
+    tpr = np.array([r["tpr"] for r in curve], float)
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+
+
+def shown_roc_series(series: Sequence[tuple], aucs: Sequence[float], first: Sequence[str] = (),
+                     limit: int = MAX_ROC_CURVES) -> list[int]:
+    """Which (model, class) series an ROC figure draws: the models selected by
+    cross-validation first, then the others by falling AUC (ties: name), at most ``limit``."""
+    order = sorted(range(len(series)),
+                   key=lambda i: (series[i][0] not in first,
+                                  -aucs[i] if np.isfinite(aucs[i]) else np.inf,
+                                  str(series[i][0]), str(series[i][1])))
+    return order[:limit]
+
+
+def roc_figure(rows: Sequence[dict[str, Any]], target: Path, *, title: str = "ROC",
+               first: Sequence[str] = (), table_name: str | None = None) -> None:
+    """ROC curves (one class against the rest for several classes), the bootstrap band
+    of each and the operating point of its decision rule.
+
+    With many models the figure keeps the chosen models (``first``: the cross-validation choice of each input, or its only model) and
+    the best of the others by AUC, :data:`MAX_ROC_CURVES` curves in all, and says how
+    many more the table holds; bands are drawn for up to :data:`BAND_CURVES` curves.
+    """
+    figure = _figure(6.0, 6.0)
+    ax = figure.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
+    groups = _groups(rows, "model", "class")
+    keys = list(groups)
+    aucs = [_curve_auc(groups[k]) for k in keys]
+    shown = shown_roc_series(keys, aucs, first)
+    multiclass = len({key[1] for key in keys}) > 1
+    bands = len(shown) <= BAND_CURVES
+    for colour, index in zip(_colours(len(shown)), shown):
+        (model, cls), items = keys[index], groups[keys[index]]
+        label = f"{model} ({cls})" if multiclass else model
+        if np.isfinite(aucs[index]):
+            label += f"  AUC {aucs[index]:.2f}"
+        if model in first:
+            label += " (chosen)"
+        band = [r for r in items if r["kind"] == "band" and r["tpr_lower"] is not None]
+        if band and bands:
+            ax.fill_between([r["fpr"] for r in band], [r["tpr_lower"] for r in band],
+                            [r["tpr_upper"] for r in band], color=colour, alpha=0.15,
+                            linewidth=0)
+        curve = [r for r in items if r["kind"] == "curve"]
+        ax.plot([r["fpr"] for r in curve], [r["tpr"] for r in curve], color=colour,
+                linewidth=2.4 if model in first else 1.6, label=label)
+        for point in (r for r in items if r["kind"] == "operating_point"):
+            ax.plot([point["fpr"]], [point["tpr"]], marker="o", markersize=7, color=colour,
+                    markeredgecolor="black")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("1 - specificity (false-positive rate)")
+    ax.set_ylabel("sensitivity (true-positive rate)")
+    hidden = len(keys) - len(shown)
+    if hidden:
+        title += f"\n{len(shown)} of {len(keys)} curves: chosen models and best AUCs; all in " \
+                 f"{table_name or 'the table'}"
+    ax.set_title(title, fontsize=10)
+    if keys:
+        legend_title = ("shaded: 95% bootstrap band; " if bands else "") + "dot: operating point"
+        ax.legend(loc="lower right", fontsize=7, title=legend_title, title_fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no curve: a single class in the set", ha="center", va="center")
+    _save(figure, target)
+
+
+def calibration_figure(rows: Sequence[dict[str, Any]], target: Path, *,
+                       title: str = "Calibration") -> None:
+    """Reliability diagram; dashed: observed prevalence, dotted: mean predicted probability.
+
+    A gap between the two lines is a shift of the prior, as resampling the training set
+    (SMOTE, undersampling) causes.
+    """
+    figure = _figure(6.0, 6.0)
+    ax = figure.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1, label="perfect")
+    series = _groups(rows, "model", "class")
+    multiclass = len({key[1] for key in series}) > 1
+    for colour, ((model, cls), items) in zip(_colours(len(series)), series.items()):
+        label = f"{model} ({cls})" if multiclass else f"{model} (P={cls})"
+        bins = [r for r in items if r["kind"] == "bin"]
+        sizes = [20 + 80 * r["count"] / max(b["count"] for b in bins) for r in bins]
+        ax.plot([r["mean_predicted"] for r in bins], [r["observed_fraction"] for r in bins],
+                color=colour, linewidth=1.2)
+        ax.scatter([r["mean_predicted"] for r in bins], [r["observed_fraction"] for r in bins],
+                   s=sizes, color=colour, edgecolors="black", linewidths=0.5, zorder=3,
+                   label=label)
+        for overall in (r for r in items if r["kind"] == "overall"):
+            ax.axhline(overall["observed_fraction"], color=colour, linestyle="--", linewidth=0.9)
+            ax.axvline(overall["mean_predicted"], color=colour, linestyle=":", linewidth=0.9)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("mean predicted probability (bin)")
+    ax.set_ylabel("observed fraction (bin)")
+    ax.set_title(title + "\ndashed: observed prevalence; dotted: mean predicted probability",
+                 fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    _save(figure, target)
+
+
+def confusion_figure(rows: Sequence[dict[str, Any]], target: Path, *,
+                     title: str = "Confusion matrix") -> None:
+    """One confusion matrix per model (rows: true class, columns: predicted class)."""
+    models = _groups(rows, "model")
+    n = max(1, len(models))
+    columns = min(n, 3)
+    lines = (n + columns - 1) // columns
+    figure = _figure(3.8 * columns, 3.6 * lines + 0.4, layout="constrained")
+    for position, ((model,), items) in enumerate(models.items(), start=1):
+        classes = list(OrderedDict.fromkeys(r["true_class"] for r in items))
+        counts = np.zeros((len(classes), len(classes)), dtype=int)
+        for r in items:
+            counts[classes.index(r["true_class"]), classes.index(r["predicted_class"])] = r["count"]
+        ax = figure.add_subplot(lines, columns, position)
+        ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(1, counts.max()))
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                dark = counts[i, j] > counts.max() / 2
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center",
+                        color="white" if dark else "black", fontsize=11)
+        ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(classes)), classes, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(model, fontsize=9)
+    figure.suptitle(title, fontsize=10)
+    _save(figure, target)
+
+
+def lesion_grid_figure(rows: Sequence[dict[str, Any]], target: Path, *,
+                       title: str = "Lesions per patient") -> None:
+    """One row per patient, one box per lesion coloured by the predicted class, a cross
+    where the lesion's prediction is wrong (the patient's true class is in the row label)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle
+
+    models = _groups(rows, "model")
+    classes = list(OrderedDict.fromkeys(
+        [r["true_class"] for r in rows] + [r["predicted_class"] for r in rows]))
+    colours = dict(zip(sorted(classes), _colours(len(classes))))
+    widest = max((r["column"] for r in rows), default=0) + 1
+    tallest = max((r["row"] for r in rows), default=0) + 1
+    panel_width = 2.4 + 0.28 * min(widest, 40)
+    figure = _figure(panel_width * max(1, len(models)), 1.4 + 0.28 * tallest,
+                     layout="constrained")
+    for position, ((model,), items) in enumerate(models.items(), start=1):
+        ax = figure.add_subplot(1, len(models), position)
+        names = {}
+        for r in items:
+            names[r["row"]] = f"{r['participant_id']} ({r['true_class']})"
+            x, y = r["column"], r["row"]
+            ax.add_patch(Rectangle((x + 0.05, y + 0.05), 0.9, 0.9,
+                                   facecolor=colours[r["predicted_class"]], edgecolor="black",
+                                   linewidth=0.4))
+            if not r["correct"]:
+                ax.plot([x + 0.15, x + 0.85], [y + 0.15, y + 0.85], color="black", linewidth=1.2)
+                ax.plot([x + 0.15, x + 0.85], [y + 0.85, y + 0.15], color="black", linewidth=1.2)
+        rows_here = max(names) + 1 if names else 1
+        ax.set_xlim(0, widest)
+        ax.set_ylim(rows_here, 0)
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_yticks([i + 0.5 for i in sorted(names)], [names[i] for i in sorted(names)],
+                      fontsize=7)
+        ax.set_xticks([])
+        ax.set_xlabel("lesions")
+        ax.set_title(model, fontsize=9)
+        for side in ("top", "right", "bottom"):
+            ax.spines[side].set_visible(False)
+    handles = [Patch(facecolor=colours[c], edgecolor="black", label=f"predicted {c}")
+               for c in sorted(classes)]
+    handles.append(Line2D([], [], color="black", marker="x", linestyle="", label="wrong"))
+    figure.legend(handles=handles, loc="outside lower center", fontsize=7, ncol=len(handles))
+    figure.suptitle(title, fontsize=10)
+    _save(figure, target)
+
+
+# ----------------------------------------------------------------------------- lesion overlays
+#: Abdominal window of the overlays (Tharmaseelan et al. 2023): width and level in HU.
+OVERLAY_WINDOW_HU = (330.0, 10.0)
+#: Half the side of an overlay's crop: at least this (mm), or 1.5 lesion diameters.
+OVERLAY_MIN_HALF_MM = 30.0
+OVERLAY_PREFERRED_PHASE = "portal"
+
+
+def overlay_sources(raw_dir: Path, lesions_dir: Path, participant_ids: Sequence[str]
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The CT, lesion map and lesion table to draw for each participant (``sub-<id>``).
+
+    One acquisition per participant: the portal-venous one where there are several
+    lesion maps, else the first (by session and phase). Returns ``(found, missing)``:
+    ``found[pid]`` holds ``entities``, ``ct``, ``map`` and ``table`` (paths);
+    ``missing[pid]`` says what is not there.
+    """
+    from metcli.io.bids import derivative_path, find_files
+
+    found: dict[str, dict[str, Any]] = {}
+    missing: dict[str, str] = {}
+    for pid in participant_ids:
+        label = pid[len("sub-"):] if pid.startswith("sub-") else pid
+        maps = find_files(Path(lesions_dir), suffix="dseg", desc="lesions", participants=[label])
+        if not maps:
+            missing[pid] = "no lesion map (_desc-lesions_dseg.nii.gz) in the lesions folder"
+            continue
+        chosen = next((m for m in maps if m.entities.ce == OVERLAY_PREFERRED_PHASE), maps[0])
+        ent = chosen.entities.with_(desc=None)
+        ct = Path(raw_dir) / ent.with_(suffix="ct", extension=".nii.gz").relpath()
+        table = derivative_path(Path(lesions_dir), ent, desc="lesions", suffix="dseg",
+                                extension=".tsv")
+        if not ct.is_file():
+            missing[pid] = f"no CT {ct.name} in the raw folder"
+        elif not table.is_file():
+            missing[pid] = f"no lesion table {table.name} beside the lesion map"
+        else:
+            found[pid] = {"entities": ent, "ct": ct, "map": chosen.path, "table": table}
+    return found, missing
+
+
+def overlay_panels(source: dict[str, Any], *, lesion_ids: Sequence[int] | None = None,
+                   n_lesions: int = 3, annotations: dict[int, dict] | None = None
+                   ) -> list[dict[str, Any]]:
+    """Axial slices through the centroids of up to ``n_lesions`` lesions of one scan.
+
+    ``lesion_ids`` lists the lesions to show first (for example those that have
+    predictions); the other kept lesions of the table follow by id (largest first).
+    Each panel holds the cropped CT slice, this lesion's mask, the other lesions'
+    mask and the numbers behind it (id, diameter, slice index, centroid, window); the
+    slice is displayed in radiological convention (patient's right on the left,
+    anterior up). The lesion map is matched to the CT in physical space
+    (:func:`metcli.imaging.geometry.to_reference_grid`; another grid is a GeometryError).
+    """
+    import SimpleITK as sitk
+
+    from metcli.io.files import read_image
+    from metcli.imaging.geometry import to_reference_grid
+    from metcli.lesions.split_lesions import read_lesion_table
+
+    ct_image = read_image(source["ct"], what="CT")
+    map_image = to_reference_grid(read_image(source["map"], what="lesion map"), ct_image,
+                                  image_path=source["map"], reference_path=source["ct"])
+    # LPS orientation: array [k, j, i] = [inferior->superior, anterior->posterior,
+    # right->left], so a slice array[k] shows the patient as a radiologist reads it.
+    ct_image = sitk.DICOMOrient(ct_image, "LPS")
+    map_image = sitk.DICOMOrient(map_image, "LPS")
+    ct = sitk.GetArrayViewFromImage(ct_image)
+    ids = sitk.GetArrayViewFromImage(map_image)
+    spacing_x, spacing_y, spacing_z = map_image.GetSpacing()
+    rows = {int(r["index"]): r for r in read_lesion_table(source["table"]) if r["kept"]}
+    present = set(np.unique(ids[ids > 0]).tolist())
+    first = [int(i) for i in lesion_ids or ()]
+    order = first + [i for i in sorted(rows) if i not in first]
+    chosen = [i for i in order if i in rows and i in present][:max(0, int(n_lesions))]
+    panels = []
+    for lesion in chosen:
+        row = rows[lesion]
+        centroid = (row["centroid_x_mm"], row["centroid_y_mm"], row["centroid_z_mm"])
+        i, j, k = map_image.TransformPhysicalPointToIndex(centroid)
+        k = int(np.clip(k, 0, ids.shape[0] - 1))
+        if not np.any(ids[k] == lesion):  # a centroid outside a curved lesion's slices
+            k = int(np.argmax((ids == lesion).sum(axis=(1, 2))))
+        diameter = float(row["longest_axial_diameter_mm"])
+        half = max(OVERLAY_MIN_HALF_MM, 1.5 * diameter)
+        half_i, half_j = int(round(half / spacing_x)), int(round(half / spacing_y))
+        i = int(np.clip(i, 0, ids.shape[2] - 1))
+        j = int(np.clip(j, 0, ids.shape[1] - 1))
+        rows_slice = slice(max(0, j - half_j), min(ids.shape[1], j + half_j + 1))
+        cols_slice = slice(max(0, i - half_i), min(ids.shape[2], i + half_i + 1))
+        labels = np.asarray(ids[k, rows_slice, cols_slice])
+        annotation = (annotations or {}).get(lesion, {})
+        panels.append({
+            "lesion_id": lesion, "diameter_mm": diameter, "slice_index": k,
+            "slice_z_mm": float(map_image.TransformIndexToPhysicalPoint((0, 0, k))[2]),
+            "centroid_mm": [float(c) for c in centroid],
+            "spacing_mm": [float(spacing_y), float(spacing_x)],
+            "window_hu": list(OVERLAY_WINDOW_HU),
+            "ct": np.asarray(ct[k, rows_slice, cols_slice], dtype=float),
+            "lesion": labels == lesion, "others": (labels > 0) & (labels != lesion),
+            "predicted": annotation.get("predicted"),
+            "probability": annotation.get("probability"),
+            "correct": annotation.get("correct"),
+        })
+    return panels
+
+
+def overlay_record(panel: dict[str, Any]) -> dict[str, Any]:
+    """The numbers behind one overlay panel (no pixel data), for its sidecar."""
+    return {k: v for k, v in panel.items() if k not in ("ct", "lesion", "others")}
+
+
+def lesion_overlay_figure(panels: Sequence[dict[str, Any]], target: Path, *,
+                          title: str = "Lesions on CT") -> None:
+    """One row of panels: CT in the abdominal window, the lesion's contour (yellow), the
+    other lesions' contours (cyan), a 10 mm scale bar and the predicted class if known."""
+    import textwrap
+
+    width, level = OVERLAY_WINDOW_HU
+    n = max(1, len(panels))
+    figure = _figure(2.7 * n, 3.5, layout="constrained")
+    for position, panel in enumerate(panels, start=1):
+        ax = figure.add_subplot(1, n, position)
+        row_mm, col_mm = panel["spacing_mm"]
+        ax.imshow(panel["ct"], cmap="gray", vmin=level - width / 2, vmax=level + width / 2,
+                  aspect=row_mm / col_mm, interpolation="nearest")
+        if panel["others"].any():
+            ax.contour(panel["others"].astype(float), levels=[0.5], colors="#00d5ff",
+                       linewidths=0.8)
+        if panel["lesion"].any():
+            ax.contour(panel["lesion"].astype(float), levels=[0.5], colors="#ffd400",
+                       linewidths=1.4)
+        height = panel["ct"].shape[0]
+        bar = 10.0 / col_mm
+        ax.plot([2, 2 + bar], [height - 3, height - 3], color="white", linewidth=2)
+        ax.text(2 + bar / 2, height - 5, "10 mm", color="white", fontsize=6, ha="center",
+                va="bottom")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        heading = (f"lesion {panel['lesion_id']}, {panel['diameter_mm']:.1f} mm\n"
+                   f"slice {panel['slice_index']} (z {panel['slice_z_mm']:.1f} mm)")
+        ax.set_title(heading, fontsize=7.5)
+        if panel.get("predicted") is not None:
+            verdict = "" if panel.get("correct") is None else (
+                " - right" if panel["correct"] else " - WRONG")
+            probability = panel.get("probability")
+            text = f"predicted {panel['predicted']}" + (
+                f" ({probability:.2f})" if probability is not None else "") + verdict
+            ax.set_xlabel(text, fontsize=7, color="black" if panel.get("correct") is None
+                          else ("#006400" if panel["correct"] else "#b00000"))
+    if not panels:
+        ax = figure.add_subplot(1, 1, 1)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no lesion to show", ha="center", va="center")
+    figure.suptitle("\n".join(textwrap.wrap(title, width=34 * n)), fontsize=8.5)
+    _save(figure, target)

@@ -1,0 +1,1 @@
+"""metcli.imaging.dicom."""

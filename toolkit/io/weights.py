@@ -1,0 +1,554 @@
+"""Named segmentation models: the manifest, the cache under METCLI_HOME, downloads, checks.
+
+``weights/manifest.json`` (shipped as ``metcli._weights``, schema ``weights_manifest``)
+lists the models metcli knows by name: where each comes from (a folder shipped with
+metcli, or a URL), its sha256, whether that checksum was verified by metcli's
+maintainers, its licence, the nnU-Net dataset, configuration, folds and trainer,
+the label map into metcli's labels (0 background, 1 liver, 2 lesion) and what
+input it expects.
+
+Downloaded models live in ``METCLI_HOME/models/<name>/`` (``METCLI_HOME`` defaults
+to ``~/.cache/metcli``; an HPC site can point it at a shared, read-only folder).
+Nothing downloads unless :func:`fetch` is called (``metcli weights fetch``). A
+download goes to a temporary file beside the cache, its sha256 is checked while it
+streams, a zip archive is unpacked into a temporary folder and renamed into place
+in one step; a wrong checksum, a broken archive or an interrupted download leaves
+nothing behind. Each installed folder holds ``.metcli-install.json``: the archive's
+sha256 and the sha256 of every unpacked file, which :func:`verify` re-checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+from metcli.core.errors import OutputError, UsageError, WeightsError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_SCHEMA = "weights_manifest"
+INSTALL_RECORD = ".metcli-install.json"
+#: Formats metcli's backends can run (others are listed for information only).
+RUNNABLE_FORMATS = ("nnunetv2", "onnx-export")
+DOWNLOAD_TIMEOUT_S = 60
+CHUNK = 1 << 20
+
+
+# ============================================================================ places
+def metcli_home() -> Path:
+    """``METCLI_HOME``, or ``~/.cache/metcli`` (not created here)."""
+    value = os.environ.get("METCLI_HOME")
+    if value:
+        return Path(value).expanduser()
+    return Path.home() / ".cache" / "metcli"
+
+
+def models_dir() -> Path:
+    return metcli_home() / "models"
+
+
+def shipped_dir() -> Path:
+    """The folder of the models that ship with metcli (the ``weights/`` package)."""
+    return Path(str(resources.files("metcli._weights")))
+
+
+# ============================================================================ manifest
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the manifest (see the schema for every field)."""
+
+    name: str
+    data: dict
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    @property
+    def shipped(self) -> bool:
+        return self.data["source"] == "shipped"
+
+    @property
+    def runnable(self) -> bool:
+        return self.data["format"] in RUNNABLE_FORMATS
+
+    @property
+    def label_map(self) -> dict[int, int]:
+        """Model label value -> metcli label value (values not listed are background)."""
+        return {int(k): int(v) for k, v in self.data["label_map"].items()}
+
+    def install_dir(self) -> Path:
+        return shipped_dir() / self.data["path"] if self.shipped else models_dir() / self.name
+
+
+def manifest_path() -> Path:
+    return shipped_dir() / "manifest.json"
+
+
+@functools.lru_cache(maxsize=4)
+def _load_manifest_cached(path_text: str, mtime: float) -> tuple[ModelEntry, ...]:
+    from metcli.io.files import read_json
+
+    data = read_json(path_text, schema=MANIFEST_SCHEMA)
+    entries, seen = [], set()
+    for item in data["models"]:
+        if item["name"] in seen:
+            raise WeightsError(f"the manifest lists the model {item['name']!r} twice",
+                               path=path_text, fix="report this bug")
+        seen.add(item["name"])
+        entries.append(ModelEntry(item["name"], item))
+    return tuple(entries)
+
+
+def load_manifest(path: str | Path | None = None) -> list[ModelEntry]:
+    """The models of the manifest (metcli's own unless ``path`` is given), schema-checked."""
+    path = Path(path) if path is not None else manifest_path()
+    if not path.is_file():
+        raise WeightsError("the weights manifest is missing", path=path,
+                           fix="reinstall metcli")
+    return list(_load_manifest_cached(str(path), path.stat().st_mtime))
+
+
+def list_models(manifest: str | Path | None = None) -> list[dict]:
+    """One summary per model: name, description, format, source, verified, licence, status."""
+    rows = []
+    for entry in load_manifest(manifest):
+        rows.append({"name": entry.name, "description": entry["description"],
+                     "format": entry["format"], "source": entry["source"],
+                     "verified": bool(entry["verified"]), "licence": entry.get("licence"),
+                     "status": _status(entry)})
+    return rows
+
+
+def _status(entry: ModelEntry) -> str:
+    folder = entry.install_dir()
+    if entry.shipped:
+        return "shipped" if folder.is_dir() else "not built"
+    if (folder / INSTALL_RECORD).is_file():
+        return "installed"
+    return "not installed" if entry.runnable else "listed only"
+
+
+def get_entry(name: str, manifest: str | Path | None = None) -> ModelEntry:
+    """The manifest entry named ``name``; an unknown name lists the known ones."""
+    entries = load_manifest(manifest)
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    known = ", ".join(e.name for e in entries)
+    fix = "use one of those names, or give the path of a model folder"
+    if Path(name).exists():
+        fix = f"a bare name is read as a model name: write ./{name} to use the folder"
+    raise WeightsError(f"unknown model name {name!r} (known: {known})", fix=fix)
+
+
+# ============================================================================ resolving
+def names_a_path(name_or_path: str | Path) -> bool:
+    """Whether a model argument is a path rather than a manifest name.
+
+    The rule, the same in every command: a :class:`~pathlib.Path` object, or text
+    that contains a path separator or starts with ``~``, is a path (``./demo`` is the
+    folder ``demo`` in the current directory); anything else is a manifest name,
+    whatever folders lie in the current directory.
+    """
+    if isinstance(name_or_path, Path):
+        return True
+    text = str(name_or_path)
+    return "/" in text or os.sep in text or text.startswith("~")
+
+
+def resolve_model(name_or_path: str | Path, *, manifest: str | Path | None = None,
+                  check: bool = True) -> Path:
+    """The folder of a model given by manifest name or by path.
+
+    See :func:`names_a_path` for which is which. A path is taken as the user's own
+    model folder and returned as it is. A name must be in the manifest; its folder
+    must be shipped or installed (``metcli weights fetch NAME``), and with ``check``
+    its files are re-hashed against the manifest / install record first (a mismatch
+    is an error; a model whose checksum the manifest does not know is used with a
+    warning). A bare name that is also a folder in the current directory is an
+    error that says so: a name never silently means a folder, nor the reverse.
+    """
+    text = str(name_or_path)
+    if names_a_path(name_or_path):
+        candidate = Path(text).expanduser()
+        if not candidate.exists():
+            raise WeightsError("model folder not found", path=candidate,
+                               fix="check the path, or give a model name from "
+                                   "'metcli weights list'")
+        if not candidate.is_dir():
+            raise WeightsError("a model must be a folder, not a file", path=candidate,
+                               fix="give the model folder (an nnU-Net v2 trained-model folder "
+                                   "or a 'metcli export-onnx' output)")
+        return candidate
+    if Path(text).exists() and text in {e.name for e in load_manifest(manifest)}:
+        raise WeightsError(f"{text!r} is both a model name in the manifest and a folder "
+                           "in the current directory",
+                           fix=f"write ./{text} for the folder; to use the named model, "
+                               "run from another directory")
+    entry = get_entry(text, manifest)
+    if not entry.runnable:
+        raise WeightsError(f"model {entry.name!r} is in the {entry['format']} format, which "
+                           "metcli's backends cannot run", fix=entry.get("note") or
+                           "choose another model from 'metcli weights list'")
+    folder = entry.install_dir()
+    if entry.shipped and not folder.is_dir():
+        raise WeightsError(f"the shipped model {entry.name!r} is not in this installation",
+                           path=folder, fix="reinstall metcli, or build it with its recipe in "
+                                            "weights/recipes/")
+    if not entry.shipped and not (folder / INSTALL_RECORD).is_file():
+        raise WeightsError(f"model {entry.name!r} is not installed under {models_dir()}",
+                           fix=f"run 'metcli weights fetch {entry.name}' (or point METCLI_HOME "
+                               "at a folder where it is installed)")
+    if check:
+        result = verify_entry(entry)
+        if result.status == "mismatch":
+            raise WeightsError(f"model {entry.name!r} failed its sha256 check: {result.detail}",
+                               path=folder, fix=f"run 'metcli weights fetch {entry.name}' again "
+                                                "(or reinstall metcli for a shipped model)")
+        if result.status == "unverified":
+            log.warning("model %s: %s", entry.name, result.detail)
+    return model_root(folder, entry)
+
+
+def model_root(folder: Path, entry: ModelEntry | None = None) -> Path:
+    """The model folder inside an installed download (``path`` of the entry, or the one
+    folder that holds plans.json or preprocessing.json)."""
+    if entry is not None and not entry.shipped and entry.get("path"):
+        return folder / entry["path"]
+    if entry is not None and entry.shipped:
+        return folder
+    for marker in ("plans.json", "preprocessing.json"):
+        hits = sorted(p.parent for p in folder.rglob(marker))
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise WeightsError(f"the installed model holds {len(hits)} folders with {marker}",
+                               path=folder, fix="name the one to use in the manifest's 'path'")
+    return folder
+
+
+# ============================================================================ verifying
+@dataclass
+class VerifyResult:
+    name: str
+    status: str  # ok, mismatch, unverified, not installed, listed only
+    detail: str
+
+    def row(self) -> dict:
+        return {"name": self.name, "status": self.status, "detail": self.detail}
+
+
+def _hash_file(path: Path) -> str:
+    from metcli.io.files import sha256_file
+
+    return sha256_file(path)
+
+
+def _hash_tree(folder: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != INSTALL_RECORD:
+            out[path.relative_to(folder).as_posix()] = _hash_file(path)
+    return out
+
+
+def _compare_files(expected: dict[str, str], actual: dict[str, str]) -> str | None:
+    missing = sorted(set(expected) - set(actual))
+    changed = sorted(k for k in expected if k in actual and actual[k] != expected[k])
+    extra = sorted(set(actual) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+    if changed:
+        problems.append(f"changed {', '.join(changed[:3])}" + (" ..." if len(changed) > 3 else ""))
+    if extra:
+        problems.append(f"unexpected {', '.join(extra[:3])}" + (" ..." if len(extra) > 3 else ""))
+    return "; ".join(problems) or None
+
+
+def verify_entry(entry: ModelEntry) -> VerifyResult:
+    """Re-hash one model's files against the manifest (shipped) or its install record."""
+    folder = entry.install_dir()
+    if entry.shipped:
+        if not folder.is_dir():
+            return VerifyResult(entry.name, "not built",
+                                f"weights/{entry['path']} is not in this installation")
+        expected = entry.get("files") or {}
+        if not expected:
+            return VerifyResult(entry.name, "unverified",
+                                "the manifest records no sha256 for its files "
+                                f"({entry.get('note') or 'not verified'})")
+        # Only the listed files count for a shipped model (the package may add others).
+        actual = {k: _hash_file(folder / k) for k in expected if (folder / k).is_file()}
+        problem = _compare_files(expected, actual)
+        if problem:
+            return VerifyResult(entry.name, "mismatch", problem)
+        return VerifyResult(entry.name, "ok" if entry["verified"] else "unverified",
+                            f"{len(expected)} file(s) match the manifest"
+                            + ("" if entry["verified"] else " (manifest marks them unverified)"))
+    record_path = folder / INSTALL_RECORD
+    if not record_path.is_file():
+        status = "not installed" if entry.runnable else "listed only"
+        return VerifyResult(entry.name, status, "no download in METCLI_HOME")
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        return VerifyResult(entry.name, "mismatch", f"unreadable install record ({exc})")
+    manifest_sha = entry.get("sha256")
+    if manifest_sha and record.get("archive_sha256") != manifest_sha:
+        installed = str(record.get("archive_sha256"))[:12]
+        return VerifyResult(entry.name, "mismatch",
+                            f"installed from an archive with sha256 {installed}..., the manifest "
+                            f"expects {manifest_sha[:12]}...")
+    problem = _compare_files(record.get("files", {}), _hash_tree(folder))
+    if problem:
+        return VerifyResult(entry.name, "mismatch", problem)
+    count = len(record.get("files", {}))
+    if not manifest_sha:
+        return VerifyResult(entry.name, "unverified",
+                            f"{count} file(s) match the install record, but the manifest has no "
+                            f"sha256 for the download (installed from sha256 "
+                            f"{str(record.get('archive_sha256'))[:12]}...)")
+    return VerifyResult(entry.name, "ok",
+                        f"{count} file(s) match; archive sha256 matches the manifest")
+
+
+def verify(name: str | None = None, *, manifest: str | Path | None = None) -> list[VerifyResult]:
+    """Re-hash the installed (and shipped) models, or only ``name``."""
+    entries = [get_entry(name, manifest)] if name is not None else load_manifest(manifest)
+    return [verify_entry(entry) for entry in entries]
+
+
+# ============================================================================ fetching
+Progress = Callable[[int, "int | None"], None]
+
+
+def fetch(name: str, *, url: str | None = None, sha256: str | None = None,
+          allow_unverified: bool = False, progress: Progress | None = None,
+          manifest: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Download, check and install the model ``name`` into ``METCLI_HOME/models/<name>/``.
+
+    Args:
+        name: a model of the manifest.
+        url: download from this URL instead of the manifest's (a mirror); the
+            manifest's sha256 still applies.
+        sha256: the expected sha256 when the manifest has none (obtained from the
+            publisher).
+        allow_unverified: install even though no sha256 is known (the computed one
+            is recorded and logged, so it can be pinned later).
+        progress: called as ``progress(bytes_done, bytes_total_or_None)``.
+        overwrite: replace an installed copy.
+
+    Returns the installed model folder. On any failure nothing is left behind.
+    """
+    entry = get_entry(name, manifest)
+    if entry.shipped:
+        raise UsageError(f"model {name!r} ships with metcli; there is nothing to download",
+                         fix="use it by its name")
+    if not entry.runnable:
+        raise WeightsError(f"model {name!r} is in the {entry['format']} format, which metcli's "
+                           "backends cannot run; it is not downloaded",
+                           fix=entry.get("note") or "choose another model")
+    source = url or entry.get("url")
+    if not source:
+        raise UsageError(f"the manifest has no download URL for {name!r}",
+                         fix="give one with --url")
+    expected = (entry.get("sha256") or "").lower() or None
+    if sha256 is not None:
+        sha256 = sha256.strip().lower()
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise UsageError(f"--sha256 must be 64 hexadecimal digits, got {sha256!r}")
+        if expected and sha256 != expected:
+            raise UsageError(f"--sha256 {sha256[:12]}... contradicts the manifest's "
+                             f"{expected[:12]}... for {name!r}", fix="drop --sha256")
+        expected = sha256
+    if expected is None and not allow_unverified:
+        raise WeightsError(f"no sha256 is known for {name!r} (the manifest marks it unverified: "
+                           f"{entry.get('note') or 'no checksum'}), so the download could not be "
+                           "checked", fix="give the publisher's checksum with --sha256, or "
+                                          "accept an unchecked download with --allow-unverified")
+    target = models_dir() / name
+    if (target / INSTALL_RECORD).is_file() and not overwrite:
+        result = verify_entry(entry)
+        if result.status in ("ok", "unverified") and (
+                expected is None or _record_sha(target) == expected):
+            log.info("model %s is already installed in %s", name, target)
+            return model_root(target, entry)
+
+    created = _make_dirs(models_dir())
+    tmp_file = tmp_dir = None
+    try:
+        tmp_file, actual, size = _download(source, models_dir(), name, progress)
+        if expected is not None and actual != expected:
+            raise WeightsError(f"the download of {name!r} has sha256 {actual[:16]}..., the "
+                               f"expected one is {expected[:16]}...; it was refused and removed",
+                               fix="try again (the transfer may have been corrupted), or check "
+                                   "the URL")
+        if expected is None:
+            log.warning("model %s downloaded without a known checksum; its sha256 is %s "
+                        "(pin it with --sha256 next time)", name, actual)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=models_dir()))
+        _unpack(tmp_file, tmp_dir, source)
+        files = _hash_tree(tmp_dir)
+        record = {"name": name, "url": source, "archive_sha256": actual, "archive_bytes": size,
+                  "sha256_expected": expected, "verified": expected is not None,
+                  "manifest_sha256": entry.get("sha256"), "files": files}
+        (tmp_dir / INSTALL_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        root = model_root(tmp_dir, entry)
+        if not root.is_dir():
+            raise WeightsError(f"the archive has no folder {entry.get('path')!r}",
+                               fix="report this: the manifest's 'path' is wrong")
+        _replace_dir(tmp_dir, target)
+        tmp_dir = None
+    except BaseException:
+        if tmp_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_file.unlink()
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if empty: nothing of ours is left
+        raise
+    tmp_file.unlink()
+    log.info("model %s installed in %s", name, target)
+    return model_root(target, entry)
+
+
+def _record_sha(folder: Path) -> str | None:
+    try:
+        record = json.loads((folder / INSTALL_RECORD).read_text(encoding="utf-8"))
+        return record.get("archive_sha256")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _make_dirs(path: Path) -> list[Path]:
+    """Create ``path`` and its missing parents; return the ones created (outermost first)."""
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the model cache ({exc.strerror})", path=path,
+                          fix="set METCLI_HOME to a folder you can write to") from None
+    return list(reversed(missing))
+
+
+def _download(url: str, folder: Path, name: str, progress: Progress | None
+              ) -> tuple[Path, str, int]:
+    """Stream ``url`` into a temporary file in ``folder``, hashing it; remove it on failure."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    fd, text = tempfile.mkstemp(prefix=f".{name}.", suffix=".download", dir=folder)
+    path = Path(text)
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            request = urllib.request.Request(url, headers={"User-Agent": "metcli"})
+            try:
+                response = urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S)  # noqa: S310
+            except urllib.error.HTTPError as exc:
+                raise WeightsError(f"cannot download {url} (HTTP {exc.code} {exc.reason})",
+                                   fix="check the URL, or give a mirror with --url") from None
+            except (urllib.error.URLError, socket.timeout, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise WeightsError(f"cannot download {url} ({_reason(reason)})",
+                                   fix="check the network connection (metcli works offline "
+                                       "with models already installed), or give a reachable "
+                                       "mirror with --url") from None
+            with response:
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                if progress is not None:
+                    progress(0, total)
+                while True:
+                    try:
+                        block = response.read(CHUNK)
+                    except (socket.timeout, OSError) as exc:
+                        raise WeightsError(f"the download of {url} broke off after {done} bytes "
+                                           f"({_reason(exc)})", fix="try again") from None
+                    if not block:
+                        break
+                    handle.write(block)
+                    digest.update(block)
+                    done += len(block)
+                    if progress is not None:
+                        progress(done, total)
+                if total is not None and done != total:
+                    raise WeightsError(f"the download of {url} is incomplete ({done} of {total} "
+                                       "bytes)", fix="try again")
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise
+    return path, digest.hexdigest(), done
+
+
+def _reason(exc: Any) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _unpack(archive: Path, folder: Path, source: str) -> None:
+    """Unpack a zip archive into ``folder``, refusing members that would leave it."""
+    if not zipfile.is_zipfile(archive):
+        raise WeightsError(f"the download from {source} is not a zip archive",
+                           fix="give the URL of the model's zip archive")
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.infolist():
+                parts = PurePosixPath(member.filename.replace("\\", "/")).parts
+                if member.filename.startswith(("/", "\\")) or ".." in parts or \
+                        (parts and ":" in parts[0]):
+                    raise WeightsError(f"the archive from {source} has an unsafe member name "
+                                       f"{member.filename!r}; it was refused",
+                                       fix="use an archive from a trusted source")
+            bad = zf.testzip()
+            if bad is not None:
+                raise WeightsError(f"the archive from {source} is corrupt (member {bad!r})",
+                                   fix="download it again")
+            zf.extractall(folder)
+    except zipfile.BadZipFile as exc:
+        raise WeightsError(f"the archive from {source} is corrupt ({exc})",
+                           fix="download it again") from None
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put ``new`` at ``target`` by rename; an old copy is moved aside and removed after."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,462 @@
+"""Image models (train-cnn) in ``metcli predict``: CTs and lesion maps to predictions.
+
+``metcli predict MODEL_DIR RAW_DIR LESIONS_DIR OUT_DIR`` with a model whose
+card has ``kind`` ``image`` runs :func:`predict_image`, participant by
+participant (one participant's images in memory at a time):
+
+1. **Inputs**: each participant's lesion map (split-lesions'
+   ``..._desc-lesions_dseg.nii.gz``, found with :func:`metcli.io.bids.find_files`),
+   the CT of the same participant, session and phase in RAW_DIR (a model with
+   ``phases``: one CT of each phase, same participant and session; with
+   several lesion maps, the one of the first phase, as train-cnn does), and
+   the lesions split-lesions kept (``kept`` true in the lesion table beside
+   the map). A participant with no lesion map, several (sessions or phases:
+   ``--session`` picks one session), no matching CT or no kept lesion fails
+   alone with a message naming the file; so does a kept lesion id missing from
+   the lesion map.
+2. **Preprocessing**: :func:`metcli.lesions.slices.model_inputs`, the function
+   train-cnn uses, with the card's settings. The card is checked first
+   (:func:`metcli.lesions.slices.settings_from_card`): another preprocessing
+   version, orientation, input shape, channel set or an unknown setting is
+   refused before anything runs.
+3. **Network**: ``model.onnx`` with ONNX Runtime (checked against the card's
+   sha256), on CUDA when this ONNX Runtime has the CUDA provider and
+   ``--device`` is ``auto`` or ``cuda``; ``--device cuda`` without it is an
+   error. The CPU session uses one thread (the same outputs on every run).
+4. **Aggregation**: a lesion's probabilities are the mean of its slices'
+   probabilities (the card's ``lesion_aggregate``; a 3D model has one input
+   per lesion, whose probabilities are the lesion's); the patient's follow
+   ``--aggregate`` (:func:`metcli.io.predictions.aggregate_patients`); the card's
+   threshold decides (:func:`metcli.io.predictions.prediction_rows`).
+5. **Outputs**: DESIGN.md's predictions format (set ``test``) per participant
+   and for the group, as for radiomics models, with JSON sidecars.
+6. ``--explain``: per lesion, ``sub-<id>[_ses-<s>][_ce-<phase>]_lesion-<n>_gradcam.png``,
+   the network's input slice where the predicted class is most probable (3D:
+   the central axial slice of the lesion's cube; several phases: the first
+   phase's channel), with the Grad-CAM heat map of that class over it
+   (:mod:`metcli.cnn.gradcam`, computed with ``checkpoint.pt``), and a JSON
+   sidecar (slice, class, probability, target layer, checkpoint sha256).
+
+A participant whose outputs are current (the same inputs, model and settings)
+is skipped; its rows are read back for the group table. ``participant_label``
+and ``level`` run one level only (as :func:`metcli.prediction.predict.predict`): the group
+level (``level="group"``) builds no network and reads every participant's
+current table back; a participant without one fails there.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from metcli.core.errors import InputError, MaskError, UsageError
+
+log = logging.getLogger(__name__)
+
+COMMAND = "predict"
+RUNTIMES = ("onnx", "torch")
+#: The lesion aggregations train-cnn writes (2D, 3D); both are the mean over the lesion's inputs.
+LESION_AGGREGATES = ("mean of slice probabilities", "one volume per lesion")
+#: Slices per network call.
+BATCH = 64
+GRADCAM_SUFFIX = "gradcam"
+
+
+@dataclass
+class ImageJob:
+    """One participant's lesion map, its CT(s) and lesion table (``problem``: why it cannot run)."""
+
+    participant_id: str
+    key: tuple[str, str | None, str | None]          # sub, ses, ce of the lesion map
+    lesion_map: Path | None = None
+    cts: dict = field(default_factory=dict)           # phase -> Path
+    lesion_table: Path | None = None
+    problem: InputError | None = None
+
+    @property
+    def files(self) -> list[Path]:
+        return [*self.cts.values(), self.lesion_map, self.lesion_table]
+
+
+def find_image_jobs(raw_dir: Path, lesions_dir: Path, *, session: str | None = None,
+                    phases: Sequence[str] | None = None) -> list[ImageJob]:
+    """One job per participant found in RAW_DIR or LESIONS_DIR (sorted).
+
+    Without ``phases`` the CT is the lesion map's own (same participant,
+    session and phase); with ``phases`` (the card's), one CT per phase.
+    """
+    from metcli.io.bids import find_files
+    from metcli.lesions.maps import choose_lesion_map, find_lesion_maps, pair_images
+
+    raw_dir, lesions_dir = Path(raw_dir), Path(lesions_dir)
+    maps = find_lesion_maps(lesions_dir)
+    if not maps:
+        raise InputError("no split-lesions lesion map (sub-*/.../*_desc-lesions_dseg.nii.gz)",
+                         path=lesions_dir, fix="give the folder `metcli split-lesions` wrote")
+    cts = find_files(raw_dir, suffix="ct")
+    by_pid: dict[str, list] = {}
+    for acq in maps:
+        by_pid.setdefault(acq.entities.participant_id, []).append(acq)
+    ct_by_key = {a.entities.key: a.path for a in cts}
+    jobs = []
+    for pid in sorted(set(by_pid) | {a.entities.participant_id for a in cts}):
+        job = ImageJob(pid, (pid[4:], session, None))
+        try:
+            acq = choose_lesion_map(pid, by_pid.get(pid, []), phases=phases, session=session,
+                                    where=lesions_dir)
+            job.key, job.lesion_map = acq.entities.key, acq.path
+            job.lesion_table = acq.path.with_name(acq.entities.with_(extension=".tsv").name)
+            pairing = pair_images(acq, ct_by_key, raw_dir=raw_dir, phases=phases)
+        except InputError as exc:
+            job.problem = exc
+        else:
+            job.cts = pairing.cts
+        jobs.append(job)
+    return jobs
+
+
+class ImageBackend:
+    """A train-cnn model: lesion inputs -> slice, lesion probabilities (ONNX Runtime or PyTorch).
+
+    Args:
+        model_dir: the model folder (``model.onnx``, ``model.json``, ``checkpoint.pt``).
+        card: its card (:func:`metcli.prediction.outputs.load_card`).
+        providers: ONNX Runtime providers; default from ``device``.
+        device: ``auto``, ``cpu`` or ``cuda`` (``cuda`` without CUDA is a
+            :class:`~metcli.core.errors.UsageError`).
+        runtime: ``onnx`` (what predict uses) or ``torch`` (``checkpoint.pt``,
+            sha256-checked; to compare the two and for the heat maps).
+    """
+
+    kind = "image"
+
+    def __init__(self, model_dir: Path, card: dict, providers: Sequence[str] | None = None, *,
+                 device: str = "auto", runtime: str = "onnx"):
+        from metcli.lesions.inputs import card_phases, settings_from_card
+
+        self.model_dir = Path(model_dir)
+        self.card = card
+        self.card_path = self.model_dir / "model.json"
+        if runtime not in RUNTIMES:
+            raise UsageError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+        if device not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"--device {device!r} is not one of auto, cpu, cuda")
+        self.settings = settings_from_card(card, card_path=self.card_path)
+        if card.get("lesion_aggregate") not in LESION_AGGREGATES:
+            raise InputError(f"the model aggregates slices to lesions by "
+                             f"{card.get('lesion_aggregate')!r}; this metcli reproduces "
+                             f"{' or '.join(map(repr, LESION_AGGREGATES))} only",
+                             path=self.card_path, fix="retrain the model with this metcli")
+        self.phases = card_phases(card)
+        self.dims = int(card.get("dims", 2))
+        self.classes = list(card["classes"])
+        self.runtime = runtime
+        if runtime == "onnx":
+            self._open_onnx(providers, device)
+        else:
+            from metcli.core.devices import torch_device
+            from metcli.cnn.gradcam import load_network
+
+            self.torch_device = torch_device(device)
+            self.net = load_network(self.model_dir, card, device=self.torch_device)
+            self.provider = f"torch ({self.torch_device})"
+
+    @classmethod
+    def predict(cls, model_dir, card: dict, inputs: Sequence[Path], out_dir, **options):
+        """:func:`predict_image` with ``inputs`` (RAW_DIR, LESIONS_DIR): metcli.prediction.predict's hook."""
+        inputs = [Path(p) for p in inputs]
+        if len(inputs) != 2 or not all(p.is_dir() for p in inputs):
+            raise UsageError(f"model {card['name']} is an image model: give RAW_DIR LESIONS_DIR "
+                             f"(got {len(inputs)} input(s))",
+                             fix="metcli predict MODEL_DIR RAW_DIR LESIONS_DIR OUT_DIR")
+        return predict_image(model_dir, inputs[0], inputs[1], out_dir, card=card, **options)
+
+    def _open_onnx(self, providers, device: str) -> None:
+        from metcli.core.devices import deterministic_options, start_session
+
+        self.session, self.provider = start_session(
+            self.model_dir / "model.onnx", device, options=deterministic_options(),
+            providers=providers)
+        self.input_name = self.card["input"]["name"]
+        self.output_name = self.card["outputs"]["probabilities"]
+
+    def lesion_inputs(self, job: ImageJob, lesion_ids: Sequence[int]):
+        """The preprocessed network inputs of each lesion (:func:`model_inputs`)."""
+        from metcli.io.files import read_image
+        from metcli.lesions.inputs import model_inputs
+
+        cts = {phase: read_image(path, what="CT") for phase, path in job.cts.items()}
+        lesion_map = read_image(job.lesion_map, what="lesion map")
+        return model_inputs(self.card, cts, lesion_map, lesion_ids, ct_paths=job.cts,
+                            lesion_map_path=job.lesion_map, card_path=self.card_path)
+
+    def slice_probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[n, classes]`` (float64) of network inputs ``[n, C, *spatial]``."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        out = []
+        for start in range(0, len(images), BATCH):
+            batch = images[start:start + BATCH]
+            if self.runtime == "onnx":
+                out.append(self.session.run([self.output_name], {self.input_name: batch})[0])
+            else:
+                import torch
+
+                with torch.no_grad():
+                    logits = self.net(torch.from_numpy(batch).to(self.torch_device))
+                    out.append(torch.softmax(logits, dim=1).cpu().numpy())
+        if not out:
+            return np.zeros((0, len(self.classes)))
+        return np.clip(np.concatenate(out).astype(np.float64), 0.0, 1.0)
+
+    def lesion_probabilities(self, lesions) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(lesion probabilities [lesions, classes], each lesion's input probabilities).
+
+        A lesion's probabilities are the mean over its inputs (slices; 3D: its one cube).
+        """
+        counts = [len(lesion.images) for lesion in lesions]
+        if not counts:
+            return np.zeros((0, len(self.classes))), []
+        probs = self.slice_probabilities(np.concatenate([lesion.images for lesion in lesions]))
+        per_lesion = np.split(probs, np.cumsum(counts)[:-1])
+        return np.stack([p.mean(axis=0) for p in per_lesion]), per_lesion
+
+
+def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None = None,
+                  aggregate: str = "mean", device: str = "auto", session: str | None = None,
+                  explain: bool = False, participants=None,
+                  participant_label: Sequence[str] | str | None = None, level: str | None = None,
+                  threads: int | None = None, overwrite: bool = False,
+                  progress: Callable[[str, str], None] | None = None):
+    """Predict every participant of RAW_DIR/LESIONS_DIR with an image model (module docstring).
+
+    ``participant_label`` and ``level`` choose the participants and the levels
+    as in :func:`metcli.prediction.predict.predict`: the participant level writes each
+    participant's files (skipping current ones), the group level reads them back
+    into ``predictions.tsv`` (a participant without current files fails there).
+    ``threads``: PyTorch's CPU threads for the Grad-CAM maps of ``explain``
+    (None: the current number).
+
+    Returns a :class:`~metcli.core.batch.BatchReport` (one item per participant);
+    ``outputs`` lists the files written or found current.
+    """
+    from metcli.core.batch import DONE, SKIPPED, BatchReport, run_each
+    from metcli.io.bids import resolve_levels, select_participants
+    from metcli.io.files import check_output_not_inside_input, sha256_file
+    from metcli.lesions.inputs import card_phases
+    from metcli.io.predictions import AGGREGATES, read_rows
+    from metcli.prediction.outputs import (write_group, current_predictions, load_card,
+                                recorded_extra)
+    from metcli.io.provenance import Step, write_dataset_description
+    from metcli.core.threads import check_threads
+
+    model_dir, raw_dir, lesions_dir, out_dir = (Path(p) for p in (model_dir, raw_dir,
+                                                                   lesions_dir, out_dir))
+    if aggregate not in AGGREGATES:
+        raise UsageError(f"--aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")
+    check_threads(threads)
+    labels = [participant_label] if isinstance(participant_label, str) else (
+        list(participant_label) if participant_label else None)
+    do_participants, do_group = resolve_levels(level, labels)
+    card = card if card is not None else load_card(model_dir)
+    if card.get("kind") != "image":
+        raise InputError(f"model {card['name']} is a {card.get('kind')} model, not an image "
+                         "model",
+                         path=model_dir, fix="use metcli predict MODEL_DIR FEATURES OUT_DIR")
+    check_output_not_inside_input(out_dir, [model_dir, raw_dir, lesions_dir])
+    if participants is not None:
+        log.warning("image models use no covariates; --participants is not used")
+    jobs = find_image_jobs(raw_dir, lesions_dir, session=session, phases=card_phases(card))
+    if labels:
+        chosen = set(select_participants([j.participant_id[4:] for j in jobs], labels,
+                                         where=lesions_dir))
+        jobs = [j for j in jobs if j.participant_id[4:] in chosen]
+    backend = explainer = None
+    if do_participants:
+        backend = ImageBackend(model_dir, card, device=device)
+        explainer = _explainer(model_dir, card, device, threads) if explain else None
+        log.info("running %s on %s", card["name"], backend.provider)
+
+    model_files = [model_dir / "model.onnx", model_dir / "model.json"]
+    if explain:
+        model_files.append(model_dir / "checkpoint.pt")
+    model_sha = sha256_file(model_dir / "model.onnx")
+    step = Step(COMMAND, out_dir, {"model": model_dir, "raw": raw_dir, "lesions": lesions_dir},
+                {"model_sha256": model_sha, "aggregate": aggregate, "session": session,
+                 "explain": bool(explain)})
+    write_dataset_description(out_dir, name="metcli predict",
+                              sources={"model": model_dir, "raw": raw_dir, "lesions": lesions_dir},
+                              description=f"predictions of model {card['name']}")
+    extra = {"model": card["name"], "classes": card["classes"],
+             "positive_class": card["positive_class"], "threshold": card["threshold"],
+             "threshold_source": card["threshold_source"],
+             "lesion_aggregate": card["lesion_aggregate"], "patient_aggregate": aggregate,
+             "ExecutionProvider": backend.provider if backend is not None else None}
+    if explainer is not None:
+        extra["TorchThreads"] = explainer.threads
+    for key in ("positive_class", "threshold"):  # none for a multi-class model
+        if extra[key] is None:
+            del extra[key]
+    models = [{"name": card["name"], "sha256": model_sha}]
+    if explain:
+        models.append({"name": f"{card['name']} checkpoint.pt",
+                       "sha256": card["checkpoint"]["sha256"]})
+
+    report = BatchReport()
+    all_rows: list[dict] = []
+    group_files: list[Path] = []
+    recorded: list[dict] = []
+
+    def work(job: ImageJob) -> str:
+        if job.problem is not None:
+            raise job.problem
+        inputs = step.inputs(job.files + model_files)
+        path, sidecar = _predictions_path(out_dir, job)
+        report.outputs.extend([path, sidecar])
+        if not do_participants:  # group level only: the participant's current files
+            rows, _inputs, doc = current_predictions(step, path, job.participant_id,
+                                                     inputs=inputs)
+            all_rows.extend(rows)
+            group_files.extend(job.files)
+            recorded.append(doc)
+            return SKIPPED
+        if not overwrite and step.is_done(sidecar, inputs):
+            all_rows.extend(read_rows(path))
+            group_files.extend(job.files)
+            return SKIPPED
+        rows, pictures = _predict_participant(backend, explainer, job, card, aggregate, out_dir)
+        write_participant(out_dir, job, path, sidecar, rows, pictures, card, step, inputs,
+                           extra, models)
+        report.outputs.extend(p for picture in pictures for p in picture[:2])
+        all_rows.extend(rows)
+        group_files.extend(job.files)
+        return DONE
+
+    run_each(jobs, key=lambda j: j.participant_id, work=work, progress=progress, report=report)
+    if do_group and all_rows:
+        if not do_participants:
+            extra = recorded_extra(extra, recorded)
+        group_inputs = step.inputs(group_files + model_files)
+        report.outputs.extend(write_group(out_dir, all_rows, card, step, group_inputs, extra,
+                                           models, overwrite))
+    return report
+
+
+def _explainer(model_dir: Path, card: dict, device: str, threads: int | None = None):
+    from metcli.core.devices import torch_device
+    from metcli.cnn.gradcam import GradCam, load_network
+
+    net = load_network(model_dir, card, device=torch_device(device))
+    return GradCam(net, card["architecture"], threads=threads)
+
+
+def _predictions_path(out_dir: Path, job: ImageJob) -> tuple[Path, Path]:
+    from metcli.io.bids import Entities, derivative_path, sidecar_path
+
+    sub, ses, ce = job.key
+    entities = Entities(sub=sub, ses=ses, ce=ce, suffix="predictions", extension=".tsv")
+    path = derivative_path(out_dir, entities, suffix="predictions", extension=".tsv")
+    return path, sidecar_path(path)
+
+
+def _predict_participant(backend: ImageBackend, explainer, job: ImageJob, card: dict,
+                         aggregate: str, out_dir: Path):
+    """(prediction rows, [(png path, sidecar path, rgb array, sidecar extra)] for --explain)."""
+    from metcli.lesions.maps import kept_lesion_ids
+    from metcli.io.predictions import prediction_rows
+
+    ids = kept_lesion_ids(job.lesion_table)
+    if not ids:
+        raise InputError("no lesion kept by split-lesions (kept is false in every row)",
+                         path=job.lesion_table, fix="nothing to predict for this participant")
+    lesions = backend.lesion_inputs(job, ids)
+    for lesion in lesions:
+        if not len(lesion.images):
+            raise MaskError(f"lesion {lesion.lesion_id} has no voxel in the lesion map",
+                            path=job.lesion_map, fix="run split-lesions again")
+    proba, per_slice = backend.lesion_probabilities(lesions)
+    rows = prediction_rows([job.participant_id] * len(lesions),
+                           [lesion.lesion_id for lesion in lesions], proba, card["classes"],
+                           model=card["name"], set_name="test",
+                           positive=card["positive_class"], threshold=card["threshold"],
+                           aggregate=aggregate)
+    pictures = []
+    if explainer is not None:
+        predicted = {r["lesion_id"]: r["predicted"] for r in rows if r["level"] == "lesion"}
+        for lesion, slice_probs in zip(lesions, per_slice):
+            pictures.append(_gradcam_picture(explainer, job, lesion, slice_probs,
+                                             predicted[lesion.lesion_id], card, out_dir))
+    return rows, pictures
+
+
+def _gradcam_picture(explainer, job: ImageJob, lesion, slice_probs: np.ndarray, label: str,
+                     card: dict, out_dir: Path):
+    """The PNG (as an array) and sidecar content of one lesion's heat map."""
+    from metcli.io.bids import Entities, derivative_path, sidecar_path
+    from metcli.cnn.gradcam import ALPHA, COLORMAP, overlay
+
+    class_index = list(card["classes"]).index(label)
+    channels = list(card["input"]["channels"])
+    if lesion.images.ndim == 5:                        # 3D: one cube per lesion
+        heat = explainer(lesion.images, class_index)[0]
+        middle = heat.shape[0] // 2
+        picture, heat = lesion.images[0, 0, middle], heat[middle]
+        where = {"cube_slice": middle,
+                 "slice_choice": "the central axial slice of the lesion's cube",
+                 "probability": float(slice_probs[0, class_index])}
+    else:
+        best = int(np.argmax(slice_probs[:, class_index]))  # first of equals: most inferior
+        heat = explainer(lesion.images[best:best + 1], class_index)[0]
+        picture = lesion.images[best, 0]
+        where = {"slice_index": int(lesion.slice_indices[best]),
+                 "slice_choice": "the slice where the predicted class is most probable",
+                 "probability": float(slice_probs[best, class_index]),
+                 "slices": len(lesion.images)}
+    rgb = overlay(picture, heat)
+    sub, ses, ce = job.key
+    entities = Entities(sub=sub, ses=ses, ce=ce, lesion=str(lesion.lesion_id),
+                        suffix=GRADCAM_SUFFIX, extension=".png")
+    path = derivative_path(Path(out_dir), entities, suffix=GRADCAM_SUFFIX, extension=".png")
+    info = {"Description": f"Grad-CAM heat map of class {label} over the network's input "
+                           f"slice of lesion {lesion.lesion_id} of {job.participant_id}",
+            "lesion_id": int(lesion.lesion_id), "class": label, **where,
+            "channel": channels[0], "method": "Grad-CAM (monai.visualize.GradCAM)",
+            "target_layer": explainer.target_layer, "architecture": explainer.arch,
+            "heat_map_scaling": "divided by its maximum (0: no positive evidence)",
+            "colormap": COLORMAP, "max_opacity": ALPHA,
+            "image": "the preprocessed network input (window, blackened surroundings, square "
+                     "crop, resize); rows anterior to posterior, columns right to left",
+            "checkpoint_sha256": card["checkpoint"]["sha256"],
+            "heat_map_max": float(heat.max()), "heat_map_mean": float(heat.mean()),
+            "TorchThreads": explainer.threads}
+    return path, sidecar_path(path), rgb, info
+
+
+def write_participant(out_dir, job, path, sidecar, rows, pictures, card, step, inputs, extra,
+                       models) -> None:
+    """Heat-map PNGs (each with its sidecar), then the predictions and their sidecar, together."""
+    from metcli.io.files import OutputSet, write_tsv_to
+    from metcli.cnn.gradcam import write_png
+    from metcli.io.predictions import prediction_columns
+
+    with OutputSet() as outs:
+        produced = {}
+        for png, png_sidecar, rgb, info in pictures:
+            tmp = outs.path(png)
+            write_png(rgb, tmp)
+            produced[png] = tmp
+            step.write_sidecar(outs, png_sidecar, inputs, {png: tmp}, models=models,
+                               extra=info)
+        tmp = outs.path(path)
+        write_tsv_to(rows, prediction_columns(card["classes"]), tmp, schema="predictions",
+                     where=path)
+        produced = {path: tmp, **produced}
+        step.write_sidecar(outs, sidecar, inputs, produced, models=models, extra={
+            "Description": f"Predictions of model {card['name']} for {job.participant_id}: "
+                           "one row per lesion and one for the patient",
+            "Lesions": sum(1 for r in rows if r["level"] == "lesion"), **extra})
+
+

@@ -1,0 +1,166 @@
+"""What ``predict`` writes and reads back: model cards, per-participant and group
+predictions tables with their sidecars, and the skip rule for them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from metcli.core.batch import DONE, SKIPPED
+from metcli.core.errors import InputError, MetcliError
+from metcli.io.predictions import GROUP_TABLE, prediction_columns, prediction_rows, read_rows
+
+
+def load_card(model_dir: Path) -> dict:
+    """The model card, checked against its schema and against model.onnx's sha256."""
+    from metcli.io.files import read_json, sha256_file
+
+    model_dir = Path(model_dir)
+    card_path, onnx_path = model_dir / "model.json", model_dir / "model.onnx"
+    for path in (card_path, onnx_path):
+        if not path.is_file():
+            raise InputError(f"not a metcli model directory: {path.name} is missing",
+                             path=model_dir, fix="give a folder that train-radiomics wrote "
+                                                 "(<classifier>_<sampler>/)")
+    card = read_json(card_path)
+    from metcli.io.schemas import validate
+
+    validate(card, "cnn_card" if isinstance(card, dict) and card.get("kind") == "image"
+             else "model_card", where=card_path)
+    if sha256_file(onnx_path) != card["onnx"]["sha256"]:
+        raise InputError("model.onnx does not match the sha256 in its card", path=onnx_path,
+                         fix="copy the model directory again (model.onnx and model.json "
+                             "belong together)")
+    return card
+
+
+def sidecar_of(path: Path) -> Path:
+    from metcli.io.bids import sidecar_path
+
+    return sidecar_path(path)
+
+
+def participant_path(out_dir: Path, key) -> Path:
+    """``sub-<id>/[ses-<s>/]anat/..._predictions.tsv`` of a (participant, session, phase) key."""
+    from metcli.io.bids import Entities, derivative_path
+
+    pid, ses, phase = key[:3]
+    try:
+        entities = Entities(sub=pid[4:], ses=ses, ce=phase, suffix="predictions",
+                            extension=".tsv")
+    except MetcliError as exc:
+        raise InputError(f"{pid}: {exc.what}") from None
+    return derivative_path(out_dir, entities, suffix="predictions", extension=".tsv")
+
+
+def current_predictions(step, path: Path, pid: str, *, inputs: list[dict] | None = None,
+                        roots: dict[str, Path] | None = None):
+    """(rows, input records, sidecar) of a participant's predictions that are current.
+
+    Current: the skip rule holds for ``inputs`` (image models: the
+    participant's files and the model's), or, without ``inputs``, for the
+    inputs its sidecar records, found again under ``roots`` and hashed anew
+    (radiomics models, whose participant level reads the participant's own
+    features table or a whole one). Otherwise an :class:`InputError` that says
+    to run the participant level first.
+    """
+    from metcli.io.files import read_json
+
+    sidecar = sidecar_of(path)
+    stale = InputError(f"no current predictions of {pid} (missing, or made from other inputs "
+                       "or with other settings than this run's)", path=path,
+                       fix=f"run predict with --participant-label {pid[4:]} and the same model, "
+                           "inputs and options first")
+    if not sidecar.is_file():
+        raise stale
+    try:
+        doc = read_json(sidecar)
+    except InputError:
+        raise stale from None
+    if inputs is None:
+        files = [_input_file(record, roots or {}) for record in
+                 ((doc.get("Provenance") or {}).get("inputs") or [])]
+        if not files or any(f is None for f in files):
+            raise stale
+        inputs = step.inputs(files)
+    if not step.is_done(sidecar, inputs):
+        raise stale
+    return read_rows(path), inputs, doc
+
+
+def _input_file(record: dict, roots: dict[str, Path]) -> Path | None:
+    """The file of a recorded input (``bids:<root>:<path>``) under this run's roots, if any."""
+    uri = str(record.get("uri", ""))
+    parts = uri.split(":", 2)
+    if len(parts) != 3 or parts[0] != "bids" or parts[1] not in roots:
+        return None
+    path = Path(roots[parts[1]]) / parts[2]
+    return path if path.is_file() else None
+
+
+def recorded_extra(extra: dict, sidecars: Sequence[dict]) -> dict:
+    """``extra`` with what the participant runs recorded (execution provider, torch threads)."""
+    out = dict(extra)
+    for key in ("ExecutionProvider", "TorchThreads"):
+        values: list = []
+        for doc in sidecars:
+            if key in doc and doc[key] not in values:
+                values.append(doc[key])
+        if values:
+            out[key] = values[0] if len(values) == 1 else sorted(values, key=str)
+        elif out.get(key) is None:
+            out.pop(key, None)
+    return out
+
+
+def rows_for(card, pid, lesion_ids, proba, aggregate) -> list[dict]:
+    return prediction_rows([pid] * len(lesion_ids), lesion_ids, proba, card["classes"],
+                           model=card["name"], set_name="test", positive=card["positive_class"],
+                           threshold=card["threshold"], aggregate=aggregate)
+
+
+def write_participant(out_dir, key, rows, card, step, inputs, extra, models, overwrite,
+                       report) -> str:
+    from metcli.io.bids import sidecar_path
+    from metcli.io.files import OutputSet, write_tsv_to
+
+    pid = key[0]
+    path = participant_path(out_dir, key)
+    sidecar = sidecar_path(path)
+    report.outputs.extend([path, sidecar])
+    if not overwrite and step.is_done(sidecar, inputs):
+        return SKIPPED
+    with OutputSet() as outs:
+        tmp = outs.path(path)
+        write_tsv_to(rows, prediction_columns(card["classes"]), tmp, schema="predictions",
+                     where=path)
+        step.write_sidecar(outs, sidecar, inputs, {path: tmp}, models=models, extra={
+            "Description": f"Predictions of model {card['name']} for {pid}: one row per "
+                           "lesion and one for the patient", **extra})
+    return DONE
+
+
+def write_group(out_dir, rows, card, step, inputs, extra, models, overwrite) -> list[Path]:
+    from metcli.io.bids import sidecar_path
+    from metcli.io.files import OutputSet, write_tsv_to
+
+    path = Path(out_dir) / GROUP_TABLE
+    sidecar = sidecar_path(path)
+    rows = sorted(rows, key=lambda r: (r["participant_id"], r["level"] != "lesion",
+                                       r["lesion_id"] or 0))
+    if not overwrite and step.is_done(sidecar, inputs) and _same_rows(path, rows, card):
+        return [path, sidecar]
+    with OutputSet() as outs:
+        tmp = outs.path(path)
+        write_tsv_to(rows, prediction_columns(card["classes"]), tmp, schema="predictions",
+                     where=path)
+        step.write_sidecar(outs, sidecar, inputs, {path: tmp}, models=models, extra={
+            "Description": f"Predictions of model {card['name']} for every participant",
+            **extra})
+    return [path, sidecar]
+
+
+def _same_rows(path: Path, rows, card) -> bool:
+    from metcli.io.files import tsv_text
+
+    return path.read_text(encoding="utf-8") == tsv_text(rows, prediction_columns(card["classes"]))

@@ -1,0 +1,642 @@
+"""Segment CT with an nnU-Net network exported to ONNX, reproducing nnU-Net's inference.
+
+:class:`OnnxSegmenter` loads a folder written by ``metcli export-onnx`` (``model.onnx``
+and ``preprocessing.json``, see ``docs/onnx.md``) once and segments many CTs. It
+needs numpy, scipy, scikit-image, SimpleITK and ONNX Runtime only: no torch, no
+nnunetv2. Every step does what nnU-Net v2's predictor does (2.x, read from its
+source: ``preprocessors/default_preprocessor.py``, ``resampling/default_resampling.py``,
+``normalization/default_normalization_schemes.py``, ``inference/predict_from_raw_data.py``,
+``inference/sliding_window_prediction.py``, ``inference/export_prediction.py``):
+
+1. the CT is optionally brought to the orientation the model was trained in (a
+   lossless permutation/flip of axes, :func:`orientation_transform`); nnU-Net
+   itself feeds arrays as they are stored, which is ``orientation: null``;
+2. the array is indexed [z, y, x] with the spacing reversed (SimpleITK's order, as
+   nnU-Net's ``SimpleITKIO``), then transposed by the plans' ``transpose_forward``;
+3. it is cropped to the bounding box of its nonzero voxels (:func:`nonzero_bbox`);
+4. it is normalised (CT: clip to the training foreground's 0.5/99.5 percentiles,
+   subtract its mean, divide by its std; :func:`normalize`);
+5. it is resampled to the target spacing: third-order spline, with the
+   out-of-plane axis handled separately (nearest neighbour) when the spacing is
+   anisotropic (:func:`resample_to_shape`);
+6. a Gaussian-weighted sliding window (sigma 1/8 of the patch) predicts logits,
+   optionally averaging the 2^k mirrored inputs (test-time augmentation);
+7. the logits are resampled back to the cropped grid (first order), turned into
+   probabilities (softmax) and labels (argmax), put back into the uncropped
+   array, transposed back, and returned on the CT's exact grid.
+
+Differences from nnU-Net that remain: nnU-Net accumulates the sliding window and
+resamples the logits in float16, metcli in float32; the figures of the agreement
+between the two are in ``docs/onnx.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from metcli.core.errors import ImageError, InputError, UsageError
+
+log = logging.getLogger(__name__)
+
+#: The files of an exported model folder.
+ONNX_FILE = "model.onnx"
+SPEC_FILE = "preprocessing.json"
+SPEC_SCHEMA = "onnx_segmentation"
+SPEC_FORMAT = "metcli-onnx-segmentation"
+
+#: nnU-Net's default anisotropy threshold (nnunetv2.configuration.ANISO_THRESHOLD).
+ANISOTROPY_THRESHOLD = 3.0
+#: The resampling function of nnU-Net's default plans, the only one reproduced.
+SUPPORTED_RESAMPLING = ("resample_data_or_seg_to_shape",)
+#: Normalisation schemes of nnU-Net reproduced here (nnU-Net class names).
+SUPPORTED_NORMALIZATION = ("CTNormalization", "ZScoreNormalization", "NoNormalization",
+                           "RescaleTo01Normalization")
+DEVICES = ("auto", "cpu", "cuda")
+ACCUMULATE = ("float16", "float32")
+CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
+#: Most inputs per ONNX Runtime call (tiles x mirrored copies).
+MAX_BATCH = 8
+
+
+# ============================================================================ the spec
+def load_spec(model_dir: str | Path) -> dict:
+    """``preprocessing.json`` of an exported model folder, checked against its schema."""
+    from metcli.io.files import read_json
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InputError("ONNX model folder not found", path=model_dir,
+                         fix="give the folder written by 'metcli export-onnx'")
+    spec_path = model_dir / SPEC_FILE
+    if not spec_path.is_file():
+        hint = (" (this is an nnU-Net model folder: export it first with "
+                "'metcli export-onnx MODEL_DIR OUT_DIR')" if (model_dir / "plans.json").is_file()
+                else "")
+        raise InputError(f"no {SPEC_FILE} in the ONNX model folder{hint}", path=model_dir,
+                         fix="give the folder written by 'metcli export-onnx'")
+    spec = read_json(spec_path, schema=SPEC_SCHEMA)
+    check_spec_supported(spec, where=spec_path)
+    return spec
+
+
+def check_spec_supported(spec: dict, *, where: str | Path | None = None) -> None:
+    """Refuse what this backend does not reproduce (with the reason and a way out)."""
+    norm = spec["normalization"]["scheme"]
+    if norm not in SUPPORTED_NORMALIZATION:
+        raise InputError(f"normalisation scheme {norm!r} is not reproduced by the ONNX backend "
+                         f"(it does {', '.join(SUPPORTED_NORMALIZATION)})", path=where,
+                         fix="use the nnU-Net backend for this model")
+    for key in ("data", "probabilities"):
+        function = spec["resampling"][key]["function"]
+        if function not in SUPPORTED_RESAMPLING:
+            raise InputError(f"resampling function {function!r} ({key}) is not reproduced by the "
+                             f"ONNX backend (it does {', '.join(SUPPORTED_RESAMPLING)})",
+                             path=where, fix="use the nnU-Net backend for this model")
+
+
+# ============================================================================ orientation
+@dataclass(frozen=True)
+class AxisTransform:
+    """A lossless change of array axes: ``oriented = flip(transpose(array, perm), flips)``.
+
+    Arrays are numpy arrays indexed [z, y, x] as SimpleITK gives them.
+    """
+
+    perm: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+
+    @property
+    def is_identity(self) -> bool:
+        return self.perm == (0, 1, 2) and not any(self.flips)
+
+    def forward(self, array: np.ndarray) -> np.ndarray:
+        """Input array -> oriented array (the last three axes)."""
+        lead = array.ndim - 3
+        out = np.transpose(array, tuple(range(lead)) + tuple(lead + p for p in self.perm))
+        axes = tuple(lead + k for k, f in enumerate(self.flips) if f)
+        return np.flip(out, axes) if axes else out
+
+    def backward(self, array: np.ndarray) -> np.ndarray:
+        """Oriented array -> input array (the last three axes)."""
+        lead = array.ndim - 3
+        axes = tuple(lead + k for k, f in enumerate(self.flips) if f)
+        out = np.flip(array, axes) if axes else array
+        inverse = tuple(int(i) for i in np.argsort(self.perm))
+        return np.transpose(out, tuple(range(lead)) + tuple(lead + p for p in inverse))
+
+    def spacing_zyx(self, spacing_zyx: Sequence[float]) -> list[float]:
+        return [float(spacing_zyx[p]) for p in self.perm]
+
+
+def orientation_transform(direction: Sequence[float], code: str | None) -> AxisTransform:
+    """The axis permutation and flips that bring an image with ``direction`` to ``code``.
+
+    ``code`` is a three-letter orientation as SimpleITK's ``DICOMOrient`` reads it
+    (``LPS`` is the identity direction; ``RAS`` is what nibabel's canonical
+    orientation becomes when SimpleITK reads it). The closest orientation is used,
+    as ``DICOMOrient`` does; the image is never resampled. ``None`` keeps the axes.
+    """
+    if code is None:
+        return AxisTransform((0, 1, 2), (False, False, False))
+    import SimpleITK as sitk
+
+    probe = sitk.Image([2, 2, 2], sitk.sitkUInt8)
+    probe.SetDirection(tuple(float(d) for d in direction))
+    try:
+        oriented = sitk.DICOMOrient(probe, code)
+    except RuntimeError:
+        raise UsageError(f"orientation {code!r} is not a valid three-letter code",
+                         fix="use one letter of each of L/R, P/A, S/I, e.g. LPS or RAS") from None
+    d_in = np.asarray(direction, float).reshape(3, 3)
+    d_out = np.asarray(oriented.GetDirection(), float).reshape(3, 3)
+    dots = d_in.T @ d_out  # [i, j]: input ITK axis i against oriented ITK axis j
+    itk_perm = [int(np.argmax(np.abs(dots[:, j]))) for j in range(3)]
+    itk_flip = [bool(dots[itk_perm[j], j] < 0) for j in range(3)]
+    # numpy axis k is ITK axis 2 - k.
+    perm = tuple(2 - itk_perm[2 - k] for k in range(3))
+    flips = tuple(itk_flip[2 - k] for k in range(3))
+    return AxisTransform(perm, flips)  # type: ignore[arg-type]
+
+
+# ============================================================================ preprocessing
+def nonzero_bbox(data: np.ndarray) -> list[list[int]]:
+    """Half-open bounding box [[start, stop], ...] of voxels nonzero in any channel.
+
+    nnU-Net crops every image to it (``crop_to_nonzero``); an image with no nonzero
+    voxel keeps its full extent, as in nnU-Net.
+    """
+    mask = np.any(data != 0, axis=0)
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=other))
+        if hits.size == 0:
+            return [[0, s] for s in mask.shape]
+        box.append([int(hits[0]), int(hits[-1]) + 1])
+    return box
+
+
+def _nonzero_mask_filled(data: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import binary_fill_holes
+
+    return binary_fill_holes(np.any(data != 0, axis=0))
+
+
+def normalize(channel: np.ndarray, normalization: dict, nonzero_mask: np.ndarray | None = None
+              ) -> np.ndarray:
+    """One channel normalised as nnU-Net's scheme ``normalization['scheme']`` does (float32)."""
+    scheme = normalization["scheme"]
+    image = channel.astype(np.float32, copy=True)
+    eps = 1e-8
+    if scheme == "CTNormalization":
+        np.clip(image, normalization["clip_lower"], normalization["clip_upper"], out=image)
+        image -= normalization["mean"]
+        image /= max(normalization["std"], eps)
+    elif scheme == "ZScoreNormalization":
+        if normalization.get("use_mask_for_norm") and nonzero_mask is not None:
+            values = image[nonzero_mask]
+            mean, std = values.mean(), values.std()
+            image[nonzero_mask] = (values - mean) / max(std, eps)
+        else:
+            mean, std = image.mean(), image.std()
+            image -= mean
+            image /= max(std, eps)
+    elif scheme == "RescaleTo01Normalization":
+        image -= image.min()
+        image /= np.clip(image.max(), a_min=eps, a_max=None)
+    elif scheme == "NoNormalization":
+        pass
+    else:  # pragma: no cover - refused by check_spec_supported
+        raise InputError(f"normalisation scheme {scheme!r} is not reproduced")
+    return image
+
+
+def compute_new_shape(old_shape: Sequence[int], old_spacing: Sequence[float],
+                      new_spacing: Sequence[float]) -> list[int]:
+    """The shape after resampling, rounded as nnU-Net rounds it."""
+    return [int(round(i / j * k)) for i, j, k in zip(old_spacing, new_spacing, old_shape)]
+
+
+def _lowres_axes(spacing: Sequence[float]) -> np.ndarray:
+    spacing = np.asarray(spacing, float)
+    return np.where(max(spacing) / spacing == 1)[0]
+
+
+def separate_z(current_spacing: Sequence[float], new_spacing: Sequence[float],
+               force_separate_z: bool | None = None,
+               threshold: float = ANISOTROPY_THRESHOLD) -> tuple[bool, int | None]:
+    """Whether (and along which axis) nnU-Net resamples the out-of-plane axis on its own.
+
+    An axis is handled separately when one spacing (the current one first, else the
+    new one) is anisotropic (largest / smallest > ``threshold``) and exactly one
+    axis has the largest spacing.
+    """
+    def anisotropic(spacing):
+        return (np.max(spacing) / np.min(spacing)) > threshold
+
+    if force_separate_z is not None:
+        do_separate = bool(force_separate_z)
+        axes = _lowres_axes(current_spacing) if do_separate else None
+    elif anisotropic(current_spacing):
+        do_separate, axes = True, _lowres_axes(current_spacing)
+    elif anisotropic(new_spacing):
+        do_separate, axes = True, _lowres_axes(new_spacing)
+    else:
+        do_separate, axes = False, None
+    if axes is None:
+        return do_separate, None
+    if len(axes) != 1:
+        return False, None
+    return do_separate, int(axes[0])
+
+
+def _interpolate_axis(volume: np.ndarray, axis: int, new_length: int, order: int) -> np.ndarray:
+    """Resample one axis with pixel-centre alignment and edge extension.
+
+    The same coordinates as nnU-Net's ``map_coordinates`` call along the separate
+    axis (``scale * (i + 0.5) - 0.5``, mode ``nearest``); the other axes keep their
+    integer coordinates, so only this axis moves. Orders 0 and 1 are computed
+    directly; higher orders go through ``scipy.ndimage.map_coordinates`` in 1D.
+    """
+    old_length = volume.shape[axis]
+    coords = (old_length / new_length) * (np.arange(new_length) + 0.5) - 0.5
+    if order == 0:
+        from scipy.ndimage import map_coordinates
+
+        index = map_coordinates(np.arange(old_length, dtype=float), [coords], order=0,
+                                mode="nearest").astype(np.intp)
+        return np.take(volume, index, axis=axis)
+    if order == 1:
+        x = np.clip(coords, 0, old_length - 1)
+        lower = np.floor(x).astype(np.intp)
+        upper = np.minimum(lower + 1, old_length - 1)
+        weight = (x - lower).reshape([-1 if a == axis else 1 for a in range(volume.ndim)])
+        return (np.take(volume, lower, axis=axis) * (1 - weight)
+                + np.take(volume, upper, axis=axis) * weight)
+    from scipy.ndimage import map_coordinates
+
+    moved = np.moveaxis(volume, axis, -1)
+    flat = moved.reshape(-1, old_length)
+    out = np.empty((flat.shape[0], new_length), dtype=np.float64)
+    for row in range(flat.shape[0]):
+        out[row] = map_coordinates(flat[row], [coords], order=order, mode="nearest")
+    return np.moveaxis(out.reshape(*moved.shape[:-1], new_length), -1, axis)
+
+
+def resample_to_shape(data: np.ndarray, new_shape: Sequence[int],
+                      current_spacing: Sequence[float], new_spacing: Sequence[float], *,
+                      order: int = 3, order_z: int = 0, force_separate_z: bool | None = None,
+                      threshold: float = ANISOTROPY_THRESHOLD) -> np.ndarray:
+    """Resample every channel of ``data`` (C, a, b, c) to ``new_shape`` as nnU-Net does.
+
+    scikit-image's ``resize`` (spline of ``order``, edge mode, no anti-aliasing) on
+    the whole volume, or, when :func:`separate_z` says so, slice by slice in the
+    plane followed by order ``order_z`` along the separate axis. The output keeps
+    ``data``'s dtype; an unchanged shape returns ``data`` itself.
+    """
+    from skimage.transform import resize
+
+    new_shape = [int(s) for s in new_shape]
+    shape = list(data.shape[1:])
+    if shape == new_shape:
+        return data
+    do_separate, axis = separate_z(current_spacing, new_spacing, force_separate_z, threshold)
+    out = np.zeros((data.shape[0], *new_shape), dtype=data.dtype)
+    kwargs = {"mode": "edge", "anti_aliasing": False}
+    for c in range(data.shape[0]):
+        channel = data[c].astype(np.float64, copy=False)
+        if do_separate:
+            assert axis is not None
+            plane_shape = [s for a, s in enumerate(new_shape) if a != axis]
+            stage_shape = list(new_shape)
+            stage_shape[axis] = shape[axis]
+            stage = np.zeros(stage_shape, dtype=np.float64)
+            for index in range(shape[axis]):
+                where = [slice(None)] * 3
+                where[axis] = index
+                stage[tuple(where)] = resize(channel[tuple(where)], plane_shape, order, **kwargs)
+            if shape[axis] != new_shape[axis]:
+                stage = _interpolate_axis(stage, axis, new_shape[axis], order_z)
+            out[c] = stage
+        else:
+            out[c] = resize(channel, new_shape, order, **kwargs)
+    return out
+
+
+# ============================================================================ sliding window
+def sliding_window_steps(image_size: Sequence[int], patch_size: Sequence[int],
+                         step_size: float) -> list[list[int]]:
+    """Tile start positions per axis, as nnU-Net spreads them (evenly, first and last flush)."""
+    steps = []
+    for size, tile in zip(image_size, patch_size):
+        target = tile * step_size
+        count = int(np.ceil((size - tile) / target)) + 1
+        if count > 1:
+            stride = (size - tile) / (count - 1)
+        else:
+            stride = 99999999999
+        steps.append([int(np.round(stride * i)) for i in range(count)])
+    return steps
+
+
+def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8, *,
+                        half: bool = True) -> np.ndarray:
+    """nnU-Net's tile weights: a Gaussian (sigma = patch * ``sigma_scale``) with no zeros.
+
+    ``half=True`` gives nnU-Net's own map: peak 10, rounded to float16 (its far tails
+    become float16 subnormals or zero, and zeros are raised to the smallest nonzero
+    value), returned as float32 values. ``half=False`` gives the float32 map, peak 1.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    delta = np.zeros(patch_size)
+    delta[tuple(s // 2 for s in patch_size)] = 1
+    weights = gaussian_filter(delta, [s * sigma_scale for s in patch_size], 0, mode="constant",
+                              cval=0)
+    if half:
+        weights = (weights / (np.max(weights) / 10)).astype(np.float16)
+    else:
+        weights = (weights / np.max(weights)).astype(np.float32)
+    zero = weights == 0
+    if zero.any():
+        weights[zero] = np.min(weights[~zero])
+    return weights.astype(np.float32)
+
+
+def pad_to_patch(data: np.ndarray, patch_size: Sequence[int]) -> tuple[np.ndarray, tuple]:
+    """Zero-pad (C, ...) to at least the patch, centred as nnU-Net pads; return the crop back."""
+    old = np.array(data.shape[1:])
+    new = np.maximum(old, np.asarray(patch_size))
+    below = (new - old) // 2
+    above = new - old - below
+    if not np.any(new - old):
+        return data, tuple(slice(0, s) for s in old)
+    padded = np.pad(data, [(0, 0)] + [(int(b), int(a)) for b, a in zip(below, above)],
+                    mode="constant", constant_values=0)
+    return padded, tuple(slice(int(b), int(b + o)) for b, o in zip(below, old))
+
+
+def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """The flips nnU-Net averages: none, then every non-empty subset of ``axes`` in its order."""
+    axes = list(axes)
+    return [()] + [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+
+
+# ============================================================================ the segmenter
+class OnnxSegmenter:
+    """An nnU-Net model exported to ONNX, loaded once to segment many CTs.
+
+    Args:
+        model_dir: a folder written by ``metcli export-onnx`` (``model.onnx`` and
+            ``preprocessing.json``); the ONNX file's sha256 is checked against the spec.
+        device: ``auto`` (CUDA when ONNX Runtime has it, else the CPU), ``cuda``
+            (falls back to the CPU with a warning when unavailable) or ``cpu``.
+        tta: average the predictions of the mirrored inputs (nnU-Net's test-time
+            augmentation, over the axes the model allows).
+        step_size: sliding-window step as a fraction of the patch (0 < s <= 1).
+        accumulate: ``float16`` sums the weighted tiles and resamples the logits in
+            half precision, exactly as nnU-Net's predictor does (so that the two agree
+            to the rounding); ``float32`` keeps single precision throughout (more
+            precise at the image borders, where nnU-Net's float16 tile weights are
+            subnormal).
+        threads: ONNX Runtime's intra-op threads (default: its own choice).
+    """
+
+    def __init__(self, model_dir: str | Path, *, device: str = "auto", tta: bool = True,
+                 step_size: float = 0.5, accumulate: str = "float16",
+                 threads: int | None = None):
+        if device not in DEVICES:
+            raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) \
+                or not 0 < step_size <= 1:
+            raise UsageError(f"step_size must be a number in (0, 1], got {step_size!r}",
+                             fix="use 0.5 (nnU-Net's default) or a larger value for speed")
+        if accumulate not in ACCUMULATE:
+            raise UsageError(f"accumulate must be one of {', '.join(ACCUMULATE)}, "
+                             f"got {accumulate!r}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise UsageError(f"threads must be a positive integer, got {threads!r}")
+        self.model_dir = Path(model_dir)
+        self.spec = load_spec(self.model_dir)
+        self.tta = bool(tta)
+        self.step_size = float(step_size)
+        self.accumulate = accumulate
+        self._half = accumulate == "float16"
+        self.device_requested = device
+        onnx_path = self.model_dir / self.spec["onnx"]["file"]
+        self.model_sha256 = _checked_sha256(onnx_path, self.spec["onnx"]["sha256"])
+        self._session, self.provider = _make_session(onnx_path, device, threads)
+        #: Where inference runs: ``cuda`` or ``cpu``.
+        self.device = "cuda" if self.provider == CUDA_PROVIDER else "cpu"
+        self._input_name = self._session.get_inputs()[0].name
+        self._patch = tuple(int(p) for p in self.spec["patch_size"])
+        self._gaussian = gaussian_importance(
+            self._patch, self.spec["inference"]["gaussian_sigma_scale"], half=self._half)
+        mirror_axes = self.spec["inference"]["mirror_axes"] or []
+        self._mirrors = mirror_combinations(mirror_axes) if self.tta else [()]
+        if self.tta and not mirror_axes:
+            log.info("the model allows no mirroring; test-time augmentation is off")
+        self._values = sorted(int(v) for v in self.spec["labels"].values())
+
+    # ------------------------------------------------------------------ public
+    @property
+    def labels(self) -> dict[str, int]:
+        """The model's own labels, ``{name: value}`` (background 0)."""
+        return {str(k): int(v) for k, v in self.spec["labels"].items()}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What provenance should record about this segmenter."""
+        return {"backend": "onnx", "model_sha256": self.model_sha256, "tta": self.tta,
+                "mirror_axes": sorted({a for m in self._mirrors for a in m}),
+                "step_size": self.step_size, "accumulate": self.accumulate,
+                "execution_provider": self.provider,
+                "orientation": self.spec["axes"]["orientation"]}
+
+    def predict(self, ct, *, progress: Callable[[int, int], None] | None = None):
+        """The label image (the model's labels) of ``ct`` on its exact grid."""
+        labels, _ = self._predict(ct, probabilities=False, progress=progress)
+        return labels
+
+    def predict_with_probabilities(self, ct, *, progress: Callable[[int, int], None] | None = None):
+        """``(label_image, probabilities)``: probabilities are float32 (C, z, y, x) on ``ct``'s
+        array grid, channel ``i`` for the ``i``-th smallest label value."""
+        return self._predict(ct, probabilities=True, progress=progress)
+
+    # ------------------------------------------------------------------ steps
+    def _predict(self, ct, *, probabilities: bool, progress):
+        import SimpleITK as sitk
+
+        array, spacing_zyx = _ct_array(ct)
+        axes = self.spec["axes"]
+        orient = orientation_transform(ct.GetDirection(), axes["orientation"])
+        data = orient.forward(array)[None].astype(np.float32)
+        spacing = orient.spacing_zyx(spacing_zyx)
+        forward = [int(a) for a in axes["transpose_forward"]]
+        backward = [int(a) for a in axes["transpose_backward"]]
+        data = np.ascontiguousarray(data.transpose([0, *[a + 1 for a in forward]]))
+        spacing = [spacing[a] for a in forward]
+        shape_before_crop = data.shape[1:]
+
+        bbox = nonzero_bbox(data) if self.spec.get("crop_to_nonzero", True) else \
+            [[0, s] for s in shape_before_crop]
+        crop = tuple(slice(a, b) for a, b in bbox)
+        mask = None
+        if self.spec["normalization"].get("use_mask_for_norm"):
+            mask = _nonzero_mask_filled(data)[crop]
+        data = data[(slice(None),) + crop]
+        shape_cropped = data.shape[1:]
+        data = np.stack([normalize(data[c], self.spec["normalization"], mask)
+                         for c in range(data.shape[0])])
+
+        target = [float(s) for s in self.spec["target_spacing"]]
+        new_shape = compute_new_shape(shape_cropped, spacing, target)
+        rs = self.spec["resampling"]
+        threshold = float(rs.get("anisotropy_threshold", ANISOTROPY_THRESHOLD))
+        data = resample_to_shape(data, new_shape, spacing, target, order=rs["data"]["order"],
+                                 order_z=rs["data"]["order_z"],
+                                 force_separate_z=rs["data"]["force_separate_z"],
+                                 threshold=threshold)
+        log.debug("shape %s -> cropped %s -> resampled %s (spacing %s -> %s)", shape_before_crop,
+                  shape_cropped, data.shape[1:], spacing, target)
+
+        logits = self._sliding_window(data.astype(np.float32, copy=False), progress)
+        del data
+        logits = resample_to_shape(logits, shape_cropped, target, spacing,
+                                   order=rs["probabilities"]["order"],
+                                   order_z=rs["probabilities"]["order_z"],
+                                   force_separate_z=rs["probabilities"]["force_separate_z"],
+                                   threshold=threshold)
+        index = np.argmax(logits, axis=0)
+        values = np.asarray(self._values)
+        dtype = np.uint8 if values.max() < 256 else np.uint16
+        seg = np.zeros(shape_before_crop, dtype=dtype)
+        seg[crop] = values[index].astype(dtype)
+        seg = orient.backward(seg.transpose(backward))
+        label_image = sitk.GetImageFromArray(np.ascontiguousarray(seg))
+        label_image.CopyInformation(ct)
+        if not probabilities:
+            return label_image, None
+        probs = _softmax(logits.astype(np.float32))
+        del logits
+        full = np.zeros((probs.shape[0], *shape_before_crop), dtype=np.float32)
+        full[0] = 1.0
+        full[(slice(None),) + crop] = probs
+        full = full.transpose([0, *[a + 1 for a in backward]])
+        return label_image, np.ascontiguousarray(orient.backward(full))
+
+    def _sliding_window(self, data: np.ndarray, progress) -> np.ndarray:
+        """Logits (heads, ...) of the preprocessed ``data`` (C, ...), Gaussian-weighted tiles."""
+        padded, unpad = pad_to_patch(data, self._patch)
+        steps = sliding_window_steps(padded.shape[1:], self._patch, self.step_size)
+        tiles = [tuple(slice(s, s + p) for s, p in zip(start, self._patch))
+                 for start in itertools.product(*steps)]
+        heads = len(self._values)
+        dtype = np.float16 if self._half else np.float32
+        logits = np.zeros((heads, *padded.shape[1:]), dtype=dtype)
+        weight = np.zeros(padded.shape[1:], dtype=dtype)
+        gaussian = self._gaussian
+        mirrors = self._mirrors
+        per_call = max(1, MAX_BATCH // len(mirrors))
+        done = 0
+        for first in range(0, len(tiles), per_call):
+            group = tiles[first:first + per_call]
+            batch = []
+            for tile in group:
+                patch = padded[(slice(None),) + tile]
+                for axes in mirrors:
+                    batch.append(np.flip(patch, [a + 1 for a in axes]) if axes else patch)
+            inputs = {self._input_name: np.ascontiguousarray(np.stack(batch))}
+            out = self._session.run(None, inputs)[0]
+            for t, tile in enumerate(group):
+                pred = None
+                for m, axes in enumerate(mirrors):
+                    one = out[t * len(mirrors) + m]
+                    one = np.flip(one, [a + 1 for a in axes]) if axes else one
+                    pred = one.astype(np.float32) if pred is None else pred + one
+                if len(mirrors) > 1:
+                    pred /= len(mirrors)
+                pred *= gaussian
+                where = (slice(None),) + tile
+                # float16: each sum is computed in float32 and rounded, as torch does in place.
+                logits[where] = (logits[where].astype(np.float32) + pred).astype(dtype)
+                weight[tile] = (weight[tile].astype(np.float32) + gaussian).astype(dtype)
+            done += len(group)
+            if progress is not None:
+                progress(done, len(tiles))
+        logits = (logits.astype(np.float32) / weight.astype(np.float32)).astype(dtype)
+        if not np.all(np.isfinite(logits)):
+            raise InputError("the network produced non-finite logits",
+                             fix="check the CT's intensities and the exported model")
+        return logits[(slice(None),) + unpad]
+
+
+# ============================================================================ helpers
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=0, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=0, keepdims=True)
+    return shifted.astype(np.float32, copy=False)
+
+
+def _ct_array(ct) -> tuple[np.ndarray, list[float]]:
+    """The CT as a float32 array [z, y, x] and its spacing in the same order; checked."""
+    import SimpleITK as sitk
+
+    if not isinstance(ct, sitk.Image):
+        raise UsageError(f"ct must be a SimpleITK image, got {type(ct).__name__}",
+                         fix="read it with metcli.io.files.read_image")
+    if ct.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageError(f"the CT has {ct.GetNumberOfComponentsPerPixel()} components per voxel; "
+                         "a scalar image is needed", fix="give a single-channel CT")
+    if ct.GetDimension() != 3:
+        raise ImageError(f"the CT is {ct.GetDimension()}D; a 3D volume is needed",
+                         fix="give a 3D CT volume")
+    array = sitk.GetArrayFromImage(ct).astype(np.float32, copy=False)
+    if not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise ImageError(f"the CT has {bad} voxel(s) that are NaN or infinite",
+                         fix="repair or re-export the image (every voxel needs a value in HU)")
+    spacing = [abs(float(s)) for s in ct.GetSpacing()[::-1]]
+    return array, spacing
+
+
+def _checked_sha256(path: Path, expected: str) -> str:
+    from metcli.io.files import sha256_file
+
+    if not path.is_file():
+        raise InputError("the ONNX file named in preprocessing.json is missing", path=path,
+                         fix="export the model again with 'metcli export-onnx'")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise InputError(f"the ONNX file's sha256 {actual[:12]}... differs from the "
+                         f"{expected[:12]}... recorded in {SPEC_FILE}", path=path,
+                         fix="export the model again with 'metcli export-onnx' (the file was "
+                             "changed or corrupted)")
+    return actual
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def _make_session(onnx_path: Path, device: str, threads: int | None):
+    """An ONNX Runtime session by metcli's device rule (:mod:`metcli.core.devices`)."""
+    import onnxruntime as ort
+
+    from metcli.core.devices import start_session
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return start_session(onnx_path, device, options=options)

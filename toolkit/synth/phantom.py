@@ -1,0 +1,616 @@
+"""The synthetic CT phantom of ``metcli synth``: grids, parameters, anatomy, lesions.
+
+The phantom model (see ``docs/synth.md``): air outside an elliptical body, a
+subcutaneous fat layer, an abdominal-wall muscle layer, an abdominal cavity of
+soft tissue mottled with visceral fat, a vertebra with its arch and the aorta
+posteriorly, and a smooth liver in the right upper abdomen with a textured
+parenchyma. Hypo-attenuating, slightly irregular ellipsoidal lesions lie inside
+the liver, at least :data:`MIN_GAP_VOXELS` voxels apart, so that connected
+components give exactly the placed lesions. The image is blurred by a small
+point-spread function and Gaussian noise is added.
+
+Classes differ, by default in the direction of the 2023 study, in the number of
+lesions (pancreatic more), their size (pancreatic smaller) and their interior
+(colorectal brighter and more heterogeneous); a per-patient random effect is
+shared by all lesions of a patient. :meth:`SynthParams.null` removes every class
+difference: class labels are then independent of the images.
+
+Randomness: participant ``i`` of seed ``s`` draws from
+``SeedSequence(s, spawn_key=(i,))``, split into independent streams for the
+anatomy, the lesions, the textures and the noise, so the same seed gives the same
+files, a larger cohort starts with the same participants, and changing a lesion
+knob leaves the anatomy and the noise as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from metcli.core.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+#: The two classes, in the order of ``primary`` values.
+CLASSES = ("colorectal", "pancreatic")
+#: Patients per class in the 2023 study (Tharmaseelan et al.): the default ratio.
+STUDY_PATIENTS = {"colorectal": 47, "pancreatic": 31}
+#: Contrast phase of the phantoms.
+PHASE = "portal"
+#: Lesions are at least this many voxels apart (Chebyshev distance >= gap + 1).
+MIN_GAP_VOXELS = 2
+#: The HU range of the written images.
+HU_MIN, HU_MAX = -1024, 3071
+# Tissue codes of the tissue map and their Hounsfield units.
+(AIR, FAT, MUSCLE, CAVITY, VISCERAL_FAT, CORTICAL_BONE, MARROW, CANAL, AORTA, LIVER,
+ LESION) = range(11)
+TISSUE_NAMES = ("air", "fat", "muscle", "cavity", "visceral_fat", "cortical_bone", "marrow",
+                "canal", "aorta", "liver", "lesion")
+TISSUE_HU = {AIR: -1000.0, FAT: -100.0, MUSCLE: 50.0, CAVITY: 35.0, VISCERAL_FAT: -90.0,
+             CORTICAL_BONE: 750.0, MARROW: 400.0, CANAL: 15.0, AORTA: 160.0}
+
+# Adult anatomy in mm (x: patient right -> left, y: anterior -> posterior), scaled by
+# Grid.anatomy_scale.
+BODY_SEMI_AXES = (165.0, 120.0)
+FAT_MM, MUSCLE_MM = 18.0, 10.0
+VERTEBRA_Y, VERTEBRA_R, CORTEX_MM = 40.0, 18.0, 3.0
+CANAL_R, ARCH_MM = 8.0, 5.0
+AORTA_XY, AORTA_R = (16.0, 8.0), 11.0
+LIVER_CENTRE = (-70.0, -15.0, 0.0)
+LIVER_SEMI_AXES = (72.0, 68.0, 75.0)
+LIVER_BUMP, LIVER_BUMP_MM = 0.06, 12.0
+VISCERAL_FAT_FRACTION_Z = 0.6745  # a quarter of the cavity: the 75th centile of N(0, 1)
+VISCERAL_FAT_MM = 5.0
+LIVER_TEXTURE_MM, LESION_TEXTURE_MM = 3.0, 1.5
+ELONGATION = 0.12
+PLACEMENT_TRIES = 60
+
+
+# ============================================================================ grids
+@dataclass(frozen=True)
+class Grid:
+    """The voxel grid of the phantoms: identity direction, centred on the origin.
+
+    Args:
+        shape: voxels along x (patient right to left), y (anterior to posterior) and z
+            (inferior to superior).
+        spacing: mm per voxel along x, y, z.
+        anatomy_scale: the body and its organs relative to an adult abdomen (1.0: a body
+            330 mm wide and 240 mm deep, a liver of about 1.5 l). Lesion sizes are in mm
+            and do not scale.
+    """
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    anatomy_scale: float = 1.0
+
+    @property
+    def array_shape(self) -> tuple[int, int, int]:
+        """Shape of the numpy arrays, indexed [z, y, x]."""
+        return (self.shape[2], self.shape[1], self.shape[0])
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        return (self.spacing[2], self.spacing[1], self.spacing[0])
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        """Position (mm) of the first voxel's centre, so the grid is centred on (0, 0, 0)."""
+        return tuple(-(n - 1) / 2.0 * s for n, s in zip(self.shape, self.spacing))
+
+    def axis_mm(self, axis: int) -> np.ndarray:
+        """Voxel-centre positions (mm) along x (0), y (1) or z (2)."""
+        return (self.origin[axis] + np.arange(self.shape[axis]) * self.spacing[axis]
+                ).astype(np.float32)
+
+    def validate(self) -> None:
+        if len(self.shape) != 3 or any(int(n) != n or n < 16 for n in self.shape):
+            raise UsageError(f"grid shape must be three whole numbers >= 16, got {self.shape}")
+        if len(self.spacing) != 3 or any(not s > 0 for s in self.spacing):
+            raise UsageError(f"grid spacing must be three positive numbers (mm), "
+                             f"got {self.spacing}")
+        if not self.anatomy_scale > 0:
+            raise UsageError(f"anatomy_scale must be positive, got {self.anatomy_scale}")
+        for axis, semi in enumerate(BODY_SEMI_AXES):
+            half = (self.shape[axis] - 1) / 2.0 * self.spacing[axis] - 2 * self.spacing[axis]
+            if semi * self.anatomy_scale * 1.05 > half:
+                raise UsageError(
+                    f"the body ({2 * semi * self.anatomy_scale * 1.05:.0f} mm along "
+                    f"{'xy'[axis]}) does not fit the grid ({2 * half:.0f} mm)",
+                    fix="give more voxels, a larger spacing or a smaller anatomy_scale")
+
+    def as_dict(self) -> dict:
+        return {"shape": list(self.shape), "spacing": list(self.spacing),
+                "anatomy_scale": self.anatomy_scale}
+
+
+#: Size presets. ``small``: fast, for tests and demos (a half-size abdomen at 2x2x2.5 mm);
+#: ``paper``: 512x512 slices at 0.78x0.78x1.5 mm, 140 slices around the liver.
+SIZES = {
+    "small": Grid(shape=(96, 96, 48), spacing=(2.0, 2.0, 2.5), anatomy_scale=0.5),
+    "paper": Grid(shape=(512, 512, 140), spacing=(0.78125, 0.78125, 1.5), anatomy_scale=1.0),
+}
+
+
+def grid_for(size: str | Grid) -> Grid:
+    """The :class:`Grid` of a size preset (``small``, ``paper``) or a grid itself."""
+    if isinstance(size, Grid):
+        return size
+    if size not in SIZES:
+        raise UsageError(f"size {size!r} is not one of {', '.join(SIZES)}")
+    return SIZES[size]
+
+
+# ============================================================================ parameters
+@dataclass(frozen=True)
+class SynthParams:
+    """Everything that shapes a phantom except the random numbers (see docs/synth.md).
+
+    Class differences (equal values, or ``texture_signal=0``, remove one; :meth:`null`
+    removes all):
+        lesions_colorectal, lesions_pancreatic: mean number of lesions per patient
+            (1 + Poisson(mean - 1), so every patient has at least one).
+        diameter_colorectal, diameter_pancreatic: mean lesion diameter (mm; log-normal
+            with coefficient of variation ``diameter_cv``, cut to
+            [diameter_min, diameter_max]).
+        texture_signal: HU; colorectal lesions are texture_signal/2 brighter and their
+            interior texture SD texture_signal/4 larger than average, pancreatic ones
+            as much darker and smoother.
+
+    Shared by both classes:
+        patient_sd: SD (HU) of a per-patient offset added to all lesions of a patient.
+        lesion_hu, lesion_hu_sd: mean lesion HU, and the SD of one lesion's mean around
+            its patient's.
+        lesion_texture_sd: SD (HU) of the lesions' smooth interior texture.
+        diameter_cv, diameter_min, diameter_max, max_lesions, irregularity: lesion size
+            spread and limits (mm), most lesions per patient, boundary irregularity
+            (0: smooth ellipsoids).
+        liver_hu, liver_hu_sd, liver_texture_sd: liver parenchyma mean, its SD between
+            patients and the SD of its smooth texture (HU).
+        noise_sd: SD of the image noise (HU); blur_mm: SD of the point-spread function.
+    """
+
+    grid: Grid = SIZES["small"]
+    lesions_colorectal: float = 2.5
+    lesions_pancreatic: float = 5.0
+    diameter_colorectal: float = 16.0
+    diameter_pancreatic: float = 10.0
+    texture_signal: float = 6.0
+    patient_sd: float = 6.0
+    lesion_hu: float = 45.0
+    lesion_hu_sd: float = 4.0
+    lesion_texture_sd: float = 6.0
+    diameter_cv: float = 0.35
+    diameter_min: float = 6.0
+    diameter_max: float = 25.0
+    max_lesions: int = 15
+    irregularity: float = 0.12
+    liver_hu: float = 90.0
+    liver_hu_sd: float = 5.0
+    liver_texture_sd: float = 6.0
+    noise_sd: float = 12.0
+    blur_mm: float = 0.8
+
+    def validate(self) -> "SynthParams":
+        """Raise :class:`UsageError` naming the parameter, the rule and the bad value."""
+        self.grid.validate()
+
+        def need(name: str, ok: bool, rule: str) -> None:
+            if not ok:
+                raise UsageError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+        for name in KNOBS:
+            value = getattr(self, name)
+            need(name, isinstance(value, (int, float)) and not isinstance(value, bool)
+                 and math.isfinite(value), "a finite number")
+        for name in ("lesions_colorectal", "lesions_pancreatic"):
+            need(name, 1.0 <= getattr(self, name) <= self.max_lesions,
+                 f"between 1 and max_lesions ({self.max_lesions}) (the mean includes the one "
+                 "lesion every patient has)")
+        need("max_lesions", int(self.max_lesions) == self.max_lesions and self.max_lesions >= 1,
+             "a whole number >= 1")
+        need("diameter_min", self.diameter_min > 0, "positive (mm)")
+        need("diameter_max", self.diameter_max >= self.diameter_min, "at least diameter_min (mm)")
+        for name in ("diameter_colorectal", "diameter_pancreatic"):
+            need(name, self.diameter_min <= getattr(self, name) <= self.diameter_max,
+                 f"between diameter_min ({self.diameter_min}) and diameter_max "
+                 f"({self.diameter_max}) mm")
+        for name in ("patient_sd", "lesion_hu_sd", "lesion_texture_sd", "diameter_cv",
+                     "liver_hu_sd", "liver_texture_sd", "noise_sd", "blur_mm"):
+            need(name, getattr(self, name) >= 0, "zero or positive")
+        need("irregularity", 0 <= self.irregularity <= 0.4, "between 0 and 0.4")
+        need("texture_signal", abs(self.texture_signal) <= 4 * self.lesion_texture_sd,
+             f"at most 4 x lesion_texture_sd ({4 * self.lesion_texture_sd:g} HU) in size, so "
+             "that both classes keep a texture SD >= 0")
+        return self
+
+    # --- class-dependent values
+    def lesion_mean(self, cls: str) -> float:
+        return self.lesions_colorectal if _sign(cls) > 0 else self.lesions_pancreatic
+
+    def diameter_mean(self, cls: str) -> float:
+        return self.diameter_colorectal if _sign(cls) > 0 else self.diameter_pancreatic
+
+    def hu_shift(self, cls: str) -> float:
+        return _sign(cls) * self.texture_signal / 2.0
+
+    def texture_sd(self, cls: str) -> float:
+        return self.lesion_texture_sd + _sign(cls) * self.texture_signal / 4.0
+
+    def null(self) -> "SynthParams":
+        """The same parameters without any class difference (the averages of both classes)."""
+        count = (self.lesions_colorectal + self.lesions_pancreatic) / 2.0
+        diameter = (self.diameter_colorectal + self.diameter_pancreatic) / 2.0
+        return replace(self, lesions_colorectal=count, lesions_pancreatic=count,
+                       diameter_colorectal=diameter, diameter_pancreatic=diameter,
+                       texture_signal=0.0)
+
+    def knobs(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in KNOBS}
+
+
+#: The parameters besides the grid, as :func:`synth_cohort` takes them as keywords.
+KNOBS = tuple(f.name for f in fields(SynthParams) if f.name != "grid")
+
+
+def _sign(cls: str) -> int:
+    if cls == "colorectal":
+        return 1
+    if cls == "pancreatic":
+        return -1
+    raise UsageError(f"class {cls!r} is not one of {', '.join(CLASSES)}")
+
+
+# ============================================================================ random helpers
+def _spawn(rng: np.random.Generator, n: int) -> list[np.random.Generator]:
+    """``n`` independent child generators of ``rng`` (numpy >= 1.24)."""
+    if hasattr(rng, "spawn"):
+        return rng.spawn(n)
+    seed_seq = getattr(rng.bit_generator, "seed_seq", None) or rng.bit_generator._seed_seq
+    return [np.random.default_rng(s) for s in seed_seq.spawn(n)]
+
+
+def participant_seed(seed: int, index: int) -> np.random.SeedSequence:
+    """The seed sequence of participant ``index`` (0-based): the same in every cohort size."""
+    return np.random.SeedSequence(entropy=int(seed), spawn_key=(int(index),))
+
+
+def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma_vox) -> np.ndarray:
+    """Gaussian-filtered white noise of unit SD (float32); wide kernels on a coarser grid."""
+    from scipy import ndimage
+
+    shape = tuple(int(n) for n in shape)
+    sigma = np.broadcast_to(np.asarray(sigma_vox, dtype=float), (len(shape),))
+    factor = np.maximum(1, np.floor(sigma / 2.0)).astype(int)
+    coarse = tuple(-(-n // f) + 1 for n, f in zip(shape, factor))
+    noise = rng.standard_normal(coarse, dtype=np.float32)
+    noise = ndimage.gaussian_filter(noise, sigma / factor, mode="nearest", truncate=3.0)
+    if np.any(factor > 1):
+        noise = ndimage.zoom(noise, factor, order=1, mode="nearest")
+    noise = noise[tuple(slice(0, n) for n in shape)]
+    sd = float(noise.std())
+    return ((noise - noise.mean()) / sd if sd > 0 else noise).astype(np.float32)
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def lesion_plan(rng: np.random.Generator, params: SynthParams, cls: str) -> np.ndarray:
+    """Diameters (mm, largest first) of the lesions to place in one patient of ``cls``.
+
+    Count: 1 + Poisson(mean - 1), at most ``max_lesions``; diameters: log-normal with
+    the class mean and ``diameter_cv``, cut to [diameter_min, diameter_max].
+    """
+    count = 1 + int(rng.poisson(params.lesion_mean(cls) - 1.0))
+    count = min(count, int(params.max_lesions))
+    mean = params.diameter_mean(cls)
+    s2 = math.log1p(params.diameter_cv ** 2)
+    diameters = rng.lognormal(math.log(mean) - s2 / 2.0, math.sqrt(s2), size=count)
+    diameters = np.clip(diameters, params.diameter_min, params.diameter_max)
+    return np.sort(diameters)[::-1]
+
+
+# ============================================================================ the phantom
+@dataclass
+class Lesion:
+    """A lesion the generator placed. Positions are physical (LPS, mm) on the phantom grid."""
+
+    lesion_id: int
+    centre_mm: tuple[float, float, float]
+    radius_mm: float
+    semi_axes_mm: tuple[float, float, float]
+    voxels: int
+    volume_mm3: float
+    hu: float
+    texture_sd: float
+    patient_offset_hu: float
+    centroid_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    first_voxel: tuple[int, int, int] = field(repr=False, default=(0, 0, 0))
+
+    def order_key(self) -> tuple:
+        """split-lesions' id order: decreasing volume, then centroid z, y, x, then raster."""
+        cx, cy, cz = (round(c, 4) for c in self.centroid_mm)
+        return (-self.voxels, cz, cy, cx, self.first_voxel)
+
+    @property
+    def equivalent_diameter_mm(self) -> float:
+        """Diameter of the sphere with the lesion's (voxel) volume."""
+        return (6.0 * self.volume_mm3 / math.pi) ** (1.0 / 3.0)
+
+    def row(self, participant_id: str, primary: str) -> dict[str, Any]:
+        """The lesion's row of the truth table (see schemas/synth_lesions.schema.json)."""
+        return {
+            "participant_id": participant_id, "lesion_id": self.lesion_id, "primary": primary,
+            "centre_x_mm": round(self.centre_mm[0], 3), "centre_y_mm": round(self.centre_mm[1], 3),
+            "centre_z_mm": round(self.centre_mm[2], 3),
+            "centroid_x_mm": round(self.centroid_mm[0], 3),
+            "centroid_y_mm": round(self.centroid_mm[1], 3),
+            "centroid_z_mm": round(self.centroid_mm[2], 3), "radius_mm": round(self.radius_mm, 3),
+            "semi_axis_a_mm": round(self.semi_axes_mm[0], 3),
+            "semi_axis_b_mm": round(self.semi_axes_mm[1], 3),
+            "semi_axis_c_mm": round(self.semi_axes_mm[2], 3),
+            "voxels": self.voxels, "volume_mm3": round(self.volume_mm3, 3),
+            "equivalent_diameter_mm": round(self.equivalent_diameter_mm, 3),
+            "lesion_hu": round(self.hu, 3), "texture_sd_hu": round(self.texture_sd, 3),
+            "patient_offset_hu": round(self.patient_offset_hu, 3),
+        }
+
+
+@dataclass
+class Phantom:
+    """A phantom as arrays indexed [z, y, x] on ``grid`` (identity direction)."""
+
+    hu: np.ndarray          #: int16 Hounsfield units
+    dseg: np.ndarray        #: uint8: 0 background, 1 liver, 2 lesion
+    tissue: np.ndarray      #: uint8 tissue codes (AIR ... LESION), before blur and noise
+    lesions: list[Lesion]
+    grid: Grid
+    liver_hu: float         #: this patient's liver mean before texture, blur and noise
+    patient_offset_hu: float
+
+    def images(self):
+        """(CT, dseg) as SimpleITK images with the grid's spacing and origin."""
+        import SimpleITK as sitk
+
+        out = []
+        for array in (self.hu, self.dseg):
+            image = sitk.GetImageFromArray(array)
+            image.SetSpacing(tuple(float(s) for s in self.grid.spacing))
+            image.SetOrigin(tuple(float(o) for o in self.grid.origin))
+            out.append(image)
+        return tuple(out)
+
+
+def make_phantom(rng, params: SynthParams | None = None, cls: str = "colorectal"):
+    """One phantom of class ``cls``: ``(ct_image, dseg_image, lesions)``.
+
+    ``rng`` is a numpy Generator, a SeedSequence or an int; ``params`` defaults to
+    :class:`SynthParams` (the ``small`` grid). The images are SimpleITK images (int16
+    HU, uint8 labels); ``lesions`` lists the placed :class:`Lesion` records.
+    """
+    phantom = phantom_arrays(rng, params, cls)
+    ct, dseg = phantom.images()
+    return ct, dseg, phantom.lesions
+
+
+def phantom_arrays(rng, params: SynthParams | None = None, cls: str = "colorectal") -> Phantom:
+    """One phantom as arrays (:class:`Phantom`), with its tissue map for tests."""
+    from scipy import ndimage
+
+    params = (params or SynthParams()).validate()
+    _sign(cls)
+    rng = np.random.default_rng(rng)
+    r_anatomy, r_lesions, r_texture, r_noise = _spawn(rng, 4)
+    grid = params.grid
+    scale = grid.anatomy_scale
+    spacing_zyx = np.asarray(grid.spacing_zyx)
+    x, y, z = grid.axis_mm(0), grid.axis_mm(1), grid.axis_mm(2)
+
+    tissue = np.broadcast_to(_body_slice(r_anatomy, grid, x, y), grid.array_shape).copy()
+    fat_field = _smooth_noise(r_anatomy, grid.array_shape, VISCERAL_FAT_MM * scale / spacing_zyx)
+    tissue[(tissue == CAVITY) & (fat_field > VISCERAL_FAT_FRACTION_Z)] = VISCERAL_FAT
+    del fat_field
+    box, liver = _liver(r_anatomy, grid, tissue, x, y, z)
+    # Draws happen whatever the knobs, so that one knob leaves the other draws as they were.
+    liver_hu = params.liver_hu + float(r_anatomy.normal(0.0, params.liver_hu_sd))
+    patient_offset = float(r_lesions.normal(0.0, params.patient_sd))
+    placed = _place_lesions(r_lesions, params, cls, grid, box, liver, patient_offset)
+
+    # Hounsfield units: tissue values, textured liver and lesions, blur, noise.
+    lut = np.zeros(len(TISSUE_NAMES), np.float32)
+    for code, value in TISSUE_HU.items():
+        lut[code] = value
+    hu = lut[tissue]
+    box_shape = liver.shape
+    liver_field = _smooth_noise(r_texture, box_shape, LIVER_TEXTURE_MM / spacing_zyx)
+    lesion_field = _smooth_noise(r_texture, box_shape, LESION_TEXTURE_MM / spacing_zyx)
+    hu_box, tissue_box = hu[box], tissue[box]
+    hu_box[liver] = liver_hu + params.liver_texture_sd * liver_field[liver]
+    tissue_box[liver] = LIVER
+    dseg = np.zeros(grid.array_shape, np.uint8)
+    dseg_box = dseg[box]
+    dseg_box[liver] = 1
+    for lesion, (local, mask) in placed:
+        region = hu_box[local]
+        region[mask] = lesion.hu + lesion.texture_sd * lesion_field[local][mask]
+        tissue_box[local][mask] = LESION
+        dseg_box[local][mask] = 2
+    if params.blur_mm > 0:
+        hu = ndimage.gaussian_filter(hu, params.blur_mm / spacing_zyx, mode="nearest", truncate=3.0)
+    if params.noise_sd > 0:
+        hu += np.float32(params.noise_sd) * r_noise.standard_normal(hu.shape, dtype=np.float32)
+    hu = np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16)
+    lesions = [lesion for lesion, _ in placed]
+    return Phantom(hu=hu, dseg=dseg, tissue=tissue, lesions=lesions, grid=grid,
+                   liver_hu=float(liver_hu), patient_offset_hu=patient_offset)
+
+
+def _body_slice(rng: np.random.Generator, grid: Grid, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The axial tissue map (the same on every slice): body layers, spine, aorta."""
+    s = grid.anatomy_scale
+    bx = BODY_SEMI_AXES[0] * s * rng.uniform(0.93, 1.05)
+    by = BODY_SEMI_AXES[1] * s * rng.uniform(0.93, 1.05)
+    fat = FAT_MM * s * rng.uniform(0.6, 1.4)
+    muscle = MUSCLE_MM * s * rng.uniform(0.8, 1.2)
+    X, Y = x[None, :], y[:, None]
+
+    def ellipse(ax, ay):
+        return (X / ax) ** 2 + (Y / ay) ** 2 <= 1.0
+
+    out = np.full((grid.shape[1], grid.shape[0]), AIR, np.uint8)
+    out[ellipse(bx, by)] = FAT
+    out[ellipse(bx - fat, by - fat)] = MUSCLE
+    out[ellipse(bx - fat - muscle, by - fat - muscle)] = CAVITY
+    vy = VERTEBRA_Y * s + rng.normal(0.0, 2.0 * s)
+    vr = VERTEBRA_R * s
+    d_vertebra = np.hypot(X, Y - vy)
+    out[d_vertebra <= vr] = MARROW
+    out[(d_vertebra <= vr) & (d_vertebra > vr - CORTEX_MM * s)] = CORTICAL_BONE
+    cy = vy + vr + 0.8 * CANAL_R * s
+    d_canal = np.hypot(X, Y - cy)
+    out[(d_canal > CANAL_R * s) & (d_canal <= (CANAL_R + ARCH_MM) * s)
+        & (d_vertebra > vr)] = CORTICAL_BONE
+    out[d_canal <= CANAL_R * s] = CANAL
+    out[np.hypot(X - AORTA_XY[0] * s, Y - AORTA_XY[1] * s) <= AORTA_R * s] = AORTA
+    return out
+
+
+def _box_slices(grid: Grid, centre, half) -> tuple[slice, slice, slice]:
+    """[z, y, x] slices of the voxels within ``half`` mm of ``centre`` (x, y, z), clipped."""
+    out = []
+    for axis in (2, 1, 0):
+        lo = math.floor((centre[axis] - half[axis] - grid.origin[axis]) / grid.spacing[axis])
+        hi = math.ceil((centre[axis] + half[axis] - grid.origin[axis]) / grid.spacing[axis]) + 1
+        out.append(slice(max(lo, 0), min(hi, grid.shape[axis])))
+    return tuple(out)
+
+
+def _liver(rng, grid: Grid, tissue: np.ndarray, x, y, z):
+    """(bounding box slices, liver mask in the box): a bumpy ellipsoid inside the cavity."""
+    from scipy import ndimage
+
+    s = grid.anatomy_scale
+    centre = [c * s + rng.normal(0.0, 4.0 * s) for c in LIVER_CENTRE]
+    semi = [a * s * rng.uniform(0.92, 1.08) for a in LIVER_SEMI_AXES]
+    box = _box_slices(grid, centre, [1.25 * a for a in semi])
+    zz = (z[box[0]] - centre[2]) / semi[2]
+    yy = (y[box[1]] - centre[1]) / semi[1]
+    xx = (x[box[2]] - centre[0]) / semi[0]
+    rho = np.sqrt(zz[:, None, None] ** 2 + yy[None, :, None] ** 2 + xx[None, None, :] ** 2)
+    bumps = _smooth_noise(rng, rho.shape, LIVER_BUMP_MM * s / np.asarray(grid.spacing_zyx))
+    liver = (rho + LIVER_BUMP * bumps) < 1.0
+    liver &= np.isin(tissue[box], (CAVITY, VISCERAL_FAT))
+    labels, count = ndimage.label(liver)
+    if count > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        liver = labels == int(np.argmax(sizes))
+    return box, liver
+
+
+def _place_lesions(rng, params: SynthParams, cls: str, grid: Grid, box, liver: np.ndarray,
+                   patient_offset: float) -> list[tuple[Lesion, tuple[tuple, np.ndarray]]]:
+    """Place the planned lesions inside the liver, apart from each other.
+
+    Every lesion lies inside the liver eroded by one voxel (so it is surrounded by
+    liver) and at a Chebyshev distance of more than MIN_GAP_VOXELS voxels from every
+    other lesion. A lesion that finds no room after PLACEMENT_TRIES tries is dropped.
+    Returns (lesion, (slices in the liver box, mask in those slices)), with lesion ids in
+    split-lesions' order (:meth:`Lesion.order_key`), so that the ids of the truth table
+    are those of ``derivatives/truth-lesions``.
+    """
+    from scipy import ndimage
+
+    spacing_zyx = np.asarray(grid.spacing_zyx)
+    voxel_mm3 = float(np.prod(grid.spacing))
+    offset = np.array([sl.start for sl in box])
+    axes_mm = [grid.axis_mm(a)[box[2 - a]] for a in (0, 1, 2)]  # x, y, z inside the box
+    depth = ndimage.distance_transform_edt(np.pad(liver, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
+    inner = ndimage.binary_erosion(liver, structure=np.ones((3, 3, 3), bool))
+    blocked = np.zeros(liver.shape, bool)
+    gap = np.ones((2 * MIN_GAP_VOXELS + 1,) * 3, bool)
+    placed = []
+    diameters = lesion_plan(rng, params, cls)
+    dropped = 0
+    for diameter in diameters:
+        radius = diameter / 2.0
+        semi = radius * np.exp(rng.normal(0.0, ELONGATION, 3))
+        semi *= radius / float(np.prod(semi)) ** (1.0 / 3.0)
+        rotation = _random_rotation(rng)
+        wobble_dirs = rng.standard_normal((3, 3))
+        wobble_dirs /= np.linalg.norm(wobble_dirs, axis=1, keepdims=True)
+        wobble_freq = rng.integers(1, 4, size=3)
+        wobble_phase = rng.uniform(0.0, 2.0 * math.pi, size=3)
+        wobble_weight = rng.dirichlet(np.ones(3))
+        hu = (params.lesion_hu + params.hu_shift(cls) + patient_offset
+              + float(rng.normal(0.0, params.lesion_hu_sd)))
+        bound = float(semi.max()) / (1.0 - params.irregularity)
+        candidates = np.flatnonzero((depth >= bound + spacing_zyx.max()) & ~blocked)
+        accepted = None
+        for _ in range(PLACEMENT_TRIES if candidates.size else 0):
+            k, j, i = np.unravel_index(candidates[rng.integers(candidates.size)], liver.shape)
+            centre = np.array([axes_mm[0][i], axes_mm[1][j], axes_mm[2][k]], float)
+            centre += rng.uniform(-0.5, 0.5, 3) * np.asarray(grid.spacing)
+            half = np.ceil(bound / spacing_zyx).astype(int) + 1
+            local = tuple(slice(max(c - h, 0), min(c + h + 1, n))
+                          for c, h, n in zip((k, j, i), half, liver.shape))
+            dx = axes_mm[0][local[2]] - centre[0]
+            dy = axes_mm[1][local[1]] - centre[1]
+            dz = axes_mm[2][local[0]] - centre[2]
+            d = np.stack(np.broadcast_arrays(dx[None, None, :], dy[None, :, None],
+                                             dz[:, None, None]), axis=-1).astype(float)
+            rho = np.sqrt((((d @ rotation) / semi) ** 2).sum(axis=-1))
+            norm = np.linalg.norm(d, axis=-1)
+            unit = d / np.where(norm > 0, norm, 1.0)[..., None]
+            wobble = (wobble_weight * np.cos(math.pi * wobble_freq * (unit @ wobble_dirs.T)
+                                             + wobble_phase)).sum(axis=-1)
+            mask = rho * (1.0 + params.irregularity * wobble) <= 1.0
+            labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+            if count == 0:
+                continue
+            if count > 1:
+                sizes = np.bincount(labels.ravel())
+                sizes[0] = 0
+                mask = labels == int(np.argmax(sizes))
+            if (mask & ~inner[local]).any() or (mask & blocked[local]).any():
+                continue
+            accepted = (centre, local, mask)
+            break
+        if accepted is None:
+            dropped += 1
+            continue
+        centre, local, mask = accepted
+        grown = tuple(slice(max(sl.start - MIN_GAP_VOXELS, 0), min(sl.stop + MIN_GAP_VOXELS, n))
+                      for sl, n in zip(local, liver.shape))
+        padded = np.zeros(tuple(sl.stop - sl.start for sl in grown), bool)
+        inside = tuple(slice(a.start - b.start, a.stop - b.start) for a, b in zip(local, grown))
+        padded[inside] = mask
+        blocked[grown] |= ndimage.binary_dilation(padded, structure=gap)
+        zyx = np.argwhere(mask) + [sl.start for sl in local] + offset
+        centroid = zyx.mean(axis=0)[::-1] * np.asarray(grid.spacing) + np.asarray(grid.origin)
+        voxels = int(mask.sum())
+        lesion = Lesion(lesion_id=0, centre_mm=tuple(float(c) for c in centre), radius_mm=radius,
+                        semi_axes_mm=tuple(float(a) for a in semi), voxels=voxels,
+                        volume_mm3=voxels * voxel_mm3, hu=float(hu),
+                        texture_sd=float(params.texture_sd(cls)),
+                        patient_offset_hu=float(patient_offset),
+                        centroid_mm=tuple(float(c) for c in centroid),
+                        first_voxel=tuple(int(v) for v in zyx[0]))
+        placed.append((lesion, local, mask))
+    if dropped:
+        log.info("%d of %d lesion(s) found no room in the liver and were left out", dropped,
+                 len(diameters))
+    placed.sort(key=lambda item: item[0].order_key())
+    for number, (lesion, _local, _mask) in enumerate(placed, start=1):
+        lesion.lesion_id = number
+    return [(lesion, (local, mask)) for lesion, local, mask in placed]
