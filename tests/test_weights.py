@@ -152,6 +152,24 @@ def test_a_path_is_taken_as_the_users_model(tmp_path, toy):
         weights.resolve_model("toy", manifest=toy["manifest"])
 
 
+def test_a_name_never_means_a_folder_of_the_current_directory(tmp_path, toy, monkeypatch):
+    """`make demo` leaves demo/ in the checkout: a folder named like a model must not be
+    taken for it, nor the reverse; ./NAME is the folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "mine").mkdir()
+    assert not weights.names_a_path("toy") and weights.names_a_path("./toy")
+    assert weights.names_a_path(Path("toy")) and weights.names_a_path("~/models/toy")
+    with pytest.raises(WeightsError, match="both a model name in the manifest and a folder") as err:
+        weights.resolve_model("toy", manifest=toy["manifest"])
+    assert "./toy" in err.value.fix
+    assert weights.resolve_model("./toy", manifest=toy["manifest"]) == Path("./toy")
+    with pytest.raises(WeightsError, match="unknown model name 'mine'") as err:
+        weights.resolve_model("mine", manifest=toy["manifest"])
+    assert "write ./mine" in err.value.fix
+    assert weights.resolve_model("./mine", manifest=toy["manifest"]) == Path("./mine")
+
+
 # ============================================================================ fetch
 def test_good_archive_installs_and_verifies(toy, home):
     calls = []

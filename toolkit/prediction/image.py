@@ -57,7 +57,6 @@ from metcli.core.errors import InputError, MaskError, UsageError
 
 log = logging.getLogger(__name__)
 
-COMMAND = "predict"
 RUNTIMES = ("onnx", "torch")
 #: The lesion aggregations train-cnn writes (2D, 3D); both are the mean over the lesion's inputs.
 LESION_AGGREGATES = ("mean of slice probabilities", "one volume per lesion")
@@ -233,34 +232,23 @@ def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None
                   progress: Callable[[str, str], None] | None = None):
     """Predict every participant of RAW_DIR/LESIONS_DIR with an image model (module docstring).
 
-    ``participant_label`` and ``level`` choose the participants and the levels
-    as in :func:`metcli.prediction.predict.predict`: the participant level writes each
-    participant's files (skipping current ones), the group level reads them back
-    into ``predictions.tsv`` (a participant without current files fails there).
-    ``threads``: PyTorch's CPU threads for the Grad-CAM maps of ``explain``
-    (None: the current number).
-
-    Returns a :class:`~metcli.core.batch.BatchReport` (one item per participant);
-    ``outputs`` lists the files written or found current.
+    ``participant_label`` and ``level`` choose participants and levels as in
+    :func:`metcli.prediction.predict.predict`; ``threads``: PyTorch's CPU threads for the
+    Grad-CAM maps of ``explain`` (None: the current number). Returns a
+    :class:`~metcli.core.batch.BatchReport`; its ``outputs`` lists the files written or
+    found current.
     """
     from metcli.core.batch import DONE, SKIPPED, BatchReport, run_each
-    from metcli.io.bids import resolve_levels, select_participants
-    from metcli.io.files import check_output_not_inside_input, sha256_file
-    from metcli.lesions.inputs import card_phases
-    from metcli.io.predictions import AGGREGATES, read_rows
-    from metcli.prediction.outputs import (write_group, current_predictions, load_card,
-                                recorded_extra)
-    from metcli.io.provenance import Step, write_dataset_description
-    from metcli.core.threads import check_threads
+    from metcli.io.files import check_output_not_inside_input
+    from metcli.io.predictions import read_rows
+    from metcli.prediction.outputs import (check_run_options, current_predictions, load_card,
+                                           recorded_extra,
+                                           write_group)
 
     model_dir, raw_dir, lesions_dir, out_dir = (Path(p) for p in (model_dir, raw_dir,
                                                                    lesions_dir, out_dir))
-    if aggregate not in AGGREGATES:
-        raise UsageError(f"--aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")
-    check_threads(threads)
-    labels = [participant_label] if isinstance(participant_label, str) else (
-        list(participant_label) if participant_label else None)
-    do_participants, do_group = resolve_levels(level, labels)
+    labels, do_participants, do_group = check_run_options(aggregate, threads, participant_label,
+                                                          level)
     card = card if card is not None else load_card(model_dir)
     if card.get("kind") != "image":
         raise InputError(f"model {card['name']} is a {card.get('kind')} model, not an image "
@@ -269,16 +257,85 @@ def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None
     check_output_not_inside_input(out_dir, [model_dir, raw_dir, lesions_dir])
     if participants is not None:
         log.warning("image models use no covariates; --participants is not used")
+    jobs = _chosen_jobs(raw_dir, lesions_dir, card, session=session, labels=labels)
+    backend = explainer = None
+    if do_participants:
+        backend, explainer = _open_model(model_dir, card, device=device, explain=explain,
+                                         threads=threads)
+
+    step, extra, models, model_files = _run_record(
+        model_dir, raw_dir, lesions_dir, out_dir, card, aggregate=aggregate, session=session,
+        explain=explain, backend=backend, explainer=explainer)
+
+    report = BatchReport()
+    all_rows: list[dict] = []
+    group_files: list[Path] = []
+    recorded: list[dict] = []
+
+    def work(job: ImageJob) -> str:
+        if job.problem is not None:
+            raise job.problem
+        inputs = step.inputs(job.files + model_files)
+        path, sidecar = _predictions_path(out_dir, job)
+        report.outputs.extend([path, sidecar])
+        if not do_participants:  # group level only: the participant's current files
+            rows, _inputs, doc = current_predictions(step, path, job.participant_id,
+                                                     inputs=inputs)
+            all_rows.extend(rows)
+            group_files.extend(job.files)
+            recorded.append(doc)
+            return SKIPPED
+        if not overwrite and step.is_done(sidecar, inputs):
+            all_rows.extend(read_rows(path))
+            group_files.extend(job.files)
+            return SKIPPED
+        rows, pictures = _predict_participant(backend, explainer, job, card, aggregate, out_dir)
+        _write_participant(out_dir, job, path, sidecar, rows, pictures, card, step, inputs,
+                           extra, models)
+        report.outputs.extend(p for picture in pictures for p in picture[:2])
+        all_rows.extend(rows)
+        group_files.extend(job.files)
+        return DONE
+
+    run_each(jobs, key=lambda j: j.participant_id, work=work, progress=progress, report=report)
+    if do_group and all_rows:
+        extra = extra if do_participants else recorded_extra(extra, recorded)
+        report.outputs.extend(write_group(out_dir, all_rows, card, step,
+                                          step.inputs(group_files + model_files), extra,
+                                          models, overwrite))
+    return report
+
+
+def _chosen_jobs(raw_dir: Path, lesions_dir: Path, card: dict, *, session: str | None,
+                 labels: list[str] | None) -> list[ImageJob]:
+    """The image jobs of the chosen participants (all without ``labels``)."""
+    from metcli.io.bids import select_participants
+    from metcli.lesions.inputs import card_phases
+
     jobs = find_image_jobs(raw_dir, lesions_dir, session=session, phases=card_phases(card))
     if labels:
         chosen = set(select_participants([j.participant_id[4:] for j in jobs], labels,
                                          where=lesions_dir))
         jobs = [j for j in jobs if j.participant_id[4:] in chosen]
-    backend = explainer = None
-    if do_participants:
-        backend = ImageBackend(model_dir, card, device=device)
-        explainer = _explainer(model_dir, card, device, threads) if explain else None
-        log.info("running %s on %s", card["name"], backend.provider)
+    return jobs
+
+
+def _open_model(model_dir: Path, card: dict, *, device: str, explain: bool,
+                threads: int | None):
+    """The ONNX backend and, with ``explain``, the Grad-CAM explainer."""
+    backend = ImageBackend(model_dir, card, device=device)
+    explainer = _explainer(model_dir, card, device, threads) if explain else None
+    log.info("running %s on %s", card["name"], backend.provider)
+    return backend, explainer
+
+
+def _run_record(model_dir: Path, raw_dir: Path, lesions_dir: Path, out_dir: Path, card: dict, *,
+                aggregate: str, session: str | None, explain: bool, backend, explainer):
+    """(provenance step, sidecar extra keys, models, model files) of an image predict run;
+    writes the dataset description."""
+    from metcli.io.files import sha256_file
+    from metcli.io.provenance import Step, write_dataset_description
+    from metcli.prediction.outputs import COMMAND
 
     model_files = [model_dir / "model.onnx", model_dir / "model.json"]
     if explain:
@@ -304,45 +361,7 @@ def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None
     if explain:
         models.append({"name": f"{card['name']} checkpoint.pt",
                        "sha256": card["checkpoint"]["sha256"]})
-
-    report = BatchReport()
-    all_rows: list[dict] = []
-    group_files: list[Path] = []
-    recorded: list[dict] = []
-
-    def work(job: ImageJob) -> str:
-        if job.problem is not None:
-            raise job.problem
-        inputs = step.inputs(job.files + model_files)
-        path, sidecar = _predictions_path(out_dir, job)
-        report.outputs.extend([path, sidecar])
-        if not do_participants:  # group level only: the participant's current files
-            rows, _inputs, doc = current_predictions(step, path, job.participant_id,
-                                                     inputs=inputs)
-            all_rows.extend(rows)
-            group_files.extend(job.files)
-            recorded.append(doc)
-            return SKIPPED
-        if not overwrite and step.is_done(sidecar, inputs):
-            all_rows.extend(read_rows(path))
-            group_files.extend(job.files)
-            return SKIPPED
-        rows, pictures = _predict_participant(backend, explainer, job, card, aggregate, out_dir)
-        write_participant(out_dir, job, path, sidecar, rows, pictures, card, step, inputs,
-                           extra, models)
-        report.outputs.extend(p for picture in pictures for p in picture[:2])
-        all_rows.extend(rows)
-        group_files.extend(job.files)
-        return DONE
-
-    run_each(jobs, key=lambda j: j.participant_id, work=work, progress=progress, report=report)
-    if do_group and all_rows:
-        if not do_participants:
-            extra = recorded_extra(extra, recorded)
-        group_inputs = step.inputs(group_files + model_files)
-        report.outputs.extend(write_group(out_dir, all_rows, card, step, group_inputs, extra,
-                                           models, overwrite))
-    return report
+    return step, extra, models, model_files
 
 
 def _explainer(model_dir: Path, card: dict, device: str, threads: int | None = None):
@@ -435,7 +454,7 @@ def _gradcam_picture(explainer, job: ImageJob, lesion, slice_probs: np.ndarray, 
     return path, sidecar_path(path), rgb, info
 
 
-def write_participant(out_dir, job, path, sidecar, rows, pictures, card, step, inputs, extra,
+def _write_participant(out_dir, job, path, sidecar, rows, pictures, card, step, inputs, extra,
                        models) -> None:
     """Heat-map PNGs (each with its sidecar), then the predictions and their sidecar, together."""
     from metcli.io.files import OutputSet, write_tsv_to

@@ -10,6 +10,9 @@ from metcli.core.batch import DONE, SKIPPED
 from metcli.core.errors import InputError, MetcliError
 from metcli.io.predictions import GROUP_TABLE, prediction_columns, prediction_rows, read_rows
 
+#: The command whose provenance every predict output records.
+COMMAND = "predict"
+
 
 def load_card(model_dir: Path) -> dict:
     """The model card, checked against its schema and against model.onnx's sha256."""
@@ -164,3 +167,20 @@ def _same_rows(path: Path, rows, card) -> bool:
     from metcli.io.files import tsv_text
 
     return path.read_text(encoding="utf-8") == tsv_text(rows, prediction_columns(card["classes"]))
+
+
+def check_run_options(aggregate: str, threads: int | None, participant_label, level: str | None
+                      ) -> tuple[list[str] | None, bool, bool]:
+    """predict's shared checks: (participant labels or None, run the participant level,
+    run the group level)."""
+    from metcli.core.errors import UsageError
+    from metcli.core.threads import check_threads
+    from metcli.io.bids import resolve_levels
+    from metcli.io.predictions import AGGREGATES
+
+    if aggregate not in AGGREGATES:
+        raise UsageError(f"--aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")
+    check_threads(threads)
+    labels = [participant_label] if isinstance(participant_label, str) else (
+        list(participant_label) if participant_label else None)
+    return (labels, *resolve_levels(level, labels))
