@@ -36,7 +36,7 @@ import numpy as np
 def build(seed: int = 0):
     import torch
 
-    from metcli.cnn.train_cnn import build_network
+    from metcli.cnn.networks import build_network
 
     torch.manual_seed(seed)
     return build_network("densenet121", 2).eval()

@@ -38,8 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-CLASSIFIERS = ("xgboost", "random-forest", "linear-svm", "kernel-svm", "knn",
-               "logistic-regression", "naive-bayes", "decision-tree")
+from metcli.radiomics.classifiers import CLASSIFIERS
+
 SAMPLERS = ("smote", "undersample")
 GOAL_S = 300.0
 

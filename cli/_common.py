@@ -13,7 +13,7 @@ import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 
@@ -260,3 +260,34 @@ def path_arg(name: str, *, exists: bool = True, file_okay: bool = True, dir_okay
 
 def kwargs_subset(d: dict[str, Any], *names: str) -> dict[str, Any]:
     return {n: d[n] for n in names if n in d}
+
+
+# ----------------------------------------------------------------------------- registries
+class RegistryChoice(click.Choice):
+    """The names of a registry (classifiers, backends, networks), read when the option is
+    shown or parsed, so that an entry registered before the command runs is accepted."""
+
+    def __init__(self, names: Callable[[], Sequence[str]]):
+        self._names = names
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self):
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, _value):
+        pass  # click.Choice.__init__ sets it; the registry is the only source
+
+
+class DynamicHelpOption(click.Option):
+    """An option whose help is made by ``help_from()`` when the help is shown (the
+    registry's entries and their descriptions)."""
+
+    def __init__(self, *args, help_from: Callable[[], str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_from = help_from
+
+    def get_help_record(self, ctx):
+        self.help = self.help_from()
+        return super().get_help_record(ctx)

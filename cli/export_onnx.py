@@ -1,4 +1,7 @@
-"""``metcli export-onnx MODEL_DIR OUT_DIR``: nnU-Net v2 model to ONNX (metcli.segmentation.export_onnx)."""
+"""``metcli export-onnx MODEL_DIR OUT_DIR``: nnU-Net v2 model to ONNX.
+
+The library function is :func:`metcli.segmentation.export_onnx.export_onnx`.
+"""
 
 from __future__ import annotations
 
@@ -36,8 +39,8 @@ def command(model_dir, out_dir, fold, opset, orientation, tolerance, overwrite):
     patch, one output: the logits) and preprocessing.json (target spacing, axes, CT
     normalisation, resampling orders, patch size, labels, the sha256 of the source
     files and of the ONNX file, and the check of ONNX Runtime against torch). The
-    checkpoint is a pickle: it is loaded weights-only where it allows, else (with a
-    warning) fully, because you named the folder: export only models you trust.
+    checkpoint is a pickle: it is loaded weights-only (numpy scalars allowed); one
+    that holds other Python objects is refused with how to strip it.
     """
     from metcli.segmentation.export_onnx import export_onnx, parse_fold
 

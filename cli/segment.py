@@ -6,8 +6,29 @@ from pathlib import Path
 
 import click
 
-from metcli.cli._common import (common_options, finish, overwrite_option, participant_options,
-                                progress_bar, run_command, threads_option)
+from metcli.cli._common import (
+    DynamicHelpOption,
+    RegistryChoice,
+    common_options,
+    finish,
+    overwrite_option,
+    participant_options,
+    progress_bar,
+    run_command,
+    threads_option,
+)
+
+
+def _names():
+    from metcli.segmentation.backends import backend_names
+
+    return backend_names()
+
+
+def _help():
+    from metcli.segmentation.backends import backends_help
+
+    return backends_help()
 
 
 def _split_folds(values) -> list[str] | None:
@@ -23,8 +44,8 @@ def _split_folds(values) -> list[str] | None:
               help="A model of the weights manifest ('metcli weights list') or a model folder "
                    "(nnU-Net v2 trained-model folder; export-onnx folder with --backend onnx). "
                    "Default: metcli-demo-nnunet, which only knows synthetic phantoms.")
-@click.option("--backend", type=click.Choice(["nnunet", "onnx"]), default="nnunet",
-              show_default=True, help="nnU-Net's own predictor, or ONNX Runtime on an export.")
+@click.option("--backend", cls=DynamicHelpOption, help_from=_help, type=RegistryChoice(_names), default="nnunet",
+              show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="Where the network runs (auto: CUDA when available).")
 @click.option("--folds", multiple=True, metavar="K[,K...]",

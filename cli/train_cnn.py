@@ -6,8 +6,29 @@ from pathlib import Path
 
 import click
 
-from metcli.cli._common import (common_options, overwrite_option, progress_bar, run_command,
-                                seed_option, threads_option, training_label_options)
+from metcli.cli._common import (
+    DynamicHelpOption,
+    RegistryChoice,
+    common_options,
+    overwrite_option,
+    progress_bar,
+    run_command,
+    seed_option,
+    threads_option,
+    training_label_options,
+)
+
+
+def _names():
+    from metcli.cnn.networks import architecture_names
+
+    return architecture_names()
+
+
+def _help():
+    from metcli.cnn.networks import architectures_help
+
+    return "Network, trained from scratch. " + architectures_help()
 
 
 def _window(ctx, param, value):
@@ -23,8 +44,8 @@ def _window(ctx, param, value):
 @click.argument("lesions_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @training_label_options
-@click.option("--arch", type=click.Choice(["densenet121", "resnet18"]), default="densenet121",
-              show_default=True, help="MONAI network, trained from scratch.")
+@click.option("--arch", cls=DynamicHelpOption, help_from=_help, type=RegistryChoice(_names), default="densenet121",
+              show_default=True)
 @click.option("--dims", type=click.Choice(["2", "3"]), default="2", show_default=True,
               help="2: every axial slice of a lesion (the study); 3: one cube per lesion.")
 @click.option("--phases", default=None, metavar="PHASE,...",

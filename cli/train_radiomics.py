@@ -6,18 +6,23 @@ from pathlib import Path
 
 import click
 
-from metcli.cli._common import (common_options, overwrite_option, progress_bar, run_command,
-                                seed_option, training_label_options)
+from metcli.cli._common import (DynamicHelpOption, common_options, overwrite_option,
+                                progress_bar, run_command, seed_option, training_label_options)
 
-CLASSIFIER_HELP = ("all, or a comma-separated list of xgboost, random-forest, linear-svm, "
-                   "kernel-svm, knn, logistic-regression, naive-bayes, decision-tree.")
+
+def classifiers_help() -> str:
+    """The help of --classifiers: the registered classifiers (read when the help is shown)."""
+    from metcli.radiomics.classifiers import help_text
+
+    return help_text()
 
 
 @click.command("train-radiomics")
 @click.argument("features", type=click.Path(exists=True, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @training_label_options
-@click.option("--classifiers", default="all", show_default=True, help=CLASSIFIER_HELP)
+@click.option("--classifiers", cls=DynamicHelpOption, help_from=classifiers_help, default="all",
+              show_default=True)
 @click.option("--sampler", "samplers", default="smote,undersample", show_default=True,
               help="smote, undersample and/or none (class weights), comma-separated; one "
                    "model per classifier and sampler.")
@@ -93,7 +98,7 @@ def command(features, out_dir, labels, label_column, positive_class, classifiers
     with a test set, predictions.tsv. Prints the chosen model's folder.
     With --hierarchy each model folder chains step1/ and step2-<group>/.
     """
-    from metcli.radiomics.models import check_settings
+    from metcli.radiomics.settings import check_settings
     from metcli.radiomics.train_radiomics import train_radiomics
 
     options = dict(label_column=label_column, positive_class=positive_class,

@@ -15,7 +15,8 @@ from metcli.io import schemas
 from metcli.io.bids import Entities
 from metcli.core.errors import GeometryError, UsageError
 from metcli.radiomics.extract import extract, extract_acquisition
-from metcli.radiomics.features import RegionResult, extract_features, table_columns
+from metcli.radiomics.columns import RegionResult, table_columns
+from metcli.radiomics.features import extract_features
 from metcli.io.files import read_json, read_tsv
 from metcli.lesions.split_lesions import split_lesions
 from metcli.io.participants import write_participants

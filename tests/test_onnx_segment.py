@@ -137,7 +137,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # ============================================================================ building blocks
 def test_orientation_transform_matches_dicomorient():
     import SimpleITK as sitk
-    from metcli.segmentation.onnx import orientation_transform
+    from metcli.segmentation.orientation import orientation_transform
 
     rng = np.random.default_rng(1)
     base = make_image(rng.normal(size=(4, 5, 6)).astype(np.float32), spacing=(0.7, 1.1, 2.5))
@@ -161,7 +161,8 @@ def test_orientation_transform_matches_dicomorient():
 
 
 def test_steps_bbox_and_shapes():
-    from metcli.segmentation.onnx import compute_new_shape, nonzero_bbox, sliding_window_steps
+    from metcli.segmentation.preprocessing import compute_new_shape, nonzero_bbox
+    from metcli.segmentation.sliding_window import sliding_window_steps
 
     # 110 voxels, patch 64, step 0.5 -> 3 tiles at 0, 23, 46 (nnU-Net's documented example)
     assert sliding_window_steps((110, 64, 64), (64, 64, 64), 0.5) == [[0, 23, 46], [0], [0]]
@@ -174,7 +175,7 @@ def test_steps_bbox_and_shapes():
 
 
 def test_gaussian_weights_are_nnunets():
-    from metcli.segmentation.onnx import gaussian_importance
+    from metcli.segmentation.sliding_window import gaussian_importance
 
     weights = gaussian_importance((16, 32, 32))
     assert weights.dtype == np.float32 and weights.min() > 0
@@ -185,7 +186,7 @@ def test_gaussian_weights_are_nnunets():
 
 
 def test_resampling_separates_the_thick_axis():
-    from metcli.segmentation.onnx import resample_to_shape, separate_z
+    from metcli.segmentation.preprocessing import resample_to_shape, separate_z
 
     assert separate_z((4.0, 1.0, 1.0), (1.0, 1.0, 1.0)) == (True, 0)
     assert separate_z((1.0, 1.0, 1.0), (1.0, 3.5, 1.0)) == (True, 1)
@@ -206,7 +207,8 @@ def test_matches_nnunet_functions():
                                                               compute_steps_for_sliding_window)
     from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
 
-    from metcli.segmentation.onnx import gaussian_importance, resample_to_shape, sliding_window_steps
+    from metcli.segmentation.preprocessing import resample_to_shape
+    from metcli.segmentation.sliding_window import gaussian_importance, sliding_window_steps
 
     rng = np.random.default_rng(3)
     data = rng.normal(size=(2, 6, 11, 9)).astype(np.float32)
@@ -396,7 +398,7 @@ def test_checkpoints_load_weights_only(tmp_path):
     from fractions import Fraction
 
     from metcli.core.errors import InputError
-    from metcli.segmentation.export_onnx import load_checkpoint
+    from metcli.segmentation.checkpoints import load_checkpoint
 
     weights = {"network_weights": {"w": torch.zeros(2)}, "trainer_name": "nnUNetTrainer"}
     torch.save(weights, tmp_path / "plain.pth")
@@ -647,7 +649,7 @@ def test_both_backends_agree_on_a_flipped_ct_in_the_exports_orientation(tiny_nnu
     from metcli.core.errors import UsageError
     from metcli.segmentation.nnunet import NnunetSegmenter
     from metcli.segmentation.onnx import OnnxSegmenter
-    from metcli.segmentation.segment import resolve_segmentation_model
+    from metcli.segmentation.models import resolve_segmentation_model
 
     model = resolve_segmentation_model(str(tiny_export_dir), backend="onnx")
     assert model.orientation == "LPS"

@@ -17,8 +17,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import REPO, invoke, make_image
-from metcli.io.bids import Entities
 from metcli.core.errors import ImageError, InputError, UsageError
+from metcli.io.bids import Entities
 from metcli.io.files import read_json, read_tsv
 
 DEMO = REPO / "weights" / "demo" / "metcli-demo-nnunet"
@@ -87,7 +87,7 @@ def demo_segmenter():
 
 # ----------------------------------------------------------------------------- label maps
 def test_label_map_by_name_number_and_synonym():
-    from metcli.segmentation.segment import resolve_label_map
+    from metcli.segmentation.labelmaps import resolve_label_map
 
     labels = {"background": 0, "liver": 1, "liver_tumor": 2, "vessel": 3}
     assert resolve_label_map(labels) == {1: 1, 2: 2}  # names: liver, and a lesion synonym
@@ -107,21 +107,21 @@ def test_label_map_by_name_number_and_synonym():
     ("vessel=background", "becomes liver or lesion"),
 ])
 def test_bad_label_maps_are_usage_errors(spec, words):
-    from metcli.segmentation.segment import resolve_label_map
+    from metcli.segmentation.labelmaps import resolve_label_map
 
     with pytest.raises(UsageError, match=words):
         resolve_label_map({"background": 0, "liver": 1, "vessel": 3}, spec)
 
 
 def test_a_model_without_liver_or_lesion_names_needs_a_label_map():
-    from metcli.segmentation.segment import resolve_label_map
+    from metcli.segmentation.labelmaps import resolve_label_map
 
     with pytest.raises(UsageError, match="--label-map"):
         resolve_label_map({"background": 0, "spleen": 1, "kidney": 2})
 
 
 def test_apply_label_map_keeps_the_grid_and_drops_unmapped_labels():
-    from metcli.segmentation.segment import apply_label_map
+    from metcli.segmentation.labelmaps import apply_label_map
 
     array = np.array([[[0, 1, 2, 3, 5]]], np.uint8)
     image = make_image(array, spacing=(0.7, 0.8, 2.5), origin=(1, 2, 3),
@@ -138,7 +138,7 @@ def test_apply_label_map_keeps_the_grid_and_drops_unmapped_labels():
 def test_model_digest_is_the_sha256_of_a_sha256sum_listing():
     import hashlib
 
-    from metcli.segmentation.segment import model_digest
+    from metcli.segmentation.models import model_digest
 
     files = {"plans.json": "b" * 64, "dataset.json": "a" * 64}
     text = f"{'a' * 64}  dataset.json\n{'b' * 64}  plans.json\n"
@@ -147,7 +147,7 @@ def test_model_digest_is_the_sha256_of_a_sha256sum_listing():
 
 
 def test_a_model_folder_without_plans_json_is_refused(tmp_path):
-    from metcli.segmentation.segment import resolve_segmentation_model
+    from metcli.segmentation.models import resolve_segmentation_model
 
     folder = tmp_path / "model"
     (folder / "fold_0").mkdir(parents=True)
@@ -194,7 +194,7 @@ def test_an_unknown_model_name_lists_the_known_ones(runner, raw, tmp_path):
 
 
 def test_backend_and_model_kind_must_agree(tmp_path):
-    from metcli.segmentation.segment import resolve_segmentation_model
+    from metcli.segmentation.models import resolve_segmentation_model
 
     if not DEMO.is_dir():
         pytest.skip("the demo model is not built")
@@ -205,7 +205,7 @@ def test_backend_and_model_kind_must_agree(tmp_path):
 
 
 def test_the_demo_model_matches_its_sha256sums():
-    from metcli.segmentation.segment import resolve_segmentation_model
+    from metcli.segmentation.models import resolve_segmentation_model
 
     if not DEMO.is_dir():
         pytest.skip("the demo model is not built")
@@ -221,7 +221,7 @@ def test_a_changed_shipped_file_is_refused(tmp_path, monkeypatch):
     import shutil
 
     from metcli.io import weights
-    from metcli.segmentation.segment import resolve_segmentation_model
+    from metcli.segmentation.models import resolve_segmentation_model
 
     if not DEMO.is_dir():
         pytest.skip("the demo model is not built")
@@ -323,7 +323,7 @@ def test_backend_with_an_orientation_gives_the_same_physical_labels(phantoms):
 
 
 def test_the_demo_model_is_run_in_its_manifest_orientation():
-    from metcli.segmentation.segment import resolve_segmentation_model
+    from metcli.segmentation.models import resolve_segmentation_model
 
     assert resolve_segmentation_model(None).orientation == "LPS"
     assert resolve_segmentation_model(None, orientation="as-stored").orientation is None
@@ -345,9 +345,9 @@ def test_backend_refuses_a_ct_with_nans(demo_segmenter, phantoms):
 def test_segment_writes_masks_on_the_ct_grid_with_provenance(runner, raw, tmp_path, phantoms,
                                                              monkeypatch):
     _needs_nnunet()
-    from metcli.segmentation import nnunet as nnunet_backend
     from metcli.imaging.geometry import grid_difference
-    from metcli.segmentation.segment import resolve_segmentation_model
+    from metcli.segmentation import nnunet as nnunet_backend
+    from metcli.segmentation.models import resolve_segmentation_model
 
     loads = []
     original = nnunet_backend.NnunetSegmenter.__init__

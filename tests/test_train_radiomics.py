@@ -190,7 +190,7 @@ def test_patient_weights_make_patients_and_classes_count_equally():
 
 
 def test_thresholds_youden_and_f1():
-    from metcli.radiomics.models import choose_threshold
+    from metcli.radiomics.metrics import choose_threshold
 
     truth = np.array([0, 0, 0, 1, 0, 1, 1, 1], dtype=bool)
     scores = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.9])
@@ -203,7 +203,7 @@ def test_thresholds_youden_and_f1():
 # ----------------------------------------------------------------------------- honesty of the CV
 def _patient_auc(proba, y, patients):
     from metcli.io.predictions import aggregate_patients
-    from metcli.radiomics.models import auc
+    from metcli.radiomics.metrics import auc
 
     order, p = aggregate_patients(patients, proba, ["a", "b"])
     truth = np.array([y[np.flatnonzero(patients == q)[0]] for q in order])
@@ -212,7 +212,8 @@ def _patient_auc(proba, y, patients):
 
 def test_null_cohort_grouped_cv_stays_at_chance_while_lesion_level_cv_leaks():
     """Lesions of a patient share a strong offset; labels are random per patient."""
-    from metcli.radiomics.models import check_settings, cross_validate
+    from metcli.radiomics.models import cross_validate
+    from metcli.radiomics.settings import check_settings
 
     settings = check_settings(classifiers="knn", samplers="none", grids={"knn": {
         "n_neighbors": [3]}}, cv_folds=4, **{k: v for k, v in FAST.items() if k != "cv_folds"})
@@ -268,16 +269,13 @@ def _onnx_probabilities(model_dir: Path, frame):
     return sess.run(["probabilities"], feeds)[0], card
 
 
-@pytest.mark.parametrize("classes", [("colorectal", "pancreatic"),
-                                     ("colorectal", "gastric", "pancreatic")])
-def test_onnx_reproduces_predict_proba_for_every_classifier(tmp_path, classes):
-    from metcli.radiomics.models import CLASSIFIERS
+def test_onnx_reproduces_predict_proba_with_three_classes(tmp_path):
+    """Two classes are tested for every registered classifier (tests/test_classifiers.py)."""
     from metcli.radiomics.train_radiomics import train_radiomics
 
-    labels, rows = make_cohort(3, n_patients=18 if len(classes) == 2 else 21, signal=1.5,
-                               classes=classes)
-    chosen = CLASSIFIERS if len(classes) == 2 else ("xgboost", "logistic-regression",
-                                                   "kernel-svm")
+    classes = ("colorectal", "gastric", "pancreatic")
+    labels, rows = make_cohort(3, n_patients=21, signal=1.5, classes=classes)
+    chosen = ("xgboost", "logistic-regression", "kernel-svm")
     result = train_radiomics(write_features(tmp_path / "f", rows), tmp_path / "out",
                              labels=write_labels(tmp_path / "p.tsv", labels),
                              classifiers=",".join(chosen), samplers="none", grids=TINY_GRIDS,
@@ -290,7 +288,7 @@ def test_onnx_reproduces_predict_proba_for_every_classifier(tmp_path, classes):
         reference = model.pipeline.predict_proba(frame)
         differences[name.split("_")[0]] = float(np.abs(onnx_proba - reference).max())
         assert differences[name.split("_")[0]] < 1e-5, (name, differences)
-        assert card["classes"] == sorted(classes) or len(classes) == 2
+        assert card["classes"] == sorted(classes)
         assert card["onnx"]["max_abs_difference"] < 1e-5
     assert len(differences) == len(chosen)
     print(f"ONNX max |difference| ({len(classes)} classes): "

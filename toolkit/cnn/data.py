@@ -83,8 +83,12 @@ def find_jobs(raw_dir: Path, lesions_dir: Path, labels: dict[str, str],
     """
     from metcli.core.errors import InputError
     from metcli.io.bids import find_files
-    from metcli.lesions.maps import (choose_lesion_map, find_lesion_maps, kept_lesion_ids,
-                                     pair_images)
+    from metcli.lesions.maps import (
+        choose_lesion_map,
+        find_lesion_maps,
+        kept_lesion_ids,
+        pair_images,
+    )
 
     chosen = [p[4:] for p in labels]
     maps = find_lesion_maps(Path(lesions_dir), chosen)

@@ -1,6 +1,7 @@
 """train-cnn's training loop: one network trained for some epochs, resumable; epochs by CV.
 
-:func:`fit` trains a MONAI network (2D or 3D, any number of input channels)
+:func:`fit` trains a network of the registry :mod:`metcli.cnn.networks` (2D or
+3D, any number of input channels)
 with class-weighted cross-entropy, MONAI's ``RandAffine`` augmentation and
 Adam, validates it after every epoch, keeps the best epoch's weights (lowest
 validation loss, or highest validation AUC) and stops early after
@@ -24,18 +25,16 @@ import pickle
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from metcli.cnn.data import Sample, stack
+from metcli.cnn.networks import build_network
 from metcli.core.errors import InputError, OutputError, UsageError
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("densenet121", "resnet18")
-#: Smallest input side each network accepts (its downsampling must leave at least 1 pixel).
-MIN_SIZE = {"densenet121": 32, "resnet18": 16}
 MONITORS = ("loss", "auc")
 THRESHOLD = 0.5
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "val_accuracy", "best"]
@@ -89,20 +88,7 @@ class CvResult:
     mean_val_auc: list[float | None] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------- network
-def build_network(arch: str, n_classes: int, *, dims: int = 2, in_channels: int = 1):
-    """A MONAI network trained from scratch: DenseNet-121 or ResNet-18, 2D or 3D."""
-    from monai.networks import nets
-
-    if arch == "densenet121":
-        return nets.DenseNet121(spatial_dims=dims, in_channels=in_channels,
-                                out_channels=n_classes)
-    if arch == "resnet18":
-        return nets.resnet18(spatial_dims=dims, n_input_channels=in_channels,
-                             num_classes=n_classes)
-    raise UsageError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
-
-
+# ----------------------------------------------------------------------------- augmentation
 def augmenter(seed: int, dims: int, size: int):
     """MONAI ``RandAffine``: p 0.9, rotation up to 15 degrees (about each axis in 3D),
     shear 0.1, shift up to 10 % of the side, zoom up to 10 %, black padding."""
@@ -267,6 +253,121 @@ def _clone(state_dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- the loop
+@dataclass
+class _Training:
+    """One run of :func:`fit`: the network, its optimiser, the data and the random states."""
+
+    settings: FitSettings
+    model: Any
+    loss_fn: Any
+    optimiser: Any
+    scaler: Any
+    augment: Any
+    rng: np.random.Generator
+    monitor: Monitor
+    images: np.ndarray
+    labels: np.ndarray
+    val: Sequence[Sample]
+    val_inputs: tuple | None     #: (images, labels, owner) of the validation inputs
+    label: str = ""
+
+    def train_epoch(self) -> float:
+        """One pass over the training inputs in a random order; the mean loss."""
+        import torch
+
+        s, images, labels = self.settings, self.images, self.labels
+        spatial = images.shape[2:]
+        self.model.train()
+        order = self.rng.permutation(len(images))
+        total = 0.0
+        for start in range(0, len(order), s.batch_size):
+            idx = order[start:start + s.batch_size]
+            if len(idx) < 2 and len(order) > 1:
+                continue  # batch norm needs two samples; the input comes back next epoch
+            batch = np.stack([np.asarray(self.augment(images[i], spatial_size=spatial))
+                              for i in idx]).astype(np.float32)
+            x = torch.from_numpy(batch).to(s.device)
+            y = torch.from_numpy(labels[idx]).to(s.device)
+            self.optimiser.zero_grad()
+            with _autocast(s.device, s.amp):
+                logits = self.model(x)
+            loss = self.loss_fn(logits.float(), y)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimiser)
+            self.scaler.update()
+            total += float(loss.item()) * len(idx)
+        return total / len(images)
+
+    def validate(self, row: dict) -> tuple[float, float | None]:
+        """Validation loss, lesion AUC and accuracy into ``row``; (loss, AUC)."""
+        import torch
+
+        s = self.settings
+        val_images, val_labels, val_owner = self.val_inputs
+        val_lesion_labels = np.array([v.label for v in self.val])
+        probs = slice_probabilities(self.model, val_images, s.device, s.batch_size, s.amp)
+        with torch.no_grad():
+            val_loss = float(self.loss_fn(torch.log(torch.from_numpy(probs).clamp_min(1e-12))
+                                          .to(s.device),
+                                          torch.from_numpy(val_labels).to(s.device)).item())
+        lesion = lesion_probabilities(probs, val_owner, len(self.val))
+        predicted = np.array([int(np.argmax(p)) if s.n_classes > 2 else
+                              int(p[1] >= THRESHOLD) for p in lesion])
+        auc = auc_score(val_lesion_labels, lesion, s.n_classes)
+        row.update(val_loss=round(val_loss, 6), val_auc=None if auc is None else round(auc, 6),
+                   val_accuracy=round(float(np.mean(predicted == val_lesion_labels)), 6))
+        return val_loss, auc
+
+    def state(self, *, fingerprint: str, epoch: int, finished: bool, kept, rows: list,
+              times: list) -> dict:
+        """The resume state after ``epoch`` (see :func:`save_state`)."""
+        return {"format": STATE_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
+                "finished": finished, "model": self.model.state_dict(),
+                "optimizer": self.optimiser.state_dict(), "scaler": self.scaler.state_dict(),
+                "kept": kept, "rows": rows, "times": times, "monitor": self.monitor.state(),
+                "random": _random_states(self.rng, self.augment, self.settings.device)}
+
+    def restore(self, state: dict) -> tuple:
+        """Load a resume state; (kept, rows, times, first epoch, finished)."""
+        self.model.load_state_dict(state["model"])
+        self.optimiser.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.monitor.load(state["monitor"])
+        _restore_random_states(state["random"], self.rng, self.augment, self.settings.device)
+        log.info("%sresuming after epoch %d", f"{self.label}: " if self.label else "",
+                 state["epoch"])
+        return (state["kept"], list(state["rows"]), list(state["times"]),
+                int(state["epoch"]) + 1, bool(state["finished"]))
+
+
+def _start(train: Sequence[Sample], val: Sequence[Sample], s: FitSettings,
+           label: str) -> _Training:
+    """The network (seeded), loss, optimiser, augmentation and random generator of a run."""
+    import torch
+
+    spatial = train[0].images.shape[2:]
+    dims, channels = len(spatial), int(train[0].images.shape[1])
+    torch.manual_seed(s.seed)
+    if s.device == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    model = build_network(s.arch, s.n_classes, dims=dims, in_channels=channels).to(s.device)
+    images, labels, _ = stack(train)
+    val_inputs = stack(val) if val else None
+    if not val and not s.keep_last:
+        raise UsageError("no validation lesions to choose the best epoch on",
+                         fix="give validation patients, or --cv-folds")
+    counts = np.bincount(labels, minlength=s.n_classes).astype(float)
+    weights = counts.sum() / (s.n_classes * np.maximum(counts, 1.0))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32,
+                                                            device=s.device))
+    optimiser = torch.optim.Adam(model.parameters(), lr=s.lr)
+    scaler = torch.amp.GradScaler(s.device, enabled=s.amp and s.device == "cuda")
+    augment = augmenter(s.seed, dims, int(spatial[0]))
+    return _Training(s, model, loss_fn, optimiser, scaler, augment, np.random.default_rng(s.seed),
+                     Monitor(s.monitor, s.patience), images, labels, val, val_inputs, label)
+
+
 def fit(train: Sequence[Sample], val: Sequence[Sample], settings: FitSettings, *,
         state_path: Path | None = None, resume: bool = False, fingerprint: str = "",
         label: str = "", progress: Callable[[str, str], None] | None = None) -> FitResult:
@@ -281,43 +382,12 @@ def fit(train: Sequence[Sample], val: Sequence[Sample], settings: FitSettings, *
         progress: called with (``epoch N``, a status with the losses and AUC)
             after each epoch, once its resume state is written.
     """
-    import torch
-
     s = settings
-    spatial = train[0].images.shape[2:]
-    dims, channels = len(spatial), int(train[0].images.shape[1])
-    torch.manual_seed(s.seed)
-    if s.device == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    model = build_network(s.arch, s.n_classes, dims=dims, in_channels=channels).to(s.device)
-    images, labels, _ = stack(train)
-    if val:
-        val_images, val_labels, val_owner = stack(val)
-        val_lesion_labels = np.array([v.label for v in val])
-    elif not s.keep_last:
-        raise UsageError("no validation lesions to choose the best epoch on",
-                         fix="give validation patients, or --cv-folds")
-    counts = np.bincount(labels, minlength=s.n_classes).astype(float)
-    weights = counts.sum() / (s.n_classes * np.maximum(counts, 1.0))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32,
-                                                            device=s.device))
-    optimiser = torch.optim.Adam(model.parameters(), lr=s.lr)
-    scaler = torch.amp.GradScaler(s.device, enabled=s.amp and s.device == "cuda")
-    augment = augmenter(s.seed, dims, int(spatial[0]))
-    rng = np.random.default_rng(s.seed)
-    monitor = Monitor(s.monitor, s.patience)
+    run = _start(train, val, s, label)
+    monitor, prefix = run.monitor, f"{label}: " if label else ""
     kept, rows, times, first, finished = None, [], [], 1, False
     if resume and state_path is not None and Path(state_path).is_file():
-        state = load_state(state_path, fingerprint)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimizer"])
-        if state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        kept, rows, times = state["kept"], list(state["rows"]), list(state["times"])
-        monitor.load(state["monitor"])
-        _restore_random_states(state["random"], rng, augment, s.device)
-        first, finished = int(state["epoch"]) + 1, bool(state["finished"])
-        log.info("%sresuming after epoch %d", f"{label}: " if label else "", state["epoch"])
+        kept, rows, times, first, finished = run.restore(load_state(state_path, fingerprint))
     elif resume and state_path is not None:
         log.info("no resume state at %s; starting at epoch 1", Path(state_path).name)
     last_epoch = first - 1
@@ -325,74 +395,43 @@ def fit(train: Sequence[Sample], val: Sequence[Sample], settings: FitSettings, *
         if finished:
             break
         started = time.perf_counter()
-        model.train()
-        order = rng.permutation(len(images))
-        total = 0.0
-        for start in range(0, len(order), s.batch_size):
-            idx = order[start:start + s.batch_size]
-            if len(idx) < 2 and len(order) > 1:
-                continue  # batch norm needs two samples; the input comes back next epoch
-            batch = np.stack([np.asarray(augment(images[i], spatial_size=spatial))
-                              for i in idx]).astype(np.float32)
-            x = torch.from_numpy(batch).to(s.device)
-            y = torch.from_numpy(labels[idx]).to(s.device)
-            optimiser.zero_grad()
-            with _autocast(s.device, s.amp):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            total += float(loss.item()) * len(idx)
-        row = {"epoch": epoch, "train_loss": round(total / len(images), 6), "val_loss": None,
+        row = {"epoch": epoch, "train_loss": round(run.train_epoch(), 6), "val_loss": None,
                "val_auc": None, "val_accuracy": None}
-        val_loss, auc = float("nan"), None
-        if val:
-            probs = slice_probabilities(model, val_images, s.device, s.batch_size, s.amp)
-            with torch.no_grad():
-                val_loss = float(loss_fn(torch.log(torch.from_numpy(probs).clamp_min(1e-12))
-                                         .to(s.device),
-                                         torch.from_numpy(val_labels).to(s.device)).item())
-            lesion = lesion_probabilities(probs, val_owner, len(val))
-            predicted = np.array([int(np.argmax(p)) if s.n_classes > 2 else
-                                  int(p[1] >= THRESHOLD) for p in lesion])
-            auc = auc_score(val_lesion_labels, lesion, s.n_classes)
-            row.update(val_loss=round(val_loss, 6), val_auc=None if auc is None else
-                       round(auc, 6), val_accuracy=round(float(np.mean(
-                           predicted == val_lesion_labels)), 6))
+        val_loss, auc = run.validate(row) if val else (float("nan"), None)
         improved = monitor.update(epoch, val_loss, auc) if val else False
         finished = epoch == s.epochs or (not s.keep_last and monitor.should_stop)
         row["best"] = (epoch == s.epochs) if s.keep_last else improved
         if row["best"]:
-            kept = _clone(model.state_dict())
+            kept = _clone(run.model.state_dict())
         rows.append(row)
         times.append(time.perf_counter() - started)
         last_epoch = epoch
         if state_path is not None:
-            save_state(Path(state_path), {
-                "format": STATE_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
-                "finished": finished, "model": model.state_dict(),
-                "optimizer": optimiser.state_dict(), "scaler": scaler.state_dict(),
-                "kept": kept, "rows": rows, "times": times, "monitor": monitor.state(),
-                "random": _random_states(rng, augment, s.device)})
-        log.info("%sepoch %d: train loss %.4f, val loss %s", f"{label}: " if label else "",
-                 epoch, row["train_loss"], row["val_loss"])
+            save_state(Path(state_path), run.state(fingerprint=fingerprint, epoch=epoch,
+                                                   finished=finished, kept=kept, rows=rows,
+                                                   times=times))
+        log.info("%sepoch %d: train loss %.4f, val loss %s", prefix, epoch, row["train_loss"],
+                 row["val_loss"])
         if progress:
-            status = f"train loss {row['train_loss']:.3f}"
-            if val:
-                status += f", val loss {val_loss:.3f}" + ("" if auc is None else
-                                                          f", AUC {auc:.3f}")
-            progress(f"{label} epoch {epoch}".strip(), status)
+            progress(f"{label} epoch {epoch}".strip(), _status(row, val_loss, auc, bool(val)))
     if kept is None:
         raise OutputError("the validation loss was never finite; no checkpoint to keep",
                           fix="lower --lr or check the input images")
     stopped = not s.keep_last and monitor.should_stop and len(rows) < s.epochs
     if stopped and last_epoch >= first:
-        log.info("%sstopped early after epoch %d: no better %s for %d epochs",
-                 f"{label}: " if label else "", last_epoch, s.monitor, s.patience)
+        log.info("%sstopped early after epoch %d: no better %s for %d epochs", prefix,
+                 last_epoch, s.monitor, s.patience)
     kept_epoch = max(r["epoch"] for r in rows if r["best"])
-    return FitResult(kept, _clone(model.state_dict()), rows, float(np.mean(times)), kept_epoch,
-                     stopped)
+    return FitResult(kept, _clone(run.model.state_dict()), rows, float(np.mean(times)),
+                     kept_epoch, stopped)
+
+
+def _status(row: dict, val_loss: float, auc: float | None, has_val: bool) -> str:
+    """The progress status of an epoch: its losses and AUC."""
+    status = f"train loss {row['train_loss']:.3f}"
+    if has_val:
+        status += f", val loss {val_loss:.3f}" + ("" if auc is None else f", AUC {auc:.3f}")
+    return status
 
 
 def choose_epochs(train: Sequence[Sample], folds: dict[str, int], settings: FitSettings, *,

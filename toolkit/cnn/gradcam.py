@@ -4,22 +4,24 @@ The heat maps come from the PyTorch weights train-cnn keeps beside the ONNX
 file (``checkpoint.pt``, a state_dict), loaded with ``weights_only=True`` after
 its sha256 was checked against the model card. They are computed by MONAI's
 :class:`monai.visualize.GradCAM` (Selvaraju et al. 2017) for one class (the
-class predicted for the lesion) at the target layer of each architecture:
+class predicted for the lesion) at the target layer of the architecture's
+entry in :mod:`metcli.cnn.networks`:
 
 =============  =====================  ==================================================
 architecture   target layer           what it is
 =============  =====================  ==================================================
 densenet121    ``class_layers.relu``  the ReLU after the last dense block and ``norm5``:
                                       the last feature map, 1/32 of the input side
-resnet18       ``layer4``             the last residual stage, 1/32 of the input side
+resnet18       ``layer4``             the last residual stage, 1/16 of the input side
 =============  =====================  ==================================================
 
 The map (ReLU of the gradient-weighted sum of the layer's channels) is
 upsampled (bi- or trilinearly) to the input's size by MONAI, then divided by its maximum,
 so it runs from 0 (nothing pushes towards the class) to 1; a map with no
 positive value stays 0. MONAI's default post-processing (which maps the
-maximum to 0) is not used. The map has ``size // 32`` cells per side before
-upsampling: at ``--size`` below 64 it is a single cell, hence constant.
+maximum to 0) is not used. The map has ``size // target_stride`` cells per side
+before upsampling (the entry's downsampling): at a ``--size`` below twice that
+stride (64 for densenet121, 32 for resnet18) it is a single cell, hence constant.
 """
 
 from __future__ import annotations
@@ -29,14 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from metcli.core.errors import InputError
+from metcli.cnn.networks import Architecture, architecture_names, get_architecture
+from metcli.core.errors import InputError, UsageError
 
 log = logging.getLogger(__name__)
 
-#: architecture -> the module whose output Grad-CAM weighs (see the module docstring).
-TARGET_LAYERS = {"densenet121": "class_layers.relu", "resnet18": "layer4"}
-#: Downsampling between the input and the target layer's feature map.
-TARGET_STRIDE = {"densenet121": 32, "resnet18": 16}  # MONAI resnet18: stride-1 first conv
 #: Opacity of the heat map where it is 1 (it fades to nothing where it is 0).
 ALPHA = 0.5
 COLORMAP = "jet"
@@ -54,10 +53,10 @@ def load_network(model_dir: Path, card: dict, *, device: str = "cpu"):
     model_dir = Path(model_dir)
     path = model_dir / "checkpoint.pt"
     arch = card.get("architecture")
-    if arch not in TARGET_LAYERS:
+    if arch not in architecture_names():
         raise InputError(f"architecture {arch!r} has no Grad-CAM target layer in this metcli "
-                         f"(known: {', '.join(TARGET_LAYERS)})", path=model_dir / "model.json",
-                         fix="predict without --explain")
+                         f"(known: {', '.join(architecture_names())})",
+                         path=model_dir / "model.json", fix="predict without --explain")
     if not path.is_file():
         raise InputError("the PyTorch checkpoint is missing; the heat maps need it",
                          path=path, fix="copy checkpoint.pt that train-cnn wrote beside "
@@ -75,7 +74,8 @@ class GradCam:
 
     Args:
         net: the network (eval mode), for example from :func:`load_network`.
-        arch: its architecture name (picks :data:`TARGET_LAYERS`).
+        arch: its architecture name (its entry in :mod:`metcli.cnn.networks` names the
+            target layer).
         threads: PyTorch's CPU threads while a map is computed (set and restored
             around each call, :func:`metcli.core.threads.limit_cpu_threads`); None =
             torch's number when the object is made. On a machine where other
@@ -88,13 +88,11 @@ class GradCam:
 
         from metcli.core.threads import check_threads
 
-        if arch not in TARGET_LAYERS:
-            raise InputError(f"architecture {arch!r} has no Grad-CAM target layer "
-                             f"(known: {', '.join(TARGET_LAYERS)})")
+        self.architecture = _architecture(arch)
         self.threads = check_threads(threads) or torch.get_num_threads()
         self.net = net
         self.arch = arch
-        self.target_layer = TARGET_LAYERS[arch]
+        self.target_layer = self.architecture.target_layer
         self._cam = GradCAM(nn_module=net, target_layers=self.target_layer,
                             postprocessing=_identity)
         self._warned = False
@@ -113,7 +111,7 @@ class GradCam:
             raise ValueError(f"images must be [n, channels, *spatial] (2D or 3D), got shape "
                              f"{images.shape}")
         spatial = images.shape[2:]
-        if min(spatial) // TARGET_STRIDE[self.arch] <= 1 and not self._warned:
+        if min(spatial) // self.architecture.target_stride <= 1 and not self._warned:
             log.warning("inputs of %s give a Grad-CAM map of one cell at %s: the heat "
                         "map is constant (train with --size 64 or more for a spatial map)",
                         "x".join(map(str, spatial)), self.target_layer)
@@ -130,6 +128,15 @@ class GradCam:
 
 def _identity(x):
     return x
+
+
+def _architecture(arch: str) -> Architecture:
+    """The registry entry of ``arch``; an unknown one is an :class:`InputError`."""
+    try:
+        return get_architecture(arch)
+    except UsageError:
+        raise InputError(f"architecture {arch!r} has no Grad-CAM target layer "
+                         f"(known: {', '.join(architecture_names())})") from None
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = ALPHA) -> np.ndarray:

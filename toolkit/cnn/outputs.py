@@ -15,6 +15,7 @@ import numpy as np
 
 from metcli.cnn.data import Sample, stack
 from metcli.cnn.fit import LOG_COLUMNS, THRESHOLD, CvResult, FitResult, FitSettings
+from metcli.cnn.networks import build_network
 from metcli.core.errors import OutputError
 
 log = logging.getLogger(__name__)
@@ -121,59 +122,33 @@ def write_outputs(out_dir: Path, *, step, inputs: list[dict], result: FitResult,
     import torch
 
     from metcli.io.bids import sidecar_path
-    from metcli.cnn.fit import build_network
     from metcli.io.files import OutputSet, dump_json_to, sha256_file, write_tsv_to
 
     model_dir = out_dir / "model"
     dims = int(spec["dims"])
+    s = fit_settings
     channels = len(spec["input"]["channels"])
-    device, s = fit_settings.device, fit_settings
     model = build_network(arch, len(classes), dims=dims, in_channels=channels)
     model.load_state_dict(result.kept_state)
-    model.to(device)
+    model.to(s.device)
     model_name = f"cnn-{arch}" + ("-3d" if dims == 3 else "")
     predictions = {}
     for which in ("val", "test"):
         if parts[which]:
-            probs = _predict(model, parts[which], device, s.batch_size, s.amp)
+            probs = _predict(model, parts[which], s.device, s.batch_size, s.amp)
             predictions[which] = prediction_rows(parts[which], probs, classes, which,
                                                  model_name)
     model.cpu()
     sample = stack(parts["val"] or parts["train"])[0][:4]
     onnx_bytes, difference = export_onnx(model, sample)
 
-    binary = len(classes) == 2
-    unit = "mean slice probability" if dims == 2 else "lesion's volume probability"
-    pred_columns = PREDICTION_BASE + [f"prob_{c}" for c in classes] + ["predicted"]
-    pred_extra = {"classes": classes, "positive_class": classes[1] if binary else None,
-                  "threshold": THRESHOLD if binary else None,
-                  "threshold_source": f"fixed 0.5 cut-off on the {unit} (the study's rule), "
-                                      "not tuned" if binary else "most probable class"}
-    counts = {w: sum(1 for v in plan.values() if v == w) for w in ("train", "val", "test")}
-    split_rows = [{"participant_id": p, "set": v, "fold": folds.get(p)}
-                  for p, v in sorted(plan.items())]
-    tables: list[tuple[Path, Any, list[str], str, dict | None]] = [
-        (out_dir / "split.tsv", split_rows, ["participant_id", "set", "fold"], "split", None),
-        (out_dir / "training_log.tsv", result.rows, LOG_COLUMNS, "training_log", None),
-        (out_dir / "cv_log.tsv", None if cv is None else cv.rows, CV_LOG_COLUMNS,
-         "training_log", None),
-        (out_dir / "val_predictions.tsv", predictions.get("val"), pred_columns, "predictions",
-         pred_extra),
-        (out_dir / "predictions.tsv", predictions.get("test"), pred_columns, "predictions",
-         pred_extra)]
-    training = {
-        "epochs": epochs, "epochs_run": len(result.rows), "best_epoch": result.kept_epoch,
-        "selection": _selection(s, cv), "monitor": monitor, "patience": patience,
-        "stopped_early": result.stopped_early,
-        "cv": None if cv is None else {
-            "folds": len(set(folds.values())), "chosen_epochs": cv.epochs,
-            "mean_val_loss": cv.mean_val_loss, "mean_val_auc": cv.mean_val_auc},
-        "batch_size": s.batch_size, "lr": s.lr, "seed": s.seed, "device": device,
-        "amp": s.amp, "class_weighting": "inverse frequency",
-        "augmentation": step.settings["augmentation"],
-        "seconds_per_epoch": round(result.seconds_per_epoch, 3),
-        # CPU results depend on the thread count (floating-point summation order)
-        "torch_threads": torch_threads}
+    pred_extra = _prediction_extra(classes, dims)
+    tables = _tables(out_dir, result=result, cv=cv, plan=plan, folds=folds,
+                     predictions=predictions, classes=classes, pred_extra=pred_extra)
+    training = _training_record(result=result, cv=cv, folds=folds, fit_settings=s,
+                                epochs=epochs, monitor=monitor, patience=patience,
+                                augmentation=step.settings["augmentation"],
+                                torch_threads=torch_threads)
     stale = []
     with OutputSet() as outs:
         for path, rows, columns, schema, extra in tables:
@@ -187,26 +162,12 @@ def write_outputs(out_dir: Path, *, step, inputs: list[dict], result: FitResult,
         onnx_tmp.write_bytes(onnx_bytes)
         ckpt_tmp = outs.path(model_dir / "checkpoint.pt")
         torch.save(result.kept_state, ckpt_tmp)
-        card = {
-            "card_version": 1, "kind": "image", "name": model_name,
-            "task": "binary" if binary else "multiclass", "architecture": arch,
-            "dims": dims, "phases": spec["phases"], "label_column": label_column,
-            "classes": classes, "positive_class": pred_extra["positive_class"],
-            "input": spec["input"], "outputs": {"probabilities": "probabilities"},
-            "preprocessing": spec["preprocessing"],
-            "lesion_aggregate": LESION_AGGREGATE[dims], "patient_aggregate": "mean",
-            "threshold": pred_extra["threshold"],
-            "threshold_source": pred_extra["threshold_source"],
-            "split": {"source": "split file" if split is not None else
-                      "stratified at random by patient", "train_patients": counts["train"],
-                      "val_patients": counts["val"], "test_patients": counts["test"],
-                      "train_lesions": len(parts["train"]), "val_lesions": len(parts["val"]),
-                      "test_lesions": len(parts["test"])},
-            "training": training, "versions": versions,
-            "onnx": {"file": "model.onnx", "sha256": sha256_file(onnx_tmp),
-                     "max_abs_difference": difference},
-            "checkpoint": {"file": "checkpoint.pt", "sha256": sha256_file(ckpt_tmp)},
-        }
+        card = _card(model_name=model_name, arch=arch, dims=dims, spec=spec, classes=classes,
+                     label_column=label_column, pred_extra=pred_extra, split=split, plan=plan,
+                     parts=parts, training=training, versions=versions,
+                     onnx={"file": "model.onnx", "sha256": sha256_file(onnx_tmp),
+                           "max_abs_difference": difference},
+                     checkpoint={"file": "checkpoint.pt", "sha256": sha256_file(ckpt_tmp)})
         doc = step.sidecar(inputs, {model_dir / "model.onnx": onnx_tmp,
                                     model_dir / "checkpoint.pt": ckpt_tmp}, extra=card)
         card_path = model_dir / "model.json"
@@ -214,3 +175,79 @@ def write_outputs(out_dir: Path, *, step, inputs: list[dict], result: FitResult,
     for path in stale:
         path.unlink(missing_ok=True)
     return difference
+
+
+def _prediction_extra(classes: list[str], dims: int) -> dict:
+    """The prediction tables' sidecar fields: classes, positive class and cut-off."""
+    binary = len(classes) == 2
+    unit = "mean slice probability" if dims == 2 else "lesion's volume probability"
+    return {"classes": classes, "positive_class": classes[1] if binary else None,
+            "threshold": THRESHOLD if binary else None,
+            "threshold_source": f"fixed 0.5 cut-off on the {unit} (the study's rule), "
+                                "not tuned" if binary else "most probable class"}
+
+
+def _tables(out_dir: Path, *, result: FitResult, cv: CvResult | None, plan: dict[str, str],
+            folds: dict[str, int], predictions: dict[str, list], classes: list[str],
+            pred_extra: dict) -> list[tuple[Path, Any, list[str], str, dict | None]]:
+    """(path, rows or None when absent, columns, schema, sidecar fields) of each table."""
+    pred_columns = PREDICTION_BASE + [f"prob_{c}" for c in classes] + ["predicted"]
+    split_rows = [{"participant_id": p, "set": v, "fold": folds.get(p)}
+                  for p, v in sorted(plan.items())]
+    return [
+        (out_dir / "split.tsv", split_rows, ["participant_id", "set", "fold"], "split", None),
+        (out_dir / "training_log.tsv", result.rows, LOG_COLUMNS, "training_log", None),
+        (out_dir / "cv_log.tsv", None if cv is None else cv.rows, CV_LOG_COLUMNS,
+         "training_log", None),
+        (out_dir / "val_predictions.tsv", predictions.get("val"), pred_columns, "predictions",
+         pred_extra),
+        (out_dir / "predictions.tsv", predictions.get("test"), pred_columns, "predictions",
+         pred_extra)]
+
+
+def _training_record(*, result: FitResult, cv: CvResult | None, folds: dict[str, int],
+                     fit_settings: FitSettings, epochs: int, monitor: str,
+                     patience: int | None, augmentation: str,
+                     torch_threads: int | None) -> dict:
+    """The card's ``training``: epochs, selection, cross-validation, optimiser, device."""
+    s = fit_settings
+    return {
+        "epochs": epochs, "epochs_run": len(result.rows), "best_epoch": result.kept_epoch,
+        "selection": _selection(s, cv), "monitor": monitor, "patience": patience,
+        "stopped_early": result.stopped_early,
+        "cv": None if cv is None else {
+            "folds": len(set(folds.values())), "chosen_epochs": cv.epochs,
+            "mean_val_loss": cv.mean_val_loss, "mean_val_auc": cv.mean_val_auc},
+        "batch_size": s.batch_size, "lr": s.lr, "seed": s.seed, "device": s.device,
+        "amp": s.amp, "class_weighting": "inverse frequency",
+        "augmentation": augmentation,
+        "seconds_per_epoch": round(result.seconds_per_epoch, 3),
+        # CPU results depend on the thread count (floating-point summation order)
+        "torch_threads": torch_threads}
+
+
+def _card(*, model_name: str, arch: str, dims: int, spec: dict, classes: list[str],
+          label_column: str, pred_extra: dict, split: Path | None, plan: dict[str, str],
+          parts: dict[str, list[Sample]], training: dict, versions: dict[str, str],
+          onnx: dict, checkpoint: dict) -> dict:
+    """The model card (``model/model.json``) without its provenance."""
+    counts = {w: sum(1 for v in plan.values() if v == w) for w in ("train", "val", "test")}
+    return {
+        "card_version": 1, "kind": "image", "name": model_name,
+        "task": "binary" if len(classes) == 2 else "multiclass", "architecture": arch,
+        "dims": dims, "phases": spec["phases"], "label_column": label_column,
+        "classes": classes, "positive_class": pred_extra["positive_class"],
+        "input": spec["input"], "outputs": {"probabilities": "probabilities"},
+        "preprocessing": spec["preprocessing"],
+        "lesion_aggregate": LESION_AGGREGATE[dims], "patient_aggregate": "mean",
+        "threshold": pred_extra["threshold"],
+        "threshold_source": pred_extra["threshold_source"],
+        "split": {"source": "split file" if split is not None else
+                  "stratified at random by patient", "train_patients": counts["train"],
+                  "val_patients": counts["val"], "test_patients": counts["test"],
+                  "train_lesions": len(parts["train"]), "val_lesions": len(parts["val"]),
+                  "test_lesions": len(parts["test"])},
+        "training": training, "versions": versions,
+        "onnx": onnx,
+        "checkpoint": checkpoint,
+    }

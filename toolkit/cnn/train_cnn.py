@@ -10,13 +10,13 @@ Pipeline (:func:`train_cnn`):
   contrast phase (``phases``). They are computed once per run.
 * Patients (never lesions) are split into train, val and test: from a split
   file (DESIGN.md's format) or at random, stratified by class.
-* A MONAI network (``densenet121`` or ``resnet18``, 2D or 3D) learns from
-  scratch (:mod:`metcli.cnn.fit`): class-weighted cross-entropy, ``RandAffine``
-  augmentation, validation each epoch, the best epoch kept (lowest validation
-  loss or highest AUC), optional early stopping (``patience``), or a fixed
-  number of epochs chosen by cross-validation on the training patients
-  (``cv_folds``); a resume state after every epoch (``resume``); mixed
-  precision on CUDA (``amp``).
+* A network of the registry :mod:`metcli.cnn.networks` (``densenet121`` or
+  ``resnet18``, MONAI's, 2D or 3D) learns from scratch (:mod:`metcli.cnn.fit`):
+  class-weighted cross-entropy, ``RandAffine`` augmentation, validation each
+  epoch, the best epoch kept (lowest validation loss or highest AUC), optional
+  early stopping (``patience``), or a fixed number of epochs chosen by
+  cross-validation on the training patients (``cv_folds``); a resume state
+  after every epoch (``resume``); mixed precision on CUDA (``amp``).
 * Aggregation: a lesion's probabilities are the mean of its inputs'
   probabilities (its slices; one volume in 3D); a patient's are the mean of its
   lesions'. A binary model predicts the positive class at or above 0.5 (the
@@ -40,13 +40,21 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from metcli.cnn.data import Sample, find_jobs, load_samples, parse_phases, plan_split
-from metcli.cnn.fit import (ARCHITECTURES, LOG_COLUMNS, MIN_SIZE, MONITORS, THRESHOLD,
-                            FitSettings, build_network, choose_epochs, fit,
-                            lesion_probabilities, slice_probabilities)
+from metcli.cnn.fit import (
+    LOG_COLUMNS,
+    MONITORS,
+    THRESHOLD,
+    FitSettings,
+    choose_epochs,
+    fit,
+    lesion_probabilities,
+    slice_probabilities,
+)
+from metcli.cnn.networks import build_network, get_architecture
 from metcli.cnn.outputs import decide, export_onnx, prediction_rows, write_outputs
 from metcli.core.errors import InputError, UsageError
 
-__all__ = ["ARCHITECTURES", "MIN_SIZE", "THRESHOLD", "LOG_COLUMNS", "CnnResult", "Sample",
+__all__ = ["THRESHOLD", "LOG_COLUMNS", "CnnResult", "Sample",
            "build_network", "check_options", "decide", "export_onnx", "find_jobs",
            "lesion_probabilities", "load_checkpoint", "plan_split", "prediction_rows",
            "slice_probabilities", "train_cnn"]
@@ -76,13 +84,13 @@ def check_options(*, arch: str, size: int, epochs: int, batch_size: int, lr: flo
                   val_patients: int, test_patients: int | None, device: str, dims: int = 2,
                   cv_folds: int | None = None, patience: int | None = None,
                   monitor: str = "loss") -> None:
-    if arch not in ARCHITECTURES:
-        raise UsageError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
+    """Refuse options train-cnn cannot run with (a :class:`UsageError` naming the option)."""
+    min_size = get_architecture(arch).min_size
     if dims not in (2, 3):
         raise UsageError(f"--dims must be 2 or 3, got {dims!r}")
-    if size < MIN_SIZE[arch]:
+    if size < min_size:
         raise UsageError(f"--size {size} is too small for {arch}, which needs at least "
-                         f"{MIN_SIZE[arch]} pixels", fix=f"give --size {MIN_SIZE[arch]} or more")
+                         f"{min_size} pixels", fix=f"give --size {min_size} or more")
     for name, value in (("--epochs", epochs), ("--batch-size", batch_size)):
         if int(value) < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
@@ -192,9 +200,9 @@ def train_cnn(raw_dir, lesions_dir, out_dir, *, labels, label_column: str = "pri
     the same inputs, seed and number of threads give the same outputs. The
     number used is logged and returned (``torch_threads``).
     """
+    from metcli.core.threads import limit_cpu_threads
     from metcli.io.files import check_output_not_inside_input, sha256_json
-    from metcli.lesions.preprocess import SliceSettings
-    from metcli.io.provenance import Step, write_dataset_description
+    from metcli.io.provenance import Step
 
     raw_dir, lesions_dir, out_dir = Path(raw_dir), Path(lesions_dir), Path(out_dir)
     require_libraries()
@@ -202,17 +210,9 @@ def train_cnn(raw_dir, lesions_dir, out_dir, *, labels, label_column: str = "pri
     check_options(arch=arch, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
                   val_patients=val_patients, test_patients=test_patients, device=device,
                   dims=dims, cv_folds=cv_folds, patience=patience, monitor=monitor)
-    if split is not None and test_patients is not None:
-        raise UsageError("give --test-patients or --split, not both")
-    from metcli.core.devices import torch_device
-    from metcli.core.threads import check_threads, limit_cpu_threads
-
-    check_threads(threads)
-    phases = parse_phases(phases)
-    device = torch_device(device, amp=amp)
-    slice_settings = SliceSettings(window_width=float(window[0]), window_level=float(window[1]),
-                                   size=size, context_mm=float(context_mm), fov_mm=fov_mm)
-    spec = input_spec(dims=dims, phases=phases, size=size, slice_settings=slice_settings)
+    phases, device, spec = _input_settings(
+        split=split, test_patients=test_patients, threads=threads, phases=phases, device=device,
+        amp=amp, window=window, size=size, context_mm=context_mm, fov_mm=fov_mm, dims=dims)
     check_output_not_inside_input(out_dir, [raw_dir, lesions_dir])
     excluded: dict[str, str] = {}
     all_labels, classes = _labels(Path(labels), label_column, positive_class, excluded)
@@ -224,13 +224,57 @@ def train_cnn(raw_dir, lesions_dir, out_dir, *, labels, label_column: str = "pri
                 "seed": seed, "device": device, "augmentation": AUGMENTATION,
                 "threshold": THRESHOLD, "lesion_aggregate": "mean", "patient_aggregate": "mean"}
     step = Step("train-cnn", out_dir, {"raw": raw_dir, "lesions": lesions_dir}, settings)
-    model_dir = out_dir / "model"
     jobs = find_jobs(raw_dir, lesions_dir, all_labels, excluded, phases=phases)
     files = [f for j in jobs for f in (*j.cts.values(), j.lesion_map, j.lesion_table)]
-    files += [Path(labels)] + ([Path(split)] if split is not None else [])
-    inputs = step.inputs(files)
-    if not overwrite and step.is_done(model_dir / "model.json", inputs):
-        return CnnResult(model_dir, skipped=True, excluded=excluded)
+    inputs = step.inputs(files + [Path(labels)] + ([Path(split)] if split is not None else []))
+    if not overwrite and step.is_done(out_dir / "model" / "model.json", inputs):
+        return CnnResult(out_dir / "model", skipped=True, excluded=excluded)
+    plan, folds, parts = _split_samples(jobs, all_labels, classes, spec, split=split,
+                                        val_patients=val_patients, test_patients=test_patients,
+                                        cv_folds=cv_folds, monitor=monitor, seed=seed)
+    state_dir = _start_output(out_dir, {"raw": raw_dir, "lesions": lesions_dir}, resume)
+    fingerprint = sha256_json({"settings": step.settings_sha256,
+                               "inputs": sorted((i["uri"], i["sha256"]) for i in inputs)})
+    fit_settings = FitSettings(arch=arch, n_classes=len(classes), epochs=epochs,
+                               batch_size=batch_size, lr=lr, device=device, seed=seed, amp=amp,
+                               monitor=monitor, patience=patience)
+    with limit_cpu_threads(threads) as torch_threads:
+        log.info("train-cnn: %d PyTorch CPU thread(s)", torch_threads)
+        result, cv, fit_settings = _train(parts, folds, fit_settings, cv_folds=cv_folds,
+                                          state_dir=state_dir, resume=resume,
+                                          fingerprint=fingerprint, progress=progress)
+        difference = write_outputs(
+            out_dir, step=step, inputs=inputs, result=result, cv=cv, parts=parts, plan=plan,
+            folds=folds, classes=classes, spec=spec, arch=arch, label_column=label_column,
+            split=split, fit_settings=fit_settings, epochs=epochs, monitor=monitor,
+            patience=patience, versions=_versions(), torch_threads=torch_threads)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return CnnResult(out_dir / "model", excluded=excluded, torch_threads=torch_threads,
+                     seconds_per_epoch=result.seconds_per_epoch, max_abs_difference=difference,
+                     epochs_run=len(result.rows), cv_epochs=None if cv is None else cv.epochs)
+
+
+def _input_settings(*, split, test_patients, threads, phases, device: str, amp: bool, window,
+                    size: int, context_mm: float, fov_mm, dims: int):
+    """(phases, the torch device, :func:`input_spec`), after the remaining option checks."""
+    from metcli.core.devices import torch_device
+    from metcli.core.threads import check_threads
+    from metcli.lesions.preprocess import SliceSettings
+
+    if split is not None and test_patients is not None:
+        raise UsageError("give --test-patients or --split, not both")
+    check_threads(threads)
+    phases = parse_phases(phases)
+    device = torch_device(device, amp=amp)
+    slice_settings = SliceSettings(window_width=float(window[0]), window_level=float(window[1]),
+                                   size=size, context_mm=float(context_mm), fov_mm=fov_mm)
+    return phases, device, input_spec(dims=dims, phases=phases, size=size,
+                                      slice_settings=slice_settings)
+
+
+def _split_samples(jobs, all_labels: dict[str, str], classes: list[str], spec: dict, *,
+                   split, val_patients: int, test_patients, cv_folds, monitor: str, seed: int):
+    """(the split plan, the training patients' folds, the train/val/test samples)."""
     job_labels = {j.participant_id: all_labels[j.participant_id] for j in jobs}
     plan = plan_split(job_labels, split=split, val_patients=val_patients,
                       test_patients=test_patients, seed=seed, need_val=cv_folds is None)
@@ -244,37 +288,33 @@ def train_cnn(raw_dir, lesions_dir, out_dir, *, labels, label_column: str = "pri
         raise InputError("--monitor auc needs validation lesions of every class; the "
                          "validation patients lack some", path=split,
                          fix="use --monitor loss, or more --val-patients")
-    write_dataset_description(out_dir, name="metcli train-cnn",
-                              sources={"raw": raw_dir, "lesions": lesions_dir})
+    return plan, folds, parts
+
+
+def _start_output(out_dir: Path, sources: dict[str, Path], resume: bool) -> Path:
+    """Write dataset_description.json; OUT_DIR/resume, cleared unless ``resume``."""
+    from metcli.io.provenance import write_dataset_description
+
+    write_dataset_description(out_dir, name="metcli train-cnn", sources=sources)
     state_dir = out_dir / RESUME_FOLDER
     if not resume and state_dir.exists():
         log.info("starting over: the resume states of an earlier run are removed "
                  "(--resume continues from them)")
         shutil.rmtree(state_dir)
-    fingerprint = sha256_json({"settings": step.settings_sha256,
-                               "inputs": sorted((i["uri"], i["sha256"]) for i in inputs)})
-    fit_settings = FitSettings(arch=arch, n_classes=len(classes), epochs=epochs,
-                               batch_size=batch_size, lr=lr, device=device, seed=seed, amp=amp,
-                               monitor=monitor, patience=patience)
+    return state_dir
+
+
+def _train(parts: dict, folds: dict[str, int], fit_settings: FitSettings, *, cv_folds,
+           state_dir: Path, resume: bool, fingerprint: str, progress):
+    """(the fit, the cross-validation or None, the settings of the final fit)."""
     cv = None
-    with limit_cpu_threads(threads) as torch_threads:
-        log.info("train-cnn: %d PyTorch CPU thread(s)", torch_threads)
-        if cv_folds is not None:
-            cv = choose_epochs(parts["train"], folds, fit_settings, state_dir=state_dir,
-                               resume=resume, fingerprint=fingerprint, progress=progress)
-            fit_settings = replace(fit_settings, epochs=cv.epochs, keep_last=True)
-        result = fit(parts["train"], parts["val"], fit_settings,
-                     state_path=state_dir / "train.pt", resume=resume,
-                     fingerprint=f"{fingerprint}:train", progress=progress)
-        difference = write_outputs(
-            out_dir, step=step, inputs=inputs, result=result, cv=cv, parts=parts, plan=plan,
-            folds=folds, classes=classes, spec=spec, arch=arch, label_column=label_column,
-            split=split, fit_settings=fit_settings, epochs=epochs, monitor=monitor,
-            patience=patience, versions=_versions(), torch_threads=torch_threads)
-    shutil.rmtree(state_dir, ignore_errors=True)
-    return CnnResult(model_dir, excluded=excluded, seconds_per_epoch=result.seconds_per_epoch,
-                     max_abs_difference=difference, epochs_run=len(result.rows),
-                     cv_epochs=None if cv is None else cv.epochs, torch_threads=torch_threads)
+    if cv_folds is not None:
+        cv = choose_epochs(parts["train"], folds, fit_settings, state_dir=state_dir,
+                           resume=resume, fingerprint=fingerprint, progress=progress)
+        fit_settings = replace(fit_settings, epochs=cv.epochs, keep_last=True)
+    result = fit(parts["train"], parts["val"], fit_settings, state_path=state_dir / "train.pt",
+                 resume=resume, fingerprint=f"{fingerprint}:train", progress=progress)
+    return result, cv, fit_settings
 
 
 def _folds(plan: dict[str, str], labels: dict[str, str], cv_folds: int | None,

@@ -338,29 +338,12 @@ def load_cohort(features, labels: Path, *, label_column: str = "primary",
     with a warning that lists them; so are lesions with a missing feature value
     (features missing for every lesion are dropped first).
     """
-    import re
-
     import pandas as pd
 
     table = read_features(features, phase=phase, session=session)
     rows = {r["participant_id"]: r for r in read_label_rows(labels, label_column)}
-    excluded: dict[str, str] = {}
-    for pid in sorted(set(table.participants.tolist())):
-        if pid not in rows:
-            excluded[pid] = "not in the labels file"
-        elif rows[pid].get(label_column) is None:
-            excluded[pid] = f"no {label_column} label"
-        elif need_site and rows[pid].get("site") is None:
-            excluded[pid] = "no site"
-    spec, cov_values, lacking = encode_covariates(
-        {p: r for p, r in rows.items() if p not in excluded}, covariates) if covariates else (
-        [], {}, [])
-    for pid in lacking:
-        if pid in set(table.participants.tolist()):
-            excluded.setdefault(pid, "a covariate is missing")
-    if excluded:
-        log.warning("%d participant(s) left out: %s", len(excluded),
-                    "; ".join(f"{p} ({why})" for p, why in sorted(excluded.items())))
+    excluded, spec, cov_values = _left_out(table, rows, label_column=label_column,
+                                           covariates=covariates, need_site=need_site)
     keep_rows = np.array([p not in excluded for p in table.participants], dtype=bool)
     table = table.take(keep_rows)
     if not table.keys:
@@ -386,6 +369,47 @@ def load_cohort(features, labels: Path, *, label_column: str = "primary",
     # float32-cast: the ONNX model computes in float32, so train on values it can see
     frame = frame.astype(np.float32).astype(np.float64)
     label_of = {p: str(rows[p][label_column]) for p in set(participants.tolist())}
+    positive, classes = _classes(label_of, positive_class, labels=labels,
+                                 label_column=label_column)
+    y = np.array([classes.index(label_of[p]) for p in participants], dtype=np.int64)
+    sites = (np.array([str(rows[p]["site"]) for p in participants], dtype=object)
+             if need_site else None)
+    return Cohort(frame, y, classes, positive, participants, table.lesion_ids, sites, names,
+                  spec, table, excluded, n_incomplete)
+
+
+def _left_out(table: FeatureTable, rows: Mapping[str, Mapping[str, Any]], *, label_column: str,
+              covariates: Sequence[str], need_site: bool):
+    """(participants left out -> why, covariate spec, covariate values); warns if any."""
+    excluded: dict[str, str] = {}
+    for pid in sorted(set(table.participants.tolist())):
+        if pid not in rows:
+            excluded[pid] = "not in the labels file"
+        elif rows[pid].get(label_column) is None:
+            excluded[pid] = f"no {label_column} label"
+        elif need_site and rows[pid].get("site") is None:
+            excluded[pid] = "no site"
+    spec, cov_values, lacking = encode_covariates(
+        {p: r for p, r in rows.items() if p not in excluded}, covariates) if covariates else (
+        [], {}, [])
+    for pid in lacking:
+        if pid in set(table.participants.tolist()):
+            excluded.setdefault(pid, "a covariate is missing")
+    if excluded:
+        log.warning("%d participant(s) left out: %s", len(excluded),
+                    "; ".join(f"{p} ({why})" for p, why in sorted(excluded.items())))
+    return excluded, spec, cov_values
+
+
+def _classes(label_of: Mapping[str, str], positive_class: str | None, *, labels: Path,
+             label_column: str) -> tuple[str | None, list[str]]:
+    """(positive class or None, classes in output order) of the participants' labels.
+
+    Binary: ``[negative, positive]``, the positive class being ``positive_class``
+    or the label that sorts last; three or more: sorted, no positive class.
+    """
+    import re
+
     bad = sorted({v for v in label_of.values() if not re.match(_CLASS_RE, v)})
     if bad:
         raise InputError(f"label {bad[0]!r} has characters a class name cannot have",
@@ -404,15 +428,9 @@ def load_cohort(features, labels: Path, *, label_column: str = "primary",
                              f"({', '.join(present)})", fix="choose one of the labels")
     if len(present) == 2:
         positive = positive_class or present[1]
-        classes = [c for c in present if c != positive] + [positive]
         log.info("positive class: %s", positive)
-    else:
-        positive, classes = None, present
-    y = np.array([classes.index(label_of[p]) for p in participants], dtype=np.int64)
-    sites = (np.array([str(rows[p]["site"]) for p in participants], dtype=object)
-             if need_site else None)
-    return Cohort(frame, y, classes, positive, participants, table.lesion_ids, sites, names,
-                  spec, table, excluded, n_incomplete)
+        return positive, [c for c in present if c != positive] + [positive]
+    return None, present
 
 
 @dataclass

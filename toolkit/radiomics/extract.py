@@ -25,12 +25,13 @@ from metcli.io.bids import (Acquisition, derivative_path, find_files, participan
                          resolve_levels, select_participants, sidecar_path)
 from metcli.core.errors import ImageError, InputError, UsageError
 from metcli.lesions.maps import LESION_SUFFIX, find_lesion_maps, kept_lesion_ids
-from metcli.radiomics.features import (ID_COLUMNS, IBSI_TAGS, LIVER_LABEL, RING_STATUS_COLUMNS,
-                                       STATUS_COLUMNS, STATUS_OK, LesionPool, Region,
-                                       RegionResult, as_params, crop_region, expand_box,
-                                       extract_features, margin_voxels, prepare_image,
-                                       shape2d_axis, table_columns)
+from metcli.radiomics.columns import (ID_COLUMNS, RING_STATUS_COLUMNS, STATUS_COLUMNS, STATUS_OK,
+                                      RegionResult, table_columns)
+from metcli.radiomics.features import (IBSI_TAGS, as_params, extract_features, prepare_image,
+                                       shape2d_axis)
 from metcli.radiomics.params import ExtractionParams
+from metcli.radiomics.regions import LIVER_LABEL, Region, crop_region, expand_box, margin_voxels
+from metcli.radiomics.workers import LesionPool
 
 __all__ = ["extract", "extract_acquisition", "extract_features", "table_columns", "IBSI_TAGS",
            "RegionResult", "read_features_table"]
@@ -334,20 +335,28 @@ def extract(raw_dir, lesions_dir, out_dir, *, params=None, seg_dir=None, peritum
             run_each(jobs_list, key=lambda j: j.entities.describe(), work=work,
                      progress=progress, report=report)
     if do_group:
-        if report.failed and not do_participants:
-            name, message = sorted(report.failed.items())[0]
-            raise InputError(f"the group level cannot be written: {name}: {message}",
-                             fix="fix that input, or leave the participant out with "
-                                 "--participant-label")
-        if report.failed:
-            log.warning("group level not written: %d item(s) failed; fix them, or leave those "
-                        "participants out with --participant-label and --level group",
-                        len(report.failed))
-        else:
-            report.group_table = write_group_table(jobs_list, out_dir, step, columns,
-                                                   overwrite=overwrite)
-            report.outputs.extend([report.group_table, sidecar_path(report.group_table)])
+        _group_level(report, jobs_list, out_dir, step, columns, overwrite=overwrite,
+                     after_participants=do_participants)
     return report
+
+
+def _group_level(report: ExtractionReport, jobs: Sequence[_Job], out_dir: Path, step,
+                 columns: list[str], *, overwrite: bool, after_participants: bool) -> None:
+    """Write ``features.tsv`` unless a participant failed (an error when only the group
+    level was asked for, a warning after the participant level)."""
+    if report.failed and not after_participants:
+        name, message = sorted(report.failed.items())[0]
+        raise InputError(f"the group level cannot be written: {name}: {message}",
+                         fix="fix that input, or leave the participant out with "
+                             "--participant-label")
+    if report.failed:
+        log.warning("group level not written: %d item(s) failed; fix them, or leave those "
+                    "participants out with --participant-label and --level group",
+                    len(report.failed))
+    else:
+        report.group_table = write_group_table(jobs, out_dir, step, columns,
+                                               overwrite=overwrite)
+        report.outputs.extend([report.group_table, sidecar_path(report.group_table)])
 
 
 def _extract_one(job: _Job, out_dir: Path, step, params: ExtractionParams, columns: list[str],

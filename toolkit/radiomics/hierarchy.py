@@ -45,8 +45,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from metcli.core.errors import InputError, UsageError
-from metcli.radiomics.models import (CVOutcome, Settings, each_outer_fold, fit_search,
-                                    model_name, outer_splits, record_selection, selection_of)
+from metcli.radiomics.models import (CVOutcome, each_outer_fold, fit_search, model_name,
+                                     outer_splits, record_selection, selection_of)
+from metcli.radiomics.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ the training and test lesions).
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from typing import Sequence
@@ -27,40 +28,35 @@ from typing import Sequence
 import numpy as np
 
 from metcli.core.devices import onnx_session
+from metcli.radiomics.classifiers import CLASSIFIERS, get
 
 log = logging.getLogger(__name__)
 
 OUTPUT_LABEL = "label"
 OUTPUT_PROBABILITIES = "probabilities"
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
-_REGISTERED: set[str] = set()
 
 
-def _register(what: str) -> None:
-    """Tell skl2onnx about metcli's scaler and about XGBoost (through onnxmltools)."""
-    if what in _REGISTERED:
-        return
+@functools.lru_cache(maxsize=None)
+def _register_scaler() -> None:
+    """Tell skl2onnx about metcli's scaler, once."""
     from skl2onnx import update_registered_converter
+    from skl2onnx.operator_converters.scaler_op import convert_sklearn_scaler
+    from skl2onnx.shape_calculators.scaler import calculate_sklearn_scaler_output_shapes
 
-    if what == "scaler":
-        from skl2onnx.operator_converters.scaler_op import convert_sklearn_scaler
-        from skl2onnx.shape_calculators.scaler import calculate_sklearn_scaler_output_shapes
+    from metcli.radiomics.selection import Float32MeanScaler
 
-        from metcli.radiomics.selection import Float32MeanScaler
+    update_registered_converter(Float32MeanScaler, "MetcliFloat32MeanScaler",
+                                calculate_sklearn_scaler_output_shapes, convert_sklearn_scaler,
+                                options={"div": ["std", "div", "div_cast"]})
 
-        update_registered_converter(Float32MeanScaler, "MetcliFloat32MeanScaler",
-                                    calculate_sklearn_scaler_output_shapes,
-                                    convert_sklearn_scaler,
-                                    options={"div": ["std", "div", "div_cast"]})
-    else:
-        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
-        from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
-        from xgboost import XGBClassifier
 
-        update_registered_converter(
-            XGBClassifier, "XGBoostXGBClassifier", calculate_linear_classifier_output_shapes,
-            convert_xgboost, options={"nocl": [True, False], "zipmap": [True, False, "columns"]})
-    _REGISTERED.add(what)
+def _register_classifier(classifier: str | None) -> None:
+    """Register the converter the classifier's registry entry names (None: every entry's)."""
+    entries = CLASSIFIERS.values() if classifier is None else [get(classifier)]
+    for entry in entries:
+        if entry.onnx_converter is not None:
+            entry.onnx_converter()
 
 
 def deployed_steps(pipeline):
@@ -74,24 +70,28 @@ def input_names(pipeline) -> list[str]:
     return [str(n) for n in pipeline.named_steps["select"].get_feature_names_out()]
 
 
-def to_onnx(pipeline, names: Sequence[str] | None = None, *, model_name: str = "metcli") -> bytes:
-    """The serialized ONNX graph of a fitted pipeline (see the module docstring)."""
+def to_onnx(pipeline, names: Sequence[str] | None = None, *, model_name: str = "metcli",
+            classifier: str | None = None) -> bytes:
+    """The serialized ONNX graph of a fitted pipeline (see the module docstring).
+
+    ``classifier``: the registry name of the pipeline's classifier, whose ONNX
+    converter is registered first (None: the converters of every entry).
+    """
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.pipeline import Pipeline
 
     names = list(names) if names is not None else input_names(pipeline)
-    scaler, classifier = deployed_steps(pipeline)
-    _register("scaler")
-    if type(classifier).__name__ == "XGBClassifier":
-        _register("xgboost")
-    deployed = Pipeline([("scale", scaler), ("clf", classifier)])
+    _register_scaler()
+    _register_classifier(classifier)
+    scaler, estimator = deployed_steps(pipeline)
+    deployed = Pipeline([("scale", scaler), ("clf", estimator)])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # SVC's probA_, probB_
         onx = convert_sklearn(
             deployed, name=model_name,
             initial_types=[(n, FloatTensorType([None, 1])) for n in names],
-            options={id(scaler): {"div": "div_cast"}, id(classifier): {"zipmap": False}},
+            options={id(scaler): {"div": "div_cast"}, id(estimator): {"zipmap": False}},
             target_opset=dict(TARGET_OPSET))
     outputs = [o.name for o in onx.graph.output]
     if outputs != [OUTPUT_LABEL, OUTPUT_PROBABILITIES]:

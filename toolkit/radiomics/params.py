@@ -157,7 +157,8 @@ def preset_text(name: str) -> str:
     """The YAML text of a preset shipped with metcli."""
     if name not in PRESETS:
         raise UsageError(f"no preset named {name!r}", fix=f"choose one of {', '.join(PRESETS)}")
-    return resources.files("metcli.radiomics").joinpath("presets", f"{name}.yaml").read_text("utf-8")
+    presets = resources.files("metcli.radiomics").joinpath("presets")
+    return presets.joinpath(f"{name}.yaml").read_text("utf-8")
 
 
 def _read_text(path: Path) -> str:

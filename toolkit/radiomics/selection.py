@@ -237,9 +237,9 @@ class PermutationImportanceSelector(_Selector):
     A random forest (``class_weight="balanced"``) is fitted on part of the
     training data and each feature's importance is the mean drop of the ROC AUC
     (macro one-vs-rest for several classes) when that feature is shuffled in
-    the held-out part, over ``n_repeats`` shuffles (:func:`permutation_auc_drop`). The held-out part is the
-    first fold of a ``StratifiedGroupKFold(holdout_folds)`` over ``groups``
-    (patients) in which both parts hold every class, so the importances are
+    the held-out part, over ``n_repeats`` shuffles (:func:`permutation_auc_drop`).
+    The held-out part is the first fold of a ``StratifiedGroupKFold(holdout_folds)``
+    over ``groups`` (patients) in which both parts hold every class, so the importances are
     measured on patients the forest did not see; without ``groups`` a
     stratified split of rows is used, and when no such fold exists (very few
     patients) the training rows themselves.

@@ -22,7 +22,7 @@ print warnings on import otherwise) and restored afterwards; what nnU-Net prints
 goes to this module's logger at debug level, never to stdout.
 
 Checkpoints are pickles. They are loaded weights-only, with numpy scalars and
-dtypes allowed (:func:`metcli.segmentation.export_onnx.load_checkpoint`, shared with the ONNX
+dtypes allowed (:func:`metcli.segmentation.checkpoints.load_checkpoint`, shared with the ONNX
 export); metcli never unpickles a checkpoint fully.
 """
 
@@ -64,7 +64,8 @@ def _read_json(path: Path, what: str) -> dict:
         raise InputError(f"the model's {what} is not valid JSON ({exc})", path=path,
                          fix=MODEL_FOLDER_FIX) from None
     if not isinstance(doc, dict):
-        raise InputError(f"the model's {what} is not a JSON object", path=path, fix=MODEL_FOLDER_FIX)
+        raise InputError(f"the model's {what} is not a JSON object", path=path,
+                         fix=MODEL_FOLDER_FIX)
     return doc
 
 
@@ -265,7 +266,7 @@ class NnunetSegmenter:
         self.step_size = float(step_size)
         self.orientation = orientation
         if orientation is not None:
-            from metcli.segmentation.onnx import orientation_transform
+            from metcli.segmentation.orientation import orientation_transform
 
             orientation_transform((1, 0, 0, 0, 1, 0, 0, 0, 1), orientation)  # validates it
         predictor_class = import_nnunet()
@@ -273,7 +274,7 @@ class NnunetSegmenter:
         import torch
 
         self.threads = threads or torch.get_num_threads()
-        from metcli.segmentation.export_onnx import load_checkpoint
+        from metcli.segmentation.checkpoints import load_checkpoint
 
         checkpoints = [load_checkpoint(self.model_dir / f"fold_{fold}" / checkpoint_name)[0]
                        for fold in self.folds]
@@ -341,6 +342,10 @@ class NnunetSegmenter:
                              fix=MODEL_FOLDER_FIX) from None
         return network, plans_manager, configuration_manager
 
+    def sidecar_fields(self) -> dict:
+        """Fields ``segment`` adds to each sidecar: PyTorch's CPU threads (not a setting)."""
+        return {"TorchThreads": int(self.threads)}
+
     def predict(self, ct):
         """Segment one CT (a 3D SimpleITK image): a label image on the CT's grid.
 
@@ -349,8 +354,8 @@ class NnunetSegmenter:
         """
         import SimpleITK as sitk
 
-        from metcli.segmentation.onnx import orientation_transform
         from metcli.core.threads import limit_cpu_threads
+        from metcli.segmentation.orientation import orientation_transform
 
         array = check_ct(ct)
         orient = orientation_transform(ct.GetDirection(), self.orientation)

@@ -9,18 +9,20 @@ source: ``preprocessors/default_preprocessor.py``, ``resampling/default_resampli
 ``inference/sliding_window_prediction.py``, ``inference/export_prediction.py``):
 
 1. the CT is optionally brought to the orientation the model was trained in (a
-   lossless permutation/flip of axes, :func:`orientation_transform`); nnU-Net
+   lossless permutation/flip of axes,
+   :func:`metcli.segmentation.orientation.orientation_transform`); nnU-Net
    itself feeds arrays as they are stored, which is ``orientation: null``;
 2. the array is indexed [z, y, x] with the spacing reversed (SimpleITK's order, as
    nnU-Net's ``SimpleITKIO``), then transposed by the plans' ``transpose_forward``;
-3. it is cropped to the bounding box of its nonzero voxels (:func:`nonzero_bbox`);
+3. it is cropped to the bounding box of its nonzero voxels;
 4. it is normalised (CT: clip to the training foreground's 0.5/99.5 percentiles,
-   subtract its mean, divide by its std; :func:`normalize`);
+   subtract its mean, divide by its std);
 5. it is resampled to the target spacing: third-order spline, with the
    out-of-plane axis handled separately (nearest neighbour) when the spacing is
-   anisotropic (:func:`resample_to_shape`);
+   anisotropic (steps 3 to 5: :mod:`metcli.segmentation.preprocessing`);
 6. a Gaussian-weighted sliding window (sigma 1/8 of the patch) predicts logits,
-   optionally averaging the 2^k mirrored inputs (test-time augmentation);
+   optionally averaging the 2^k mirrored inputs (test-time augmentation;
+   :mod:`metcli.segmentation.sliding_window`);
 7. the logits are resampled back to the cropped grid (first order), turned into
    probabilities (softmax) and labels (argmax), put back into the uncropped
    array, transposed back, and returned on the CT's exact grid.
@@ -34,13 +36,27 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from metcli.core.errors import ImageError, InputError, UsageError
+from metcli.segmentation.orientation import AS_STORED, orientation_transform
+from metcli.segmentation.preprocessing import (
+    ANISOTROPY_THRESHOLD,
+    compute_new_shape,
+    filled_nonzero_mask,
+    nonzero_bbox,
+    normalize,
+    resample_to_shape,
+)
+from metcli.segmentation.sliding_window import (
+    gaussian_importance,
+    mirror_combinations,
+    pad_to_patch,
+    sliding_window_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +66,6 @@ SPEC_FILE = "preprocessing.json"
 SPEC_SCHEMA = "onnx_segmentation"
 SPEC_FORMAT = "metcli-onnx-segmentation"
 
-#: nnU-Net's default anisotropy threshold (nnunetv2.configuration.ANISO_THRESHOLD).
-ANISOTROPY_THRESHOLD = 3.0
 #: The resampling function of nnU-Net's default plans, the only one reproduced.
 SUPPORTED_RESAMPLING = ("resample_data_or_seg_to_shape",)
 #: Normalisation schemes of nnU-Net reproduced here (nnU-Net class names).
@@ -100,292 +114,31 @@ def check_spec_supported(spec: dict, *, where: str | Path | None = None) -> None
                              path=where, fix="use the nnU-Net backend for this model")
 
 
-# ============================================================================ orientation
-@dataclass(frozen=True)
-class AxisTransform:
-    """A lossless change of array axes: ``oriented = flip(transpose(array, perm), flips)``.
+def spec_labels(model_dir: Path) -> dict[str, int]:
+    """The labels ``{name: value}`` of an export's ``preprocessing.json``, without loading it."""
+    from metcli.io.files import read_json
 
-    Arrays are numpy arrays indexed [z, y, x] as SimpleITK gives them.
-    """
-
-    perm: tuple[int, int, int]
-    flips: tuple[bool, bool, bool]
-
-    @property
-    def is_identity(self) -> bool:
-        return self.perm == (0, 1, 2) and not any(self.flips)
-
-    def forward(self, array: np.ndarray) -> np.ndarray:
-        """Input array -> oriented array (the last three axes)."""
-        lead = array.ndim - 3
-        out = np.transpose(array, tuple(range(lead)) + tuple(lead + p for p in self.perm))
-        axes = tuple(lead + k for k, f in enumerate(self.flips) if f)
-        return np.flip(out, axes) if axes else out
-
-    def backward(self, array: np.ndarray) -> np.ndarray:
-        """Oriented array -> input array (the last three axes)."""
-        lead = array.ndim - 3
-        axes = tuple(lead + k for k, f in enumerate(self.flips) if f)
-        out = np.flip(array, axes) if axes else array
-        inverse = tuple(int(i) for i in np.argsort(self.perm))
-        return np.transpose(out, tuple(range(lead)) + tuple(lead + p for p in inverse))
-
-    def spacing_zyx(self, spacing_zyx: Sequence[float]) -> list[float]:
-        return [float(spacing_zyx[p]) for p in self.perm]
+    spec = read_json(model_dir / SPEC_FILE)
+    labels = spec.get("labels") if isinstance(spec, dict) else None
+    if not isinstance(labels, dict) or not labels:
+        raise InputError(f"{SPEC_FILE} has no labels", path=model_dir,
+                         fix="export the model again with metcli export-onnx")
+    return {str(k): int(v) for k, v in labels.items()}
 
 
-def orientation_transform(direction: Sequence[float], code: str | None) -> AxisTransform:
-    """The axis permutation and flips that bring an image with ``direction`` to ``code``.
+def export_orientation(model_dir: Path, wanted: str | None) -> str:
+    """The orientation an export was made for; another one asked for is refused."""
+    from metcli.io.files import read_json
 
-    ``code`` is a three-letter orientation as SimpleITK's ``DICOMOrient`` reads it
-    (``LPS`` is the identity direction; ``RAS`` is what nibabel's canonical
-    orientation becomes when SimpleITK reads it). The closest orientation is used,
-    as ``DICOMOrient`` does; the image is never resampled. ``None`` keeps the axes.
-    """
-    if code is None:
-        return AxisTransform((0, 1, 2), (False, False, False))
-    import SimpleITK as sitk
-
-    probe = sitk.Image([2, 2, 2], sitk.sitkUInt8)
-    probe.SetDirection(tuple(float(d) for d in direction))
-    try:
-        oriented = sitk.DICOMOrient(probe, code)
-    except RuntimeError:
-        raise UsageError(f"orientation {code!r} is not a valid three-letter code",
-                         fix="use one letter of each of L/R, P/A, S/I, e.g. LPS or RAS") from None
-    d_in = np.asarray(direction, float).reshape(3, 3)
-    d_out = np.asarray(oriented.GetDirection(), float).reshape(3, 3)
-    dots = d_in.T @ d_out  # [i, j]: input ITK axis i against oriented ITK axis j
-    itk_perm = [int(np.argmax(np.abs(dots[:, j]))) for j in range(3)]
-    itk_flip = [bool(dots[itk_perm[j], j] < 0) for j in range(3)]
-    # numpy axis k is ITK axis 2 - k.
-    perm = tuple(2 - itk_perm[2 - k] for k in range(3))
-    flips = tuple(itk_flip[2 - k] for k in range(3))
-    return AxisTransform(perm, flips)  # type: ignore[arg-type]
-
-
-# ============================================================================ preprocessing
-def nonzero_bbox(data: np.ndarray) -> list[list[int]]:
-    """Half-open bounding box [[start, stop], ...] of voxels nonzero in any channel.
-
-    nnU-Net crops every image to it (``crop_to_nonzero``); an image with no nonzero
-    voxel keeps its full extent, as in nnU-Net.
-    """
-    mask = np.any(data != 0, axis=0)
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(np.any(mask, axis=other))
-        if hits.size == 0:
-            return [[0, s] for s in mask.shape]
-        box.append([int(hits[0]), int(hits[-1]) + 1])
-    return box
-
-
-def _nonzero_mask_filled(data: np.ndarray) -> np.ndarray:
-    from scipy.ndimage import binary_fill_holes
-
-    return binary_fill_holes(np.any(data != 0, axis=0))
-
-
-def normalize(channel: np.ndarray, normalization: dict, nonzero_mask: np.ndarray | None = None
-              ) -> np.ndarray:
-    """One channel normalised as nnU-Net's scheme ``normalization['scheme']`` does (float32)."""
-    scheme = normalization["scheme"]
-    image = channel.astype(np.float32, copy=True)
-    eps = 1e-8
-    if scheme == "CTNormalization":
-        np.clip(image, normalization["clip_lower"], normalization["clip_upper"], out=image)
-        image -= normalization["mean"]
-        image /= max(normalization["std"], eps)
-    elif scheme == "ZScoreNormalization":
-        if normalization.get("use_mask_for_norm") and nonzero_mask is not None:
-            values = image[nonzero_mask]
-            mean, std = values.mean(), values.std()
-            image[nonzero_mask] = (values - mean) / max(std, eps)
-        else:
-            mean, std = image.mean(), image.std()
-            image -= mean
-            image /= max(std, eps)
-    elif scheme == "RescaleTo01Normalization":
-        image -= image.min()
-        image /= np.clip(image.max(), a_min=eps, a_max=None)
-    elif scheme == "NoNormalization":
-        pass
-    else:  # pragma: no cover - refused by check_spec_supported
-        raise InputError(f"normalisation scheme {scheme!r} is not reproduced")
-    return image
-
-
-def compute_new_shape(old_shape: Sequence[int], old_spacing: Sequence[float],
-                      new_spacing: Sequence[float]) -> list[int]:
-    """The shape after resampling, rounded as nnU-Net rounds it."""
-    return [int(round(i / j * k)) for i, j, k in zip(old_spacing, new_spacing, old_shape)]
-
-
-def _lowres_axes(spacing: Sequence[float]) -> np.ndarray:
-    spacing = np.asarray(spacing, float)
-    return np.where(max(spacing) / spacing == 1)[0]
-
-
-def separate_z(current_spacing: Sequence[float], new_spacing: Sequence[float],
-               force_separate_z: bool | None = None,
-               threshold: float = ANISOTROPY_THRESHOLD) -> tuple[bool, int | None]:
-    """Whether (and along which axis) nnU-Net resamples the out-of-plane axis on its own.
-
-    An axis is handled separately when one spacing (the current one first, else the
-    new one) is anisotropic (largest / smallest > ``threshold``) and exactly one
-    axis has the largest spacing.
-    """
-    def anisotropic(spacing):
-        return (np.max(spacing) / np.min(spacing)) > threshold
-
-    if force_separate_z is not None:
-        do_separate = bool(force_separate_z)
-        axes = _lowres_axes(current_spacing) if do_separate else None
-    elif anisotropic(current_spacing):
-        do_separate, axes = True, _lowres_axes(current_spacing)
-    elif anisotropic(new_spacing):
-        do_separate, axes = True, _lowres_axes(new_spacing)
-    else:
-        do_separate, axes = False, None
-    if axes is None:
-        return do_separate, None
-    if len(axes) != 1:
-        return False, None
-    return do_separate, int(axes[0])
-
-
-def _interpolate_axis(volume: np.ndarray, axis: int, new_length: int, order: int) -> np.ndarray:
-    """Resample one axis with pixel-centre alignment and edge extension.
-
-    The same coordinates as nnU-Net's ``map_coordinates`` call along the separate
-    axis (``scale * (i + 0.5) - 0.5``, mode ``nearest``); the other axes keep their
-    integer coordinates, so only this axis moves. Orders 0 and 1 are computed
-    directly; higher orders go through ``scipy.ndimage.map_coordinates`` in 1D.
-    """
-    old_length = volume.shape[axis]
-    coords = (old_length / new_length) * (np.arange(new_length) + 0.5) - 0.5
-    if order == 0:
-        from scipy.ndimage import map_coordinates
-
-        index = map_coordinates(np.arange(old_length, dtype=float), [coords], order=0,
-                                mode="nearest").astype(np.intp)
-        return np.take(volume, index, axis=axis)
-    if order == 1:
-        x = np.clip(coords, 0, old_length - 1)
-        lower = np.floor(x).astype(np.intp)
-        upper = np.minimum(lower + 1, old_length - 1)
-        weight = (x - lower).reshape([-1 if a == axis else 1 for a in range(volume.ndim)])
-        return (np.take(volume, lower, axis=axis) * (1 - weight)
-                + np.take(volume, upper, axis=axis) * weight)
-    from scipy.ndimage import map_coordinates
-
-    moved = np.moveaxis(volume, axis, -1)
-    flat = moved.reshape(-1, old_length)
-    out = np.empty((flat.shape[0], new_length), dtype=np.float64)
-    for row in range(flat.shape[0]):
-        out[row] = map_coordinates(flat[row], [coords], order=order, mode="nearest")
-    return np.moveaxis(out.reshape(*moved.shape[:-1], new_length), -1, axis)
-
-
-def resample_to_shape(data: np.ndarray, new_shape: Sequence[int],
-                      current_spacing: Sequence[float], new_spacing: Sequence[float], *,
-                      order: int = 3, order_z: int = 0, force_separate_z: bool | None = None,
-                      threshold: float = ANISOTROPY_THRESHOLD) -> np.ndarray:
-    """Resample every channel of ``data`` (C, a, b, c) to ``new_shape`` as nnU-Net does.
-
-    scikit-image's ``resize`` (spline of ``order``, edge mode, no anti-aliasing) on
-    the whole volume, or, when :func:`separate_z` says so, slice by slice in the
-    plane followed by order ``order_z`` along the separate axis. The output keeps
-    ``data``'s dtype; an unchanged shape returns ``data`` itself.
-    """
-    from skimage.transform import resize
-
-    new_shape = [int(s) for s in new_shape]
-    shape = list(data.shape[1:])
-    if shape == new_shape:
-        return data
-    do_separate, axis = separate_z(current_spacing, new_spacing, force_separate_z, threshold)
-    out = np.zeros((data.shape[0], *new_shape), dtype=data.dtype)
-    kwargs = {"mode": "edge", "anti_aliasing": False}
-    for c in range(data.shape[0]):
-        channel = data[c].astype(np.float64, copy=False)
-        if do_separate:
-            assert axis is not None
-            plane_shape = [s for a, s in enumerate(new_shape) if a != axis]
-            stage_shape = list(new_shape)
-            stage_shape[axis] = shape[axis]
-            stage = np.zeros(stage_shape, dtype=np.float64)
-            for index in range(shape[axis]):
-                where = [slice(None)] * 3
-                where[axis] = index
-                stage[tuple(where)] = resize(channel[tuple(where)], plane_shape, order, **kwargs)
-            if shape[axis] != new_shape[axis]:
-                stage = _interpolate_axis(stage, axis, new_shape[axis], order_z)
-            out[c] = stage
-        else:
-            out[c] = resize(channel, new_shape, order, **kwargs)
-    return out
-
-
-# ============================================================================ sliding window
-def sliding_window_steps(image_size: Sequence[int], patch_size: Sequence[int],
-                         step_size: float) -> list[list[int]]:
-    """Tile start positions per axis, as nnU-Net spreads them (evenly, first and last flush)."""
-    steps = []
-    for size, tile in zip(image_size, patch_size):
-        target = tile * step_size
-        count = int(np.ceil((size - tile) / target)) + 1
-        if count > 1:
-            stride = (size - tile) / (count - 1)
-        else:
-            stride = 99999999999
-        steps.append([int(np.round(stride * i)) for i in range(count)])
-    return steps
-
-
-def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8, *,
-                        half: bool = True) -> np.ndarray:
-    """nnU-Net's tile weights: a Gaussian (sigma = patch * ``sigma_scale``) with no zeros.
-
-    ``half=True`` gives nnU-Net's own map: peak 10, rounded to float16 (its far tails
-    become float16 subnormals or zero, and zeros are raised to the smallest nonzero
-    value), returned as float32 values. ``half=False`` gives the float32 map, peak 1.
-    """
-    from scipy.ndimage import gaussian_filter
-
-    delta = np.zeros(patch_size)
-    delta[tuple(s // 2 for s in patch_size)] = 1
-    weights = gaussian_filter(delta, [s * sigma_scale for s in patch_size], 0, mode="constant",
-                              cval=0)
-    if half:
-        weights = (weights / (np.max(weights) / 10)).astype(np.float16)
-    else:
-        weights = (weights / np.max(weights)).astype(np.float32)
-    zero = weights == 0
-    if zero.any():
-        weights[zero] = np.min(weights[~zero])
-    return weights.astype(np.float32)
-
-
-def pad_to_patch(data: np.ndarray, patch_size: Sequence[int]) -> tuple[np.ndarray, tuple]:
-    """Zero-pad (C, ...) to at least the patch, centred as nnU-Net pads; return the crop back."""
-    old = np.array(data.shape[1:])
-    new = np.maximum(old, np.asarray(patch_size))
-    below = (new - old) // 2
-    above = new - old - below
-    if not np.any(new - old):
-        return data, tuple(slice(0, s) for s in old)
-    padded = np.pad(data, [(0, 0)] + [(int(b), int(a)) for b, a in zip(below, above)],
-                    mode="constant", constant_values=0)
-    return padded, tuple(slice(int(b), int(b + o)) for b, o in zip(below, old))
-
-
-def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
-    """The flips nnU-Net averages: none, then every non-empty subset of ``axes`` in its order."""
-    axes = list(axes)
-    return [()] + [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+    spec = read_json(model_dir / SPEC_FILE)
+    axes = spec.get("axes") if isinstance(spec, dict) else None
+    own = (axes or {}).get("orientation") if isinstance(axes, dict) else None
+    own = AS_STORED if own is None else str(own)
+    if wanted is not None and str(wanted).strip().upper() != own.upper():
+        raise UsageError(f"--orientation {wanted} differs from the {own} the ONNX export was "
+                         "made for", fix=f"leave --orientation out, or export again with "
+                                         f"metcli export-onnx --orientation {wanted}")
+    return own
 
 
 # ============================================================================ the segmenter
@@ -459,6 +212,10 @@ class OnnxSegmenter:
                 "execution_provider": self.provider,
                 "orientation": self.spec["axes"]["orientation"]}
 
+    def sidecar_fields(self) -> dict[str, Any]:
+        """Fields ``segment`` adds to each sidecar for this backend: none."""
+        return {}
+
     def predict(self, ct, *, progress: Callable[[int, int], None] | None = None):
         """The label image (the model's labels) of ``ct`` on its exact grid."""
         labels, _ = self._predict(ct, probabilities=False, progress=progress)
@@ -489,7 +246,7 @@ class OnnxSegmenter:
         crop = tuple(slice(a, b) for a, b in bbox)
         mask = None
         if self.spec["normalization"].get("use_mask_for_norm"):
-            mask = _nonzero_mask_filled(data)[crop]
+            mask = filled_nonzero_mask(data)[crop]
         data = data[(slice(None),) + crop]
         shape_cropped = data.shape[1:]
         data = np.stack([normalize(data[c], self.spec["normalization"], mask)

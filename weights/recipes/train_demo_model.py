@@ -305,7 +305,7 @@ def export(work_dir: Path, out_dir: Path, checkpoint: str = "final") -> None:
     source = results / f"fold_{FOLD}" / f"checkpoint_{checkpoint}.pth"
     if not source.is_file():
         raise SystemExit(f"{source} not found: train first (--stage train)")
-    from metcli.segmentation.export_onnx import load_checkpoint
+    from metcli.segmentation.checkpoints import load_checkpoint
 
     # weights_only=True with numpy's scalar types allowed: a full nnU-Net training
     # checkpoint needs nothing more (checked on this recipe's checkpoints).

@@ -1,0 +1,102 @@
+"""The networks of ``metcli train-cnn``: a registry with one entry per architecture.
+
+An architecture is an :class:`Architecture`: its name (``--arch``), a builder
+``(dims, in_channels, classes) -> torch.nn.Module`` (a network trained from
+scratch, 2D or 3D), the smallest input side its downsampling accepts, the layer
+Grad-CAM weighs (:mod:`metcli.cnn.gradcam`) with its downsampling from the
+input, and a description (the command's help). metcli registers ``densenet121``
+and ``resnet18`` (MONAI's); :func:`register` adds another, :func:`unregister`
+removes one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from metcli.core.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One network architecture.
+
+    Attributes:
+        name: the value of ``--arch``.
+        build: ``(dims, in_channels, classes) -> torch.nn.Module``, untrained; it
+            imports its libraries itself.
+        min_size: the smallest input side (pixels) the network accepts.
+        target_layer: the module (a ``named_modules`` name) whose output Grad-CAM
+            weighs: the last feature map.
+        target_stride: the downsampling from the input to that feature map.
+        description: one line for the command's help.
+    """
+
+    name: str
+    build: Callable[[int, int, int], Any]
+    min_size: int
+    target_layer: str
+    target_stride: int
+    description: str
+
+
+_REGISTRY: dict[str, Architecture] = {}
+
+
+def register(architecture: Architecture) -> Architecture:
+    """Add ``architecture`` to the registry; its name must be new."""
+    if architecture.name in _REGISTRY:
+        raise UsageError(f"an architecture named {architecture.name!r} is already registered",
+                         fix="choose another name, or unregister the other one first")
+    _REGISTRY[architecture.name] = architecture
+    return architecture
+
+
+def unregister(name: str) -> None:
+    """Remove the architecture ``name`` from the registry."""
+    get_architecture(name)
+    del _REGISTRY[name]
+
+
+def get_architecture(name: str) -> Architecture:
+    """The registered architecture ``name``; an unknown name lists the known ones."""
+    if name not in _REGISTRY:
+        raise UsageError(f"--arch must be one of {', '.join(_REGISTRY)}, got {name!r}")
+    return _REGISTRY[name]
+
+
+def architecture_names() -> tuple[str, ...]:
+    """The registered architectures' names, in the order they were registered."""
+    return tuple(_REGISTRY)
+
+
+def architectures_help() -> str:
+    """One sentence per architecture, ``name: description``, for the command's help."""
+    return " ".join(f"{a.name}: {a.description.rstrip('.')}." for a in _REGISTRY.values())
+
+
+def build_network(arch: str, n_classes: int, *, dims: int = 2, in_channels: int = 1):
+    """The network ``arch`` (untrained), 2D or 3D, with ``in_channels`` inputs."""
+    return get_architecture(arch).build(dims, in_channels, n_classes)
+
+
+def _densenet121(dims: int, in_channels: int, classes: int):
+    from monai.networks import nets
+
+    return nets.DenseNet121(spatial_dims=dims, in_channels=in_channels, out_channels=classes)
+
+
+def _resnet18(dims: int, in_channels: int, classes: int):
+    from monai.networks import nets
+
+    return nets.resnet18(spatial_dims=dims, n_input_channels=in_channels, num_classes=classes)
+
+
+register(Architecture(
+    name="densenet121", build=_densenet121, min_size=32, target_layer="class_layers.relu",
+    target_stride=32,
+    description="MONAI DenseNet-121 (the study's network); --size 32 or more"))
+register(Architecture(
+    name="resnet18", build=_resnet18, min_size=16, target_layer="layer4",
+    target_stride=16,  # MONAI's resnet18 keeps its first convolution at stride 1
+    description="MONAI ResNet-18 (first convolution at stride 1); --size 16 or more"))
