@@ -210,24 +210,56 @@ def run_command(fn: Callable) -> Callable:
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, description: str) -> Iterator[Callable[[str, str], None]]:
-    """A rich progress bar on stderr; yields the callback the library calls per item."""
+def progress_bar(description: str, total: int | None = None
+                 ) -> Iterator[Callable[[str, str], None]]:
+    """A rich progress bar on stderr; yields the callback the library calls per item.
+
+    The library announces the number of items through the callback's ``start(total)``
+    (:func:`metcli.core.batch.announce_total`); ``total`` starts the bar at once.
+    """
     ctx = click.get_current_context(silent=True)
-    enabled = bool(ctx and ctx.obj and ctx.obj.get("progress")) and total > 0
+    enabled = bool(ctx and ctx.obj and ctx.obj.get("progress"))
     if not enabled:
-        yield lambda name, status: None
+        yield _NoProgress()
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TextColumn("{task.fields[last]}"),
                   console=stderr_console(), transient=True) as progress:
-        task = progress.add_task(description, total=total, last="")
+        bar = _Bar(progress, description)
+        if total:
+            bar.start(total)
+        yield bar
 
-        def advance(name: str, status: str) -> None:
-            progress.update(task, advance=1, last=f"{name}: {status}")
 
-        yield advance
+class _NoProgress:
+    def __call__(self, name: str, status: str) -> None:
+        pass
+
+    def start(self, total: int) -> None:
+        pass
+
+
+class _Bar:
+    """The callback of :func:`progress_bar`: one rich task, created when its total is known
+    (a second ``start`` adds to the total)."""
+
+    def __init__(self, progress, description: str):
+        self.progress, self.description, self.task, self.total = progress, description, None, 0
+
+    def start(self, total: int) -> None:
+        if total <= 0:
+            return
+        self.total += total
+        if self.task is None:
+            self.task = self.progress.add_task(self.description, total=self.total, last="")
+        else:
+            self.progress.update(self.task, total=self.total)
+
+    def __call__(self, name: str, status: str) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, advance=1, last=f"{name}: {status}")
 
 
 def finish(report, *, what: str = "participants") -> None:

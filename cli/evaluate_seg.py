@@ -66,14 +66,12 @@ def command(seg_dir, reference_dir, out_dir, lesions_dir, reference_lesions_dir,
     from both masks has no Dice (n/a), not 1.
     """
     from metcli.io.bids import resolve_levels
-    from metcli.evaluation.evaluate_seg import evaluate_seg, find_items, select
+    from metcli.evaluation.evaluate_seg import evaluate_seg
     from metcli.io.files import format_value
 
     labels = list(participant_label) or None
     do_participants, do_group = resolve_levels(level, labels)
-    total = len(find_items(seg_dir, reference_dir, select(seg_dir, reference_dir, labels))) \
-        if do_participants else 0
-    with progress_bar(total, "evaluate-seg") as progress:
+    with progress_bar("evaluate-seg") as progress:
         result = evaluate_seg(seg_dir, reference_dir, out_dir, lesions_dir=lesions_dir,
                               reference_lesions_dir=reference_lesions_dir,
                               predictions=predictions,

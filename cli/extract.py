@@ -45,17 +45,14 @@ def command(raw_dir, lesions_dir, out_dir, params, seg_dir, peritumoral_mm, phas
     failed:<reason> and n/a values; its participant still succeeds.
     """
     from metcli.io.bids import resolve_levels
-    from metcli.lesions.maps import find_lesion_maps
-    from metcli.radiomics.extract import as_params, check_options, extract, select
+    from metcli.radiomics.extract import as_params, check_options, extract
 
     resolved = as_params(params)  # a bad parameter file stops here, before any work
     check_options(jobs=jobs, peritumoral_mm=peritumoral_mm, seg_dir=seg_dir, params=resolved)
     labels = list(participant_label) or None
     phases = list(phase) or None
     do_participants, _do_group = resolve_levels(level, labels)
-    total = len(find_lesion_maps(lesions_dir, select(lesions_dir, labels), phases)) \
-        if do_participants else 0
-    with progress_bar(total, "extract") as progress:
+    with progress_bar("extract") as progress:
         report = extract(raw_dir, lesions_dir, out_dir, params=resolved, seg_dir=seg_dir,
                          peritumoral_mm=peritumoral_mm, participants=labels, phases=phases,
                          level=level, jobs=jobs, overwrite=overwrite, progress=progress)

@@ -80,12 +80,11 @@ def command(raw_dir, out_dir, model, backend, device, folds, tta, step_size, lab
     skipped unless --overwrite.
     """
     from metcli.io.bids import resolve_levels
-    from metcli.segmentation.segment import find_cts, segment, select
+    from metcli.segmentation.segment import segment
 
     labels = list(participant_label) or None
     do_participants, _do_group = resolve_levels(level, labels)
-    total = len(find_cts(raw_dir, select(raw_dir, labels))) if do_participants else 0
-    with progress_bar(total, "segment") as progress:
+    with progress_bar("segment") as progress:
         report = segment(raw_dir, out_dir, model=model, backend=backend, device=device,
                          folds=_split_folds(folds), tta=tta, step_size=step_size,
                          label_map=label_map, orientation=orientation, participants=labels,

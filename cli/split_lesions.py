@@ -42,12 +42,11 @@ def command(seg_dir, out_dir, min_diameter_mm, diameter_rule, connectivity, lesi
     tumour_burden.tsv.
     """
     from metcli.io.bids import resolve_levels
-    from metcli.lesions.split_lesions import find_segmentations, select, split_lesions
+    from metcli.lesions.split_lesions import split_lesions
 
     labels = list(participant_label) or None
     do_participants, do_group = resolve_levels(level, labels)
-    total = len(find_segmentations(seg_dir, select(seg_dir, labels))) if do_participants else 0
-    with progress_bar(total, "split-lesions") as progress:
+    with progress_bar("split-lesions") as progress:
         report = split_lesions(seg_dir, out_dir, participants=labels, level=level,
                                min_diameter_mm=min_diameter_mm, diameter_rule=diameter_rule,
                                connectivity=int(connectivity), lesion_label=lesion_label,

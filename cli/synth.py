@@ -84,7 +84,7 @@ def command(out_dir: Path, subjects, colorectal, pancreatic, seed, size, dicom, 
     if colorectal is None:
         colorectal, pancreatic = class_counts(12 if subjects is None else subjects)
     report = BatchReport()
-    with progress_bar(colorectal + pancreatic, "synth") as advance:
+    with progress_bar("synth") as advance:
         try:
             synth_cohort(out_dir, n_colorectal=colorectal, n_pancreatic=pancreatic, seed=seed,
                          size=size, dicom=dicom, truth_lesions=truth_lesions, null=null,

@@ -106,8 +106,7 @@ def command(raw_dir, lesions_dir, out_dir, labels, label_column, positive_class,
     """
     from metcli.cnn.train_cnn import train_cnn
 
-    total = epochs * (1 + (cv_folds or 0))
-    with progress_bar(total, "train-cnn") as progress:
+    with progress_bar("train-cnn") as progress:
         result = train_cnn(raw_dir, lesions_dir, out_dir, labels=labels,
                            label_column=label_column, positive_class=positive_class, arch=arch,
                            dims=int(dims), phases=phases, window=window, size=size,

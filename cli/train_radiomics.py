@@ -98,7 +98,6 @@ def command(features, out_dir, labels, label_column, positive_class, classifiers
     with a test set, predictions.tsv. Prints the chosen model's folder.
     With --hierarchy each model folder chains step1/ and step2-<group>/.
     """
-    from metcli.radiomics.settings import check_settings
     from metcli.radiomics.train_radiomics import train_radiomics
 
     options = dict(label_column=label_column, positive_class=positive_class,
@@ -110,10 +109,7 @@ def command(features, out_dir, labels, label_column, positive_class, classifiers
                    patient_weights=patient_weights, covariates=covariates, phase=phase,
                    session=session, importance_trees=importance_trees,
                    importance_repeats=importance_repeats, seed=seed)
-    settings = check_settings(**options)
-    fits = len(settings.classifiers) * len(settings.samplers) * (
-        settings.cv_folds * settings.cv_repeats + 1)
-    with progress_bar(fits, "train-radiomics") as progress:
+    with progress_bar("train-radiomics") as progress:
         result = train_radiomics(features, out_dir, labels=labels, split=split,
                                  hierarchy=hierarchy, overwrite=overwrite, jobs=jobs,
                                  progress=progress, **options)

@@ -133,3 +133,35 @@ def test_config_file_sets_option_defaults(tmp_path):
     config.write_text("valu: 4\n")
     result = CliRunner().invoke(_command("ok"), ["--config", str(config)])
     assert result.exit_code == 2 and "unknown option 'valu'" in result.stderr
+
+
+def test_the_library_announces_the_total_to_the_progress_bar():
+    """Commands never count items themselves: run_each tells the bar how many follow."""
+    from metcli.core.batch import DONE, announce_total, run_each
+
+    class Recorder:
+        def __init__(self):
+            self.totals, self.items = [], []
+
+        def start(self, total):
+            self.totals.append(total)
+
+        def __call__(self, name, status):
+            self.items.append((name, status))
+
+    recorder = Recorder()
+    run_each(iter(["a", "b", "c"]), key=str, work=lambda item: DONE, progress=recorder)
+    assert recorder.totals == [3] and recorder.items == [("a", DONE), ("b", DONE), ("c", DONE)]
+    announce_total(lambda name, status: None, 5)  # a plain callback needs no start()
+
+
+def test_progress_bar_grows_with_each_announced_total(monkeypatch):
+    from rich.progress import Progress
+
+    bar = _common._Bar(Progress(disable=True), "demo")
+    bar("x", "done")  # before start: nothing to advance, no error
+    bar.start(2)
+    bar.start(3)
+    bar("y", "done")
+    task = bar.progress.tasks[0]
+    assert (task.total, task.completed) == (5, 1)

@@ -52,6 +52,7 @@ from metcli.cnn.fit import (
 )
 from metcli.cnn.networks import build_network, get_architecture
 from metcli.cnn.outputs import decide, export_onnx, prediction_rows, write_outputs
+from metcli.core.batch import announce_total
 from metcli.core.errors import InputError, UsageError
 
 __all__ = ["THRESHOLD", "LOG_COLUMNS", "CnnResult", "Sample",
@@ -238,6 +239,7 @@ def train_cnn(raw_dir, lesions_dir, out_dir, *, labels, label_column: str = "pri
     fit_settings = FitSettings(arch=arch, n_classes=len(classes), epochs=epochs,
                                batch_size=batch_size, lr=lr, device=device, seed=seed, amp=amp,
                                monitor=monitor, patience=patience)
+    announce_total(progress, epochs * (1 + (cv_folds or 0)))
     with limit_cpu_threads(threads) as torch_threads:
         log.info("train-cnn: %d PyTorch CPU thread(s)", torch_threads)
         result, cv, fit_settings = _train(parts, folds, fit_settings, cv_folds=cv_folds,

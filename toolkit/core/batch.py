@@ -56,7 +56,17 @@ class BatchReport:
         return self
 
 
+#: ``progress(name, status)`` after each item. A callback may also have ``start(total)``,
+#: which the library calls with the number of items before the first (see
+#: :func:`announce_total`), so that the caller never has to count them itself.
 ProgressFn = Callable[[str, str], None]
+
+
+def announce_total(progress: ProgressFn | None, total: int) -> None:
+    """Tell ``progress`` how many items follow, if it wants to know (``start(total)``)."""
+    start = getattr(progress, "start", None)
+    if callable(start):
+        start(int(total))
 
 
 def run_each(items: Iterable[T], key: Callable[[T], str], work: Callable[[T], str], *,
@@ -67,6 +77,8 @@ def run_each(items: Iterable[T], key: Callable[[T], str], work: Callable[[T], st
     its message and the batch goes on. ``KeyboardInterrupt`` stops the batch.
     """
     report = report if report is not None else BatchReport()
+    items = list(items)
+    announce_total(progress, len(items))
     for item in items:
         name = key(item)
         try:

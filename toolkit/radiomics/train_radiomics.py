@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from metcli.core.batch import announce_total
 from metcli.core.errors import UsageError
 from metcli.radiomics.models import cross_validate, fit_search, model_name
 from metcli.radiomics.outputs import write_outputs
@@ -82,6 +83,8 @@ def train_radiomics(features, out_dir, *, labels, split=None, hierarchy=None,
         tree = read_hierarchy(hierarchy)
         options["hierarchy"] = tree.record()
     settings = check_settings(**options)
+    announce_total(progress, len(settings.classifiers) * len(settings.samplers)
+                   * (settings.cv_folds * settings.cv_repeats + 1))
     features, out_dir, labels = Path(features), Path(out_dir), Path(labels)
     check_output_not_inside_input(out_dir, [features] if features.is_dir() else [])
     cohort = load_cohort(features, labels, label_column=settings.label_column,
