@@ -747,7 +747,7 @@ def test_overlay_panels_are_the_ct_and_mask_in_radiological_orientation(tmp_path
                                                                          overlay_cohort):
     import SimpleITK as sitk
 
-    from metcli.evaluation import plots
+    from metcli.evaluation import overlays as plots
     root, _predictions, _labels = overlay_cohort
     found, missing = plots.overlay_sources(root / "rawdata", root / "derivatives" /
                                            "truth-lesions", ["sub-001", "sub-999"])

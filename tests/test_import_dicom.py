@@ -21,9 +21,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
 
 from conftest import invoke
-from metcli.imaging.dicom.import_dicom import SETTINGS, import_dicom, series_sha256
-from metcli.imaging.dicom.series import find_series, read_ct_series, select_series
 from metcli.core.errors import DicomError, UsageError
+from metcli.imaging.dicom.import_dicom import SETTINGS, import_dicom, series_sha256
+from metcli.imaging.dicom.series import find_series, select_series
+from metcli.imaging.dicom.volume import read_ct_series
 from metcli.imaging.geometry import grid_difference, to_reference_grid
 from metcli.io.schemas import validate
 

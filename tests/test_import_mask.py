@@ -137,8 +137,8 @@ def totalseg(tmp_path_factory):
 
 @pytest.mark.data
 def test_rtstruct_of_ibsi_phantom_gives_the_reference_mask_exactly(data_dir):
+    from metcli.imaging.rtstruct import rasterize_rtstruct
     from metcli.io.files import read_image
-    from metcli.imaging.import_mask import rasterize_rtstruct
 
     phantom = data_dir / "ibsi1-ct-phantom"
     reference = read_image(phantom / "nifti" / "image.nii.gz")
@@ -223,12 +223,11 @@ def test_multilabel_image_without_label_map_lists_its_values(runner, totalseg, t
 def test_dicom_seg_built_with_highdicom_comes_back_on_the_ct_grid(runner, totalseg, tmp_path):
     import highdicom as hd
     import pydicom
+    import SimpleITK as sitk
     from pydicom.sr.codedict import codes
 
+    from metcli.imaging.dicom_seg import read_dicom_seg
     from metcli.imaging.geometry import to_reference_grid
-    from metcli.imaging.import_mask import read_dicom_seg
-
-    import SimpleITK as sitk
 
     ct = totalseg["ct"]
     liver = sitk.GetArrayFromImage(
@@ -301,7 +300,7 @@ def test_dicom_seg_built_with_highdicom_comes_back_on_the_ct_grid(runner, totals
 # ----------------------------------------------------------------------------- synthetic data
 def test_place_on_grid_accepts_only_an_exact_voxel_correspondence():
     from metcli.core.errors import GeometryError
-    from metcli.imaging.import_mask import place_on_grid
+    from metcli.imaging.geometry import place_on_grid
 
     ct = small_ct()  # 4 x 24 x 20 voxels (z, y, x), spacing (x, y, z) 1, 1.5, 2 mm
     expected = np.zeros((4, 24, 20), dtype=bool)
@@ -357,7 +356,8 @@ def test_nrrd_label_image_with_flipped_permuted_axes_round_trips(runner, tmp_pat
 
 
 def test_rtstruct_holes_names_overlap_and_inclusion_rule(tmp_path):
-    from metcli.imaging.import_mask import mask_to_dseg, rasterize_rtstruct
+    from metcli.imaging.import_mask import mask_to_dseg
+    from metcli.imaging.rtstruct import rasterize_rtstruct
 
     ct = small_ct()
     rtstruct = write_rtstruct(tmp_path / "rs.dcm", {
@@ -487,7 +487,7 @@ def test_usage_errors(runner, tmp_path):
 
 def test_parse_label_map():
     from metcli.core.errors import UsageError
-    from metcli.imaging.import_mask import label_from_name, parse_label_map
+    from metcli.imaging.mask_labels import label_from_name, parse_label_map
 
     assert parse_label_map("GTV-1=lesion, Liver=LIVER") == {"GTV-1": 2, "Liver": 1}
     assert parse_label_map(["5=liver", "2=lesion"]) == {"5": 1, "2": 2}

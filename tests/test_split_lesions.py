@@ -14,8 +14,14 @@ from conftest import invoke, make_image
 from metcli.io import schemas
 from metcli.io.bids import Entities
 from metcli.io.files import read_json, read_tsv
-from metcli.lesions.split_lesions import (BURDEN_COLUMNS, GROUP_LESION_COLUMNS, LESION_COLUMNS, label_lesions,
-                            max_pairwise_distance, split_image, split_lesions)
+from metcli.lesions.diameters import max_pairwise_distance
+from metcli.lesions.label_lesions import label_lesions, split_image
+from metcli.lesions.split_lesions import (
+    BURDEN_COLUMNS,
+    GROUP_LESION_COLUMNS,
+    LESION_COLUMNS,
+    split_lesions,
+)
 
 IDENTITY = (1, 0, 0, 0, 1, 0, 0, 0, 1)
 

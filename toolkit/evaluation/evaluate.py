@@ -1,6 +1,6 @@
 """``metcli evaluate``: metrics with honest confidence intervals, model comparisons, plots.
 
-Reads predictions in the format of DESIGN.md (``predictions.tsv``: participant_id,
+Reads predictions in the predictions format of docs/architecture.md (``predictions.tsv``: participant_id,
 lesion_id, level, model, set, ``prob_<class>`` for every class, predicted) and the
 labels of ``participants.tsv``, and writes for every model and level:
 
@@ -45,28 +45,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from metcli.core.errors import InputError, UsageError
-from metcli.evaluation.inputs import (LEVELS, SETS, find_prediction_files, load_predictions,
-                                      read_labels)
-from metcli.evaluation.metrics import (TABLE_COLUMNS, DERIVED_NOTE, LevelResult, compare_pair, compute_level,
-                                       level_data)
+from metcli.evaluation.inputs import (
+    LEVELS,
+    SETS,
+    ModelPredictions,
+    find_prediction_files,
+    load_predictions,
+    read_labels,
+)
+from metcli.evaluation.metrics import (
+    TABLE_COLUMNS,
+    LevelResult,
+    compare_pair,
+    compute_level,
+    level_data,
+)
+from metcli.evaluation.metrics_json import COMPARISON_COLUMNS, metrics_document
 
 log = logging.getLogger(__name__)
 
 MIN_BOOTSTRAP = 100
-LESION_NOTE = ("lesions of one patient are not independent: every lesion-level interval "
-               "resamples patients (cluster bootstrap, stratified by the patient's class) and "
-               "the lesion-level AUC also has Obuchowski's (1997) clustered variance; no "
-               "lesion-level figure treats lesions as independent")
 METRIC_COLUMNS = ("model", "set", "level", "derived_from_lesions", "metric", "class",
                   "estimate", "ci_lower", "ci_upper", "ci_method", "ci_level",
                   "bootstrap_resamples", "n_patients", "n_lesions", "positive_class",
                   "threshold", "threshold_source", "note")
-COMPARISON_COLUMNS = ("level", "model_a", "model_b", "metric", "estimate_a", "estimate_b",
-                      "difference", "test", "statistic", "p_value", "n_patients", "n_lesions",
-                      "note")
 
 
 # ============================================================================= the run
@@ -78,6 +81,80 @@ class EvaluationResult:
     skipped: bool
     files: list[Path] = field(default_factory=list)
     summary: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The settings of one evaluate run (the keyword arguments of :func:`evaluate`)."""
+
+    label_column: str
+    level: str
+    positive_class: str | None
+    n_bootstrap: int
+    seed: int
+    compare: bool
+    eval_set: str
+    confidence_level: float
+    draw_plots: bool
+    raw: Path | None
+    lesions: Path | None
+    overlay_lesions: int
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        return LEVELS if self.level == "both" else (self.level,)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings recorded in the provenance (a change redoes the run)."""
+        from metcli.evaluation.overlays import OVERLAY_WINDOW_HU
+
+        settings = {"level": self.level, "label_column": self.label_column,
+                    "positive_class": self.positive_class, "n_bootstrap": self.n_bootstrap,
+                    "seed": self.seed, "compare": self.compare, "set": self.eval_set,
+                    "confidence_level": self.confidence_level, "plots": self.draw_plots}
+        if self.raw is not None:
+            settings["overlays"] = {"lesions_per_patient": self.overlay_lesions,
+                                    "window_hu": list(OVERLAY_WINDOW_HU)}
+        return settings
+
+
+@dataclass
+class _Run:
+    """The inputs and provenance of one evaluate run, and the files it has produced."""
+
+    out_dir: Path
+    models: list[ModelPredictions]
+    label_map: dict[str, str | None]
+    roots: dict[str, Path]
+    step: Any  # metcli.io.provenance.Step
+    inputs: list
+    overlay_found: dict[str, dict]
+    overlay_missing: dict[str, str]
+    produced: dict[Path, Path] = field(default_factory=dict)  # output -> its temporary file
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.out_dir / "metrics.json"
+
+    def write_sidecar(self, outs, target: Path, pair: dict[Path, Path], extra: dict) -> None:
+        """Write ``target``'s sidecar and record ``pair`` (outputs -> temporary files)."""
+        from metcli.io.bids import sidecar_path
+
+        self.step.write_sidecar(outs, sidecar_path(target), self.inputs, pair, extra=extra)
+        self.produced.update(pair)
+
+
+@dataclass
+class _Computed:
+    """Everything :func:`evaluate` writes, computed before anything is written."""
+
+    results: dict[str, list[LevelResult]]
+    ordered: list[LevelResult]
+    comparison_rows: list[dict]
+    table_rows: list[dict]
+    figures: dict[str, tuple]
+    overlays: dict[str, tuple]
 
 
 def _input_roots(inputs: Sequence[Path], labels_path: Path) -> dict[str, Path]:
@@ -121,32 +198,45 @@ def evaluate(predictions: Sequence[str | Path], out_dir: str | Path, *, labels: 
         raw, lesions: the raw dataset (CTs) and split-lesions' output (lesion maps) of the
             evaluated patients: the report then shows their lesion masks on the CT (one PNG
             per patient, ``sub-<id>[_ses-<s>][_ce-<phase>]_desc-lesions_overlay.png``, see
-            :func:`metcli.evaluation.plots.overlay_panels`). Give both or neither.
+            :func:`metcli.evaluation.overlays.overlay_panels`). Give both or neither.
         overlay_lesions: the most lesions shown per patient.
 
     Raises:
         UsageError: for bad arguments; InputError for bad inputs (nothing is written).
     """
-    from metcli.evaluation import plots
-    from metcli.evaluation import report
-    from metcli.io.bids import sidecar_path
-    from metcli.io.files import OutputSet, check_output_not_inside_input, dump_json_to, write_tsv_to
-    from metcli.io.provenance import Step, write_dataset_description
-    from metcli.io.schemas import validate
-
     out_dir = Path(out_dir)
-    if level not in (*LEVELS, "both"):
-        raise UsageError(f"--level {level!r} is not one of patient, lesion, both")
-    if eval_set not in SETS:
-        raise UsageError(f"--set {eval_set!r} is not one of {', '.join(SETS)}")
-    if n_bootstrap < MIN_BOOTSTRAP:
-        raise UsageError(f"--bootstrap {n_bootstrap} is too few resamples for a 95% interval",
-                         fix=f"use at least {MIN_BOOTSTRAP} (2000 is usual)")
-    if not 0.5 <= confidence_level < 1.0:
-        raise UsageError(f"confidence level {confidence_level} must lie in [0.5, 1)")
+    options = _Options(label_column=label_column, level=level, positive_class=positive_class,
+                       n_bootstrap=n_bootstrap, seed=seed, compare=compare, eval_set=eval_set,
+                       confidence_level=confidence_level, draw_plots=draw_plots,
+                       raw=None if raw is None else Path(raw),
+                       lesions=None if lesions is None else Path(lesions),
+                       overlay_lesions=overlay_lesions)
+    _check_arguments(predictions, options)
+    run = _prepare(predictions, out_dir, labels, options)
+    if not overwrite and run.step.is_done(run.metrics_json, run.inputs):
+        log.info("evaluate: outputs are up to date in %s (use --overwrite to redo)", out_dir)
+        return EvaluationResult(out_dir=out_dir, skipped=True)
+    computed = _compute(run, options)
+    _write_outputs(run, computed, options)
+    summary = [{"model": r.model.name, "level": r.level, **r.summary} for r in computed.ordered]
+    return EvaluationResult(out_dir=out_dir, skipped=False, files=run.written, summary=summary)
+
+
+def _check_arguments(predictions: Sequence[str | Path], options: _Options) -> None:
+    """Raise UsageError (or InputError for a missing folder) for bad arguments."""
+    if options.level not in (*LEVELS, "both"):
+        raise UsageError(f"--level {options.level!r} is not one of patient, lesion, both")
+    if options.eval_set not in SETS:
+        raise UsageError(f"--set {options.eval_set!r} is not one of {', '.join(SETS)}")
+    if options.n_bootstrap < MIN_BOOTSTRAP:
+        raise UsageError(f"--bootstrap {options.n_bootstrap} is too few resamples for a 95% "
+                         "interval", fix=f"use at least {MIN_BOOTSTRAP} (2000 is usual)")
+    if not 0.5 <= options.confidence_level < 1.0:
+        raise UsageError(f"confidence level {options.confidence_level} must lie in [0.5, 1)")
     if not predictions:
         raise UsageError("no predictions given", fix="give one or more predictions.tsv files "
                                                      "or folders")
+    raw, lesions, overlay_lesions = options.raw, options.lesions, options.overlay_lesions
     if (raw is None) != (lesions is None):
         raise UsageError("--raw and --lesions go together",
                          fix="give the CTs and the lesion maps of the evaluated patients, or "
@@ -157,239 +247,195 @@ def evaluate(predictions: Sequence[str | Path], out_dir: str | Path, *, labels: 
         if folder is not None and not Path(folder).is_dir():
             raise InputError(f"the {option} folder does not exist", path=folder,
                              fix="give the raw dataset and split-lesions' output")
-    labels_path, label_map = read_labels(labels, label_column)
+
+
+def _prepare(predictions: Sequence[str | Path], out_dir: Path, labels: str | Path,
+             options: _Options) -> _Run:
+    """Read and check the labels and predictions; find the overlays' scans; set up provenance."""
+    from metcli.io.bids import sidecar_path
+    from metcli.io.files import check_output_not_inside_input
+    from metcli.io.provenance import Step
+
+    labels_path, label_map = read_labels(labels, options.label_column)
     files = find_prediction_files(predictions)
     roots = _input_roots([Path(p) for p in predictions], labels_path)
     # Folders are searched for predictions: the output must not lie inside one.
     check_output_not_inside_input(out_dir, [Path(p) for p in predictions if Path(p).is_dir()])
-    models = load_predictions(files, label_map, labels_path, positive_class=positive_class,
-                              eval_set=eval_set, label_column=label_column)
-    overlay_found: dict[str, dict] = {}
-    overlay_missing: dict[str, str] = {}
-    if raw is not None:
-        if "labels" in roots and roots["labels"].resolve() == Path(raw).resolve():
-            del roots["labels"]  # participants.tsv of the raw dataset: name it bids:raw:
-        roots.update({"raw": Path(raw), "lesions": Path(lesions)})
-        check_output_not_inside_input(out_dir, [Path(raw), Path(lesions)])
-        patients = sorted({r["participant_id"] for m in models for r in m.rows})
-        overlay_found, overlay_missing = plots.overlay_sources(Path(raw), Path(lesions),
-                                                               patients)
-        for pid, why in overlay_missing.items():
-            log.warning("%s: no lesion overlay (%s)", pid, why)
-    if compare and len(models) < 2:
+    models = load_predictions(files, label_map, labels_path,
+                              positive_class=options.positive_class,
+                              eval_set=options.eval_set, label_column=options.label_column)
+    found, missing = _find_overlay_sources(options, out_dir, roots, models)
+    if options.compare and len(models) < 2:
         raise UsageError(f"--compare needs two or more models; found {len(models)} "
                          f"({', '.join(m.name for m in models)})",
                          fix="give more predictions, or leave out --compare")
-    wanted_levels = LEVELS if level == "both" else (level,)
-    settings = {"level": level, "label_column": label_column, "positive_class": positive_class,
-                "n_bootstrap": n_bootstrap, "seed": seed, "compare": compare, "set": eval_set,
-                "confidence_level": confidence_level, "plots": draw_plots}
-    if raw is not None:
-        settings["overlays"] = {"lesions_per_patient": overlay_lesions,
-                                "window_hu": list(plots.OVERLAY_WINDOW_HU)}
-    step = Step("evaluate", out_dir, roots, settings)
+    step = Step("evaluate", out_dir, roots, options.settings())
     input_files = list(files) + [sidecar_path(f) for f in files if sidecar_path(f).is_file()]
     input_files.append(labels_path)
-    for source in overlay_found.values():
+    for source in found.values():
         input_files += [source["ct"], source["map"], source["table"]]
-    inputs = step.inputs(input_files)
-    metrics_json = out_dir / "metrics.json"
-    if not overwrite and step.is_done(metrics_json, inputs):
-        log.info("evaluate: outputs are up to date in %s (use --overwrite to redo)", out_dir)
-        return EvaluationResult(out_dir=out_dir, skipped=True)
+    return _Run(out_dir=out_dir, models=models, label_map=label_map, roots=roots, step=step,
+                inputs=step.inputs(input_files), overlay_found=found, overlay_missing=missing)
 
-    # ---- compute everything before writing anything
+
+def _find_overlay_sources(options: _Options, out_dir: Path, roots: dict[str, Path],
+                          models: Sequence[ModelPredictions]
+                          ) -> tuple[dict[str, dict], dict[str, str]]:
+    """The scans of the lesion overlays (none without ``raw``); adds raw and lesions to roots."""
+    from metcli.evaluation.overlays import overlay_sources
+    from metcli.io.files import check_output_not_inside_input
+
+    if options.raw is None:
+        return {}, {}
+    raw, lesions = options.raw, options.lesions
+    if "labels" in roots and roots["labels"].resolve() == raw.resolve():
+        del roots["labels"]  # participants.tsv of the raw dataset: name it bids:raw:
+    roots.update({"raw": raw, "lesions": lesions})
+    check_output_not_inside_input(out_dir, [raw, lesions])
+    patients = sorted({r["participant_id"] for m in models for r in m.rows})
+    found, missing = overlay_sources(raw, lesions, patients)
+    for pid, why in missing.items():
+        log.warning("%s: no lesion overlay (%s)", pid, why)
+    return found, missing
+
+
+def _compute(run: _Run, options: _Options) -> _Computed:
+    """Metrics of every model and level, comparisons, figure rows and overlay panels."""
+    from metcli.evaluation import plots, report
+    from metcli.evaluation.overlays import overlay_plan
+
     results: dict[str, list[LevelResult]] = {lv: [] for lv in LEVELS}
-    for model in models:
-        for lv in wanted_levels:
-            data = level_data(model, lv, label_map)
+    for model in run.models:
+        for lv in options.levels:
+            data = level_data(model, lv, run.label_map)
             if data is None:
-                if level != "both" or lv == "patient":
-                    raise InputError(f"model {model.name} has no {lv} rows in the {eval_set} set",
-                                     path=model.path, fix="choose another --level")
+                if options.level != "both" or lv == "patient":
+                    raise InputError(f"model {model.name} has no {lv} rows in the "
+                                     f"{options.eval_set} set", path=model.path,
+                                     fix="choose another --level")
                 log.info("model %s has no lesion rows: lesion level left out", model.name)
                 continue
             log.info("evaluating %s at %s level (%d units)", model.name, lv, data.n_units)
-            results[lv].append(compute_level(model, data, n_boot=n_bootstrap, seed=seed,
-                                             level_ci=confidence_level))
+            results[lv].append(compute_level(model, data, n_boot=options.n_bootstrap,
+                                             seed=options.seed,
+                                             level_ci=options.confidence_level))
     ordered = [r for lv in LEVELS for r in results[lv]]
-    metric_rows = [row for r in ordered for row in r.rows]
     comparison_rows: list[dict] = []
     table_rows: list[dict] = []
-    if compare:
+    if options.compare:
         for lv in LEVELS:
             for a, b in itertools.combinations(results[lv], 2):
-                comparison_rows.extend(compare_pair(a, b, n_boot=n_bootstrap, seed=seed))
+                comparison_rows.extend(compare_pair(a, b, n_boot=options.n_bootstrap,
+                                                    seed=options.seed))
         table_rows = report.comparison_table(ordered)
-    figures = plots.figure_plan(results, confidence_level) if draw_plots else {}
-    overlays = _overlay_plan(overlay_found, results, label_map, overlay_lesions)
+    figures = plots.figure_plan(results, options.confidence_level) if options.draw_plots else {}
+    overlays = overlay_plan(run.overlay_found, results, run.label_map, options.overlay_lesions)
+    return _Computed(results=results, ordered=ordered, comparison_rows=comparison_rows,
+                     table_rows=table_rows, figures=figures, overlays=overlays)
 
-    # ---- write: dataset description, then every file through one OutputSet
-    write_dataset_description(out_dir, name="metcli evaluate", sources=roots,
+
+def _write_outputs(run: _Run, computed: _Computed, options: _Options) -> None:
+    """The dataset description, then every file through one OutputSet."""
+    from metcli.io.files import OutputSet, dump_json_to, write_tsv_to
+    from metcli.io.provenance import write_dataset_description
+    from metcli.io.schemas import validate
+
+    write_dataset_description(run.out_dir, name="metcli evaluate", sources=run.roots,
                               description="metrics, comparisons and plots of predictions")
-    produced: dict[Path, Path] = {}
-    written: list[Path] = []
-    inlined: dict[str, tuple[bytes, str]] = {}
     with OutputSet() as outs:
-        for name, (columns, schema, rows, draw, description) in figures.items():
-            png, tsv = out_dir / f"{name}.png", out_dir / f"{name}.tsv"
-            tmp_tsv = outs.path(tsv)
-            write_tsv_to(rows, columns, tmp_tsv, schema=schema, where=tsv)
-            tmp_png = outs.path(png)
-            draw(rows, tmp_png)
-            inlined[name] = (tmp_png.read_bytes(), description)
-            pair = {png: tmp_png, tsv: tmp_tsv}
-            step.write_sidecar(outs, sidecar_path(png), inputs, pair,
-                               extra={"Description": description})
-            produced.update(pair)
-            written += [png, tsv, sidecar_path(png)]
-        if compare:
-            for name, columns, schema, rows, description in (
-                    ("comparisons", COMPARISON_COLUMNS, "comparisons", comparison_rows,
-                     "paired tests between models: DeLong (AUC) and McNemar (accuracy) at "
-                     "patient level, patient cluster bootstrap at lesion level"),
-                    ("comparison_table", TABLE_COLUMNS, "comparison_table", table_rows,
-                     "models x metrics, estimate [95% CI]; selected_by_cv marks the model "
-                     "chosen by cross-validation")):
-                target = out_dir / f"{name}.tsv"
-                tmp = outs.path(target)
-                write_tsv_to(rows, columns, tmp, schema=schema, where=target)
-                step.write_sidecar(outs, sidecar_path(target), inputs, {target: tmp},
-                                   extra={"Description": description})
-                produced[target] = tmp
-                written += [target, sidecar_path(target)]
-        metrics_tsv = out_dir / "metrics.tsv"
+        inlined = _write_figures(run, outs, computed.figures)
+        if options.compare:
+            _write_comparisons(run, outs, computed)
+        metrics_tsv = run.out_dir / "metrics.tsv"
         tmp = outs.path(metrics_tsv)
+        metric_rows = [row for r in computed.ordered for row in r.rows]
         write_tsv_to(metric_rows, METRIC_COLUMNS, tmp, schema="metrics", where=metrics_tsv)
-        produced = {metrics_tsv: tmp, **produced}
-        content = _metrics_document(step, models, ordered, comparison_rows, n_bootstrap, seed,
-                                    eval_set, confidence_level)
-        overlay_figures = []
-        for pid, (ent, panels, title, caption) in overlays.items():
-            # At the root, beside the other figures (metrics.json lists outputs by name).
-            png = out_dir / ent.with_(desc="lesions", suffix="overlay", extension=".png").name
-            tmp_png = outs.path(png)
-            plots.lesion_overlay_figure(panels, tmp_png, title=title)
-            overlay_figures.append((pid, tmp_png.read_bytes(), caption))
-            step.write_sidecar(outs, sidecar_path(png), inputs, {png: tmp_png}, extra={
-                "Description": "lesion masks on CT for visual quality control: an axial slice "
-                               "through each lesion's centroid, abdominal window",
-                "Lesions": [plots.overlay_record(p) for p in panels]})
-            produced[png] = tmp_png
-            written += [png, sidecar_path(png)]
-        report_html = out_dir / "report.html"
-        tmp = outs.path(report_html)
-        report.write_report_to(report.render(
-            step.sidecar(inputs, produced, extra=content), figures=inlined,
-            table_rows=table_rows,
-            overlays=None if raw is None else {"figures": overlay_figures,
-                                               "missing": overlay_missing,
-                                               "lesions_per_patient": overlay_lesions}), tmp)
-        step.write_sidecar(outs, sidecar_path(report_html), inputs, {report_html: tmp},
-                           extra={"Description": "report of metcli evaluate (self-contained "
-                                                 "HTML); research use only"})
-        produced[report_html] = tmp
-        written += [report_html, sidecar_path(report_html)]
-        doc = step.sidecar(inputs, produced, extra=content)
-        validate(doc, "sidecar", where=metrics_json)
-        tmp = outs.path(metrics_json)
-        dump_json_to(doc, tmp, schema="metrics_json", where=metrics_json)
-        written += [metrics_tsv, metrics_json]
-    summary = [{"model": r.model.name, "level": r.level, **r.summary} for r in ordered]
-    return EvaluationResult(out_dir=out_dir, skipped=False, files=written, summary=summary)
+        run.produced = {metrics_tsv: tmp, **run.produced}
+        content = metrics_document(run.step, run.models, computed.ordered,
+                                   computed.comparison_rows, options.n_bootstrap,
+                                   options.seed, options.eval_set, options.confidence_level)
+        overlay_figures = _write_overlays(run, outs, computed.overlays)
+        _write_report(run, outs, content, inlined, computed.table_rows,
+                      None if options.raw is None else {
+                          "figures": overlay_figures, "missing": run.overlay_missing,
+                          "lesions_per_patient": options.overlay_lesions})
+        doc = run.step.sidecar(run.inputs, run.produced, extra=content)
+        validate(doc, "sidecar", where=run.metrics_json)
+        tmp = outs.path(run.metrics_json)
+        dump_json_to(doc, tmp, schema="metrics_json", where=run.metrics_json)
+        run.written += [metrics_tsv, run.metrics_json]
 
 
-def _overlay_plan(found: dict[str, dict], results: dict[str, list[LevelResult]],
-                  label_map: dict[str, str | None], n_lesions: int) -> dict[str, tuple]:
-    """``{participant: (entities, panels, title, caption)}`` of the lesion overlays.
+def _write_figures(run: _Run, outs, figures: dict[str, tuple]) -> dict[str, tuple[bytes, str]]:
+    """Each figure's PNG, the TSV behind it and its sidecar; returns the PNGs to inline."""
+    from metcli.io.bids import sidecar_path
+    from metcli.io.files import write_tsv_to
 
-    Lesions with a lesion-level prediction come first, annotated with the prediction of
-    the model chosen by cross-validation (else the first model).
-    """
-    from metcli.evaluation import plots
-    if not found:
-        return {}
-    lesion_results = results.get("lesion") or []
-    chosen = next((r for r in lesion_results if r.model.selected), None) or \
-        (lesion_results[0] if lesion_results else None)
-    annotations: dict[str, dict[int, dict]] = {}
-    if chosen is not None:
-        data = chosen.data
-        for i, (pid, lesion) in enumerate(zip(data.participant_ids, data.lesion_ids)):
-            if lesion is None or not str(lesion).isdigit():
-                continue
-            pred = int(data.pred[i])
-            annotations.setdefault(pid, {})[int(lesion)] = {
-                "predicted": chosen.model.classes[pred],
-                "probability": float(data.prob[i, pred]), "correct": bool(pred == data.y[i])}
-    plan = {}
-    for pid, source in found.items():
-        ids = sorted(annotations.get(pid, {})) or None
-        panels = plots.overlay_panels(source, lesion_ids=ids, n_lesions=n_lesions,
-                                      annotations=annotations.get(pid))
-        ent = source["entities"]
-        title = f"{pid} (true class: {label_map.get(pid) or 'n/a'})"
-        where = ", ".join(x for x in (f"session {ent.ses}" if ent.ses else None,
-                                      f"{ent.ce} phase" if ent.ce else None) if x)
-        caption = (title + (f", {where}" if where else "")
-                   + (f"; lesion-level predictions of {chosen.model.name}"
-                      if chosen is not None and pid in annotations else ""))
-        plan[pid] = (ent, panels, title, caption)
-    return plan
+    inlined: dict[str, tuple[bytes, str]] = {}
+    for name, (columns, schema, rows, draw, description) in figures.items():
+        png, tsv = run.out_dir / f"{name}.png", run.out_dir / f"{name}.tsv"
+        tmp_tsv = outs.path(tsv)
+        write_tsv_to(rows, columns, tmp_tsv, schema=schema, where=tsv)
+        tmp_png = outs.path(png)
+        draw(rows, tmp_png)
+        inlined[name] = (tmp_png.read_bytes(), description)
+        run.write_sidecar(outs, png, {png: tmp_png, tsv: tmp_tsv},
+                          extra={"Description": description})
+        run.written += [png, tsv, sidecar_path(png)]
+    return inlined
 
 
-def _metrics_document(step, models, ordered, comparison_rows, n_bootstrap, seed, eval_set,
-                      level_ci) -> dict[str, Any]:
-    model_docs = []
-    for model in models:
-        levels = []
-        for result in ordered:
-            if result.model is not model:
-                continue
-            data = result.data
-            classes = model.classes
-            levels.append({
-                "level": data.level,
-                "derived_from_lesions": data.derived,
-                "derivation": DERIVED_NOTE if data.derived else None,
-                "n_patients": data.n_patients,
-                "n_units": data.n_units,
-                "class_counts": {c: int(n) for c, n in
-                                 zip(classes, np.bincount(data.y, minlength=len(classes)))},
-                "threshold": data.threshold,
-                "threshold_source": data.threshold_source,
-                "confusion_matrix": {"classes": classes, "rows": "true class",
-                                     "columns": "predicted class",
-                                     "counts": result.confusion.astype(int).tolist()},
-                "mean_predicted": {c: float(data.prob[:, i].mean())
-                                   for i, c in enumerate(classes)},
-                "interval_note": LESION_NOTE if data.level == "lesion" else
-                "AUC by DeLong and by the patient bootstrap; sensitivity and specificity by "
-                "Clopper-Pearson; the others by the patient bootstrap",
-                "metrics": [{k: row[k] for k in ("metric", "class", "estimate", "ci_lower",
-                                                 "ci_upper", "ci_method",
-                                                 "bootstrap_resamples", "note")}
-                            for row in result.rows],
-            })
-        model_docs.append({
-            "model": model.name,
-            "source": step.uri(model.path),
-            "set": eval_set,
-            "task": "binary" if model.binary else "multiclass",
-            "classes": model.classes,
-            "positive_class": model.positive_class,
-            "positive_class_source": model.positive_source,
-            "selected_by_cv": model.selected,
-            "levels": levels,
-        })
-    return {
-        "Description": "metrics of metcli evaluate; the sidecar of metrics.tsv",
-        "UnitOfInference": "patient",
-        "LesionLevel": LESION_NOTE,
-        "ConfidenceLevel": level_ci,
-        "Bootstrap": {"resamples": n_bootstrap, "seed": seed, "unit": "patient",
-                      "stratified_by": "the patient's true class", "interval": "percentile"},
-        "Set": eval_set,
-        "Models": model_docs,
-        "Comparisons": [{k: row.get(k) for k in COMPARISON_COLUMNS} for row in comparison_rows],
-    }
+def _write_comparisons(run: _Run, outs, computed: _Computed) -> None:
+    """``comparisons.tsv`` and ``comparison_table.tsv`` with their sidecars."""
+    from metcli.io.bids import sidecar_path
+    from metcli.io.files import write_tsv_to
+
+    for name, columns, schema, rows, description in (
+            ("comparisons", COMPARISON_COLUMNS, "comparisons", computed.comparison_rows,
+             "paired tests between models: DeLong (AUC) and McNemar (accuracy) at "
+             "patient level, patient cluster bootstrap at lesion level"),
+            ("comparison_table", TABLE_COLUMNS, "comparison_table", computed.table_rows,
+             "models x metrics, estimate [95% CI]; selected_by_cv marks the model "
+             "chosen by cross-validation")):
+        target = run.out_dir / f"{name}.tsv"
+        tmp = outs.path(target)
+        write_tsv_to(rows, columns, tmp, schema=schema, where=target)
+        run.write_sidecar(outs, target, {target: tmp}, extra={"Description": description})
+        run.written += [target, sidecar_path(target)]
+
+
+def _write_overlays(run: _Run, outs, overlays: dict[str, tuple]) -> list[tuple]:
+    """One lesion-overlay PNG per participant with its sidecar; returns them for the report."""
+    from metcli.evaluation.overlays import lesion_overlay_figure, overlay_record
+    from metcli.io.bids import sidecar_path
+
+    overlay_figures = []
+    for pid, (ent, panels, title, caption) in overlays.items():
+        # At the root, beside the other figures (metrics.json lists outputs by name).
+        png = run.out_dir / ent.with_(desc="lesions", suffix="overlay", extension=".png").name
+        tmp_png = outs.path(png)
+        lesion_overlay_figure(panels, tmp_png, title=title)
+        overlay_figures.append((pid, tmp_png.read_bytes(), caption))
+        run.write_sidecar(outs, png, {png: tmp_png}, extra={
+            "Description": "lesion masks on CT for visual quality control: an axial slice "
+                           "through each lesion's centroid, abdominal window",
+            "Lesions": [overlay_record(p) for p in panels]})
+        run.written += [png, sidecar_path(png)]
+    return overlay_figures
+
+
+def _write_report(run: _Run, outs, content: dict[str, Any], inlined: dict[str, tuple],
+                  table_rows: list[dict], overlays: dict[str, Any] | None) -> None:
+    """``report.html`` (self-contained) and its sidecar."""
+    from metcli.evaluation import report
+    from metcli.io.bids import sidecar_path
+
+    report_html = run.out_dir / "report.html"
+    tmp = outs.path(report_html)
+    report.write_report_to(report.render(
+        run.step.sidecar(run.inputs, run.produced, extra=content), figures=inlined,
+        table_rows=table_rows, overlays=overlays), tmp)
+    run.write_sidecar(outs, report_html, {report_html: tmp},
+                      extra={"Description": "report of metcli evaluate (self-contained "
+                                            "HTML); research use only"})
+    run.written += [report_html, sidecar_path(report_html)]

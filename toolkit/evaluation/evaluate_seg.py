@@ -6,6 +6,9 @@ of ``metcli synth``), acquisition by acquisition: pairs are matched by participa
 session and contrast phase, and the two masks must describe the same physical grid
 (flipped or permuted axes of one grid are accepted; anything else is a
 :class:`~metcli.core.errors.GeometryError` naming both files; nothing is resampled).
+Pairs are found and read by :mod:`metcli.evaluation.seg_pairs`, lesion predictions by
+:mod:`metcli.evaluation.seg_predictions`; the figures are computed by
+:mod:`metcli.evaluation.seg_measures`.
 
 Outputs (see ``docs/evaluate.md``; every table has a JSON Schema in ``schemas/``):
 
@@ -57,22 +60,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from metcli.core.batch import DONE, SKIPPED, BatchReport, run_each
-from metcli.io.bids import (Acquisition, Entities, derivative_path, find_files, participant_folders,
-                         resolve_levels, select_participants, sidecar_path)
-from metcli.imaging.labels import BACKGROUND, LESION, LIVER
-from metcli.core.errors import GeometryError, ImageError, InputError, MetcliError, UsageError
-from metcli.evaluation.seg_measures import (CLUSTER_NOTE, REGIONS, agreement_rows, check_dice_edges,
-                                 detection_rows, detection_summary, overlap_rows,
-                                 patient_summary)
+from metcli.core.errors import GeometryError, InputError, MetcliError, UsageError
+from metcli.evaluation.seg_measures import (
+    CLUSTER_NOTE,
+    REGIONS,
+    agreement_rows,
+    check_dice_edges,
+    detection_summary,
+    patient_summary,
+)
+from metcli.evaluation.seg_pairs import Item, evaluate_pair, find_items, select
+from metcli.evaluation.seg_predictions import LesionClasses, add_classes, read_lesion_classes
+from metcli.io.bids import Entities, derivative_path, resolve_levels, sidecar_path
 
 log = logging.getLogger(__name__)
 
 COMMAND = "evaluate-seg"
-SEG_SUFFIX = "dseg"
-LESIONS_DESC = "lesions"
 METRICS_SUFFIX = "metrics"
 OVERLAP_DESC, DETECTION_DESC = "overlap", "detection"
 
@@ -99,121 +103,6 @@ OVERLAP_TABLE, DETECTION_TABLE = "overlap.tsv", "detection.tsv"
 SUMMARY_TABLE, AGREEMENT_TABLE = "detection_summary.tsv", "classification_agreement.tsv"
 
 
-# ============================================================================= one pair
-@dataclass
-class LesionInputs:
-    """The lesion maps and tables of one acquisition (segmentation and reference)."""
-
-    map: Path
-    table: Path
-    reference_map: Path
-    reference_table: Path
-
-    def paths(self) -> list[Path]:
-        return [self.map, self.table, self.reference_map, self.reference_table]
-
-
-@dataclass
-class PairResult:
-    overlap: list[dict]
-    detection: list[dict] | None
-    voxel_volume_mm3: float
-
-
-def _label_array(image, path: Path, what: str, allowed: Sequence[int] | None) -> np.ndarray:
-    """The voxels of a label image as int64, or an :class:`ImageError` naming the file."""
-    import SimpleITK as sitk
-
-    array = sitk.GetArrayViewFromImage(image)
-    if array.dtype.kind == "f":
-        if not np.isfinite(array).all() or np.any(array != np.floor(array)):
-            raise ImageError(f"the {what} holds non-integer values; a label image is needed",
-                             path=path, fix="give a discrete segmentation, not a probability map")
-    elif array.dtype.kind not in "iub":
-        raise ImageError(f"the {what} has voxels of type {array.dtype}; a label image is needed",
-                         path=path)
-    values = np.asarray(array, dtype=np.int64)
-    if allowed is not None:
-        bad = ~np.isin(values, allowed)
-        if bad.any():
-            raise ImageError(f"the {what} holds the label {int(values[bad].flat[0])}; metcli "
-                             f"segmentations hold {', '.join(map(str, allowed))} (0 background, "
-                             "1 liver, 2 lesion)", path=path,
-                             fix="give a metcli _dseg file (segment or import-mask write them)")
-    elif values.size and values.min() < 0:
-        raise ImageError(f"the {what} holds negative ids", path=path,
-                         fix="give the lesion map split-lesions wrote")
-    return values
-
-
-def evaluate_pair(seg_path: Path, reference_path: Path, lesions: LesionInputs | None = None
-                  ) -> PairResult:
-    """Overlap rows (and, with ``lesions``, detection rows) of one acquisition.
-
-    Every image is brought to the reference segmentation's grid with
-    :func:`metcli.imaging.geometry.to_reference_grid` (a lossless reordering of flipped or
-    permuted axes); any other difference is a :class:`GeometryError` naming both files.
-    """
-    from metcli.io.files import read_image
-    from metcli.imaging.geometry import to_reference_grid, voxel_volume_mm3
-    from metcli.lesions.split_lesions import read_lesion_table
-
-    labels = (BACKGROUND, LIVER, LESION)
-    reference = read_image(reference_path, what="reference segmentation")
-    seg = to_reference_grid(read_image(seg_path, what="segmentation"), reference,
-                            image_path=seg_path, reference_path=reference_path)
-    seg_array = _label_array(seg, seg_path, "segmentation", labels)
-    ref_array = _label_array(reference, reference_path, "reference segmentation", labels)
-    voxel_volume = voxel_volume_mm3(reference)
-    rows = overlap_rows(seg_array, ref_array, voxel_volume)
-    if lesions is None:
-        return PairResult(rows, None, voxel_volume)
-    maps = []
-    for map_path, dseg_path, dseg_array, what in (
-            (lesions.map, seg_path, seg_array, "lesion map"),
-            (lesions.reference_map, reference_path, ref_array, "reference lesion map")):
-        image = to_reference_grid(read_image(map_path, what=what), reference,
-                                  image_path=map_path, reference_path=reference_path)
-        array = _label_array(image, map_path, what, None)
-        if np.any((array > 0) & (dseg_array != LESION)):
-            raise InputError(f"the {what} marks voxels that are not lesion in {dseg_path}: it "
-                             "was not made from this segmentation", path=map_path,
-                             fix="run split-lesions on the segmentation folder given here")
-        maps.append(array)
-    tables = [read_lesion_table(lesions.table), read_lesion_table(lesions.reference_table)]
-    for array, table, path in ((maps[0], tables[0], lesions.table),
-                               (maps[1], tables[1], lesions.reference_table)):
-        kept = {int(r["index"]) for r in table if r["kept"]}
-        present = set(np.unique(array[array > 0]).tolist())
-        if not present <= kept:
-            extra = sorted(present - kept)[:5]
-            raise InputError(f"the lesion map holds id(s) {', '.join(map(str, extra))} that "
-                             "the table does not list as kept", path=path,
-                             fix="give the table split-lesions wrote beside this lesion map")
-    return PairResult(rows, detection_rows(maps[0], maps[1], tables[0], tables[1]),
-                      voxel_volume)
-
-
-# ============================================================================= folders
-@dataclass
-class Item:
-    """One acquisition to compare: (sub, ses, ce) with whatever files were found."""
-
-    key: tuple[str, str | None, str | None]
-    seg: Acquisition | None
-    reference: Acquisition | None
-    lesions: LesionInputs | None = None
-    missing: list[str] = field(default_factory=list)
-
-    @property
-    def entities(self) -> Entities:
-        sub, ses, ce = self.key
-        return Entities(sub=sub, ses=ses, ce=ce, suffix=SEG_SUFFIX)
-
-    def describe(self) -> str:
-        return self.entities.describe()
-
-
 def output_paths(out_dir: Path, ent: Entities) -> tuple[Path, Path]:
     """(overlap table, detection table) of one acquisition in ``out_dir``."""
     overlap = derivative_path(out_dir, ent, desc=OVERLAP_DESC, suffix=METRICS_SUFFIX,
@@ -221,168 +110,6 @@ def output_paths(out_dir: Path, ent: Entities) -> tuple[Path, Path]:
     detection = derivative_path(out_dir, ent, desc=DETECTION_DESC, suffix=METRICS_SUFFIX,
                                 extension=".tsv")
     return overlap, detection
-
-
-def _lesion_files(lesions_dir: Path, ent: Entities) -> tuple[Path, Path]:
-    image = derivative_path(lesions_dir, ent, desc=LESIONS_DESC, suffix=SEG_SUFFIX,
-                            extension=".nii.gz")
-    table = derivative_path(lesions_dir, ent, desc=LESIONS_DESC, suffix=SEG_SUFFIX,
-                            extension=".tsv")
-    return image, table
-
-
-def find_items(seg_dir: Path, reference_dir: Path, participants: Sequence[str], *,
-               lesions_dir: Path | None = None, reference_lesions_dir: Path | None = None
-               ) -> list[Item]:
-    """Acquisitions of either folder for ``participants``, paired by (sub, ses, ce)."""
-    segs = {a.entities.key: a for a in find_files(seg_dir, suffix=SEG_SUFFIX,
-                                                  participants=participants)}
-    refs = {a.entities.key: a for a in find_files(reference_dir, suffix=SEG_SUFFIX,
-                                                  participants=participants)}
-    items = []
-    for key in sorted(set(segs) | set(refs), key=lambda k: (k[0], k[1] or "", k[2] or "")):
-        item = Item(key, segs.get(key), refs.get(key))
-        if item.seg is None:
-            item.missing.append(f"no segmentation {item.entities.name} in {seg_dir}")
-        if item.reference is None:
-            item.missing.append(f"no reference segmentation {item.entities.name} in "
-                                f"{reference_dir}")
-        if lesions_dir is not None and reference_lesions_dir is not None:
-            found = []
-            for folder, what in ((lesions_dir, "lesion map"),
-                                 (reference_lesions_dir, "reference lesion map")):
-                image, table = _lesion_files(folder, item.entities)
-                for path, kind in ((image, what), (table, what.replace("map", "table"))):
-                    if not path.is_file():
-                        item.missing.append(f"no {kind} {path.name} in {folder}")
-                found += [image, table]
-            item.lesions = LesionInputs(*found)
-        items.append(item)
-    for label in participants:
-        if not any(item.key[0] == label for item in items):
-            items.append(Item((label, None, None), None, None,
-                              missing=[f"no _dseg.nii.gz for sub-{label} in either folder"]))
-    return items
-
-
-def select(seg_dir: Path, reference_dir: Path, participants: Sequence[str] | None) -> list[str]:
-    """Participants of either folder (all, or the requested ones)."""
-    for folder, what in ((seg_dir, "segmentation"), (reference_dir, "reference")):
-        if not Path(folder).is_dir():
-            raise InputError(f"the {what} folder does not exist", path=folder,
-                             fix="give a folder of sub-*/anat/*_dseg.nii.gz")
-    available = sorted(set(participant_folders(seg_dir)) | set(participant_folders(reference_dir)))
-    if not available:
-        raise InputError("no sub-* participant folders found", path=seg_dir,
-                         fix="give the folders that segment, import-mask or synth wrote")
-    return select_participants(available, list(participants) if participants else None,
-                               where=seg_dir)
-
-
-# ============================================================================= predictions
-@dataclass
-class LesionClasses:
-    """The predicted class of every lesion of one predictions table (one model)."""
-
-    path: Path
-    model: str
-    classes: list[str]
-    by_lesion: dict[tuple, str]
-    keyed_by_acquisition: bool
-
-
-def read_lesion_classes(path: str | Path, model: str | None = None) -> LesionClasses:
-    """Lesion rows of a predictions table (DESIGN.md's format) as ``{key: class}``.
-
-    The key is ``(participant_id, lesion_id)``, or ``(participant_id, session, phase,
-    lesion_id)`` when the table has ``session`` and ``phase`` columns. The class is the
-    ``predicted`` column (the highest probability where it is ``n/a``).
-    """
-    from metcli.evaluation.inputs import PROB_PREFIX, find_prediction_files, read_predictions
-
-    files = find_prediction_files([path])
-    if len(files) != 1:
-        raise InputError(f"{len(files)} predictions tables found; one is needed", path=path,
-                         fix="give the predictions.tsv file itself")
-    path = files[0]
-    classes, rows = read_predictions(path)
-    rows = [r for r in rows if r["level"] == "lesion"]
-    models = sorted({r["model"] for r in rows})
-    if model is None:
-        if len(models) != 1:
-            raise UsageError(f"{path} holds lesion predictions of {len(models)} models "
-                             f"({', '.join(models) or 'none'})",
-                             fix="choose one with --model" if models else
-                             "give predictions with lesion rows")
-        model = models[0]
-    elif model not in models:
-        raise UsageError(f"--model {model!r} has no lesion predictions in {path} (it has: "
-                         f"{', '.join(models) or 'none'})", fix="choose one of those models")
-    keyed = bool(rows) and "session" in rows[0] and "phase" in rows[0]
-    by_lesion: dict[tuple, str] = {}
-    for row in rows:
-        if row["model"] != model:
-            continue
-        try:
-            lesion = int(str(row["lesion_id"]))
-        except ValueError:
-            raise InputError(f"lesion_id {row['lesion_id']!r} of {row['participant_id']} is "
-                             "not a lesion map id", path=path,
-                             fix="predict writes the lesion's id in its lesion map") from None
-        key = ((row["participant_id"], row.get("session"), row.get("phase"), lesion) if keyed
-               else (row["participant_id"], lesion))
-        if key in by_lesion:
-            raise InputError(f"lesion {lesion} of {row['participant_id']} has two rows for "
-                             f"model {model}", path=path, fix="keep one prediction per lesion")
-        predicted = row.get("predicted")
-        if predicted is None:
-            predicted = classes[int(np.argmax([row[PROB_PREFIX + c] for c in classes]))]
-        by_lesion[key] = predicted
-    return LesionClasses(path, model, classes, by_lesion, keyed)
-
-
-def _class_of(classes: LesionClasses, pid: str, session, phase, lesion, ambiguous: set[str]):
-    if classes.keyed_by_acquisition:
-        return classes.by_lesion.get((pid, session, phase, lesion))
-    if pid in ambiguous:
-        raise InputError(f"{pid} has lesion maps of several acquisitions but the predictions "
-                         "name lesions by participant and id only", path=classes.path,
-                         fix="add session and phase columns to the predictions, or evaluate "
-                             "one acquisition per participant")
-    return classes.by_lesion.get((pid, lesion))
-
-
-def add_classes(rows: list[dict], predictions: LesionClasses, reference: LesionClasses
-                ) -> dict[str, int]:
-    """Add the predicted classes of both mask sets to the found reference lesions' rows;
-    return counts of what could not be compared."""
-    per_participant: dict[str, set] = {}
-    for row in rows:
-        per_participant.setdefault(row["participant_id"], set()).add(
-            (row["session"], row["phase"]))
-    ambiguous = {p for p, scans in per_participant.items() if len(scans) > 1}
-    counts = {"found": 0, "compared": 0, "no_prediction": 0, "no_reference_prediction": 0}
-    for row in rows:
-        row.update({"predicted_class": None, "reference_predicted_class": None,
-                    "class_agrees": None})
-        if row["kind"] != "reference":
-            continue
-        keys = (row["participant_id"], row["session"], row["phase"])
-        ref_class = _class_of(reference, *keys, row["reference_lesion"], ambiguous)
-        row["reference_predicted_class"] = ref_class
-        if not row["found"]:
-            continue
-        counts["found"] += 1
-        auto_class = _class_of(predictions, *keys, row["predicted_lesion"], ambiguous)
-        row["predicted_class"] = auto_class
-        if auto_class is None:
-            counts["no_prediction"] += 1
-        if ref_class is None:
-            counts["no_reference_prediction"] += 1
-        if auto_class is not None and ref_class is not None:
-            row["class_agrees"] = auto_class == ref_class
-            counts["compared"] += 1
-    return counts
 
 
 # ============================================================================= the run
@@ -395,6 +122,18 @@ class SegEvaluation:
     detection_summary: list[dict] = field(default_factory=list)
     agreement: list[dict] = field(default_factory=list)
     group_written: bool = False
+
+
+@dataclass
+class _SegRun:
+    """The checked inputs of one evaluate-seg run and the provenance of its participant level."""
+
+    out_dir: Path
+    roots: dict[str, Path]
+    participant_settings: dict[str, Any]
+    part_step: Any  # metcli.io.provenance.Step of the participant level
+    classes: tuple[LesionClasses, LesionClasses] | None  # predictions of both mask sets
+    items: list[Item]
 
 
 def evaluate_seg(seg_dir: str | Path, reference_dir: str | Path, out_dir: str | Path, *,
@@ -414,7 +153,7 @@ def evaluate_seg(seg_dir: str | Path, reference_dir: str | Path, out_dir: str | 
         out_dir: the folder to write.
         lesions_dir, reference_lesions_dir: split-lesions' outputs for the two folders
             (give both or neither): lesion-wise detection.
-        predictions, reference_predictions: lesion-level predictions (DESIGN.md's format)
+        predictions, reference_predictions: lesion-level predictions (the predictions format of docs/architecture.md)
             made from the lesions of ``lesions_dir`` and of ``reference_lesions_dir``
             (give both or neither): agreement of the predicted class per lesion.
         model: the model of the predictions to compare (needed when a table holds several).
@@ -435,10 +174,49 @@ def evaluate_seg(seg_dir: str | Path, reference_dir: str | Path, out_dir: str | 
         InputError: at the group level, a participant table that is missing or stale;
             unreadable predictions.
     """
-    from metcli.io.files import check_output_not_inside_input
     from metcli.io.provenance import Step, write_dataset_description
 
     seg_dir, reference_dir, out_dir = Path(seg_dir), Path(reference_dir), Path(out_dir)
+    edges = _check_arguments(lesions_dir, reference_lesions_dir, predictions,
+                             reference_predictions, n_bootstrap, confidence_level, dice_edges)
+    labels = [participants] if isinstance(participants, str) else participants
+    do_participants, do_group = resolve_levels(level, labels)
+    chosen = select(seg_dir, reference_dir, labels)
+    run = _prepare(seg_dir, reference_dir, out_dir, chosen,
+                   lesions_dir=None if lesions_dir is None else Path(lesions_dir),
+                   reference_lesions_dir=None if reference_lesions_dir is None else
+                   Path(reference_lesions_dir),
+                   predictions=predictions, reference_predictions=reference_predictions,
+                   model=model)
+    result = SegEvaluation(report=BatchReport())
+    write_dataset_description(out_dir, name="metcli evaluate-seg", sources=run.roots,
+                              description="agreement of segmentations with reference masks")
+    if do_participants:
+        def work(item: Item) -> str:
+            return _evaluate_one(item, out_dir, run.part_step, overwrite, result.report)
+
+        run_each(run.items, key=lambda i: i.describe(), work=work, progress=progress,
+                 report=result.report)
+    if do_group:
+        if result.report.failed:
+            log.warning("group level not written: %d item(s) failed at the participant level; "
+                        "fix them, or leave those participants out with --participant-label "
+                        "and --level group", len(result.report.failed))
+            return result
+        settings = {**run.participant_settings, "dice_band_edges": list(edges),
+                    "n_bootstrap": n_bootstrap, "seed": seed,
+                    "confidence_level": confidence_level, "model": model,
+                    "classification_agreement": predictions is not None}
+        group_step = Step(COMMAND, out_dir, run.roots, settings)
+        _write_group(run.items, out_dir, run.part_step, group_step, result, classes=run.classes,
+                     edges=edges, n_boot=n_bootstrap, seed=seed, level_ci=confidence_level,
+                     overwrite=overwrite)
+    return result
+
+
+def _check_arguments(lesions_dir, reference_lesions_dir, predictions, reference_predictions,
+                     n_bootstrap, confidence_level, dice_edges) -> tuple[float, ...]:
+    """Raise UsageError (or InputError for a missing folder); return the Dice band edges."""
     if (lesions_dir is None) != (reference_lesions_dir is None):
         raise UsageError("--lesions and --reference-lesions go together",
                          fix="give split-lesions' outputs for both mask folders, or neither")
@@ -455,63 +233,53 @@ def evaluate_seg(seg_dir: str | Path, reference_dir: str | Path, out_dir: str | 
     if not 0.5 <= confidence_level < 1.0:
         raise UsageError(f"confidence level {confidence_level} must lie in [0.5, 1)")
     edges = check_dice_edges(dice_edges)
-    lesions_dir = None if lesions_dir is None else Path(lesions_dir)
-    reference_lesions_dir = None if reference_lesions_dir is None else Path(reference_lesions_dir)
     for folder, option in ((lesions_dir, "--lesions"),
                            (reference_lesions_dir, "--reference-lesions")):
-        if folder is not None and not folder.is_dir():
-            raise InputError(f"the {option} folder does not exist", path=folder,
+        if folder is not None and not Path(folder).is_dir():
+            raise InputError(f"the {option} folder does not exist", path=Path(folder),
                              fix="give the folder split-lesions wrote")
-    labels = [participants] if isinstance(participants, str) else participants
-    do_participants, do_group = resolve_levels(level, labels)
-    chosen = select(seg_dir, reference_dir, labels)
+    return edges
+
+
+def _prepare(seg_dir: Path, reference_dir: Path, out_dir: Path, chosen: Sequence[str], *,
+             lesions_dir: Path | None, reference_lesions_dir: Path | None, predictions,
+             reference_predictions, model: str | None) -> _SegRun:
+    """Roots, participant-level provenance, predictions (read first: a bad table stops the
+    run before any work) and the acquisitions to compare."""
+    from metcli.io.files import check_output_not_inside_input
+    from metcli.io.provenance import Step
+
     roots: dict[str, Path] = {"seg": seg_dir, "reference": reference_dir}
     if lesions_dir is not None:
         roots.update({"lesions": lesions_dir, "reference_lesions": reference_lesions_dir})
     check_output_not_inside_input(out_dir, list(roots.values()))
-    with_lesions = lesions_dir is not None
     participant_settings = {"regions": {k: list(v) for k, v in REGIONS.items()},
-                            "lesion_detection": with_lesions, "min_overlap_voxels": 1,
+                            "lesion_detection": lesions_dir is not None, "min_overlap_voxels": 1,
                             "size_bands_mm": [10.0, 20.0]}
     part_step = Step(COMMAND, out_dir, dict(roots), participant_settings)
     classes = None
-    if predictions is not None:  # read first: a bad table stops the run before any work
-        auto = read_lesion_classes(predictions, model)
-        manual = read_lesion_classes(reference_predictions, model or auto.model)
-        if sorted(auto.classes) != sorted(manual.classes):
-            raise InputError(f"the classes of {auto.path} ({', '.join(auto.classes)}) differ "
-                             f"from those of {manual.path} ({', '.join(manual.classes)})",
-                             path=manual.path,
-                             fix="compare predictions of the same model on the two mask sets")
-        classes = (auto, manual)
+    if predictions is not None:
+        classes = _read_classes(predictions, reference_predictions, model)
+        auto, manual = classes
         roots.update({"predictions": auto.path.parent,
                       "reference_predictions": manual.path.parent})
     items = find_items(seg_dir, reference_dir, chosen, lesions_dir=lesions_dir,
                        reference_lesions_dir=reference_lesions_dir)
-    result = SegEvaluation(report=BatchReport())
-    write_dataset_description(out_dir, name="metcli evaluate-seg", sources=roots,
-                              description="agreement of segmentations with reference masks")
-    if do_participants:
-        def work(item: Item) -> str:
-            return _evaluate_one(item, out_dir, part_step, overwrite, result.report)
+    return _SegRun(out_dir=out_dir, roots=roots, participant_settings=participant_settings,
+                   part_step=part_step, classes=classes, items=items)
 
-        run_each(items, key=lambda i: i.describe(), work=work, progress=progress,
-                 report=result.report)
-    if do_group:
-        if result.report.failed:
-            log.warning("group level not written: %d item(s) failed at the participant level; "
-                        "fix them, or leave those participants out with --participant-label "
-                        "and --level group", len(result.report.failed))
-            return result
-        settings = {**participant_settings, "dice_band_edges": list(edges),
-                    "n_bootstrap": n_bootstrap, "seed": seed,
-                    "confidence_level": confidence_level, "model": model,
-                    "classification_agreement": predictions is not None}
-        group_step = Step(COMMAND, out_dir, roots, settings)
-        _write_group(items, out_dir, part_step, group_step, result, classes=classes, edges=edges,
-                     n_boot=n_bootstrap, seed=seed, level_ci=confidence_level,
-                     overwrite=overwrite)
-    return result
+
+def _read_classes(predictions, reference_predictions, model: str | None
+                  ) -> tuple[LesionClasses, LesionClasses]:
+    """The lesion classes predicted from both mask sets (the same model and classes)."""
+    auto = read_lesion_classes(predictions, model)
+    manual = read_lesion_classes(reference_predictions, model or auto.model)
+    if sorted(auto.classes) != sorted(manual.classes):
+        raise InputError(f"the classes of {auto.path} ({', '.join(auto.classes)}) differ "
+                         f"from those of {manual.path} ({', '.join(manual.classes)})",
+                         path=manual.path,
+                         fix="compare predictions of the same model on the two mask sets")
+    return auto, manual
 
 
 def _item_inputs(item: Item) -> list[Path]:
@@ -607,6 +375,48 @@ def _write_group(items: Sequence[Item], out_dir: Path, part_step, step, result: 
     from metcli.io.files import OutputSet, write_tsv_to
 
     with_lesions = any(item.lesions is not None for item in items)
+    used, overlap, detection, scans = _read_participant_tables(items, out_dir, part_step,
+                                                               with_lesions)
+    pred_files: list[Path] = []
+    agreement: list[dict] = []
+    counts = None
+    if classes is not None:
+        auto, manual = classes
+        counts = add_classes(detection, auto, manual)
+        agreement = agreement_rows(detection, model=auto.model, reference_model=manual.model,
+                                   edges=edges, n_boot=n_boot, seed=seed, level=level_ci)
+        pred_files = [auto.path, manual.path]
+        pred_files += [sidecar_path(p) for p in (auto.path, manual.path)
+                       if sidecar_path(p).is_file()]
+    inputs = step.inputs(used + pred_files)
+    summary = patient_summary(overlap, n_boot=n_boot, seed=seed, level=level_ci)
+    det_summary = detection_summary(detection, scans, n_boot=n_boot, seed=seed, level=level_ci) \
+        if with_lesions else []
+    result.overlap_summary, result.detection_summary = summary, det_summary
+    result.agreement = agreement
+    tables = _group_tables(out_dir, overlap, detection, det_summary, agreement, summary,
+                           with_lesions=with_lesions, with_classes=classes is not None,
+                           counts=counts, n_boot=n_boot, seed=seed, level_ci=level_ci)
+    if not overwrite and all(step.is_done(sidecar_path(t[0]), inputs) for t in tables):
+        result.report.outputs.extend(t[0] for t in tables)
+        result.group_written = False
+        return
+    with OutputSet() as outs:
+        for path, columns, schema, rows, extra in tables:
+            tmp = outs.path(path)
+            write_tsv_to(rows, columns, tmp, schema=schema, where=path)
+            step.write_sidecar(outs, sidecar_path(path), inputs, {path: tmp}, extra=extra)
+    result.report.outputs.extend(t[0] for t in tables)
+    result.group_written = True
+    log.info("group level: %d overlap row(s), %d detection row(s)", len(overlap), len(detection))
+
+
+def _read_participant_tables(items: Sequence[Item], out_dir: Path, part_step, with_lesions: bool
+                             ) -> tuple[list[Path], list[dict], list[dict], list[tuple]]:
+    """(files used, overlap rows, detection rows, scan keys) of the participant level.
+
+    Every table must be current (made from the current inputs with these settings).
+    """
     used: list[Path] = []
     overlap: list[dict] = []
     detection: list[dict] = []
@@ -629,23 +439,13 @@ def _write_group(items: Sequence[Item], out_dir: Path, part_step, step, result: 
         if with_lesions:
             detection += read_typed_table(detection_path, "detection")
         scans.append(tuple(_keys(item).values()))
-    pred_files: list[Path] = []
-    agreement: list[dict] = []
-    counts = None
-    if classes is not None:
-        auto, manual = classes
-        counts = add_classes(detection, auto, manual)
-        agreement = agreement_rows(detection, model=auto.model, reference_model=manual.model,
-                                   edges=edges, n_boot=n_boot, seed=seed, level=level_ci)
-        pred_files = [auto.path, manual.path]
-        pred_files += [sidecar_path(p) for p in (auto.path, manual.path)
-                       if sidecar_path(p).is_file()]
-    inputs = step.inputs(used + pred_files)
-    summary = patient_summary(overlap, n_boot=n_boot, seed=seed, level=level_ci)
-    det_summary = detection_summary(detection, scans, n_boot=n_boot, seed=seed, level=level_ci) \
-        if with_lesions else []
-    result.overlap_summary, result.detection_summary = summary, det_summary
-    result.agreement = agreement
+    return used, overlap, detection, scans
+
+
+def _group_tables(out_dir: Path, overlap, detection, det_summary, agreement, summary, *,
+                  with_lesions: bool, with_classes: bool, counts, n_boot, seed, level_ci
+                  ) -> list[tuple]:
+    """``(path, columns, schema, rows, sidecar extra)`` of every group-level table."""
     tables = [(out_dir / OVERLAP_TABLE, OVERLAP_COLUMNS, "overlap", overlap,
                {"Description": "overlap of every segmentation with its reference per region "
                                "(rows of the participant tables)",
@@ -655,7 +455,7 @@ def _write_group(items: Sequence[Item], out_dir: Path, part_step, step, result: 
                                f"interval ({n_boot} resamples, seed {seed}); undefined "
                                "figures (n/a) are left out and counted"})]
     if with_lesions:
-        columns = DETECTION_COLUMNS + (CLASS_COLUMNS if classes is not None else ())
+        columns = DETECTION_COLUMNS + (CLASS_COLUMNS if with_classes else ())
         tables.append((out_dir / DETECTION_TABLE, columns, "detection", detection,
                        {"Description": "lesion-wise detection: every kept reference lesion "
                                        "(found or missed) and every false positive"}))
@@ -664,22 +464,11 @@ def _write_group(items: Sequence[Item], out_dir: Path, part_step, step, result: 
                        {"Description": "detection rate by size band of the reference lesion's "
                                        "longest axial diameter, false positives per scan",
                         "IntervalNote": CLUSTER_NOTE}))
-    if classes is not None:
+    if with_classes:
         tables.append((out_dir / AGREEMENT_TABLE, AGREEMENT_COLUMNS,
                        "classification_agreement", agreement,
                        {"Description": "agreement of the predicted class from the automatic "
                                        "and the reference masks per matched lesion, by Dice "
                                        "band (as Table 4 of Giannini et al. 2020)",
                         "Lesions": counts}))
-    if not overwrite and all(step.is_done(sidecar_path(t[0]), inputs) for t in tables):
-        result.report.outputs.extend(t[0] for t in tables)
-        result.group_written = False
-        return
-    with OutputSet() as outs:
-        for path, columns, schema, rows, extra in tables:
-            tmp = outs.path(path)
-            write_tsv_to(rows, columns, tmp, schema=schema, where=path)
-            step.write_sidecar(outs, sidecar_path(path), inputs, {path: tmp}, extra=extra)
-    result.report.outputs.extend(t[0] for t in tables)
-    result.group_written = True
-    log.info("group level: %d overlap row(s), %d detection row(s)", len(overlap), len(detection))
+    return tables

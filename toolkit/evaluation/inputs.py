@@ -1,6 +1,6 @@
 """Inputs of ``metcli evaluate``: prediction files, labels and their sidecars.
 
-Reads DESIGN.md's predictions format and turns each model's rows into a
+Reads the predictions format (docs/architecture.md) and turns each model's rows into a
 :class:`ModelPredictions` (classes, positive class, threshold and its source).
 """
 
@@ -23,7 +23,6 @@ PREDICTIONS_FILE = "predictions.tsv"
 REQUIRED_COLUMNS = ("participant_id", "lesion_id", "level", "model", "set", "predicted")
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_THRESHOLD_SOURCE = "default 0.5"
-
 
 
 # ============================================================================= reading inputs
@@ -219,6 +218,39 @@ def _model_from_rows(name, path, side, classes, rows, settings, labels, labels_p
                              f"from the prob_ columns ({', '.join(classes)}) of model {name}",
                              path=side, fix="make the sidecar's classes match the prob_ columns")
         classes = list(settings["classes"])
+    _check_rows(name, path, classes, rows, labels, labels_path, label_column)
+    kept = [r for r in rows if r["set"] == eval_set]
+    if not kept:
+        present = ", ".join(sorted({r["set"] for r in rows}))
+        raise InputError(f"model {name} has no rows in the {eval_set} set (it has: {present})",
+                         path=path, fix="choose the set with --set, or give the right file")
+    binary = len(classes) == 2
+    if binary:
+        positive, source = _positive_class(name, side, classes, settings, positive_class)
+    else:
+        positive, source = None, "multi-class: one class against the rest, per class"
+    thresholds: dict[str, tuple[float, str]] = {}
+    spec = settings.get("threshold")
+    origin = settings.get("threshold_source", "sidecar")
+    for level in LEVELS:
+        if not binary:
+            continue
+        if isinstance(spec, dict):
+            value = spec.get(level)
+        else:
+            value = spec
+        if value is None:
+            thresholds[level] = (DEFAULT_THRESHOLD, DEFAULT_THRESHOLD_SOURCE)
+        else:
+            thresholds[level] = (float(value), str(origin))
+    return ModelPredictions(name=name, path=path, sidecar=side, classes=classes,
+                            positive_class=positive, positive_source=source,
+                            thresholds=thresholds, selected=settings.get("selected"), rows=kept)
+
+
+def _check_rows(name, path, classes, rows, labels, labels_path, label_column) -> None:
+    """One set per participant, known and labelled participants with a label among the
+    classes, and one row per (level, participant, lesion)."""
     # A participant in two sets of one model is a leak, whatever set is evaluated.
     sets: dict[str, str] = {}
     for row in rows:
@@ -252,44 +284,21 @@ def _model_from_rows(name, path, side, classes, rows, settings, labels, labels_p
             raise InputError(f"{what}{row['participant_id']} has two {row['level']} rows for "
                              f"model {name}", path=path, fix="keep one prediction per row key")
         seen.add(key)
-    kept = [r for r in rows if r["set"] == eval_set]
-    if not kept:
-        present = ", ".join(sorted({r["set"] for r in rows}))
-        raise InputError(f"model {name} has no rows in the {eval_set} set (it has: {present})",
-                         path=path, fix="choose the set with --set, or give the right file")
-    binary = len(classes) == 2
-    if binary:
-        if positive_class is not None:
-            if positive_class not in classes:
-                raise UsageError(f"--positive-class {positive_class!r} is not a class of model "
-                                 f"{name} ({', '.join(classes)})",
-                                 fix="choose one of the model's classes")
-            positive, source = positive_class, "--positive-class"
-        elif "positive_class" in settings:
-            positive, source = settings["positive_class"], "sidecar"
-            if positive not in classes:
-                raise InputError(f"the sidecar's positive_class {positive!r} is not a class of "
-                                 f"model {name}", path=side,
-                                 fix="name one of the classes of the prob_ columns")
-        else:
-            positive = classes[1]
-            source = "default: the second class in order (choose with --positive-class)"
-    else:
-        positive, source = None, "multi-class: one class against the rest, per class"
-    thresholds: dict[str, tuple[float, str]] = {}
-    spec = settings.get("threshold")
-    origin = settings.get("threshold_source", "sidecar")
-    for level in LEVELS:
-        if not binary:
-            continue
-        if isinstance(spec, dict):
-            value = spec.get(level)
-        else:
-            value = spec
-        if value is None:
-            thresholds[level] = (DEFAULT_THRESHOLD, DEFAULT_THRESHOLD_SOURCE)
-        else:
-            thresholds[level] = (float(value), str(origin))
-    return ModelPredictions(name=name, path=path, sidecar=side, classes=classes,
-                            positive_class=positive, positive_source=source,
-                            thresholds=thresholds, selected=settings.get("selected"), rows=kept)
+
+
+def _positive_class(name, side, classes, settings, positive_class) -> tuple[str, str]:
+    """(positive class, where it comes from) of a binary model."""
+    if positive_class is not None:
+        if positive_class not in classes:
+            raise UsageError(f"--positive-class {positive_class!r} is not a class of model "
+                             f"{name} ({', '.join(classes)})",
+                             fix="choose one of the model's classes")
+        return positive_class, "--positive-class"
+    if "positive_class" in settings:
+        positive = settings["positive_class"]
+        if positive not in classes:
+            raise InputError(f"the sidecar's positive_class {positive!r} is not a class of "
+                             f"model {name}", path=side,
+                             fix="name one of the classes of the prob_ columns")
+        return positive, "sidecar"
+    return classes[1], "default: the second class in order (choose with --positive-class)"

@@ -3,8 +3,10 @@
 ``*_rows`` functions turn the evaluation results (:class:`metcli.evaluation.metrics.LevelResult`)
 into the rows of each figure's TSV; ``*_figure`` functions draw a PNG from exactly those
 rows, so the numbers behind a figure are always on disk. Figures
-are drawn on matplotlib's Agg canvas, chosen inside each function: importing this
-module neither imports matplotlib nor changes any global backend.
+are drawn on matplotlib's Agg canvas, chosen inside each function
+(:mod:`metcli.evaluation.canvas`): importing this module neither imports matplotlib
+nor changes any global backend. The lesion overlays are in
+:mod:`metcli.evaluation.overlays`.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from metcli.evaluation import stats
+from metcli.evaluation.canvas import agg_figure, save_png
+
 if TYPE_CHECKING:  # pragma: no cover
     from metcli.evaluation.metrics import LevelResult
 
-DPI = 120
 ROC_GRID = np.linspace(0.0, 1.0, 101)
 CALIBRATION_BINS = 10
 #: At most this many curves in an ROC figure (its TSV keeps every model); bootstrap
@@ -187,19 +190,6 @@ def figure_plan(results: dict[str, list["LevelResult"]], level_ci: float = 0.95
 
 
 # ----------------------------------------------------------------------------- the figures
-def _figure(width: float, height: float, layout: str | None = None):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=DPI, layout=layout)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure, target: Path) -> None:
-    figure.savefig(str(target), format="png", dpi=DPI, metadata={"Software": None})
-
-
 def _colours(n: int) -> list:
     from matplotlib import colormaps
 
@@ -239,11 +229,12 @@ def roc_figure(rows: Sequence[dict[str, Any]], target: Path, *, title: str = "RO
     """ROC curves (one class against the rest for several classes), the bootstrap band
     of each and the operating point of its decision rule.
 
-    With many models the figure keeps the chosen models (``first``: the cross-validation choice of each input, or its only model) and
-    the best of the others by AUC, :data:`MAX_ROC_CURVES` curves in all, and says how
-    many more the table holds; bands are drawn for up to :data:`BAND_CURVES` curves.
+    With many models the figure keeps the chosen models (``first``: the cross-validation
+    choice of each input, or its only model) and the best of the others by AUC,
+    :data:`MAX_ROC_CURVES` curves in all, and says how many more the table holds; bands
+    are drawn for up to :data:`BAND_CURVES` curves.
     """
-    figure = _figure(6.0, 6.0)
+    figure = agg_figure(6.0, 6.0)
     ax = figure.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
     groups = _groups(rows, "model", "class")
@@ -285,7 +276,7 @@ def roc_figure(rows: Sequence[dict[str, Any]], target: Path, *, title: str = "RO
         ax.legend(loc="lower right", fontsize=7, title=legend_title, title_fontsize=7)
     else:
         ax.text(0.5, 0.5, "no curve: a single class in the set", ha="center", va="center")
-    _save(figure, target)
+    save_png(figure, target)
 
 
 def calibration_figure(rows: Sequence[dict[str, Any]], target: Path, *,
@@ -295,7 +286,7 @@ def calibration_figure(rows: Sequence[dict[str, Any]], target: Path, *,
     A gap between the two lines is a shift of the prior, as resampling the training set
     (SMOTE, undersampling) causes.
     """
-    figure = _figure(6.0, 6.0)
+    figure = agg_figure(6.0, 6.0)
     ax = figure.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1, label="perfect")
     series = _groups(rows, "model", "class")
@@ -320,7 +311,7 @@ def calibration_figure(rows: Sequence[dict[str, Any]], target: Path, *,
     ax.set_title(title + "\ndashed: observed prevalence; dotted: mean predicted probability",
                  fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
-    _save(figure, target)
+    save_png(figure, target)
 
 
 def confusion_figure(rows: Sequence[dict[str, Any]], target: Path, *,
@@ -330,7 +321,7 @@ def confusion_figure(rows: Sequence[dict[str, Any]], target: Path, *,
     n = max(1, len(models))
     columns = min(n, 3)
     lines = (n + columns - 1) // columns
-    figure = _figure(3.8 * columns, 3.6 * lines + 0.4, layout="constrained")
+    figure = agg_figure(3.8 * columns, 3.6 * lines + 0.4, layout="constrained")
     for position, ((model,), items) in enumerate(models.items(), start=1):
         classes = list(OrderedDict.fromkeys(r["true_class"] for r in items))
         counts = np.zeros((len(classes), len(classes)), dtype=int)
@@ -349,7 +340,7 @@ def confusion_figure(rows: Sequence[dict[str, Any]], target: Path, *,
         ax.set_ylabel("true")
         ax.set_title(model, fontsize=9)
     figure.suptitle(title, fontsize=10)
-    _save(figure, target)
+    save_png(figure, target)
 
 
 def lesion_grid_figure(rows: Sequence[dict[str, Any]], target: Path, *,
@@ -366,7 +357,7 @@ def lesion_grid_figure(rows: Sequence[dict[str, Any]], target: Path, *,
     widest = max((r["column"] for r in rows), default=0) + 1
     tallest = max((r["row"] for r in rows), default=0) + 1
     panel_width = 2.4 + 0.28 * min(widest, 40)
-    figure = _figure(panel_width * max(1, len(models)), 1.4 + 0.28 * tallest,
+    figure = agg_figure(panel_width * max(1, len(models)), 1.4 + 0.28 * tallest,
                      layout="constrained")
     for position, ((model,), items) in enumerate(models.items(), start=1):
         ax = figure.add_subplot(1, len(models), position)
@@ -396,162 +387,4 @@ def lesion_grid_figure(rows: Sequence[dict[str, Any]], target: Path, *,
     handles.append(Line2D([], [], color="black", marker="x", linestyle="", label="wrong"))
     figure.legend(handles=handles, loc="outside lower center", fontsize=7, ncol=len(handles))
     figure.suptitle(title, fontsize=10)
-    _save(figure, target)
-
-
-# ----------------------------------------------------------------------------- lesion overlays
-#: Abdominal window of the overlays (Tharmaseelan et al. 2023): width and level in HU.
-OVERLAY_WINDOW_HU = (330.0, 10.0)
-#: Half the side of an overlay's crop: at least this (mm), or 1.5 lesion diameters.
-OVERLAY_MIN_HALF_MM = 30.0
-OVERLAY_PREFERRED_PHASE = "portal"
-
-
-def overlay_sources(raw_dir: Path, lesions_dir: Path, participant_ids: Sequence[str]
-                    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """The CT, lesion map and lesion table to draw for each participant (``sub-<id>``).
-
-    One acquisition per participant: the portal-venous one where there are several
-    lesion maps, else the first (by session and phase). Returns ``(found, missing)``:
-    ``found[pid]`` holds ``entities``, ``ct``, ``map`` and ``table`` (paths);
-    ``missing[pid]`` says what is not there.
-    """
-    from metcli.io.bids import derivative_path, find_files
-
-    found: dict[str, dict[str, Any]] = {}
-    missing: dict[str, str] = {}
-    for pid in participant_ids:
-        label = pid[len("sub-"):] if pid.startswith("sub-") else pid
-        maps = find_files(Path(lesions_dir), suffix="dseg", desc="lesions", participants=[label])
-        if not maps:
-            missing[pid] = "no lesion map (_desc-lesions_dseg.nii.gz) in the lesions folder"
-            continue
-        chosen = next((m for m in maps if m.entities.ce == OVERLAY_PREFERRED_PHASE), maps[0])
-        ent = chosen.entities.with_(desc=None)
-        ct = Path(raw_dir) / ent.with_(suffix="ct", extension=".nii.gz").relpath()
-        table = derivative_path(Path(lesions_dir), ent, desc="lesions", suffix="dseg",
-                                extension=".tsv")
-        if not ct.is_file():
-            missing[pid] = f"no CT {ct.name} in the raw folder"
-        elif not table.is_file():
-            missing[pid] = f"no lesion table {table.name} beside the lesion map"
-        else:
-            found[pid] = {"entities": ent, "ct": ct, "map": chosen.path, "table": table}
-    return found, missing
-
-
-def overlay_panels(source: dict[str, Any], *, lesion_ids: Sequence[int] | None = None,
-                   n_lesions: int = 3, annotations: dict[int, dict] | None = None
-                   ) -> list[dict[str, Any]]:
-    """Axial slices through the centroids of up to ``n_lesions`` lesions of one scan.
-
-    ``lesion_ids`` lists the lesions to show first (for example those that have
-    predictions); the other kept lesions of the table follow by id (largest first).
-    Each panel holds the cropped CT slice, this lesion's mask, the other lesions'
-    mask and the numbers behind it (id, diameter, slice index, centroid, window); the
-    slice is displayed in radiological convention (patient's right on the left,
-    anterior up). The lesion map is matched to the CT in physical space
-    (:func:`metcli.imaging.geometry.to_reference_grid`; another grid is a GeometryError).
-    """
-    import SimpleITK as sitk
-
-    from metcli.io.files import read_image
-    from metcli.imaging.geometry import to_reference_grid
-    from metcli.lesions.split_lesions import read_lesion_table
-
-    ct_image = read_image(source["ct"], what="CT")
-    map_image = to_reference_grid(read_image(source["map"], what="lesion map"), ct_image,
-                                  image_path=source["map"], reference_path=source["ct"])
-    # LPS orientation: array [k, j, i] = [inferior->superior, anterior->posterior,
-    # right->left], so a slice array[k] shows the patient as a radiologist reads it.
-    ct_image = sitk.DICOMOrient(ct_image, "LPS")
-    map_image = sitk.DICOMOrient(map_image, "LPS")
-    ct = sitk.GetArrayViewFromImage(ct_image)
-    ids = sitk.GetArrayViewFromImage(map_image)
-    spacing_x, spacing_y, spacing_z = map_image.GetSpacing()
-    rows = {int(r["index"]): r for r in read_lesion_table(source["table"]) if r["kept"]}
-    present = set(np.unique(ids[ids > 0]).tolist())
-    first = [int(i) for i in lesion_ids or ()]
-    order = first + [i for i in sorted(rows) if i not in first]
-    chosen = [i for i in order if i in rows and i in present][:max(0, int(n_lesions))]
-    panels = []
-    for lesion in chosen:
-        row = rows[lesion]
-        centroid = (row["centroid_x_mm"], row["centroid_y_mm"], row["centroid_z_mm"])
-        i, j, k = map_image.TransformPhysicalPointToIndex(centroid)
-        k = int(np.clip(k, 0, ids.shape[0] - 1))
-        if not np.any(ids[k] == lesion):  # a centroid outside a curved lesion's slices
-            k = int(np.argmax((ids == lesion).sum(axis=(1, 2))))
-        diameter = float(row["longest_axial_diameter_mm"])
-        half = max(OVERLAY_MIN_HALF_MM, 1.5 * diameter)
-        half_i, half_j = int(round(half / spacing_x)), int(round(half / spacing_y))
-        i = int(np.clip(i, 0, ids.shape[2] - 1))
-        j = int(np.clip(j, 0, ids.shape[1] - 1))
-        rows_slice = slice(max(0, j - half_j), min(ids.shape[1], j + half_j + 1))
-        cols_slice = slice(max(0, i - half_i), min(ids.shape[2], i + half_i + 1))
-        labels = np.asarray(ids[k, rows_slice, cols_slice])
-        annotation = (annotations or {}).get(lesion, {})
-        panels.append({
-            "lesion_id": lesion, "diameter_mm": diameter, "slice_index": k,
-            "slice_z_mm": float(map_image.TransformIndexToPhysicalPoint((0, 0, k))[2]),
-            "centroid_mm": [float(c) for c in centroid],
-            "spacing_mm": [float(spacing_y), float(spacing_x)],
-            "window_hu": list(OVERLAY_WINDOW_HU),
-            "ct": np.asarray(ct[k, rows_slice, cols_slice], dtype=float),
-            "lesion": labels == lesion, "others": (labels > 0) & (labels != lesion),
-            "predicted": annotation.get("predicted"),
-            "probability": annotation.get("probability"),
-            "correct": annotation.get("correct"),
-        })
-    return panels
-
-
-def overlay_record(panel: dict[str, Any]) -> dict[str, Any]:
-    """The numbers behind one overlay panel (no pixel data), for its sidecar."""
-    return {k: v for k, v in panel.items() if k not in ("ct", "lesion", "others")}
-
-
-def lesion_overlay_figure(panels: Sequence[dict[str, Any]], target: Path, *,
-                          title: str = "Lesions on CT") -> None:
-    """One row of panels: CT in the abdominal window, the lesion's contour (yellow), the
-    other lesions' contours (cyan), a 10 mm scale bar and the predicted class if known."""
-    import textwrap
-
-    width, level = OVERLAY_WINDOW_HU
-    n = max(1, len(panels))
-    figure = _figure(2.7 * n, 3.5, layout="constrained")
-    for position, panel in enumerate(panels, start=1):
-        ax = figure.add_subplot(1, n, position)
-        row_mm, col_mm = panel["spacing_mm"]
-        ax.imshow(panel["ct"], cmap="gray", vmin=level - width / 2, vmax=level + width / 2,
-                  aspect=row_mm / col_mm, interpolation="nearest")
-        if panel["others"].any():
-            ax.contour(panel["others"].astype(float), levels=[0.5], colors="#00d5ff",
-                       linewidths=0.8)
-        if panel["lesion"].any():
-            ax.contour(panel["lesion"].astype(float), levels=[0.5], colors="#ffd400",
-                       linewidths=1.4)
-        height = panel["ct"].shape[0]
-        bar = 10.0 / col_mm
-        ax.plot([2, 2 + bar], [height - 3, height - 3], color="white", linewidth=2)
-        ax.text(2 + bar / 2, height - 5, "10 mm", color="white", fontsize=6, ha="center",
-                va="bottom")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        heading = (f"lesion {panel['lesion_id']}, {panel['diameter_mm']:.1f} mm\n"
-                   f"slice {panel['slice_index']} (z {panel['slice_z_mm']:.1f} mm)")
-        ax.set_title(heading, fontsize=7.5)
-        if panel.get("predicted") is not None:
-            verdict = "" if panel.get("correct") is None else (
-                " - right" if panel["correct"] else " - WRONG")
-            probability = panel.get("probability")
-            text = f"predicted {panel['predicted']}" + (
-                f" ({probability:.2f})" if probability is not None else "") + verdict
-            ax.set_xlabel(text, fontsize=7, color="black" if panel.get("correct") is None
-                          else ("#006400" if panel["correct"] else "#b00000"))
-    if not panels:
-        ax = figure.add_subplot(1, 1, 1)
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no lesion to show", ha="center", va="center")
-    figure.suptitle("\n".join(textwrap.wrap(title, width=34 * n)), fontsize=8.5)
-    _save(figure, target)
+    save_png(figure, target)

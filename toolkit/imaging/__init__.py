@@ -1,1 +1,50 @@
-"""metcli.imaging."""
+"""metcli.imaging: image geometry (one physical grid), label maps, manual mask import, DICOM series (read, import, write).
+
+The names in ``__all__`` are this room's public API: the names other rooms, the
+command line, the tests and the benchmarks use. Each is imported from its module on first use, so importing the
+room stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: public name -> the module of this room that defines it
+_API = {
+    "BACKGROUND": "labels",
+    "LABELS": "labels",
+    "LESION": "labels",
+    "LIVER": "labels",
+    "SETTINGS": "dicom.import_dicom",
+    "ct_to_dicom_series": "dicom.writer",
+    "find_series": "dicom.series",
+    "grid_difference": "geometry",
+    "import_dicom": "dicom.import_dicom",
+    "label_from_name": "mask_labels",
+    "mask_to_dseg": "import_mask",
+    "parse_label_map": "mask_labels",
+    "place_on_grid": "geometry",
+    "rasterize_rtstruct": "rtstruct",
+    "read_ct_series": "dicom.volume",
+    "read_dicom_seg": "dicom_seg",
+    "remove_stale_slices": "dicom.writer",
+    "select_series": "dicom.series",
+    "series_sha256": "dicom.import_dicom",
+    "to_reference_grid": "geometry",
+    "voxel_volume_mm3": "geometry",
+    "write_label_table": "labels",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

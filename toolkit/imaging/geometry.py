@@ -4,7 +4,9 @@ Two images describe the same grid when their size, spacing, origin and direction
 agree (positions within :data:`TOLERANCE_MM`). Flipped or permuted axes of the
 same grid are brought to the reference's orientation (an exact, lossless
 reordering of voxels); any other difference is a :class:`GeometryError` that
-names both files and the difference. Nothing here resamples.
+names both files and the difference. A binary volume with its own affine (a
+DICOM-SEG's) is put on a reference grid by :func:`place_on_grid`, which accepts
+an exact voxel correspondence only. Nothing here resamples.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metcli.core.errors import GeometryError
+from metcli.core.errors import GeometryError, MaskError
 
 #: Largest distance (mm) between corresponding voxel centres of "the same grid".
 TOLERANCE_MM = 1e-3
@@ -103,3 +105,95 @@ def _is_oblique(image) -> bool:
 
 def voxel_volume_mm3(image) -> float:
     return float(np.prod(image.GetSpacing()))
+
+
+# ----------------------------------------------------------------------------- masks on a grid
+def load_reference(reference_image):
+    """The reference image: a SimpleITK image, or read from a path."""
+    if isinstance(reference_image, (str, Path)):
+        from metcli.io.files import read_image
+
+        return read_image(reference_image, what="reference image")
+    return reference_image
+
+
+def reference_name(reference_image, reference_path) -> str:
+    """The reference image's name for messages."""
+    if reference_path is not None:
+        return str(reference_path)
+    if isinstance(reference_image, (str, Path)):
+        return str(reference_image)
+    return "the reference image"
+
+
+def index_to_physical(image) -> tuple[np.ndarray, np.ndarray]:
+    """(3x3 matrix, origin) with physical = origin + matrix @ (x, y, z) index."""
+    dim = image.GetDimension()
+    direction = np.asarray(image.GetDirection(), float).reshape(dim, dim)
+    spacing = np.asarray(image.GetSpacing(), float)
+    return direction * spacing[None, :], np.asarray(image.GetOrigin(), float)
+
+
+def _zyx_affine(image) -> np.ndarray:
+    """4x4 affine from numpy (z, y, x) indices of ``image`` to physical (LPS) mm."""
+    matrix, origin = index_to_physical(image)
+    affine = np.eye(4)
+    affine[:3, :3] = matrix[:, ::-1]
+    affine[:3, 3] = origin
+    return affine
+
+
+def place_on_grid(array: np.ndarray, affine: np.ndarray, reference_image, *,
+                  mask_path: str | Path | None = None, reference_path: str | Path | None = None,
+                  tol_mm: float = TOLERANCE_MM) -> np.ndarray:
+    """Put a binary volume (indices -> mm by ``affine``) onto ``reference_image``'s grid.
+
+    Only an exact voxel correspondence is accepted: the same spacing and axes
+    (possibly permuted or flipped) and voxel centres within ``tol_mm``; the
+    volume may cover part of the reference. Returns a boolean array indexed
+    [z, y, x] of the reference. Anything else is a :class:`GeometryError`.
+    """
+    names = f"{mask_path or 'mask'} and {reference_path or 'reference'}"
+    fix = ("give a mask made on this image's grid (metcli never resamples a mask silently); "
+           "resample it yourself if you are sure it belongs to this image")
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise MaskError(f"the segmentation volume is {array.ndim}D; a 3D volume is needed",
+                        path=mask_path)
+    ref_affine = _zyx_affine(reference_image)
+    ref_shape = np.asarray(reference_image.GetSize()[::-1])
+    transform = np.linalg.inv(ref_affine) @ np.asarray(affine, float)
+    linear, shift = transform[:3, :3], transform[:3, 3]
+    perm = np.rint(linear)
+    is_signed_permutation = (np.all(np.isin(np.abs(perm), (0.0, 1.0)))
+                             and np.all(np.abs(perm).sum(axis=0) == 1)
+                             and np.all(np.abs(perm).sum(axis=1) == 1))
+    if not is_signed_permutation:
+        mask_spacing = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+        raise GeometryError(
+            f"{names} do not describe the same physical grid: voxel axes or spacing differ "
+            f"(mask spacing {fmt(mask_spacing)} mm vs {fmt(reference_image.GetSpacing()[::-1])} "
+            "mm, z-y-x order)", fix=fix)
+    offset = np.rint(shift)
+    corners = np.array([[a, b, c, 1.0] for a in (0, array.shape[0] - 1)
+                        for b in (0, array.shape[1] - 1) for c in (0, array.shape[2] - 1)])
+    target = corners[:, :3] @ perm.T + offset
+    physical_mask = corners @ np.asarray(affine, float).T
+    physical_ref = np.c_[target, np.ones(len(target))] @ ref_affine.T
+    deviation = float(np.max(np.linalg.norm(physical_mask[:, :3] - physical_ref[:, :3], axis=1)))
+    if deviation > tol_mm:
+        raise GeometryError(
+            f"{names} do not describe the same physical grid: the mask's voxel centres lie "
+            f"up to {deviation:.4g} mm off the image's voxel centres", fix=fix)
+    voxels = np.argwhere(array)
+    out = np.zeros(tuple(ref_shape), dtype=bool)
+    if len(voxels) == 0:
+        return out
+    dest = (voxels @ perm.T + offset).astype(np.int64)
+    inside = np.all((dest >= 0) & (dest < ref_shape), axis=1)
+    if not inside.all():
+        raise GeometryError(
+            f"{names} do not describe the same physical grid: {int((~inside).sum())} of "
+            f"{len(dest)} mask voxels lie outside the image", fix=fix)
+    out[tuple(dest.T)] = True
+    return out

@@ -1,1 +1,79 @@
-"""metcli.io."""
+"""metcli.io: BIDS-like names, atomic files and tables, participants, splits, the predictions table, JSON Schemas, provenance sidecars, the weights manifest.
+
+The names in ``__all__`` are this room's public API: the names other rooms, the
+command line, the tests and the benchmarks use. Each is imported from its module on first use, so importing the
+room stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: public name -> the module of this room that defines it
+_API = {
+    "AGGREGATES": "predictions",
+    "Acquisition": "bids",
+    "Entities": "bids",
+    "GROUP_TABLE": "predictions",
+    "KNOWN_PHASES": "bids",
+    "NA": "files",
+    "OutputSet": "files",
+    "Step": "provenance",
+    "WeightsError": "weights",
+    "aggregate_patients": "predictions",
+    "atomic_path": "files",
+    "check_output_not_inside_input": "files",
+    "clean_label": "bids",
+    "derivative_path": "bids",
+    "dump_json_to": "files",
+    "fetch": "weights",
+    "find_files": "bids",
+    "format_value": "files",
+    "labels_by_participant": "participants",
+    "list_models": "weights",
+    "load_schema": "schemas",
+    "metcli_home": "weights",
+    "parse_name": "bids",
+    "participant_folders": "bids",
+    "participants_path": "participants",
+    "predicted_labels": "predictions",
+    "prediction_columns": "predictions",
+    "prediction_rows": "predictions",
+    "read_image": "files",
+    "read_json": "files",
+    "read_label_rows": "participants",
+    "read_participants": "participants",
+    "read_rows": "predictions",
+    "read_split": "splits",
+    "read_tsv": "files",
+    "resolve_levels": "bids",
+    "resolve_model": "weights",
+    "select_participants": "bids",
+    "sha256_file": "files",
+    "sha256_json": "files",
+    "sidecar_path": "bids",
+    "tsv_text": "files",
+    "upsert_participant": "participants",
+    "validate": "schemas",
+    "validate_rows": "schemas",
+    "verify": "weights",
+    "write_dataset_description": "provenance",
+    "write_image_to": "files",
+    "write_participants": "participants",
+    "write_tsv": "files",
+    "write_tsv_to": "files",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -10,30 +10,30 @@ input it expects.
 Downloaded models live in ``METCLI_HOME/models/<name>/`` (``METCLI_HOME`` defaults
 to ``~/.cache/metcli``; an HPC site can point it at a shared, read-only folder).
 Nothing downloads unless :func:`fetch` is called (``metcli weights fetch``). A
-download goes to a temporary file beside the cache, its sha256 is checked while it
-streams, a zip archive is unpacked into a temporary folder and renamed into place
-in one step; a wrong checksum, a broken archive or an interrupted download leaves
-nothing behind. Each installed folder holds ``.metcli-install.json``: the archive's
-sha256 and the sha256 of every unpacked file, which :func:`verify` re-checks.
+download (:mod:`metcli.io.downloads`) goes to a temporary file beside the cache,
+its sha256 is checked while it streams, a zip archive is unpacked into a temporary
+folder and renamed into place in one step; a wrong checksum, a broken archive or an
+interrupted download leaves nothing behind. Each installed folder holds
+``.metcli-install.json``: the archive's sha256 and the sha256 of every unpacked
+file, which :func:`verify` re-checks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
-from metcli.core.errors import OutputError, UsageError, WeightsError
+from metcli.core.errors import UsageError, WeightsError
+from metcli.io.downloads import Progress, download, make_dirs, replace_dir, unpack
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,6 @@ MANIFEST_SCHEMA = "weights_manifest"
 INSTALL_RECORD = ".metcli-install.json"
 #: Formats metcli's backends can run (others are listed for information only).
 RUNNABLE_FORMATS = ("nnunetv2", "onnx-export")
-DOWNLOAD_TIMEOUT_S = 60
-CHUNK = 1 << 20
 
 
 # ============================================================================ places
@@ -334,9 +332,6 @@ def verify(name: str | None = None, *, manifest: str | Path | None = None) -> li
 
 
 # ============================================================================ fetching
-Progress = Callable[[int, "int | None"], None]
-
-
 def fetch(name: str, *, url: str | None = None, sha256: str | None = None,
           allow_unverified: bool = False, progress: Progress | None = None,
           manifest: str | Path | None = None, overwrite: bool = False) -> Path:
@@ -356,6 +351,23 @@ def fetch(name: str, *, url: str | None = None, sha256: str | None = None,
     Returns the installed model folder. On any failure nothing is left behind.
     """
     entry = get_entry(name, manifest)
+    source, expected = _download_source(entry, url, sha256, allow_unverified)
+    target = models_dir() / name
+    if (target / INSTALL_RECORD).is_file() and not overwrite:
+        result = verify_entry(entry)
+        if result.status in ("ok", "unverified") and (
+                expected is None or _record_sha(target) == expected):
+            log.info("model %s is already installed in %s", name, target)
+            return model_root(target, entry)
+    _install(entry, source, expected, target, progress)
+    log.info("model %s installed in %s", name, target)
+    return model_root(target, entry)
+
+
+def _download_source(entry: ModelEntry, url: str | None, sha256: str | None,
+                     allow_unverified: bool) -> tuple[str, str | None]:
+    """(URL, expected sha256 or None) of a model's download; refuses what cannot be fetched."""
+    name = entry.name
     if entry.shipped:
         raise UsageError(f"model {name!r} ships with metcli; there is nothing to download",
                          fix="use it by its name")
@@ -381,18 +393,17 @@ def fetch(name: str, *, url: str | None = None, sha256: str | None = None,
                            f"{entry.get('note') or 'no checksum'}), so the download could not be "
                            "checked", fix="give the publisher's checksum with --sha256, or "
                                           "accept an unchecked download with --allow-unverified")
-    target = models_dir() / name
-    if (target / INSTALL_RECORD).is_file() and not overwrite:
-        result = verify_entry(entry)
-        if result.status in ("ok", "unverified") and (
-                expected is None or _record_sha(target) == expected):
-            log.info("model %s is already installed in %s", name, target)
-            return model_root(target, entry)
+    return source, expected
 
-    created = _make_dirs(models_dir())
+
+def _install(entry: ModelEntry, source: str, expected: str | None, target: Path,
+             progress: Progress | None) -> None:
+    """Download, check, unpack and record the model, then rename it to ``target``."""
+    name = entry.name
+    created = make_dirs(models_dir())
     tmp_file = tmp_dir = None
     try:
-        tmp_file, actual, size = _download(source, models_dir(), name, progress)
+        tmp_file, actual, size = download(source, models_dir(), name, progress)
         if expected is not None and actual != expected:
             raise WeightsError(f"the download of {name!r} has sha256 {actual[:16]}..., the "
                                f"expected one is {expected[:16]}...; it was refused and removed",
@@ -402,7 +413,7 @@ def fetch(name: str, *, url: str | None = None, sha256: str | None = None,
             log.warning("model %s downloaded without a known checksum; its sha256 is %s "
                         "(pin it with --sha256 next time)", name, actual)
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=models_dir()))
-        _unpack(tmp_file, tmp_dir, source)
+        unpack(tmp_file, tmp_dir, source)
         files = _hash_tree(tmp_dir)
         record = {"name": name, "url": source, "archive_sha256": actual, "archive_bytes": size,
                   "sha256_expected": expected, "verified": expected is not None,
@@ -412,7 +423,7 @@ def fetch(name: str, *, url: str | None = None, sha256: str | None = None,
         if not root.is_dir():
             raise WeightsError(f"the archive has no folder {entry.get('path')!r}",
                                fix="report this: the manifest's 'path' is wrong")
-        _replace_dir(tmp_dir, target)
+        replace_dir(tmp_dir, target)
         tmp_dir = None
     except BaseException:
         if tmp_file is not None:
@@ -425,8 +436,6 @@ def fetch(name: str, *, url: str | None = None, sha256: str | None = None,
                 path.rmdir()  # only if empty: nothing of ours is left
         raise
     tmp_file.unlink()
-    log.info("model %s installed in %s", name, target)
-    return model_root(target, entry)
 
 
 def _record_sha(folder: Path) -> str | None:
@@ -435,120 +444,3 @@ def _record_sha(folder: Path) -> str | None:
         return record.get("archive_sha256")
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def _make_dirs(path: Path) -> list[Path]:
-    """Create ``path`` and its missing parents; return the ones created (outermost first)."""
-    missing = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        if current.parent == current:
-            break
-        current = current.parent
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the model cache ({exc.strerror})", path=path,
-                          fix="set METCLI_HOME to a folder you can write to") from None
-    return list(reversed(missing))
-
-
-def _download(url: str, folder: Path, name: str, progress: Progress | None
-              ) -> tuple[Path, str, int]:
-    """Stream ``url`` into a temporary file in ``folder``, hashing it; remove it on failure."""
-    import socket
-    import urllib.error
-    import urllib.request
-
-    fd, text = tempfile.mkstemp(prefix=f".{name}.", suffix=".download", dir=folder)
-    path = Path(text)
-    digest = hashlib.sha256()
-    done = 0
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            request = urllib.request.Request(url, headers={"User-Agent": "metcli"})
-            try:
-                response = urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S)  # noqa: S310
-            except urllib.error.HTTPError as exc:
-                raise WeightsError(f"cannot download {url} (HTTP {exc.code} {exc.reason})",
-                                   fix="check the URL, or give a mirror with --url") from None
-            except (urllib.error.URLError, socket.timeout, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise WeightsError(f"cannot download {url} ({_reason(reason)})",
-                                   fix="check the network connection (metcli works offline "
-                                       "with models already installed), or give a reachable "
-                                       "mirror with --url") from None
-            with response:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                if progress is not None:
-                    progress(0, total)
-                while True:
-                    try:
-                        block = response.read(CHUNK)
-                    except (socket.timeout, OSError) as exc:
-                        raise WeightsError(f"the download of {url} broke off after {done} bytes "
-                                           f"({_reason(exc)})", fix="try again") from None
-                    if not block:
-                        break
-                    handle.write(block)
-                    digest.update(block)
-                    done += len(block)
-                    if progress is not None:
-                        progress(done, total)
-                if total is not None and done != total:
-                    raise WeightsError(f"the download of {url} is incomplete ({done} of {total} "
-                                       "bytes)", fix="try again")
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        raise
-    return path, digest.hexdigest(), done
-
-
-def _reason(exc: Any) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-def _unpack(archive: Path, folder: Path, source: str) -> None:
-    """Unpack a zip archive into ``folder``, refusing members that would leave it."""
-    if not zipfile.is_zipfile(archive):
-        raise WeightsError(f"the download from {source} is not a zip archive",
-                           fix="give the URL of the model's zip archive")
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            for member in zf.infolist():
-                parts = PurePosixPath(member.filename.replace("\\", "/")).parts
-                if member.filename.startswith(("/", "\\")) or ".." in parts or \
-                        (parts and ":" in parts[0]):
-                    raise WeightsError(f"the archive from {source} has an unsafe member name "
-                                       f"{member.filename!r}; it was refused",
-                                       fix="use an archive from a trusted source")
-            bad = zf.testzip()
-            if bad is not None:
-                raise WeightsError(f"the archive from {source} is corrupt (member {bad!r})",
-                                   fix="download it again")
-            zf.extractall(folder)
-    except zipfile.BadZipFile as exc:
-        raise WeightsError(f"the archive from {source} is corrupt ({exc})",
-                           fix="download it again") from None
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put ``new`` at ``target`` by rename; an old copy is moved aside and removed after."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

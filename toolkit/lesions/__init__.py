@@ -1,1 +1,50 @@
-"""metcli.lesions."""
+"""metcli.lesions: split-lesions, lesion maps and their pairing with CTs, and the lesion-slice and lesion-volume preprocessing of image models.
+
+The names in ``__all__`` are this room's public API: the names other rooms, the
+command line, the tests and the benchmarks use. Each is imported from its module on first use, so importing the
+room stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: public name -> the module of this room that defines it
+_API = {
+    "BURDEN_COLUMNS": "split_lesions",
+    "GROUP_LESION_COLUMNS": "split_lesions",
+    "LESION_COLUMNS": "split_lesions",
+    "LESION_SUFFIX": "maps",
+    "SliceSettings": "preprocess",
+    "card_phases": "inputs",
+    "choose_lesion_map": "maps",
+    "cube_crop": "volumes",
+    "find_lesion_maps": "maps",
+    "kept_lesion_ids": "maps",
+    "lesion_slices": "slices",
+    "lesion_volumes": "volumes",
+    "max_pairwise_distance": "diameters",
+    "model_inputs": "inputs",
+    "output_paths": "split_lesions",
+    "pair_images": "maps",
+    "read_lesion_table": "split_lesions",
+    "resize_square": "preprocess",
+    "settings_from_card": "inputs",
+    "split_image": "label_lesions",
+    "square_crop": "preprocess",
+    "window": "preprocess",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

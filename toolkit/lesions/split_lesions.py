@@ -1,11 +1,12 @@
 """Split a lesion mask into single lesions, measure them and apply the size rule.
 
 The segmentation (``_dseg.nii.gz``: 0 background, 1 liver, 2 lesion) holds every
-lesion of a participant under one label. :func:`label_lesions` gives each
-connected component of that label an id, measures it in physical space and
-drops those under the minimum diameter; :func:`split_lesions` does it for a
-derivatives folder and writes the lesion maps, the lesion tables and, at the
-group level, ``lesions.tsv`` and ``tumour_burden.tsv``.
+lesion of a participant under one label.
+:func:`metcli.lesions.label_lesions.label_lesions` gives each connected component
+of that label an id, measures it in physical space
+(:mod:`metcli.lesions.diameters`) and drops those under the minimum diameter;
+:func:`split_lesions` does it for a derivatives folder and writes the lesion maps,
+the lesion tables and, at the group level, ``lesions.tsv`` and ``tumour_burden.tsv``.
 
 Definitions (they are part of the output contract; the schemas repeat them):
 
@@ -69,16 +70,21 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-
 from metcli.core.batch import DONE, FAILED, SKIPPED, BatchReport, run_each
-from metcli.io.bids import (Acquisition, derivative_path, find_files, participant_folders,
-                         resolve_levels, select_participants, sidecar_path)
-from metcli.core.errors import ImageError, InputError, MetcliError, UsageError
+from metcli.core.errors import InputError, MetcliError
+from metcli.io.bids import (
+    Acquisition,
+    derivative_path,
+    find_files,
+    participant_folders,
+    resolve_levels,
+    select_participants,
+    sidecar_path,
+)
+from metcli.lesions.label_lesions import check_settings, split_image
 from metcli.lesions.maps import LESION_DESC
 
 log = logging.getLogger(__name__)
@@ -86,10 +92,6 @@ log = logging.getLogger(__name__)
 COMMAND = "split-lesions"
 DESC = LESION_DESC
 SEG_SUFFIX = "dseg"
-
-DIAMETER_RULES = ("axial", "3d", "equivalent")
-CONNECTIVITIES = (6, 18, 26)
-BELOW_MIN_DIAMETER = "below_min_diameter"
 
 #: The lesion table's columns and how to read each back from text.
 LESION_COLUMNS: dict[str, type] = {
@@ -120,317 +122,7 @@ BURDEN_COLUMNS = [*GROUP_KEYS, "n_components", "n_lesions", "lesion_volume_mm3",
 LESIONS_TABLE = "lesions.tsv"
 BURDEN_TABLE = "tumour_burden.tsv"
 
-_RULE_COLUMN = {"axial": "longest_axial_diameter_mm", "3d": "max_3d_diameter_mm",
-                "equivalent": "equivalent_diameter_mm"}
 _AXIS_NAMES = "ijk"
-#: Point sets up to this size are measured by comparing every pair directly.
-_BRUTE_FORCE_POINTS = 48
-#: Centroids closer than this (mm) count as equal when ordering lesions.
-_ORDER_DECIMALS = 4
-
-
-def lesion_name(index: int) -> str:
-    """``lesion-001`` for id 1 (three digits at least)."""
-    return f"lesion-{index:03d}"
-
-
-# ----------------------------------------------------------------------------- settings
-def check_settings(*, min_diameter_mm: float, diameter_rule: str, connectivity: int,
-                   lesion_label: int, liver_label: int) -> dict[str, Any]:
-    """The resolved settings, or a :class:`UsageError` naming the bad one."""
-    try:
-        min_diameter = float(min_diameter_mm)
-    except (TypeError, ValueError):
-        raise UsageError(f"--min-diameter-mm must be a number of millimetres, got "
-                         f"{min_diameter_mm!r}") from None
-    if not math.isfinite(min_diameter) or min_diameter < 0:
-        raise UsageError(f"--min-diameter-mm must be 0 or more (mm), got {min_diameter_mm!r}",
-                         fix="use 0 to keep every lesion")
-    if diameter_rule not in DIAMETER_RULES:
-        raise UsageError(f"--diameter-rule must be one of {', '.join(DIAMETER_RULES)}, got "
-                         f"{diameter_rule!r}")
-    if isinstance(connectivity, bool) or str(connectivity) not in {str(c) for c in CONNECTIVITIES}:
-        raise UsageError(f"--connectivity must be 6, 18 or 26, got {connectivity!r}")
-    labels = {}
-    for option, value in (("--lesion-label", lesion_label), ("--liver-label", liver_label)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not \
-                1 <= int(value) <= 65535:
-            raise UsageError(f"{option} must be a whole number from 1 to 65535, got {value!r}",
-                             fix="0 is the background")
-        labels[option] = int(value)
-    if labels["--lesion-label"] == labels["--liver-label"]:
-        raise UsageError(f"--lesion-label and --liver-label are both {lesion_label}",
-                         fix="give the two labels of the segmentation (default 2 and 1)")
-    return {"min_diameter_mm": min_diameter, "diameter_rule": diameter_rule,
-            "connectivity": int(connectivity), "lesion_label": labels["--lesion-label"],
-            "liver_label": labels["--liver-label"]}
-
-
-# ----------------------------------------------------------------------------- geometry
-def _index_to_physical(image) -> tuple[np.ndarray, np.ndarray]:
-    """(matrix, origin) with physical = matrix @ [i, j, k] + origin."""
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    matrix = direction @ np.diag(np.asarray(image.GetSpacing(), dtype=float))
-    return matrix, np.asarray(image.GetOrigin(), dtype=float)
-
-
-def slice_axis(image) -> int:
-    """The index axis (0 = i, 1 = j, 2 = k) closest to the patient's z axis.
-
-    Column ``a`` of the direction matrix is the physical direction of index
-    axis ``a``; the axial slices are perpendicular to the one with the largest
-    z component.
-    """
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    return int(np.argmax(np.abs(direction[2, :])))
-
-
-def max_pairwise_distance(points) -> float:
-    """The largest distance between two of ``points`` (n x d), exactly.
-
-    The farthest pair of a finite set are vertices of its convex hull: the hull
-    is computed in the dimension the points span (a line, a plane or space),
-    and only its vertices are compared pairwise.
-    """
-    pts = np.asarray(points, dtype=float)
-    if pts.ndim != 2 or len(pts) < 2:
-        return 0.0
-    if len(pts) <= _BRUTE_FORCE_POINTS:
-        return _farthest_pair_brute_force(pts)
-    from scipy.spatial import ConvexHull, QhullError
-
-    centred = pts - pts.mean(axis=0)
-    _u, singular, vt = np.linalg.svd(centred, full_matrices=False)
-    if singular[0] <= 0:
-        return 0.0
-    rank = int(np.sum(singular > singular[0] * 1e-9))
-    if rank == 1:
-        along = centred @ vt[0]
-        return float(np.linalg.norm(pts[np.argmax(along)] - pts[np.argmin(along)]))
-    coords = centred @ vt[:rank].T
-    try:
-        hull = ConvexHull(coords)
-    except (QhullError, ValueError):
-        log.debug("Qhull failed on %d points; comparing every pair", len(pts))
-        return _farthest_pair_brute_force(pts)
-    return _farthest_pair_brute_force(pts[hull.vertices])
-
-
-def _farthest_pair_brute_force(pts: np.ndarray) -> float:
-    from scipy.spatial.distance import cdist
-
-    best = 0.0
-    rows = max(1, 4_000_000 // max(len(pts), 1))
-    for start in range(0, len(pts), rows):
-        best = max(best, float(cdist(pts[start:start + rows], pts).max()))
-    return best
-
-
-def _line_extremes(mask: np.ndarray, axis: int) -> np.ndarray:
-    """Array indices (n x 3) of the first and last set voxel of every line along ``axis``.
-
-    No other voxel can be a vertex of the convex hull of the voxel centres (it
-    lies between two voxels of its line), in 3D and within any slice that
-    contains the line.
-    """
-    has = mask.any(axis=axis)
-    first = np.argmax(mask, axis=axis)
-    last = mask.shape[axis] - 1 - np.argmax(np.flip(mask, axis=axis), axis=axis)
-    others = [a for a in range(3) if a != axis]
-    where = np.nonzero(has)
-    blocks = []
-    for along in (first[where], last[where]):
-        idx = np.empty((len(along), 3), dtype=np.int64)
-        idx[:, others[0]] = where[0]
-        idx[:, others[1]] = where[1]
-        idx[:, axis] = along
-        blocks.append(idx)
-    return np.unique(np.concatenate(blocks), axis=0)
-
-
-# ----------------------------------------------------------------------------- components
-def _components(lesion: np.ndarray, connectivity: int) -> np.ndarray:
-    """Connected components (uint32, 0 background, raster-order ids) of a boolean array."""
-    if connectivity == 18:
-        import cc3d
-
-        return np.asarray(cc3d.connected_components(lesion.astype(np.uint8), connectivity=18,
-                                                    out_dtype=np.uint32))
-    import SimpleITK as sitk
-
-    binary = sitk.GetImageFromArray(lesion.astype(np.uint8))
-    labelled = sitk.ConnectedComponent(binary, connectivity == 26)
-    return sitk.GetArrayFromImage(labelled).astype(np.uint32, copy=False)
-
-
-def _check_label_values(array: np.ndarray) -> None:
-    if array.dtype.kind == "f":
-        finite = np.isfinite(array)
-        if not finite.all():
-            raise ImageError("the segmentation holds NaN or infinite values; a label image "
-                             "of whole numbers (0 background, 1 liver, 2 lesion) is needed",
-                             fix="give a discrete segmentation (_dseg)")
-        fractional = array != np.floor(array)
-        if fractional.any():
-            example = float(array[fractional].flat[0])
-            raise ImageError(f"the segmentation holds non-integer values (for example "
-                             f"{example:g}); a label image of whole numbers (0 background, "
-                             "1 liver, 2 lesion) is needed",
-                             fix="give a discrete segmentation (_dseg), not a probability map")
-    elif array.dtype.kind not in "iub":
-        raise ImageError(f"the segmentation has voxels of type {array.dtype}; a label image "
-                         "is needed", fix="give a discrete segmentation (_dseg)")
-    if array.size and array.min() < 0:
-        raise ImageError(f"the segmentation holds negative values (minimum {array.min():g}); "
-                         "labels are 0 or more", fix="give the segmentation, not the CT image")
-
-
-@dataclass
-class LesionSplit:
-    """What :func:`split_image` finds in one segmentation."""
-
-    lesion_map: Any  # SimpleITK image, uint16
-    rows: list[dict] = field(default_factory=list)
-    liver_voxels: int = 0
-    lesion_voxels: int = 0
-    voxel_volume_mm3: float = 0.0
-    slice_axis: int = 2
-
-
-def split_image(seg_image, *, lesion_label: int = 2, liver_label: int = 1, connectivity: int = 26,
-                min_diameter_mm: float = 5.0, diameter_rule: str = "axial") -> LesionSplit:
-    """:func:`label_lesions` plus the voxel counts the tumour burden needs."""
-    import SimpleITK as sitk
-
-    settings = check_settings(min_diameter_mm=min_diameter_mm, diameter_rule=diameter_rule,
-                              connectivity=connectivity, lesion_label=lesion_label,
-                              liver_label=liver_label)
-    if seg_image.GetDimension() != 3:
-        raise ImageError(f"the segmentation is {seg_image.GetDimension()}D; a 3D volume is needed",
-                         fix="give a 3D segmentation")
-    if seg_image.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageError("the segmentation has several components per voxel; a label image "
-                         "is needed", fix="give a discrete segmentation (_dseg)")
-    array = sitk.GetArrayViewFromImage(seg_image)  # [k, j, i]
-    _check_label_values(array)
-
-    lesion = array == settings["lesion_label"]
-    liver_voxels = int(np.count_nonzero(array == settings["liver_label"]))
-    matrix, origin = _index_to_physical(seg_image)
-    voxel_volume = float(abs(np.linalg.det(matrix)))
-    axis = slice_axis(seg_image)
-    lesion_voxels = int(np.count_nonzero(lesion))
-
-    labelled = _components(lesion, settings["connectivity"]) if lesion_voxels else \
-        np.zeros(array.shape, dtype=np.uint32)
-    n_components = int(labelled.max()) if labelled.size else 0
-    if n_components > 65535:
-        raise ImageError(f"the segmentation has {n_components} separate lesions; the lesion "
-                         "map (uint16) holds at most 65535",
-                         fix="check the segmentation; it looks like noise")
-    measured = _measure_components(labelled, matrix, origin, axis, voxel_volume)
-
-    threshold = settings["min_diameter_mm"]
-    column = _RULE_COLUMN[settings["diameter_rule"]]
-    lookup = np.zeros(len(measured) + 1, dtype=np.uint16)
-    rows = []
-    for index, (raw_label, stats) in enumerate(measured, start=1):
-        kept = not stats[column] < threshold
-        if kept:
-            lookup[raw_label] = index
-        rows.append({"index": index, "name": lesion_name(index), **stats, "kept": kept,
-                     "reason": None if kept else BELOW_MIN_DIAMETER})
-    lesion_map = sitk.GetImageFromArray(lookup[labelled])
-    lesion_map.CopyInformation(seg_image)
-    return LesionSplit(lesion_map, rows, liver_voxels, lesion_voxels, voxel_volume, axis)
-
-
-def label_lesions(seg_image, *, lesion_label: int = 2, liver_label: int = 1, connectivity: int = 26,
-                  min_diameter_mm: float = 5.0, diameter_rule: str = "axial"):
-    """Split the lesion label of a segmentation into single lesions and measure them.
-
-    Args:
-        seg_image: a 3D SimpleITK label image (0 background, ``liver_label``,
-            ``lesion_label``); whole numbers, any integer or float pixel type.
-        lesion_label, liver_label: the labels of lesions and liver.
-        connectivity: 6 (faces), 18 (faces and edges) or 26 (faces, edges and
-            corners) neighbours connect lesion voxels.
-        min_diameter_mm: lesions whose chosen diameter is smaller are dropped.
-        diameter_rule: which diameter the size rule uses: ``axial`` (longest
-            axial diameter), ``3d`` (largest 3D diameter) or ``equivalent``.
-
-    Returns:
-        ``(lesion_map, rows)``. ``lesion_map`` is a uint16 image on the
-        segmentation's grid holding the KEPT lesions under their ids (dropped
-        ones are 0). ``rows`` lists EVERY connected component, ids 1..N by
-        decreasing volume (ties: physical centroid z, y, x, then raster order),
-        with the columns of :data:`LESION_COLUMNS`; ``kept`` says whether it
-        passed the size rule and ``reason`` why not (``below_min_diameter``).
-        Diameters are distances between voxel centres in mm (a single voxel
-        has 0): see the module's documentation for every definition. An image
-        without the lesion label gives an empty map and no rows.
-
-    Raises:
-        ImageError: not a 3D label image (non-integer, negative values...).
-        UsageError: a bad setting.
-    """
-    result = split_image(seg_image, lesion_label=lesion_label, liver_label=liver_label,
-                         connectivity=connectivity, min_diameter_mm=min_diameter_mm,
-                         diameter_rule=diameter_rule)
-    return result.lesion_map, result.rows
-
-
-def _measure_components(labelled: np.ndarray, matrix: np.ndarray, origin: np.ndarray,
-                        axis: int, voxel_volume: float) -> list[tuple[int, dict]]:
-    """(component label, statistics) of every component, in lesion-id order."""
-    from scipy import ndimage
-
-    counts = np.bincount(labelled.ravel())
-    array_slice_axis = 2 - axis  # numpy arrays are [k, j, i]
-    measured = []
-    for label, box in enumerate(ndimage.find_objects(labelled), start=1):
-        if box is None:
-            continue
-        crop = labelled[box] == label
-        start = np.array([s.start for s in box], dtype=np.int64)  # [k, j, i]
-        stop = np.array([s.stop for s in box], dtype=np.int64) - 1
-        voxels = int(counts[label])
-
-        where = np.nonzero(crop)
-        mean_index_kji = np.array([w.mean() for w in where]) + start
-        centroid = matrix @ mean_index_kji[::-1] + origin
-        first = tuple(int(w[0]) + int(s) for w, s in zip(where, start))  # raster order
-
-        in_plane = [a for a in range(3) if a != array_slice_axis]
-        line_axis = max(in_plane, key=lambda a: crop.shape[a])
-        candidates = _line_extremes(crop, line_axis)
-        physical = (candidates + start)[:, ::-1] @ matrix.T + origin
-        max_3d = max_pairwise_distance(physical)
-
-        slice_of = candidates[:, array_slice_axis]
-        order = np.argsort(slice_of, kind="stable")
-        _values, bounds = np.unique(slice_of[order], return_index=True)
-        axial = 0.0
-        for group in np.split(order, bounds[1:]):
-            axial = max(axial, max_pairwise_distance(physical[group]))
-
-        volume = voxels * voxel_volume
-        stats = {
-            "voxels": voxels,
-            "volume_mm3": volume,
-            "longest_axial_diameter_mm": axial,
-            "max_3d_diameter_mm": max_3d,
-            "equivalent_diameter_mm": (6.0 * volume / math.pi) ** (1.0 / 3.0),
-            "centroid_x_mm": float(centroid[0]),
-            "centroid_y_mm": float(centroid[1]),
-            "centroid_z_mm": float(centroid[2]),
-            "bbox_i0": int(start[2]), "bbox_j0": int(start[1]), "bbox_k0": int(start[0]),
-            "bbox_i1": int(stop[2]), "bbox_j1": int(stop[1]), "bbox_k1": int(stop[0]),
-        }
-        key = (-voxels, *(round(float(c), _ORDER_DECIMALS) for c in centroid[::-1]), first)
-        measured.append((key, label, stats))
-    measured.sort(key=lambda item: item[0])
-    return [(label, stats) for _key, label, stats in measured]
 
 
 # ----------------------------------------------------------------------------- folders
@@ -469,9 +161,10 @@ def split_lesions(seg_dir, out_dir, *, participants=None, level=None, min_diamet
     """Split, measure and filter the lesions of every segmentation in ``seg_dir``.
 
     Writes, per participant (session and phase), into ``out_dir``:
-    ``..._desc-lesions_dseg.nii.gz`` (the lesion map, see :func:`label_lesions`),
-    ``..._desc-lesions_dseg.tsv`` (its lesion table) and ``..._desc-lesions_dseg.json``
-    (provenance, and the liver and lesion voxel counts the group level needs).
+    ``..._desc-lesions_dseg.nii.gz`` (the lesion map, see
+    :func:`~metcli.lesions.label_lesions.label_lesions`), ``..._desc-lesions_dseg.tsv``
+    (its lesion table) and ``..._desc-lesions_dseg.json`` (provenance, and the liver and
+    lesion voxel counts the group level needs).
     At the group level it writes ``lesions.tsv`` (every participant's rows) and
     ``tumour_burden.tsv`` (one row per participant, session and phase), each with
     a JSON sidecar, from the tables of the participant level.
@@ -484,7 +177,7 @@ def split_lesions(seg_dir, out_dir, *, participants=None, level=None, min_diamet
             participant level when ``participants`` are given.
         overwrite: redo outputs that are already done.
         progress: called with (item, status) after each acquisition.
-        Other arguments: see :func:`label_lesions`.
+        Other arguments: see :func:`~metcli.lesions.label_lesions.label_lesions`.
 
     Returns:
         A :class:`~metcli.core.batch.BatchReport` with one entry per acquisition

@@ -5,8 +5,9 @@ subcutaneous fat layer, an abdominal-wall muscle layer, an abdominal cavity of
 soft tissue mottled with visceral fat, a vertebra with its arch and the aorta
 posteriorly, and a smooth liver in the right upper abdomen with a textured
 parenchyma. Hypo-attenuating, slightly irregular ellipsoidal lesions lie inside
-the liver, at least :data:`MIN_GAP_VOXELS` voxels apart, so that connected
-components give exactly the placed lesions. The image is blurred by a small
+the liver, at least :data:`~metcli.synth.placement.MIN_GAP_VOXELS` voxels apart,
+so that connected components give exactly the placed lesions
+(:mod:`metcli.synth.placement`). The image is blurred by a small
 point-spread function and Gaussian noise is added.
 
 Classes differ, by default in the direction of the 2023 study, in the number of
@@ -24,17 +25,14 @@ knob leaves the anatomy and the noise as they were.
 
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Sequence
 
 import numpy as np
 
 from metcli.core.errors import UsageError
-
-log = logging.getLogger(__name__)
-
+from metcli.synth.placement import Lesion, lesion_plan, place_lesions
 
 #: The two classes, in the order of ``primary`` values.
 CLASSES = ("colorectal", "pancreatic")
@@ -43,7 +41,6 @@ STUDY_PATIENTS = {"colorectal": 47, "pancreatic": 31}
 #: Contrast phase of the phantoms.
 PHASE = "portal"
 #: Lesions are at least this many voxels apart (Chebyshev distance >= gap + 1).
-MIN_GAP_VOXELS = 2
 #: The HU range of the written images.
 HU_MIN, HU_MAX = -1024, 3071
 # Tissue codes of the tissue map and their Hounsfield units.
@@ -67,8 +64,6 @@ LIVER_BUMP, LIVER_BUMP_MM = 0.06, 12.0
 VISCERAL_FAT_FRACTION_Z = 0.6745  # a quarter of the cavity: the 75th centile of N(0, 1)
 VISCERAL_FAT_MM = 5.0
 LIVER_TEXTURE_MM, LESION_TEXTURE_MM = 3.0, 1.5
-ELONGATION = 0.12
-PLACEMENT_TRIES = 60
 
 
 # ============================================================================ grids
@@ -297,75 +292,7 @@ def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma_vox) -> 
     return ((noise - noise.mean()) / sd if sd > 0 else noise).astype(np.float32)
 
 
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
-def lesion_plan(rng: np.random.Generator, params: SynthParams, cls: str) -> np.ndarray:
-    """Diameters (mm, largest first) of the lesions to place in one patient of ``cls``.
-
-    Count: 1 + Poisson(mean - 1), at most ``max_lesions``; diameters: log-normal with
-    the class mean and ``diameter_cv``, cut to [diameter_min, diameter_max].
-    """
-    count = 1 + int(rng.poisson(params.lesion_mean(cls) - 1.0))
-    count = min(count, int(params.max_lesions))
-    mean = params.diameter_mean(cls)
-    s2 = math.log1p(params.diameter_cv ** 2)
-    diameters = rng.lognormal(math.log(mean) - s2 / 2.0, math.sqrt(s2), size=count)
-    diameters = np.clip(diameters, params.diameter_min, params.diameter_max)
-    return np.sort(diameters)[::-1]
-
-
 # ============================================================================ the phantom
-@dataclass
-class Lesion:
-    """A lesion the generator placed. Positions are physical (LPS, mm) on the phantom grid."""
-
-    lesion_id: int
-    centre_mm: tuple[float, float, float]
-    radius_mm: float
-    semi_axes_mm: tuple[float, float, float]
-    voxels: int
-    volume_mm3: float
-    hu: float
-    texture_sd: float
-    patient_offset_hu: float
-    centroid_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    first_voxel: tuple[int, int, int] = field(repr=False, default=(0, 0, 0))
-
-    def order_key(self) -> tuple:
-        """split-lesions' id order: decreasing volume, then centroid z, y, x, then raster."""
-        cx, cy, cz = (round(c, 4) for c in self.centroid_mm)
-        return (-self.voxels, cz, cy, cx, self.first_voxel)
-
-    @property
-    def equivalent_diameter_mm(self) -> float:
-        """Diameter of the sphere with the lesion's (voxel) volume."""
-        return (6.0 * self.volume_mm3 / math.pi) ** (1.0 / 3.0)
-
-    def row(self, participant_id: str, primary: str) -> dict[str, Any]:
-        """The lesion's row of the truth table (see schemas/synth_lesions.schema.json)."""
-        return {
-            "participant_id": participant_id, "lesion_id": self.lesion_id, "primary": primary,
-            "centre_x_mm": round(self.centre_mm[0], 3), "centre_y_mm": round(self.centre_mm[1], 3),
-            "centre_z_mm": round(self.centre_mm[2], 3),
-            "centroid_x_mm": round(self.centroid_mm[0], 3),
-            "centroid_y_mm": round(self.centroid_mm[1], 3),
-            "centroid_z_mm": round(self.centroid_mm[2], 3), "radius_mm": round(self.radius_mm, 3),
-            "semi_axis_a_mm": round(self.semi_axes_mm[0], 3),
-            "semi_axis_b_mm": round(self.semi_axes_mm[1], 3),
-            "semi_axis_c_mm": round(self.semi_axes_mm[2], 3),
-            "voxels": self.voxels, "volume_mm3": round(self.volume_mm3, 3),
-            "equivalent_diameter_mm": round(self.equivalent_diameter_mm, 3),
-            "lesion_hu": round(self.hu, 3), "texture_sd_hu": round(self.texture_sd, 3),
-            "patient_offset_hu": round(self.patient_offset_hu, 3),
-        }
-
-
 @dataclass
 class Phantom:
     """A phantom as arrays indexed [z, y, x] on ``grid`` (identity direction)."""
@@ -424,7 +351,8 @@ def phantom_arrays(rng, params: SynthParams | None = None, cls: str = "colorecta
     # Draws happen whatever the knobs, so that one knob leaves the other draws as they were.
     liver_hu = params.liver_hu + float(r_anatomy.normal(0.0, params.liver_hu_sd))
     patient_offset = float(r_lesions.normal(0.0, params.patient_sd))
-    placed = _place_lesions(r_lesions, params, cls, grid, box, liver, patient_offset)
+    diameters = lesion_plan(r_lesions, params, cls)
+    placed = place_lesions(r_lesions, params, cls, grid, box, liver, patient_offset, diameters)
 
     # Hounsfield units: tissue values, textured liver and lesions, blur, noise.
     lut = np.zeros(len(TISSUE_NAMES), np.float32)
@@ -516,101 +444,3 @@ def _liver(rng, grid: Grid, tissue: np.ndarray, x, y, z):
         sizes[0] = 0
         liver = labels == int(np.argmax(sizes))
     return box, liver
-
-
-def _place_lesions(rng, params: SynthParams, cls: str, grid: Grid, box, liver: np.ndarray,
-                   patient_offset: float) -> list[tuple[Lesion, tuple[tuple, np.ndarray]]]:
-    """Place the planned lesions inside the liver, apart from each other.
-
-    Every lesion lies inside the liver eroded by one voxel (so it is surrounded by
-    liver) and at a Chebyshev distance of more than MIN_GAP_VOXELS voxels from every
-    other lesion. A lesion that finds no room after PLACEMENT_TRIES tries is dropped.
-    Returns (lesion, (slices in the liver box, mask in those slices)), with lesion ids in
-    split-lesions' order (:meth:`Lesion.order_key`), so that the ids of the truth table
-    are those of ``derivatives/truth-lesions``.
-    """
-    from scipy import ndimage
-
-    spacing_zyx = np.asarray(grid.spacing_zyx)
-    voxel_mm3 = float(np.prod(grid.spacing))
-    offset = np.array([sl.start for sl in box])
-    axes_mm = [grid.axis_mm(a)[box[2 - a]] for a in (0, 1, 2)]  # x, y, z inside the box
-    depth = ndimage.distance_transform_edt(np.pad(liver, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
-    inner = ndimage.binary_erosion(liver, structure=np.ones((3, 3, 3), bool))
-    blocked = np.zeros(liver.shape, bool)
-    gap = np.ones((2 * MIN_GAP_VOXELS + 1,) * 3, bool)
-    placed = []
-    diameters = lesion_plan(rng, params, cls)
-    dropped = 0
-    for diameter in diameters:
-        radius = diameter / 2.0
-        semi = radius * np.exp(rng.normal(0.0, ELONGATION, 3))
-        semi *= radius / float(np.prod(semi)) ** (1.0 / 3.0)
-        rotation = _random_rotation(rng)
-        wobble_dirs = rng.standard_normal((3, 3))
-        wobble_dirs /= np.linalg.norm(wobble_dirs, axis=1, keepdims=True)
-        wobble_freq = rng.integers(1, 4, size=3)
-        wobble_phase = rng.uniform(0.0, 2.0 * math.pi, size=3)
-        wobble_weight = rng.dirichlet(np.ones(3))
-        hu = (params.lesion_hu + params.hu_shift(cls) + patient_offset
-              + float(rng.normal(0.0, params.lesion_hu_sd)))
-        bound = float(semi.max()) / (1.0 - params.irregularity)
-        candidates = np.flatnonzero((depth >= bound + spacing_zyx.max()) & ~blocked)
-        accepted = None
-        for _ in range(PLACEMENT_TRIES if candidates.size else 0):
-            k, j, i = np.unravel_index(candidates[rng.integers(candidates.size)], liver.shape)
-            centre = np.array([axes_mm[0][i], axes_mm[1][j], axes_mm[2][k]], float)
-            centre += rng.uniform(-0.5, 0.5, 3) * np.asarray(grid.spacing)
-            half = np.ceil(bound / spacing_zyx).astype(int) + 1
-            local = tuple(slice(max(c - h, 0), min(c + h + 1, n))
-                          for c, h, n in zip((k, j, i), half, liver.shape))
-            dx = axes_mm[0][local[2]] - centre[0]
-            dy = axes_mm[1][local[1]] - centre[1]
-            dz = axes_mm[2][local[0]] - centre[2]
-            d = np.stack(np.broadcast_arrays(dx[None, None, :], dy[None, :, None],
-                                             dz[:, None, None]), axis=-1).astype(float)
-            rho = np.sqrt((((d @ rotation) / semi) ** 2).sum(axis=-1))
-            norm = np.linalg.norm(d, axis=-1)
-            unit = d / np.where(norm > 0, norm, 1.0)[..., None]
-            wobble = (wobble_weight * np.cos(math.pi * wobble_freq * (unit @ wobble_dirs.T)
-                                             + wobble_phase)).sum(axis=-1)
-            mask = rho * (1.0 + params.irregularity * wobble) <= 1.0
-            labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-            if count == 0:
-                continue
-            if count > 1:
-                sizes = np.bincount(labels.ravel())
-                sizes[0] = 0
-                mask = labels == int(np.argmax(sizes))
-            if (mask & ~inner[local]).any() or (mask & blocked[local]).any():
-                continue
-            accepted = (centre, local, mask)
-            break
-        if accepted is None:
-            dropped += 1
-            continue
-        centre, local, mask = accepted
-        grown = tuple(slice(max(sl.start - MIN_GAP_VOXELS, 0), min(sl.stop + MIN_GAP_VOXELS, n))
-                      for sl, n in zip(local, liver.shape))
-        padded = np.zeros(tuple(sl.stop - sl.start for sl in grown), bool)
-        inside = tuple(slice(a.start - b.start, a.stop - b.start) for a, b in zip(local, grown))
-        padded[inside] = mask
-        blocked[grown] |= ndimage.binary_dilation(padded, structure=gap)
-        zyx = np.argwhere(mask) + [sl.start for sl in local] + offset
-        centroid = zyx.mean(axis=0)[::-1] * np.asarray(grid.spacing) + np.asarray(grid.origin)
-        voxels = int(mask.sum())
-        lesion = Lesion(lesion_id=0, centre_mm=tuple(float(c) for c in centre), radius_mm=radius,
-                        semi_axes_mm=tuple(float(a) for a in semi), voxels=voxels,
-                        volume_mm3=voxels * voxel_mm3, hu=float(hu),
-                        texture_sd=float(params.texture_sd(cls)),
-                        patient_offset_hu=float(patient_offset),
-                        centroid_mm=tuple(float(c) for c in centroid),
-                        first_voxel=tuple(int(v) for v in zyx[0]))
-        placed.append((lesion, local, mask))
-    if dropped:
-        log.info("%d of %d lesion(s) found no room in the liver and were left out", dropped,
-                 len(diameters))
-    placed.sort(key=lambda item: item[0].order_key())
-    for number, (lesion, _local, _mask) in enumerate(placed, start=1):
-        lesion.lesion_id = number
-    return [(lesion, (local, mask)) for lesion, local, mask in placed]

@@ -21,14 +21,33 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from metcli.core.batch import DONE, SKIPPED, BatchReport, run_each
-from metcli.io.bids import Entities, sidecar_path
 from metcli.core.errors import InputError, OutputError, ParticipantsFailed, UsageError
-from metcli.imaging.dicom.writer import remove_stale_slices, ct_to_dicom_series  # noqa: F401
-from metcli.synth.phantom import (CLASSES, KNOBS, PHASE, SIZES, STUDY_PATIENTS, Grid, Lesion,
-                                  Phantom, SynthParams, grid_for, lesion_plan, make_phantom,
-                                  participant_seed, phantom_arrays)
-from metcli.io.files import (NA, OutputSet, read_json, read_tsv, sha256_file, write_image_to,
-                           write_tsv_to)
+from metcli.imaging.dicom.writer import ct_to_dicom_series, remove_stale_slices  # noqa: F401
+from metcli.io.bids import Entities, sidecar_path
+from metcli.io.files import (
+    NA,
+    OutputSet,
+    read_json,
+    read_tsv,
+    sha256_file,
+    write_image_to,
+    write_tsv_to,
+)
+from metcli.synth.phantom import (
+    CLASSES,
+    KNOBS,
+    PHASE,
+    SIZES,
+    STUDY_PATIENTS,
+    Grid,
+    Phantom,
+    SynthParams,
+    grid_for,
+    make_phantom,
+    participant_seed,
+    phantom_arrays,
+)
+from metcli.synth.placement import Lesion, lesion_plan
 
 log = logging.getLogger(__name__)
 #: Name of the raw dataset; a rawdata folder with another name is never written into.
@@ -156,38 +175,18 @@ def synth_cohort(out_dir: str | Path, *, n_colorectal: int = 7, n_pancreatic: in
         OutputError: the folder cannot be written, or holds a raw dataset of someone else.
         ParticipantsFailed: some participants failed; the others are written.
     """
+    from metcli.io.participants import write_participants
+
     params = _resolve_params(size, null, knobs)
-    for name, value in (("n_colorectal", n_colorectal), ("n_pancreatic", n_pancreatic)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise UsageError(f"{name} must be a whole number >= 0, got {value!r}")
-    if n_colorectal + n_pancreatic < 1:
-        raise UsageError("the cohort is empty (n_colorectal + n_pancreatic = 0)",
-                         fix="ask for at least one participant")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UsageError(f"seed must be a whole number >= 0, got {seed!r}")
+    _check_counts(n_colorectal, n_pancreatic, seed)
     out_dir = Path(out_dir)
     raw_dir, truth_dir = _prepare(out_dir)
-    from metcli.imaging.labels import write_label_table
-    from metcli.io.participants import write_participants
-    from metcli.io.provenance import Step, write_dataset_description
-
     settings = {"seed": int(seed), "size": size if isinstance(size, str) else "custom",
                 "grid": params.grid.as_dict(), "n_colorectal": int(n_colorectal),
                 "n_pancreatic": int(n_pancreatic), "null": bool(null), "phase": PHASE,
                 "knobs": params.knobs()}
-    write_dataset_description(raw_dir, name=DATASET_NAME, dataset_type="raw")
-    write_dataset_description(truth_dir, name="metcli synth: true liver and lesion masks",
-                              sources={"raw": raw_dir},
-                              description="the masks and lesions metcli synth placed")
-    write_label_table(truth_dir)
     dicom_dir = out_dir / "sourcedata" / "dicom"
-    steps = {
-        "ct": Step("synth", raw_dir, {}, settings),
-        "truth": Step("synth", truth_dir, {"raw": raw_dir}, settings),
-        "dicom": Step("synth", dicom_dir, {"raw": raw_dir},
-                      {**settings, "dicom": {"transfer_syntax": "ExplicitVRLittleEndian",
-                                             "rescale_intercept": DICOM_INTERCEPT}}),
-    }
+    steps = _start_datasets(raw_dir, truth_dir, dicom_dir, settings)
     labels = participant_labels(n_colorectal + n_pancreatic)
     subjects = [_Subject(i, label, cls) for i, (label, cls)
                 in enumerate(zip(labels, cohort_classes(int(n_colorectal), int(n_pancreatic))))]
@@ -217,6 +216,38 @@ def synth_cohort(out_dir: str | Path, *, n_colorectal: int = 7, n_pancreatic: in
             raise ParticipantsFailed(lesion_report.failed, total=len(lesion_report.status))
     log.info("synthetic cohort in %s: %d participant(s)", out_dir, len(subjects))
     return out_dir
+
+
+def _check_counts(n_colorectal, n_pancreatic, seed) -> None:
+    """Raise UsageError for a bad count or seed."""
+    for name, value in (("n_colorectal", n_colorectal), ("n_pancreatic", n_pancreatic)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise UsageError(f"{name} must be a whole number >= 0, got {value!r}")
+    if n_colorectal + n_pancreatic < 1:
+        raise UsageError("the cohort is empty (n_colorectal + n_pancreatic = 0)",
+                         fix="ask for at least one participant")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(f"seed must be a whole number >= 0, got {seed!r}")
+
+
+def _start_datasets(raw_dir: Path, truth_dir: Path, dicom_dir: Path,
+                    settings: dict[str, Any]) -> dict[str, Any]:
+    """Write the datasets' descriptions and label table; the provenance step of each output."""
+    from metcli.imaging.labels import write_label_table
+    from metcli.io.provenance import Step, write_dataset_description
+
+    write_dataset_description(raw_dir, name=DATASET_NAME, dataset_type="raw")
+    write_dataset_description(truth_dir, name="metcli synth: true liver and lesion masks",
+                              sources={"raw": raw_dir},
+                              description="the masks and lesions metcli synth placed")
+    write_label_table(truth_dir)
+    return {
+        "ct": Step("synth", raw_dir, {}, settings),
+        "truth": Step("synth", truth_dir, {"raw": raw_dir}, settings),
+        "dicom": Step("synth", dicom_dir, {"raw": raw_dir},
+                      {**settings, "dicom": {"transfer_syntax": "ExplicitVRLittleEndian",
+                                             "rescale_intercept": DICOM_INTERCEPT}}),
+    }
 
 
 def _resolve_params(size, null: bool, knobs: Mapping[str, Any]) -> SynthParams:

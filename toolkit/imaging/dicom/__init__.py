@@ -1,1 +1,1 @@
-"""metcli.imaging.dicom."""
+"""metcli.imaging.dicom: DICOM series read in Hounsfield units, imported as NIfTI, and written."""

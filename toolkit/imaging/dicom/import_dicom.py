@@ -2,9 +2,10 @@
 
 :func:`import_dicom` writes
 ``rawdata/sub-<id>/[ses-<s>/]anat/sub-<id>[_ses-<s>][_ce-<phase>]_ct.nii.gz`` with
-its JSON sidecar and adds the participant to ``participants.tsv``. Finding,
-checking and reading the series is :mod:`metcli.imaging.dicom.series`'s work; its rules
-are documented there.
+its JSON sidecar and adds the participant to ``participants.tsv``. Finding the
+series is :mod:`metcli.imaging.dicom.series`'s work, checking and reading it
+:mod:`metcli.imaging.dicom.stack`'s and :mod:`metcli.imaging.dicom.volume`'s; their
+rules are documented there.
 
 Privacy: the sidecar holds non-identifying acquisition metadata only (never
 names, IDs, dates, institutions or UIDs; the SeriesInstanceUID only as its
@@ -25,9 +26,11 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from metcli.core.errors import InputError, UsageError
-from metcli.imaging.dicom.series import (
-    SeriesInfo, fmt, identifying_words, identifying, read_dataset, relative_text,
-    find_series, read_ct_series, select_series, stack_geometry)
+from metcli.imaging.dicom.headers import read_dataset
+from metcli.imaging.dicom.metadata import identifying, identifying_words
+from metcli.imaging.dicom.series import SeriesInfo, find_series, relative_text, select_series
+from metcli.imaging.dicom.stack import fmt, stack_geometry
+from metcli.imaging.dicom.volume import read_ct_series
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +148,7 @@ def import_dicom(dicom_dir: str | Path, raw_dir: str | Path, *, participant: str
     without ``overwrite`` (:class:`UsageError`): a raw image is not a derivative
     that can be remade. Nothing is written when the series is refused.
     """
-    from metcli.io.bids import Entities, KNOWN_PHASES, clean_label, sidecar_path
+    from metcli.io.bids import KNOWN_PHASES, Entities, clean_label, sidecar_path
     from metcli.io.files import OutputSet, write_image_to
     from metcli.io.participants import participants_path, read_participants
     from metcli.io.provenance import Step

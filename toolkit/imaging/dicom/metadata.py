@@ -1,0 +1,72 @@
+"""Non-identifying acquisition metadata of a DICOM CT series, for the sidecar.
+
+:func:`acquisition_metadata` keeps non-identifying acquisition metadata only;
+what the import records is described in :mod:`metcli.imaging.dicom.import_dicom`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from metcli.imaging.dicom.headers import float_value, read_dataset, text_value, text_values
+
+_UID_LIKE = re.compile(r"\d+\.\d+\.\d+")
+_DATE_LIKE = re.compile(r"(19|20)\d{2}[-_.]?[01]\d[-_.]?[0-3]\d"
+                        r"|[0-3]\d[-_.][01]\d[-_.](19|20)\d{2}")
+
+
+def identifying_words(ds) -> list[str]:
+    """Texts of a header that identify the patient or the study (to keep them out of outputs)."""
+    words = []
+    for tag in ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID",
+                "PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate"):
+        text = text_value(ds.get(tag)) if ds is not None else ""
+        for word in re.split(r"[\^\\\s,]+", text):
+            if len(word) >= 3:
+                words.append(word.lower())
+    return words
+
+
+def identifying(text: str, identifiers: Sequence[str]) -> bool:
+    low = text.lower()
+    return (any(word in low for word in identifiers) or bool(_UID_LIKE.search(text))
+            or bool(_DATE_LIKE.search(text)))
+
+
+def acquisition_metadata(path: Path, *, step: float, padding_hu: float | None = None,
+                         series_uid: str = "") -> dict[str, Any]:
+    """Non-identifying acquisition metadata for the sidecar (BIDS-like keys).
+
+    Free-text values that contain the patient's name or ID, a date or a UID are
+    left out. The SeriesInstanceUID is kept only as its sha256.
+    """
+    ds = read_dataset(Path(path), stop_before_pixels=True)
+    identifiers = identifying_words(ds)
+    meta: dict[str, Any] = {"Modality": "CT"}
+    for key, tag in (("Manufacturer", "Manufacturer"),
+                     ("ManufacturersModelName", "ManufacturerModelName"),
+                     ("SeriesDescription", "SeriesDescription"),
+                     ("ContrastBolusAgent", "ContrastBolusAgent"),
+                     ("BodyPartExamined", "BodyPartExamined")):
+        text = text_value(ds.get(tag))
+        if text and not identifying(text, identifiers):
+            meta[key] = text
+    kernel = text_values(ds.get("ConvolutionKernel"))
+    if kernel and not any(identifying(v, identifiers) for v in kernel):
+        meta["ConvolutionKernel"] = kernel[0] if len(kernel) == 1 else kernel
+    for key in ("KVP", "SliceThickness"):
+        value = float_value(ds.get(key))
+        if value is not None:
+            meta[key] = value
+    meta["SpacingBetweenSlices"] = round(float(step), 6)
+    image_type = text_values(ds.get("ImageType"))
+    if image_type and not any(identifying(v, identifiers) for v in image_type):
+        meta["ImageType"] = image_type
+    if padding_hu is not None:
+        meta["PixelPaddingValueHU"] = padding_hu
+    if series_uid:
+        meta["SeriesInstanceUIDSha256"] = hashlib.sha256(series_uid.encode()).hexdigest()
+    return meta

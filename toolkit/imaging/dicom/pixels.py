@@ -1,0 +1,139 @@
+"""Pixel data of one DICOM CT slice, decoded and rescaled to HU.
+
+RescaleSlope/RescaleIntercept are applied slice by slice (they may differ
+between slices). Pixel data are decoded by pydicom (with pylibjpeg-openjpeg for
+JPEG 2000); transfer syntaxes pydicom has no plug-in for (JPEG lossless process
+14 is common) are decoded by SimpleITK's GDCM. A syntax neither can decode is a
+:class:`~metcli.core.errors.DicomError` naming it and the packages to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from metcli.core.errors import DicomError
+from metcli.imaging.dicom.headers import SliceHeader, read_dataset
+from metcli.imaging.dicom.stack import slice_name
+
+
+@contextlib.contextmanager
+def _quiet_itk() -> Iterator[None]:
+    """ITK prints warnings straight to stderr; keep them out of the one-line error contract."""
+    import SimpleITK as sitk
+
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(before)
+
+
+def _transfer_syntax_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(uid).name if uid else "unknown transfer syntax"
+    return f"{name} ({uid})" if name != uid else uid
+
+
+def _pydicom_decoder(uid: str):
+    """(available?, what is missing) for pydicom's decoders of a transfer syntax."""
+    from pydicom.pixels import get_decoder
+
+    if not uid:
+        return True, []
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return False, []
+    return bool(decoder.is_available), list(getattr(decoder, "missing_dependencies", []) or [])
+
+
+def _decode_with_gdcm(path: Path, rows: int, columns: int) -> np.ndarray:
+    """HU values of one slice through SimpleITK's GDCM (which applies the rescale itself)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileName(str(path))
+    with _quiet_itk():
+        image = reader.Execute()
+    array = sitk.GetArrayFromImage(image)
+    if array.size != rows * columns:
+        raise RuntimeError(f"GDCM returned {array.size} pixels, expected {rows}x{columns}")
+    return array.reshape(rows, columns)
+
+
+def decode_slice(header: SliceHeader, rows: int, columns: int, root: Path | None,
+                  where: Path) -> tuple[np.ndarray, str]:
+    """HU values of one slice (float64 or integer array) and the decoder used."""
+    available, missing = _pydicom_decoder(header.transfer_syntax)
+    problem = None
+    if available:
+        try:
+            ds = read_dataset(header.path, stop_before_pixels=False)
+            if ds is None or "PixelData" not in ds:
+                raise DicomError(f"{slice_name(header, root)} holds no pixel data", path=where,
+                                 fix="export the series again with its images")
+            stored = ds.pixel_array
+            if stored.shape != (rows, columns):
+                raise DicomError(f"{slice_name(header, root)}: pixel data of shape {stored.shape} "
+                                 f"where Rows x Columns is {rows}x{columns}", path=where,
+                                 fix="export the series again")
+            slope, intercept = header.slope, header.intercept
+            if float(slope).is_integer() and float(intercept).is_integer():
+                values = stored.astype(np.int64) * int(slope) + int(intercept)
+            else:
+                values = stored.astype(np.float64) * slope + intercept
+            return values, "pydicom"
+        except DicomError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - try GDCM before giving up
+            problem = f"pydicom: {exc}"
+    try:
+        return _decode_with_gdcm(header.path, rows, columns), "gdcm"
+    except Exception as exc:  # noqa: BLE001
+        gdcm_problem = _short_reason(exc)
+    syntax = _transfer_syntax_name(header.transfer_syntax)
+    if problem is None:
+        raise DicomError(
+            f"{slice_name(header, root)}: cannot decode pixel data compressed as {syntax}: "
+            "pydicom has no decoder plug-in for it installed and SimpleITK/GDCM failed "
+            f"({gdcm_problem})",
+            path=where, fix=_install_hint(missing))
+    raise DicomError(f"{slice_name(header, root)}: cannot decode the pixel data ({syntax}): "
+                     f"{' '.join(problem.split())[:200]}", path=where,
+                     fix="the file may be damaged or truncated: export or copy the series again")
+
+
+#: pydicom names some plug-ins by their import name; pip knows them by another.
+_PIP_NAMES = {"gdcm": "python-gdcm"}
+
+
+def _install_hint(missing: Sequence[str]) -> str:
+    """'pip install ...' alternatives from pydicom's list of missing decoder dependencies."""
+    commands = []
+    for item in missing:  # e.g. "pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1"
+        _plugin, _sep, requirement = item.partition(" - requires ")
+        packages = []
+        for spec in (requirement or _plugin).split(" and "):
+            name = re.split(r"[<>=!~ ]", spec.strip(), maxsplit=1)[0]
+            packages.append(spec.strip().replace(name, _PIP_NAMES.get(name, name), 1))
+        commands.append("pip install " + " ".join(f"'{p}'" if any(c in p for c in "<>=") else p
+                                                 for p in packages))
+    if not commands:
+        return ("install a DICOM decoder for this transfer syntax (python-gdcm, or pylibjpeg "
+                "with its plug-ins), or export the series uncompressed")
+    return "install a decoder: " + "; or ".join(commands) + "; or export the series uncompressed"
+
+
+def _short_reason(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    if "():" in text:  # ITK messages: "<file>:<line> (): the reason"
+        text = text.rsplit("():", 1)[1].strip()
+    return text[-160:] or type(exc).__name__
