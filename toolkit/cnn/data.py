@@ -4,7 +4,7 @@
   (or, with ``phases``, with one CT per contrast phase) and notes who is left
   out and why.
 * :func:`load_samples` computes every kept lesion's network inputs once per
-  run, with :func:`metcli.lesions.slices.model_inputs` (the function predict
+  run, with :func:`metcli.lesions.inputs.model_inputs` (the function predict
   uses), so training and prediction preprocess alike.
 * :func:`plan_split` splits patients (never lesions) into train, val and test;
   :func:`assign_folds` splits the training patients into cross-validation
@@ -126,7 +126,7 @@ def load_samples(jobs: Sequence[Job], labels: dict[str, str], classes: list[str]
     """The network inputs of every kept lesion (computed once per run).
 
     ``input_spec`` is the part of the model card that
-    :func:`metcli.lesions.slices.model_inputs` reads: ``dims``, ``phases``,
+    :func:`metcli.lesions.inputs.model_inputs` reads: ``dims``, ``phases``,
     ``input`` and ``preprocessing``.
     """
     from metcli.io.files import read_image

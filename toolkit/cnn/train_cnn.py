@@ -4,12 +4,12 @@ Pipeline (:func:`train_cnn`):
 
 * Every kept lesion (split-lesions' table) of every participant with a label
   gives its network inputs (:mod:`metcli.cnn.data`, with
-  :func:`metcli.lesions.slices.model_inputs`): its preprocessed axial slices
+  :func:`metcli.lesions.inputs.model_inputs`): its preprocessed axial slices
   (``dims=2``, the study) or one cube (``dims=3``,
   :mod:`metcli.lesions.volumes`); one channel (the lesion map's CT) or one per
   contrast phase (``phases``). They are computed once per run.
 * Patients (never lesions) are split into train, val and test: from a split
-  file (DESIGN.md's format) or at random, stratified by class.
+  file (the predictions format of docs/architecture.md) or at random, stratified by class.
 * A network of the registry :mod:`metcli.cnn.networks` (``densenet121`` or
   ``resnet18``, MONAI's, 2D or 3D) learns from scratch (:mod:`metcli.cnn.fit`):
   class-weighted cross-entropy, ``RandAffine`` augmentation, validation each
@@ -239,7 +239,6 @@ def train_cnn(raw_dir, lesions_dir, out_dir, *, labels, label_column: str = "pri
     fit_settings = FitSettings(arch=arch, n_classes=len(classes), epochs=epochs,
                                batch_size=batch_size, lr=lr, device=device, seed=seed, amp=amp,
                                monitor=monitor, patience=patience)
-    announce_total(progress, epochs * (1 + (cv_folds or 0)))
     with limit_cpu_threads(threads) as torch_threads:
         log.info("train-cnn: %d PyTorch CPU thread(s)", torch_threads)
         result, cv, fit_settings = _train(parts, folds, fit_settings, cv_folds=cv_folds,
@@ -309,6 +308,7 @@ def _start_output(out_dir: Path, sources: dict[str, Path], resume: bool) -> Path
 def _train(parts: dict, folds: dict[str, int], fit_settings: FitSettings, *, cv_folds,
            state_dir: Path, resume: bool, fingerprint: str, progress):
     """(the fit, the cross-validation or None, the settings of the final fit)."""
+    announce_total(progress, fit_settings.epochs * (1 + (cv_folds or 0)))
     cv = None
     if cv_folds is not None:
         cv = choose_epochs(parts["train"], folds, fit_settings, state_dir=state_dir,

@@ -1,1 +1,31 @@
-"""metcli.prediction."""
+"""metcli.prediction: predict: radiomics and image models run with ONNX Runtime, lesion and patient level.
+
+The names in ``__all__`` are this room's public API: the names other rooms, the
+command line, the tests and the benchmarks use. Each is imported from its module on first use, so importing the
+room stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: public name -> the module of this room that defines it
+_API = {
+    "ImageBackend": "image",
+    "find_image_jobs": "image",
+    "load_card": "outputs",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -14,9 +14,9 @@ participant (one participant's images in memory at a time):
    ``--session`` picks one session), no matching CT or no kept lesion fails
    alone with a message naming the file; so does a kept lesion id missing from
    the lesion map.
-2. **Preprocessing**: :func:`metcli.lesions.slices.model_inputs`, the function
+2. **Preprocessing**: :func:`metcli.lesions.inputs.model_inputs`, the function
    train-cnn uses, with the card's settings. The card is checked first
-   (:func:`metcli.lesions.slices.settings_from_card`): another preprocessing
+   (:func:`metcli.lesions.inputs.settings_from_card`): another preprocessing
    version, orientation, input shape, channel set or an unknown setting is
    refused before anything runs.
 3. **Network**: ``model.onnx`` with ONNX Runtime (checked against the card's
@@ -28,7 +28,7 @@ participant (one participant's images in memory at a time):
    per lesion, whose probabilities are the lesion's); the patient's follow
    ``--aggregate`` (:func:`metcli.io.predictions.aggregate_patients`); the card's
    threshold decides (:func:`metcli.io.predictions.prediction_rows`).
-5. **Outputs**: DESIGN.md's predictions format (set ``test``) per participant
+5. **Outputs**: the predictions format (docs/architecture.md) (set ``test``) per participant
    and for the group, as for radiomics models, with JSON sidecars.
 6. ``--explain``: per lesion, ``sub-<id>[_ses-<s>][_ce-<phase>]_lesion-<n>_gradcam.png``,
    the network's input slice where the predicted class is most probable (3D:

@@ -13,7 +13,7 @@ extraction settings (the sidecar's ``extraction_settings_sha256``). Lesions
 with a missing input value are left out (counted in the sidecar); a
 participant lacking a covariate the model needs fails alone.
 
-Predictions follow DESIGN.md: ``participant_id``, ``lesion_id`` (``n/a`` at the
+Predictions follow docs/architecture.md: ``participant_id``, ``lesion_id`` (``n/a`` at the
 patient level), ``level`` (lesion, patient), ``model``, ``set``, one
 ``prob_<class>`` per class in the model card's order, and ``predicted``. A
 patient's probabilities are the mean of its lesions' (``aggregate="mean"``),
