@@ -72,7 +72,7 @@ def run_torch(net, images: np.ndarray, batch: int, device: str = "cpu", half: bo
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            x = torch.from_numpy(images[start:start + batch]).to(device)
+            x = torch.from_numpy(images[start : start + batch]).to(device)
             if half:
                 x = x.half()
             out.append(net(x).float().cpu().numpy())
@@ -84,7 +84,7 @@ def run_torch(net, images: np.ndarray, batch: int, device: str = "cpu", half: bo
 def run_onnx(sess, images: np.ndarray, batch: int, half: bool = False):
     out = []
     for start in range(0, len(images), batch):
-        x = images[start:start + batch]
+        x = images[start : start + batch]
         out.append(sess.run(["probabilities"], {"image": x.astype(np.float16) if half else x})[0])
     return np.concatenate(out).astype(np.float32)
 
@@ -97,17 +97,20 @@ def timed(fn, n_slices: int) -> tuple[float, np.ndarray]:
 
 def compare(name: str, a_name: str, a_fn, b_name: str, b_fn, n: int, repeats: int) -> dict:
     """Alternate a and b ``repeats`` times after one warm-up each; medians of slices/s."""
-    a_fn(), b_fn()                                     # warm-up (allocations, kernels)
+    a_fn(), b_fn()  # warm-up (allocations, kernels)
     rates: dict[str, list[float]] = {a_name: [], b_name: []}
     outputs = {}
     for _ in range(repeats):
         for label, fn in ((a_name, a_fn), (b_name, b_fn)):
             rate, outputs[label] = timed(fn, n)
             rates[label].append(rate)
-    row = {"setting": name, a_name: statistics.median(rates[a_name]),
-           b_name: statistics.median(rates[b_name]),
-           "all_runs": {k: [round(v, 2) for v in vs] for k, vs in rates.items()},
-           "max_abs_difference": float(np.max(np.abs(outputs[a_name] - outputs[b_name])))}
+    row = {
+        "setting": name,
+        a_name: statistics.median(rates[a_name]),
+        b_name: statistics.median(rates[b_name]),
+        "all_runs": {k: [round(v, 2) for v in vs] for k, vs in rates.items()},
+        "max_abs_difference": float(np.max(np.abs(outputs[a_name] - outputs[b_name]))),
+    }
     row["ratio"] = row[b_name] / row[a_name]
     return row
 
@@ -118,8 +121,12 @@ def main(argv=None) -> int:
     parser.add_argument("--slices", type=int, default=64, help="slices per timed run")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="threads of the all-cores run [all cores]")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads of the all-cores run [all cores]",
+    )
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
 
@@ -133,27 +140,46 @@ def main(argv=None) -> int:
     net = build()
     onnx_model, parity = export_onnx(net, images[:2])
     wrapped = softmax_net(net)
-    report = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                          "torch": torch.__version__, "onnxruntime": ort.__version__,
-                          "load_average": list(os.getloadavg())},
-              "size": args.size, "slices": args.slices, "batch": args.batch,
-              "export_parity": parity, "cpu": [], "cuda": None}
-    print(f"DenseNet-121 (MONAI, 2D, 1 channel) at {args.size}x{args.size}, "
-          f"{args.slices} slices per run, batch {args.batch}, median of {args.repeats} runs; "
-          f"export parity {parity:.1e}")
+    report = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "onnxruntime": ort.__version__,
+            "load_average": list(os.getloadavg()),
+        },
+        "size": args.size,
+        "slices": args.slices,
+        "batch": args.batch,
+        "export_parity": parity,
+        "cpu": [],
+        "cuda": None,
+    }
+    print(
+        f"DenseNet-121 (MONAI, 2D, 1 channel) at {args.size}x{args.size}, "
+        f"{args.slices} slices per run, batch {args.batch}, median of {args.repeats} runs; "
+        f"export parity {parity:.1e}"
+    )
     before = torch.get_num_threads()
     for threads in sorted({1, args.threads}):
         torch.set_num_threads(threads)
         sess = ort_session(onnx_model, ["CPUExecutionProvider"], threads)
-        row = compare(f"CPU, {threads} thread(s)",
-                      "torch", lambda: run_torch(wrapped, images, args.batch),
-                      "onnx", lambda: run_onnx(sess, images, args.batch),
-                      args.slices, args.repeats)
+        row = compare(
+            f"CPU, {threads} thread(s)",
+            "torch",
+            lambda: run_torch(wrapped, images, args.batch),
+            "onnx",
+            lambda: run_onnx(sess, images, args.batch),
+            args.slices,
+            args.repeats,
+        )
         row["threads"] = threads
         report["cpu"].append(row)
-        print(f"  CPU {threads} thread(s): PyTorch {row['torch']:.1f} slices/s, ONNX Runtime "
-              f"{row['onnx']:.1f} slices/s, ratio ONNX/PyTorch {row['ratio']:.2f}x, "
-              f"max |difference| {row['max_abs_difference']:.1e}")
+        print(
+            f"  CPU {threads} thread(s): PyTorch {row['torch']:.1f} slices/s, ONNX Runtime "
+            f"{row['onnx']:.1f} slices/s, ratio ONNX/PyTorch {row['ratio']:.2f}x, "
+            f"max |difference| {row['max_abs_difference']:.1e}"
+        )
     torch.set_num_threads(before)
 
     if not torch.cuda.is_available():
@@ -187,30 +213,52 @@ def cuda_section(net, images: np.ndarray, args, onnx_model: bytes) -> dict:
         buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(fp16, (torch.zeros(2, 1, args.size, args.size).cuda().half(),),
-                              buffer, dynamo=False, input_names=["image"],
-                              output_names=["probabilities"],
-                              dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
-                              opset_version=17)
+            torch.onnx.export(
+                fp16,
+                (torch.zeros(2, 1, args.size, args.size).cuda().half(),),
+                buffer,
+                dynamo=False,
+                input_names=["image"],
+                output_names=["probabilities"],
+                dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+                opset_version=17,
+            )
         sessions["fp16"] = ort_session(buffer.getvalue(), ["CUDAExecutionProvider"], None)
     for precision, model in (("fp32", fp32), ("fp16", fp16)):
         half = precision == "fp16"
-        torch_fn = (lambda m=model, h=half: run_torch(m, images, args.batch, "cuda", h))
+
+        def torch_fn(m=model, h=half):
+            return run_torch(m, images, args.batch, "cuda", h)
+
         if has_ort_cuda:
             sess = sessions[precision]
-            row = compare(f"CUDA {precision}", "torch", torch_fn, "onnx",
-                          lambda s=sess, h=half: run_onnx(s, images, args.batch, h),
-                          args.slices, args.repeats)
-            print(f"  CUDA {precision}: PyTorch {row['torch']:.1f} slices/s, ONNX Runtime "
-                  f"{row['onnx']:.1f} slices/s, ratio ONNX/PyTorch {row['ratio']:.2f}x, "
-                  f"max |difference| {row['max_abs_difference']:.1e}")
+            row = compare(
+                f"CUDA {precision}",
+                "torch",
+                torch_fn,
+                "onnx",
+                lambda s=sess, h=half: run_onnx(s, images, args.batch, h),
+                args.slices,
+                args.repeats,
+            )
+            print(
+                f"  CUDA {precision}: PyTorch {row['torch']:.1f} slices/s, ONNX Runtime "
+                f"{row['onnx']:.1f} slices/s, ratio ONNX/PyTorch {row['ratio']:.2f}x, "
+                f"max |difference| {row['max_abs_difference']:.1e}"
+            )
         else:
             torch_fn()
             rates = [timed(torch_fn, args.slices)[0] for _ in range(args.repeats)]
-            row = {"setting": f"CUDA {precision}", "torch": statistics.median(rates),
-                   "onnx": None, "ratio": None}
-            print(f"  CUDA {precision}: PyTorch {row['torch']:.1f} slices/s; ONNX Runtime: "
-                  "skipped (no CUDA provider: install onnxruntime-gpu)")
+            row = {
+                "setting": f"CUDA {precision}",
+                "torch": statistics.median(rates),
+                "onnx": None,
+                "ratio": None,
+            }
+            print(
+                f"  CUDA {precision}: PyTorch {row['torch']:.1f} slices/s; ONNX Runtime: "
+                "skipped (no CUDA provider: install onnxruntime-gpu)"
+            )
         result["rows"].append(row)
     return result
 

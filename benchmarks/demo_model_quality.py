@@ -54,8 +54,14 @@ def _array(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def score_scan(truth: np.ndarray, lesion_map: np.ndarray, diameters: dict[int, float],
-               pred: np.ndarray, *, hit_dice: float) -> dict:
+def score_scan(
+    truth: np.ndarray,
+    lesion_map: np.ndarray,
+    diameters: dict[int, float],
+    pred: np.ndarray,
+    *,
+    hit_dice: float,
+) -> dict:
     """Scores of one scan: truth dseg, truth lesion ids map, {id: diameter}, predicted dseg."""
     from scipy import ndimage
 
@@ -69,18 +75,31 @@ def score_scan(truth: np.ndarray, lesion_map: np.ndarray, diameters: dict[int, f
         touched.update(int(i) for i in ids)
         matched = np.isin(components, ids) if ids.size else np.zeros_like(true)
         inter = int(np.logical_and(true, matched).sum())
-        lesions.append({"id": lesion_id, "diameter_mm": diameter, "true_voxels": int(true.sum()),
-                        "pred_voxels": int(matched.sum()), "overlap": inter,
-                        "dice": dice(true, matched)})
+        lesions.append(
+            {
+                "id": lesion_id,
+                "diameter_mm": diameter,
+                "true_voxels": int(true.sum()),
+                "pred_voxels": int(matched.sum()),
+                "overlap": inter,
+                "dice": dice(true, matched),
+            }
+        )
     for lesion in lesions:
         lesion["found"] = lesion["dice"] >= hit_dice
     truth_lesion_any = truth == 2
-    false_positive = [i for i in range(1, count + 1) if i not in touched
-                      and not (truth_lesion_any & (components == i)).any()]
-    return {"liver_dice": dice(truth > 0, pred > 0),
-            "liver_label_dice": dice(truth == 1, pred == 1),
-            "lesion_dice_all": dice(truth == 2, pred == 2),
-            "lesions": lesions, "false_positives": len(false_positive)}
+    false_positive = [
+        i
+        for i in range(1, count + 1)
+        if i not in touched and not (truth_lesion_any & (components == i)).any()
+    ]
+    return {
+        "liver_dice": dice(truth > 0, pred > 0),
+        "liver_label_dice": dice(truth == 1, pred == 1),
+        "lesion_dice_all": dice(truth == 2, pred == 2),
+        "lesions": lesions,
+        "false_positives": len(false_positive),
+    }
 
 
 def summarise(scans: list[dict], *, min_diameter: float) -> dict:
@@ -91,10 +110,15 @@ def summarise(scans: list[dict], *, min_diameter: float) -> dict:
     bands = []
     for low, high in BANDS:
         band = [les for les in lesions if low <= les["diameter_mm"] < high]
-        bands.append({"band_mm": f"{low:g}-{high:g}" if high != float("inf") else f">={low:g}",
-                      "lesions": len(band), "found": sum(les["found"] for les in band),
-                      "detection": (sum(les["found"] for les in band) / len(band)) if band else None,
-                      "mean_dice": float(np.mean([les["dice"] for les in band])) if band else None})
+        bands.append(
+            {
+                "band_mm": f"{low:g}-{high:g}" if high != float("inf") else f">={low:g}",
+                "lesions": len(band),
+                "found": sum(les["found"] for les in band),
+                "detection": (sum(les["found"] for les in band) / len(band)) if band else None,
+                "mean_dice": float(np.mean([les["dice"] for les in band])) if band else None,
+            }
+        )
     return {
         "scans": len(scans),
         "liver_dice": float(np.mean([s["liver_dice"] for s in scans])),
@@ -110,9 +134,18 @@ def summarise(scans: list[dict], *, min_diameter: float) -> dict:
     }
 
 
-def run(*, subjects: int = 12, seed: int = EVAL_SEED, model: str | None = None,
-        backend: str = "nnunet", device: str = "auto", tta: bool = True,
-        min_diameter: float = 10.0, hit_dice: float = 0.1, workdir: Path | None = None) -> dict:
+def run(
+    *,
+    subjects: int = 12,
+    seed: int = EVAL_SEED,
+    model: str | None = None,
+    backend: str = "nnunet",
+    device: str = "auto",
+    tta: bool = True,
+    min_diameter: float = 10.0,
+    hit_dice: float = 0.1,
+    workdir: Path | None = None,
+) -> dict:
     """Make the cohort, segment it, score it; returns the summary (with timings)."""
     from metcli.io.bids import find_files
     from metcli.lesions.split_lesions import output_paths, read_lesion_table
@@ -123,15 +156,17 @@ def run(*, subjects: int = 12, seed: int = EVAL_SEED, model: str | None = None,
     work = Path(tempfile.mkdtemp(prefix="metcli-quality-")) if own else Path(workdir)
     try:
         n_colorectal, n_pancreatic = class_counts(subjects)
-        synth_cohort(work / "cohort", n_colorectal=n_colorectal, n_pancreatic=n_pancreatic,
-                     seed=seed)
+        synth_cohort(
+            work / "cohort", n_colorectal=n_colorectal, n_pancreatic=n_pancreatic, seed=seed
+        )
         raw = work / "cohort" / "rawdata"
         truth_dir = work / "cohort" / "derivatives" / "truth"
         lesions_dir = work / "cohort" / "derivatives" / "truth-lesions"
         seg_dir = work / "seg"
         start = time.perf_counter()
-        report = segment(raw, seg_dir, model=model, backend=backend, device=device, tta=tta,
-                         overwrite=True)
+        report = segment(
+            raw, seg_dir, model=model, backend=backend, device=device, tta=tta, overwrite=True
+        )
         seconds = time.perf_counter() - start
         if report.failed:
             raise RuntimeError(f"segment failed: {report.failed}")
@@ -139,18 +174,31 @@ def run(*, subjects: int = 12, seed: int = EVAL_SEED, model: str | None = None,
         for acq in find_files(truth_dir, suffix="dseg"):
             lesion_image, lesion_table, _ = output_paths(lesions_dir, acq)
             rows = read_lesion_table(lesion_table)
-            diameters = {row["index"]: row["longest_axial_diameter_mm"] for row in rows
-                         if row["kept"]}
+            diameters = {
+                row["index"]: row["longest_axial_diameter_mm"] for row in rows if row["kept"]
+            }
             pred = _array(output_path(seg_dir, acq))
-            scans.append(score_scan(_array(acq.path), _array(lesion_image), diameters, pred,
-                                    hit_dice=hit_dice))
+            scans.append(
+                score_scan(
+                    _array(acq.path), _array(lesion_image), diameters, pred, hit_dice=hit_dice
+                )
+            )
         summary = summarise(scans, min_diameter=min_diameter)
-        summary.update({"seed": seed, "backend": backend, "tta": tta, "model": model or
-                        "metcli-demo-nnunet", "seconds_total": seconds,
-                        "seconds_per_scan": seconds / max(1, len(scans)),
-                        "min_diameter_mm": min_diameter, "hit_dice": hit_dice})
+        summary.update(
+            {
+                "seed": seed,
+                "backend": backend,
+                "tta": tta,
+                "model": model or "metcli-demo-nnunet",
+                "seconds_total": seconds,
+                "seconds_per_scan": seconds / max(1, len(scans)),
+                "min_diameter_mm": min_diameter,
+                "hit_dice": hit_dice,
+            }
+        )
         summary["targets_met"] = all(
-            summary[key] is not None and summary[key] >= target for key, target in TARGETS.items())
+            summary[key] is not None and summary[key] >= target for key, target in TARGETS.items()
+        )
         return summary
     finally:
         if own:
@@ -174,22 +222,40 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the files here")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
-    summary = run(subjects=args.subjects, seed=args.seed, model=args.model,
-                  backend=args.backend, device=args.device, tta=args.tta,
-                  min_diameter=args.min_diameter, hit_dice=args.hit_dice, workdir=args.workdir)
-    print(f"demo model quality: {summary['scans']} scans of a fresh cohort (seed "
-          f"{summary['seed']}), backend {summary['backend']}, TTA {'on' if args.tta else 'off'}")
-    print(f"  liver Dice (organ, mean)       {_fmt(summary['liver_dice'])}  (min "
-          f"{_fmt(summary['liver_dice_min'])}; liver label alone {_fmt(summary['liver_label_dice'])})"
-          f"  target >= {TARGETS['liver_dice']}")
-    print(f"  lesion Dice >= {args.min_diameter:g} mm (per lesion)  "
-          f"{_fmt(summary['lesion_dice_10mm'])}  (pooled {_fmt(summary['lesion_dice_10mm_pooled'])}, "
-          f"{summary['lesions_10mm']} lesions)  target >= {TARGETS['lesion_dice_10mm']}")
-    print(f"  detection >= {args.min_diameter:g} mm             {_fmt(summary['detection_10mm'])}"
-          f"  target >= {TARGETS['detection_10mm']}")
+    summary = run(
+        subjects=args.subjects,
+        seed=args.seed,
+        model=args.model,
+        backend=args.backend,
+        device=args.device,
+        tta=args.tta,
+        min_diameter=args.min_diameter,
+        hit_dice=args.hit_dice,
+        workdir=args.workdir,
+    )
+    print(
+        f"demo model quality: {summary['scans']} scans of a fresh cohort (seed "
+        f"{summary['seed']}), backend {summary['backend']}, TTA {'on' if args.tta else 'off'}"
+    )
+    print(
+        f"  liver Dice (organ, mean)       {_fmt(summary['liver_dice'])}  (min "
+        f"{_fmt(summary['liver_dice_min'])}; liver label alone {_fmt(summary['liver_label_dice'])})"
+        f"  target >= {TARGETS['liver_dice']}"
+    )
+    print(
+        f"  lesion Dice >= {args.min_diameter:g} mm (per lesion)  "
+        f"{_fmt(summary['lesion_dice_10mm'])}  (pooled {_fmt(summary['lesion_dice_10mm_pooled'])}, "
+        f"{summary['lesions_10mm']} lesions)  target >= {TARGETS['lesion_dice_10mm']}"
+    )
+    print(
+        f"  detection >= {args.min_diameter:g} mm             {_fmt(summary['detection_10mm'])}"
+        f"  target >= {TARGETS['detection_10mm']}"
+    )
     for band in summary["bands"]:
-        print(f"    {band['band_mm']:>8} mm: {band['found']}/{band['lesions']} found, mean Dice "
-              f"{_fmt(band['mean_dice'])}")
+        print(
+            f"    {band['band_mm']:>8} mm: {band['found']}/{band['lesions']} found, mean Dice "
+            f"{_fmt(band['mean_dice'])}"
+        )
     print(f"  false-positive components per scan {summary['false_positives_per_scan']:.2f}")
     print(f"  time: {summary['seconds_per_scan']:.1f} s per scan (model loading included)")
     print(f"  targets met: {'yes' if summary['targets_met'] else 'NO'}")

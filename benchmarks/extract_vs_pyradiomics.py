@@ -59,7 +59,7 @@ featureClass:
 
 
 def make_cohort(root: Path, participants: int, lesions: int, slices: int, seed: int) -> None:
-    """raw/ CTs (512 x 512 x slices, 0.78 x 0.78 x 1.5 mm) and seg/ dseg with a liver and lesions."""
+    """raw/ CTs (512 x 512 x slices, 0.78 x 0.78 x 1.5 mm), seg/ dseg with a liver and lesions."""
     import SimpleITK as sitk
     from scipy import ndimage
 
@@ -69,17 +69,22 @@ def make_cohort(root: Path, participants: int, lesions: int, slices: int, seed: 
     rng = np.random.default_rng(seed)
     spacing = (0.78125, 0.78125, 1.5)
     shape = (slices, 512, 512)
-    write_participants(root / "raw", [{"participant_id": f"sub-{i:03d}", "primary": "crc"}
-                                      for i in range(1, participants + 1)])
-    z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    write_participants(
+        root / "raw",
+        [{"participant_id": f"sub-{i:03d}", "primary": "crc"} for i in range(1, participants + 1)],
+    )
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
     for number in range(1, participants + 1):
         sub = f"{number:03d}"
         noise = ndimage.gaussian_filter(rng.normal(0, 1, shape).astype(np.float32), 1.0)
         ct = np.full(shape, -1000, np.float32)
         body = ((y - 256) / 230.0) ** 2 + ((x - 256) / 250.0) ** 2 <= 1
         ct[:, body[0]] = 40
-        liver = (((z - shape[0] / 2) / (shape[0] * 0.45)) ** 2 + ((y - 230) / 130.0) ** 2
-                 + ((x - 190) / 120.0) ** 2) <= 1
+        liver = (
+            ((z - shape[0] / 2) / (shape[0] * 0.45)) ** 2
+            + ((y - 230) / 130.0) ** 2
+            + ((x - 190) / 120.0) ** 2
+        ) <= 1
         dseg = np.zeros(shape, np.uint8)
         dseg[liver] = 1
         ct[liver] = 100
@@ -89,27 +94,32 @@ def make_cohort(root: Path, participants: int, lesions: int, slices: int, seed: 
         while placed < lesions and attempts < 10000:
             attempts += 1
             radius = float(rng.uniform(3.0, 14.0))  # mm
-            centre = np.array([rng.uniform(0, shape[0]), rng.uniform(110, 350),
-                               rng.uniform(80, 300)])
+            centre = np.array(
+                [rng.uniform(0, shape[0]), rng.uniform(110, 350), rng.uniform(80, 300)]
+            )
             phys = centre * np.array(spacing[::-1])
             if any(np.linalg.norm(phys - c) < radius + r + 3 for c, r in centres):
                 continue
             zi, yi, xi = (int(v) for v in centre)
             if not (0 <= zi < shape[0] and liver[min(zi, shape[0] - 1), yi, xi]):
                 continue
-            box = tuple(slice(max(0, int(c - radius / s) - 1), min(n, int(c + radius / s) + 2))
-                        for c, s, n in zip(centre, spacing[::-1], shape))
+            box = tuple(
+                slice(max(0, int(c - radius / s) - 1), min(n, int(c + radius / s) + 2))
+                for c, s, n in zip(centre, spacing[::-1], shape)
+            )
             zz, yy, xx = np.ogrid[box]
-            ball = (((zz - centre[0]) * spacing[2]) ** 2 + ((yy - centre[1]) * spacing[1]) ** 2
-                    + ((xx - centre[2]) * spacing[0]) ** 2) <= radius ** 2
+            ball = (
+                ((zz - centre[0]) * spacing[2]) ** 2
+                + ((yy - centre[1]) * spacing[1]) ** 2
+                + ((xx - centre[2]) * spacing[0]) ** 2
+            ) <= radius**2
             ball &= liver[box]
             dseg[box][ball] = 2
             ct[box][ball] = float(rng.uniform(-10, 140))
             centres.append((phys, radius))
             placed += 1
         ct += noise * 60.0
-        for folder, array, suffix in (("raw", ct.astype(np.int16), "ct"),
-                                      ("seg", dseg, "dseg")):
+        for folder, array, suffix in (("raw", ct.astype(np.int16), "ct"), ("seg", dseg, "dseg")):
             path = root / folder / Entities(sub=sub, ce="portal", suffix=suffix).relpath()
             path.parent.mkdir(parents=True, exist_ok=True)
             image = sitk.GetImageFromArray(array)
@@ -157,8 +167,11 @@ def main(argv=None) -> int:
     root = args.workdir or Path(tempfile.mkdtemp(prefix="metcli-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        print(f"cohort: {args.participants} participants x {args.lesions} lesions, "
-              f"512x512x{args.slices} CTs, in {root}", file=sys.stderr)
+        print(
+            f"cohort: {args.participants} participants x {args.lesions} lesions, "
+            f"512x512x{args.slices} CTs, in {root}",
+            file=sys.stderr,
+        )
         make_cohort(root, args.participants, args.lesions, args.slices, args.seed)
         split_lesions(root / "seg", root / "lesions", min_diameter_mm=0)
         params = root / "params.yaml"
@@ -179,15 +192,40 @@ def main(argv=None) -> int:
                         keys.append((f"sub-{ent.sub}", int(row["index"])))
         n_lesions = len(keys)
 
-        metcli_time, metcli_cpu = run([console_script("metcli"), "extract", str(root / "raw"),
-                           str(root / "lesions"), str(root / "out"), "--params", str(params),
-                           "--jobs", str(args.jobs), "-q"])
+        metcli_time, metcli_cpu = run(
+            [
+                console_script("metcli"),
+                "extract",
+                str(root / "raw"),
+                str(root / "lesions"),
+                str(root / "out"),
+                "--params",
+                str(params),
+                "--jobs",
+                str(args.jobs),
+                "-q",
+            ]
+        )
         pyradiomics_csv = root / "pyradiomics.csv"
-        pyradiomics_time, pyradiomics_cpu = run([console_script("pyradiomics"), str(cases), "-p", str(params),
-                                "-j", str(args.jobs), "-o", str(pyradiomics_csv), "-f", "csv"])
+        pyradiomics_time, pyradiomics_cpu = run(
+            [
+                console_script("pyradiomics"),
+                str(cases),
+                "-p",
+                str(params),
+                "-j",
+                str(args.jobs),
+                "-o",
+                str(pyradiomics_csv),
+                "-f",
+                "csv",
+            ]
+        )
 
-        ours = {(r["participant_id"], int(r["lesion_id"])): r
-                for r in read_tsv(root / "out" / "features.tsv")}
+        ours = {
+            (r["participant_id"], int(r["lesion_id"])): r
+            for r in read_tsv(root / "out" / "features.tsv")
+        }
         with open(pyradiomics_csv, newline="") as handle:
             theirs = list(csv.DictReader(handle))
         worst, compared = 0.0, 0
@@ -203,14 +241,22 @@ def main(argv=None) -> int:
                 compared += 1
         print(f"lesions: {n_lesions} ({len(theirs)} pyradiomics rows, {len(ours)} metcli rows)")
         print(f"feature values compared: {compared}, max relative difference: {worst:.3g}")
-        print(f"metcli extract -j {args.jobs}:   {metcli_time:8.2f} s wall, {metcli_cpu:8.2f} s CPU "
-              f"({n_lesions / metcli_time:.2f} lesions/s)")
-        print(f"pyradiomics batch -j {args.jobs}: {pyradiomics_time:8.2f} s wall, "
-              f"{pyradiomics_cpu:8.2f} s CPU ({n_lesions / pyradiomics_time:.2f} lesions/s)")
-        print(f"throughput ratio (metcli / pyradiomics): {pyradiomics_time / metcli_time:.2f}x "
-              f"wall, {pyradiomics_cpu / metcli_cpu:.2f}x CPU")
-        print(f"cpu cores: {os.cpu_count()}, load average (1 min) at the end: "
-              f"{os.getloadavg()[0]:.1f} (other work on the machine slows both runs)")
+        print(
+            f"metcli extract -j {args.jobs}:   {metcli_time:8.2f} s wall, {metcli_cpu:8.2f} s CPU "
+            f"({n_lesions / metcli_time:.2f} lesions/s)"
+        )
+        print(
+            f"pyradiomics batch -j {args.jobs}: {pyradiomics_time:8.2f} s wall, "
+            f"{pyradiomics_cpu:8.2f} s CPU ({n_lesions / pyradiomics_time:.2f} lesions/s)"
+        )
+        print(
+            f"throughput ratio (metcli / pyradiomics): {pyradiomics_time / metcli_time:.2f}x "
+            f"wall, {pyradiomics_cpu / metcli_cpu:.2f}x CPU"
+        )
+        print(
+            f"cpu cores: {os.cpu_count()}, load average (1 min) at the end: "
+            f"{os.getloadavg()[0]:.1f} (other work on the machine slows both runs)"
+        )
         return 0 if worst < 1e-9 and len(theirs) == n_lesions == len(ours) else 1
     finally:
         if args.workdir is None:

@@ -55,11 +55,16 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--patience", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="PyTorch threads (1 on a CPU shared with other jobs)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="PyTorch threads (1 on a CPU shared with other jobs)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="keep the cohort and outputs here (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the cohort and outputs here (default: a temporary folder)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -73,45 +78,75 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         started = time.perf_counter()
-        synth_cohort(work / "synth", n_colorectal=args.per_class, n_pancreatic=args.per_class,
-                     seed=args.seed, texture_signal=24.0)
+        synth_cohort(
+            work / "synth",
+            n_colorectal=args.per_class,
+            n_pancreatic=args.per_class,
+            seed=args.seed,
+            texture_signal=24.0,
+        )
         synth_seconds = time.perf_counter() - started
         raw = work / "synth" / "rawdata"
         started = time.perf_counter()
-        result = train_cnn(raw, work / "synth" / "derivatives" / "truth-lesions",
-                           work / "cnn", labels=raw / "participants.tsv", arch=args.arch,
-                           dims=args.dims, size=args.size, epochs=args.epochs, lr=args.lr,
-                           batch_size=args.batch_size, val_patients=args.val_patients,
-                           test_patients=args.test_patients, patience=args.patience,
-                           device="cpu", seed=args.seed, overwrite=True)
+        result = train_cnn(
+            raw,
+            work / "synth" / "derivatives" / "truth-lesions",
+            work / "cnn",
+            labels=raw / "participants.tsv",
+            arch=args.arch,
+            dims=args.dims,
+            size=args.size,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            val_patients=args.val_patients,
+            test_patients=args.test_patients,
+            patience=args.patience,
+            device="cpu",
+            seed=args.seed,
+            overwrite=True,
+        )
         train_seconds = time.perf_counter() - started
         card = read_json(work / "cnn" / "model" / "model.json")
         labels = labels_by_participant(raw)
         positive = card["positive_class"]
         val_auc, val_n = lesion_auc(work / "cnn" / "val_predictions.tsv", positive, labels)
-        val_patient_auc, _ = lesion_auc(work / "cnn" / "val_predictions.tsv", positive, labels,
-                                        "patient")
-        test_auc, test_n = (lesion_auc(work / "cnn" / "predictions.tsv", positive, labels)
-                            if args.test_patients else (None, 0))
+        val_patient_auc, _ = lesion_auc(
+            work / "cnn" / "val_predictions.tsv", positive, labels, "patient"
+        )
+        test_auc, test_n = (
+            lesion_auc(work / "cnn" / "predictions.tsv", positive, labels)
+            if args.test_patients
+            else (None, 0)
+        )
     split = card["split"]
     training = card["training"]
-    print(f"cohort: {2 * args.per_class} patients (seed {args.seed}, texture_signal 24 HU), "
-          f"synth {synth_seconds:.0f} s")
-    print(f"split: {split['train_patients']}/{split['val_patients']}/{split['test_patients']} "
-          f"patients, {split['train_lesions']}/{split['val_lesions']}/{split['test_lesions']} "
-          "lesions (train/val/test)")
-    print(f"model: {args.arch} {args.dims}D, size {args.size}, lr {args.lr}, batch "
-          f"{args.batch_size}, {training['epochs_run']} of {args.epochs} epochs run, kept "
-          f"epoch {training['best_epoch']}, {args.threads} thread(s)")
-    print(f"validation AUC (lesion level, {val_n} lesions): {val_auc:.3f}  "
-          f"[target > {TARGET_AUC}]")
+    print(
+        f"cohort: {2 * args.per_class} patients (seed {args.seed}, texture_signal 24 HU), "
+        f"synth {synth_seconds:.0f} s"
+    )
+    print(
+        f"split: {split['train_patients']}/{split['val_patients']}/{split['test_patients']} "
+        f"patients, {split['train_lesions']}/{split['val_lesions']}/{split['test_lesions']} "
+        "lesions (train/val/test)"
+    )
+    print(
+        f"model: {args.arch} {args.dims}D, size {args.size}, lr {args.lr}, batch "
+        f"{args.batch_size}, {training['epochs_run']} of {args.epochs} epochs run, kept "
+        f"epoch {training['best_epoch']}, {args.threads} thread(s)"
+    )
+    print(f"validation AUC (lesion level, {val_n} lesions): {val_auc:.3f}  [target > {TARGET_AUC}]")
     if val_patient_auc is not None:
         print(f"validation AUC (patient level): {val_patient_auc:.3f}")
     if test_auc is not None:
-        print(f"test AUC (lesion level, {test_n} lesions, never seen in training or epoch "
-              f"choice): {test_auc:.3f}")
-    print(f"seconds per epoch: {result.seconds_per_epoch:.1f}; whole train-cnn run "
-          f"{train_seconds:.0f} s (inputs, training, predictions, ONNX export)")
+        print(
+            f"test AUC (lesion level, {test_n} lesions, never seen in training or epoch "
+            f"choice): {test_auc:.3f}"
+        )
+    print(
+        f"seconds per epoch: {result.seconds_per_epoch:.1f}; whole train-cnn run "
+        f"{train_seconds:.0f} s (inputs, training, predictions, ONNX export)"
+    )
     return 0 if val_auc is not None and val_auc > TARGET_AUC else 1
 
 

@@ -73,8 +73,10 @@ def check_outputs(out: Path, *, n_features: int, train: set[str], test: set[str]
     models = {f"{c}_{s}" for c in CLASSIFIERS for s in SAMPLERS}
     results = read_tsv(out / "results.tsv")
     if len(results) != 2 * len(models) or {r["model"] for r in results} != models:
-        problems.append(f"results.tsv: {len(results)} rows, expected {2 * len(models)} "
-                        "(16 models x patient and lesion level)")
+        problems.append(
+            f"results.tsv: {len(results)} rows, expected {2 * len(models)} "
+            "(16 models x patient and lesion level)"
+        )
     if sum(r["selected_by_cv"] == "true" for r in results) != 2:
         problems.append("results.tsv: not exactly one model marked selected_by_cv")
     if any(r["cv_auc"] == "n/a" for r in results):
@@ -84,14 +86,17 @@ def check_outputs(out: Path, *, n_features: int, train: set[str], test: set[str]
     selected = read_tsv(out / "selected_features.tsv")
     ranked = sorted(int(r["rank"]) for r in selected if r["selected"] == "true")
     if len(selected) != n_features or not ranked or ranked != list(range(1, len(ranked) + 1)):
-        problems.append(f"selected_features.tsv: {len(selected)} rows ({n_features} features "
-                        f"expected), ranks {ranked}")
+        problems.append(
+            f"selected_features.tsv: {len(selected)} rows ({n_features} features "
+            f"expected), ranks {ranked}"
+        )
     for name in models:
         if not (out / name / "model.onnx").is_file() or not (out / name / "model.json").is_file():
             problems.append(f"{name}: model.onnx or model.json missing")
     split = read_tsv(out / "split.tsv")
-    if {r["participant_id"] for r in split if r["set"] == "train"} != train or \
-            {r["participant_id"] for r in split if r["set"] == "test"} != test:
+    if {r["participant_id"] for r in split if r["set"] == "train"} != train or {
+        r["participant_id"] for r in split if r["set"] == "test"
+    } != test:
         problems.append("split.tsv: other training or test patients than expected")
     oof = {r["participant_id"] for r in read_tsv(out / "oof_predictions.tsv")}
     if oof != train:
@@ -114,9 +119,10 @@ def table3(out: Path) -> str:
         sd = "n/a" if r["cv_auc_sd"] == "n/a" else f"{float(r['cv_auc_sd']):.3f}"
         test_auc = "n/a" if r["test_auc"] == "n/a" else f"{float(r['test_auc']):.3f}"
         test_acc = "n/a" if r["test_accuracy"] == "n/a" else f"{float(r['test_accuracy']):.3f}"
-        lines.append(f"  {r['model']:32s} {float(r['cv_auc']):7.3f} {sd:>6s} {test_auc:>8s} "
-                     f"{test_acc:>8s}"
-                     + ("  <- selected by CV" if r["selected_by_cv"] == "true" else ""))
+        lines.append(
+            f"  {r['model']:32s} {float(r['cv_auc']):7.3f} {sd:>6s} {test_auc:>8s} "
+            f"{test_acc:>8s}" + ("  <- selected by CV" if r["selected_by_cv"] == "true" else "")
+        )
     return "\n".join(lines)
 
 
@@ -137,35 +143,74 @@ def main(argv=None) -> int:
     times: dict[str, tuple[float, float]] = {}
     failures: list[str] = []
     try:
-        print(f"cohort: metcli synth --subjects {args.subjects} --seed {args.seed}, in {root}",
-              file=sys.stderr)
-        times["synth"] = run([metcli, "synth", str(root / "synth"), "--subjects",
-                              str(args.subjects), "--seed", str(args.seed), "-q",
-                              "--no-progress"])[:2]
+        print(
+            f"cohort: metcli synth --subjects {args.subjects} --seed {args.seed}, in {root}",
+            file=sys.stderr,
+        )
+        times["synth"] = run(
+            [
+                metcli,
+                "synth",
+                str(root / "synth"),
+                "--subjects",
+                str(args.subjects),
+                "--seed",
+                str(args.seed),
+                "-q",
+                "--no-progress",
+            ]
+        )[:2]
         raw = root / "synth" / "rawdata"
-        times["extract"] = run([metcli, "extract", str(raw),
-                                str(root / "synth" / "derivatives" / "truth-lesions"),
-                                str(root / "features"), "--jobs", str(args.jobs), "-q",
-                                "--no-progress"])[:2]
+        times["extract"] = run(
+            [
+                metcli,
+                "extract",
+                str(raw),
+                str(root / "synth" / "derivatives" / "truth-lesions"),
+                str(root / "features"),
+                "--jobs",
+                str(args.jobs),
+                "-q",
+                "--no-progress",
+            ]
+        )[:2]
         features = read_tsv(root / "features" / "features.tsv")
         ok = [r for r in features if r["status"] == "ok"]
         columns = list(features[0])
         n_features = sum(1 for c in columns if c.startswith("original_"))
         labels = {r["participant_id"]: r["primary"] for r in read_tsv(raw / "participants.tsv")}
         with_lesions = {r["participant_id"] for r in ok}
-        counts = {c: sum(1 for p in with_lesions if labels[p] == c)
-                  for c in sorted(set(labels.values()))}
-        print(f"features: {len(ok)} lesions of {len(with_lesions)} patients "
-              f"({', '.join(f'{v} {k}' for k, v in counts.items())}), {n_features} features",
-              file=sys.stderr)
+        counts = {
+            c: sum(1 for p in with_lesions if labels[p] == c) for c in sorted(set(labels.values()))
+        }
+        print(
+            f"features: {len(ok)} lesions of {len(with_lesions)} patients "
+            f"({', '.join(f'{v} {k}' for k, v in counts.items())}), {n_features} features",
+            file=sys.stderr,
+        )
 
-        common = [metcli, "train-radiomics", str(root / "features"), None, "--labels",
-                  str(raw / "participants.tsv"), "--classifiers", "all", "--sampler",
-                  ",".join(SAMPLERS), "--jobs", str(args.jobs), "--seed", str(args.seed), "-q",
-                  "--no-progress"]
-        for protocol, extra in (("holdout", ["--protocol", "holdout", "--test-patients",
-                                             str(args.test_patients)]),
-                                ("nested-cv", [])):
+        common = [
+            metcli,
+            "train-radiomics",
+            str(root / "features"),
+            None,
+            "--labels",
+            str(raw / "participants.tsv"),
+            "--classifiers",
+            "all",
+            "--sampler",
+            ",".join(SAMPLERS),
+            "--jobs",
+            str(args.jobs),
+            "--seed",
+            str(args.seed),
+            "-q",
+            "--no-progress",
+        ]
+        for protocol, extra in (
+            ("holdout", ["--protocol", "holdout", "--test-patients", str(args.test_patients)]),
+            ("nested-cv", []),
+        ):
             out = root / f"models-{protocol}"
             command = list(common)
             command[3] = str(out)
@@ -175,24 +220,31 @@ def main(argv=None) -> int:
             test = {r["participant_id"] for r in split if r["set"] == "test"}
             if protocol == "holdout" and len(test) != args.test_patients:
                 failures.append(f"{protocol}: {len(test)} test patients")
-            problems = check_outputs(out, n_features=n_features,
-                                     train=with_lesions - test, test=test)
+            problems = check_outputs(
+                out, n_features=n_features, train=with_lesions - test, test=test
+            )
             failures.extend(f"{protocol}: {p}" for p in problems)
             print(f"\ntrain-radiomics --protocol {protocol}: chose {stdout.strip()}")
             print(table3(out))
             chosen = [r for r in read_tsv(out / "selected_features.tsv") if r["selected"] == "true"]
-            print(f"  selected features ({len(chosen)} of {n_features}): "
-                  + ", ".join(r["feature"].replace("original_", "") for r in chosen))
+            print(
+                f"  selected features ({len(chosen)} of {n_features}): "
+                + ", ".join(r["feature"].replace("original_", "") for r in chosen)
+            )
 
         print("\nstep                          wall s    CPU s")
         for step, (wall, cpu) in times.items():
             print(f"{step:28s} {wall:8.1f} {cpu:8.1f}")
         for protocol in ("holdout", "nested-cv"):
             wall = times[f"train-radiomics {protocol}"][0]
-            print(f"train-radiomics {protocol}: {wall / 60:.2f} min wall "
-                  f"({'within' if wall < GOAL_S else 'over'} the 5-minute goal)")
-        print(f"cpu cores: {os.cpu_count()}, load average (1 min) at the end: "
-              f"{os.getloadavg()[0]:.1f} (other work on the machine slows every step)")
+            print(
+                f"train-radiomics {protocol}: {wall / 60:.2f} min wall "
+                f"({'within' if wall < GOAL_S else 'over'} the 5-minute goal)"
+            )
+        print(
+            f"cpu cores: {os.cpu_count()}, load average (1 min) at the end: "
+            f"{os.getloadavg()[0]:.1f} (other work on the machine slows every step)"
+        )
         for failure in failures:
             print(f"FAILED: {failure}")
         return 1 if failures else 0

@@ -51,8 +51,13 @@ def setup_logging(verbose: int, quiet: bool, debug: bool) -> None:
     try:
         from rich.logging import RichHandler
 
-        handler = RichHandler(console=stderr_console(), show_time=False, show_path=debug,
-                              markup=False, rich_tracebacks=debug)
+        handler = RichHandler(
+            console=stderr_console(),
+            show_time=False,
+            show_path=debug,
+            markup=False,
+            rich_tracebacks=debug,
+        )
         handler.setFormatter(logging.Formatter("%(message)s"))
     except ImportError:  # pragma: no cover - rich is a dependency
         handler = logging.StreamHandler(sys.stderr)
@@ -73,13 +78,15 @@ def _load_config(ctx: click.Context, _param, value):
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise click.BadParameter(f"{path}: cannot read it as YAML or JSON ({exc})",
-                                 param_hint="--config") from None
+        raise click.BadParameter(
+            f"{path}: cannot read it as YAML or JSON ({exc})", param_hint="--config"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise click.BadParameter(f"{path}: must hold a mapping of option names to values",
-                                 param_hint="--config")
+        raise click.BadParameter(
+            f"{path}: must hold a mapping of option names to values", param_hint="--config"
+        )
     known = {p.name for p in ctx.command.params}
     defaults = {}
     for key, val in data.items():
@@ -87,8 +94,9 @@ def _load_config(ctx: click.Context, _param, value):
         if name not in known or name == "config":
             raise click.BadParameter(
                 f"{path}: unknown option {key!r} for '{ctx.command.name}' "
-                f"(known: {', '.join(sorted(k.replace('_', '-') for k in known if k != 'config'))})",
-                param_hint="--config")
+                f"(known: {', '.join(sorted(k.replace('_', '-') for k in known if k != 'config'))})",  # noqa: E501
+                param_hint="--config",
+            )
         defaults[name] = val
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return path
@@ -97,9 +105,14 @@ def _load_config(ctx: click.Context, _param, value):
 # ----------------------------------------------------------------------------- options
 def common_options(fn: Callable) -> Callable:
     """-v/-q, --no-progress, --debug and --config, shared by every command."""
-    fn = click.option("--config", type=click.Path(exists=True, dir_okay=False), is_eager=True,
-                      expose_value=False, callback=_load_config,
-                      help="YAML/JSON file of option values (command-line options win).")(fn)
+    fn = click.option(
+        "--config",
+        type=click.Path(exists=True, dir_okay=False),
+        is_eager=True,
+        expose_value=False,
+        callback=_load_config,
+        help="YAML/JSON file of option values (command-line options win).",
+    )(fn)
     fn = click.option("--debug", is_flag=True, help="Show tracebacks of errors.")(fn)
     fn = click.option("--no-progress", is_flag=True, help="Hide progress bars.")(fn)
     fn = click.option("-q", "--quiet", is_flag=True, help="Only print errors.")(fn)
@@ -109,33 +122,47 @@ def common_options(fn: Callable) -> Callable:
 
 def participant_options(fn: Callable) -> Callable:
     """--participant-label (repeatable) and --level, as in BIDS apps."""
-    fn = click.option("--level", type=click.Choice(["participant", "group", "both"]),
-                      default=None,
-                      help="Analysis level. Default: both, or participant only when "
-                           "--participant-label is given.")(fn)
-    fn = click.option("--participant-label", "participant_label", multiple=True,
-                      metavar="LABEL",
-                      help="Process only this participant (repeatable; with or without "
-                           "'sub-').")(fn)
+    fn = click.option(
+        "--level",
+        type=click.Choice(["participant", "group", "both"]),
+        default=None,
+        help="Analysis level. Default: both, or participant only when "
+        "--participant-label is given.",
+    )(fn)
+    fn = click.option(
+        "--participant-label",
+        "participant_label",
+        multiple=True,
+        metavar="LABEL",
+        help="Process only this participant (repeatable; with or without 'sub-').",
+    )(fn)
     return fn
 
 
 def training_label_options(fn: Callable) -> Callable:
     """--labels, --label-column and --positive-class of the training commands."""
-    fn = click.option("--positive-class", default=None,
-                      help="Positive class of a binary model. Default: the label that sorts "
-                           "last.")(fn)
-    fn = click.option("--label-column", default="primary", show_default=True,
-                      help="Column of --labels that holds the class of each participant.")(fn)
-    fn = click.option("--labels", type=click.Path(exists=True, path_type=Path), required=True,
-                      help="participants.tsv with the label column (or the folder holding "
-                           "it).")(fn)
+    fn = click.option(
+        "--positive-class",
+        default=None,
+        help="Positive class of a binary model. Default: the label that sorts last.",
+    )(fn)
+    fn = click.option(
+        "--label-column",
+        default="primary",
+        show_default=True,
+        help="Column of --labels that holds the class of each participant.",
+    )(fn)
+    fn = click.option(
+        "--labels",
+        type=click.Path(exists=True, path_type=Path),
+        required=True,
+        help="participants.tsv with the label column (or the folder holding it).",
+    )(fn)
     return fn
 
 
 def overwrite_option(fn: Callable) -> Callable:
-    return click.option("--overwrite", is_flag=True,
-                        help="Redo outputs that are already done.")(fn)
+    return click.option("--overwrite", is_flag=True, help="Redo outputs that are already done.")(fn)
 
 
 def _available_cpus() -> int:
@@ -145,20 +172,33 @@ def _available_cpus() -> int:
 
 
 def threads_option(what: str):
-    """``--threads N``: PyTorch's CPU threads for ``what`` (default: the CPUs this process may use)."""
+    """``--threads N``: PyTorch's CPU threads for ``what`` (default: the CPUs this process may
+    use)."""
+
     def wrap(fn):
-        return click.option("--threads", type=click.IntRange(min=1), default=_available_cpus,
-                            show_default="the CPUs this process may use",
-                            help=f"PyTorch CPU threads for {what}; 1 on a machine shared with "
-                                 "other jobs (busy cores make torch's threads wait). Does not "
-                                 "count as a setting for skipping finished outputs.")(fn)
+        return click.option(
+            "--threads",
+            type=click.IntRange(min=1),
+            default=_available_cpus,
+            show_default="the CPUs this process may use",
+            help=f"PyTorch CPU threads for {what}; 1 on a machine shared with "
+            "other jobs (busy cores make torch's threads wait). Does not "
+            "count as a setting for skipping finished outputs.",
+        )(fn)
+
     return wrap
 
 
 def seed_option(default: int = 0):
     def wrap(fn):
-        return click.option("--seed", type=int, default=default, show_default=True,
-                            help="Random seed (same inputs and seed give the same outputs).")(fn)
+        return click.option(
+            "--seed",
+            type=int,
+            default=default,
+            show_default=True,
+            help="Random seed (same inputs and seed give the same outputs).",
+        )(fn)
+
     return wrap
 
 
@@ -167,14 +207,23 @@ def run_command(fn: Callable) -> Callable:
     """Wrap a click callback: logging set-up, one-line errors and exit codes."""
 
     @functools.wraps(fn)
-    def wrapper(*args, verbose: int = 0, quiet: bool = False, debug: bool = False,
-                no_progress: bool = False, **kwargs):
+    def wrapper(
+        *args,
+        verbose: int = 0,
+        quiet: bool = False,
+        debug: bool = False,
+        no_progress: bool = False,
+        **kwargs,
+    ):
         from metcli.core.errors import MetcliError, ParticipantsFailed, UsageError
 
         setup_logging(verbose, quiet, debug)
         ctx = click.get_current_context()
-        ctx.obj = {"progress": not no_progress and not quiet and sys.stderr.isatty(),
-                   "quiet": quiet, "debug": debug}
+        ctx.obj = {
+            "progress": not no_progress and not quiet and sys.stderr.isatty(),
+            "quiet": quiet,
+            "debug": debug,
+        }
         try:
             return fn(*args, **kwargs)
         except KeyboardInterrupt:
@@ -202,16 +251,19 @@ def run_command(fn: Callable) -> Callable:
         except Exception as exc:  # noqa: BLE001 - last resort, one line unless --debug
             if debug:
                 traceback.print_exc()
-            echo_error(f"unexpected {type(exc).__name__}: {exc} "
-                       "(run again with --debug for the traceback and report it)")
+            echo_error(
+                f"unexpected {type(exc).__name__}: {exc} "
+                "(run again with --debug for the traceback and report it)"
+            )
             ctx.exit(EXIT_ERROR)
 
     return wrapper
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int | None = None
-                 ) -> Iterator[Callable[[str, str], None]]:
+def progress_bar(
+    description: str, total: int | None = None
+) -> Iterator[Callable[[str, str], None]]:
     """A rich progress bar on stderr; yields the callback the library calls per item.
 
     The library announces the number of items through the callback's ``start(total)``
@@ -224,9 +276,15 @@ def progress_bar(description: str, total: int | None = None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("{task.fields[last]}"),
-                  console=stderr_console(), transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"),
+        console=stderr_console(),
+        transient=True,
+    ) as progress:
         bar = _Bar(progress, description)
         if total:
             bar.start(total)
@@ -279,15 +337,19 @@ def finish(report, *, what: str = "participants") -> None:
             table.add_row(name, message)
         stderr_console().print(table)
     if not quiet:
-        click.echo(f"{what}: {counts['done']} done, {counts['skipped']} skipped (already done), "
-                   f"{counts['failed']} failed", err=True)
+        click.echo(
+            f"{what}: {counts['done']} done, {counts['skipped']} skipped (already done), "
+            f"{counts['failed']} failed",
+            err=True,
+        )
     if report.failed:
         raise ParticipantsFailed(report.failed, total=len(report.status))
 
 
 def path_arg(name: str, *, exists: bool = True, file_okay: bool = True, dir_okay: bool = True):
-    return click.argument(name, type=click.Path(exists=exists, file_okay=file_okay,
-                                                dir_okay=dir_okay, path_type=Path))
+    return click.argument(
+        name, type=click.Path(exists=exists, file_okay=file_okay, dir_okay=dir_okay, path_type=Path)
+    )
 
 
 def kwargs_subset(d: dict[str, Any], *names: str) -> dict[str, Any]:

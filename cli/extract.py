@@ -6,33 +6,76 @@ from pathlib import Path
 
 import click
 
-from metcli.cli._common import (common_options, finish, overwrite_option, participant_options,
-                                progress_bar, run_command)
+from metcli.cli._common import (
+    common_options,
+    finish,
+    overwrite_option,
+    participant_options,
+    progress_bar,
+    run_command,
+)
 
 
 @click.command("extract")
 @click.argument("raw_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("lesions_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--params", "params", default="study", show_default=True, metavar="FILE|PRESET",
-              help="pyradiomics parameter file (YAML/JSON, checked against pyradiomics' schema) "
-                   "or a preset: study, recommended, ibsi (see docs/extract.md).")
-@click.option("--seg", "seg_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None,
-              help="Segmentation folder (_dseg: 1 liver, 2 lesion) for the peritumoral ring.")
-@click.option("--peritumoral-mm", type=float, default=None, metavar="R",
-              help="Also extract a ring of R mm around each lesion, restricted to the liver "
-                   "of --seg (features prefixed peritumoral_).")
-@click.option("--phase", "phase", multiple=True, metavar="PHASE",
-              help="Extract only this contrast phase (ce- entity; repeatable). Default: all.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes that extract lesions in parallel.")
+@click.option(
+    "--params",
+    "params",
+    default="study",
+    show_default=True,
+    metavar="FILE|PRESET",
+    help="pyradiomics parameter file (YAML/JSON, checked against pyradiomics' schema) "
+    "or a preset: study, recommended, ibsi (see docs/extract.md).",
+)
+@click.option(
+    "--seg",
+    "seg_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Segmentation folder (_dseg: 1 liver, 2 lesion) for the peritumoral ring.",
+)
+@click.option(
+    "--peritumoral-mm",
+    type=float,
+    default=None,
+    metavar="R",
+    help="Also extract a ring of R mm around each lesion, restricted to the liver "
+    "of --seg (features prefixed peritumoral_).",
+)
+@click.option(
+    "--phase",
+    "phase",
+    multiple=True,
+    metavar="PHASE",
+    help="Extract only this contrast phase (ce- entity; repeatable). Default: all.",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes that extract lesions in parallel.",
+)
 @participant_options
 @overwrite_option
 @common_options
 @run_command
-def command(raw_dir, lesions_dir, out_dir, params, seg_dir, peritumoral_mm, phase, jobs,
-            participant_label, level, overwrite):
+def command(
+    raw_dir,
+    lesions_dir,
+    out_dir,
+    params,
+    seg_dir,
+    peritumoral_mm,
+    phase,
+    jobs,
+    participant_label,
+    level,
+    overwrite,
+):
     """Extract radiomics features of every kept lesion with pyradiomics.
 
     RAW_DIR holds the CTs (sub-<id>/[ses-<s>/]anat/..._ct.nii.gz), LESIONS_DIR
@@ -53,9 +96,20 @@ def command(raw_dir, lesions_dir, out_dir, params, seg_dir, peritumoral_mm, phas
     phases = list(phase) or None
     do_participants, _do_group = resolve_levels(level, labels)
     with progress_bar("extract") as progress:
-        report = extract(raw_dir, lesions_dir, out_dir, params=resolved, seg_dir=seg_dir,
-                         peritumoral_mm=peritumoral_mm, participants=labels, phases=phases,
-                         level=level, jobs=jobs, overwrite=overwrite, progress=progress)
+        report = extract(
+            raw_dir,
+            lesions_dir,
+            out_dir,
+            params=resolved,
+            seg_dir=seg_dir,
+            peritumoral_mm=peritumoral_mm,
+            participants=labels,
+            phases=phases,
+            level=level,
+            jobs=jobs,
+            overwrite=overwrite,
+            progress=progress,
+        )
     ctx = click.get_current_context()
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))
     if do_participants and not quiet:

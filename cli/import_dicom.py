@@ -12,25 +12,52 @@ from metcli.cli._common import common_options, overwrite_option, path_arg, run_c
 @click.command("import-dicom")
 @path_arg("dicom_dir", exists=True, file_okay=False)
 @click.argument("raw_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--participant-label", "participant_label", required=True, metavar="LABEL",
-              help="Label of the new participant (letters and digits; with or without 'sub-').")
-@click.option("--session", metavar="LABEL", default=None,
-              help="Session label (adds ses-LABEL to the path and name).")
-@click.option("--phase", metavar="PHASE", default=None,
-              help="Contrast phase (ce- entity): native, arterial, portal, delayed, or another "
-                   "label. Default: none in the file name.")
-@click.option("--series-uid", metavar="UID", default=None,
-              help="SeriesInstanceUID of the series to import. Default: the largest axial CT "
-                   "series (the others are listed with -v).")
-@click.option("--primary", metavar="LABEL", default=None,
-              help="The participant's label for participants.tsv (column 'primary', e.g. "
-                   "colorectal).")
+@click.option(
+    "--participant-label",
+    "participant_label",
+    required=True,
+    metavar="LABEL",
+    help="Label of the new participant (letters and digits; with or without 'sub-').",
+)
+@click.option(
+    "--session",
+    metavar="LABEL",
+    default=None,
+    help="Session label (adds ses-LABEL to the path and name).",
+)
+@click.option(
+    "--phase",
+    metavar="PHASE",
+    default=None,
+    help="Contrast phase (ce- entity): native, arterial, portal, delayed, or another "
+    "label. Default: none in the file name.",
+)
+@click.option(
+    "--series-uid",
+    metavar="UID",
+    default=None,
+    help="SeriesInstanceUID of the series to import. Default: the largest axial CT "
+    "series (the others are listed with -v).",
+)
+@click.option(
+    "--primary",
+    metavar="LABEL",
+    default=None,
+    help="The participant's label for participants.tsv (column 'primary', e.g. colorectal).",
+)
 @overwrite_option
 @common_options
 @run_command
-def command(dicom_dir: Path, raw_dir: Path, participant_label: str, session: str | None,
-            phase: str | None, series_uid: str | None, primary: str | None,
-            overwrite: bool) -> None:
+def command(
+    dicom_dir: Path,
+    raw_dir: Path,
+    participant_label: str,
+    session: str | None,
+    phase: str | None,
+    series_uid: str | None,
+    primary: str | None,
+    overwrite: bool,
+) -> None:
     """Convert one CT series in DICOM_DIR to NIfTI (HU) in the raw dataset RAW_DIR.
 
     Finds the series in DICOM_DIR and below (files that are not DICOM are skipped),
@@ -41,6 +68,14 @@ def command(dicom_dir: Path, raw_dir: Path, participant_label: str, session: str
     """
     from metcli.imaging.dicom.import_dicom import import_dicom
 
-    out = import_dicom(dicom_dir, raw_dir, participant=participant_label, session=session,
-                       phase=phase, series_uid=series_uid, primary=primary, overwrite=overwrite)
+    out = import_dicom(
+        dicom_dir,
+        raw_dir,
+        participant=participant_label,
+        session=session,
+        phase=phase,
+        series_uid=series_uid,
+        primary=primary,
+        overwrite=overwrite,
+    )
     click.echo(str(out))

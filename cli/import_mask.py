@@ -13,28 +13,59 @@ from metcli.cli._common import common_options, overwrite_option, path_arg, run_c
 @path_arg("mask")
 @path_arg("raw_dir", file_okay=False)
 @click.argument("seg_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--participant-label", "participant_label", required=True, metavar="ID",
-              help="The participant the mask belongs to (with or without 'sub-').")
-@click.option("--session", default=None, metavar="S",
-              help="The session of the CT (when the participant has several).")
-@click.option("--phase", default=None, metavar="P",
-              help="The contrast phase of the CT (ce- entity: native, arterial, portal, "
-                   "delayed), when the participant has several.")
-@click.option("--label-map", "label_map", multiple=True, metavar="SPEC",
-              help="Which source labels are liver and lesion: SOURCE=liver|lesion pairs, "
-                   "comma-separated or repeated. Sources are ROI names or numbers (RTSTRUCT), "
-                   "segment labels or numbers (DICOM-SEG) or voxel values (label images), e.g. "
-                   "'GTV-1=lesion,Liver=liver' or '5=liver'. Default: a label image of 0/1/2 "
-                   "as it is; ROI/segment names containing gtv, tumo(u)r, lesion or metasta as "
-                   "lesion, containing liver as liver.")
-@click.option("--roi-name", "roi_names", multiple=True, metavar="NAME",
-              help="Import only this ROI or segment (repeatable; RTSTRUCT and DICOM-SEG).")
+@click.option(
+    "--participant-label",
+    "participant_label",
+    required=True,
+    metavar="ID",
+    help="The participant the mask belongs to (with or without 'sub-').",
+)
+@click.option(
+    "--session",
+    default=None,
+    metavar="S",
+    help="The session of the CT (when the participant has several).",
+)
+@click.option(
+    "--phase",
+    default=None,
+    metavar="P",
+    help="The contrast phase of the CT (ce- entity: native, arterial, portal, "
+    "delayed), when the participant has several.",
+)
+@click.option(
+    "--label-map",
+    "label_map",
+    multiple=True,
+    metavar="SPEC",
+    help="Which source labels are liver and lesion: SOURCE=liver|lesion pairs, "
+    "comma-separated or repeated. Sources are ROI names or numbers (RTSTRUCT), "
+    "segment labels or numbers (DICOM-SEG) or voxel values (label images), e.g. "
+    "'GTV-1=lesion,Liver=liver' or '5=liver'. Default: a label image of 0/1/2 "
+    "as it is; ROI/segment names containing gtv, tumo(u)r, lesion or metasta as "
+    "lesion, containing liver as liver.",
+)
+@click.option(
+    "--roi-name",
+    "roi_names",
+    multiple=True,
+    metavar="NAME",
+    help="Import only this ROI or segment (repeatable; RTSTRUCT and DICOM-SEG).",
+)
 @overwrite_option
 @common_options
 @run_command
-def command(mask: Path, raw_dir: Path, seg_dir: Path, participant_label: str,
-            session: str | None, phase: str | None, label_map: tuple[str, ...],
-            roi_names: tuple[str, ...], overwrite: bool) -> None:
+def command(
+    mask: Path,
+    raw_dir: Path,
+    seg_dir: Path,
+    participant_label: str,
+    session: str | None,
+    phase: str | None,
+    label_map: tuple[str, ...],
+    roi_names: tuple[str, ...],
+    overwrite: bool,
+) -> None:
     """Bring a manual segmentation MASK onto the grid of the participant's CT in RAW_DIR.
 
     MASK is a NIfTI or NRRD label image, an RTSTRUCT or a DICOM-SEG file (or a
@@ -48,7 +79,15 @@ def command(mask: Path, raw_dir: Path, seg_dir: Path, participant_label: str,
     """
     from metcli.imaging.import_mask import import_mask
 
-    out = import_mask(mask, raw_dir, seg_dir, participant=participant_label, session=session,
-                      phase=phase, label_map=list(label_map) or None,
-                      roi_names=list(roi_names) or None, overwrite=overwrite)
+    out = import_mask(
+        mask,
+        raw_dir,
+        seg_dir,
+        participant=participant_label,
+        session=session,
+        phase=phase,
+        label_map=list(label_map) or None,
+        roi_names=list(roi_names) or None,
+        overwrite=overwrite,
+    )
     click.echo(str(out))

@@ -47,8 +47,9 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
-@click.version_option(__version__, "-V", "--version", prog_name="metcli",
-                      message="%(prog)s %(version)s")
+@click.version_option(
+    __version__, "-V", "--version", prog_name="metcli", message="%(prog)s %(version)s"
+)
 def cli():
     """metcli: where do liver metastases come from? CT virtual-biopsy toolkit.
 

@@ -32,45 +32,96 @@ def _help():
 
 
 def _split_folds(values) -> list[str] | None:
-    folds = [part.strip() for value in values or () for part in str(value).split(",")
-             if part.strip()]
+    folds = [
+        part.strip() for value in values or () for part in str(value).split(",") if part.strip()
+    ]
     return folds or None
 
 
 @click.command("segment")
 @click.argument("raw_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--model", default=None, metavar="NAME|PATH",
-              help="A model of the weights manifest ('metcli weights list') or a model folder "
-                   "(nnU-Net v2 trained-model folder; export-onnx folder with --backend onnx). "
-                   "Default: metcli-demo-nnunet, which only knows synthetic phantoms.")
-@click.option("--backend", cls=DynamicHelpOption, help_from=_help, type=RegistryChoice(_names), default="nnunet",
-              show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True, help="Where the network runs (auto: CUDA when available).")
-@click.option("--folds", multiple=True, metavar="K[,K...]",
-              help="nnU-Net folds to ensemble (numbers or 'all'; repeatable or comma-separated). "
-                   "Default: every fold of the model folder.")
-@click.option("--tta/--no-tta", default=True, show_default=True,
-              help="Test-time augmentation by mirroring (nnU-Net's default; about 8x slower).")
-@click.option("--step-size", type=click.FloatRange(0, 1, min_open=True), default=0.5,
-              show_default=True, help="Sliding-window step as a fraction of the patch size.")
-@click.option("--label-map", default=None, metavar="SPEC",
-              help="Translate the model's labels into metcli's, e.g. "
-                   "'liver=liver,liver_tumor=lesion' (model label name or value = background, "
-                   "liver or lesion). Default: the manifest's map, else the label names.")
-@click.option("--orientation", default=None, metavar="CODE|as-stored",
-              help="Bring every CT to this orientation (e.g. LPS, RAS) before the network "
-                   "sees it; labels come back on the CT's own grid. Default: the model's own "
-                   "(an ONNX export's, a manifest model's input.orientation, else as-stored "
-                   "as nnU-Net does).")
+@click.option(
+    "--model",
+    default=None,
+    metavar="NAME|PATH",
+    help="A model of the weights manifest ('metcli weights list') or a model folder "
+    "(nnU-Net v2 trained-model folder; export-onnx folder with --backend onnx). "
+    "Default: metcli-demo-nnunet, which only knows synthetic phantoms.",
+)
+@click.option(
+    "--backend",
+    cls=DynamicHelpOption,
+    help_from=_help,
+    type=RegistryChoice(_names),
+    default="nnunet",
+    show_default=True,
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the network runs (auto: CUDA when available).",
+)
+@click.option(
+    "--folds",
+    multiple=True,
+    metavar="K[,K...]",
+    help="nnU-Net folds to ensemble (numbers or 'all'; repeatable or comma-separated). "
+    "Default: every fold of the model folder.",
+)
+@click.option(
+    "--tta/--no-tta",
+    default=True,
+    show_default=True,
+    help="Test-time augmentation by mirroring (nnU-Net's default; about 8x slower).",
+)
+@click.option(
+    "--step-size",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.5,
+    show_default=True,
+    help="Sliding-window step as a fraction of the patch size.",
+)
+@click.option(
+    "--label-map",
+    default=None,
+    metavar="SPEC",
+    help="Translate the model's labels into metcli's, e.g. "
+    "'liver=liver,liver_tumor=lesion' (model label name or value = background, "
+    "liver or lesion). Default: the manifest's map, else the label names.",
+)
+@click.option(
+    "--orientation",
+    default=None,
+    metavar="CODE|as-stored",
+    help="Bring every CT to this orientation (e.g. LPS, RAS) before the network "
+    "sees it; labels come back on the CT's own grid. Default: the model's own "
+    "(an ONNX export's, a manifest model's input.orientation, else as-stored "
+    "as nnU-Net does).",
+)
 @threads_option("the nnU-Net backend (nnU-Net uses at most nnUNet_def_n_proc, 8 by default)")
 @participant_options
 @overwrite_option
 @common_options
 @run_command
-def command(raw_dir, out_dir, model, backend, device, folds, tta, step_size, label_map,
-            orientation, threads, participant_label, level, overwrite):
+def command(
+    raw_dir,
+    out_dir,
+    model,
+    backend,
+    device,
+    folds,
+    tta,
+    step_size,
+    label_map,
+    orientation,
+    threads,
+    participant_label,
+    level,
+    overwrite,
+):
     """Segment liver (1) and lesions (2) in every CT of RAW_DIR.
 
     RAW_DIR holds sub-<id>/[ses-<s>/]anat/..._ct.nii.gz. OUT_DIR gets, per CT,
@@ -85,10 +136,22 @@ def command(raw_dir, out_dir, model, backend, device, folds, tta, step_size, lab
     labels = list(participant_label) or None
     do_participants, _do_group = resolve_levels(level, labels)
     with progress_bar("segment") as progress:
-        report = segment(raw_dir, out_dir, model=model, backend=backend, device=device,
-                         folds=_split_folds(folds), tta=tta, step_size=step_size,
-                         label_map=label_map, orientation=orientation, participants=labels,
-                         level=level, threads=threads,
-                         overwrite=overwrite, progress=progress)
+        report = segment(
+            raw_dir,
+            out_dir,
+            model=model,
+            backend=backend,
+            device=device,
+            folds=_split_folds(folds),
+            tta=tta,
+            step_size=step_size,
+            label_map=label_map,
+            orientation=orientation,
+            participants=labels,
+            level=level,
+            threads=threads,
+            overwrite=overwrite,
+            progress=progress,
+        )
     if do_participants:
         finish(report, what="CTs")

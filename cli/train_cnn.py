@@ -44,55 +44,142 @@ def _window(ctx, param, value):
 @click.argument("lesions_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @training_label_options
-@click.option("--arch", cls=DynamicHelpOption, help_from=_help, type=RegistryChoice(_names), default="densenet121",
-              show_default=True)
-@click.option("--dims", type=click.Choice(["2", "3"]), default="2", show_default=True,
-              help="2: every axial slice of a lesion (the study); 3: one cube per lesion.")
-@click.option("--phases", default=None, metavar="PHASE,...",
-              help="Contrast phases (ce- labels) stacked as input channels, in this order, "
-                   "for example portal,arterial. Default: the CT of the lesion map's phase.")
-@click.option("--window", default="330,10", show_default=True, callback=_window,
-              help="CT window WIDTH,LEVEL in HU, applied first.")
-@click.option("--size", type=click.IntRange(min=8), default=None,
-              help="Side of the input image (or cube) in pixels [default: 224 in 2D, 64 in 3D].")
-@click.option("--fov-mm", type=float, default=None,
-              help="Fixed field of view in mm centred on the lesion, instead of the tight "
-                   "square crop.")
-@click.option("--context-mm", type=float, default=0.0, show_default=True,
-              help="Keep this margin of tissue around the lesion (0: mask only).")
+@click.option(
+    "--arch",
+    cls=DynamicHelpOption,
+    help_from=_help,
+    type=RegistryChoice(_names),
+    default="densenet121",
+    show_default=True,
+)
+@click.option(
+    "--dims",
+    type=click.Choice(["2", "3"]),
+    default="2",
+    show_default=True,
+    help="2: every axial slice of a lesion (the study); 3: one cube per lesion.",
+)
+@click.option(
+    "--phases",
+    default=None,
+    metavar="PHASE,...",
+    help="Contrast phases (ce- labels) stacked as input channels, in this order, "
+    "for example portal,arterial. Default: the CT of the lesion map's phase.",
+)
+@click.option(
+    "--window",
+    default="330,10",
+    show_default=True,
+    callback=_window,
+    help="CT window WIDTH,LEVEL in HU, applied first.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=8),
+    default=None,
+    help="Side of the input image (or cube) in pixels [default: 224 in 2D, 64 in 3D].",
+)
+@click.option(
+    "--fov-mm",
+    type=float,
+    default=None,
+    help="Fixed field of view in mm centred on the lesion, instead of the tight square crop.",
+)
+@click.option(
+    "--context-mm",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Keep this margin of tissue around the lesion (0: mask only).",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
-@click.option("--val-patients", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Validation patients (the best epoch is chosen on them; 0 only with "
-                   "--cv-folds).")
-@click.option("--test-patients", type=click.IntRange(min=0), default=None,
-              help="Test patients, stratified by class [default: 8].")
-@click.option("--split", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="A split file (participant_id, set, fold) instead.")
-@click.option("--monitor", type=click.Choice(["loss", "auc"]), default="loss",
-              show_default=True,
-              help="Validation metric that picks the best epoch and drives --patience.")
-@click.option("--patience", type=click.IntRange(min=1), default=None,
-              help="Stop after this many epochs without a better validation --monitor.")
-@click.option("--cv-folds", type=click.IntRange(min=2), default=None,
-              help="Choose a fixed number of epochs (up to --epochs) by K-fold cross-validation "
-                   "on the training patients, then train on all of them for that many.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
-@click.option("--amp", is_flag=True,
-              help="Automatic mixed precision (CUDA only; an error on the CPU).")
-@click.option("--resume", is_flag=True,
-              help="Continue an interrupted run from OUT_DIR/resume (same inputs and options).")
+@click.option(
+    "--val-patients",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Validation patients (the best epoch is chosen on them; 0 only with --cv-folds).",
+)
+@click.option(
+    "--test-patients",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Test patients, stratified by class [default: 8].",
+)
+@click.option(
+    "--split",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A split file (participant_id, set, fold) instead.",
+)
+@click.option(
+    "--monitor",
+    type=click.Choice(["loss", "auc"]),
+    default="loss",
+    show_default=True,
+    help="Validation metric that picks the best epoch and drives --patience.",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many epochs without a better validation --monitor.",
+)
+@click.option(
+    "--cv-folds",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Choose a fixed number of epochs (up to --epochs) by K-fold cross-validation "
+    "on the training patients, then train on all of them for that many.",
+)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
+)
+@click.option(
+    "--amp", is_flag=True, help="Automatic mixed precision (CUDA only; an error on the CPU)."
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run from OUT_DIR/resume (same inputs and options).",
+)
 @threads_option("training (on the CPU the weights depend on it; see docs/train-cnn.md)")
 @seed_option()
 @overwrite_option
 @common_options
 @run_command
-def command(raw_dir, lesions_dir, out_dir, labels, label_column, positive_class, arch, dims,
-            phases, window, size, fov_mm, context_mm, epochs, batch_size, lr, val_patients,
-            test_patients, split, monitor, patience, cv_folds, device, amp, resume, threads,
-            seed, overwrite):
+def command(
+    raw_dir,
+    lesions_dir,
+    out_dir,
+    labels,
+    label_column,
+    positive_class,
+    arch,
+    dims,
+    phases,
+    window,
+    size,
+    fov_mm,
+    context_mm,
+    epochs,
+    batch_size,
+    lr,
+    val_patients,
+    test_patients,
+    split,
+    monitor,
+    patience,
+    cv_folds,
+    device,
+    amp,
+    resume,
+    threads,
+    seed,
+    overwrite,
+):
     """Train the study's lesion-slice CNN on CTs and split-lesions' lesion maps.
 
     Every axial slice of every kept lesion (or, with --dims 3, a cube around
@@ -107,21 +194,48 @@ def command(raw_dir, lesions_dir, out_dir, labels, label_column, positive_class,
     from metcli.cnn.train_cnn import train_cnn
 
     with progress_bar("train-cnn") as progress:
-        result = train_cnn(raw_dir, lesions_dir, out_dir, labels=labels,
-                           label_column=label_column, positive_class=positive_class, arch=arch,
-                           dims=int(dims), phases=phases, window=window, size=size,
-                           fov_mm=fov_mm, context_mm=context_mm, epochs=epochs,
-                           batch_size=batch_size, lr=lr, val_patients=val_patients,
-                           test_patients=test_patients, split=split, cv_folds=cv_folds,
-                           patience=patience, monitor=monitor, device=device, amp=amp,
-                           seed=seed, resume=resume, threads=threads, overwrite=overwrite,
-                           progress=progress)
+        result = train_cnn(
+            raw_dir,
+            lesions_dir,
+            out_dir,
+            labels=labels,
+            label_column=label_column,
+            positive_class=positive_class,
+            arch=arch,
+            dims=int(dims),
+            phases=phases,
+            window=window,
+            size=size,
+            fov_mm=fov_mm,
+            context_mm=context_mm,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            val_patients=val_patients,
+            test_patients=test_patients,
+            split=split,
+            cv_folds=cv_folds,
+            patience=patience,
+            monitor=monitor,
+            device=device,
+            amp=amp,
+            seed=seed,
+            resume=resume,
+            threads=threads,
+            overwrite=overwrite,
+            progress=progress,
+        )
     ctx = click.get_current_context()
     quiet = ctx.obj and ctx.obj.get("quiet")
     if result.excluded and not quiet:
-        click.echo("left out: " + ", ".join(f"{p} ({why})" for p, why in
-                                            sorted(result.excluded.items())), err=True)
+        click.echo(
+            "left out: " + ", ".join(f"{p} ({why})" for p, why in sorted(result.excluded.items())),
+            err=True,
+        )
     if result.skipped and not quiet:
-        click.echo("outputs are current (same inputs and settings); nothing redone "
-                   "(--overwrite redoes them)", err=True)
+        click.echo(
+            "outputs are current (same inputs and settings); nothing redone "
+            "(--overwrite redoes them)",
+            err=True,
+        )
     click.echo(str(result.model_dir))

@@ -43,12 +43,24 @@ def _download_bar(name: str) -> Iterator:
     if not (ctx and ctx.obj and ctx.obj.get("progress")):
         yield None
         return
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
-    with Progress(TextColumn(f"fetch {name}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), TimeRemainingColumn(), console=stderr_console(),
-                  transient=True) as progress:
+    with Progress(
+        TextColumn(f"fetch {name}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=stderr_console(),
+        transient=True,
+    ) as progress:
         task = progress.add_task(name, total=None)
 
         def update(done: int, total: int | None) -> None:
@@ -82,19 +94,33 @@ def list_command():
     from metcli.io.weights import list_models, metcli_home
 
     rows = list_models()
-    _print_table(rows, ["name", "status", "format", "source", "verified", "licence",
-                        "description"], title=f"models (METCLI_HOME={metcli_home()})")
+    _print_table(
+        rows,
+        ["name", "status", "format", "source", "verified", "licence", "description"],
+        title=f"models (METCLI_HOME={metcli_home()})",
+    )
 
 
 @command.command("fetch")
 @click.argument("name")
-@click.option("--url", default=None, metavar="URL",
-              help="Download from this URL (a mirror) instead of the manifest's.")
-@click.option("--sha256", "sha256", default=None, metavar="HEX",
-              help="Expected sha256 of the download, for a model whose checksum the manifest "
-                   "does not know.")
-@click.option("--allow-unverified", is_flag=True,
-              help="Install even though no checksum is known (the computed one is recorded).")
+@click.option(
+    "--url",
+    default=None,
+    metavar="URL",
+    help="Download from this URL (a mirror) instead of the manifest's.",
+)
+@click.option(
+    "--sha256",
+    "sha256",
+    default=None,
+    metavar="HEX",
+    help="Expected sha256 of the download, for a model whose checksum the manifest does not know.",
+)
+@click.option(
+    "--allow-unverified",
+    is_flag=True,
+    help="Install even though no checksum is known (the computed one is recorded).",
+)
 @overwrite_option
 @common_options
 @run_command
@@ -107,8 +133,14 @@ def fetch_command(name, url, sha256, allow_unverified, overwrite):
     from metcli.io.weights import fetch
 
     with _download_bar(name) as progress:
-        path = fetch(name, url=url, sha256=sha256, allow_unverified=allow_unverified,
-                     progress=progress, overwrite=overwrite)
+        path = fetch(
+            name,
+            url=url,
+            sha256=sha256,
+            allow_unverified=allow_unverified,
+            progress=progress,
+            overwrite=overwrite,
+        )
     click.echo(str(path))
 
 
@@ -128,5 +160,7 @@ def verify_command(name):
     _print_table([r.row() for r in results], ["name", "status", "detail"], title="models")
     bad = [r.name for r in results if r.status == "mismatch"]
     if bad:
-        raise WeightsError(f"{len(bad)} model(s) do not match their checksums: {', '.join(bad)}",
-                           fix="fetch them again with 'metcli weights fetch NAME --overwrite'")
+        raise WeightsError(
+            f"{len(bad)} model(s) do not match their checksums: {', '.join(bad)}",
+            fix="fetch them again with 'metcli weights fetch NAME --overwrite'",
+        )

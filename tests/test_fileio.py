@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import make_image
+from metcli.core.errors import ImageError, InputError, SchemaError, UsageError
 from metcli.io import files as fileio
 from metcli.io import participants
-from metcli.core.errors import ImageError, InputError, SchemaError, UsageError
 
 
 def test_atomic_path_failure_leaves_nothing(tmp_path):
@@ -62,8 +62,10 @@ def test_tsv_round_trip_and_na(tmp_path):
     rows = [{"index": 1, "name": "liver", "abbreviation": None}, {"index": 2, "name": "x"}]
     fileio.write_tsv(rows, ["index", "name", "abbreviation"], path, schema="dseg_labels")
     assert path.read_text() == "index\tname\tabbreviation\n1\tliver\tn/a\n2\tx\tn/a\n"
-    assert fileio.read_tsv(path) == [{"index": "1", "name": "liver", "abbreviation": "n/a"},
-                                     {"index": "2", "name": "x", "abbreviation": "n/a"}]
+    assert fileio.read_tsv(path) == [
+        {"index": "1", "name": "liver", "abbreviation": "n/a"},
+        {"index": "2", "name": "x", "abbreviation": "n/a"},
+    ]
     with pytest.raises(InputError, match="missing column"):
         fileio.read_tsv(path, required=["label"])
 
@@ -71,11 +73,16 @@ def test_tsv_round_trip_and_na(tmp_path):
 def test_tsv_schema_checked_before_writing(tmp_path):
     path = tmp_path / "t.tsv"
     with pytest.raises(SchemaError, match="line 2"):
-        fileio.write_tsv([{"index": "one", "name": "liver"}], ["index", "name"], path,
-                         schema="dseg_labels")
+        fileio.write_tsv(
+            [{"index": "one", "name": "liver"}], ["index", "name"], path, schema="dseg_labels"
+        )
     with pytest.raises(SchemaError, match="does not allow"):
-        fileio.write_tsv([{"index": 1, "name": "liver", "x": 1}], ["index", "name", "x"], path,
-                         schema="dseg_labels")
+        fileio.write_tsv(
+            [{"index": 1, "name": "liver", "x": 1}],
+            ["index", "name", "x"],
+            path,
+            schema="dseg_labels",
+        )
     assert not path.exists()
 
 
@@ -140,15 +147,24 @@ def test_output_not_inside_input(tmp_path):
 
 
 def test_participants_round_trip(tmp_path):
-    rows = [{"participant_id": "sub-002", "primary": "pancreatic", "age": 61.0, "sex": "F"},
-            {"participant_id": "sub-001", "primary": "colorectal", "age": None, "sex": "M"}]
+    rows = [
+        {"participant_id": "sub-002", "primary": "pancreatic", "age": 61.0, "sex": "F"},
+        {"participant_id": "sub-001", "primary": "colorectal", "age": None, "sex": "M"},
+    ]
     participants.write_participants(tmp_path, rows)
     text = (tmp_path / "participants.tsv").read_text()
     assert text.splitlines()[0] == "participant_id\tprimary\tage\tsex"
     assert text.splitlines()[1] == "sub-001\tcolorectal\tn/a\tM"
     read = participants.read_participants(tmp_path)
-    assert read[1] == {"participant_id": "sub-002", "primary": "pancreatic", "age": 61.0, "sex": "F"}
-    participants.upsert_participant(tmp_path, {"participant_id": "sub-003", "primary": "colorectal"})
+    assert read[1] == {
+        "participant_id": "sub-002",
+        "primary": "pancreatic",
+        "age": 61.0,
+        "sex": "F",
+    }
+    participants.upsert_participant(
+        tmp_path, {"participant_id": "sub-003", "primary": "colorectal"}
+    )
     participants.upsert_participant(tmp_path, {"participant_id": "sub-001", "age": 70})
     assert participants.participant_labels(tmp_path) == ["001", "002", "003"]
     assert participants.read_participants(tmp_path)[0]["age"] == 70.0
@@ -162,8 +178,7 @@ def test_participants_errors(tmp_path):
     (tmp_path / "participants.tsv").write_text("participant_id\tprimary\n001\tcolorectal\n")
     with pytest.raises(InputError, match="sub-"):
         participants.read_participants(tmp_path)
-    (tmp_path / "participants.tsv").write_text(
-        "participant_id\tprimary\nsub-1\tx\nsub-1\ty\n")
+    (tmp_path / "participants.tsv").write_text("participant_id\tprimary\nsub-1\tx\nsub-1\ty\n")
     with pytest.raises(InputError, match="twice"):
         participants.read_participants(tmp_path)
     (tmp_path / "participants.tsv").write_text("participant_id\tprimary\nsub-1\tx\textra\n")

@@ -27,9 +27,12 @@ def test_same_grid_passes_and_copies_geometry():
 def test_flipped_axis_is_brought_back_exactly():
     ref, array = _reference()
     # The same grid stored with the y axis flipped: origin at the other end of y.
-    flipped = make_image(array[:, ::-1, :], spacing=ref.GetSpacing(),
-                         origin=ref.TransformIndexToPhysicalPoint((0, 4, 0)),
-                         direction=(1, 0, 0, 0, -1, 0, 0, 0, 1))
+    flipped = make_image(
+        array[:, ::-1, :],
+        spacing=ref.GetSpacing(),
+        origin=ref.TransformIndexToPhysicalPoint((0, 4, 0)),
+        direction=(1, 0, 0, 0, -1, 0, 0, 0, 1),
+    )
     assert grid_difference(flipped, ref) is not None
     out = to_reference_grid(flipped, ref)
     assert np.array_equal(sitk.GetArrayFromImage(out), array)
@@ -38,16 +41,23 @@ def test_flipped_axis_is_brought_back_exactly():
 def test_permuted_axes_are_brought_back_exactly():
     ref, array = _reference()
     permuted_array = np.transpose(array, (0, 2, 1))  # swap x and y
-    permuted = make_image(permuted_array, spacing=(0.9, 0.8, 2.5), origin=ref.GetOrigin(),
-                          direction=(0, 1, 0, 1, 0, 0, 0, 0, 1))
+    permuted = make_image(
+        permuted_array,
+        spacing=(0.9, 0.8, 2.5),
+        origin=ref.GetOrigin(),
+        direction=(0, 1, 0, 1, 0, 0, 0, 0, 1),
+    )
     out = to_reference_grid(permuted, ref)
     assert np.array_equal(sitk.GetArrayFromImage(out), array)
 
 
-@pytest.mark.parametrize("change,word", [
-    (lambda im: im.SetOrigin((-5.0, 20.0, 30.0)), "origin"),
-    (lambda im: im.SetSpacing((0.8, 0.9, 3.0)), "spacing"),
-])
+@pytest.mark.parametrize(
+    "change,word",
+    [
+        (lambda im: im.SetOrigin((-5.0, 20.0, 30.0)), "origin"),
+        (lambda im: im.SetSpacing((0.8, 0.9, 3.0)), "spacing"),
+    ],
+)
 def test_other_grids_are_refused(change, word):
     ref, array = _reference()
     other = make_image(array, spacing=ref.GetSpacing(), origin=ref.GetOrigin())

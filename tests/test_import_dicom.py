@@ -50,8 +50,23 @@ def known_hu(shape=(10, 16, 16), seed=0) -> np.ndarray:
     return hu
 
 
-def _dataset(*, modality, sop_class, series_uid, image_type, description, iop, ipp, spacing_rc,
-             rows, columns, slope, intercept, instance, transfer_syntax) -> Dataset:
+def _dataset(
+    *,
+    modality,
+    sop_class,
+    series_uid,
+    image_type,
+    description,
+    iop,
+    ipp,
+    spacing_rc,
+    rows,
+    columns,
+    slope,
+    intercept,
+    instance,
+    transfer_syntax,
+) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -90,11 +105,27 @@ def _dataset(*, modality, sop_class, series_uid, image_type, description, iop, i
     return ds
 
 
-def write_series(folder: Path, hu: np.ndarray, *, step=2.0, spacing_rc=(0.5, 0.8),
-                 origin=(-10.0, -20.0, 30.0), rot=None, modality="CT", sop_class=CT_STORAGE,
-                 series_uid=None, image_type=("ORIGINAL", "PRIMARY", "AXIAL"), slope=1.0,
-                 intercept=-1024.0, description="test CT", prefix="IM", seed=1,
-                 offsets=None, iops=None, encode=None) -> dict:
+def write_series(
+    folder: Path,
+    hu: np.ndarray,
+    *,
+    step=2.0,
+    spacing_rc=(0.5, 0.8),
+    origin=(-10.0, -20.0, 30.0),
+    rot=None,
+    modality="CT",
+    sop_class=CT_STORAGE,
+    series_uid=None,
+    image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
+    slope=1.0,
+    intercept=-1024.0,
+    description="test CT",
+    prefix="IM",
+    seed=1,
+    offsets=None,
+    iops=None,
+    encode=None,
+) -> dict:
     """Write ``hu`` ([slice, row, column]) as a DICOM series; return what a reader must find.
 
     Slice k lies at origin + offsets[k] * normal (default offsets = k * step). File
@@ -117,11 +148,22 @@ def write_series(folder: Path, hu: np.ndarray, *, step=2.0, spacing_rc=(0.5, 0.8
         ipp = np.asarray(origin) + offsets[k] * normal
         iop = list(row_cos) + list(col_cos) if iops is None else list(iops[k])
         stored = np.rint((hu[k] - intercepts[k]) / slopes[k]).astype(np.int16)
-        ds = _dataset(modality=modality, sop_class=sop_class, series_uid=series_uid,
-                      image_type=image_type, description=description, iop=iop, ipp=ipp,
-                      spacing_rc=spacing_rc, rows=rows, columns=columns, slope=slopes[k],
-                      intercept=intercepts[k], instance=(7 * k + 3) % n + 1,
-                      transfer_syntax=ExplicitVRLittleEndian)
+        ds = _dataset(
+            modality=modality,
+            sop_class=sop_class,
+            series_uid=series_uid,
+            image_type=image_type,
+            description=description,
+            iop=iop,
+            ipp=ipp,
+            spacing_rc=spacing_rc,
+            rows=rows,
+            columns=columns,
+            slope=slopes[k],
+            intercept=intercepts[k],
+            instance=(7 * k + 3) % n + 1,
+            transfer_syntax=ExplicitVRLittleEndian,
+        )
         if encode is None:
             ds.PixelData = stored.tobytes()
         else:
@@ -135,8 +177,16 @@ def write_series(folder: Path, hu: np.ndarray, *, step=2.0, spacing_rc=(0.5, 0.8
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
         positions.append(ipp)
-    return {"uid": series_uid, "paths": paths, "positions": positions, "row": row_cos,
-            "col": col_cos, "normal": normal, "spacing_rc": spacing_rc, "hu": hu}
+    return {
+        "uid": series_uid,
+        "paths": paths,
+        "positions": positions,
+        "row": row_cos,
+        "col": col_cos,
+        "normal": normal,
+        "spacing_rc": spacing_rc,
+        "hu": hu,
+    }
 
 
 def jpeg_lossless(stored: np.ndarray):
@@ -153,8 +203,9 @@ def jpeg_lossless(stored: np.ndarray):
         writer.Execute(sitk.GetImageFromArray(stored[None]))
         ds = pydicom.dcmread(path)
     assert ds.file_meta.TransferSyntaxUID == JPEGLosslessSV1
-    attributes = {k: ds.get(k) for k in ("BitsAllocated", "BitsStored", "HighBit",
-                                         "PixelRepresentation")}
+    attributes = {
+        k: ds.get(k) for k in ("BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation")
+    }
     return ds.PixelData, JPEGLosslessSV1, attributes
 
 
@@ -167,8 +218,15 @@ def check_against_truth(image, truth) -> None:
     n = len(truth["positions"])
     ps_row, ps_col = truth["spacing_rc"]
     assert image.GetSize() == (truth["hu"].shape[2], truth["hu"].shape[1], n)
-    np.testing.assert_allclose(image.GetSpacing(), (ps_col, ps_row, abs(
-        np.dot(truth["positions"][1] - truth["positions"][0], truth["normal"]))), atol=1e-6)
+    np.testing.assert_allclose(
+        image.GetSpacing(),
+        (
+            ps_col,
+            ps_row,
+            abs(np.dot(truth["positions"][1] - truth["positions"][0], truth["normal"])),
+        ),
+        atol=1e-6,
+    )
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     np.testing.assert_allclose(direction[:, 0], truth["row"], atol=1e-6)
     np.testing.assert_allclose(direction[:, 1], truth["col"], atol=1e-6)
@@ -177,8 +235,9 @@ def check_against_truth(image, truth) -> None:
     for index, k in enumerate(order):
         for i, j in ((0, 0), (5, 3), (15, 15)):
             expected = truth["positions"][k] + i * ps_col * truth["row"] + j * ps_row * truth["col"]
-            np.testing.assert_allclose(image.TransformIndexToPhysicalPoint((i, j, index)),
-                                       expected, atol=1e-4)
+            np.testing.assert_allclose(
+                image.TransformIndexToPhysicalPoint((i, j, index)), expected, atol=1e-4
+            )
         np.testing.assert_array_equal(values[index], truth["hu"][k])
 
 
@@ -190,9 +249,12 @@ def logs(caplog, monkeypatch):
     return caplog
 
 
-# ----------------------------------------------------------------------------- order, values, geometry
-@pytest.mark.parametrize("rot", [None, rotation(30, 0), rotation(200, 15), np.diag([1, -1, -1])],
-                         ids=["axial", "rotated", "oblique", "flipped"])
+# ------------------------------------------------------------------ order, values, geometry
+@pytest.mark.parametrize(
+    "rot",
+    [None, rotation(30, 0), rotation(200, 15), np.diag([1, -1, -1])],
+    ids=["axial", "rotated", "oblique", "flipped"],
+)
 def test_order_geometry_and_values(tmp_path, rot):
     truth = write_series(tmp_path / "ct", known_hu(), rot=rot)
     image, info = read_ct_series(tmp_path / "ct")
@@ -280,8 +342,13 @@ def test_gantry_tilt_is_refused(tmp_path):
     hu = known_hu((5, 16, 16))
     write_series(tmp_path / "ct", hu[:1], prefix="A", series_uid="1.2.3.4.5")
     for k in range(1, 5):  # same series, each slice shifted 0.5 mm in y per 2 mm in z
-        write_series(tmp_path / "tmp", hu[k:k + 1], origin=(-10.0, -20.0 + 0.5 * k, 30.0 + 2 * k),
-                     series_uid="1.2.3.4.5", prefix=f"B{k}")
+        write_series(
+            tmp_path / "tmp",
+            hu[k : k + 1],
+            origin=(-10.0, -20.0 + 0.5 * k, 30.0 + 2 * k),
+            series_uid="1.2.3.4.5",
+            prefix=f"B{k}",
+        )
     for path in (tmp_path / "tmp").iterdir():
         path.rename(tmp_path / "ct" / path.name)
     with pytest.raises(DicomError, match="not stacked along their normal"):
@@ -298,8 +365,9 @@ def test_mixed_orientation_is_refused(tmp_path):
 
 
 def test_mr_series_is_refused(tmp_path):
-    truth = write_series(tmp_path / "mr", known_hu((4, 16, 16)), modality="MR",
-                         sop_class=MR_STORAGE)
+    truth = write_series(
+        tmp_path / "mr", known_hu((4, 16, 16)), modality="MR", sop_class=MR_STORAGE
+    )
     with pytest.raises(DicomError, match="no axial CT image series.*modality MR"):
         read_ct_series(tmp_path / "mr")
     with pytest.raises(DicomError, match="is MR, not CT"):
@@ -323,9 +391,14 @@ def test_folder_without_dicom(tmp_path):
 # ----------------------------------------------------------------------------- finding series
 def test_localizer_and_ct_the_ct_is_taken_the_other_listed(tmp_path, logs):
     ct = write_series(tmp_path / "study" / "ct", known_hu(), prefix="CT")
-    loc = write_series(tmp_path / "study" / "ct", known_hu((3, 16, 16), seed=5), step=10.0,
-                       image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), description="Topogram",
-                       prefix="LOC")
+    loc = write_series(
+        tmp_path / "study" / "ct",
+        known_hu((3, 16, 16), seed=5),
+        step=10.0,
+        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+        description="Topogram",
+        prefix="LOC",
+    )
     (tmp_path / "study" / "README.txt").write_text("exported from PACS\n")
     (tmp_path / "study" / "junk.bin").write_bytes(os.urandom(512))
     (tmp_path / "study" / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
@@ -355,8 +428,9 @@ def test_localizer_and_ct_the_ct_is_taken_the_other_listed(tmp_path, logs):
 
 def test_single_valued_image_type_marks_a_localizer(tmp_path):
     write_series(tmp_path / "ct", known_hu((4, 16, 16)), prefix="CT")
-    loc = write_series(tmp_path / "ct", known_hu((5, 16, 16)), image_type=("LOCALIZER",),
-                       prefix="LOC")
+    loc = write_series(
+        tmp_path / "ct", known_hu((5, 16, 16)), image_type=("LOCALIZER",), prefix="LOC"
+    )
     series = {s.uid: s for s in find_series(tmp_path)}
     assert series[loc["uid"]].image_type == ("LOCALIZER",)
     _, info = read_ct_series(tmp_path)  # the larger localizer is not taken
@@ -473,16 +547,23 @@ def test_crlm_series_have_sensible_hu_and_geometry(data_dir, case, slices):
 def test_import_dicom_writes_image_sidecar_and_participant(tmp_path):
     truth = write_series(tmp_path / "dicom" / "study" / "ct", known_hu())
     raw = tmp_path / "raw"
-    out = import_dicom(tmp_path / "dicom", raw, participant="sub-007", session="1",
-                       phase="portal", primary="colorectal")
+    out = import_dicom(
+        tmp_path / "dicom",
+        raw,
+        participant="sub-007",
+        session="1",
+        phase="portal",
+        primary="colorectal",
+    )
     assert out == raw / "sub-007" / "ses-1" / "anat" / "sub-007_ses-1_ce-portal_ct.nii.gz"
     check_against_truth(sitk.ReadImage(str(out)), truth)
     doc = json.loads(out.with_name("sub-007_ses-1_ce-portal_ct.json").read_text())
     validate(doc, "sidecar")
     validate(doc, "import_dicom")
     record = doc["Provenance"]["inputs"]
-    assert record == [{"uri": "bids:dicom:study/ct", "sha256": series_sha256(truth["paths"]),
-                       "files": 10}]
+    assert record == [
+        {"uri": "bids:dicom:study/ct", "sha256": series_sha256(truth["paths"]), "files": 10}
+    ]
     assert doc["Provenance"]["settings"] == SETTINGS
     assert doc["SpacingBetweenSlices"] == 2.0 and doc["SliceThickness"] == 3.0
     assert doc["Manufacturer"] == "ACME" and doc["KVP"] == 120.0
@@ -523,27 +604,56 @@ def _sidecar(raw: Path, label: str) -> Path:
 def test_cli_imports_skips_and_overwrites(tmp_path, runner):
     write_series(tmp_path / "dicom", known_hu())
     raw = tmp_path / "raw"
-    result = invoke(runner, ["import-dicom", tmp_path / "dicom", raw, "--participant-label", "01",
-                             "--primary", "pancreatic"])
+    result = invoke(
+        runner,
+        [
+            "import-dicom",
+            tmp_path / "dicom",
+            raw,
+            "--participant-label",
+            "01",
+            "--primary",
+            "pancreatic",
+        ],
+    )
     out = raw / "sub-01" / "anat" / "sub-01_ct.nii.gz"
     assert result.stdout.strip() == str(out)
     assert out.is_file() and _sidecar(raw, "01").is_file()
     text = _sidecar(raw, "01").read_text()
     doc = json.loads(text)
     validate(doc, "sidecar")
-    for secret in (str(tmp_path), PATIENT_NAME, "Doe", PATIENT_ID, "19600101", "20200202",
-                   "Sunnyvale"):
+    for secret in (
+        str(tmp_path),
+        PATIENT_NAME,
+        "Doe",
+        PATIENT_ID,
+        "19600101",
+        "20200202",
+        "Sunnyvale",
+    ):
         assert secret not in text
     assert not any(isinstance(v, str) and v.startswith("/") for v in _strings(doc))
     assert "sub-01\tpancreatic" in (raw / "participants.tsv").read_text()
 
     before = (out.stat().st_ino, _sidecar(raw, "01").stat().st_ino)
-    invoke(runner, ["import-dicom", tmp_path / "dicom", raw, "--participant-label", "01",
-                    "--primary", "colorectal"])
+    invoke(
+        runner,
+        [
+            "import-dicom",
+            tmp_path / "dicom",
+            raw,
+            "--participant-label",
+            "01",
+            "--primary",
+            "colorectal",
+        ],
+    )
     assert (out.stat().st_ino, _sidecar(raw, "01").stat().st_ino) == before  # skipped
     assert "sub-01\tcolorectal" in (raw / "participants.tsv").read_text()  # label updated
-    invoke(runner, ["import-dicom", tmp_path / "dicom", raw, "--participant-label", "01",
-                    "--overwrite"])
+    invoke(
+        runner,
+        ["import-dicom", tmp_path / "dicom", raw, "--participant-label", "01", "--overwrite"],
+    )
     assert out.stat().st_ino != before[0]
 
 
@@ -564,30 +674,53 @@ def test_cli_refuses_to_replace_an_image_from_another_series(tmp_path, runner):
     raw = tmp_path / "raw"
     invoke(runner, ["import-dicom", tmp_path / "a", raw, "--participant-label", "5"])
     first = _sidecar(raw, "5").read_text()
-    result = invoke(runner, ["import-dicom", tmp_path / "b", raw, "--participant-label", "5"],
-                    expect=2)
+    result = invoke(
+        runner, ["import-dicom", tmp_path / "b", raw, "--participant-label", "5"], expect=2
+    )
     assert "another series" in result.stderr and "--overwrite" in result.stderr
     assert _sidecar(raw, "5").read_text() == first
-    invoke(runner, ["import-dicom", tmp_path / "b", raw, "--participant-label", "5",
-                    "--overwrite"])
+    invoke(runner, ["import-dicom", tmp_path / "b", raw, "--participant-label", "5", "--overwrite"])
     assert _sidecar(raw, "5").read_text() != first
 
 
 @pytest.mark.parametrize("label", ["../evil", "a/b", "sub_1", "bad label", ".."])
 def test_cli_bad_label_is_a_usage_error(tmp_path, runner, label):
     write_series(tmp_path / "dicom", known_hu((3, 16, 16)))
-    result = invoke(runner, ["import-dicom", tmp_path / "dicom", tmp_path / "raw",
-                             "--participant-label", label], expect=2)
+    result = invoke(
+        runner,
+        ["import-dicom", tmp_path / "dicom", tmp_path / "raw", "--participant-label", label],
+        expect=2,
+    )
     assert "not a valid label" in result.stderr
     assert not (tmp_path / "raw").exists()
 
 
 def test_cli_bad_primary_and_output_inside_input(tmp_path, runner):
     write_series(tmp_path / "dicom", known_hu((3, 16, 16)))
-    invoke(runner, ["import-dicom", tmp_path / "dicom", tmp_path / "raw", "--participant-label",
-                    "1", "--primary", "colo rectal"], expect=2)
-    result = invoke(runner, ["import-dicom", tmp_path / "dicom", tmp_path / "dicom" / "raw",
-                             "--participant-label", "1"], expect=2)
+    invoke(
+        runner,
+        [
+            "import-dicom",
+            tmp_path / "dicom",
+            tmp_path / "raw",
+            "--participant-label",
+            "1",
+            "--primary",
+            "colo rectal",
+        ],
+        expect=2,
+    )
+    result = invoke(
+        runner,
+        [
+            "import-dicom",
+            tmp_path / "dicom",
+            tmp_path / "dicom" / "raw",
+            "--participant-label",
+            "1",
+        ],
+        expect=2,
+    )
     assert "inside DICOM_DIR" in result.stderr
     assert not (tmp_path / "raw").exists() and not (tmp_path / "dicom" / "raw").exists()
 
@@ -601,8 +734,11 @@ def test_cli_bad_input_exits_1_with_one_line_and_writes_nothing(tmp_path, runner
     elif problem == "mr":
         write_series(folder, known_hu((4, 16, 16)), modality="MR", sop_class=MR_STORAGE)
     elif problem == "mixed":
-        write_series(folder, known_hu((3, 16, 16)),
-                     iops=[(1, 0, 0, 0, 1, 0), (0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 1, 0)])
+        write_series(
+            folder,
+            known_hu((3, 16, 16)),
+            iops=[(1, 0, 0, 0, 1, 0), (0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 1, 0)],
+        )
     else:
         folder.mkdir()
         (folder / "readme.txt").write_text("nothing here\n")
@@ -617,11 +753,26 @@ def test_cli_bad_input_exits_1_with_one_line_and_writes_nothing(tmp_path, runner
 
 def test_cli_real_series_chosen_by_uid_among_two_patients(data_dir, tmp_path, runner):
     root = data_dir / "crlm-tcia"
-    first = pydicom.dcmread(sorted((root / "CRLM-CT-1004" / "image").iterdir())[0],
-                            stop_before_pixels=True)
+    first = pydicom.dcmread(
+        sorted((root / "CRLM-CT-1004" / "image").iterdir())[0], stop_before_pixels=True
+    )
     raw = tmp_path / "raw"
-    invoke(runner, ["import-dicom", root, raw, "--participant-label", "1004", "--phase", "portal",
-                    "--series-uid", first.SeriesInstanceUID, "--primary", "colorectal"])
+    invoke(
+        runner,
+        [
+            "import-dicom",
+            root,
+            raw,
+            "--participant-label",
+            "1004",
+            "--phase",
+            "portal",
+            "--series-uid",
+            first.SeriesInstanceUID,
+            "--primary",
+            "colorectal",
+        ],
+    )
     out = raw / "sub-1004" / "anat" / "sub-1004_ce-portal_ct.nii.gz"
     image = sitk.ReadImage(str(out))
     assert image.GetSize() == (512, 512, 41) and image.GetPixelID() == sitk.sitkInt16

@@ -131,8 +131,13 @@ def totalseg(tmp_path_factory):
     ct, files = read_dicom_series(folder / "example_ct_dicom")
     raw = tmp_path_factory.mktemp("totalseg") / "raw"
     ct_path = write_raw(raw, ct, label="ts")
-    return {"ct": ct, "files": files, "raw": raw, "ct_path": ct_path,
-            "seg": folder / "example_seg_dicom.nii.gz"}
+    return {
+        "ct": ct,
+        "files": files,
+        "raw": raw,
+        "ct_path": ct_path,
+        "seg": folder / "example_seg_dicom.nii.gz",
+    }
 
 
 @pytest.mark.data
@@ -152,12 +157,19 @@ def test_rtstruct_of_ibsi_phantom_gives_the_reference_mask_exactly(data_dir):
 
 
 @pytest.mark.data
-def test_cli_imports_phantom_rtstruct_with_provenance_and_skip_rule(runner, phantom_raw, tmp_path,
-                                                                    data_dir):
+def test_cli_imports_phantom_rtstruct_with_provenance_and_skip_rule(
+    runner, phantom_raw, tmp_path, data_dir
+):
     phantom = data_dir / "ibsi1-ct-phantom"
     seg = tmp_path / "seg"
-    args = ["import-mask", phantom / "dicom" / "mask", phantom_raw, seg,
-            "--participant-label", "sub-ibsi"]
+    args = [
+        "import-mask",
+        phantom / "dicom" / "mask",
+        phantom_raw,
+        seg,
+        "--participant-label",
+        "sub-ibsi",
+    ]
     result = invoke(runner, args)
     out = seg / "sub-ibsi" / "anat" / "sub-ibsi_dseg.nii.gz"
     assert result.stdout.strip() == str(out)
@@ -172,12 +184,17 @@ def test_cli_imports_phantom_rtstruct_with_provenance_and_skip_rule(runner, phan
     assert doc["LabelMapping"] == {"GTV-1": "lesion"}
     assert doc["VoxelCounts"] == {"liver": 0, "lesion": PHANTOM_VOXELS}
     assert [i["uri"] for i in doc["Provenance"]["inputs"]] == [
-        "bids:raw:sub-ibsi/anat/sub-ibsi_ct.nii.gz", "bids:mask:DCM_RS_00060.dcm"]
+        "bids:raw:sub-ibsi/anat/sub-ibsi_ct.nii.gz",
+        "bids:mask:DCM_RS_00060.dcm",
+    ]
     assert str(tmp_path) not in sidecar.read_text()  # no absolute paths
     description = json.loads((seg / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert (seg / "dseg.tsv").read_text().splitlines()[1:] == [
-        "0\tbackground\tBG", "1\tliver\tLIV", "2\tlesion\tLES"]
+        "0\tbackground\tBG",
+        "1\tliver\tLIV",
+        "2\tlesion\tLES",
+    ]
 
     # Done: skipped (the sidecar is not rewritten); --overwrite or other settings redo it.
     before = sidecar.stat().st_mtime_ns
@@ -196,8 +213,19 @@ def test_flipped_totalseg_nifti_lands_on_the_liver(runner, totalseg, tmp_path):
     import SimpleITK as sitk
 
     seg_dir = tmp_path / "seg"
-    invoke(runner, ["import-mask", totalseg["seg"], totalseg["raw"], seg_dir,
-                    "--participant-label", "ts", "--label-map", "5=liver"])
+    invoke(
+        runner,
+        [
+            "import-mask",
+            totalseg["seg"],
+            totalseg["raw"],
+            seg_dir,
+            "--participant-label",
+            "ts",
+            "--label-map",
+            "5=liver",
+        ],
+    )
     dseg = read_array(seg_dir / "sub-ts" / "anat" / "sub-ts_dseg.nii.gz")
     ct = sitk.GetArrayFromImage(totalseg["ct"]).astype(float)
     source = read_array(totalseg["seg"])
@@ -210,12 +238,27 @@ def test_flipped_totalseg_nifti_lands_on_the_liver(runner, totalseg, tmp_path):
 @pytest.mark.data
 def test_multilabel_image_without_label_map_lists_its_values(runner, totalseg, tmp_path):
     seg_dir = tmp_path / "seg"
-    result = invoke(runner, ["import-mask", totalseg["seg"], totalseg["raw"], seg_dir,
-                             "--participant-label", "ts"], expect=1)
+    result = invoke(
+        runner,
+        ["import-mask", totalseg["seg"], totalseg["raw"], seg_dir, "--participant-label", "ts"],
+        expect=1,
+    )
     one_line_error(result, str(totalseg["seg"]), "0, 1, 5, 6", "--label-map")
     assert not seg_dir.exists()
-    result = invoke(runner, ["import-mask", totalseg["seg"], totalseg["raw"], seg_dir,
-                             "--participant-label", "ts", "--label-map", "4=liver"], expect=1)
+    result = invoke(
+        runner,
+        [
+            "import-mask",
+            totalseg["seg"],
+            totalseg["raw"],
+            seg_dir,
+            "--participant-label",
+            "ts",
+            "--label-map",
+            "4=liver",
+        ],
+        expect=1,
+    )
     one_line_error(result, "value 4")
 
 
@@ -230,13 +273,12 @@ def test_dicom_seg_built_with_highdicom_comes_back_on_the_ct_grid(runner, totals
     from metcli.imaging.geometry import to_reference_grid
 
     ct = totalseg["ct"]
-    liver = sitk.GetArrayFromImage(
-        to_reference_grid(sitk.ReadImage(str(totalseg["seg"])), ct)) == 5
+    liver = sitk.GetArrayFromImage(to_reference_grid(sitk.ReadImage(str(totalseg["seg"])), ct)) == 5
     # A lesion inside the liver on a few slices only: the SEG omits the empty frames.
     lesion = np.zeros_like(liver)
     z, y, x = np.nonzero(liver)
     cz, cy, cx = int(np.median(z)), int(np.median(y)), int(np.median(x))
-    lesion[cz - 2:cz + 3, cy - 6:cy + 6, cx - 6:cx + 6] = True
+    lesion[cz - 2 : cz + 3, cy - 6 : cy + 6, cx - 6 : cx + 6] = True
     lesion &= liver
     assert lesion.sum() > 100 and lesion.any(axis=(1, 2)).sum() == 5
 
@@ -248,24 +290,41 @@ def test_dicom_seg_built_with_highdicom_comes_back_on_the_ct_grid(runner, totals
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
 
     def describe(number, name):
-        category, kind = ((codes.SCT.Organ, codes.SCT.Liver) if name == "Liver" else
-                          (codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm))
+        category, kind = (
+            (codes.SCT.Organ, codes.SCT.Liver)
+            if name == "Liver"
+            else (codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Neoplasm)
+        )
         return hd.seg.SegmentDescription(
-            segment_number=number, segment_label=name, segmented_property_category=category,
-            segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+            segment_number=number,
+            segment_label=name,
+            segmented_property_category=category,
+            segmented_property_type=kind,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
 
     def write_seg(path, pixel_array, segment_descriptions):
         hd.seg.Segmentation(
-            source_images=sources, pixel_array=pixel_array.astype(np.uint8),
+            source_images=sources,
+            pixel_array=pixel_array.astype(np.uint8),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=segment_descriptions, series_instance_uid=hd.UID(),
-            series_number=99, sop_instance_uid=hd.UID(), instance_number=1,
-            manufacturer="metcli tests", manufacturer_model_name="test", software_versions="0",
-            device_serial_number="0").save_as(path)
+            segment_descriptions=segment_descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=99,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="metcli tests",
+            manufacturer_model_name="test",
+            software_versions="0",
+            device_serial_number="0",
+        ).save_as(path)
         return path
 
-    seg_path = write_seg(tmp_path / "liver_seg.dcm", np.stack([liver, lesion], axis=-1),
-                         [describe(1, "Liver"), describe(2, "Tumour")])
+    seg_path = write_seg(
+        tmp_path / "liver_seg.dcm",
+        np.stack([liver, lesion], axis=-1),
+        [describe(1, "Liver"), describe(2, "Tumour")],
+    )
 
     masks = read_dicom_seg(seg_path, ct)
     assert list(masks) == ["Liver", "Tumour"]
@@ -282,12 +341,37 @@ def test_dicom_seg_built_with_highdicom_comes_back_on_the_ct_grid(runner, totals
     assert doc["LabelMapping"] == {"Liver": "liver", "Tumour": "lesion"}
 
     # Segments chosen by number; an unknown one is refused with the labels listed.
-    invoke(runner, ["import-mask", seg_path, totalseg["raw"], seg_dir, "--participant-label", "ts",
-                    "--label-map", "1=lesion", "--overwrite"])
-    assert np.array_equal(read_array(seg_dir / "sub-ts" / "anat" / "sub-ts_dseg.nii.gz") == 2,
-                          liver)
-    result = invoke(runner, ["import-mask", seg_path, totalseg["raw"], seg_dir,
-                             "--participant-label", "ts", "--label-map", "Spleen=liver"], expect=1)
+    invoke(
+        runner,
+        [
+            "import-mask",
+            seg_path,
+            totalseg["raw"],
+            seg_dir,
+            "--participant-label",
+            "ts",
+            "--label-map",
+            "1=lesion",
+            "--overwrite",
+        ],
+    )
+    assert np.array_equal(
+        read_array(seg_dir / "sub-ts" / "anat" / "sub-ts_dseg.nii.gz") == 2, liver
+    )
+    result = invoke(
+        runner,
+        [
+            "import-mask",
+            seg_path,
+            totalseg["raw"],
+            seg_dir,
+            "--participant-label",
+            "ts",
+            "--label-map",
+            "Spleen=liver",
+        ],
+        expect=1,
+    )
     one_line_error(result, "'Spleen'", "'Liver'", "'Tumour'")
 
     # A SEG of the lesion alone holds 5 of the 20 slices (empty frames omitted), flipped in z.
@@ -346,8 +430,10 @@ def test_nrrd_label_image_with_flipped_permuted_axes_round_trips(runner, tmp_pat
     sitk.WriteImage(stored, str(nrrd))
 
     seg_dir = tmp_path / "seg"
-    result = invoke(runner, ["import-mask", nrrd, raw, seg_dir, "--participant-label", "01",
-                             "--phase", "portal"])
+    result = invoke(
+        runner,
+        ["import-mask", nrrd, raw, seg_dir, "--participant-label", "01", "--phase", "portal"],
+    )
     out = seg_dir / "sub-01" / "anat" / "sub-01_ce-portal_dseg.nii.gz"
     assert result.stdout.strip() == str(out)
     assert np.array_equal(read_array(out), labels)
@@ -360,14 +446,20 @@ def test_rtstruct_holes_names_overlap_and_inclusion_rule(tmp_path):
     from metcli.imaging.rtstruct import rasterize_rtstruct
 
     ct = small_ct()
-    rtstruct = write_rtstruct(tmp_path / "rs.dcm", {
-        # An outer contour with a hole, and a second contour on another slice.
-        "Liver": [square(ct, 1, 1.5, 15.5, 2.5, 20.5), square(ct, 1, 5.5, 8.5, 6.5, 9.5),
-                  square(ct, 2, 1.5, 15.5, 2.5, 20.5)],
-        # Vertices on voxel centres: centres on the edges are inside.
-        "GTV 1": [square(ct, 1, 12, 14, 3, 5)],
-        "Body": [square(ct, 0, 0.5, 18.5, 0.5, 22.5)],
-    })
+    rtstruct = write_rtstruct(
+        tmp_path / "rs.dcm",
+        {
+            # An outer contour with a hole, and a second contour on another slice.
+            "Liver": [
+                square(ct, 1, 1.5, 15.5, 2.5, 20.5),
+                square(ct, 1, 5.5, 8.5, 6.5, 9.5),
+                square(ct, 2, 1.5, 15.5, 2.5, 20.5),
+            ],
+            # Vertices on voxel centres: centres on the edges are inside.
+            "GTV 1": [square(ct, 1, 12, 14, 3, 5)],
+            "Body": [square(ct, 0, 0.5, 18.5, 0.5, 22.5)],
+        },
+    )
     liver = np.zeros((4, 24, 20), dtype=bool)
     liver[1:3, 3:21, 2:16] = True
     liver[1, 7:10, 6:9] = False  # the hole
@@ -385,8 +477,9 @@ def test_rtstruct_holes_names_overlap_and_inclusion_rule(tmp_path):
     expected = np.where(gtv, 2, np.where(liver, 1, 0))
     assert np.array_equal(dseg, expected)
 
-    dseg, applied = mask_to_dseg(rtstruct, "RTSTRUCT", ct, label_map={"body": 1},
-                                 roi_names=["Body", "gtv 1"])
+    dseg, applied = mask_to_dseg(
+        rtstruct, "RTSTRUCT", ct, label_map={"body": 1}, roi_names=["Body", "gtv 1"]
+    )
     assert applied == {"GTV 1": "lesion", "Body": "liver"}
     assert int((dseg == 2).sum()) == 9 and int((dseg == 1).sum()) == 18 * 22  # Body: slice 0
 
@@ -397,8 +490,9 @@ def test_rtstruct_contour_between_slices_is_a_geometry_error(runner, tmp_path):
     ct_path = write_raw(raw, ct)
     rtstruct = write_rtstruct(tmp_path / "rs.dcm", {"GTV-1": [square(ct, 1.5, 2, 8, 2, 8)]})
     seg_dir = tmp_path / "seg"
-    result = invoke(runner, ["import-mask", rtstruct, raw, seg_dir, "--participant-label", "01"],
-                    expect=1)
+    result = invoke(
+        runner, ["import-mask", rtstruct, raw, seg_dir, "--participant-label", "01"], expect=1
+    )
     one_line_error(result, str(rtstruct), str(ct_path), "between two slices")
     assert not seg_dir.exists()
 
@@ -407,17 +501,43 @@ def test_rtstruct_without_liver_or_lesion_names_lists_them(runner, tmp_path):
     ct = small_ct()
     raw = tmp_path / "raw"
     write_raw(raw, ct)
-    rtstruct = write_rtstruct(tmp_path / "rs.dcm", {"Body": [square(ct, 1, 2, 8, 2, 8)],
-                                                    "Spinal cord": [square(ct, 1, 3, 4, 3, 4)]})
+    rtstruct = write_rtstruct(
+        tmp_path / "rs.dcm",
+        {"Body": [square(ct, 1, 2, 8, 2, 8)], "Spinal cord": [square(ct, 1, 3, 4, 3, 4)]},
+    )
     seg_dir = tmp_path / "seg"
-    result = invoke(runner, ["import-mask", rtstruct, raw, seg_dir, "--participant-label", "01"],
-                    expect=1)
+    result = invoke(
+        runner, ["import-mask", rtstruct, raw, seg_dir, "--participant-label", "01"], expect=1
+    )
     one_line_error(result, "'Body'", "'Spinal cord'", "--label-map")
-    result = invoke(runner, ["import-mask", rtstruct, raw, seg_dir, "--participant-label", "01",
-                             "--roi-name", "Kidney"], expect=1)
+    result = invoke(
+        runner,
+        [
+            "import-mask",
+            rtstruct,
+            raw,
+            seg_dir,
+            "--participant-label",
+            "01",
+            "--roi-name",
+            "Kidney",
+        ],
+        expect=1,
+    )
     one_line_error(result, "'Kidney'", "'Body'")
-    invoke(runner, ["import-mask", rtstruct, raw, seg_dir, "--participant-label", "01",
-                    "--label-map", "body=liver,Spinal cord=lesion"])
+    invoke(
+        runner,
+        [
+            "import-mask",
+            rtstruct,
+            raw,
+            seg_dir,
+            "--participant-label",
+            "01",
+            "--label-map",
+            "body=liver,Spinal cord=lesion",
+        ],
+    )
     dseg = read_array(seg_dir / "sub-01" / "anat" / "sub-01_dseg.nii.gz")
     assert int((dseg == 1).sum()) == 7 * 7 - 4 and int((dseg == 2).sum()) == 4
 
@@ -439,8 +559,9 @@ def test_mask_on_another_grid_is_refused_naming_both_files(runner, tmp_path, cha
     mask = tmp_path / "mask.nii.gz"
     sitk.WriteImage(other, str(mask))
     seg_dir = tmp_path / "seg"
-    result = invoke(runner, ["import-mask", mask, raw, seg_dir, "--participant-label", "01"],
-                    expect=1)
+    result = invoke(
+        runner, ["import-mask", mask, raw, seg_dir, "--participant-label", "01"], expect=1
+    )
     one_line_error(result, str(mask), str(ct_path), "same physical grid", change)
     assert not seg_dir.exists()
 
@@ -455,8 +576,9 @@ def test_corrupt_mask_is_one_line_error_and_writes_nothing(runner, tmp_path):
     corrupt = tmp_path / "corrupt.nii.gz"
     corrupt.write_bytes(good.read_bytes()[:60])
     seg_dir = tmp_path / "seg"
-    result = invoke(runner, ["import-mask", corrupt, raw, seg_dir, "--participant-label", "01"],
-                    expect=1)
+    result = invoke(
+        runner, ["import-mask", corrupt, raw, seg_dir, "--participant-label", "01"], expect=1
+    )
     one_line_error(result, str(corrupt))
     assert not seg_dir.exists() or not any(seg_dir.rglob("*"))
 
@@ -471,17 +593,30 @@ def test_usage_errors(runner, tmp_path):
     seg_dir = tmp_path / "seg"
     base = ["import-mask", mask, raw, seg_dir]
     one_line_error(invoke(runner, base + ["--participant-label", "../x"], expect=2), "'../x'")
-    one_line_error(invoke(runner, base + ["--participant-label", "02"], expect=2),
-                   "'02'", "01", "participants.tsv")
-    one_line_error(invoke(runner, base + ["--participant-label", "01", "--label-map", "5=spleen"],
-                          expect=2), "spleen")
-    one_line_error(invoke(runner, base + ["--participant-label", "01", "--phase", "arterial"],
-                          expect=1), "no CT image", "ce-arterial")
-    one_line_error(invoke(runner, base + ["--participant-label", "01", "--roi-name", "GTV"],
-                          expect=2), "--roi-name")
+    one_line_error(
+        invoke(runner, base + ["--participant-label", "02"], expect=2),
+        "'02'",
+        "01",
+        "participants.tsv",
+    )
+    one_line_error(
+        invoke(runner, base + ["--participant-label", "01", "--label-map", "5=spleen"], expect=2),
+        "spleen",
+    )
+    one_line_error(
+        invoke(runner, base + ["--participant-label", "01", "--phase", "arterial"], expect=1),
+        "no CT image",
+        "ce-arterial",
+    )
+    one_line_error(
+        invoke(runner, base + ["--participant-label", "01", "--roi-name", "GTV"], expect=2),
+        "--roi-name",
+    )
     (raw / "participants.tsv").unlink()
-    one_line_error(invoke(runner, base + ["--participant-label", "01"], expect=1),
-                   str(raw / "participants.tsv"))
+    one_line_error(
+        invoke(runner, base + ["--participant-label", "01"], expect=1),
+        str(raw / "participants.tsv"),
+    )
     assert not seg_dir.exists()
 
 
@@ -496,5 +631,7 @@ def test_parse_label_map():
     for bad in ("5", "=liver", "5=liver,5=lesion", "5=kidney"):
         with pytest.raises(UsageError):
             parse_label_map(bad)
-    assert [label_from_name(n) for n in ("Liver", "liver metastasis 2", "GTV-1", "Tumor",
-                                         "tumour", "Lesion_3", "Body")] == [1, 2, 2, 2, 2, 2, None]
+    assert [
+        label_from_name(n)
+        for n in ("Liver", "liver metastasis 2", "GTV-1", "Tumor", "tumour", "Lesion_3", "Body")
+    ] == [1, 2, 2, 2, 2, 2, None]

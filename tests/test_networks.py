@@ -93,9 +93,16 @@ def _tiny_net(dims: int, in_channels: int, classes: int):
     conv = torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d
     norm = torch.nn.BatchNorm2d if dims == 2 else torch.nn.BatchNorm3d
     pool = torch.nn.AdaptiveAvgPool2d if dims == 2 else torch.nn.AdaptiveAvgPool3d
-    return torch.nn.Sequential(OrderedDict(
-        conv=conv(in_channels, 4, 3, stride=2, padding=1), norm=norm(4), relu=torch.nn.ReLU(),
-        pool=pool(1), flatten=torch.nn.Flatten(), fc=torch.nn.Linear(4, classes)))
+    return torch.nn.Sequential(
+        OrderedDict(
+            conv=conv(in_channels, 4, 3, stride=2, padding=1),
+            norm=norm(4),
+            relu=torch.nn.ReLU(),
+            pool=pool(1),
+            flatten=torch.nn.Flatten(),
+            fc=torch.nn.Linear(4, classes),
+        )
+    )
 
 
 @pytest.fixture
@@ -103,8 +110,16 @@ def tiny_architecture():
     """An architecture 'tinynet', registered for one test and removed afterwards."""
     from metcli.cnn.networks import Architecture, register, unregister
 
-    register(Architecture(name="tinynet", build=_tiny_net, min_size=8, target_layer="relu",
-                          target_stride=2, description="one convolution (a test network)"))
+    register(
+        Architecture(
+            name="tinynet",
+            build=_tiny_net,
+            min_size=8,
+            target_layer="relu",
+            target_stride=2,
+            description="one convolution (a test network)",
+        )
+    )
     yield "tinynet"
     unregister("tinynet")
     assert architecture_names() == BUILT_IN
@@ -116,15 +131,20 @@ def test_a_registered_architecture_is_offered_and_trains(tiny_architecture, runn
 
     help_text = " ".join(invoke(runner, ["train-cnn", "--help"]).stdout.split())
     assert "tinynet" in help_text and "one convolution (a test network)" in help_text
-    options = dict(epochs=1, batch_size=4, lr=1e-3, val_patients=1, test_patients=1,
-                   device="cpu")
+    options = dict(epochs=1, batch_size=4, lr=1e-3, val_patients=1, test_patients=1, device="cpu")
     check_options(arch="tinynet", size=8, **options)
     with pytest.raises(UsageError, match="--size 4 is too small for tinynet"):
         check_options(arch="tinynet", size=4, **options)
     rng = np.random.default_rng(0)
-    samples = [Sample(f"sub-{i:03d}", 1, i % 2,
-                      (rng.random((2, 1, 8, 8)) + 0.5 * (i % 2)).astype(np.float32))
-               for i in range(6)]
-    result = fit(samples[:4], samples[4:], FitSettings(arch="tinynet", n_classes=2, epochs=2,
-                                                       batch_size=4, lr=1e-2))
+    samples = [
+        Sample(
+            f"sub-{i:03d}", 1, i % 2, (rng.random((2, 1, 8, 8)) + 0.5 * (i % 2)).astype(np.float32)
+        )
+        for i in range(6)
+    ]
+    result = fit(
+        samples[:4],
+        samples[4:],
+        FitSettings(arch="tinynet", n_classes=2, epochs=2, batch_size=4, lr=1e-2),
+    )
     assert [r["epoch"] for r in result.rows] == [1, 2] and "conv.weight" in result.kept_state

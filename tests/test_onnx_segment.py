@@ -1,4 +1,5 @@
-"""ONNX export of nnU-Net models and the ONNX backend (metcli.segmentation.export_onnx, metcli.segmentation.onnx).
+"""ONNX export of nnU-Net models and the ONNX backend (metcli.segmentation.export_onnx,
+metcli.segmentation.onnx).
 
 Quick tests check the numerical building blocks (against nnunetv2's own functions
 where it is installed) and the backend's contract on a tiny hand-made ONNX network.
@@ -52,46 +53,101 @@ def tiny_conv_onnx(path: Path, *, heads: int = 3, patch=(8, 8, 8), seed: int = 0
     bias = np.linspace(0.5, -0.5, heads).astype(np.float32)
     node = helper.make_node("Conv", ["input", "w", "b"], ["logits"], pads=[1] * 6)
     graph = helper.make_graph(
-        [node], "tiny",
+        [node],
+        "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, *patch])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", heads, *patch])],
-        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def tiny_spec(sha: str, *, patch=(8, 8, 8), orientation="LPS", mirror_axes=(0, 1, 2),
-              transpose=(0, 1, 2), spacing=(1.0, 1.0, 1.0), scheme="CTNormalization") -> dict:
+def tiny_spec(
+    sha: str,
+    *,
+    patch=(8, 8, 8),
+    orientation="LPS",
+    mirror_axes=(0, 1, 2),
+    transpose=(0, 1, 2),
+    spacing=(1.0, 1.0, 1.0),
+    scheme="CTNormalization",
+) -> dict:
     backward = [int(i) for i in np.argsort(transpose)]
     return {
-        "format": "metcli-onnx-segmentation", "format_version": 1, "metcli_version": "test",
-        "onnx": {"file": "model.onnx", "sha256": sha, "opset": 17, "input_name": "input",
-                 "output_name": "logits", "input_shape": ["batch", 1, *patch],
-                 "output_shape": ["batch", 3, *patch]},
-        "source": {"kind": "nnunetv2", "configuration": "3d_fullres", "fold": 0,
-                   "trainer": "nnUNetTrainer", "files": {"dataset.json": sha, "plans.json": sha,
-                                                         "fold_0/checkpoint_final.pth": sha}},
+        "format": "metcli-onnx-segmentation",
+        "format_version": 1,
+        "metcli_version": "test",
+        "onnx": {
+            "file": "model.onnx",
+            "sha256": sha,
+            "opset": 17,
+            "input_name": "input",
+            "output_name": "logits",
+            "input_shape": ["batch", 1, *patch],
+            "output_shape": ["batch", 3, *patch],
+        },
+        "source": {
+            "kind": "nnunetv2",
+            "configuration": "3d_fullres",
+            "fold": 0,
+            "trainer": "nnUNetTrainer",
+            "files": {"dataset.json": sha, "plans.json": sha, "fold_0/checkpoint_final.pth": sha},
+        },
         "labels": {"background": 0, "liver": 1, "lesion": 2},
-        "axes": {"array_order": "zyx", "transpose_forward": list(transpose),
-                 "transpose_backward": backward, "orientation": orientation},
-        "target_spacing": list(spacing), "patch_size": list(patch), "crop_to_nonzero": True,
-        "normalization": {"scheme": scheme, "use_mask_for_norm": False, "clip_lower": -200.0,
-                          "clip_upper": 300.0, "mean": 50.0, "std": 80.0},
+        "axes": {
+            "array_order": "zyx",
+            "transpose_forward": list(transpose),
+            "transpose_backward": backward,
+            "orientation": orientation,
+        },
+        "target_spacing": list(spacing),
+        "patch_size": list(patch),
+        "crop_to_nonzero": True,
+        "normalization": {
+            "scheme": scheme,
+            "use_mask_for_norm": False,
+            "clip_lower": -200.0,
+            "clip_upper": 300.0,
+            "mean": 50.0,
+            "std": 80.0,
+        },
         "resampling": {
-            "data": {"function": "resample_data_or_seg_to_shape", "order": 3, "order_z": 0,
-                     "force_separate_z": None},
-            "segmentation": {"function": "resample_data_or_seg_to_shape", "order": 1,
-                             "order_z": 0, "force_separate_z": None},
-            "probabilities": {"function": "resample_data_or_seg_to_shape", "order": 1,
-                              "order_z": 0, "force_separate_z": None},
-            "anisotropy_threshold": 3.0},
-        "inference": {"mirror_axes": list(mirror_axes) if mirror_axes is not None else None,
-                      "gaussian_sigma_scale": 0.125, "default_step_size": 0.5,
-                      "nonlinearity": "softmax"},
-        "verification": {"passed": True, "max_abs_logit_difference": 0.0, "tolerance": 1e-4,
-                         "input_shape": [2, 1, *patch], "seed": 0},
+            "data": {
+                "function": "resample_data_or_seg_to_shape",
+                "order": 3,
+                "order_z": 0,
+                "force_separate_z": None,
+            },
+            "segmentation": {
+                "function": "resample_data_or_seg_to_shape",
+                "order": 1,
+                "order_z": 0,
+                "force_separate_z": None,
+            },
+            "probabilities": {
+                "function": "resample_data_or_seg_to_shape",
+                "order": 1,
+                "order_z": 0,
+                "force_separate_z": None,
+            },
+            "anisotropy_threshold": 3.0,
+        },
+        "inference": {
+            "mirror_axes": list(mirror_axes) if mirror_axes is not None else None,
+            "gaussian_sigma_scale": 0.125,
+            "default_step_size": 0.5,
+            "nonlinearity": "softmax",
+        },
+        "verification": {
+            "passed": True,
+            "max_abs_logit_difference": 0.0,
+            "tolerance": 1e-4,
+            "input_shape": [2, 1, *patch],
+            "seed": 0,
+        },
     }
 
 
@@ -108,8 +164,9 @@ def blob_ct(shape=(14, 18, 16), spacing=(1.0, 1.0, 1.0), seed=0, zero_rows=0):
     z, y, x = np.indices(shape, dtype=float)
     centre = np.array(shape) / 2 + rng.uniform(-1, 1, 3)
     sz, sy, sx = spacing[2], spacing[1], spacing[0]
-    dist = np.sqrt(((z - centre[0]) * sz) ** 2 + ((y - centre[1]) * sy) ** 2
-                   + ((x - centre[2]) * sx) ** 2)
+    dist = np.sqrt(
+        ((z - centre[0]) * sz) ** 2 + ((y - centre[1]) * sy) ** 2 + ((x - centre[2]) * sx) ** 2
+    )
     ball = min(shape[0] * sz, shape[1] * sy, shape[2] * sx) * 0.3
     image = rng.normal(-80, 25, shape)
     image[dist < ball] += 200
@@ -137,13 +194,17 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 # ============================================================================ building blocks
 def test_orientation_transform_matches_dicomorient():
     import SimpleITK as sitk
+
     from metcli.segmentation.orientation import orientation_transform
 
     rng = np.random.default_rng(1)
     base = make_image(rng.normal(size=(4, 5, 6)).astype(np.float32), spacing=(0.7, 1.1, 2.5))
     directions = [
-        (1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1), (1, 0, 0, 0, -1, 0, 0, 0, -1),
-        (0, 1, 0, 1, 0, 0, 0, 0, -1), (0, 0, 1, -1, 0, 0, 0, 1, 0),
+        (1, 0, 0, 0, 1, 0, 0, 0, 1),
+        (-1, 0, 0, 0, -1, 0, 0, 0, 1),
+        (1, 0, 0, 0, -1, 0, 0, 0, -1),
+        (0, 1, 0, 1, 0, 0, 0, 0, -1),
+        (0, 0, 1, -1, 0, 0, 0, 1, 0),
     ]
     for direction in directions:
         image = sitk.Image(base)
@@ -154,8 +215,9 @@ def test_orientation_transform_matches_dicomorient():
             transform = orientation_transform(direction, code)
             oriented = transform.forward(array)
             np.testing.assert_array_equal(oriented, sitk.GetArrayFromImage(expected))
-            assert transform.spacing_zyx(image.GetSpacing()[::-1]) == \
-                pytest.approx(expected.GetSpacing()[::-1])
+            assert transform.spacing_zyx(image.GetSpacing()[::-1]) == pytest.approx(
+                expected.GetSpacing()[::-1]
+            )
             np.testing.assert_array_equal(transform.backward(oriented), array)
     assert orientation_transform(directions[1], None).is_identity
 
@@ -203,8 +265,10 @@ def test_resampling_separates_the_thick_axis():
 def test_matches_nnunet_functions():
     pytest.importorskip("nnunetv2")
     import torch
-    from nnunetv2.inference.sliding_window_prediction import (compute_gaussian,
-                                                              compute_steps_for_sliding_window)
+    from nnunetv2.inference.sliding_window_prediction import (
+        compute_gaussian,
+        compute_steps_for_sliding_window,
+    )
     from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
 
     from metcli.segmentation.preprocessing import resample_to_shape
@@ -212,34 +276,59 @@ def test_matches_nnunet_functions():
 
     rng = np.random.default_rng(3)
     data = rng.normal(size=(2, 6, 11, 9)).astype(np.float32)
-    cases = [((5.0, 1.0, 1.0), (1.0, 1.0, 1.0), (30, 11, 9), 3, 0),   # separate z, axis 0
-             ((1.0, 4.0, 1.2), (1.0, 1.0, 1.0), (6, 44, 11), 3, 0),   # separate z, axis 1
-             ((2.0, 1.0, 1.0), (1.0, 0.7, 1.3), (12, 16, 7), 3, 0),   # all at once
-             ((1.0, 1.0, 1.0), (4.0, 1.0, 1.0), (2, 11, 9), 1, 0),    # back to thick slices
-             ((5.0, 1.0, 1.0), (1.0, 1.0, 1.0), (30, 13, 9), 1, 1)]   # linear along z
+    cases = [
+        ((5.0, 1.0, 1.0), (1.0, 1.0, 1.0), (30, 11, 9), 3, 0),  # separate z, axis 0
+        ((1.0, 4.0, 1.2), (1.0, 1.0, 1.0), (6, 44, 11), 3, 0),  # separate z, axis 1
+        ((2.0, 1.0, 1.0), (1.0, 0.7, 1.3), (12, 16, 7), 3, 0),  # all at once
+        ((1.0, 1.0, 1.0), (4.0, 1.0, 1.0), (2, 11, 9), 1, 0),  # back to thick slices
+        ((5.0, 1.0, 1.0), (1.0, 1.0, 1.0), (30, 13, 9), 1, 1),
+    ]  # linear along z
     for current, new, shape, order, order_z in cases:
-        expected = resample_data_or_seg_to_shape(data, shape, current, new, is_seg=False,
-                                                 order=order, order_z=order_z,
-                                                 force_separate_z=None)
+        expected = resample_data_or_seg_to_shape(
+            data,
+            shape,
+            current,
+            new,
+            is_seg=False,
+            order=order,
+            order_z=order_z,
+            force_separate_z=None,
+        )
         actual = resample_to_shape(data, shape, current, new, order=order, order_z=order_z)
         np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
     half = data.astype(np.float16)
     np.testing.assert_array_equal(
         resample_to_shape(half, (20, 11, 9), (5.0, 1.0, 1.0), (1.0, 1.0, 1.0), order=1),
-        resample_data_or_seg_to_shape(half, (20, 11, 9), (5.0, 1.0, 1.0), (1.0, 1.0, 1.0),
-                                      is_seg=False, order=1, order_z=0, force_separate_z=None))
-    for size, patch, step in (((110, 64, 70), (64, 64, 64), 0.5),
-                              ((37, 90, 91), (16, 32, 32), 0.3)):
-        assert sliding_window_steps(size, patch, step) == \
-            compute_steps_for_sliding_window(size, patch, step)
-    reference = compute_gaussian((16, 24, 20), 1 / 8, 10, dtype=torch.float16,
-                                 device=torch.device("cpu")).float().numpy()
+        resample_data_or_seg_to_shape(
+            half,
+            (20, 11, 9),
+            (5.0, 1.0, 1.0),
+            (1.0, 1.0, 1.0),
+            is_seg=False,
+            order=1,
+            order_z=0,
+            force_separate_z=None,
+        ),
+    )
+    for size, patch, step in (
+        ((110, 64, 70), (64, 64, 64), 0.5),
+        ((37, 90, 91), (16, 32, 32), 0.3),
+    ):
+        assert sliding_window_steps(size, patch, step) == compute_steps_for_sliding_window(
+            size, patch, step
+        )
+    reference = (
+        compute_gaussian((16, 24, 20), 1 / 8, 10, dtype=torch.float16, device=torch.device("cpu"))
+        .float()
+        .numpy()
+    )
     np.testing.assert_array_equal(gaussian_importance((16, 24, 20)), reference)
 
 
 # ============================================================================ the segmenter
 def test_segmenter_contract_on_a_tiny_network(tmp_path):
     import SimpleITK as sitk
+
     from metcli.segmentation.onnx import OnnxSegmenter
 
     model = tiny_export(tmp_path / "tiny")
@@ -249,7 +338,8 @@ def test_segmenter_contract_on_a_tiny_network(tmp_path):
     assert segmenter.provider == "CPUExecutionProvider"
     calls = []
     labels, probs = segmenter.predict_with_probabilities(
-        ct, progress=lambda done, total: calls.append((done, total)))
+        ct, progress=lambda done, total: calls.append((done, total))
+    )
     assert calls and calls[-1][0] == calls[-1][1]
     assert labels.GetSize() == ct.GetSize() and labels.GetSpacing() == ct.GetSpacing()
     assert labels.GetOrigin() == ct.GetOrigin() and labels.GetDirection() == ct.GetDirection()
@@ -266,6 +356,7 @@ def test_segmenter_contract_on_a_tiny_network(tmp_path):
 
 def test_flipped_axes_give_the_same_physical_labels(tmp_path):
     import SimpleITK as sitk
+
     from metcli.imaging.geometry import to_reference_grid
     from metcli.segmentation.onnx import OnnxSegmenter
 
@@ -279,27 +370,32 @@ def test_flipped_axes_give_the_same_physical_labels(tmp_path):
             labels = segmenter.predict(flipped)
             assert labels.GetDirection() == flipped.GetDirection()
             back = to_reference_grid(labels, reference)
-            np.testing.assert_array_equal(sitk.GetArrayFromImage(back),
-                                          sitk.GetArrayFromImage(reference))
+            np.testing.assert_array_equal(
+                sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(reference)
+            )
 
 
 def test_as_stored_orientation_follows_the_array(tmp_path):
     """orientation null (nnU-Net's own behaviour): the network sees the stored array."""
     import SimpleITK as sitk
+
     from metcli.segmentation.onnx import OnnxSegmenter
 
     ct = blob_ct(seed=2)
     flipped = flipped_copy(ct, 0)
-    segmenter = OnnxSegmenter(tiny_export(tmp_path / "m", orientation=None), device="cpu",
-                              tta=False)
+    segmenter = OnnxSegmenter(
+        tiny_export(tmp_path / "m", orientation=None), device="cpu", tta=False
+    )
     direct = sitk.GetArrayFromImage(segmenter.predict(flipped))
-    moved = sitk.GetArrayFromImage(segmenter.predict(make_image(
-        sitk.GetArrayFromImage(flipped), spacing=ct.GetSpacing())))
+    moved = sitk.GetArrayFromImage(
+        segmenter.predict(make_image(sitk.GetArrayFromImage(flipped), spacing=ct.GetSpacing()))
+    )
     np.testing.assert_array_equal(direct, moved)
 
 
 def test_segmenter_refuses_bad_input(tmp_path):
     import SimpleITK as sitk
+
     from metcli.core.errors import ImageError, InputError, UsageError
     from metcli.segmentation.onnx import OnnxSegmenter
 
@@ -331,6 +427,7 @@ def test_segmenter_refuses_bad_input(tmp_path):
 def test_cuda_request_without_cuda_is_a_usage_error(tmp_path, caplog):
     """--device cuda asks for the GPU: without one it stops (auto runs on the CPU)."""
     import onnxruntime as ort
+
     from metcli.core.errors import UsageError
     from metcli.segmentation.onnx import OnnxSegmenter
 
@@ -353,7 +450,8 @@ def test_backend_needs_neither_torch_nor_nnunetv2(tmp_path):
         "from metcli.segmentation.onnx import OnnxSegmenter\n"
         "ct = sitk.GetImageFromArray(np.full((9, 10, 11), 40, np.int16))\n"
         f"labels = OnnxSegmenter({str(model)!r}, device='cpu').predict(ct)\n"
-        "print(labels.GetSize())\n")
+        "print(labels.GetSize())\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(11, 10, 9)"
@@ -437,9 +535,14 @@ def _build_tiny_nnunet(root: Path) -> None:
     results = root / "results"
     for path in (raw, pre, results):
         path.mkdir(parents=True, exist_ok=True)
-    os.environ.update(nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre),
-                      nnUNet_results=str(results), nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1",
-                      nnUNet_compile="false")
+    os.environ.update(
+        nnUNet_raw=str(raw),
+        nnUNet_preprocessed=str(pre),
+        nnUNet_results=str(results),
+        nnUNet_n_proc_DA="1",
+        nnUNet_def_n_proc="1",
+        nnUNet_compile="false",
+    )
     dataset = raw / TINY_DATASET
     (dataset / "imagesTr").mkdir(parents=True, exist_ok=True)
     (dataset / "labelsTr").mkdir(parents=True, exist_ok=True)
@@ -451,25 +554,46 @@ def _build_tiny_nnunet(root: Path) -> None:
         labels = np.zeros(shape, np.uint8)
         centre = np.array(shape) / 2 + rng.uniform(-4, 4, 3)
         radius = rng.uniform(9, 12)
-        labels[np.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2
-                       + ((x - centre[2]) * 2) ** 2) < radius] = 1
+        labels[
+            np.sqrt((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + ((x - centre[2]) * 2) ** 2)
+            < radius
+        ] = 1
         core = centre + rng.uniform(-2, 2, 3)
-        labels[(np.sqrt((z - core[0]) ** 2 + (y - core[1]) ** 2 + ((x - core[2]) * 2) ** 2)
-                < radius * 0.45) & (labels == 1)] = 2
+        labels[
+            (
+                np.sqrt((z - core[0]) ** 2 + (y - core[1]) ** 2 + ((x - core[2]) * 2) ** 2)
+                < radius * 0.45
+            )
+            & (labels == 1)
+        ] = 2
         image[labels == 1] += 200
         image[labels == 2] += 60
-        for array, path in ((np.round(image).astype(np.int16),
-                             dataset / "imagesTr" / f"case{case:03d}_0000.nii.gz"),
-                            (labels, dataset / "labelsTr" / f"case{case:03d}.nii.gz")):
+        for array, path in (
+            (
+                np.round(image).astype(np.int16),
+                dataset / "imagesTr" / f"case{case:03d}_0000.nii.gz",
+            ),
+            (labels, dataset / "labelsTr" / f"case{case:03d}.nii.gz"),
+        ):
             item = sitk.GetImageFromArray(array)
             item.SetSpacing((2.0, 1.0, 1.0))
             sitk.WriteImage(item, str(path))
-    (dataset / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "CT"}, "labels": {"background": 0, "blob": 1, "core": 2},
-        "numTraining": 6, "file_ending": ".nii.gz"}))
+    (dataset / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "CT"},
+                "labels": {"background": 0, "blob": 1, "core": 2},
+                "numTraining": 6,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
 
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints,
-                                                                      plan_experiments, preprocess)
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints,
+        plan_experiments,
+        preprocess,
+    )
 
     extract_fingerprints([901], num_processes=1, verbose=False, show_progress_bar=False)
     plan_experiments([901])
@@ -478,22 +602,28 @@ def _build_tiny_nnunet(root: Path) -> None:
     config = plans["configurations"]["3d_fullres"]
     config.update(patch_size=[16, 32, 32], batch_size=2)
     config["architecture"]["arch_kwargs"].update(
-        n_stages=3, features_per_stage=[4, 8, 16], kernel_sizes=[[3, 3, 3]] * 3,
-        strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], n_conv_per_stage=[1, 1, 1],
-        n_conv_per_stage_decoder=[1, 1])
+        n_stages=3,
+        features_per_stage=[4, 8, 16],
+        kernel_sizes=[[3, 3, 3]] * 3,
+        strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+        n_conv_per_stage=[1, 1, 1],
+        n_conv_per_stage_decoder=[1, 1],
+    )
     plans["configurations"] = {"3d_fullres": config}
     plans_file.write_text(json.dumps(plans, indent=1))
     preprocess([901], configurations=["3d_fullres"], num_processes=[1], verbose=False)
-    (pre / TINY_DATASET / "splits_final.json").write_text(json.dumps(
-        [{"train": [f"case{i:03d}" for i in range(4)], "val": ["case004", "case005"]}]))
+    (pre / TINY_DATASET / "splits_final.json").write_text(
+        json.dumps([{"train": [f"case{i:03d}" for i in range(4)], "val": ["case004", "case005"]}])
+    )
 
     os.environ["nnUNet_n_proc_DA"] = "0"  # single-threaded data augmentation for training
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
     torch.manual_seed(0)
-    trainer = get_trainer_from_args("901", "3d_fullres", 0, "nnUNetTrainer", "nnUNetPlans",
-                                    device=torch.device("cpu"))
+    trainer = get_trainer_from_args(
+        "901", "3d_fullres", 0, "nnUNetTrainer", "nnUNetPlans", device=torch.device("cpu")
+    )
     trainer.num_epochs, trainer.num_iterations_per_epoch = 1, 3
     trainer.num_val_iterations_per_epoch = 1
     trainer.run_training()
@@ -511,8 +641,13 @@ def tiny_nnunet(tmp_path_factory) -> Path:
     if not (model / "fold_0" / "checkpoint_final.pth").is_file():
         work = tmp_path_factory.mktemp("tiny-nnunet-build")
         env = {**os.environ, "OMP_NUM_THREADS": "2"}
-        done = subprocess.run([sys.executable, __file__, "build", str(work)], env=env,
-                              capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            [sys.executable, __file__, "build", str(work)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         shutil.rmtree(cache, ignore_errors=True)
         os.replace(work, cache)
@@ -532,8 +667,14 @@ def nnunet_predictor(model_dir: Path, *, tta: bool):
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=tta,
-                                device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=tta,
+        device=torch.device("cpu"),
+        verbose=False,
+        allow_tqdm=False,
+    )
     predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
     return predictor
 
@@ -554,11 +695,13 @@ def agreement(segmenter, predictor, ct, values) -> dict:
     ours = sitk.GetArrayFromImage(labels)
     theirs, their_probs = nnunet_labels_and_probabilities(predictor, ct)
     difference = np.max(np.abs(probs - their_probs), axis=0)
-    return {"dice": {v: dice(ours == v, theirs == v) for v in values},
-            "same_label_fraction": float(np.mean(ours == theirs)),
-            "max_prob_difference": float(difference.max()),
-            "prob_difference_quantile": float(np.quantile(difference, PROB_QUANTILE)),
-            "prob_outlier_fraction": float(np.mean(difference > PROB_OUTLIER))}
+    return {
+        "dice": {v: dice(ours == v, theirs == v) for v in values},
+        "same_label_fraction": float(np.mean(ours == theirs)),
+        "max_prob_difference": float(difference.max()),
+        "prob_difference_quantile": float(np.quantile(difference, PROB_QUANTILE)),
+        "prob_outlier_fraction": float(np.mean(difference > PROB_OUTLIER)),
+    }
 
 
 def assert_agreement(result: dict) -> None:
@@ -588,8 +731,12 @@ def test_export_verifies_onnx_against_torch(tiny_nnunet, tiny_export_dir):
     plans = json.loads((tiny_nnunet / "plans.json").read_text())
     props = plans["foreground_intensity_properties_per_channel"]["0"]
     norm = spec["normalization"]
-    assert (norm["clip_lower"], norm["clip_upper"], norm["mean"], norm["std"]) == \
-        (props["percentile_00_5"], props["percentile_99_5"], props["mean"], props["std"])
+    assert (norm["clip_lower"], norm["clip_upper"], norm["mean"], norm["std"]) == (
+        props["percentile_00_5"],
+        props["percentile_99_5"],
+        props["mean"],
+        props["std"],
+    )
     import onnx
 
     graph = onnx.load(str(tiny_export_dir / "model.onnx")).graph
@@ -615,9 +762,11 @@ def test_onnx_backend_agrees_with_nnunet(tiny_nnunet, tiny_export_dir, tta):
 
     segmenter = OnnxSegmenter(tiny_export_dir, device="cpu", tta=tta)
     predictor = nnunet_predictor(tiny_nnunet, tta=tta)
-    scans = [blob_ct((40, 40, 24), (2.0, 1.0, 1.0), seed=11),            # the training grid
-             blob_ct((12, 44, 40), (1.0, 1.0, 4.0), seed=12, zero_rows=3),  # anisotropic, cropped
-             blob_ct((30, 50, 26), (1.3, 0.9, 2.2), seed=13)]            # all axes resampled
+    scans = [
+        blob_ct((40, 40, 24), (2.0, 1.0, 1.0), seed=11),  # the training grid
+        blob_ct((12, 44, 40), (1.0, 1.0, 4.0), seed=12, zero_rows=3),  # anisotropic, cropped
+        blob_ct((30, 50, 26), (1.3, 0.9, 2.2), seed=13),
+    ]  # all axes resampled
     if tta:
         scans = scans[:2]
     for ct in scans:
@@ -627,6 +776,7 @@ def test_onnx_backend_agrees_with_nnunet(tiny_nnunet, tiny_export_dir, tta):
 @pytest.mark.slow
 def test_real_model_flipped_ct_same_physical_labels(tiny_export_dir):
     import SimpleITK as sitk
+
     from metcli.imaging.geometry import to_reference_grid
     from metcli.segmentation.onnx import OnnxSegmenter
 
@@ -641,15 +791,17 @@ def test_real_model_flipped_ct_same_physical_labels(tiny_export_dir):
 
 
 @pytest.mark.slow
-def test_both_backends_agree_on_a_flipped_ct_in_the_exports_orientation(tiny_nnunet,
-                                                                         tiny_export_dir):
+def test_both_backends_agree_on_a_flipped_ct_in_the_exports_orientation(
+    tiny_nnunet, tiny_export_dir
+):
     """The export brings CTs to LPS; the nnU-Net backend told the same orientation (as
     segment does by default) labels a flipped CT like the ONNX backend."""
     import SimpleITK as sitk
+
     from metcli.core.errors import UsageError
+    from metcli.segmentation.models import resolve_segmentation_model
     from metcli.segmentation.nnunet import NnunetSegmenter
     from metcli.segmentation.onnx import OnnxSegmenter
-    from metcli.segmentation.models import resolve_segmentation_model
 
     model = resolve_segmentation_model(str(tiny_export_dir), backend="onnx")
     assert model.orientation == "LPS"
@@ -657,8 +809,7 @@ def test_both_backends_agree_on_a_flipped_ct_in_the_exports_orientation(tiny_nnu
         resolve_segmentation_model(str(tiny_export_dir), backend="onnx", orientation="RAS")
     ct = flipped_copy(blob_ct((40, 40, 24), (2.0, 1.0, 1.0), seed=22), 0)
     ours = OnnxSegmenter(tiny_export_dir, device="cpu", tta=False).predict(ct)
-    theirs = NnunetSegmenter(tiny_nnunet, device="cpu", tta=False,
-                             orientation="LPS").predict(ct)
+    theirs = NnunetSegmenter(tiny_nnunet, device="cpu", tta=False, orientation="LPS").predict(ct)
     a, b = sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs)
     assert len(np.unique(a)) > 1
     assert dice(a == 1, b == 1) >= 0.99 and np.mean(a == b) >= 0.999

@@ -14,10 +14,28 @@ pytest.importorskip("torch")
 pytest.importorskip("monai")
 from metcli.io.files import read_json, read_tsv  # noqa: E402
 
-SIZE = 64   # Grad-CAM's map is size/32 cells a side: 64 gives 2x2, 32 a single (constant) cell
-TRAIN = ["--arch", "densenet121", "--size", str(SIZE), "--epochs", "1", "--batch-size", "32",
-         "--val-patients", "1", "--test-patients", "0", "--device", "cpu", "--seed", "3",
-         "--threads", "1", "--no-progress"]
+SIZE = 64  # Grad-CAM's map is size/32 cells a side: 64 gives 2x2, 32 a single (constant) cell
+TRAIN = [
+    "--arch",
+    "densenet121",
+    "--size",
+    str(SIZE),
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--val-patients",
+    "1",
+    "--test-patients",
+    "0",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,10 +52,17 @@ def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("cnn-predict")
     synth_cohort(root / "synth", n_colorectal=3, n_pancreatic=3, seed=5)
     raw, lesions = root / "synth" / "rawdata", root / "synth" / "derivatives" / "truth-lesions"
-    invoke(CliRunner(), ["train-cnn", raw, lesions, root / "train", "--labels",
-                         raw / "participants.tsv", *TRAIN])
-    return {"root": root, "raw": raw, "lesions": lesions, "model": root / "train" / "model",
-            "train": root / "train"}
+    invoke(
+        CliRunner(),
+        ["train-cnn", raw, lesions, root / "train", "--labels", raw / "participants.tsv", *TRAIN],
+    )
+    return {
+        "root": root,
+        "raw": raw,
+        "lesions": lesions,
+        "model": root / "train" / "model",
+        "train": root / "train",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +71,21 @@ def predicted(cohort):
     from click.testing import CliRunner
 
     out = cohort["root"] / "pred"
-    result = invoke(CliRunner(), ["predict", cohort["model"], cohort["raw"], cohort["lesions"],
-                                  out, "--device", "cpu", "--explain", "--threads", "1"])
+    result = invoke(
+        CliRunner(),
+        [
+            "predict",
+            cohort["model"],
+            cohort["raw"],
+            cohort["lesions"],
+            out,
+            "--device",
+            "cpu",
+            "--explain",
+            "--threads",
+            "1",
+        ],
+    )
     assert result.stdout.strip() == str(out / "predictions.tsv")
     return out
 
@@ -64,8 +102,10 @@ def _copy_participants(cohort, tmp_path, labels):
 
 def test_predict_reproduces_the_validation_predictions_of_training(cohort, predicted):
     expected = read_tsv(cohort["train"] / "val_predictions.tsv")
-    got = {(r["participant_id"], r["lesion_id"], r["level"]): r
-           for r in read_tsv(predicted / "predictions.tsv")}
+    got = {
+        (r["participant_id"], r["lesion_id"], r["level"]): r
+        for r in read_tsv(predicted / "predictions.tsv")
+    }
     assert expected
     for row in expected:
         mine = got[(row["participant_id"], row["lesion_id"], row["level"])]
@@ -78,8 +118,9 @@ def test_predict_reproduces_the_validation_predictions_of_training(cohort, predi
     for pid in [f"sub-00{i}" for i in range(1, 7)]:
         table = predicted / pid / "anat" / f"{pid}_ce-portal_predictions.tsv"
         rows = read_tsv(table)
-        kept = kept_lesion_ids(cohort["lesions"] / pid / "anat" /
-                               f"{pid}_ce-portal_desc-lesions_dseg.tsv")
+        kept = kept_lesion_ids(
+            cohort["lesions"] / pid / "anat" / f"{pid}_ce-portal_desc-lesions_dseg.tsv"
+        )
         assert [int(r["lesion_id"]) for r in rows if r["level"] == "lesion"] == kept
         lesion = [float(r["prob_pancreatic"]) for r in rows if r["level"] == "lesion"]
         assert float(rows[-1]["prob_pancreatic"]) == pytest.approx(np.mean(lesion), abs=1e-9)
@@ -94,8 +135,21 @@ def test_predict_reproduces_the_validation_predictions_of_training(cohort, predi
 
 def test_a_second_run_skips_the_finished_participants(cohort, predicted, runner):
     before = (predicted / "predictions.tsv").read_bytes()
-    result = invoke(runner, ["predict", cohort["model"], cohort["raw"], cohort["lesions"],
-                             predicted, "--device", "cpu", "--explain", "--threads", "1"])
+    result = invoke(
+        runner,
+        [
+            "predict",
+            cohort["model"],
+            cohort["raw"],
+            cohort["lesions"],
+            predicted,
+            "--device",
+            "cpu",
+            "--explain",
+            "--threads",
+            "1",
+        ],
+    )
     assert "0 done, 6 skipped" in result.stderr
     assert (predicted / "predictions.tsv").read_bytes() == before
 
@@ -118,7 +172,7 @@ def test_explain_writes_a_heat_map_png_per_lesion(cohort, predicted):
         assert info["target_layer"] == "class_layers.relu"
         assert info["checkpoint_sha256"] == card["checkpoint"]["sha256"]
         assert info["heat_map_max"] in (0.0, 1.0)
-        assert info["TorchThreads"] == 1     # --threads reached Grad-CAM; not a setting
+        assert info["TorchThreads"] == 1  # --threads reached Grad-CAM; not a setting
         assert "threads" not in json.dumps(info["Provenance"]["settings"])
         assert [o["name"] for o in info["Provenance"]["outputs"]] == [png.name]
     # the predictions' sidecar lists the pictures, so a deleted one is redone
@@ -131,8 +185,8 @@ def test_explain_writes_a_heat_map_png_per_lesion(cohort, predicted):
 
 def test_the_heat_map_is_spatial_and_follows_the_class(cohort):
     from metcli.cnn.gradcam import GradCam, load_network
-    from metcli.prediction.outputs import load_card
     from metcli.prediction.image import ImageBackend, find_image_jobs
+    from metcli.prediction.outputs import load_card
 
     card = load_card(cohort["model"])
     backend = ImageBackend(cohort["model"], card, device="cpu")
@@ -145,12 +199,12 @@ def test_the_heat_map_is_spatial_and_follows_the_class(cohort):
         assert heat.min() >= 0 and heat.max() <= 1
     spatial = [h for heat in maps.values() for h in heat if h.max() > 0]
     assert spatial and all(h.std() > 1e-3 and h.max() == pytest.approx(1.0) for h in spatial)
-    assert not np.allclose(maps[0], maps[1])   # another class, another map
+    assert not np.allclose(maps[0], maps[1])  # another class, another map
 
 
 def test_pytorch_and_onnx_runtime_agree(cohort):
-    from metcli.prediction.outputs import load_card
     from metcli.prediction.image import ImageBackend, find_image_jobs
+    from metcli.prediction.outputs import load_card
 
     card = load_card(cohort["model"])
     onnx = ImageBackend(cohort["model"], card, device="cpu")
@@ -164,8 +218,7 @@ def test_pytorch_and_onnx_runtime_agree(cohort):
     assert max(np.max(np.abs(x - y)) for x, y in zip(slices_a, slices_b)) < 1e-4
 
 
-def test_missing_lesion_map_and_missing_lesion_id_fail_their_participant(cohort, tmp_path,
-                                                                        runner):
+def test_missing_lesion_map_and_missing_lesion_id_fail_their_participant(cohort, tmp_path, runner):
     raw, lesions = _copy_participants(cohort, tmp_path, ["001", "002", "003"])
     for path in (lesions / "sub-001" / "anat").glob("*_desc-lesions_dseg.*"):
         path.unlink()
@@ -176,8 +229,9 @@ def test_missing_lesion_map_and_missing_lesion_id_fail_their_participant(cohort,
     extra[header.index("index")], extra[header.index("kept")] = "99", "true"
     table.write_text("\n".join(lines + ["\t".join(extra)]) + "\n")
     out = tmp_path / "out"
-    result = invoke(runner, ["predict", cohort["model"], raw, lesions, out, "--device", "cpu"],
-                    expect=3)
+    result = invoke(
+        runner, ["predict", cohort["model"], raw, lesions, out, "--device", "cpu"], expect=3
+    )
     text = " ".join(result.stderr.split())
     assert "no lesion map for sub-001" in text
     assert "lesion id(s) 99 are not in the lesion map" in text
@@ -191,29 +245,50 @@ def test_cuda_without_cuda_is_a_clear_error(cohort, tmp_path, runner):
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this ONNX Runtime has CUDA")
-    result = invoke(runner, ["predict", cohort["model"], cohort["raw"], cohort["lesions"],
-                             tmp_path / "out", "--device", "cuda"], expect=2)
-    assert "--device cuda was asked for but this ONNX Runtime has no CUDA provider" in \
-        " ".join(result.stderr.split())
+    result = invoke(
+        runner,
+        [
+            "predict",
+            cohort["model"],
+            cohort["raw"],
+            cohort["lesions"],
+            tmp_path / "out",
+            "--device",
+            "cuda",
+        ],
+        expect=2,
+    )
+    assert "--device cuda was asked for but this ONNX Runtime has no CUDA provider" in " ".join(
+        result.stderr.split()
+    )
     assert not (tmp_path / "out" / "predictions.tsv").exists()
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c["preprocessing"].update(preprocessing_version=2),
-     "preprocessing version 2; this metcli reproduces version 1 only"),
-    (lambda c: c["preprocessing"].update(orientation="RAS"), "taken in RAS orientation"),
-    (lambda c: c["input"].update(shape=["batch", 1, SIZE, SIZE + 1]), "input shape"),
-    (lambda c: c.update(lesion_aggregate="max of slice probabilities"), "aggregates slices"),
-])
-def test_a_card_whose_preprocessing_cannot_be_reproduced_is_refused(cohort, tmp_path, runner,
-                                                                    change, message):
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c: c["preprocessing"].update(preprocessing_version=2),
+            "preprocessing version 2; this metcli reproduces version 1 only",
+        ),
+        (lambda c: c["preprocessing"].update(orientation="RAS"), "taken in RAS orientation"),
+        (lambda c: c["input"].update(shape=["batch", 1, SIZE, SIZE + 1]), "input shape"),
+        (lambda c: c.update(lesion_aggregate="max of slice probabilities"), "aggregates slices"),
+    ],
+)
+def test_a_card_whose_preprocessing_cannot_be_reproduced_is_refused(
+    cohort, tmp_path, runner, change, message
+):
     model = tmp_path / "model"
     shutil.copytree(cohort["model"], model)
     card = read_json(model / "model.json")
     change(card)
     (model / "model.json").write_text(json.dumps(card))
-    result = invoke(runner, ["predict", model, cohort["raw"], cohort["lesions"],
-                             tmp_path / "out", "--device", "cpu"], expect=1)
+    result = invoke(
+        runner,
+        ["predict", model, cohort["raw"], cohort["lesions"], tmp_path / "out", "--device", "cpu"],
+        expect=1,
+    )
     text = " ".join(result.stderr.split())
     assert message in text and "model.json" in text
     assert not (tmp_path / "out" / "predictions.tsv").exists()
@@ -225,18 +300,18 @@ def test_a_changed_checkpoint_is_refused_by_explain(cohort, tmp_path, runner):
     with open(model / "checkpoint.pt", "ab") as handle:
         handle.write(b"\0")
     raw, lesions = _copy_participants(cohort, tmp_path, ["001"])
-    result = invoke(runner, ["predict", model, raw, lesions, tmp_path / "out", "--explain"],
-                    expect=1)
+    result = invoke(
+        runner, ["predict", model, raw, lesions, tmp_path / "out", "--explain"], expect=1
+    )
     assert "checkpoint.pt does not match the sha256 in its card" in " ".join(result.stderr.split())
 
 
 def test_model_inputs_are_the_lesion_slices_with_a_channel_axis():
     from conftest import make_image
-
     from metcli.core.errors import InputError, MaskError
-    from metcli.lesions.slices import lesion_slices
     from metcli.lesions.inputs import model_inputs
     from metcli.lesions.preprocess import SliceSettings
+    from metcli.lesions.slices import lesion_slices
 
     rng = np.random.default_rng(0)
     ct = make_image(rng.normal(40, 60, (6, 20, 24)), spacing=(0.8, 0.7, 2.0))
@@ -245,12 +320,15 @@ def test_model_inputs_are_the_lesion_slices_with_a_channel_axis():
     ids[3:5, 14:18, 2:6] = 2
     lesion_map = make_image(ids, spacing=(0.8, 0.7, 2.0))
     settings = SliceSettings(size=16, context_mm=2.0)
-    card = {"preprocessing": settings.as_dict(),
-            "input": {"name": "image", "shape": ["batch", 1, 16, 16], "channels": ["ct"]}}
+    card = {
+        "preprocessing": settings.as_dict(),
+        "input": {"name": "image", "shape": ["batch", 1, 16, 16], "channels": ["ct"]},
+    }
     got = model_inputs(card, {"portal": ct}, lesion_map, [1, 2])
     expected = lesion_slices(ct, lesion_map, lesion_ids=[1, 2], settings=settings)
-    assert [g.slice_indices for g in got] == [e.slice_indices for e in expected] == [[1, 2, 3],
-                                                                                     [3, 4]]
+    assert (
+        [g.slice_indices for g in got] == [e.slice_indices for e in expected] == [[1, 2, 3], [3, 4]]
+    )
     for g, e in zip(got, expected):
         assert g.images.shape == (len(e.images), 1, 16, 16) and g.images.dtype == np.float32
         np.testing.assert_array_equal(g.images[:, 0], e.images)
@@ -263,24 +341,51 @@ def test_model_inputs_are_the_lesion_slices_with_a_channel_axis():
         model_inputs(card, {"portal": ct}, lesion_map, [1])
 
 
-def test_a_3d_model_with_two_phases_reproduces_its_validation_predictions(cohort, tmp_path,
-                                                                         runner):
+def test_a_3d_model_with_two_phases_reproduces_its_validation_predictions(cohort, tmp_path, runner):
     """--dims 3 and --phases: predict finds one CT per phase and makes the same cubes."""
     raw = tmp_path / "raw"
     shutil.copytree(cohort["raw"], raw)
     for ct in raw.glob("sub-*/anat/*_ce-portal_ct.nii.gz"):
         shutil.copy(ct, ct.with_name(ct.name.replace("ce-portal", "ce-arterial")))
     train = tmp_path / "train"
-    invoke(runner, ["train-cnn", raw, cohort["lesions"], train, "--labels",
-                    raw / "participants.tsv", "--dims", "3", "--phases", "arterial,portal",
-                    "--size", "32", "--epochs", "1", "--val-patients", "1", "--test-patients",
-                    "0", "--device", "cpu", "--seed", "3", "--threads", "1", "--no-progress"])
+    invoke(
+        runner,
+        [
+            "train-cnn",
+            raw,
+            cohort["lesions"],
+            train,
+            "--labels",
+            raw / "participants.tsv",
+            "--dims",
+            "3",
+            "--phases",
+            "arterial,portal",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--val-patients",
+            "1",
+            "--test-patients",
+            "0",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+            "--threads",
+            "1",
+            "--no-progress",
+        ],
+    )
     card = read_json(train / "model" / "model.json")
     assert card["dims"] == 3 and card["input"]["channels"] == ["arterial", "portal"]
     out = tmp_path / "pred"
     invoke(runner, ["predict", train / "model", raw, cohort["lesions"], out, "--device", "cpu"])
-    got = {(r["participant_id"], r["lesion_id"], r["level"]): r
-           for r in read_tsv(out / "predictions.tsv")}
+    got = {
+        (r["participant_id"], r["lesion_id"], r["level"]): r
+        for r in read_tsv(out / "predictions.tsv")
+    }
     expected = read_tsv(train / "val_predictions.tsv")
     assert expected
     for row in expected:
@@ -290,39 +395,75 @@ def test_a_3d_model_with_two_phases_reproduces_its_validation_predictions(cohort
     assert (out / "sub-001" / "anat" / "sub-001_ce-portal_predictions.tsv").is_file()
     # a participant without one of the phases fails alone
     (raw / "sub-002" / "anat" / "sub-002_ce-arterial_ct.nii.gz").unlink()
-    result = invoke(runner, ["predict", train / "model", raw, cohort["lesions"],
-                             tmp_path / "pred2", "--device", "cpu"], expect=3)
+    result = invoke(
+        runner,
+        ["predict", train / "model", raw, cohort["lesions"], tmp_path / "pred2", "--device", "cpu"],
+        expect=3,
+    )
     assert "no CT of phase(s) arterial for sub-002" in " ".join(result.stderr.split())
 
 
 def test_the_lesion_entity_names_one_lesion():
     from metcli.io import bids
+
     name = "sub-001_ses-1_ce-portal_lesion-12_gradcam.png"
     entities = bids.parse_name(name)
     assert (entities.sub, entities.ses, entities.ce, entities.lesion, entities.suffix) == (
-        "001", "1", "portal", "12", "gradcam")
+        "001",
+        "1",
+        "portal",
+        "12",
+        "gradcam",
+    )
     assert bids.build_name(entities) == name
     assert bids.sidecar_path(bids.Path(name)).name == name.replace(".png", ".json")
-    assert bids.Entities(sub="001", ce="portal").with_(lesion="3", suffix="gradcam",
-                                                       extension=".png").name == \
-        "sub-001_ce-portal_lesion-3_gradcam.png"
+    assert (
+        bids.Entities(sub="001", ce="portal")
+        .with_(lesion="3", suffix="gradcam", extension=".png")
+        .name
+        == "sub-001_ce-portal_lesion-3_gradcam.png"
+    )
 
 
-def test_participant_runs_then_the_group_level_give_the_full_runs_predictions(cohort, predicted,
-                                                                             tmp_path, runner):
+def test_participant_runs_then_the_group_level_give_the_full_runs_predictions(
+    cohort, predicted, tmp_path, runner
+):
     """Per-participant runs write only their participants' files; --level group reads them
     back into the predictions.tsv of one full run."""
     args = [cohort["model"], cohort["raw"], cohort["lesions"]]
     split = tmp_path / "split"
-    first = invoke(runner, ["predict", *args, split, "--device", "cpu", "--participant-label",
-                            "001", "--participant-label", "sub-002"])
+    first = invoke(
+        runner,
+        [
+            "predict",
+            *args,
+            split,
+            "--device",
+            "cpu",
+            "--participant-label",
+            "001",
+            "--participant-label",
+            "sub-002",
+        ],
+    )
     assert first.stdout == "" and "2 done" in first.stderr
     assert sorted(p.name for p in split.glob("sub-*")) == ["sub-001", "sub-002"]
     assert not (split / "predictions.tsv").exists()
     early = invoke(runner, ["predict", *args, split, "--level", "group"], expect=3)
     assert "no current predictions of sub-003" in " ".join(early.stderr.split())
-    invoke(runner, ["predict", *args, split, "--device", "cpu", "--level", "participant",
-                    *[x for i in range(3, 7) for x in ("--participant-label", f"00{i}")]])
+    invoke(
+        runner,
+        [
+            "predict",
+            *args,
+            split,
+            "--device",
+            "cpu",
+            "--level",
+            "participant",
+            *[x for i in range(3, 7) for x in ("--participant-label", f"00{i}")],
+        ],
+    )
     group = invoke(runner, ["predict", *args, split, "--level", "group"])
     assert group.stdout.strip() == str(split / "predictions.tsv") and "6 skipped" in group.stderr
     # the same table as the full run (which also ran --explain: the rows do not change)
@@ -332,16 +473,40 @@ def test_participant_runs_then_the_group_level_give_the_full_runs_predictions(co
     assert not list(split.glob("sub-*/anat/*_gradcam.png"))
     # --explain at the participant level: that participant's heat maps only
     one = tmp_path / "one"
-    invoke(runner, ["predict", *args, one, "--device", "cpu", "--explain", "--threads", "1",
-                    "--participant-label", "004"])
+    invoke(
+        runner,
+        [
+            "predict",
+            *args,
+            one,
+            "--device",
+            "cpu",
+            "--explain",
+            "--threads",
+            "1",
+            "--participant-label",
+            "004",
+        ],
+    )
     pngs = sorted(p.name for p in one.glob("sub-*/anat/*_gradcam.png"))
     assert pngs and all(name.startswith("sub-004_") for name in pngs)
     assert not (one / "predictions.tsv").exists()
 
 
 def test_an_unknown_participant_label_is_a_usage_error_naming_it(cohort, tmp_path, runner):
-    result = invoke(runner, ["predict", cohort["model"], cohort["raw"], cohort["lesions"],
-                             tmp_path / "out", "--participant-label", "042"], expect=2)
+    result = invoke(
+        runner,
+        [
+            "predict",
+            cohort["model"],
+            cohort["raw"],
+            cohort["lesions"],
+            tmp_path / "out",
+            "--participant-label",
+            "042",
+        ],
+        expect=2,
+    )
     assert "--participant-label '042' is not a participant" in result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 
@@ -360,7 +525,7 @@ def test_limit_cpu_threads_sets_and_restores_torchs_threads():
         with limit_cpu_threads(before + 2):
             raise RuntimeError("the number comes back after an error too")
     assert torch.get_num_threads() == before
-    with limit_cpu_threads(None) as used:          # None keeps the caller's number
+    with limit_cpu_threads(None) as used:  # None keeps the caller's number
         assert used == torch.get_num_threads() == before
     with pytest.raises(UsageError, match="--threads must be a whole number of at least 1"):
         with limit_cpu_threads(0):

@@ -2,9 +2,7 @@
 
 import json
 
-from metcli.io import provenance
-
-from metcli.io import schemas
+from metcli.io import provenance, schemas
 from metcli.io.files import OutputSet, read_json
 
 

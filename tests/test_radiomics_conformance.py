@@ -84,11 +84,15 @@ def test_parity_with_pyradiomics_baseline(data_dir):
     for config in configurations:
         case = config["case"]
         if case not in images:
-            images[case] = (sitk.ReadImage(str(folder / f"{case}_image.nrrd")),
-                            sitk.ReadImage(str(folder / f"{case}_label.nrrd")))
+            images[case] = (
+                sitk.ReadImage(str(folder / f"{case}_image.nrrd")),
+                sitk.ReadImage(str(folder / f"{case}_label.nrrd")),
+            )
         image, mask = images[case]
-        params = {"setting": config["settings"],
-                  "featureClass": {cls: None for cls in config["classes"]}}
+        params = {
+            "setting": config["settings"],
+            "featureClass": {cls: None for cls in config["classes"]},
+        }
         result = extract_features(image, mask, params, label=config["settings"].get("label", 1))
         assert result.ok, (config["column"], result.message)
         for name, baseline in config["baseline"].items():
@@ -98,8 +102,10 @@ def test_parity_with_pyradiomics_baseline(data_dir):
                 worst = (difference, f"{config['column']}:{name}")
             if difference >= BASELINE_TOLERANCE:
                 failures.append((config["column"], name, baseline, result.features[name]))
-    print(f"\npyradiomics baseline: {compared} feature values in {len(configurations)} "
-          f"configurations, max relative difference {worst[0]:.2e} ({worst[1]})")
+    print(
+        f"\npyradiomics baseline: {compared} feature values in {len(configurations)} "
+        f"configurations, max relative difference {worst[0]:.2e} ({worst[1]})"
+    )
     assert not failures, failures[:10]
     assert compared >= 2000
 
@@ -141,13 +147,17 @@ def test_ibsi_digital_phantom_feature_by_feature(data_dir):
             value = result.features[name]
             expected, tolerance = reference[tag]
             matched = ibsi_match(value, expected, tolerance)
-            report.append(f"{'match   ' if matched else 'MISMATCH'} {tag:32s} {expected:>10g} "
-                          f"+-{tolerance:<6g} {name} = {value:.6g}")
+            report.append(
+                f"{'match   ' if matched else 'MISMATCH'} {tag:32s} {expected:>10g} "
+                f"+-{tolerance:<6g} {name} = {value:.6g}"
+            )
             if not matched:
                 mismatches.add((name, tag))
     matches = len(report) - len(mismatches)
-    print(f"\nIBSI digital phantom (preset ibsi): {matches} of {len(report)} mapped reference "
-          "values match\n" + "\n".join(report))
+    print(
+        f"\nIBSI digital phantom (preset ibsi): {matches} of {len(report)} mapped reference "
+        "values match\n" + "\n".join(report)
+    )
     assert mismatches == IBSI_KNOWN_MISMATCHES
     assert matches >= IBSI_MIN_MATCHES
 
@@ -168,15 +178,21 @@ def test_liver_is_matched_in_physical_space(data_dir):
     seg = sitk.ReadImage(str(folder / "example_seg_dicom.nii.gz"))
     by_index = sitk.GetArrayViewFromImage(ct)[sitk.GetArrayViewFromImage(seg) == 5].mean()
     assert -90 < by_index < -60  # the trap is there
-    result = extract_features(ct, seg, {"featureClass": {"firstorder": ["Mean", "Median"]}},
-                              label=5, image_path="example_ct_dicom",
-                              mask_path="example_seg_dicom.nii.gz")
+    result = extract_features(
+        ct,
+        seg,
+        {"featureClass": {"firstorder": ["Mean", "Median"]}},
+        label=5,
+        image_path="example_ct_dicom",
+        mask_path="example_seg_dicom.nii.gz",
+    )
     assert result.ok, result.message
     mean = result.features["original_firstorder_Mean"]
     print(f"\nliver mean in physical space: {mean:.1f} HU (by array index: {by_index:.1f} HU)")
     assert 80 < mean < 100
     assert result.diagnostics["diagnostics_Mask-original_VoxelNum"] == int(
-        np.count_nonzero(sitk.GetArrayViewFromImage(seg) == 5))
+        np.count_nonzero(sitk.GetArrayViewFromImage(seg) == 5)
+    )
 
 
 def test_ibsi_digital_phantom_2_5d_with_force2d(data_dir):
@@ -184,23 +200,36 @@ def test_ibsi_digital_phantom_2_5d_with_force2d(data_dir):
     IBSI's 2.5D texture variants: every mapped 2.5D reference value matches."""
     folder = _folder(data_dir, "ibsi1-digital-phantom")
     reference = read_ibsi_reference(folder / "reference_values.csv")
-    params = {"setting": {"binWidth": 1, "force2D": True, "force2Ddimension": 0,
-                          "minimumROIDimensions": 1},
-              "featureClass": {c: None for c in ("glcm", "glrlm", "glszm", "gldm", "ngtdm")}}
-    result = extract_features(sitk.ReadImage(str(folder / "image.nii.gz")),
-                              sitk.ReadImage(str(folder / "mask.nii.gz")), params)
+    params = {
+        "setting": {
+            "binWidth": 1,
+            "force2D": True,
+            "force2Ddimension": 0,
+            "minimumROIDimensions": 1,
+        },
+        "featureClass": {c: None for c in ("glcm", "glrlm", "glszm", "gldm", "ngtdm")},
+    }
+    result = extract_features(
+        sitk.ReadImage(str(folder / "image.nii.gz")),
+        sitk.ReadImage(str(folder / "mask.nii.gz")),
+        params,
+    )
     assert result.ok, result.message
     compared, mismatches = 0, []
     for name, tags in IBSI_TAGS.items():
         if name not in result.features:
             continue
         for tag in tags:
-            tag = tag.replace("_3D_avg", "_2_5D_avg") if tag.endswith("_3D_avg") else \
-                tag.replace("_3D", "_2_5D")
+            tag = (
+                tag.replace("_3D_avg", "_2_5D_avg")
+                if tag.endswith("_3D_avg")
+                else tag.replace("_3D", "_2_5D")
+            )
             expected, tolerance = reference[tag]
             compared += 1
             if not ibsi_match(result.features[name], expected, tolerance):
                 mismatches.append((name, tag, expected, result.features[name]))
-    print(f"\nIBSI digital phantom, 2.5D (force2D): {compared - len(mismatches)} of {compared} "
-          "match")
+    print(
+        f"\nIBSI digital phantom, 2.5D (force2D): {compared - len(mismatches)} of {compared} match"
+    )
     assert compared == 76 and not mismatches, mismatches

@@ -41,8 +41,9 @@ def cropped_phantom(seed: int, cls: str = "colorectal"):
     truth = sitk.GetArrayFromImage(dseg)
     zyx = np.argwhere(truth > 0)
     centre = (zyx.min(0) + zyx.max(0)) // 2
-    start = [int(min(max(c - n // 2, 0), size - n))
-             for c, n, size in zip(centre, CROP_ZYX, truth.shape)]
+    start = [
+        int(min(max(c - n // 2, 0), size - n)) for c, n, size in zip(centre, CROP_ZYX, truth.shape)
+    ]
     index = start[::-1]  # SimpleITK's (x, y, z)
     size = CROP_ZYX[::-1]
     crop = sitk.RegionOfInterest
@@ -98,14 +99,17 @@ def test_label_map_by_name_number_and_synonym():
     assert resolve_label_map(labels, "vessel=liver", manifest_map={1: 1}) == {3: 1}
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("liver", "MODEL=METCLI"),
-    ("liver=kidney", "not a metcli label"),
-    ("spleen=liver", "no label 'spleen'"),
-    ("9=liver", "no label '9'"),
-    ("liver=liver,liver=lesion", "twice"),
-    ("vessel=background", "becomes liver or lesion"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("liver", "MODEL=METCLI"),
+        ("liver=kidney", "not a metcli label"),
+        ("spleen=liver", "no label 'spleen'"),
+        ("9=liver", "no label '9'"),
+        ("liver=liver,liver=lesion", "twice"),
+        ("vessel=background", "becomes liver or lesion"),
+    ],
+)
 def test_bad_label_maps_are_usage_errors(spec, words):
     from metcli.segmentation.labelmaps import resolve_label_map
 
@@ -124,8 +128,9 @@ def test_apply_label_map_keeps_the_grid_and_drops_unmapped_labels():
     from metcli.segmentation.labelmaps import apply_label_map
 
     array = np.array([[[0, 1, 2, 3, 5]]], np.uint8)
-    image = make_image(array, spacing=(0.7, 0.8, 2.5), origin=(1, 2, 3),
-                       direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1))
+    image = make_image(
+        array, spacing=(0.7, 0.8, 2.5), origin=(1, 2, 3), direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1)
+    )
     out = apply_label_map(image, {5: 1, 2: 2})
     assert sitk.GetArrayFromImage(out).tolist() == [[[0, 0, 2, 0, 1]]]
     assert out.GetPixelID() == sitk.sitkUInt8
@@ -151,8 +156,9 @@ def test_a_model_folder_without_plans_json_is_refused(tmp_path):
 
     folder = tmp_path / "model"
     (folder / "fold_0").mkdir(parents=True)
-    (folder / "dataset.json").write_text(json.dumps(
-        {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}}))
+    (folder / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1}})
+    )
     (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"x")
     with pytest.raises(InputError, match="no plans.json"):
         resolve_segmentation_model(folder)
@@ -164,8 +170,11 @@ def test_a_multichannel_model_is_refused(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "plans.json").write_text(json.dumps({"configurations": {"3d_fullres": {}}}))
-    (folder / "dataset.json").write_text(json.dumps(
-        {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "liver": 1}}))
+    (folder / "dataset.json").write_text(
+        json.dumps(
+            {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "liver": 1}}
+        )
+    )
     with pytest.raises(InputError, match="2 input channels"):
         read_model_folder(folder)
 
@@ -187,8 +196,9 @@ def test_folds_are_found_and_checked(tmp_path):
 
 
 def test_an_unknown_model_name_lists_the_known_ones(runner, raw, tmp_path):
-    result = invoke(runner, ["segment", raw, tmp_path / "seg", "--model", "no-such-model"],
-                    expect=2)
+    result = invoke(
+        runner, ["segment", raw, tmp_path / "seg", "--model", "no-such-model"], expect=2
+    )
     assert "no-such-model" in result.stderr and "metcli-demo-nnunet" in result.stderr
     assert result.stdout == ""
 
@@ -211,8 +221,11 @@ def test_the_demo_model_matches_its_sha256sums():
         pytest.skip("the demo model is not built")
     model = resolve_segmentation_model(None)
     assert model.name == "metcli-demo-nnunet" and model.from_manifest
-    sums = {line.split()[1]: line.split()[0]
-            for line in (DEMO / "SHA256SUMS").read_text().splitlines() if line.strip()}
+    sums = {
+        line.split()[1]: line.split()[0]
+        for line in (DEMO / "SHA256SUMS").read_text().splitlines()
+        if line.strip()
+    }
     assert model.files == sums
     assert model.path.resolve() == DEMO.resolve()
 
@@ -238,8 +251,9 @@ def test_the_demo_checkpoint_loads_without_unpickling_objects():
     torch = pytest.importorskip("torch")
     if not DEMO.is_dir():
         pytest.skip("the demo model is not built")
-    checkpoint = torch.load(DEMO / "fold_0" / "checkpoint_final.pth", map_location="cpu",
-                            weights_only=True)
+    checkpoint = torch.load(
+        DEMO / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=True
+    )
     assert checkpoint["trainer_name"] == "nnUNetTrainer"
     assert "optimizer_state" not in checkpoint
     size = sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file())
@@ -342,8 +356,9 @@ def test_backend_refuses_a_ct_with_nans(demo_segmenter, phantoms):
 
 
 # ----------------------------------------------------------------------------- the command
-def test_segment_writes_masks_on_the_ct_grid_with_provenance(runner, raw, tmp_path, phantoms,
-                                                             monkeypatch):
+def test_segment_writes_masks_on_the_ct_grid_with_provenance(
+    runner, raw, tmp_path, phantoms, monkeypatch
+):
     _needs_nnunet()
     from metcli.imaging.geometry import grid_difference
     from metcli.segmentation import nnunet as nnunet_backend
@@ -362,8 +377,7 @@ def test_segment_writes_masks_on_the_ct_grid_with_provenance(runner, raw, tmp_pa
     import torch
 
     threads_before = torch.get_num_threads()
-    result = invoke(runner, ["segment", raw, out, "--no-tta", "--device", "cpu", "--threads",
-                             "1"])
+    result = invoke(runner, ["segment", raw, out, "--no-tta", "--device", "cpu", "--threads", "1"])
     assert result.stdout == ""
     assert len(loads) == 1  # once for both participants
     assert loads[0]["threads"] == 1 and torch.get_num_threads() == threads_before
@@ -375,40 +389,80 @@ def test_segment_writes_masks_on_the_ct_grid_with_provenance(runner, raw, tmp_pa
         assert seg.GetPixelID() == sitk.sitkUInt8
         pred, true = sitk.GetArrayFromImage(seg), sitk.GetArrayFromImage(truth)
         assert dice(pred > 0, true > 0) > 0.9
-        sidecar = read_json(seg_path(out, sub).with_name(f"sub-{sub}_ce-portal_dseg.json"),
-                            schema="sidecar")
+        sidecar = read_json(
+            seg_path(out, sub).with_name(f"sub-{sub}_ce-portal_dseg.json"), schema="sidecar"
+        )
         record = sidecar["Provenance"]["models"][0]
         assert record["name"] == "metcli-demo-nnunet" and record["sha256"] == model.sha256
         assert sidecar["Provenance"]["settings"]["tta"] is False
-        assert sidecar["TorchThreads"] == 1                     # recorded, not a setting
+        assert sidecar["TorchThreads"] == 1  # recorded, not a setting
         assert "threads" not in json.dumps(sidecar["Provenance"]["settings"])
         assert sidecar["Sources"] == [f"bids:raw:sub-{sub}/anat/sub-{sub}_ce-portal_ct.nii.gz"]
-    assert [row["name"] for row in read_tsv(out / "dseg.tsv")] == ["background", "liver",
-                                                                    "lesion"]
+    assert [row["name"] for row in read_tsv(out / "dseg.tsv")] == ["background", "liver", "lesion"]
     description = read_json(out / "dataset_description.json")
     assert description["DatasetType"] == "derivative"
 
     # Re-running skips both without loading the model; --overwrite redoes one.
     before = seg_path(out, "001").stat().st_mtime_ns
-    result = invoke(runner, ["segment", raw, out, "--no-tta", "--device", "cpu", "--threads",
-                             "2"])
+    result = invoke(runner, ["segment", raw, out, "--no-tta", "--device", "cpu", "--threads", "2"])
     assert "0 done, 2 skipped" in result.stderr and len(loads) == 1
-    result = invoke(runner, ["segment", raw, out, "--no-tta", "--device", "cpu", "--overwrite",
-                             "--participant-label", "001", "--threads", "1"])
+    result = invoke(
+        runner,
+        [
+            "segment",
+            raw,
+            out,
+            "--no-tta",
+            "--device",
+            "cpu",
+            "--overwrite",
+            "--participant-label",
+            "001",
+            "--threads",
+            "1",
+        ],
+    )
     assert "1 done, 0 skipped" in result.stderr and len(loads) == 2
     assert seg_path(out, "001").stat().st_mtime_ns != before
     # Other settings are other outputs: the skip rule redoes them.
-    result = invoke(runner, ["segment", raw, out, "--no-tta", "--device", "cpu",
-                             "--step-size", "0.75", "--participant-label", "002", "--threads",
-                             "1"])
+    result = invoke(
+        runner,
+        [
+            "segment",
+            raw,
+            out,
+            "--no-tta",
+            "--device",
+            "cpu",
+            "--step-size",
+            "0.75",
+            "--participant-label",
+            "002",
+            "--threads",
+            "1",
+        ],
+    )
     assert "1 done" in result.stderr
 
 
 def test_a_label_map_on_the_command_line(runner, raw, tmp_path, phantoms):
     _needs_nnunet()
     out = tmp_path / "seg"
-    invoke(runner, ["segment", raw, out, "--no-tta", "--device", "cpu",
-                    "--participant-label", "001", "--label-map", "liver=lesion,lesion=liver"])
+    invoke(
+        runner,
+        [
+            "segment",
+            raw,
+            out,
+            "--no-tta",
+            "--device",
+            "cpu",
+            "--participant-label",
+            "001",
+            "--label-map",
+            "liver=lesion,lesion=liver",
+        ],
+    )
     swapped = sitk.GetArrayFromImage(sitk.ReadImage(str(seg_path(out, "001"))))
     truth = sitk.GetArrayFromImage(phantoms["001"][1])
     assert dice(swapped == 2, truth == 1) > 0.9
@@ -416,11 +470,14 @@ def test_a_label_map_on_the_command_line(runner, raw, tmp_path, phantoms):
     assert sidecar["Provenance"]["settings"]["label_map"] == {"1": 2, "2": 1}
 
 
-@pytest.mark.parametrize("problem, words", [
-    ("corrupt", "cannot read the CT"),
-    ("4d", "4D"),
-    ("nan", "NaN"),
-])
+@pytest.mark.parametrize(
+    "problem, words",
+    [
+        ("corrupt", "cannot read the CT"),
+        ("4d", "4D"),
+        ("nan", "NaN"),
+    ],
+)
 def test_a_bad_ct_fails_only_its_participant(runner, raw, tmp_path, phantoms, problem, words):
     _needs_nnunet()
     bad = raw / Entities(sub="003", ce="portal", suffix="ct").relpath()
@@ -436,9 +493,22 @@ def test_a_bad_ct_fails_only_its_participant(runner, raw, tmp_path, phantoms, pr
         array[3, 4, 5] = np.nan
         write_ct(raw, "003", make_image(array, ct.GetSpacing(), ct.GetOrigin()))
     out = tmp_path / "seg"
-    result = invoke(runner, ["segment", raw, out, "--no-tta", "--device", "cpu",
-                             "--participant-label", "001", "--participant-label", "003"],
-                    expect=3)
+    result = invoke(
+        runner,
+        [
+            "segment",
+            raw,
+            out,
+            "--no-tta",
+            "--device",
+            "cpu",
+            "--participant-label",
+            "001",
+            "--participant-label",
+            "003",
+        ],
+        expect=3,
+    )
     assert "1 done, 0 skipped (already done), 1 failed" in result.stderr
     assert "sub-003" in result.stderr and words in result.stderr
     assert seg_path(out, "001").is_file() and not seg_path(out, "003").exists()
@@ -458,8 +528,9 @@ def test_output_inside_the_input_is_refused(runner, raw):
 
 
 def test_an_unknown_participant_is_a_usage_error(runner, raw, tmp_path):
-    result = invoke(runner, ["segment", raw, tmp_path / "seg", "--participant-label", "099"],
-                    expect=2)
+    result = invoke(
+        runner, ["segment", raw, tmp_path / "seg", "--participant-label", "099"], expect=2
+    )
     assert "001" in result.stderr
 
 
@@ -477,7 +548,8 @@ def test_demo_model_quality_on_three_fresh_scans():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "demo_model_quality", REPO / "benchmarks" / "demo_model_quality.py")
+        "demo_model_quality", REPO / "benchmarks" / "demo_model_quality.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     summary = module.run(subjects=3, tta=False, device="cpu")

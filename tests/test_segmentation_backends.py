@@ -95,7 +95,7 @@ def test_backend_refuses_a_folder_of_another_format(name, other, tmp_path):
     folder = SAMPLES[other](tmp_path)
     with pytest.raises(UsageError, match=f"--backend {other}") as caught:
         resolve_segmentation_model(Path(folder), backend=name)
-    assert "not an" in caught.value.what   # "X is an nnU-Net model folder, not an ONNX export"
+    assert "not an" in caught.value.what  # "X is an nnU-Net model folder, not an ONNX export"
 
 
 def test_unknown_and_duplicate_backends_are_usage_errors():
@@ -144,10 +144,14 @@ def _threshold_folder(path, *, name, folds, orientation, manifest_orientation):
     if folds:
         raise UsageError("--folds applies to the nnunet backend only")
     if not (path / "thresholds.json").is_file():
-        raise InputError("no thresholds.json in the model folder", path=path,
-                         fix="use --backend threshold with a thresholds folder")
-    return ModelFolder(files=["thresholds.json"], folds=None,
-                       orientation=orientation or "as-stored")
+        raise InputError(
+            "no thresholds.json in the model folder",
+            path=path,
+            fix="use --backend threshold with a thresholds folder",
+        )
+    return ModelFolder(
+        files=["thresholds.json"], folds=None, orientation=orientation or "as-stored"
+    )
 
 
 @pytest.fixture
@@ -155,11 +159,17 @@ def threshold_backend():
     """A backend 'threshold', registered for one test and removed afterwards."""
     from metcli.segmentation.backends import Backend, register, unregister
 
-    register(Backend(name="threshold", description="HU thresholds (a test backend)",
-                     check_folder=_threshold_folder,
-                     read_labels=lambda path: dict(THRESHOLD_LABELS),
-                     open=lambda model, *, device, tta, step_size, threads:
-                     ThresholdSegmenter(model.path, device)))
+    register(
+        Backend(
+            name="threshold",
+            description="HU thresholds (a test backend)",
+            check_folder=_threshold_folder,
+            read_labels=lambda path: dict(THRESHOLD_LABELS),
+            open=lambda model, *, device, tta, step_size, threads: ThresholdSegmenter(
+                model.path, device
+            ),
+        )
+    )
     yield "threshold"
     unregister("threshold")
     assert backend_names() == BUILT_IN
@@ -180,14 +190,28 @@ def test_a_registered_backend_runs_segment_end_to_end(threshold_backend, runner,
 
     help_text = invoke(runner, ["segment", "--help"]).stdout
     assert "threshold" in help_text and "HU thresholds (a test backend)" in " ".join(
-        help_text.split())
+        help_text.split()
+    )
     out = tmp_path / "seg"
-    invoke(runner, ["segment", raw, out, "--backend", "threshold", "--model", folder,
-                    "--device", "cpu", "--no-progress"])
+    invoke(
+        runner,
+        [
+            "segment",
+            raw,
+            out,
+            "--backend",
+            "threshold",
+            "--model",
+            folder,
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    )
     dseg_path = out / Entities(sub="001", ce="portal", suffix="dseg").relpath()
     dseg = sitk.GetArrayFromImage(sitk.ReadImage(str(dseg_path)))
     hu = sitk.GetArrayFromImage(ct)
-    expected = np.where(hu > 150, 2, np.where(hu > 30, 1, 0))   # metcli's labels
+    expected = np.where(hu > 150, 2, np.where(hu > 30, 1, 0))  # metcli's labels
     np.testing.assert_array_equal(dseg, expected)
     sidecar = read_json(dseg_path.with_name("sub-001_ce-portal_dseg.json"), schema="sidecar")
     assert sidecar["Backend"] == "threshold" and sidecar["Thresholds"] == THRESHOLDS
@@ -195,14 +219,16 @@ def test_a_registered_backend_runs_segment_end_to_end(threshold_backend, runner,
     assert sidecar["LiverVoxels"] == int((expected == 1).sum())
     assert sidecar["Provenance"]["models"][0]["backend"] == "threshold"
     assert sidecar["Provenance"]["settings"]["backend"] == "threshold"
-    result = invoke(runner, ["segment", raw, out, "--backend", "threshold", "--model", folder,
-                             "--folds", "0"], expect=2)
+    result = invoke(
+        runner,
+        ["segment", raw, out, "--backend", "threshold", "--model", folder, "--folds", "0"],
+        expect=2,
+    )
     assert "--folds applies to the nnunet backend only" in result.stderr
 
 
 def test_an_unregistered_backend_is_refused_by_the_command(runner, tmp_path):
     raw = tmp_path / "rawdata"
     (raw / "sub-001" / "anat").mkdir(parents=True)
-    result = invoke(runner, ["segment", raw, tmp_path / "seg", "--backend", "threshold"],
-                    expect=2)
+    result = invoke(runner, ["segment", raw, tmp_path / "seg", "--backend", "threshold"], expect=2)
     assert "'threshold' is not one of 'nnunet', 'onnx'" in result.stderr

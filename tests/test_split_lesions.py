@@ -27,8 +27,17 @@ IDENTITY = (1, 0, 0, 0, 1, 0, 0, 0, 1)
 
 
 # ----------------------------------------------------------------------------- helpers
-def write_seg(root: Path, sub: str, image_or_array, *, ses=None, ce=None, spacing=(1, 1, 1),
-              origin=(0, 0, 0), direction=None) -> Path:
+def write_seg(
+    root: Path,
+    sub: str,
+    image_or_array,
+    *,
+    ses=None,
+    ce=None,
+    spacing=(1, 1, 1),
+    origin=(0, 0, 0),
+    direction=None,
+) -> Path:
     """Write ``sub-<sub>[_ses][_ce]_dseg.nii.gz`` under ``root`` and return its path."""
     ent = Entities(sub=sub, ses=ses, ce=ce, suffix="dseg")
     path = root / ent.relpath()
@@ -44,8 +53,11 @@ def out_files(out: Path, sub: str, ses=None, ce=None) -> dict[str, Path]:
     ent = Entities(sub=sub, ses=ses, ce=ce, desc="lesions", suffix="dseg")
     base = out / ent.relpath()
     stem = base.name[: -len(".nii.gz")]
-    return {"map": base, "tsv": base.with_name(stem + ".tsv"),
-            "json": base.with_name(stem + ".json")}
+    return {
+        "map": base,
+        "tsv": base.with_name(stem + ".tsv"),
+        "json": base.with_name(stem + ".json"),
+    }
 
 
 def typed(rows: list[dict], schema: str) -> list[dict]:
@@ -92,7 +104,7 @@ def check_written(out: Path) -> None:
 
 
 def cube(array, k, j, i, size=2, value=2):
-    array[k:k + size, j:j + size, i:i + size] = value
+    array[k : k + size, j : j + size, i : i + size] = value
 
 
 @pytest.fixture
@@ -116,8 +128,9 @@ def test_corner_and_edge_contacts_follow_the_connectivity():
     expected = {"corner": {6: 2, 18: 2, 26: 1}, "edge": {6: 2, 18: 1, 26: 1}}
     for name, array in (("corner", corner), ("edge", edge)):
         for connectivity, count in expected[name].items():
-            lesion_map, rows = label_lesions(make_image(array), connectivity=connectivity,
-                                             min_diameter_mm=0)
+            lesion_map, rows = label_lesions(
+                make_image(array), connectivity=connectivity, min_diameter_mm=0
+            )
             assert len(rows) == count, (name, connectivity)
             assert sum(r["voxels"] for r in rows) == 16
             ids = np.unique(sitk.GetArrayFromImage(lesion_map))
@@ -137,9 +150,9 @@ def test_connectivity_on_the_command_line(runner, seg_dir, out_dir):
 
 def test_ids_by_decreasing_volume_and_only_kept_lesions_in_the_map():
     array = np.zeros((5, 20, 20), np.uint8)
-    array[2, 2, 2] = 2                    # 1 voxel, dropped
-    array[1:4, 10:13, 10:16] = 2          # 54 voxels, largest
-    array[2, 2:4, 10:17] = 2              # 14 voxels, axial diameter sqrt(37) > 5
+    array[2, 2, 2] = 2  # 1 voxel, dropped
+    array[1:4, 10:13, 10:16] = 2  # 54 voxels, largest
+    array[2, 2:4, 10:17] = 2  # 14 voxels, axial diameter sqrt(37) > 5
     lesion_map, rows = label_lesions(make_image(array))
     assert [r["voxels"] for r in rows] == [54, 14, 1]
     assert [r["index"] for r in rows] == [1, 2, 3]
@@ -158,24 +171,29 @@ def test_equal_volumes_are_ordered_by_centroid_z_then_y_then_x():
     array[4, 0, 0] = array[0, 4, 0] = array[0, 0, 4] = array[0, 0, 0] = 2
     _map, rows = label_lesions(make_image(array), min_diameter_mm=0)
     assert [(r["centroid_z_mm"], r["centroid_y_mm"], r["centroid_x_mm"]) for r in rows] == [
-        (0, 0, 0), (0, 0, 4), (0, 4, 0), (4, 0, 0)]
+        (0, 0, 0),
+        (0, 0, 4),
+        (0, 4, 0),
+        (4, 0, 0),
+    ]
 
 
 # ----------------------------------------------------------------------------- measurements
 def test_anisotropic_block_gives_the_hand_computed_values():
     array = np.zeros((6, 10, 20), np.uint8)
-    array[1:4, 2:6, 5:15] = 2             # 3 slices x 4 rows x 10 columns
+    array[1:4, 2:6, 5:15] = 2  # 3 slices x 4 rows x 10 columns
     image = make_image(array, spacing=(0.5, 0.5, 3.0), origin=(10, -20, 5))
     _map, (row,) = label_lesions(image, min_diameter_mm=0)
     assert row["voxels"] == 120
     assert row["volume_mm3"] == pytest.approx(120 * 0.75)
     # In one slice the outermost centres are 9 x 0.5 = 4.5 mm (x) and 3 x 0.5 = 1.5 mm (y) apart.
-    assert row["longest_axial_diameter_mm"] == pytest.approx(math.sqrt(4.5 ** 2 + 1.5 ** 2))
+    assert row["longest_axial_diameter_mm"] == pytest.approx(math.sqrt(4.5**2 + 1.5**2))
     # Across slices 2 x 3 = 6 mm more in z.
-    assert row["max_3d_diameter_mm"] == pytest.approx(math.sqrt(4.5 ** 2 + 1.5 ** 2 + 6 ** 2))
+    assert row["max_3d_diameter_mm"] == pytest.approx(math.sqrt(4.5**2 + 1.5**2 + 6**2))
     assert row["equivalent_diameter_mm"] == pytest.approx((6 * 90 / math.pi) ** (1 / 3))
     assert (row["centroid_x_mm"], row["centroid_y_mm"], row["centroid_z_mm"]) == pytest.approx(
-        (10 + 0.5 * 9.5, -20 + 0.5 * 3.5, 5 + 3 * 2))
+        (10 + 0.5 * 9.5, -20 + 0.5 * 3.5, 5 + 3 * 2)
+    )
     assert [row[f"bbox_{a}"] for a in ("i0", "j0", "k0", "i1", "j1", "k1")] == [5, 2, 1, 14, 5, 3]
 
 
@@ -190,10 +208,11 @@ def test_single_voxel_has_zero_caliper_diameters():
 def test_diagonal_lesion_uses_the_longest_slice_not_the_extent():
     array = np.zeros((4, 8, 8), np.uint8)
     for n in range(5):
-        array[1, n, n] = 2                  # diagonal in one slice: 4 * sqrt(2) mm
-    array[2, 0, 0] = 2                      # one more voxel in the next slice
-    _map, (row,) = label_lesions(make_image(array, spacing=(1, 1, 2)), connectivity=26,
-                                 min_diameter_mm=0)
+        array[1, n, n] = 2  # diagonal in one slice: 4 * sqrt(2) mm
+    array[2, 0, 0] = 2  # one more voxel in the next slice
+    _map, (row,) = label_lesions(
+        make_image(array, spacing=(1, 1, 2)), connectivity=26, min_diameter_mm=0
+    )
     assert row["longest_axial_diameter_mm"] == pytest.approx(4 * math.sqrt(2))
     assert row["max_3d_diameter_mm"] == pytest.approx(math.sqrt(32 + 4))
 
@@ -203,15 +222,18 @@ def test_flipped_axes_give_the_same_physical_lesions():
     array[1:3, 2:5, 1:9] = 2
     array[3, 8:11, 9:12] = 2
     array[1:4, 8, 2] = 2
-    array[1, 8, 5:8] = 2                 # 3 voxels, like the one above: ordered by centroid
+    array[1, 8, 5:8] = 2  # 3 voxels, like the one above: ordered by centroid
     spacing = (0.7, 0.9, 2.5)
     plain = make_image(array, spacing, origin=(-5, 3, 7))
     # The same voxels stored with x and z reversed: direction -1 on those axes, origins moved
     # so that every voxel centre lands on the same physical point.
     nz, _ny, nx = array.shape
-    flipped = make_image(array[::-1, :, ::-1], spacing,
-                         origin=(-5 + (nx - 1) * 0.7, 3, 7 + (nz - 1) * 2.5),
-                         direction=(-1, 0, 0, 0, 1, 0, 0, 0, -1))
+    flipped = make_image(
+        array[::-1, :, ::-1],
+        spacing,
+        origin=(-5 + (nx - 1) * 0.7, 3, 7 + (nz - 1) * 2.5),
+        direction=(-1, 0, 0, 0, 1, 0, 0, 0, -1),
+    )
     _m1, rows1 = label_lesions(plain, min_diameter_mm=0)
     _m2, rows2 = label_lesions(flipped, min_diameter_mm=0)
     assert len(rows1) == len(rows2) == 4
@@ -229,19 +251,18 @@ def test_flipped_axes_give_the_same_physical_lesions():
 def test_axial_slices_follow_the_direction_matrix():
     # Index axis i runs along the patient's z axis (3 mm), j along x and k along y (0.5 mm).
     array = np.zeros((6, 12, 5), np.uint8)  # [k, j, i]
-    array[0:4, 1:11, 1:4] = 2                # 3 slices (i) x 10 (j) x 4 (k)
-    direction = (0, 1, 0,
-                 0, 0, 1,
-                 1, 0, 0)
+    array[0:4, 1:11, 1:4] = 2  # 3 slices (i) x 10 (j) x 4 (k)
+    direction = (0, 1, 0, 0, 0, 1, 1, 0, 0)
     image = make_image(array, spacing=(3.0, 0.5, 0.5), direction=direction)
     result = split_image(image, min_diameter_mm=0)
     (row,) = result.rows
     assert result.slice_axis == 0
-    assert row["longest_axial_diameter_mm"] == pytest.approx(math.sqrt(4.5 ** 2 + 1.5 ** 2))
-    assert row["max_3d_diameter_mm"] == pytest.approx(math.sqrt(4.5 ** 2 + 1.5 ** 2 + 36))
+    assert row["longest_axial_diameter_mm"] == pytest.approx(math.sqrt(4.5**2 + 1.5**2))
+    assert row["max_3d_diameter_mm"] == pytest.approx(math.sqrt(4.5**2 + 1.5**2 + 36))
     centroid = image.TransformContinuousIndexToPhysicalPoint((2.0, 5.5, 1.5))
     assert (row["centroid_x_mm"], row["centroid_y_mm"], row["centroid_z_mm"]) == pytest.approx(
-        centroid)
+        centroid
+    )
 
 
 def test_farthest_pair_matches_every_pair_on_random_point_sets():
@@ -268,8 +289,9 @@ def test_diameters_match_brute_force_on_a_random_oblique_blob():
     labels = sitk.GetArrayFromImage(_map)
     for row in rows:
         where = np.argwhere(labels == row["index"])  # [k, j, i]
-        points = np.array([image.TransformIndexToPhysicalPoint([int(v) for v in p[::-1]])
-                           for p in where])
+        points = np.array(
+            [image.TransformIndexToPhysicalPoint([int(v) for v in p[::-1]]) for p in where]
+        )
         expected_3d = pdist(points).max() if len(points) > 1 else 0.0
         axial = 0.0
         for k in np.unique(where[:, 0]):
@@ -283,7 +305,7 @@ def test_diameters_match_brute_force_on_a_random_oblique_blob():
 # ----------------------------------------------------------------------------- size rule
 def test_a_4_mm_lesion_is_dropped_at_5_mm_and_kept_at_3(runner, seg_dir, out_dir):
     array = np.zeros((3, 8, 8), np.uint8)
-    array[1, 3, 1:6] = 2                   # 5 voxels in a row at 1 mm: centres 4 mm apart
+    array[1, 3, 1:6] = 2  # 5 voxels in a row at 1 mm: centres 4 mm apart
     array[0, 0:2, 0:2] = 1
     write_seg(seg_dir, "01", array)
     files = out_files(out_dir, "01")
@@ -301,8 +323,18 @@ def test_a_4_mm_lesion_is_dropped_at_5_mm_and_kept_at_3(runner, seg_dir, out_dir
 
     invoke(runner, ["split-lesions", seg_dir, out_dir, "--min-diameter-mm", "4"])
     assert read_tsv(files["tsv"])[0]["kept"] == "true"  # equal to the threshold is kept
-    invoke(runner, ["split-lesions", seg_dir, out_dir, "--min-diameter-mm", "3",
-                    "--diameter-rule", "equivalent"])
+    invoke(
+        runner,
+        [
+            "split-lesions",
+            seg_dir,
+            out_dir,
+            "--min-diameter-mm",
+            "3",
+            "--diameter-rule",
+            "equivalent",
+        ],
+    )
     assert read_tsv(files["tsv"])[0]["kept"] == "false"  # 5 mm^3 -> 2.12 mm
     check_written(out_dir)
 
@@ -321,18 +353,26 @@ def test_empty_lesion_label_gives_a_header_only_table(runner, seg_dir, out_dir):
     assert not sitk.GetArrayFromImage(lesion_map).any()
     assert read_tsv(out_dir / "lesions.tsv") == []
     (burden,) = read_tsv(out_dir / "tumour_burden.tsv")
-    assert burden == {"participant_id": "sub-01", "session": "n/a", "phase": "portal",
-                      "n_components": "0", "n_lesions": "0", "lesion_volume_mm3": "0",
-                      "kept_lesion_volume_mm3": "0", "liver_volume_mm3": "24", "burden": "0"}
+    assert burden == {
+        "participant_id": "sub-01",
+        "session": "n/a",
+        "phase": "portal",
+        "n_components": "0",
+        "n_lesions": "0",
+        "lesion_volume_mm3": "0",
+        "kept_lesion_volume_mm3": "0",
+        "liver_volume_mm3": "24",
+        "burden": "0",
+    }
     check_written(out_dir)
 
 
 def test_outputs_group_tables_and_tumour_burden(runner, seg_dir, out_dir):
     array = np.zeros((6, 10, 10), np.uint8)
-    array[0:6, 0:10, 0:10] = 1             # 600 voxels of liver ...
-    array[1:4, 1:7, 1:7] = 2               # ... minus a 108-voxel lesion
-    array[5, 9, 9] = 2                     # and a 1-voxel one, dropped
-    spacing = (0.8, 0.8, 2.0)              # 1.28 mm^3 voxels; lesion-001 5.66 mm across
+    array[0:6, 0:10, 0:10] = 1  # 600 voxels of liver ...
+    array[1:4, 1:7, 1:7] = 2  # ... minus a 108-voxel lesion
+    array[5, 9, 9] = 2  # and a 1-voxel one, dropped
+    spacing = (0.8, 0.8, 2.0)  # 1.28 mm^3 voxels; lesion-001 5.66 mm across
     write_seg(seg_dir, "01", array, ses="1", ce="portal", spacing=spacing)
     no_liver = np.zeros((3, 8, 8), np.uint8)
     no_liver[1, 1:7, 1:7] = 2
@@ -344,19 +384,28 @@ def test_outputs_group_tables_and_tumour_burden(runner, seg_dir, out_dir):
     sidecar = read_json(files["json"])
     assert sidecar["Sources"] == ["bids:seg:sub-01/ses-1/anat/sub-01_ses-1_ce-portal_dseg.nii.gz"]
     assert sidecar["Provenance"]["settings"] == {
-        "min_diameter_mm": 5.0, "diameter_rule": "axial", "connectivity": 26,
-        "lesion_label": 2, "liver_label": 1}
+        "min_diameter_mm": 5.0,
+        "diameter_rule": "axial",
+        "connectivity": 26,
+        "lesion_label": 2,
+        "liver_label": 1,
+    }
     assert {o["name"] for o in sidecar["Provenance"]["outputs"]} == {
-        files["map"].name, files["tsv"].name}
+        files["map"].name,
+        files["tsv"].name,
+    }
     assert sidecar["LiverLabelVoxels"] == 600 - 109 and sidecar["LesionLabelVoxels"] == 109
     assert str(out_dir.parent) not in files["json"].read_text()
 
     lesions = read_tsv(out_dir / "lesions.tsv")
     assert list(lesions[0]) == GROUP_LESION_COLUMNS
-    assert [(r["participant_id"], r["session"], r["phase"], r["name"], r["kept"])
-            for r in lesions] == [("sub-01", "1", "portal", "lesion-001", "true"),
-                                  ("sub-01", "1", "portal", "lesion-002", "false"),
-                                  ("sub-02", "n/a", "n/a", "lesion-001", "true")]
+    assert [
+        (r["participant_id"], r["session"], r["phase"], r["name"], r["kept"]) for r in lesions
+    ] == [
+        ("sub-01", "1", "portal", "lesion-001", "true"),
+        ("sub-01", "1", "portal", "lesion-002", "false"),
+        ("sub-02", "n/a", "n/a", "lesion-001", "true"),
+    ]
     burden = {r["participant_id"]: r for r in read_tsv(out_dir / "tumour_burden.tsv")}
     assert list(burden["sub-01"]) == BURDEN_COLUMNS
     one = burden["sub-01"]
@@ -394,8 +443,11 @@ def test_participant_then_group_level(runner, seg_dir, out_dir):
     check_written(out_dir)
 
     # The group level refuses tables made with other settings than the ones it is given.
-    result = invoke(runner, ["split-lesions", seg_dir, out_dir, "--level", "group",
-                             "--min-diameter-mm", "2"], expect=1)
+    result = invoke(
+        runner,
+        ["split-lesions", seg_dir, out_dir, "--level", "group", "--min-diameter-mm", "2"],
+        expect=1,
+    )
     assert "with these settings" in result.stderr
 
 
@@ -414,24 +466,29 @@ def test_skip_rule(runner, seg_dir, out_dir):
     assert "1 done, 0 skipped" in changed.stderr
     assert read_json(files["json"])["Provenance"]["settings"]["min_diameter_mm"] == 9.0
     assert read_tsv(files["tsv"])[0]["kept"] == "false"  # 6 mm x 6 mm square: 8.49 mm diagonal < 9
-    forced = invoke(runner, ["split-lesions", seg_dir, out_dir, "--min-diameter-mm", "9",
-                             "--overwrite"])
+    forced = invoke(
+        runner, ["split-lesions", seg_dir, out_dir, "--min-diameter-mm", "9", "--overwrite"]
+    )
     assert "1 done, 0 skipped" in forced.stderr
-    array[1, 9, 9] = 2                     # the segmentation changed: redone
+    array[1, 9, 9] = 2  # the segmentation changed: redone
     write_seg(seg_dir, "01", array)
-    assert "1 done" in invoke(runner, ["split-lesions", seg_dir, out_dir,
-                                       "--min-diameter-mm", "9"]).stderr
+    assert (
+        "1 done"
+        in invoke(runner, ["split-lesions", seg_dir, out_dir, "--min-diameter-mm", "9"]).stderr
+    )
     assert len(read_tsv(files["tsv"])) == 2
 
 
 # ----------------------------------------------------------------------------- bad inputs
-@pytest.mark.parametrize("problem,message", [
-    ("corrupt", "cannot read the segmentation"),
-    ("2d", "2D"),
-    ("fractional", "non-integer"),
-])
-def test_a_bad_segmentation_fails_only_its_participant(runner, seg_dir, out_dir, problem,
-                                                       message):
+@pytest.mark.parametrize(
+    "problem,message",
+    [
+        ("corrupt", "cannot read the segmentation"),
+        ("2d", "2D"),
+        ("fractional", "non-integer"),
+    ],
+)
+def test_a_bad_segmentation_fails_only_its_participant(runner, seg_dir, out_dir, problem, message):
     good = np.zeros((4, 10, 10), np.uint8)
     good[1:3, 1:8, 1:8] = 2
     write_seg(seg_dir, "01", good)
@@ -448,15 +505,16 @@ def test_a_bad_segmentation_fails_only_its_participant(runner, seg_dir, out_dir,
         write_seg(seg_dir, "02", good.astype(np.float32) * 0.75)
     result = invoke(runner, ["split-lesions", seg_dir, out_dir], expect=3)
     assert "Traceback" not in result.stderr
-    lines = [l for l in result.stderr.splitlines() if bad_path.name in l and message in l]
+    lines = [row for row in result.stderr.splitlines() if bad_path.name in row and message in row]
     assert lines, result.stderr
     assert "1 of 2 participant(s) failed: sub-02" in result.stderr
     assert out_files(out_dir, "01")["tsv"].is_file()
     assert not (out_dir / "sub-02").exists()
     assert not (out_dir / "lesions.tsv").exists()  # no cohort table with a participant missing
     # The rest of the cohort can still be summarised, leaving the bad one out.
-    invoke(runner, ["split-lesions", seg_dir, out_dir, "--level", "group",
-                    "--participant-label", "01"])
+    invoke(
+        runner, ["split-lesions", seg_dir, out_dir, "--level", "group", "--participant-label", "01"]
+    )
     assert (out_dir / "lesions.tsv").is_file()
 
 
@@ -472,8 +530,9 @@ def test_unknown_participant_is_a_usage_error_listing_the_valid_ones(runner, seg
     array = np.zeros((3, 4, 4), np.uint8)
     write_seg(seg_dir, "01", array)
     write_seg(seg_dir, "02", array)
-    result = invoke(runner, ["split-lesions", seg_dir, out_dir, "--participant-label", "03"],
-                    expect=2)
+    result = invoke(
+        runner, ["split-lesions", seg_dir, out_dir, "--participant-label", "03"], expect=2
+    )
     assert "'03' is not a participant" in result.stderr and "01, 02" in result.stderr
     assert not out_dir.exists()
 
@@ -490,8 +549,13 @@ def test_library_checks_its_settings(seg_dir, out_dir):
     from metcli.core.errors import UsageError
 
     write_seg(seg_dir, "01", np.zeros((3, 4, 4), np.uint8))
-    bad = [{"min_diameter_mm": -1}, {"diameter_rule": "long"}, {"connectivity": 8},
-           {"lesion_label": 1}, {"liver_label": 0}]
+    bad = [
+        {"min_diameter_mm": -1},
+        {"diameter_rule": "long"},
+        {"connectivity": 8},
+        {"lesion_label": 1},
+        {"liver_label": 0},
+    ]
     for kwargs in bad:
         with pytest.raises(UsageError):
             split_lesions(seg_dir, out_dir, **kwargs)

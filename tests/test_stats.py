@@ -1,4 +1,5 @@
-"""metcli.evaluation.stats: DeLong and Obuchowski against pROC and their definitions, exact intervals,
+"""metcli.evaluation.stats: DeLong and Obuchowski against pROC and their definitions, exact
+intervals,
 the patient bootstrap."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from scipy.stats import beta
 from sklearn.metrics import roc_auc_score
 
 from metcli.evaluation import stats
+
 # ----------------------------------------------------------------------------- pROC reference
 # Source: R 4.2.2, pROC 1.18.0 (Debian r-cran-proc), on the aSAH example data of pROC
 # (../shared/data/proc-asah/aSAH.csv, written from data(aSAH)), computed once with:
@@ -88,8 +90,9 @@ def test_paired_delong_test_agrees_with_proc(data_dir):
 def _proc_available() -> bool:
     if shutil.which("Rscript") is None:
         return False
-    done = subprocess.run(["Rscript", "-e", "suppressMessages(library(pROC))"],
-                          capture_output=True, timeout=60)
+    done = subprocess.run(
+        ["Rscript", "-e", "suppressMessages(library(pROC))"], capture_output=True, timeout=60
+    )
     return done.returncode == 0
 
 
@@ -101,8 +104,13 @@ def test_proc_reference_recomputed_with_r(data_dir, tmp_path):
         pytest.skip("R's pROC is not installed (apt-get install r-base-core r-cran-proc)")
     script = tmp_path / "proc.R"
     script.write_text(PROC_SCRIPT)
-    done = subprocess.run(["Rscript", str(script), str(data_dir / "proc-asah" / "aSAH.csv")],
-                          capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        ["Rscript", str(script), str(data_dir / "proc-asah" / "aSAH.csv")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     poor, markers = read_asah(data_dir)
     seen = 0
     for line in done.stdout.splitlines():
@@ -112,7 +120,8 @@ def test_proc_reference_recomputed_with_r(data_dir, tmp_path):
             assert (auc, low, high) == pytest.approx(PROC_AUC[marker][:3], abs=1e-9)
             ci = stats.delong_ci(markers[marker], poor)
             assert (ci.auc, ci.lower, ci.upper, ci.variance) == pytest.approx(
-                (auc, low, high, var), abs=1e-8)
+                (auc, low, high, var), abs=1e-8
+            )
             seen += 1
         elif parts[0] == "test":
             a, b, z, p = parts[1], parts[2], float(parts[3]), float(parts[4])
@@ -190,8 +199,11 @@ def _obuchowski_by_definition(scores, positive, clusters):
     big_i = len(ids)
     s10 = i10 / ((i10 - 1) * big_m) * sum((v10[i] - m_i[i] * theta) ** 2 for i in ids)
     s01 = i01 / ((i01 - 1) * big_n) * sum((v01[i] - n_i[i] * theta) ** 2 for i in ids)
-    s11 = big_i / (big_i - 1) * sum((v10[i] - m_i[i] * theta) * (v01[i] - n_i[i] * theta)
-                                    for i in ids)
+    s11 = (
+        big_i
+        / (big_i - 1)
+        * sum((v10[i] - m_i[i] * theta) * (v01[i] - n_i[i] * theta) for i in ids)
+    )
     return theta, s10 / big_m + s01 / big_n + 2 * s11 / (big_m * big_n)
 
 
@@ -201,8 +213,9 @@ def test_obuchowski_matches_its_definition_with_mixed_clusters():
     positive = rng.random(clusters.size) < 0.5  # clusters with both kinds of unit
     scores = np.round(rng.normal(positive * 1.0, 1.0), 1)
     auc, var = stats.obuchowski_variance(scores, positive, clusters)
-    ref_auc, ref_var = _obuchowski_by_definition(scores.tolist(), positive.tolist(),
-                                                 clusters.tolist())
+    ref_auc, ref_var = _obuchowski_by_definition(
+        scores.tolist(), positive.tolist(), clusters.tolist()
+    )
     assert auc == pytest.approx(ref_auc, abs=1e-12)
     assert var == pytest.approx(ref_var, rel=1e-10)
 
@@ -248,8 +261,7 @@ def test_lesion_level_intervals_are_wider_than_naive_ones_on_clustered_data():
     assert clustered.auc == pytest.approx(naive.auc)
     assert clustered.upper - clustered.lower > 1.5 * (naive.upper - naive.lower)
     # Bootstrap: resampling patients vs resampling lesions.
-    by_patient = stats.unit_weights(stats.cluster_bootstrap_weights(patient_label, 400, 1),
-                                    cluster)
+    by_patient = stats.unit_weights(stats.cluster_bootstrap_weights(patient_label, 400, 1), cluster)
     by_lesion = stats.cluster_bootstrap_weights(positive, 400, 1)
     low_p, high_p, _ = stats.percentile_interval(stats.weighted_auc(scores, positive, by_patient))
     low_l, high_l, _ = stats.percentile_interval(stats.weighted_auc(scores, positive, by_lesion))
@@ -277,7 +289,7 @@ def test_mcnemar_exact_and_no_discordant_pairs():
     b = np.array([True] * 16)
     result = stats.mcnemar_test(a, b)
     assert (result.only_a_correct, result.only_b_correct) == (0, 6)
-    assert result.p_value == pytest.approx(2 * 0.5 ** 6)  # exact binomial, two-sided
+    assert result.p_value == pytest.approx(2 * 0.5**6)  # exact binomial, two-sided
     same = stats.mcnemar_test(a, a)
     assert same.p_value == 1.0 and same.method == "no discordant pairs"
 
@@ -326,9 +338,11 @@ def test_weighted_rates_equal_sklearn():
         assert rates["f1"][0] == pytest.approx(f1_score(y == c, pred == c))
     onehot = np.eye(3)[y]
     assert stats.weighted_brier(onehot, prob, ones)[0] == pytest.approx(
-        brier_score_loss(y, prob, labels=[0, 1, 2]))
+        brier_score_loss(y, prob, labels=[0, 1, 2])
+    )
     assert stats.weighted_brier(onehot, prob, ones, positive_index=1)[0] == pytest.approx(
-        brier_score_loss(y == 1, prob[:, 1]))
+        brier_score_loss(y == 1, prob[:, 1])
+    )
 
 
 def test_roc_band_of_a_perfect_classifier_is_flat_at_one():
@@ -377,4 +391,5 @@ def test_all_pairs_of_proc_markers_are_antisymmetric(data_dir):
         ab = stats.delong_paired_test(markers[a], markers[b], poor)
         ba = stats.delong_paired_test(markers[b], markers[a], poor)
         assert ab.statistic == pytest.approx(-ba.statistic) and ab.p_value == pytest.approx(
-            ba.p_value)
+            ba.p_value
+        )

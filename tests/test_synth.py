@@ -1,4 +1,5 @@
-"""The synthetic cohort (metcli.synth.synth, ``metcli synth``): phantoms, class signal, files, CLI."""
+"""The synthetic cohort (metcli.synth.synth, ``metcli synth``): phantoms, class signal, files,
+CLI."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import SimpleITK as sitk
 from scipy import ndimage, optimize, stats
 
 from conftest import invoke
-from metcli.io import schemas
-from metcli.synth import synth
-from metcli.synth import phantom as synth_phantom
 from metcli.core.batch import BatchReport
 from metcli.core.errors import OutputError, UsageError
+from metcli.io import schemas
 from metcli.io.files import read_image, read_json, read_tsv, sha256_file
 from metcli.io.participants import read_participants
+from metcli.synth import phantom as synth_phantom
+from metcli.synth import synth
 from metcli.synth.phantom import SIZES, Grid, SynthParams, make_phantom, phantom_arrays
 
 #: A coarse grid that keeps many phantoms fast (about 40 ms each).
@@ -52,8 +53,10 @@ def test_size_presets():
     for grid in (small, paper):
         grid.validate()
         # centred on the origin; the liver (with its largest jitter) fits the z extent
-        assert np.allclose(np.asarray(grid.origin) + (np.asarray(grid.shape) - 1) / 2
-                           * np.asarray(grid.spacing), 0.0)
+        assert np.allclose(
+            np.asarray(grid.origin) + (np.asarray(grid.shape) - 1) / 2 * np.asarray(grid.spacing),
+            0.0,
+        )
         liver_z = 2 * synth_phantom.LIVER_SEMI_AXES[2] * 1.08 * grid.anatomy_scale
         assert liver_z < grid.shape[2] * grid.spacing[2]
     assert synth_phantom.grid_for("paper") is paper
@@ -79,14 +82,16 @@ def test_make_phantom_images_have_the_grid():
 def test_paper_size_phantom():
     phantom = phantom_arrays(1, SynthParams(grid=SIZES["paper"]), "colorectal")
     assert phantom.hu.shape == (140, 512, 512)
-    assert 1.0 < (phantom.dseg > 0).sum() * 0.78125 ** 2 * 1.5 / 1e6 < 2.2  # liver litres
+    assert 1.0 < (phantom.dseg > 0).sum() * 0.78125**2 * 1.5 / 1e6 < 2.2  # liver litres
     assert phantom.lesions
 
 
 # ----------------------------------------------------------------------------- Hounsfield units
 def test_hounsfield_units_of_the_tissues():
-    phantoms = [phantom_arrays(seed, SynthParams(), cls)
-                for seed, cls in enumerate(["colorectal", "pancreatic"] * 3)]
+    phantoms = [
+        phantom_arrays(seed, SynthParams(), cls)
+        for seed, cls in enumerate(["colorectal", "pancreatic"] * 3)
+    ]
     for ph in phantoms:
         assert ph.hu.dtype == np.int16 and ph.dseg.dtype == np.uint8
         assert ph.hu.min() >= -1024 and ph.hu.max() <= 3071
@@ -120,7 +125,8 @@ def test_lesions_are_apart_inside_the_liver_and_match_their_records():
         assert count == len(ph.lesions) >= 3
         assert [lesion.lesion_id for lesion in ph.lesions] == list(range(1, count + 1))
         assert [lesion.voxels for lesion in ph.lesions] == sorted(
-            (lesion.voxels for lesion in ph.lesions), reverse=True)  # split-lesions' order
+            (lesion.voxels for lesion in ph.lesions), reverse=True
+        )  # split-lesions' order
         boxes = ndimage.find_objects(labels)
         for lesion in ph.lesions:
             component = labels[lesion.first_voxel]
@@ -148,8 +154,9 @@ def test_same_seed_same_phantom_other_seed_other_phantom():
     b = phantom_arrays(np.random.SeedSequence(7), SynthParams(grid=TINY), "colorectal")
     c = phantom_arrays(np.random.SeedSequence(8), SynthParams(grid=TINY), "colorectal")
     assert np.array_equal(a.hu, b.hu) and np.array_equal(a.dseg, b.dseg)
-    assert [x.row("sub-1", "colorectal") for x in a.lesions] == \
-           [x.row("sub-1", "colorectal") for x in b.lesions]
+    assert [x.row("sub-1", "colorectal") for x in a.lesions] == [
+        x.row("sub-1", "colorectal") for x in b.lesions
+    ]
     assert not np.array_equal(a.hu, c.hu)
 
 
@@ -204,8 +211,7 @@ def test_lesion_plans_follow_the_study_and_the_null_removes_the_difference():
     def plans(params, cls, n=3000):
         rng = np.random.default_rng(11 if cls == "colorectal" else 12)
         diameters = [synth_phantom.lesion_plan(rng, params, cls) for _ in range(n)]
-        return (np.array([len(d) for d in diameters], float),
-                np.concatenate(diameters))
+        return (np.array([len(d) for d in diameters], float), np.concatenate(diameters))
 
     def z(a, b):
         return (a.mean() - b.mean()) / np.sqrt(a.var() / a.size + b.var() / b.size)
@@ -248,7 +254,8 @@ def _patient_features(params, n_per_class=20):
 
 def _auc(score, y):
     return stats.mannwhitneyu(score[y == 1], score[y == 0]).statistic / (
-        (y == 1).sum() * (y == 0).sum())
+        (y == 1).sum() * (y == 0).sum()
+    )
 
 
 def _cross_validated_auc(x, y):
@@ -310,8 +317,11 @@ def test_every_written_file_follows_its_schema(tmp_path):
         elif path.name == "dseg.tsv":
             rows = [{**r, "index": int(r["index"])} for r in read_tsv(path)]
             schemas.validate_rows(rows, list(rows[0]), "dseg_labels", where=path)
-            assert [(r["index"], r["name"]) for r in rows] == [(0, "background"), (1, "liver"),
-                                                                (2, "lesion")]
+            assert [(r["index"], r["name"]) for r in rows] == [
+                (0, "background"),
+                (1, "liver"),
+                (2, "lesion"),
+            ]
         elif path.name.endswith("lesions.tsv"):
             rows = synth.read_truth_lesions(path)
             schemas.validate_rows(rows, synth.TRUTH_COLUMNS, "synth_lesions", where=path)
@@ -327,33 +337,48 @@ def test_every_written_file_follows_its_schema(tmp_path):
         checked.add(name)
         if path.suffix in (".json", ".tsv"):
             assert str(tmp_path) not in path.read_text(), f"{name} holds an absolute path"
-    assert {"rawdata/dataset_description.json", "rawdata/participants.tsv",
-            "rawdata/sub-001/anat/sub-001_ce-portal_ct.nii.gz",
-            "rawdata/sub-001/anat/sub-001_ce-portal_ct.json",
-            "derivatives/truth/dataset_description.json", "derivatives/truth/dseg.tsv",
-            "derivatives/truth/lesions.tsv", "derivatives/truth/lesions.json",
-            "derivatives/truth/sub-004/anat/sub-004_ce-portal_dseg.nii.gz",
-            "derivatives/truth/sub-004/anat/sub-004_ce-portal_dseg.json",
-            "derivatives/truth/sub-004/anat/sub-004_ce-portal_lesions.tsv",
-            "derivatives/truth/sub-004/anat/sub-004_ce-portal_lesions.json",
-            "sourcedata/dicom/sub-004/provenance.json"} <= checked
+    assert {
+        "rawdata/dataset_description.json",
+        "rawdata/participants.tsv",
+        "rawdata/sub-001/anat/sub-001_ce-portal_ct.nii.gz",
+        "rawdata/sub-001/anat/sub-001_ce-portal_ct.json",
+        "derivatives/truth/dataset_description.json",
+        "derivatives/truth/dseg.tsv",
+        "derivatives/truth/lesions.tsv",
+        "derivatives/truth/lesions.json",
+        "derivatives/truth/sub-004/anat/sub-004_ce-portal_dseg.nii.gz",
+        "derivatives/truth/sub-004/anat/sub-004_ce-portal_dseg.json",
+        "derivatives/truth/sub-004/anat/sub-004_ce-portal_lesions.tsv",
+        "derivatives/truth/sub-004/anat/sub-004_ce-portal_lesions.json",
+        "sourcedata/dicom/sub-004/provenance.json",
+    } <= checked
     assert read_json(out / "rawdata" / "dataset_description.json")["DatasetType"] == "raw"
     truth = read_json(out / "derivatives" / "truth" / "dataset_description.json")
     assert truth["DatasetType"] == "derivative"
     assert truth["DatasetLinks"] == {"raw": "../../rawdata"}
     # the cohort table is the participants' tables, and it describes the masks
     cohort = synth.read_truth_lesions(out / "derivatives" / "truth" / "lesions.tsv")
-    per_participant = [row for p in sorted((out / "derivatives" / "truth").glob("sub-*/anat/*.tsv"))
-                       for row in synth.read_truth_lesions(p)]
+    per_participant = [
+        row
+        for p in sorted((out / "derivatives" / "truth").glob("sub-*/anat/*.tsv"))
+        for row in synth.read_truth_lesions(p)
+    ]
     assert cohort == per_participant
     for label in ("001", "002", "003", "004"):
-        dseg = read_image(out / "derivatives" / "truth" / f"sub-{label}" / "anat"
-                          / f"sub-{label}_ce-portal_dseg.nii.gz")
+        dseg = read_image(
+            out
+            / "derivatives"
+            / "truth"
+            / f"sub-{label}"
+            / "anat"
+            / f"sub-{label}_ce-portal_dseg.nii.gz"
+        )
         labels, count = ndimage.label(sitk.GetArrayFromImage(dseg) == 2, structure=CUBE)
         rows = [r for r in cohort if r["participant_id"] == f"sub-{label}"]
         assert count == len(rows) and [r["lesion_id"] for r in rows] == list(range(1, count + 1))
-        assert sorted(np.bincount(labels.ravel())[1:].tolist(), reverse=True) == \
-            [r["voxels"] for r in rows]
+        assert sorted(np.bincount(labels.ravel())[1:].tolist(), reverse=True) == [
+            r["voxels"] for r in rows
+        ]
 
 
 def test_ct_sidecar_records_seed_and_knobs_but_not_the_class(tmp_path):
@@ -367,8 +392,10 @@ def test_ct_sidecar_records_seed_and_knobs_but_not_the_class(tmp_path):
     assert doc["Sources"] == []
     # the sidecars of a colorectal and a pancreatic participant differ only in their outputs
     other = read_json(_ct(out, "002").with_name("sub-002_ce-portal_ct.json"))
-    assert [p["primary"] for p in read_participants(out / "rawdata")][:2] == ["colorectal",
-                                                                              "pancreatic"]
+    assert [p["primary"] for p in read_participants(out / "rawdata")][:2] == [
+        "colorectal",
+        "pancreatic",
+    ]
     del doc["Provenance"]["outputs"], other["Provenance"]["outputs"]
     assert doc == other
 
@@ -388,8 +415,10 @@ def test_dicom_series_round_trip(tmp_path):
         reader.SetFileNames(files)
         series = reader.Execute()
         nifti = read_image(_ct(out, label))
-        assert np.array_equal(sitk.GetArrayFromImage(series).astype(np.int32),
-                              sitk.GetArrayFromImage(nifti).astype(np.int32))
+        assert np.array_equal(
+            sitk.GetArrayFromImage(series).astype(np.int32),
+            sitk.GetArrayFromImage(nifti).astype(np.int32),
+        )
         assert series.GetSpacing() == pytest.approx(nifti.GetSpacing())
         assert series.GetOrigin() == pytest.approx(nifti.GetOrigin(), abs=1e-4)
         assert series.GetDirection() == pytest.approx(nifti.GetDirection())
@@ -403,8 +432,9 @@ def test_dicom_series_round_trip(tmp_path):
         assert float(first.SliceThickness) == 3.75
         assert [float(v) for v in first.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
         assert float(first.RescaleSlope) == 1 and float(first.RescaleIntercept) == -1024
-        hu = (first.pixel_array.astype(np.int32) * int(first.RescaleSlope)
-              + int(first.RescaleIntercept))
+        hu = first.pixel_array.astype(np.int32) * int(first.RescaleSlope) + int(
+            first.RescaleIntercept
+        )
         assert np.array_equal(hu, sitk.GetArrayFromImage(nifti)[0])
         uids = {s.SOPInstanceUID for s in slices}
         assert len(uids) == len(slices)
@@ -416,8 +446,12 @@ def test_dicom_series_round_trip(tmp_path):
         stranger = pydicom.dcmread(other / "sourcedata" / "dicom" / f"sub-{label}" / "CT0001.dcm")
         assert stranger.StudyInstanceUID != first.StudyInstanceUID
     # participants do not share UIDs
-    studies = {pydicom.dcmread(out / "sourcedata" / "dicom" / f"sub-{label}" / "CT0001.dcm")
-               .StudyInstanceUID for label in ("001", "002")}
+    studies = {
+        pydicom.dcmread(
+            out / "sourcedata" / "dicom" / f"sub-{label}" / "CT0001.dcm"
+        ).StudyInstanceUID
+        for label in ("001", "002")
+    }
     assert len(studies) == 2
 
 
@@ -436,11 +470,19 @@ def test_dicom_added_later_leaves_the_cohort_alone(tmp_path):
 
 def test_library_refuses_bad_values_before_writing(tmp_path):
     target = tmp_path / "never"
-    bad = [dict(n_colorectal=0, n_pancreatic=0), dict(n_colorectal=-1),
-           dict(n_colorectal=1.5), dict(seed=-1), dict(size="huge"),
-           dict(lesions_pancreatic=0.5), dict(diameter_colorectal=40.0),
-           dict(texture_signal=100.0), dict(noise_sd=-1.0), dict(unknown_knob=1.0),
-           dict(noise_sd=float("nan"))]
+    bad = [
+        dict(n_colorectal=0, n_pancreatic=0),
+        dict(n_colorectal=-1),
+        dict(n_colorectal=1.5),
+        dict(seed=-1),
+        dict(size="huge"),
+        dict(lesions_pancreatic=0.5),
+        dict(diameter_colorectal=40.0),
+        dict(texture_signal=100.0),
+        dict(noise_sd=-1.0),
+        dict(unknown_knob=1.0),
+        dict(noise_sd=float("nan")),
+    ]
     for kwargs in bad:
         with pytest.raises(UsageError) as caught:
             synth.synth_cohort(target, **kwargs)
@@ -477,19 +519,38 @@ def test_cli_writes_the_cohort_and_skips_on_rerun(runner, tmp_path):
     result = invoke(runner, ["synth", out, "--subjects", 3, "--no-truth-lesions", "--seed", 1])
     assert "0 done, 3 skipped" in result.stderr
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
-    result = invoke(runner, ["synth", out, "--subjects", 3, "--no-truth-lesions", "--seed", 1,
-                             "--overwrite"])
+    result = invoke(
+        runner, ["synth", out, "--subjects", 3, "--no-truth-lesions", "--seed", 1, "--overwrite"]
+    )
     assert "3 done, 0 skipped" in result.stderr
     # another knob: redone
-    result = invoke(runner, ["synth", out, "--subjects", 3, "--no-truth-lesions", "--seed", 1,
-                             "--texture-signal", 2])
+    result = invoke(
+        runner,
+        ["synth", out, "--subjects", 3, "--no-truth-lesions", "--seed", 1, "--texture-signal", 2],
+    )
     assert "3 done" in result.stderr
 
 
 def test_cli_class_counts_and_knobs(runner, tmp_path):
     out = tmp_path / "cohort"
-    invoke(runner, ["synth", out, "--colorectal", 1, "--pancreatic", 2, "--no-truth-lesions",
-                    "--null", "--lesions-pancreatic", 7, "--patient-sd", 0, "-q"])
+    invoke(
+        runner,
+        [
+            "synth",
+            out,
+            "--colorectal",
+            1,
+            "--pancreatic",
+            2,
+            "--no-truth-lesions",
+            "--null",
+            "--lesions-pancreatic",
+            7,
+            "--patient-sd",
+            0,
+            "-q",
+        ],
+    )
     rows = read_participants(out / "rawdata")
     assert sorted(r["primary"] for r in rows) == ["colorectal", "pancreatic", "pancreatic"]
     sidecar = read_json(_ct(out).with_name("sub-001_ce-portal_ct.json"))
@@ -500,8 +561,10 @@ def test_cli_class_counts_and_knobs(runner, tmp_path):
 
 def test_cli_config_file(runner, tmp_path):
     config = tmp_path / "synth.yaml"
-    config.write_text('colorectal: 1\npancreatic: 1\nlesions-pancreatic: 6.0\n"null": true\n'
-                      "truth-lesions: false\n")
+    config.write_text(
+        'colorectal: 1\npancreatic: 1\nlesions-pancreatic: 6.0\n"null": true\n'
+        "truth-lesions: false\n"
+    )
     out = tmp_path / "cohort"
     invoke(runner, ["synth", out, "--config", config, "--seed", 3])
     settings = read_json(_ct(out).with_name("sub-001_ce-portal_ct.json"))["Provenance"]["settings"]
@@ -511,10 +574,17 @@ def test_cli_config_file(runner, tmp_path):
     assert not (out / "derivatives" / "truth-lesions").exists()
 
 
-@pytest.mark.parametrize("args", [["--subjects", 0], ["--colorectal", 3],
-                                  ["--subjects", 3, "--colorectal", 2, "--pancreatic", 1],
-                                  ["--colorectal", 0, "--pancreatic", 0],
-                                  ["--lesions-colorectal", 0.2], ["--size", "huge"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--subjects", 0],
+        ["--colorectal", 3],
+        ["--subjects", 3, "--colorectal", 2, "--pancreatic", 1],
+        ["--colorectal", 0, "--pancreatic", 0],
+        ["--lesions-colorectal", 0.2],
+        ["--size", "huge"],
+    ],
+)
 def test_cli_usage_errors_write_nothing(runner, tmp_path, args):
     out = tmp_path / "cohort"
     result = invoke(runner, ["synth", out, *args], expect=2)
@@ -545,8 +615,18 @@ def test_cli_help_states_the_library_defaults(runner):
         stated = float(re.search(r"\[default: ([0-9.]+)\]", text).group(1))
         assert stated == getattr(defaults, name), name
     result = invoke(runner, ["synth", "--help"])
-    for flag in ("--subjects", "--colorectal", "--pancreatic", "--seed", "--size", "--dicom",
-                 "--null", "--texture-signal", "--patient-sd", "--overwrite"):
+    for flag in (
+        "--subjects",
+        "--colorectal",
+        "--pancreatic",
+        "--seed",
+        "--size",
+        "--dicom",
+        "--null",
+        "--texture-signal",
+        "--patient-sd",
+        "--overwrite",
+    ):
         assert flag in result.stdout
 
 
@@ -558,11 +638,14 @@ def test_cli_default_run_writes_truth_lesions(runner, tmp_path):
     assert (lesion_dir / "dataset_description.json").is_file()
     truth = synth.read_truth_lesions(out / "derivatives" / "truth" / "lesions.tsv")
     for label in ("001", "002"):
-        path = (lesion_dir / f"sub-{label}" / "anat"
-                / f"sub-{label}_ce-portal_desc-lesions_dseg.nii.gz")
+        path = (
+            lesion_dir / f"sub-{label}" / "anat" / f"sub-{label}_ce-portal_desc-lesions_dseg.nii.gz"
+        )
         ids = sitk.GetArrayFromImage(read_image(path))
-        found = {int(r["index"]): r for r in read_tsv(path.with_name(
-            path.name.replace(".nii.gz", ".tsv")))}
+        found = {
+            int(r["index"]): r
+            for r in read_tsv(path.with_name(path.name.replace(".nii.gz", ".tsv")))
+        }
         rows = [r for r in truth if r["participant_id"] == f"sub-{label}"]
         # exactly the placed lesions, under the same ids
         assert sorted(found) == [r["lesion_id"] for r in rows]
@@ -571,6 +654,7 @@ def test_cli_default_run_writes_truth_lesions(runner, tmp_path):
             assert int(measured["voxels"]) == row["voxels"]
             for axis in "xyz":
                 assert float(measured[f"centroid_{axis}_mm"]) == pytest.approx(
-                    row[f"centroid_{axis}_mm"], abs=1e-3)
+                    row[f"centroid_{axis}_mm"], abs=1e-3
+                )
             if measured["kept"] == "true":
                 assert int((ids == row["lesion_id"]).sum()) == row["voxels"]

@@ -11,9 +11,27 @@ pytest.importorskip("torch")
 pytest.importorskip("monai")
 from metcli.core.errors import InputError, UsageError
 
-ARGS = ["--arch", "densenet121", "--size", "32", "--epochs", "2", "--batch-size", "32",
-        "--val-patients", "1", "--test-patients", "1", "--device", "cpu", "--seed", "3",
-        "--threads", "1", "--no-progress"]
+ARGS = [
+    "--arch",
+    "densenet121",
+    "--size",
+    "32",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--val-patients",
+    "1",
+    "--test-patients",
+    "1",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+    "--threads",
+    "1",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,8 +54,18 @@ def trained(cohort):
 
     raw = cohort / "synth" / "rawdata"
     out = cohort / "out"
-    invoke(CliRunner(), ["train-cnn", raw, cohort / "synth" / "derivatives" / "truth-lesions",
-                         out, "--labels", raw / "participants.tsv", *ARGS])
+    invoke(
+        CliRunner(),
+        [
+            "train-cnn",
+            raw,
+            cohort / "synth" / "derivatives" / "truth-lesions",
+            out,
+            "--labels",
+            raw / "participants.tsv",
+            *ARGS,
+        ],
+    )
     return out
 
 
@@ -67,12 +95,19 @@ def test_writes_every_output_with_its_schema(trained):
     assert card["checkpoint"]["sha256"] == sha256_file(model / "checkpoint.pt")
     log_rows = _rows(trained / "training_log.tsv")
     assert [r["epoch"] for r in log_rows] == ["1", "2"]
-    typed = [{"epoch": int(r["epoch"]), "best": r["best"] == "true",
-              **{k: None if r[k] == "n/a" else float(r[k])
-                 for k in ("train_loss", "val_loss", "val_auc", "val_accuracy")}}
-             for r in log_rows]
+    typed = [
+        {
+            "epoch": int(r["epoch"]),
+            "best": r["best"] == "true",
+            **{
+                k: None if r[k] == "n/a" else float(r[k])
+                for k in ("train_loss", "val_loss", "val_auc", "val_accuracy")
+            },
+        }
+        for r in log_rows
+    ]
     validate_rows(typed, list(log_rows[0]), "training_log")
-    assert typed[0]["best"]                    # the first epoch is always the best so far
+    assert typed[0]["best"]  # the first epoch is always the best so far
     split = {r["participant_id"]: r["set"] for r in _rows(trained / "split.tsv")}
     assert sorted(split.values()) == ["test", "train", "train", "train", "train", "val"]
     sidecar = read_json(trained / "predictions.json")
@@ -101,8 +136,9 @@ def test_evaluate_reads_the_predictions(trained, cohort):
     from metcli.io.participants import labels_by_participant
 
     raw = cohort / "synth" / "rawdata"
-    models = load_predictions([trained / "predictions.tsv"], labels_by_participant(raw),
-                              raw / "participants.tsv")
+    models = load_predictions(
+        [trained / "predictions.tsv"], labels_by_participant(raw), raw / "participants.tsv"
+    )
     assert [m.name for m in models] == ["cnn-densenet121"]
     assert models[0].positive_class == "pancreatic"
     assert models[0].classes == ["colorectal", "pancreatic"]
@@ -118,9 +154,10 @@ def test_onnx_matches_the_checkpoint(trained):
     batch = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
     with torch.no_grad():
         expected = torch.softmax(net(torch.from_numpy(batch)), dim=1).numpy()
-    sess = ort.InferenceSession(str(trained / "model" / "model.onnx"),
-                                providers=["CPUExecutionProvider"])
-    got = sess.run(["probabilities"], {"image": batch})[0]   # batch 3: the batch is dynamic
+    sess = ort.InferenceSession(
+        str(trained / "model" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    got = sess.run(["probabilities"], {"image": batch})[0]  # batch 3: the batch is dynamic
     assert got.shape == (3, 2)
     assert np.max(np.abs(got - expected)) < 1e-4
 
@@ -128,14 +165,34 @@ def test_onnx_matches_the_checkpoint(trained):
 def test_same_seed_gives_the_same_run(trained, cohort, runner):
     raw = cohort / "synth" / "rawdata"
     again = cohort / "again"
-    invoke(runner, ["train-cnn", raw, cohort / "synth" / "derivatives" / "truth-lesions", again,
-                    "--labels", raw / "participants.tsv", *ARGS])
+    invoke(
+        runner,
+        [
+            "train-cnn",
+            raw,
+            cohort / "synth" / "derivatives" / "truth-lesions",
+            again,
+            "--labels",
+            raw / "participants.tsv",
+            *ARGS,
+        ],
+    )
     for name in ("training_log.tsv", "split.tsv", "predictions.tsv", "val_predictions.tsv"):
         assert (again / name).read_bytes() == (trained / name).read_bytes(), name
     # A second call with the same inputs and settings skips the finished work.
     before = (again / "model" / "model.json").stat().st_mtime_ns
-    result = invoke(runner, ["train-cnn", raw, cohort / "synth" / "derivatives" /
-                             "truth-lesions", again, "--labels", raw / "participants.tsv", *ARGS])
+    result = invoke(
+        runner,
+        [
+            "train-cnn",
+            raw,
+            cohort / "synth" / "derivatives" / "truth-lesions",
+            again,
+            "--labels",
+            raw / "participants.tsv",
+            *ARGS,
+        ],
+    )
     assert "nothing redone" in result.stderr
     assert (again / "model" / "model.json").stat().st_mtime_ns == before
 
@@ -144,10 +201,22 @@ def test_split_file_with_a_patient_in_two_sets_is_refused(cohort, runner, tmp_pa
     raw = cohort / "synth" / "rawdata"
     split = tmp_path / "split.tsv"
     split.write_text("participant_id\tset\nsub-001\ttrain\nsub-002\tval\nsub-001\ttest\n")
-    result = invoke(runner, ["train-cnn", raw, cohort / "synth" / "derivatives" /
-                             "truth-lesions", tmp_path / "out", "--labels",
-                             raw / "participants.tsv", "--split", split, "--size", "32"],
-                    expect=1)
+    result = invoke(
+        runner,
+        [
+            "train-cnn",
+            raw,
+            cohort / "synth" / "derivatives" / "truth-lesions",
+            tmp_path / "out",
+            "--labels",
+            raw / "participants.tsv",
+            "--split",
+            split,
+            "--size",
+            "32",
+        ],
+        expect=1,
+    )
     assert "two sets" in result.stderr
     assert not (tmp_path / "out" / "model").exists()
 
@@ -171,8 +240,13 @@ def test_split_without_a_class_in_training_is_refused(tmp_path):
     split = tmp_path / "split.tsv"
     split.write_text("participant_id\tset\nsub-001\ttrain\nsub-002\tval\nsub-003\ttest\n")
     with pytest.raises(InputError, match="no patient of class b"):
-        plan_split({"sub-001": "a", "sub-002": "b", "sub-003": "b"}, split=split,
-                   val_patients=1, test_patients=None, seed=0)
+        plan_split(
+            {"sub-001": "a", "sub-002": "b", "sub-003": "b"},
+            split=split,
+            val_patients=1,
+            test_patients=None,
+            seed=0,
+        )
 
 
 def test_a_radiomics_split_gets_validation_patients_from_its_training_set(tmp_path):
@@ -182,8 +256,10 @@ def test_a_radiomics_split_gets_validation_patients_from_its_training_set(tmp_pa
 
     labels = {f"sub-{i:03d}": ("a" if i % 2 else "b") for i in range(1, 13)}
     split = tmp_path / "split.tsv"
-    split.write_text("participant_id\tset\n" + "".join(
-        f"{p}\t{'test' if i < 4 else 'train'}\n" for i, p in enumerate(sorted(labels))))
+    split.write_text(
+        "participant_id\tset\n"
+        + "".join(f"{p}\t{'test' if i < 4 else 'train'}\n" for i, p in enumerate(sorted(labels)))
+    )
     plan = plan_split(labels, split=split, val_patients=2, test_patients=None, seed=0)
     assert [p for p, s in sorted(plan.items()) if s == "test"] == sorted(labels)[:4]
     val = [p for p, s in plan.items() if s == "val"]
@@ -202,8 +278,10 @@ def test_slice_and_patient_aggregation():
     np.testing.assert_allclose(lesion, [[0.6, 0.4], [0.4, 0.6]])
     assert decide(np.array([[0.5, 0.5], [0.51, 0.49]]), ["x", "y"]) == ["y", "x"]
     assert decide(np.array([[0.2, 0.5, 0.3]]), ["x", "y", "z"]) == ["y"]
-    samples = [Sample("sub-001", 1, 0, np.zeros((2, 4, 4))),
-               Sample("sub-001", 2, 0, np.zeros((2, 4, 4)))]
+    samples = [
+        Sample("sub-001", 1, 0, np.zeros((2, 4, 4))),
+        Sample("sub-001", 2, 0, np.zeros((2, 4, 4))),
+    ]
     rows = prediction_rows(samples, lesion, ["x", "y"], "val", "m")
     assert [r["level"] for r in rows] == ["lesion", "lesion", "patient"]
     assert rows[2]["prob_y"] == pytest.approx(0.5) and rows[2]["predicted"] == "y"
@@ -211,9 +289,20 @@ def test_slice_and_patient_aggregation():
 
 def test_too_small_an_input_for_the_network_is_refused(cohort, runner, tmp_path):
     raw = cohort / "synth" / "rawdata"
-    result = invoke(runner, ["train-cnn", raw, cohort / "synth" / "derivatives" /
-                             "truth-lesions", tmp_path / "out", "--labels",
-                             raw / "participants.tsv", "--size", "24"], expect=2)
+    result = invoke(
+        runner,
+        [
+            "train-cnn",
+            raw,
+            cohort / "synth" / "derivatives" / "truth-lesions",
+            tmp_path / "out",
+            "--labels",
+            raw / "participants.tsv",
+            "--size",
+            "24",
+        ],
+        expect=2,
+    )
     assert "--size 24 is too small for densenet121" in result.stderr
 
 
@@ -251,8 +340,9 @@ def test_participant_without_a_kept_lesion_is_left_out(cohort, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the training loop
-def _toy(n: int, seed: int, *, flip: bool = False, size: int = 16, dims: int = 2,
-         channels: int = 1):
+def _toy(
+    n: int, seed: int, *, flip: bool = False, size: int = 16, dims: int = 2, channels: int = 1
+):
     """n lesions of 2 inputs each (1 in 3D); class 1 is brighter (labels swapped with flip)."""
     from metcli.cnn.train_cnn import Sample
 
@@ -269,8 +359,17 @@ def _toy(n: int, seed: int, *, flip: bool = False, size: int = 16, dims: int = 2
 def _settings(**changes):
     from metcli.cnn.fit import FitSettings
 
-    return FitSettings(**{"arch": "resnet18", "n_classes": 2, "epochs": 3, "batch_size": 4,
-                          "lr": 1e-3, "seed": 7, **changes})
+    return FitSettings(
+        **{
+            "arch": "resnet18",
+            "n_classes": 2,
+            "epochs": 3,
+            "batch_size": 4,
+            "lr": 1e-3,
+            "seed": 7,
+            **changes,
+        }
+    )
 
 
 def test_an_interrupted_fit_resumes_to_the_same_weights(tmp_path):
@@ -287,8 +386,14 @@ def test_an_interrupted_fit_resumes_to_the_same_weights(tmp_path):
 
     state = tmp_path / "cut.pt"
     with pytest.raises(KeyboardInterrupt):
-        fit(train, val, _settings(), state_path=state, fingerprint="run",
-            progress=interrupt_after_epoch_1)
+        fit(
+            train,
+            val,
+            _settings(),
+            state_path=state,
+            fingerprint="run",
+            progress=interrupt_after_epoch_1,
+        )
     saved = load_state(state, "run")
     assert saved["epoch"] == 1 and not saved["finished"] and len(saved["rows"]) == 1
     resumed = fit(train, val, _settings(), state_path=state, resume=True, fingerprint="run")
@@ -321,12 +426,21 @@ def test_the_monitor_picks_the_best_epoch_and_counts_patience():
 
     loss = Monitor("loss", patience=2)
     assert [loss.update(e, v, None) for e, v in enumerate([0.9, 0.7, 0.8, 0.7], 1)] == [
-        True, True, False, False]
+        True,
+        True,
+        False,
+        False,
+    ]
     assert loss.best_epoch == 2 and loss.should_stop
     auc = Monitor("auc", patience=None)
     steps = [(0.9, 0.6), (0.8, 0.6), (0.5, 0.6), (0.4, None), (0.7, 0.7)]
     assert [auc.update(e, v, a) for e, (v, a) in enumerate(steps, 1)] == [
-        True, True, True, False, True]       # equal AUC with a lower loss is better
+        True,
+        True,
+        True,
+        False,
+        True,
+    ]  # equal AUC with a lower loss is better
     assert auc.best_epoch == 5 and not auc.should_stop
     again = Monitor("auc", patience=None)
     again.load(auc.state())
@@ -337,10 +451,15 @@ def test_mixed_precision_code_path_runs(tmp_path):
     """On the CPU train-cnn refuses --amp; the loop's autocast path itself runs (bfloat16)."""
     from metcli.cnn.fit import fit, load_state
 
-    result = fit(_toy(4, 0), _toy(2, 1), _settings(epochs=1, amp=True),
-                 state_path=tmp_path / "amp.pt", fingerprint="amp")
+    result = fit(
+        _toy(4, 0),
+        _toy(2, 1),
+        _settings(epochs=1, amp=True),
+        state_path=tmp_path / "amp.pt",
+        fingerprint="amp",
+    )
     assert np.isfinite(result.rows[0]["train_loss"]) and np.isfinite(result.rows[0]["val_loss"])
-    assert load_state(tmp_path / "amp.pt", "amp")["scaler"] == {}   # no scaler off CUDA
+    assert load_state(tmp_path / "amp.pt", "amp")["scaler"] == {}  # no scaler off CUDA
 
 
 def test_folds_are_by_patient_and_stratified():
@@ -376,15 +495,43 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_run(trained, cohor
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_cnn(raw, lesions, out, labels=raw / "participants.tsv", arch="densenet121",
-                  size=32, epochs=2, batch_size=32, val_patients=1, test_patients=1,
-                  device="cpu", seed=3, progress=interrupt_after_epoch_1)
+        train_cnn(
+            raw,
+            lesions,
+            out,
+            labels=raw / "participants.tsv",
+            arch="densenet121",
+            size=32,
+            epochs=2,
+            batch_size=32,
+            val_patients=1,
+            test_patients=1,
+            device="cpu",
+            seed=3,
+            progress=interrupt_after_epoch_1,
+        )
     assert (out / "resume" / "train.pt").is_file() and not (out / "model").exists()
-    bad = invoke(runner, ["train-cnn", raw, lesions, out, "--labels", raw / "participants.tsv",
-                          *ARGS, "--lr", "0.001", "--resume"], expect=2)
+    bad = invoke(
+        runner,
+        [
+            "train-cnn",
+            raw,
+            lesions,
+            out,
+            "--labels",
+            raw / "participants.tsv",
+            *ARGS,
+            "--lr",
+            "0.001",
+            "--resume",
+        ],
+        expect=2,
+    )
     assert "resume state was written by a run with other inputs or settings" in bad.stderr
-    invoke(runner, ["train-cnn", raw, lesions, out, "--labels", raw / "participants.tsv",
-                    *ARGS, "--resume"])
+    invoke(
+        runner,
+        ["train-cnn", raw, lesions, out, "--labels", raw / "participants.tsv", *ARGS, "--resume"],
+    )
     for name in ("training_log.tsv", "val_predictions.tsv", "predictions.tsv"):
         assert (out / name).read_bytes() == (trained / name).read_bytes(), name
     mine = torch.load(out / "model" / "checkpoint.pt", weights_only=True)
@@ -399,19 +546,49 @@ def test_cv_folds_choose_the_epochs_and_train_on_every_training_patient(cohort, 
 
     raw = cohort / "synth" / "rawdata"
     out = cohort / "cv"
-    result = invoke(runner, ["train-cnn", raw, cohort / "synth" / "derivatives" /
-                             "truth-lesions", out, "--labels", raw / "participants.tsv",
-                             "--arch", "resnet18", "--size", "16", "--epochs", "2",
-                             "--cv-folds", "2", "--val-patients", "0", "--test-patients", "2",
-                             "--device", "cpu", "--seed", "1", "--threads", "1", "-v",
-                             "--no-progress"])
+    result = invoke(
+        runner,
+        [
+            "train-cnn",
+            raw,
+            cohort / "synth" / "derivatives" / "truth-lesions",
+            out,
+            "--labels",
+            raw / "participants.tsv",
+            "--arch",
+            "resnet18",
+            "--size",
+            "16",
+            "--epochs",
+            "2",
+            "--cv-folds",
+            "2",
+            "--val-patients",
+            "0",
+            "--test-patients",
+            "2",
+            "--device",
+            "cpu",
+            "--seed",
+            "1",
+            "--threads",
+            "1",
+            "-v",
+            "--no-progress",
+        ],
+    )
     # --threads reaches the training (logged; not a setting of the skip rule)
     assert "train-cnn: 1 PyTorch CPU thread(s)" in " ".join(result.stderr.split())
     cv_rows = _rows(out / "cv_log.tsv")
     assert sorted((r["fold"], r["epoch"]) for r in cv_rows) == [
-        ("0", "1"), ("0", "2"), ("1", "1"), ("1", "2")]
-    mean = [np.mean([float(r["val_loss"]) for r in cv_rows if r["epoch"] == str(e)])
-            for e in (1, 2)]
+        ("0", "1"),
+        ("0", "2"),
+        ("1", "1"),
+        ("1", "2"),
+    ]
+    mean = [
+        np.mean([float(r["val_loss"]) for r in cv_rows if r["epoch"] == str(e)]) for e in (1, 2)
+    ]
     chosen = int(np.argmin(mean)) + 1
     card = read_json(out / "model" / "model.json")
     validate(card, "cnn_card")
@@ -435,28 +612,54 @@ def test_3d_multiphase_model_exports_and_matches_its_checkpoint(cohort, runner, 
     import SimpleITK as sitk
     import torch
 
-    from metcli.io.bids import find_files
     from metcli.cnn.train_cnn import load_checkpoint
+    from metcli.io.bids import find_files
     from metcli.io.files import read_json
     from metcli.io.schemas import validate
 
     raw = tmp_path / "rawdata"
     shutil.copytree(cohort / "synth" / "rawdata", raw)
-    pancreatic = [r["participant_id"] for r in _rows(raw / "participants.tsv")
-                  if r["primary"] == "pancreatic"]
+    pancreatic = [
+        r["participant_id"] for r in _rows(raw / "participants.tsv") if r["primary"] == "pancreatic"
+    ]
     for acq in find_files(raw, suffix="ct"):
         if acq.entities.participant_id == pancreatic[-1]:
-            continue                          # no arterial phase: left out with a warning
+            continue  # no arterial phase: left out with a warning
         portal = sitk.ReadImage(str(acq.path))
-        arterial = sitk.Flip(portal + 30, [True, False, False])   # a flipped copy of the grid
+        arterial = sitk.Flip(portal + 30, [True, False, False])  # a flipped copy of the grid
         name = acq.entities.with_(ce="arterial").name
         sitk.WriteImage(arterial, str(acq.path.with_name(name)))
     out = tmp_path / "out"
-    result = invoke(runner, ["train-cnn", raw, cohort / "synth" / "derivatives" / "truth-lesions",
-                             out, "--labels", raw / "participants.tsv", "--dims", "3",
-                             "--phases", "portal,arterial", "--arch", "resnet18", "--size",
-                             "16", "--epochs", "1", "--val-patients", "1", "--test-patients",
-                             "1", "--device", "cpu", "--threads", "1", "--no-progress"])
+    result = invoke(
+        runner,
+        [
+            "train-cnn",
+            raw,
+            cohort / "synth" / "derivatives" / "truth-lesions",
+            out,
+            "--labels",
+            raw / "participants.tsv",
+            "--dims",
+            "3",
+            "--phases",
+            "portal,arterial",
+            "--arch",
+            "resnet18",
+            "--size",
+            "16",
+            "--epochs",
+            "1",
+            "--val-patients",
+            "1",
+            "--test-patients",
+            "1",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--no-progress",
+        ],
+    )
     assert f"{pancreatic[-1]} (no CT of phase(s) arterial for {pancreatic[-1]})" in result.stderr
     card = read_json(out / "model" / "model.json")
     validate(card, "cnn_card")
@@ -464,12 +667,13 @@ def test_3d_multiphase_model_exports_and_matches_its_checkpoint(cohort, runner, 
     assert card["input"]["shape"] == ["batch", 2, 16, 16, 16]
     assert card["input"]["channels"] == ["portal", "arterial"]
     assert card["name"] == "cnn-resnet18-3d" and card["split"]["train_patients"] == 3
-    net = load_checkpoint(out / "model", "resnet18", 2)        # 3D, 2 channels: from the file
+    net = load_checkpoint(out / "model", "resnet18", 2)  # 3D, 2 channels: from the file
     batch = np.random.default_rng(0).random((3, 2, 16, 16, 16), dtype=np.float32)
     with torch.no_grad():
         expected = torch.softmax(net(torch.from_numpy(batch)), dim=1).numpy()
-    sess = ort.InferenceSession(str(out / "model" / "model.onnx"),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(out / "model" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     got = sess.run(["probabilities"], {"image": batch})[0]
     assert got.shape == (3, 2) and np.max(np.abs(got - expected)) < 1e-4
     rows = _rows(out / "val_predictions.tsv")
@@ -479,13 +683,22 @@ def test_3d_multiphase_model_exports_and_matches_its_checkpoint(cohort, runner, 
 def test_amp_on_the_cpu_and_other_bad_combinations_are_usage_errors(cohort, runner, tmp_path):
     raw = cohort / "synth" / "rawdata"
     lesions = cohort / "synth" / "derivatives" / "truth-lesions"
-    base = ["train-cnn", raw, lesions, tmp_path / "out", "--labels", raw / "participants.tsv",
-            "--size", "32"]
-    for extra, message in ((["--device", "cpu", "--amp"], "--amp (automatic mixed precision) "
-                                                           "needs a CUDA GPU"),
-                           (["--cv-folds", "2", "--patience", "2"], "alternatives"),
-                           (["--val-patients", "0"], "--val-patients must be at least 1"),
-                           (["--phases", "portal,portal"], "a phase twice")):
+    base = [
+        "train-cnn",
+        raw,
+        lesions,
+        tmp_path / "out",
+        "--labels",
+        raw / "participants.tsv",
+        "--size",
+        "32",
+    ]
+    for extra, message in (
+        (["--device", "cpu", "--amp"], "--amp (automatic mixed precision) needs a CUDA GPU"),
+        (["--cv-folds", "2", "--patience", "2"], "alternatives"),
+        (["--val-patients", "0"], "--val-patients must be at least 1"),
+        (["--phases", "portal,portal"], "a phase twice"),
+    ):
         result = invoke(runner, base + extra, expect=2)
         assert message in result.stderr, extra
     import torch
@@ -498,7 +711,19 @@ def test_amp_on_the_cpu_and_other_bad_combinations_are_usage_errors(cohort, runn
 
 def test_monitor_auc_needs_validation_lesions_of_every_class(cohort, runner, tmp_path):
     raw = cohort / "synth" / "rawdata"
-    result = invoke(runner, ["train-cnn", raw, cohort / "synth" / "derivatives" /
-                             "truth-lesions", tmp_path / "out", "--labels",
-                             raw / "participants.tsv", *ARGS, "--monitor", "auc"], expect=1)
+    result = invoke(
+        runner,
+        [
+            "train-cnn",
+            raw,
+            cohort / "synth" / "derivatives" / "truth-lesions",
+            tmp_path / "out",
+            "--labels",
+            raw / "participants.tsv",
+            *ARGS,
+            "--monitor",
+            "auc",
+        ],
+        expect=1,
+    )
     assert "--monitor auc needs validation lesions of every class" in result.stderr

@@ -18,9 +18,14 @@ from metcli.io.files import read_json, read_tsv
 
 HASH = "a" * 64
 OTHER_HASH = "b" * 64
-NAMES = ["original_firstorder_Mean", "original_glcm_Contrast", "original_shape_Sphericity",
-         "original_glrlm_RunEntropy", "original_gldm_DependenceEntropy",
-         "original_ngtdm_Busyness"]
+NAMES = [
+    "original_firstorder_Mean",
+    "original_glcm_Contrast",
+    "original_shape_Sphericity",
+    "original_glrlm_RunEntropy",
+    "original_gldm_DependenceEntropy",
+    "original_ngtdm_Busyness",
+]
 FAST = dict(cv_folds=3, cv_repeats=1, inner_folds=2, importance_trees=10, importance_repeats=2)
 TINY_GRIDS = {
     "xgboost": {"n_estimators": [20], "max_depth": [2]},
@@ -35,8 +40,18 @@ TINY_GRIDS = {
 
 
 # ----------------------------------------------------------------------------- synthetic data
-def make_cohort(seed, *, n_patients=24, names=NAMES, signal=0.0, patient_sd=1.0, lesion_sd=0.5,
-                classes=("colorectal", "pancreatic"), lesions=(2, 6), first=0):
+def make_cohort(
+    seed,
+    *,
+    n_patients=24,
+    names=NAMES,
+    signal=0.0,
+    patient_sd=1.0,
+    lesion_sd=0.5,
+    classes=("colorectal", "pancreatic"),
+    lesions=(2, 6),
+    first=0,
+):
     """Labels per patient and lesion rows; class k shifts feature k-1 by ``signal``."""
     rng = np.random.default_rng(seed)
     labels = np.array([classes[i % len(classes)] for i in range(n_patients)], dtype=object)
@@ -53,21 +68,40 @@ def make_cohort(seed, *, n_patients=24, names=NAMES, signal=0.0, patient_sd=1.0,
     return {f"sub-{first + p:03d}": labels[p] for p in range(n_patients)}, rows
 
 
-def write_features(folder: Path, rows, *, names=NAMES, settings_hash=HASH, failed=(),
-                   hash_under_provenance=False) -> Path:
+def write_features(
+    folder: Path, rows, *, names=NAMES, settings_hash=HASH, failed=(), hash_under_provenance=False
+) -> Path:
     """extract's group table (features.tsv) and its sidecar in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    header = (["participant_id", "session", "phase", "lesion_id", "status", "message"] + names
-              + ["diagnostics_Mask-original_VoxelNum"])
+    header = (
+        ["participant_id", "session", "phase", "lesion_id", "status", "message"]
+        + names
+        + ["diagnostics_Mask-original_VoxelNum"]
+    )
     lines = ["\t".join(header)]
     for pid, lesion, values in rows:
         status = "failed:too_small" if (pid, lesion) in failed else "ok"
-        cells = (["n/a"] * len(names) if status != "ok" else [repr(float(v)) for v in values])
-        lines.append("\t".join([pid, "n/a", "portal", str(lesion), status,
-                                "n/a" if status == "ok" else "too small"] + cells + ["42"]))
+        cells = ["n/a"] * len(names) if status != "ok" else [repr(float(v)) for v in values]
+        lines.append(
+            "\t".join(
+                [
+                    pid,
+                    "n/a",
+                    "portal",
+                    str(lesion),
+                    status,
+                    "n/a" if status == "ok" else "too small",
+                ]
+                + cells
+                + ["42"]
+            )
+        )
     (folder / "features.tsv").write_text("\n".join(lines) + "\n")
-    doc = ({"Provenance": {"settings": {"extraction_settings_sha256": settings_hash}}}
-           if hash_under_provenance else {"extraction_settings_sha256": settings_hash})
+    doc = (
+        {"Provenance": {"settings": {"extraction_settings_sha256": settings_hash}}}
+        if hash_under_provenance
+        else {"extraction_settings_sha256": settings_hash}
+    )
     (folder / "features.json").write_text(json.dumps(doc))
     return folder
 
@@ -107,10 +141,14 @@ def test_correlation_filter_rule_is_documented_and_order_independent():
 
     rng = np.random.default_rng(0)
     a, c, d = rng.normal(size=(3, 200))
-    data = {"a": a, "c": c, "d": d,
-            "hub": a + c,                           # |r| ~ 0.71 with a and with c
-            "z_copy": d + rng.normal(0, 0.01, 200),  # same as d: the name sorting last goes
-            "const": np.ones(200)}
+    data = {
+        "a": a,
+        "c": c,
+        "d": d,
+        "hub": a + c,  # |r| ~ 0.71 with a and with c
+        "z_copy": d + rng.normal(0, 0.01, 200),  # same as d: the name sorting last goes
+        "const": np.ones(200),
+    }
     frame = pd.DataFrame(data)
     fitted = CorrelationFilter(threshold=0.6).fit(frame)
     assert sorted(fitted.get_feature_names_out()) == ["a", "c", "d"]
@@ -122,8 +160,9 @@ def test_correlation_filter_rule_is_documented_and_order_independent():
         order = list(np.random.default_rng(seed).permutation(frame.columns))
         again = CorrelationFilter(threshold=0.6).fit(frame[order])
         assert sorted(again.get_feature_names_out()) == ["a", "c", "d"]
-        assert list(again.transform(frame[order]).columns) == [c for c in order
-                                                               if c in ("a", "c", "d")]
+        assert list(again.transform(frame[order]).columns) == [
+            c for c in order if c in ("a", "c", "d")
+        ]
     # a covariate is never dropped, however correlated
     keep = CorrelationFilter(threshold=0.6, keep=("hub",)).fit(frame)
     assert "hub" in keep.get_feature_names_out()
@@ -137,8 +176,7 @@ def test_cached_filter_fits_equal_fresh_ones(tmp_path):
 
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=(2, 50))
-    frame = pd.DataFrame({"a": a, "b": b, "a2": a + rng.normal(0, 0.1, 50),
-                          "const": np.zeros(50)})
+    frame = pd.DataFrame({"a": a, "b": b, "a2": a + rng.normal(0, 0.1, 50), "const": np.zeros(50)})
     fresh = CorrelationFilter(threshold=0.6).fit(frame)
     first = CorrelationFilter(threshold=0.6, cache_dir=str(tmp_path)).fit(frame)
     assert len(list(tmp_path.glob("*.npz"))) == 1
@@ -147,10 +185,9 @@ def test_cached_filter_fits_equal_fresh_ones(tmp_path):
         assert fit.support_.tolist() == fresh.support_.tolist()
         assert fit.dropped_ == fresh.dropped_
     # other values or another threshold are other entries, not a stale hit
-    other = frame.assign(b=a + rng.normal(0, 0.1, 50))       # now a, a2 and b correlate
+    other = frame.assign(b=a + rng.normal(0, 0.1, 50))  # now a, a2 and b correlate
     cached = CorrelationFilter(threshold=0.6, cache_dir=str(tmp_path)).fit(other)
-    assert cached.support_.tolist() == CorrelationFilter(
-        threshold=0.6).fit(other).support_.tolist()
+    assert cached.support_.tolist() == CorrelationFilter(threshold=0.6).fit(other).support_.tolist()
     assert cached.support_.sum() == fresh.support_.sum() - 1
     CorrelationFilter(threshold=0.95, cache_dir=str(tmp_path)).fit(frame)
     assert len(list(tmp_path.glob("*.npz"))) == 3
@@ -164,11 +201,17 @@ def test_importance_selector_ranks_the_signal_first_and_keeps_covariates():
     rng = np.random.default_rng(1)
     patients = np.repeat(np.arange(40), 3)
     y = np.repeat(rng.permutation([0, 1] * 20), 3)
-    frame = pd.DataFrame({"noise1": rng.normal(size=120), "signal": y * 2.0
-                          + rng.normal(size=120), "noise2": rng.normal(size=120),
-                          "covariate_age": rng.normal(size=120)})
-    sel = PermutationImportanceSelector(max_features=1, n_estimators=30, n_repeats=3,
-                                        keep=("covariate_age",), random_state=0)
+    frame = pd.DataFrame(
+        {
+            "noise1": rng.normal(size=120),
+            "signal": y * 2.0 + rng.normal(size=120),
+            "noise2": rng.normal(size=120),
+            "covariate_age": rng.normal(size=120),
+        }
+    )
+    sel = PermutationImportanceSelector(
+        max_features=1, n_estimators=30, n_repeats=3, keep=("covariate_age",), random_state=0
+    )
     sel.fit(frame, y, groups=patients)
     assert sel.ranking_[0] == "signal"
     assert list(sel.get_feature_names_out()) == ["signal", "covariate_age"]
@@ -215,27 +258,42 @@ def test_null_cohort_grouped_cv_stays_at_chance_while_lesion_level_cv_leaks():
     from metcli.radiomics.models import cross_validate
     from metcli.radiomics.settings import check_settings
 
-    settings = check_settings(classifiers="knn", samplers="none", grids={"knn": {
-        "n_neighbors": [3]}}, cv_folds=4, **{k: v for k, v in FAST.items() if k != "cv_folds"})
+    settings = check_settings(
+        classifiers="knn",
+        samplers="none",
+        grids={"knn": {"n_neighbors": [3]}},
+        cv_folds=4,
+        **{k: v for k, v in FAST.items() if k != "cv_folds"},
+    )
     grouped, leaky = [], []
     for seed in range(4):
-        labels, rows = make_cohort(seed, n_patients=30, patient_sd=3.0, lesion_sd=0.3,
-                                   lesions=(3, 6))
+        labels, rows = make_cohort(
+            seed, n_patients=30, patient_sd=3.0, lesion_sd=0.3, lesions=(3, 6)
+        )
         frame = frame_of(rows)
         patients = np.array([r[0] for r in rows], dtype=object)
         y = np.array([labels[p] == "pancreatic" for p in patients], dtype=int)
         lesions = np.arange(len(rows)).astype(str)
         for groups, sink in ((patients, grouped), (lesions, leaky)):
-            out = cross_validate(frame, y, patients=groups, cv_groups=groups,
-                                 models=[("knn", "none")], settings=settings, n_classes=2)
+            out = cross_validate(
+                frame,
+                y,
+                patients=groups,
+                cv_groups=groups,
+                models=[("knn", "none")],
+                settings=settings,
+                n_classes=2,
+            )
             sink.append(_patient_auc(out.mean_oof("knn_none"), y, patients))
     low, high = null_band(15, 15)
     assert all(low < a < high for a in grouped), (grouped, (low, high))
     sd = (high - 0.5) / 3.0
     assert abs(np.mean(grouped) - 0.5) < 3.0 * sd / math.sqrt(len(grouped)), grouped
     assert min(leaky) > 0.9, leaky
-    print(f"null cohort: grouped CV patient AUCs {np.round(grouped, 3).tolist()}, "
-          f"lesion-level (leaky) {np.round(leaky, 3).tolist()}, band {low:.2f}-{high:.2f}")
+    print(
+        f"null cohort: grouped CV patient AUCs {np.round(grouped, 3).tolist()}, "
+        f"lesion-level (leaky) {np.round(leaky, 3).tolist()}, band {low:.2f}-{high:.2f}"
+    )
 
 
 def test_known_signal_gives_auc_well_above_chance(tmp_path):
@@ -243,9 +301,15 @@ def test_known_signal_gives_auc_well_above_chance(tmp_path):
 
     labels, rows = make_cohort(11, n_patients=24, signal=2.5)
     features = write_features(tmp_path / "features", rows)
-    result = train_radiomics(features, tmp_path / "out", labels=write_labels(
-        tmp_path / "participants.tsv", labels), classifiers="logistic-regression,decision-tree",
-        samplers="none", grids=TINY_GRIDS, **FAST)
+    result = train_radiomics(
+        features,
+        tmp_path / "out",
+        labels=write_labels(tmp_path / "participants.tsv", labels),
+        classifiers="logistic-regression,decision-tree",
+        samplers="none",
+        grids=TINY_GRIDS,
+        **FAST,
+    )
     table = {(r["model"], r["level"]): r for r in read_tsv(tmp_path / "out" / "results.tsv")}
     best = float(table[(result.selected, "patient")]["cv_auc"])
     assert best > 0.85, table
@@ -276,10 +340,16 @@ def test_onnx_reproduces_predict_proba_with_three_classes(tmp_path):
     classes = ("colorectal", "gastric", "pancreatic")
     labels, rows = make_cohort(3, n_patients=21, signal=1.5, classes=classes)
     chosen = ("xgboost", "logistic-regression", "kernel-svm")
-    result = train_radiomics(write_features(tmp_path / "f", rows), tmp_path / "out",
-                             labels=write_labels(tmp_path / "p.tsv", labels),
-                             classifiers=",".join(chosen), samplers="none", grids=TINY_GRIDS,
-                             max_features=4, **FAST)
+    result = train_radiomics(
+        write_features(tmp_path / "f", rows),
+        tmp_path / "out",
+        labels=write_labels(tmp_path / "p.tsv", labels),
+        classifiers=",".join(chosen),
+        samplers="none",
+        grids=TINY_GRIDS,
+        max_features=4,
+        **FAST,
+    )
     _, new_rows = make_cohort(99, n_patients=12, signal=1.5, classes=classes, first=500)
     frame = frame_of(new_rows)
     differences = {}
@@ -291,30 +361,60 @@ def test_onnx_reproduces_predict_proba_with_three_classes(tmp_path):
         assert card["classes"] == sorted(classes)
         assert card["onnx"]["max_abs_difference"] < 1e-5
     assert len(differences) == len(chosen)
-    print(f"ONNX max |difference| ({len(classes)} classes): "
-          + ", ".join(f"{k} {v:.1e}" for k, v in differences.items()))
+    print(
+        f"ONNX max |difference| ({len(classes)} classes): "
+        + ", ".join(f"{k} {v:.1e}" for k, v in differences.items())
+    )
 
 
 # ----------------------------------------------------------------------------- outputs (CLI)
 def _cli_args(features, out, labels, *extra):
-    return (["train-radiomics", features, out, "--labels", labels, "--cv-folds", "3",
-             "--cv-repeats", "1", "--inner-folds", "2", "--importance-trees", "10",
-             "--importance-repeats", "2"] + list(extra))
+    return [
+        "train-radiomics",
+        features,
+        out,
+        "--labels",
+        labels,
+        "--cv-folds",
+        "3",
+        "--cv-repeats",
+        "1",
+        "--inner-folds",
+        "2",
+        "--importance-trees",
+        "10",
+        "--importance-repeats",
+        "2",
+    ] + list(extra)
 
 
-def test_holdout_outputs_follow_the_contract_and_are_byte_identical_with_any_jobs(tmp_path,
-                                                                                 runner):
+def test_holdout_outputs_follow_the_contract_and_are_byte_identical_with_any_jobs(tmp_path, runner):
     labels, rows = make_cohort(5, n_patients=20, signal=2.0)
     features = write_features(tmp_path / "features", rows)
     labels_path = write_labels(tmp_path / "raw" / "participants.tsv", labels)
-    args = ["--classifiers", "naive-bayes", "--sampler", "smote,undersample",
-            "--protocol", "holdout", "--test-patients", "6", "--seed", "3"]
+    args = [
+        "--classifiers",
+        "naive-bayes",
+        "--sampler",
+        "smote,undersample",
+        "--protocol",
+        "holdout",
+        "--test-patients",
+        "6",
+        "--seed",
+        "3",
+    ]
     first = invoke(runner, _cli_args(features, tmp_path / "a", labels_path, *args))
     # the same again, with the outer folds shared by two worker processes
     invoke(runner, _cli_args(features, tmp_path / "b", labels_path, *args, "--jobs", "2"))
     out = tmp_path / "a"
-    for name in ("results.tsv", "selected_features.tsv", "split.tsv", "oof_predictions.tsv",
-                 "predictions.tsv"):
+    for name in (
+        "results.tsv",
+        "selected_features.tsv",
+        "split.tsv",
+        "oof_predictions.tsv",
+        "predictions.tsv",
+    ):
         assert (out / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     # stdout: the chosen model's folder
     results = read_tsv(out / "results.tsv")
@@ -336,16 +436,26 @@ def test_holdout_outputs_follow_the_contract_and_are_byte_identical_with_any_job
     oof = read_tsv(out / "oof_predictions.tsv")
     assert not {r["participant_id"] for r in oof} & set(test)
     # patient rows are the mean of the lesion rows
-    lesion = [float(r["prob_pancreatic"]) for r in oof if r["level"] == "lesion"
-              and r["participant_id"] == oof[0]["participant_id"] and r["model"] == oof[0]["model"]]
-    patient_row = next(r for r in oof if r["level"] == "patient"
-                       and r["participant_id"] == oof[0]["participant_id"]
-                       and r["model"] == oof[0]["model"])
+    lesion = [
+        float(r["prob_pancreatic"])
+        for r in oof
+        if r["level"] == "lesion"
+        and r["participant_id"] == oof[0]["participant_id"]
+        and r["model"] == oof[0]["model"]
+    ]
+    patient_row = next(
+        r
+        for r in oof
+        if r["level"] == "patient"
+        and r["participant_id"] == oof[0]["participant_id"]
+        and r["model"] == oof[0]["model"]
+    )
     assert float(patient_row["prob_pancreatic"]) == pytest.approx(np.mean(lesion), abs=1e-9)
     # sidecars: what evaluate reads
     side = read_json(out / "predictions.json")
-    assert side["classes"] == ["colorectal", "pancreatic"] and side["positive_class"] == \
-        "pancreatic"
+    assert (
+        side["classes"] == ["colorectal", "pancreatic"] and side["positive_class"] == "pancreatic"
+    )
     assert sum(m["selected"] for m in side["models"].values()) == 1
     model_dir = out / "naive-bayes_smote"
     card = read_json(model_dir / "model.json")
@@ -359,8 +469,11 @@ def test_holdout_outputs_follow_the_contract_and_are_byte_identical_with_any_job
     assert card["onnx"]["sha256"] == sha256_file(model_dir / "model.onnx")
     for path in out.rglob("*.tsv"):
         header = path.read_text().splitlines()[0].split("\t")
-        schema = {"results.tsv": "results", "selected_features.tsv": "selected_features",
-                  "split.tsv": "split"}.get(path.name, "predictions")
+        schema = {
+            "results.tsv": "results",
+            "selected_features.tsv": "selected_features",
+            "split.tsv": "split",
+        }.get(path.name, "predictions")
         assert set(schemas.load_schema(schema)["required"]) <= set(header), path
         assert path.with_suffix(".json").is_file(), path
     assert (out / "dataset_description.json").is_file()
@@ -372,12 +485,23 @@ def test_holdout_outputs_follow_the_contract_and_are_byte_identical_with_any_job
 
 def test_failed_rows_and_unlabelled_participants_are_left_out_with_a_warning(tmp_path, runner):
     labels, rows = make_cohort(7, n_patients=16, signal=2.0)
-    labels["sub-003"] = None                                # no label: listed, left out
-    features = write_features(tmp_path / "f", rows, failed={("sub-001", 1)},
-                              hash_under_provenance=True)
+    labels["sub-003"] = None  # no label: listed, left out
+    features = write_features(
+        tmp_path / "f", rows, failed={("sub-001", 1)}, hash_under_provenance=True
+    )
     labels_path = write_labels(tmp_path / "participants.tsv", labels)
-    result = invoke(runner, _cli_args(features, tmp_path / "out", labels_path, "--classifiers",
-                                      "naive-bayes", "--sampler", "none"))
+    result = invoke(
+        runner,
+        _cli_args(
+            features,
+            tmp_path / "out",
+            labels_path,
+            "--classifiers",
+            "naive-bayes",
+            "--sampler",
+            "none",
+        ),
+    )
     assert "sub-003" in result.stderr and "no primary label" in result.stderr
     assert "failed extraction status" in result.stderr
     split = {r["participant_id"] for r in read_tsv(tmp_path / "out" / "split.tsv")}
@@ -385,30 +509,49 @@ def test_failed_rows_and_unlabelled_participants_are_left_out_with_a_warning(tmp
     oof = read_tsv(tmp_path / "out" / "oof_predictions.tsv")
     assert not [r for r in oof if r["participant_id"] == "sub-001" and r["lesion_id"] == "1"]
     card = read_json(tmp_path / "out" / "naive-bayes_none" / "model.json")
-    assert card["extraction_settings_sha256"] == HASH        # found under Provenance.settings
+    assert card["extraction_settings_sha256"] == HASH  # found under Provenance.settings
 
 
 def test_overlapping_split_file_is_refused(tmp_path, runner):
     labels, rows = make_cohort(2, n_patients=12, signal=2.0)
     features = write_features(tmp_path / "f", rows)
     split = tmp_path / "split.tsv"
-    split.write_text("participant_id\tset\tfold\n" + "".join(
-        f"{p}\t{'test' if i < 4 else 'train'}\tn/a\n" for i, p in enumerate(sorted(labels)))
-        + "sub-000\ttrain\t0\n")
-    result = invoke(runner, _cli_args(features, tmp_path / "out", write_labels(
-        tmp_path / "participants.tsv", labels), "--protocol", "holdout", "--split", split,
-        "--classifiers", "knn"), expect=1)
+    split.write_text(
+        "participant_id\tset\tfold\n"
+        + "".join(
+            f"{p}\t{'test' if i < 4 else 'train'}\tn/a\n" for i, p in enumerate(sorted(labels))
+        )
+        + "sub-000\ttrain\t0\n"
+    )
+    result = invoke(
+        runner,
+        _cli_args(
+            features,
+            tmp_path / "out",
+            write_labels(tmp_path / "participants.tsv", labels),
+            "--protocol",
+            "holdout",
+            "--split",
+            split,
+            "--classifiers",
+            "knn",
+        ),
+        expect=1,
+    )
     assert "sub-000 is in two sets" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "out" / "results.tsv").exists()
 
 
-@pytest.mark.parametrize("case, expect, message", [
-    ("no label column", 1, "missing column(s) primary"),
-    ("single class", 1, "a classifier needs two classes"),
-    ("too few patients", 2, "--test-patients 12"),
-    ("patient weights with smote", 2, "--patient-weights works with --sampler none"),
-    ("class too small for test set", 2, "needs 4 test patient(s) of class colorectal"),
-])
+@pytest.mark.parametrize(
+    "case, expect, message",
+    [
+        ("no label column", 1, "missing column(s) primary"),
+        ("single class", 1, "a classifier needs two classes"),
+        ("too few patients", 2, "--test-patients 12"),
+        ("patient weights with smote", 2, "--patient-weights works with --sampler none"),
+        ("class too small for test set", 2, "needs 4 test patient(s) of class colorectal"),
+    ],
+)
 def test_bad_input_gives_one_line_errors(tmp_path, runner, case, expect, message):
     labels, rows = make_cohort(4, n_patients=10, signal=1.0)
     features = write_features(tmp_path / "f", rows)
@@ -426,8 +569,9 @@ def test_bad_input_gives_one_line_errors(tmp_path, runner, case, expect, message
         args = ["--sampler", "smote", "--patient-weights"]
     elif case == "class too small for test set":
         args += ["--protocol", "holdout", "--test-patients", "7"]
-    result = invoke(runner, _cli_args(features, tmp_path / "out", labels_path, *args),
-                    expect=expect)
+    result = invoke(
+        runner, _cli_args(features, tmp_path / "out", labels_path, *args), expect=expect
+    )
     lines = [line for line in result.stderr.splitlines() if line.startswith("metcli: error")]
     assert len(lines) == 1 and message in lines[0], result.stderr
 
@@ -438,12 +582,22 @@ def test_site_grouping_random_search_and_patient_weights(tmp_path):
 
     labels, rows = make_cohort(8, n_patients=24, signal=2.0)
     sites = {p: {"site": f"S{i % 4}"} for i, p in enumerate(sorted(labels))}
-    result = train_radiomics(write_features(tmp_path / "f", rows), tmp_path / "out",
-                             labels=write_labels(tmp_path / "p.tsv", labels, extra=sites),
-                             classifiers="logistic-regression", samplers="none",
-                             patient_weights=True, group_by="site", search="random",
-                             search_iterations=2, cv_folds=4, cv_repeats=1, inner_folds=2,
-                             importance_trees=10, importance_repeats=2)
+    result = train_radiomics(
+        write_features(tmp_path / "f", rows),
+        tmp_path / "out",
+        labels=write_labels(tmp_path / "p.tsv", labels, extra=sites),
+        classifiers="logistic-regression",
+        samplers="none",
+        patient_weights=True,
+        group_by="site",
+        search="random",
+        search_iterations=2,
+        cv_folds=4,
+        cv_repeats=1,
+        inner_folds=2,
+        importance_trees=10,
+        importance_repeats=2,
+    )
     split = read_tsv(tmp_path / "out" / "split.tsv")
     fold_of_site = {}
     for row in split:
@@ -464,13 +618,29 @@ def test_split_file_with_folds_is_followed(tmp_path, runner):
     test = sorted(set(test))
     train = [p for p in ordered if p not in test]
     split = tmp_path / "split.tsv"
-    split.write_text("participant_id\tset\tfold\n" + "".join(
-        f"{p}\ttest\tn/a\n" for p in test) + "".join(
-        f"{p}\t{'val' if i % 5 == 0 else 'train'}\t{i % 3}\n" for i, p in enumerate(train)))
-    invoke(runner, _cli_args(write_features(tmp_path / "f", rows), tmp_path / "out",
-                             write_labels(tmp_path / "participants.tsv", labels), "--protocol",
-                             "holdout", "--split", split, "--classifiers", "naive-bayes",
-                             "--sampler", "none"))
+    split.write_text(
+        "participant_id\tset\tfold\n"
+        + "".join(f"{p}\ttest\tn/a\n" for p in test)
+        + "".join(
+            f"{p}\t{'val' if i % 5 == 0 else 'train'}\t{i % 3}\n" for i, p in enumerate(train)
+        )
+    )
+    invoke(
+        runner,
+        _cli_args(
+            write_features(tmp_path / "f", rows),
+            tmp_path / "out",
+            write_labels(tmp_path / "participants.tsv", labels),
+            "--protocol",
+            "holdout",
+            "--split",
+            split,
+            "--classifiers",
+            "naive-bayes",
+            "--sampler",
+            "none",
+        ),
+    )
     written = {r["participant_id"]: r for r in read_tsv(tmp_path / "out" / "split.tsv")}
     assert sorted(p for p, r in written.items() if r["set"] == "test") == test
     assert all(written[p]["fold"] == str(i % 3) for i, p in enumerate(train))
@@ -486,38 +656,53 @@ THREE = ("colorectal", "hcc", "pancreatic")
 def make_three_classes(seed, *, n_patients=27, first=0):
     """hcc far from the metastases on feature 0 (step 1 is easy); pancreatic vs
     colorectal shifted by 2 SD on feature 1 (step 2 is harder)."""
-    labels, rows = make_cohort(seed, n_patients=n_patients, signal=2.0, classes=THREE,
-                               first=first)
+    labels, rows = make_cohort(seed, n_patients=n_patients, signal=2.0, classes=THREE, first=first)
     shift = np.zeros(len(NAMES))
     shift[0] = 4.0
-    return labels, [(p, lesion, v + shift if labels[p] == "hcc" else v)
-                    for p, lesion, v in rows]
+    return labels, [(p, lesion, v + shift if labels[p] == "hcc" else v) for p, lesion, v in rows]
 
 
-@pytest.mark.parametrize("case, expect, message", [
-    ("label in two groups", 1, "label 'colorectal' is in two groups"),
-    ("single labels only", 1, "every group holds a single label"),
-    ("not the schema", 1, "does not follow the hierarchy schema"),
-    ("label in no group", 1, "label 'pancreatic' of participants.tsv is in no group"),
-    ("label without patients", 1, "label 'icc' of group icc in the hierarchy"),
-    ("positive class", 2, "--positive-class does not apply to --hierarchy"),
-])
+@pytest.mark.parametrize(
+    "case, expect, message",
+    [
+        ("label in two groups", 1, "label 'colorectal' is in two groups"),
+        ("single labels only", 1, "every group holds a single label"),
+        ("not the schema", 1, "does not follow the hierarchy schema"),
+        ("label in no group", 1, "label 'pancreatic' of participants.tsv is in no group"),
+        ("label without patients", 1, "label 'icc' of group icc in the hierarchy"),
+        ("positive class", 2, "--positive-class does not apply to --hierarchy"),
+    ],
+)
 def test_bad_hierarchy_files_give_one_line_errors(tmp_path, runner, case, expect, message):
     labels, rows = make_three_classes(1, n_patients=12)
     hierarchy = tmp_path / "hierarchy.yaml"
-    hierarchy.write_text({
-        "label in two groups": "groups:\n  metastasis: [colorectal, pancreatic]\n"
-                               "  other: [colorectal, hcc]\n",
-        "single labels only": "groups:\n  a: [colorectal]\n  b: [hcc]\n  c: [pancreatic]\n",
-        "not the schema": "groups:\n  metastasis: [colorectal, pancreatic]\nsecond: [x]\n",
-        "label in no group": "groups:\n  metastasis: [colorectal, gastric]\n  hcc: [hcc]\n",
-        "label without patients": HIERARCHY + "  icc: [icc]\n",
-    }.get(case, HIERARCHY))
+    hierarchy.write_text(
+        {
+            "label in two groups": "groups:\n  metastasis: [colorectal, pancreatic]\n"
+            "  other: [colorectal, hcc]\n",
+            "single labels only": "groups:\n  a: [colorectal]\n  b: [hcc]\n  c: [pancreatic]\n",
+            "not the schema": "groups:\n  metastasis: [colorectal, pancreatic]\nsecond: [x]\n",
+            "label in no group": "groups:\n  metastasis: [colorectal, gastric]\n  hcc: [hcc]\n",
+            "label without patients": HIERARCHY + "  icc: [icc]\n",
+        }.get(case, HIERARCHY)
+    )
     extra = ["--positive-class", "hcc"] if case == "positive class" else []
-    result = invoke(runner, _cli_args(write_features(tmp_path / "f", rows), tmp_path / "out",
-                                      write_labels(tmp_path / "participants.tsv", labels),
-                                      "--hierarchy", hierarchy, "--classifiers", "knn",
-                                      "--sampler", "none", *extra), expect=expect)
+    result = invoke(
+        runner,
+        _cli_args(
+            write_features(tmp_path / "f", rows),
+            tmp_path / "out",
+            write_labels(tmp_path / "participants.tsv", labels),
+            "--hierarchy",
+            hierarchy,
+            "--classifiers",
+            "knn",
+            "--sampler",
+            "none",
+            *extra,
+        ),
+        expect=expect,
+    )
     lines = [line for line in result.stderr.splitlines() if line.startswith("metcli: error")]
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "out" / "results.tsv").exists()
@@ -527,9 +712,9 @@ def test_hierarchical_model_chains_its_steps_on_the_same_patient_folds(tmp_path,
     """Step 1 (hcc vs metastasis) is easy, step 2 (colorectal vs pancreatic) learns from the
     metastasis patients; every fit of either step sees the training patients of one outer
     fold (the same folds for both) or all of them, never a test patient."""
+    from metcli.io.files import sha256_file
     from metcli.radiomics import hierarchy as radiomics_hierarchy
     from metcli.radiomics import train_radiomics as radiomics_training
-    from metcli.io.files import sha256_file
     from metcli.radiomics.models import fit_search
 
     calls = []
@@ -544,10 +729,17 @@ def test_hierarchical_model_chains_its_steps_on_the_same_patient_folds(tmp_path,
     hierarchy = tmp_path / "hierarchy.yaml"
     hierarchy.write_text(HIERARCHY)
     result = radiomics_training.train_radiomics(
-        write_features(tmp_path / "f", rows), tmp_path / "out",
-        labels=write_labels(tmp_path / "participants.tsv", labels), hierarchy=hierarchy,
-        classifiers="logistic-regression,naive-bayes", samplers="none", grids=TINY_GRIDS,
-        protocol="holdout", test_patients=6, **FAST)
+        write_features(tmp_path / "f", rows),
+        tmp_path / "out",
+        labels=write_labels(tmp_path / "participants.tsv", labels),
+        hierarchy=hierarchy,
+        classifiers="logistic-regression,naive-bayes",
+        samplers="none",
+        grids=TINY_GRIDS,
+        protocol="holdout",
+        test_patients=6,
+        **FAST,
+    )
     out = tmp_path / "out"
 
     # -- the same patient-level split and folds for both steps, test patients never fitted
@@ -555,8 +747,7 @@ def test_hierarchical_model_chains_its_steps_on_the_same_patient_folds(tmp_path,
     test = {r["participant_id"] for r in split if r["set"] == "test"}
     fold_of = {r["participant_id"]: r["fold"] for r in split if r["set"] == "train"}
     assert len(test) == 6 and sorted(labels[p] for p in test) == sorted(THREE * 2)
-    eligible = {"step1": set(fold_of),
-                "step2": {p for p in fold_of if labels[p] != "hcc"}}
+    eligible = {"step1": set(fold_of), "step2": {p for p in fold_of if labels[p] != "hcc"}}
     kinds = {"step1": [], "step2": []}
     for classifier, patients in calls:
         assert not patients & test
@@ -564,10 +755,12 @@ def test_hierarchical_model_chains_its_steps_on_the_same_patient_folds(tmp_path,
         left_out = eligible[step] - patients
         assert patients <= eligible[step]
         folds = {fold_of[p] for p in left_out}
-        assert len(folds) <= 1 and left_out == {p for p in eligible[step]
-                                                if fold_of[p] in folds}, (step, left_out)
+        assert len(folds) <= 1 and left_out == {p for p in eligible[step] if fold_of[p] in folds}, (
+            step,
+            left_out,
+        )
         kinds[step].append(folds.pop() if folds else "final")
-    for step in kinds:   # 3 outer folds + the final fit, for each of the two classifiers
+    for step in kinds:  # 3 outer folds + the final fit, for each of the two classifiers
         assert sorted(kinds[step]) == sorted(["0", "1", "2", "final"] * 2), kinds
 
     # -- the model folder: the chain, its steps, and cards that say how they chain
@@ -578,8 +771,10 @@ def test_hierarchical_model_chains_its_steps_on_the_same_patient_folds(tmp_path,
     assert card["positive_class"] is None and card["threshold"] is None
     steps = {s["name"]: s for s in card["hierarchy"]["steps"]}
     assert sorted(steps) == ["step1", "step2-metastasis"]
-    assert card["hierarchy"]["groups"] == {"hcc": ["hcc"], "metastasis": ["colorectal",
-                                                                          "pancreatic"]}
+    assert card["hierarchy"]["groups"] == {
+        "hcc": ["hcc"],
+        "metastasis": ["colorectal", "pancreatic"],
+    }
     for step, entry in steps.items():
         sub = read_json(out / name / entry["folder"] / "model.json")
         schemas.validate(sub, "model_card")
@@ -599,17 +794,20 @@ def test_hierarchical_model_chains_its_steps_on_the_same_patient_folds(tmp_path,
     lesions = [r for r in oof if r["level"] == "lesion"]
     proba = np.array([[float(r[f"prob_{c}"]) for c in THREE] for r in lesions])
     assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-9)
-    assert np.allclose(proba[:, 1], parts["step1"].oof[:, 0], atol=1e-9)      # P(hcc)
+    assert np.allclose(proba[:, 1], parts["step1"].oof[:, 0], atol=1e-9)  # P(hcc)
     metastasis = np.array([labels[r["participant_id"]] != "hcc" for r in lesions])
-    within = proba[metastasis][:, [0, 2]] / proba[metastasis][:, [0, 2]].sum(axis=1,
-                                                                            keepdims=True)
+    within = proba[metastasis][:, [0, 2]] / proba[metastasis][:, [0, 2]].sum(axis=1, keepdims=True)
     assert np.allclose(within, parts["step2-metastasis"].oof, atol=1e-9)
-    test_rows = [r for r in read_tsv(out / "predictions.tsv")
-                 if r["model"] == name and r["level"] == "lesion"]
+    test_rows = [
+        r
+        for r in read_tsv(out / "predictions.tsv")
+        if r["model"] == name and r["level"] == "lesion"
+    ]
     assert {r["participant_id"] for r in test_rows} == test
     index = {(p, lesion): i for i, (p, lesion, _) in enumerate(rows)}
-    frame = frame_of(rows).iloc[[index[(r["participant_id"], int(r["lesion_id"]))]
-                                 for r in test_rows]]
+    frame = frame_of(rows).iloc[
+        [index[(r["participant_id"], int(r["lesion_id"]))] for r in test_rows]
+    ]
     p1 = parts["step1"].pipeline.predict_proba(frame)
     p2 = parts["step2-metastasis"].pipeline.predict_proba(frame)
     expected = np.column_stack([p1[:, 1] * p2[:, 0], p1[:, 0], p1[:, 1] * p2[:, 1]])
@@ -619,7 +817,7 @@ def test_hierarchical_model_chains_its_steps_on_the_same_patient_folds(tmp_path,
 
     # -- group-level tables: chain rows (chosen on CV) and step rows; one selection per step
     results = read_tsv(out / "results.tsv")
-    assert len(results) == 2 * 3 * 2     # models x (chain, step1, step2) x levels
+    assert len(results) == 2 * 3 * 2  # models x (chain, step1, step2) x levels
     assert {r["step"] for r in results} == {"chain", "step1", "step2-metastasis"}
     assert all(r["step"] == "chain" for r in results if r["selected_by_cv"] == "true")
     assert sum(r["selected_by_cv"] == "true" for r in results) == 2
@@ -628,8 +826,12 @@ def test_hierarchical_model_chains_its_steps_on_the_same_patient_folds(tmp_path,
     selected = read_tsv(out / "selected_features.tsv")
     assert len(selected) == 2 * len(NAMES)
     first = next(r for r in selected if r["step"] == "step1" and r["rank"] == "1")
-    assert first["feature"] == NAMES[0]      # the hcc shift
+    assert first["feature"] == NAMES[0]  # the hcc shift
     side = read_json(out / "predictions.json")
     assert side["classes"] == list(THREE) and "positive_class" not in side
-    print("hierarchy: step1 patient/lesion CV AUCs", step1, "chain",
-          [r["cv_auc"] for r in results if r["step"] == "chain"])
+    print(
+        "hierarchy: step1 patient/lesion CV AUCs",
+        step1,
+        "chain",
+        [r["cv_auc"] for r in results if r["step"] == "chain"],
+    )

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import invoke
-
 import metcli.io.weights as weights
+from conftest import invoke
 from metcli.core.errors import UsageError
 from metcli.io.weights import WeightsError
 
@@ -39,8 +38,9 @@ def server(tmp_path):
     folder = tmp_path / "served"
     folder.mkdir()
     handler = type("Handler", (_QuietHandler,), {"hits": []})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                            functools.partial(handler, directory=str(folder)))
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(folder))
+    )
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -61,8 +61,10 @@ def model_zip(files: dict[str, bytes] | None = None) -> bytes:
     files = files or {
         "Dataset042_Toy/nnUNetTrainer__nnUNetPlans__3d_fullres/plans.json": b'{"plans": 1}',
         "Dataset042_Toy/nnUNetTrainer__nnUNetPlans__3d_fullres/dataset.json": b'{"labels": {}}',
-        "Dataset042_Toy/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth":
-            b"weights" * 1000,
+        "Dataset042_Toy/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth": (
+            b"weights"
+        )
+        * 1000,
     }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -73,12 +75,24 @@ def model_zip(files: dict[str, bytes] | None = None) -> bytes:
 
 def entry(name: str, url: str | None, sha256: str | None, **extra) -> dict:
     item = {
-        "name": name, "description": "a toy model", "format": "nnunetv2", "source": "download",
-        "path": None, "url": url, "sha256": sha256, "verified": sha256 is not None,
+        "name": name,
+        "description": "a toy model",
+        "format": "nnunetv2",
+        "source": "download",
+        "path": None,
+        "url": url,
+        "sha256": sha256,
+        "verified": sha256 is not None,
         "licence": "CC0-1.0",
-        "nnunet": {"dataset_id": 42, "dataset_name": "Dataset042_Toy",
-                   "configuration": "3d_fullres", "folds": [0], "trainer": "nnUNetTrainer"},
-        "labels": {"background": 0, "liver": 1}, "label_map": {"1": 1},
+        "nnunet": {
+            "dataset_id": 42,
+            "dataset_name": "Dataset042_Toy",
+            "configuration": "3d_fullres",
+            "folds": [0],
+            "trainer": "nnUNetTrainer",
+        },
+        "labels": {"background": 0, "liver": 1},
+        "label_map": {"1": 1},
         "input": {"modality": "CT", "units": "HU", "channels": 1},
     }
     if sha256 is None:
@@ -99,13 +113,22 @@ def toy(server, tmp_path, home):
     data = model_zip()
     (folder / "toy.zip").write_bytes(data)
     sha = hashlib.sha256(data).hexdigest()
-    manifest = write_manifest(tmp_path / "manifest.json", [
-        entry("toy", f"{base}/toy.zip", sha),
-        entry("toy-unknown-sha", f"{base}/toy.zip", None),
-        entry("toy-v1", f"{base}/toy.zip", None, format="nnunetv1"),
-    ])
-    return {"base": base, "folder": folder, "hits": hits, "sha": sha, "manifest": manifest,
-            "data": data}
+    manifest = write_manifest(
+        tmp_path / "manifest.json",
+        [
+            entry("toy", f"{base}/toy.zip", sha),
+            entry("toy-unknown-sha", f"{base}/toy.zip", None),
+            entry("toy-v1", f"{base}/toy.zip", None, format="nnunetv1"),
+        ],
+    )
+    return {
+        "base": base,
+        "folder": folder,
+        "hits": hits,
+        "sha": sha,
+        "manifest": manifest,
+        "data": data,
+    }
 
 
 def leftovers(home: Path) -> list[str]:
@@ -173,10 +196,13 @@ def test_a_name_never_means_a_folder_of_the_current_directory(tmp_path, toy, mon
 # ============================================================================ fetch
 def test_good_archive_installs_and_verifies(toy, home):
     calls = []
-    root = weights.fetch("toy", manifest=toy["manifest"],
-                         progress=lambda done, total: calls.append((done, total)))
-    assert root == home / "models" / "toy" / "Dataset042_Toy" / \
-        "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    root = weights.fetch(
+        "toy", manifest=toy["manifest"], progress=lambda done, total: calls.append((done, total))
+    )
+    assert (
+        root
+        == home / "models" / "toy" / "Dataset042_Toy" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    )
     assert (root / "fold_0" / "checkpoint_final.pth").is_file()
     assert calls[-1] == (len(toy["data"]), len(toy["data"]))
     record = json.loads((home / "models" / "toy" / weights.INSTALL_RECORD).read_text())
@@ -260,13 +286,16 @@ def test_mirror_url_still_checks_the_manifest_checksum(toy, home):
 
 def test_unsafe_or_broken_archives_are_refused(server, tmp_path, home):
     base, folder, _ = server
-    cases = {"slip.zip": model_zip({"../escape.txt": b"x", "m/plans.json": b"{}"}),
-             "notzip.zip": b"this is not a zip archive"}
+    cases = {
+        "slip.zip": model_zip({"../escape.txt": b"x", "m/plans.json": b"{}"}),
+        "notzip.zip": b"this is not a zip archive",
+    }
     entries = []
     for name, data in cases.items():
         (folder / name).write_bytes(data)
-        entries.append(entry(name.split(".")[0], f"{base}/{name}",
-                             hashlib.sha256(data).hexdigest()))
+        entries.append(
+            entry(name.split(".")[0], f"{base}/{name}", hashlib.sha256(data).hexdigest())
+        )
     manifest = write_manifest(tmp_path / "m.json", entries)
     with pytest.raises(WeightsError, match="unsafe member"):
         weights.fetch("slip", manifest=manifest)
@@ -290,8 +319,15 @@ def test_shipped_model_checks_its_files(tmp_path, monkeypatch):
     (package / "demo" / "m" / "plans.json").write_text("{}")
     sha = hashlib.sha256(b"{}").hexdigest()
     monkeypatch.setattr(weights, "shipped_dir", lambda: package)
-    item = entry("demo", None, None, source="shipped", path="demo/m", verified=True,
-                 files={"plans.json": sha})
+    item = entry(
+        "demo",
+        None,
+        None,
+        source="shipped",
+        path="demo/m",
+        verified=True,
+        files={"plans.json": sha},
+    )
     del item["note"]
     manifest = write_manifest(tmp_path / "m.json", [item])
     assert weights.resolve_model("demo", manifest=manifest) == package / "demo" / "m"
@@ -314,8 +350,11 @@ def test_cli_list_fetch_verify(runner, cli_manifest, monkeypatch, tmp_path):
     listed = invoke(runner, ["weights", "list"])
     lines = listed.stdout.strip().splitlines()
     assert lines[0].split("\t")[:2] == ["name", "status"]
-    assert [line.split("\t")[1] for line in lines[1:]] == ["not installed", "not installed",
-                                                          "listed only"]
+    assert [line.split("\t")[1] for line in lines[1:]] == [
+        "not installed",
+        "not installed",
+        "listed only",
+    ]
     fetched = invoke(runner, ["weights", "fetch", "toy"])
     assert fetched.stdout.strip().endswith("nnUNetTrainer__nnUNetPlans__3d_fullres")
     verified = invoke(runner, ["weights", "verify", "toy"])
@@ -333,10 +372,11 @@ def test_cli_errors_are_one_line(runner, cli_manifest):
     corrupted = bytearray(toy["data"])
     corrupted[100] ^= 0x01
     (toy["folder"] / "toy.zip").write_bytes(bytes(corrupted))
-    for args, text in ((["weights", "fetch", "toy"], "refused and removed"),
-                       (["weights", "fetch", "nope"], "known: toy, toy-unknown-sha, toy-v1"),
-                       (["weights", "fetch", "toy", "--url", "http://127.0.0.1:9/x.zip"],
-                        "cannot download")):
+    for args, text in (
+        (["weights", "fetch", "toy"], "refused and removed"),
+        (["weights", "fetch", "nope"], "known: toy, toy-unknown-sha, toy-v1"),
+        (["weights", "fetch", "toy", "--url", "http://127.0.0.1:9/x.zip"], "cannot download"),
+    ):
         result = invoke(runner, args, expect=1)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("metcli: error:") and text in lines[0], lines

@@ -67,13 +67,20 @@ def parse_phases(phases) -> list[str] | None:
         return None
     out = [clean_label(p, entity="ce", option="--phases") for p in items]
     if len(set(out)) != len(out):
-        raise UsageError(f"--phases lists a phase twice: {','.join(out)}",
-                         fix="name each phase once, in the channel order you want")
+        raise UsageError(
+            f"--phases lists a phase twice: {','.join(out)}",
+            fix="name each phase once, in the channel order you want",
+        )
     return out
 
 
-def find_jobs(raw_dir: Path, lesions_dir: Path, labels: dict[str, str],
-              excluded: dict[str, str], phases: Sequence[str] | None = None) -> list[Job]:
+def find_jobs(
+    raw_dir: Path,
+    lesions_dir: Path,
+    labels: dict[str, str],
+    excluded: dict[str, str],
+    phases: Sequence[str] | None = None,
+) -> list[Job]:
     """Pair every labelled participant's lesion map with its CT(s); note who is left out.
 
     The pairing is :func:`metcli.lesions.maps.pair_images`, the same as predict's.
@@ -92,8 +99,9 @@ def find_jobs(raw_dir: Path, lesions_dir: Path, labels: dict[str, str],
 
     chosen = [p[4:] for p in labels]
     maps = find_lesion_maps(Path(lesions_dir), chosen)
-    cts = {a.entities.key: a.path for a in find_files(Path(raw_dir), suffix="ct",
-                                                      participants=chosen)}
+    cts = {
+        a.entities.key: a.path for a in find_files(Path(raw_dir), suffix="ct", participants=chosen)
+    }
     by_patient: dict[str, list] = {}
     for m in maps:
         by_patient.setdefault(m.entities.participant_id, []).append(m)
@@ -108,8 +116,12 @@ def find_jobs(raw_dir: Path, lesions_dir: Path, labels: dict[str, str],
             leave_out(pid, "no lesion map")
             continue
         try:
-            pairing = pair_images(choose_lesion_map(pid, by_patient[pid], phases=phases),
-                                  cts, raw_dir=Path(raw_dir), phases=phases)
+            pairing = pair_images(
+                choose_lesion_map(pid, by_patient[pid], phases=phases),
+                cts,
+                raw_dir=Path(raw_dir),
+                phases=phases,
+            )
         except InputError as exc:
             leave_out(pid, exc.what)
             continue
@@ -121,8 +133,9 @@ def find_jobs(raw_dir: Path, lesions_dir: Path, labels: dict[str, str],
     return jobs
 
 
-def load_samples(jobs: Sequence[Job], labels: dict[str, str], classes: list[str],
-                 input_spec: dict) -> list[Sample]:
+def load_samples(
+    jobs: Sequence[Job], labels: dict[str, str], classes: list[str], input_spec: dict
+) -> list[Sample]:
     """The network inputs of every kept lesion (computed once per run).
 
     ``input_spec`` is the part of the model card that
@@ -135,13 +148,16 @@ def load_samples(jobs: Sequence[Job], labels: dict[str, str], classes: list[str]
     samples = []
     for job in jobs:
         images = {phase: read_image(path, what="CT") for phase, path in job.cts.items()}
-        per_lesion = model_inputs(input_spec, images,
-                                  read_image(job.lesion_map, what="lesion map"),
-                                  job.lesion_ids, ct_paths=job.cts,
-                                  lesion_map_path=job.lesion_map)
+        per_lesion = model_inputs(
+            input_spec,
+            images,
+            read_image(job.lesion_map, what="lesion map"),
+            job.lesion_ids,
+            ct_paths=job.cts,
+            lesion_map_path=job.lesion_map,
+        )
         label = classes.index(labels[job.participant_id])
-        samples.extend(Sample(job.participant_id, s.lesion_id, label, s.images)
-                       for s in per_lesion)
+        samples.extend(Sample(job.participant_id, s.lesion_id, label, s.images) for s in per_lesion)
     return samples
 
 
@@ -156,8 +172,10 @@ def stack(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray, np.ndarray
 # ----------------------------------------------------------------------------- splits
 def _take(patients: list[str], labels: dict[str, str], n: int, rng) -> list[str]:
     """n patients, taken in turn from each class's shuffled list (stratified)."""
-    pools = {c: list(rng.permutation(sorted(p for p in patients if labels[p] == c)))
-             for c in sorted(set(labels[p] for p in patients))}
+    pools = {
+        c: list(rng.permutation(sorted(p for p in patients if labels[p] == c)))
+        for c in sorted(set(labels[p] for p in patients))
+    }
     chosen: list[str] = []
     while len(chosen) < n and any(pools.values()):
         for c in pools:
@@ -166,8 +184,15 @@ def _take(patients: list[str], labels: dict[str, str], n: int, rng) -> list[str]
     return sorted(chosen)
 
 
-def plan_split(labels: dict[str, str], *, split: Path | None, val_patients: int,
-               test_patients: int | None, seed: int, need_val: bool = True) -> dict[str, str]:
+def plan_split(
+    labels: dict[str, str],
+    *,
+    split: Path | None,
+    val_patients: int,
+    test_patients: int | None,
+    seed: int,
+    need_val: bool = True,
+) -> dict[str, str]:
     """participant -> train, val or test (by patient; split file or stratified at random).
 
     A split file without validation patients (train-radiomics' ``split.tsv`` has
@@ -182,45 +207,67 @@ def plan_split(labels: dict[str, str], *, split: Path | None, val_patients: int,
         sets = read_split(Path(split)).sets
         missing = sorted(p for p in labels if p not in sets)
         if missing:
-            log.warning("%d participant(s) not in the split file, left out: %s", len(missing),
-                        ", ".join(missing))
+            log.warning(
+                "%d participant(s) not in the split file, left out: %s",
+                len(missing),
+                ", ".join(missing),
+            )
         plan = {p: sets[p] for p in labels if p in sets}
         if need_val and val_patients > 0 and "val" not in plan.values():
             train = sorted(p for p, s in plan.items() if s == "train")
             if val_patients >= len(train):
-                raise UsageError(f"--val-patients {val_patients} would leave no training "
-                                 f"patient of the split file's {len(train)}",
-                                 fix="lower --val-patients, or use --cv-folds")
+                raise UsageError(
+                    f"--val-patients {val_patients} would leave no training "
+                    f"patient of the split file's {len(train)}",
+                    fix="lower --val-patients, or use --cv-folds",
+                )
             for p in _take(train, labels, val_patients, np.random.default_rng(seed)):
                 plan[p] = "val"
-            log.info("the split file has no validation patients: %d of its training "
-                     "patients validate (stratified, seed %d)", val_patients, seed)
+            log.info(
+                "the split file has no validation patients: %d of its training "
+                "patients validate (stratified, seed %d)",
+                val_patients,
+                seed,
+            )
     else:
         rng = np.random.default_rng(seed)
         everyone = sorted(labels)
         wanted_test = 8 if test_patients is None else test_patients
         if wanted_test + val_patients >= len(everyone):
-            raise UsageError(f"--test-patients {wanted_test} and --val-patients {val_patients} "
-                             f"leave no training patient of {len(everyone)}",
-                             fix="lower them or add patients")
+            raise UsageError(
+                f"--test-patients {wanted_test} and --val-patients {val_patients} "
+                f"leave no training patient of {len(everyone)}",
+                fix="lower them or add patients",
+            )
         test = _take(everyone, labels, wanted_test, rng)
         rest = [p for p in everyone if p not in test]
         val = _take(rest, labels, val_patients, rng)
         plan = {p: "test" if p in test else "val" if p in val else "train" for p in everyone}
     for which in ("train", "val") if need_val else ("train",):
         if not any(s == which for s in plan.values()):
-            raise InputError(f"the split has no {which} patient", path=split,
-                             fix=f"put at least one patient in the {which} set")
+            raise InputError(
+                f"the split has no {which} patient",
+                path=split,
+                fix=f"put at least one patient in the {which} set",
+            )
     for c in sorted(set(labels.values())):
         if not any(labels[p] == c and s == "train" for p, s in plan.items()):
-            raise InputError(f"the training set has no patient of class {c}", path=split,
-                             fix="put patients of every class in the training set")
+            raise InputError(
+                f"the training set has no patient of class {c}",
+                path=split,
+                fix="put patients of every class in the training set",
+            )
     return plan
 
 
-def assign_folds(labels: dict[str, str], k: int, *, seed: int,
-                 given: dict[str, int] | None = None, split: Path | None = None
-                 ) -> dict[str, int]:
+def assign_folds(
+    labels: dict[str, str],
+    k: int,
+    *,
+    seed: int,
+    given: dict[str, int] | None = None,
+    split: Path | None = None,
+) -> dict[str, int]:
     """Training patient -> cross-validation fold 0..k-1, by patient and stratified by class.
 
     Each class's patients are shuffled and dealt to the folds in turn, so every
@@ -232,16 +279,20 @@ def assign_folds(labels: dict[str, str], k: int, *, seed: int,
     if k < 2:
         raise UsageError(f"--cv-folds must be at least 2, got {k}")
     if k > len(patients):
-        raise UsageError(f"--cv-folds {k} needs at least {k} training patients, there are "
-                         f"{len(patients)}", fix="lower --cv-folds or add patients")
+        raise UsageError(
+            f"--cv-folds {k} needs at least {k} training patients, there are {len(patients)}",
+            fix="lower --cv-folds or add patients",
+        )
     if given and all(p in given for p in patients):
         folds = {p: int(given[p]) for p in patients}
         found = sorted(set(folds.values()))
         if len(found) != k:
-            raise UsageError(f"--cv-folds {k}, but the split file gives the training patients "
-                             f"{len(found)} folds ({', '.join(map(str, found))})",
-                             fix=f"give --cv-folds {len(found)} or change the fold column of "
-                                 f"{Path(split).name if split else 'the split file'}")
+            raise UsageError(
+                f"--cv-folds {k}, but the split file gives the training patients "
+                f"{len(found)} folds ({', '.join(map(str, found))})",
+                fix=f"give --cv-folds {len(found)} or change the fold column of "
+                f"{Path(split).name if split else 'the split file'}",
+            )
         renumber = {f: i for i, f in enumerate(found)}
         return {p: renumber[f] for p, f in folds.items()}
     rng = np.random.default_rng([seed, 1])

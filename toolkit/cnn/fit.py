@@ -95,10 +95,15 @@ def augmenter(seed: int, dims: int, size: int):
     from monai.transforms import RandAffine
 
     angle = np.pi / 12
-    augment = RandAffine(prob=0.9, rotate_range=(angle,) * (1 if dims == 2 else 3),
-                         shear_range=(0.1,) * (2 if dims == 2 else 6),
-                         translate_range=(0.1 * size,) * dims, scale_range=(0.1,) * dims,
-                         padding_mode="zeros", mode="bilinear")
+    augment = RandAffine(
+        prob=0.9,
+        rotate_range=(angle,) * (1 if dims == 2 else 3),
+        shear_range=(0.1,) * (2 if dims == 2 else 6),
+        translate_range=(0.1 * size,) * dims,
+        scale_range=(0.1,) * dims,
+        padding_mode="zeros",
+        mode="bilinear",
+    )
     augment.set_random_state(seed=seed)
     return augment
 
@@ -112,12 +117,14 @@ def _augment_generators(augment) -> list:
 def _autocast(device: str, amp: bool):
     import torch
 
-    return torch.autocast(device_type=device, dtype=torch.float16 if device == "cuda"
-                          else torch.bfloat16, enabled=amp)
+    return torch.autocast(
+        device_type=device, dtype=torch.float16 if device == "cuda" else torch.bfloat16, enabled=amp
+    )
 
 
-def slice_probabilities(model, images: np.ndarray, device: str, batch_size: int,
-                        amp: bool = False) -> np.ndarray:
+def slice_probabilities(
+    model, images: np.ndarray, device: str, batch_size: int, amp: bool = False
+) -> np.ndarray:
     """Softmax probabilities of each input row (a slice, or a volume in 3D)."""
     import torch
 
@@ -125,7 +132,7 @@ def slice_probabilities(model, images: np.ndarray, device: str, batch_size: int,
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(images[start:start + batch_size]).to(device)
+            batch = torch.from_numpy(images[start : start + batch_size]).to(device)
             with _autocast(device, amp):
                 logits = model(batch)
             out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
@@ -184,8 +191,11 @@ class Monitor:
         return self.patience is not None and self.since_best >= self.patience
 
     def state(self) -> dict:
-        return {"best": None if self.best is None else [float(v) for v in self.best],
-                "best_epoch": self.best_epoch, "since_best": self.since_best}
+        return {
+            "best": None if self.best is None else [float(v) for v in self.best],
+            "best_epoch": self.best_epoch,
+            "since_best": self.since_best,
+        }
 
     def load(self, state: dict) -> None:
         self.best = None if state["best"] is None else tuple(state["best"])
@@ -199,9 +209,15 @@ def _random_states(rng, augment, device: str) -> dict:
     states = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state, "augment": []}
     for generator in _augment_generators(augment):
         name, keys, pos, has_gauss, cached = generator.get_state()
-        states["augment"].append({"name": str(name), "keys": torch.from_numpy(
-            keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached)})
+        states["augment"].append(
+            {
+                "name": str(name),
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            }
+        )
     if device == "cuda":
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -213,8 +229,15 @@ def _restore_random_states(states: dict, rng, augment, device: str) -> None:
     torch.set_rng_state(states["torch"])
     rng.bit_generator.state = states["numpy"]
     for generator, st in zip(_augment_generators(augment), states["augment"]):
-        generator.set_state((st["name"], st["keys"].numpy().astype(np.uint32), st["pos"],
-                             st["has_gauss"], st["cached_gaussian"]))
+        generator.set_state(
+            (
+                st["name"],
+                st["keys"].numpy().astype(np.uint32),
+                st["pos"],
+                st["has_gauss"],
+                st["cached_gaussian"],
+            )
+        )
     if device == "cuda" and "cuda" in states:
         torch.cuda.set_rng_state_all(states["cuda"])
 
@@ -236,15 +259,23 @@ def load_state(path: Path, fingerprint: str) -> dict:
     try:
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise InputError(f"cannot read the resume state ({str(exc).splitlines()[0][:120]})",
-                         path=path, fix="run again without --resume to start over") from None
+        raise InputError(
+            f"cannot read the resume state ({str(exc).splitlines()[0][:120]})",
+            path=path,
+            fix="run again without --resume to start over",
+        ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise InputError("the resume state is not one this metcli writes", path=path,
-                         fix="run again without --resume to start over")
+        raise InputError(
+            "the resume state is not one this metcli writes",
+            path=path,
+            fix="run again without --resume to start over",
+        )
     if state.get("fingerprint") != fingerprint:
-        raise UsageError("the resume state was written by a run with other inputs or settings",
-                         path=path, fix="resume with the same inputs and options, or run "
-                                        "without --resume to start over")
+        raise UsageError(
+            "the resume state was written by a run with other inputs or settings",
+            path=path,
+            fix="resume with the same inputs and options, or run without --resume to start over",
+        )
     return state
 
 
@@ -268,7 +299,7 @@ class _Training:
     images: np.ndarray
     labels: np.ndarray
     val: Sequence[Sample]
-    val_inputs: tuple | None     #: (images, labels, owner) of the validation inputs
+    val_inputs: tuple | None  #: (images, labels, owner) of the validation inputs
     label: str = ""
 
     def train_epoch(self) -> float:
@@ -281,11 +312,12 @@ class _Training:
         order = self.rng.permutation(len(images))
         total = 0.0
         for start in range(0, len(order), s.batch_size):
-            idx = order[start:start + s.batch_size]
+            idx = order[start : start + s.batch_size]
             if len(idx) < 2 and len(order) > 1:
                 continue  # batch norm needs two samples; the input comes back next epoch
-            batch = np.stack([np.asarray(self.augment(images[i], spatial_size=spatial))
-                              for i in idx]).astype(np.float32)
+            batch = np.stack(
+                [np.asarray(self.augment(images[i], spatial_size=spatial)) for i in idx]
+            ).astype(np.float32)
             x = torch.from_numpy(batch).to(s.device)
             y = torch.from_numpy(labels[idx]).to(s.device)
             self.optimiser.zero_grad()
@@ -307,25 +339,42 @@ class _Training:
         val_lesion_labels = np.array([v.label for v in self.val])
         probs = slice_probabilities(self.model, val_images, s.device, s.batch_size, s.amp)
         with torch.no_grad():
-            val_loss = float(self.loss_fn(torch.log(torch.from_numpy(probs).clamp_min(1e-12))
-                                          .to(s.device),
-                                          torch.from_numpy(val_labels).to(s.device)).item())
+            val_loss = float(
+                self.loss_fn(
+                    torch.log(torch.from_numpy(probs).clamp_min(1e-12)).to(s.device),
+                    torch.from_numpy(val_labels).to(s.device),
+                ).item()
+            )
         lesion = lesion_probabilities(probs, val_owner, len(self.val))
-        predicted = np.array([int(np.argmax(p)) if s.n_classes > 2 else
-                              int(p[1] >= THRESHOLD) for p in lesion])
+        predicted = np.array(
+            [int(np.argmax(p)) if s.n_classes > 2 else int(p[1] >= THRESHOLD) for p in lesion]
+        )
         auc = auc_score(val_lesion_labels, lesion, s.n_classes)
-        row.update(val_loss=round(val_loss, 6), val_auc=None if auc is None else round(auc, 6),
-                   val_accuracy=round(float(np.mean(predicted == val_lesion_labels)), 6))
+        row.update(
+            val_loss=round(val_loss, 6),
+            val_auc=None if auc is None else round(auc, 6),
+            val_accuracy=round(float(np.mean(predicted == val_lesion_labels)), 6),
+        )
         return val_loss, auc
 
-    def state(self, *, fingerprint: str, epoch: int, finished: bool, kept, rows: list,
-              times: list) -> dict:
+    def state(
+        self, *, fingerprint: str, epoch: int, finished: bool, kept, rows: list, times: list
+    ) -> dict:
         """The resume state after ``epoch`` (see :func:`save_state`)."""
-        return {"format": STATE_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
-                "finished": finished, "model": self.model.state_dict(),
-                "optimizer": self.optimiser.state_dict(), "scaler": self.scaler.state_dict(),
-                "kept": kept, "rows": rows, "times": times, "monitor": self.monitor.state(),
-                "random": _random_states(self.rng, self.augment, self.settings.device)}
+        return {
+            "format": STATE_FORMAT,
+            "fingerprint": fingerprint,
+            "epoch": epoch,
+            "finished": finished,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimiser.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "kept": kept,
+            "rows": rows,
+            "times": times,
+            "monitor": self.monitor.state(),
+            "random": _random_states(self.rng, self.augment, self.settings.device),
+        }
 
     def restore(self, state: dict) -> tuple:
         """Load a resume state; (kept, rows, times, first epoch, finished)."""
@@ -335,14 +384,19 @@ class _Training:
             self.scaler.load_state_dict(state["scaler"])
         self.monitor.load(state["monitor"])
         _restore_random_states(state["random"], self.rng, self.augment, self.settings.device)
-        log.info("%sresuming after epoch %d", f"{self.label}: " if self.label else "",
-                 state["epoch"])
-        return (state["kept"], list(state["rows"]), list(state["times"]),
-                int(state["epoch"]) + 1, bool(state["finished"]))
+        log.info(
+            "%sresuming after epoch %d", f"{self.label}: " if self.label else "", state["epoch"]
+        )
+        return (
+            state["kept"],
+            list(state["rows"]),
+            list(state["times"]),
+            int(state["epoch"]) + 1,
+            bool(state["finished"]),
+        )
 
 
-def _start(train: Sequence[Sample], val: Sequence[Sample], s: FitSettings,
-           label: str) -> _Training:
+def _start(train: Sequence[Sample], val: Sequence[Sample], s: FitSettings, label: str) -> _Training:
     """The network (seeded), loss, optimiser, augmentation and random generator of a run."""
     import torch
 
@@ -355,22 +409,46 @@ def _start(train: Sequence[Sample], val: Sequence[Sample], s: FitSettings,
     images, labels, _ = stack(train)
     val_inputs = stack(val) if val else None
     if not val and not s.keep_last:
-        raise UsageError("no validation lesions to choose the best epoch on",
-                         fix="give validation patients, or --cv-folds")
+        raise UsageError(
+            "no validation lesions to choose the best epoch on",
+            fix="give validation patients, or --cv-folds",
+        )
     counts = np.bincount(labels, minlength=s.n_classes).astype(float)
     weights = counts.sum() / (s.n_classes * np.maximum(counts, 1.0))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32,
-                                                            device=s.device))
+    loss_fn = torch.nn.CrossEntropyLoss(
+        weight=torch.tensor(weights, dtype=torch.float32, device=s.device)
+    )
     optimiser = torch.optim.Adam(model.parameters(), lr=s.lr)
     scaler = torch.amp.GradScaler(s.device, enabled=s.amp and s.device == "cuda")
     augment = augmenter(s.seed, dims, int(spatial[0]))
-    return _Training(s, model, loss_fn, optimiser, scaler, augment, np.random.default_rng(s.seed),
-                     Monitor(s.monitor, s.patience), images, labels, val, val_inputs, label)
+    return _Training(
+        s,
+        model,
+        loss_fn,
+        optimiser,
+        scaler,
+        augment,
+        np.random.default_rng(s.seed),
+        Monitor(s.monitor, s.patience),
+        images,
+        labels,
+        val,
+        val_inputs,
+        label,
+    )
 
 
-def fit(train: Sequence[Sample], val: Sequence[Sample], settings: FitSettings, *,
-        state_path: Path | None = None, resume: bool = False, fingerprint: str = "",
-        label: str = "", progress: Callable[[str, str], None] | None = None) -> FitResult:
+def fit(
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    settings: FitSettings,
+    *,
+    state_path: Path | None = None,
+    resume: bool = False,
+    fingerprint: str = "",
+    label: str = "",
+    progress: Callable[[str, str], None] | None = None,
+) -> FitResult:
     """Train one network; see the module docstring.
 
     Args:
@@ -395,8 +473,13 @@ def fit(train: Sequence[Sample], val: Sequence[Sample], settings: FitSettings, *
         if finished:
             break
         started = time.perf_counter()
-        row = {"epoch": epoch, "train_loss": round(run.train_epoch(), 6), "val_loss": None,
-               "val_auc": None, "val_accuracy": None}
+        row = {
+            "epoch": epoch,
+            "train_loss": round(run.train_epoch(), 6),
+            "val_loss": None,
+            "val_auc": None,
+            "val_accuracy": None,
+        }
         val_loss, auc = run.validate(row) if val else (float("nan"), None)
         improved = monitor.update(epoch, val_loss, auc) if val else False
         finished = epoch == s.epochs or (not s.keep_last and monitor.should_stop)
@@ -407,23 +490,44 @@ def fit(train: Sequence[Sample], val: Sequence[Sample], settings: FitSettings, *
         times.append(time.perf_counter() - started)
         last_epoch = epoch
         if state_path is not None:
-            save_state(Path(state_path), run.state(fingerprint=fingerprint, epoch=epoch,
-                                                   finished=finished, kept=kept, rows=rows,
-                                                   times=times))
-        log.info("%sepoch %d: train loss %.4f, val loss %s", prefix, epoch, row["train_loss"],
-                 row["val_loss"])
+            save_state(
+                Path(state_path),
+                run.state(
+                    fingerprint=fingerprint,
+                    epoch=epoch,
+                    finished=finished,
+                    kept=kept,
+                    rows=rows,
+                    times=times,
+                ),
+            )
+        log.info(
+            "%sepoch %d: train loss %.4f, val loss %s",
+            prefix,
+            epoch,
+            row["train_loss"],
+            row["val_loss"],
+        )
         if progress:
             progress(f"{label} epoch {epoch}".strip(), _status(row, val_loss, auc, bool(val)))
     if kept is None:
-        raise OutputError("the validation loss was never finite; no checkpoint to keep",
-                          fix="lower --lr or check the input images")
+        raise OutputError(
+            "the validation loss was never finite; no checkpoint to keep",
+            fix="lower --lr or check the input images",
+        )
     stopped = not s.keep_last and monitor.should_stop and len(rows) < s.epochs
     if stopped and last_epoch >= first:
-        log.info("%sstopped early after epoch %d: no better %s for %d epochs", prefix,
-                 last_epoch, s.monitor, s.patience)
+        log.info(
+            "%sstopped early after epoch %d: no better %s for %d epochs",
+            prefix,
+            last_epoch,
+            s.monitor,
+            s.patience,
+        )
     kept_epoch = max(r["epoch"] for r in rows if r["best"])
-    return FitResult(kept, _clone(run.model.state_dict()), rows, float(np.mean(times)),
-                     kept_epoch, stopped)
+    return FitResult(
+        kept, _clone(run.model.state_dict()), rows, float(np.mean(times)), kept_epoch, stopped
+    )
 
 
 def _status(row: dict, val_loss: float, auc: float | None, has_val: bool) -> str:
@@ -434,9 +538,16 @@ def _status(row: dict, val_loss: float, auc: float | None, has_val: bool) -> str
     return status
 
 
-def choose_epochs(train: Sequence[Sample], folds: dict[str, int], settings: FitSettings, *,
-                  state_dir: Path | None = None, resume: bool = False, fingerprint: str = "",
-                  progress: Callable[[str, str], None] | None = None) -> CvResult:
+def choose_epochs(
+    train: Sequence[Sample],
+    folds: dict[str, int],
+    settings: FitSettings,
+    *,
+    state_dir: Path | None = None,
+    resume: bool = False,
+    fingerprint: str = "",
+    progress: Callable[[str, str], None] | None = None,
+) -> CvResult:
     """The number of epochs (1..``settings.epochs``) with the best mean validation curve.
 
     Fold f trains on the training patients of the other folds and validates on
@@ -452,14 +563,21 @@ def choose_epochs(train: Sequence[Sample], folds: dict[str, int], settings: FitS
         fold_train = [x for x in train if folds[x.participant_id] != f]
         fold_val = [x for x in train if folds[x.participant_id] == f]
         if not fold_train or not fold_val:
-            raise InputError(f"cross-validation fold {f} has no "
-                             f"{'training' if not fold_train else 'validation'} lesion",
-                             fix="lower --cv-folds or add patients")
-        result = fit(fold_train, fold_val, replace(settings, patience=None, keep_last=False),
-                     state_path=None if state_dir is None else
-                     Path(state_dir) / f"cv-fold-{f}.pt", resume=resume,
-                     fingerprint=f"{fingerprint}:cv-fold-{f}", label=f"fold {f}",
-                     progress=progress)
+            raise InputError(
+                f"cross-validation fold {f} has no "
+                f"{'training' if not fold_train else 'validation'} lesion",
+                fix="lower --cv-folds or add patients",
+            )
+        result = fit(
+            fold_train,
+            fold_val,
+            replace(settings, patience=None, keep_last=False),
+            state_path=None if state_dir is None else Path(state_dir) / f"cv-fold-{f}.pt",
+            resume=resume,
+            fingerprint=f"{fingerprint}:cv-fold-{f}",
+            label=f"fold {f}",
+            progress=progress,
+        )
         rows.extend({"fold": f, **r} for r in result.rows)
     mean_loss, mean_auc = [], []
     for epoch in range(1, settings.epochs + 1):
@@ -469,13 +587,21 @@ def choose_epochs(train: Sequence[Sample], folds: dict[str, int], settings: FitS
         mean_auc.append(float(np.mean(aucs)) if aucs else None)
     if settings.monitor == "auc":
         if all(a is None for a in mean_auc):
-            raise InputError("no cross-validation fold holds lesions of every class, so there "
-                             "is no validation AUC to choose the epochs on",
-                             fix="use --monitor loss, fewer --cv-folds or more patients")
-        best = max(range(len(mean_auc)), key=lambda i: (mean_auc[i] is not None,
-                                                        mean_auc[i] or 0.0, -mean_loss[i], -i))
+            raise InputError(
+                "no cross-validation fold holds lesions of every class, so there "
+                "is no validation AUC to choose the epochs on",
+                fix="use --monitor loss, fewer --cv-folds or more patients",
+            )
+        best = max(
+            range(len(mean_auc)),
+            key=lambda i: (mean_auc[i] is not None, mean_auc[i] or 0.0, -mean_loss[i], -i),
+        )
     else:
         best = min(range(len(mean_loss)), key=lambda i: (mean_loss[i], i))
     log.info("cross-validation chose %d epoch(s) of %d", best + 1, settings.epochs)
-    return CvResult(best + 1, rows, [round(v, 6) for v in mean_loss],
-                    [None if a is None else round(a, 6) for a in mean_auc])
+    return CvResult(
+        best + 1,
+        rows,
+        [round(v, 6) for v in mean_loss],
+        [None if a is None else round(a, 6) for a in mean_auc],
+    )

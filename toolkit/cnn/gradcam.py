@@ -54,18 +54,27 @@ def load_network(model_dir: Path, card: dict, *, device: str = "cpu"):
     path = model_dir / "checkpoint.pt"
     arch = card.get("architecture")
     if arch not in architecture_names():
-        raise InputError(f"architecture {arch!r} has no Grad-CAM target layer in this metcli "
-                         f"(known: {', '.join(architecture_names())})",
-                         path=model_dir / "model.json", fix="predict without --explain")
+        raise InputError(
+            f"architecture {arch!r} has no Grad-CAM target layer in this metcli "
+            f"(known: {', '.join(architecture_names())})",
+            path=model_dir / "model.json",
+            fix="predict without --explain",
+        )
     if not path.is_file():
-        raise InputError("the PyTorch checkpoint is missing; the heat maps need it",
-                         path=path, fix="copy checkpoint.pt that train-cnn wrote beside "
-                                        "model.onnx, or predict without --explain")
+        raise InputError(
+            "the PyTorch checkpoint is missing; the heat maps need it",
+            path=path,
+            fix="copy checkpoint.pt that train-cnn wrote beside "
+            "model.onnx, or predict without --explain",
+        )
     expected = (card.get("checkpoint") or {}).get("sha256")
     if sha256_file(path) != expected:
-        raise InputError("checkpoint.pt does not match the sha256 in its card", path=path,
-                         fix="copy the model directory again (model.onnx, model.json and "
-                             "checkpoint.pt belong together)")
+        raise InputError(
+            "checkpoint.pt does not match the sha256 in its card",
+            path=path,
+            fix="copy the model directory again (model.onnx, model.json and "
+            "checkpoint.pt belong together)",
+        )
     return load_checkpoint(model_dir, arch, len(card["classes"])).to(device).eval()
 
 
@@ -93,8 +102,9 @@ class GradCam:
         self.net = net
         self.arch = arch
         self.target_layer = self.architecture.target_layer
-        self._cam = GradCAM(nn_module=net, target_layers=self.target_layer,
-                            postprocessing=_identity)
+        self._cam = GradCAM(
+            nn_module=net, target_layers=self.target_layer, postprocessing=_identity
+        )
         self._warned = False
 
     def __call__(self, images: np.ndarray, class_index: int) -> np.ndarray:
@@ -108,13 +118,17 @@ class GradCam:
 
         images = np.asarray(images, dtype=np.float32)
         if images.ndim not in (4, 5):
-            raise ValueError(f"images must be [n, channels, *spatial] (2D or 3D), got shape "
-                             f"{images.shape}")
+            raise ValueError(
+                f"images must be [n, channels, *spatial] (2D or 3D), got shape {images.shape}"
+            )
         spatial = images.shape[2:]
         if min(spatial) // self.architecture.target_stride <= 1 and not self._warned:
-            log.warning("inputs of %s give a Grad-CAM map of one cell at %s: the heat "
-                        "map is constant (train with --size 64 or more for a spatial map)",
-                        "x".join(map(str, spatial)), self.target_layer)
+            log.warning(
+                "inputs of %s give a Grad-CAM map of one cell at %s: the heat "
+                "map is constant (train with --size 64 or more for a spatial map)",
+                "x".join(map(str, spatial)),
+                self.target_layer,
+            )
             self._warned = True
         device = next(self.net.parameters()).device
         x = torch.from_numpy(images).to(device)
@@ -135,8 +149,10 @@ def _architecture(arch: str) -> Architecture:
     try:
         return get_architecture(arch)
     except UsageError:
-        raise InputError(f"architecture {arch!r} has no Grad-CAM target layer "
-                         f"(known: {', '.join(architecture_names())})") from None
+        raise InputError(
+            f"architecture {arch!r} has no Grad-CAM target layer "
+            f"(known: {', '.join(architecture_names())})"
+        ) from None
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = ALPHA) -> np.ndarray:

@@ -46,8 +46,10 @@ _REGISTRY: dict[str, Architecture] = {}
 def register(architecture: Architecture) -> Architecture:
     """Add ``architecture`` to the registry; its name must be new."""
     if architecture.name in _REGISTRY:
-        raise UsageError(f"an architecture named {architecture.name!r} is already registered",
-                         fix="choose another name, or unregister the other one first")
+        raise UsageError(
+            f"an architecture named {architecture.name!r} is already registered",
+            fix="choose another name, or unregister the other one first",
+        )
     _REGISTRY[architecture.name] = architecture
     return architecture
 
@@ -92,11 +94,23 @@ def _resnet18(dims: int, in_channels: int, classes: int):
     return nets.resnet18(spatial_dims=dims, n_input_channels=in_channels, num_classes=classes)
 
 
-register(Architecture(
-    name="densenet121", build=_densenet121, min_size=32, target_layer="class_layers.relu",
-    target_stride=32,
-    description="MONAI DenseNet-121 (the study's network); --size 32 or more"))
-register(Architecture(
-    name="resnet18", build=_resnet18, min_size=16, target_layer="layer4",
-    target_stride=16,  # MONAI's resnet18 keeps its first convolution at stride 1
-    description="MONAI ResNet-18 (first convolution at stride 1); --size 16 or more"))
+register(
+    Architecture(
+        name="densenet121",
+        build=_densenet121,
+        min_size=32,
+        target_layer="class_layers.relu",
+        target_stride=32,
+        description="MONAI DenseNet-121 (the study's network); --size 32 or more",
+    )
+)
+register(
+    Architecture(
+        name="resnet18",
+        build=_resnet18,
+        min_size=16,
+        target_layer="layer4",
+        target_stride=16,  # MONAI's resnet18 keeps its first convolution at stride 1
+        description="MONAI ResNet-18 (first convolution at stride 1); --size 16 or more",
+    )
+)

@@ -58,10 +58,16 @@ def export_onnx(model, sample: np.ndarray) -> tuple[bytes, float]:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapped, (torch.zeros(2, *sample.shape[1:]),), buffer, dynamo=False,
-                          input_names=["image"], output_names=["probabilities"],
-                          dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
-                          opset_version=17)
+        torch.onnx.export(
+            wrapped,
+            (torch.zeros(2, *sample.shape[1:]),),
+            buffer,
+            dynamo=False,
+            input_names=["image"],
+            output_names=["probabilities"],
+            dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+            opset_version=17,
+        )
     data = buffer.getvalue()
     sess = session(data)
     with torch.no_grad():
@@ -69,55 +75,94 @@ def export_onnx(model, sample: np.ndarray) -> tuple[bytes, float]:
     got = sess.run(["probabilities"], {"image": sample})[0]
     difference = float(np.max(np.abs(got - expected)))
     if difference > PARITY_TOLERANCE:
-        raise OutputError(f"ONNX Runtime and PyTorch differ by {difference:.2e} (more than "
-                          f"{PARITY_TOLERANCE})", fix="report this with the versions in use")
+        raise OutputError(
+            f"ONNX Runtime and PyTorch differ by {difference:.2e} (more than {PARITY_TOLERANCE})",
+            fix="report this with the versions in use",
+        )
     return data, difference
 
 
-def prediction_rows(samples: Sequence[Sample], lesion_probs: np.ndarray, classes: list[str],
-                    which: str, model_name: str) -> list[dict[str, Any]]:
+def prediction_rows(
+    samples: Sequence[Sample],
+    lesion_probs: np.ndarray,
+    classes: list[str],
+    which: str,
+    model_name: str,
+) -> list[dict[str, Any]]:
     """Lesion rows, then patient rows (mean of the patient's lesion probabilities)."""
     rows = []
     for sample, probs, predicted in zip(samples, lesion_probs, decide(lesion_probs, classes)):
-        row = {"participant_id": sample.participant_id, "lesion_id": sample.lesion_id,
-               "level": "lesion", "model": model_name, "set": which, "predicted": predicted}
+        row = {
+            "participant_id": sample.participant_id,
+            "lesion_id": sample.lesion_id,
+            "level": "lesion",
+            "model": model_name,
+            "set": which,
+            "predicted": predicted,
+        }
         row.update({f"prob_{c}": round(float(p), 6) for c, p in zip(classes, probs)})
         rows.append(row)
     for pid in sorted({s.participant_id for s in samples}):
         mean = lesion_probs[[i for i, s in enumerate(samples) if s.participant_id == pid]].mean(0)
-        row = {"participant_id": pid, "lesion_id": None, "level": "patient", "model": model_name,
-               "set": which, "predicted": decide(mean[None], classes)[0]}
+        row = {
+            "participant_id": pid,
+            "lesion_id": None,
+            "level": "patient",
+            "model": model_name,
+            "set": which,
+            "predicted": decide(mean[None], classes)[0],
+        }
         row.update({f"prob_{c}": round(float(p), 6) for c, p in zip(classes, mean)})
         rows.append(row)
     return rows
 
 
-def _predict(model, samples: Sequence[Sample], device: str, batch_size: int,
-             amp: bool) -> np.ndarray:
+def _predict(
+    model, samples: Sequence[Sample], device: str, batch_size: int, amp: bool
+) -> np.ndarray:
     from metcli.cnn.fit import lesion_probabilities, slice_probabilities
 
     images, _, owner = stack(samples)
-    return lesion_probabilities(slice_probabilities(model, images, device, batch_size, amp),
-                                owner, len(samples))
+    return lesion_probabilities(
+        slice_probabilities(model, images, device, batch_size, amp), owner, len(samples)
+    )
 
 
 def _selection(fit_settings: FitSettings, cv: CvResult | None) -> str:
     if cv is not None:
         k = len({r["fold"] for r in cv.rows})
-        return (f"the last of {cv.epochs} epoch(s), the number chosen by {k}-fold "
-                f"cross-validation on the training patients (best mean validation "
-                f"{fit_settings.monitor})")
+        return (
+            f"the last of {cv.epochs} epoch(s), the number chosen by {k}-fold "
+            f"cross-validation on the training patients (best mean validation "
+            f"{fit_settings.monitor})"
+        )
     if fit_settings.monitor == "auc":
         return "the epoch with the highest validation AUC (ties: the lower validation loss)"
     return "the epoch with the lowest validation loss"
 
 
-def write_outputs(out_dir: Path, *, step, inputs: list[dict], result: FitResult,
-                  cv: CvResult | None, parts: dict[str, list[Sample]], plan: dict[str, str],
-                  folds: dict[str, int], classes: list[str], spec: dict, arch: str,
-                  label_column: str, split: Path | None, fit_settings: FitSettings,
-                  epochs: int, monitor: str, patience: int | None,
-                  versions: dict[str, str], torch_threads: int | None = None) -> float:
+def write_outputs(
+    out_dir: Path,
+    *,
+    step,
+    inputs: list[dict],
+    result: FitResult,
+    cv: CvResult | None,
+    parts: dict[str, list[Sample]],
+    plan: dict[str, str],
+    folds: dict[str, int],
+    classes: list[str],
+    spec: dict,
+    arch: str,
+    label_column: str,
+    split: Path | None,
+    fit_settings: FitSettings,
+    epochs: int,
+    monitor: str,
+    patience: int | None,
+    versions: dict[str, str],
+    torch_threads: int | None = None,
+) -> float:
     """Write OUT_DIR's files and return the ONNX parity difference."""
     import torch
 
@@ -136,23 +181,37 @@ def write_outputs(out_dir: Path, *, step, inputs: list[dict], result: FitResult,
     for which in ("val", "test"):
         if parts[which]:
             probs = _predict(model, parts[which], s.device, s.batch_size, s.amp)
-            predictions[which] = prediction_rows(parts[which], probs, classes, which,
-                                                 model_name)
+            predictions[which] = prediction_rows(parts[which], probs, classes, which, model_name)
     model.cpu()
     sample = stack(parts["val"] or parts["train"])[0][:4]
     onnx_bytes, difference = export_onnx(model, sample)
 
     pred_extra = _prediction_extra(classes, dims)
-    tables = _tables(out_dir, result=result, cv=cv, plan=plan, folds=folds,
-                     predictions=predictions, classes=classes, pred_extra=pred_extra)
-    training = _training_record(result=result, cv=cv, folds=folds, fit_settings=s,
-                                epochs=epochs, monitor=monitor, patience=patience,
-                                augmentation=step.settings["augmentation"],
-                                torch_threads=torch_threads)
+    tables = _tables(
+        out_dir,
+        result=result,
+        cv=cv,
+        plan=plan,
+        folds=folds,
+        predictions=predictions,
+        classes=classes,
+        pred_extra=pred_extra,
+    )
+    training = _training_record(
+        result=result,
+        cv=cv,
+        folds=folds,
+        fit_settings=s,
+        epochs=epochs,
+        monitor=monitor,
+        patience=patience,
+        augmentation=step.settings["augmentation"],
+        torch_threads=torch_threads,
+    )
     stale = []
     with OutputSet() as outs:
         for path, rows, columns, schema, extra in tables:
-            if rows is None:   # a file of an earlier run would contradict this one
+            if rows is None:  # a file of an earlier run would contradict this one
                 stale += [path, sidecar_path(path)]
                 continue
             tmp = outs.path(path)
@@ -162,14 +221,31 @@ def write_outputs(out_dir: Path, *, step, inputs: list[dict], result: FitResult,
         onnx_tmp.write_bytes(onnx_bytes)
         ckpt_tmp = outs.path(model_dir / "checkpoint.pt")
         torch.save(result.kept_state, ckpt_tmp)
-        card = _card(model_name=model_name, arch=arch, dims=dims, spec=spec, classes=classes,
-                     label_column=label_column, pred_extra=pred_extra, split=split, plan=plan,
-                     parts=parts, training=training, versions=versions,
-                     onnx={"file": "model.onnx", "sha256": sha256_file(onnx_tmp),
-                           "max_abs_difference": difference},
-                     checkpoint={"file": "checkpoint.pt", "sha256": sha256_file(ckpt_tmp)})
-        doc = step.sidecar(inputs, {model_dir / "model.onnx": onnx_tmp,
-                                    model_dir / "checkpoint.pt": ckpt_tmp}, extra=card)
+        card = _card(
+            model_name=model_name,
+            arch=arch,
+            dims=dims,
+            spec=spec,
+            classes=classes,
+            label_column=label_column,
+            pred_extra=pred_extra,
+            split=split,
+            plan=plan,
+            parts=parts,
+            training=training,
+            versions=versions,
+            onnx={
+                "file": "model.onnx",
+                "sha256": sha256_file(onnx_tmp),
+                "max_abs_difference": difference,
+            },
+            checkpoint={"file": "checkpoint.pt", "sha256": sha256_file(ckpt_tmp)},
+        )
+        doc = step.sidecar(
+            inputs,
+            {model_dir / "model.onnx": onnx_tmp, model_dir / "checkpoint.pt": ckpt_tmp},
+            extra=card,
+        )
         card_path = model_dir / "model.json"
         dump_json_to(doc, outs.path(card_path), schema="cnn_card", where=card_path)
     for path in stale:
@@ -181,73 +257,150 @@ def _prediction_extra(classes: list[str], dims: int) -> dict:
     """The prediction tables' sidecar fields: classes, positive class and cut-off."""
     binary = len(classes) == 2
     unit = "mean slice probability" if dims == 2 else "lesion's volume probability"
-    return {"classes": classes, "positive_class": classes[1] if binary else None,
-            "threshold": THRESHOLD if binary else None,
-            "threshold_source": f"fixed 0.5 cut-off on the {unit} (the study's rule), "
-                                "not tuned" if binary else "most probable class"}
+    return {
+        "classes": classes,
+        "positive_class": classes[1] if binary else None,
+        "threshold": THRESHOLD if binary else None,
+        "threshold_source": f"fixed 0.5 cut-off on the {unit} (the study's rule), not tuned"
+        if binary
+        else "most probable class",
+    }
 
 
-def _tables(out_dir: Path, *, result: FitResult, cv: CvResult | None, plan: dict[str, str],
-            folds: dict[str, int], predictions: dict[str, list], classes: list[str],
-            pred_extra: dict) -> list[tuple[Path, Any, list[str], str, dict | None]]:
+def _tables(
+    out_dir: Path,
+    *,
+    result: FitResult,
+    cv: CvResult | None,
+    plan: dict[str, str],
+    folds: dict[str, int],
+    predictions: dict[str, list],
+    classes: list[str],
+    pred_extra: dict,
+) -> list[tuple[Path, Any, list[str], str, dict | None]]:
     """(path, rows or None when absent, columns, schema, sidecar fields) of each table."""
     pred_columns = PREDICTION_BASE + [f"prob_{c}" for c in classes] + ["predicted"]
-    split_rows = [{"participant_id": p, "set": v, "fold": folds.get(p)}
-                  for p, v in sorted(plan.items())]
+    split_rows = [
+        {"participant_id": p, "set": v, "fold": folds.get(p)} for p, v in sorted(plan.items())
+    ]
     return [
         (out_dir / "split.tsv", split_rows, ["participant_id", "set", "fold"], "split", None),
         (out_dir / "training_log.tsv", result.rows, LOG_COLUMNS, "training_log", None),
-        (out_dir / "cv_log.tsv", None if cv is None else cv.rows, CV_LOG_COLUMNS,
-         "training_log", None),
-        (out_dir / "val_predictions.tsv", predictions.get("val"), pred_columns, "predictions",
-         pred_extra),
-        (out_dir / "predictions.tsv", predictions.get("test"), pred_columns, "predictions",
-         pred_extra)]
+        (
+            out_dir / "cv_log.tsv",
+            None if cv is None else cv.rows,
+            CV_LOG_COLUMNS,
+            "training_log",
+            None,
+        ),
+        (
+            out_dir / "val_predictions.tsv",
+            predictions.get("val"),
+            pred_columns,
+            "predictions",
+            pred_extra,
+        ),
+        (
+            out_dir / "predictions.tsv",
+            predictions.get("test"),
+            pred_columns,
+            "predictions",
+            pred_extra,
+        ),
+    ]
 
 
-def _training_record(*, result: FitResult, cv: CvResult | None, folds: dict[str, int],
-                     fit_settings: FitSettings, epochs: int, monitor: str,
-                     patience: int | None, augmentation: str,
-                     torch_threads: int | None) -> dict:
+def _training_record(
+    *,
+    result: FitResult,
+    cv: CvResult | None,
+    folds: dict[str, int],
+    fit_settings: FitSettings,
+    epochs: int,
+    monitor: str,
+    patience: int | None,
+    augmentation: str,
+    torch_threads: int | None,
+) -> dict:
     """The card's ``training``: epochs, selection, cross-validation, optimiser, device."""
     s = fit_settings
     return {
-        "epochs": epochs, "epochs_run": len(result.rows), "best_epoch": result.kept_epoch,
-        "selection": _selection(s, cv), "monitor": monitor, "patience": patience,
+        "epochs": epochs,
+        "epochs_run": len(result.rows),
+        "best_epoch": result.kept_epoch,
+        "selection": _selection(s, cv),
+        "monitor": monitor,
+        "patience": patience,
         "stopped_early": result.stopped_early,
-        "cv": None if cv is None else {
-            "folds": len(set(folds.values())), "chosen_epochs": cv.epochs,
-            "mean_val_loss": cv.mean_val_loss, "mean_val_auc": cv.mean_val_auc},
-        "batch_size": s.batch_size, "lr": s.lr, "seed": s.seed, "device": s.device,
-        "amp": s.amp, "class_weighting": "inverse frequency",
+        "cv": None
+        if cv is None
+        else {
+            "folds": len(set(folds.values())),
+            "chosen_epochs": cv.epochs,
+            "mean_val_loss": cv.mean_val_loss,
+            "mean_val_auc": cv.mean_val_auc,
+        },
+        "batch_size": s.batch_size,
+        "lr": s.lr,
+        "seed": s.seed,
+        "device": s.device,
+        "amp": s.amp,
+        "class_weighting": "inverse frequency",
         "augmentation": augmentation,
         "seconds_per_epoch": round(result.seconds_per_epoch, 3),
         # CPU results depend on the thread count (floating-point summation order)
-        "torch_threads": torch_threads}
+        "torch_threads": torch_threads,
+    }
 
 
-def _card(*, model_name: str, arch: str, dims: int, spec: dict, classes: list[str],
-          label_column: str, pred_extra: dict, split: Path | None, plan: dict[str, str],
-          parts: dict[str, list[Sample]], training: dict, versions: dict[str, str],
-          onnx: dict, checkpoint: dict) -> dict:
+def _card(
+    *,
+    model_name: str,
+    arch: str,
+    dims: int,
+    spec: dict,
+    classes: list[str],
+    label_column: str,
+    pred_extra: dict,
+    split: Path | None,
+    plan: dict[str, str],
+    parts: dict[str, list[Sample]],
+    training: dict,
+    versions: dict[str, str],
+    onnx: dict,
+    checkpoint: dict,
+) -> dict:
     """The model card (``model/model.json``) without its provenance."""
     counts = {w: sum(1 for v in plan.values() if v == w) for w in ("train", "val", "test")}
     return {
-        "card_version": 1, "kind": "image", "name": model_name,
-        "task": "binary" if len(classes) == 2 else "multiclass", "architecture": arch,
-        "dims": dims, "phases": spec["phases"], "label_column": label_column,
-        "classes": classes, "positive_class": pred_extra["positive_class"],
-        "input": spec["input"], "outputs": {"probabilities": "probabilities"},
+        "card_version": 1,
+        "kind": "image",
+        "name": model_name,
+        "task": "binary" if len(classes) == 2 else "multiclass",
+        "architecture": arch,
+        "dims": dims,
+        "phases": spec["phases"],
+        "label_column": label_column,
+        "classes": classes,
+        "positive_class": pred_extra["positive_class"],
+        "input": spec["input"],
+        "outputs": {"probabilities": "probabilities"},
         "preprocessing": spec["preprocessing"],
-        "lesion_aggregate": LESION_AGGREGATE[dims], "patient_aggregate": "mean",
+        "lesion_aggregate": LESION_AGGREGATE[dims],
+        "patient_aggregate": "mean",
         "threshold": pred_extra["threshold"],
         "threshold_source": pred_extra["threshold_source"],
-        "split": {"source": "split file" if split is not None else
-                  "stratified at random by patient", "train_patients": counts["train"],
-                  "val_patients": counts["val"], "test_patients": counts["test"],
-                  "train_lesions": len(parts["train"]), "val_lesions": len(parts["val"]),
-                  "test_lesions": len(parts["test"])},
-        "training": training, "versions": versions,
+        "split": {
+            "source": "split file" if split is not None else "stratified at random by patient",
+            "train_patients": counts["train"],
+            "val_patients": counts["val"],
+            "test_patients": counts["test"],
+            "train_lesions": len(parts["train"]),
+            "val_lesions": len(parts["val"]),
+            "test_lesions": len(parts["test"]),
+        },
+        "training": training,
+        "versions": versions,
         "onnx": onnx,
         "checkpoint": checkpoint,
     }

@@ -69,8 +69,14 @@ def announce_total(progress: ProgressFn | None, total: int) -> None:
         start(int(total))
 
 
-def run_each(items: Iterable[T], key: Callable[[T], str], work: Callable[[T], str], *,
-             progress: ProgressFn | None = None, report: BatchReport | None = None) -> BatchReport:
+def run_each(
+    items: Iterable[T],
+    key: Callable[[T], str],
+    work: Callable[[T], str],
+    *,
+    progress: ProgressFn | None = None,
+    report: BatchReport | None = None,
+) -> BatchReport:
     """Call ``work(item)`` for each item; it returns DONE or SKIPPED.
 
     A :class:`MetcliError` (or an unexpected exception) marks that item FAILED with
@@ -88,9 +94,15 @@ def run_each(items: Iterable[T], key: Callable[[T], str], work: Callable[[T], st
             log.error("%s: %s", name, exc.one_line())
             report.record(name, FAILED, exc.one_line())
         except (MemoryError, RecursionError, Exception) as exc:  # noqa: BLE001 - keep the batch going
-            log.error("%s: unexpected error: %s", name, exc, exc_info=log.isEnabledFor(logging.DEBUG))
-            report.record(name, FAILED, f"unexpected error ({type(exc).__name__}: {exc}); "
-                                        "run with --debug for the traceback and report it")
+            log.error(
+                "%s: unexpected error: %s", name, exc, exc_info=log.isEnabledFor(logging.DEBUG)
+            )
+            report.record(
+                name,
+                FAILED,
+                f"unexpected error ({type(exc).__name__}: {exc}); "
+                "run with --debug for the traceback and report it",
+            )
         if progress is not None:
             progress(name, report.status[name])
     return report

@@ -41,12 +41,16 @@ def torch_device(device: str, *, amp: bool = False) -> str:
 
     check_device(device)
     if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but PyTorch sees no CUDA GPU",
-                         fix="use --device cpu or auto, or install a CUDA build of torch")
+        raise UsageError(
+            "--device cuda was asked for but PyTorch sees no CUDA GPU",
+            fix="use --device cpu or auto, or install a CUDA build of torch",
+        )
     resolved = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if amp and resolved != "cuda":
-        raise UsageError("--amp (automatic mixed precision) needs a CUDA GPU, and this run "
-                         "uses the CPU", fix="leave out --amp on the CPU")
+        raise UsageError(
+            "--amp (automatic mixed precision) needs a CUDA GPU, and this run uses the CPU",
+            fix="leave out --amp on the CPU",
+        )
     return resolved
 
 
@@ -60,15 +64,21 @@ def onnx_providers(device: str) -> list[str]:
     if CUDA_PROVIDER in ort.get_available_providers():
         return [CUDA_PROVIDER, CPU_PROVIDER]
     if device == "cuda":
-        raise UsageError("--device cuda was asked for but this ONNX Runtime has no CUDA "
-                         "provider", fix="install onnxruntime-gpu (pip install "
-                                         "'metcli[gpu]'), or use --device auto or cpu")
+        raise UsageError(
+            "--device cuda was asked for but this ONNX Runtime has no CUDA provider",
+            fix="install onnxruntime-gpu (pip install 'metcli[gpu]'), or use --device auto or cpu",
+        )
     log.info("running on the CPU (no CUDA provider in this ONNX Runtime)")
     return [CPU_PROVIDER]
 
 
-def start_session(model: bytes | str | Path, device: str, *, options: Any = None,
-                  providers: Sequence[str] | None = None):
+def start_session(
+    model: bytes | str | Path,
+    device: str,
+    *,
+    options: Any = None,
+    providers: Sequence[str] | None = None,
+):
     """An ONNX Runtime session by the rule above, and the provider it runs on.
 
     With ``auto``, a CUDA provider that fails to start falls back to the CPU
@@ -95,8 +105,10 @@ def start_session(model: bytes | str | Path, device: str, *, options: Any = None
             return session, provider
         reason = "ONNX Runtime could not start it (no GPU or CUDA libraries)"
     if device == "cuda":
-        raise UsageError(f"--device cuda was asked for but {reason}",
-                         fix="use --device auto or cpu, or run on a machine with a GPU")
+        raise UsageError(
+            f"--device cuda was asked for but {reason}",
+            fix="use --device auto or cpu, or run on a machine with a GPU",
+        )
     log.info("CUDA is not available to ONNX Runtime: %s; running on the CPU", reason)
     session = ort.InferenceSession(source, sess_options=options, providers=[CPU_PROVIDER])
     return session, CPU_PROVIDER
@@ -117,5 +129,6 @@ def onnx_session(model: bytes | str | Path, *, providers: Sequence[str] = (CPU_P
     import onnxruntime as ort
 
     source = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(source, sess_options=deterministic_options(),
-                                providers=list(providers))
+    return ort.InferenceSession(
+        source, sess_options=deterministic_options(), providers=list(providers)
+    )

@@ -44,8 +44,10 @@ def check_threads(threads: int | None, *, option: str = "--threads") -> int | No
     if threads is None:
         return None
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UsageError(f"{option} must be a whole number of at least 1, got {threads!r}",
-                         fix=f"give {option} 1 on a shared machine, or the CPUs you have")
+        raise UsageError(
+            f"{option} must be a whole number of at least 1, got {threads!r}",
+            fix=f"give {option} 1 on a shared machine, or the CPUs you have",
+        )
     return threads
 
 

@@ -7,14 +7,27 @@ from importlib import metadata
 from typing import Iterable
 
 #: What a radiomics model card records.
-MODEL_LIBRARIES = ("numpy", "scikit-learn", "imbalanced-learn", "xgboost", "xgboost-cpu",
-                   "skl2onnx", "onnxmltools", "onnx", "onnxruntime")
+MODEL_LIBRARIES = (
+    "numpy",
+    "scikit-learn",
+    "imbalanced-learn",
+    "xgboost",
+    "xgboost-cpu",
+    "skl2onnx",
+    "onnxmltools",
+    "onnx",
+    "onnxruntime",
+)
 #: What an image model card records besides.
 CNN_LIBRARIES = ("torch", "monai", "scikit-image")
 
 
-def versions(libraries: Iterable[str] = MODEL_LIBRARIES, *, missing: str | None = None,
-             metcli_first: bool = False) -> dict[str, str]:
+def versions(
+    libraries: Iterable[str] = MODEL_LIBRARIES,
+    *,
+    missing: str | None = None,
+    metcli_first: bool = False,
+) -> dict[str, str]:
     """``{"python": ..., <library>: <version>..., "metcli": ...}``.
 
     A library that is not installed is left out, or recorded as ``missing`` when

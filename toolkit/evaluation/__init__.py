@@ -1,8 +1,9 @@
-"""metcli.evaluation: evaluate and evaluate-seg: metrics with confidence intervals, statistical tests, plots and the report.
+"""metcli.evaluation: evaluate and evaluate-seg: metrics with confidence intervals,
+statistical tests, plots and the report.
 
 The names in ``__all__`` are this room's public API: the names other rooms, the
-command line, the tests and the benchmarks use. Each is imported from its module on first use, so importing the
-room stays light.
+command line, the tests and the benchmarks use. Each is imported from its module on
+first use, so importing the room stays light.
 """
 
 from __future__ import annotations

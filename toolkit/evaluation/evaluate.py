@@ -1,6 +1,6 @@
 """``metcli evaluate``: metrics with honest confidence intervals, model comparisons, plots.
 
-Reads predictions in the predictions format of docs/architecture.md (``predictions.tsv``: participant_id,
+Reads predictions in the format of docs/architecture.md (``predictions.tsv``: participant_id,
 lesion_id, level, model, set, ``prob_<class>`` for every class, predicted) and the
 labels of ``participants.tsv``, and writes for every model and level:
 
@@ -66,10 +66,26 @@ from metcli.evaluation.metrics_json import COMPARISON_COLUMNS, metrics_document
 log = logging.getLogger(__name__)
 
 MIN_BOOTSTRAP = 100
-METRIC_COLUMNS = ("model", "set", "level", "derived_from_lesions", "metric", "class",
-                  "estimate", "ci_lower", "ci_upper", "ci_method", "ci_level",
-                  "bootstrap_resamples", "n_patients", "n_lesions", "positive_class",
-                  "threshold", "threshold_source", "note")
+METRIC_COLUMNS = (
+    "model",
+    "set",
+    "level",
+    "derived_from_lesions",
+    "metric",
+    "class",
+    "estimate",
+    "ci_lower",
+    "ci_upper",
+    "ci_method",
+    "ci_level",
+    "bootstrap_resamples",
+    "n_patients",
+    "n_lesions",
+    "positive_class",
+    "threshold",
+    "threshold_source",
+    "note",
+)
 
 
 # ============================================================================= the run
@@ -108,13 +124,22 @@ class _Options:
         """The settings recorded in the provenance (a change redoes the run)."""
         from metcli.evaluation.overlays import OVERLAY_WINDOW_HU
 
-        settings = {"level": self.level, "label_column": self.label_column,
-                    "positive_class": self.positive_class, "n_bootstrap": self.n_bootstrap,
-                    "seed": self.seed, "compare": self.compare, "set": self.eval_set,
-                    "confidence_level": self.confidence_level, "plots": self.draw_plots}
+        settings = {
+            "level": self.level,
+            "label_column": self.label_column,
+            "positive_class": self.positive_class,
+            "n_bootstrap": self.n_bootstrap,
+            "seed": self.seed,
+            "compare": self.compare,
+            "set": self.eval_set,
+            "confidence_level": self.confidence_level,
+            "plots": self.draw_plots,
+        }
         if self.raw is not None:
-            settings["overlays"] = {"lesions_per_patient": self.overlay_lesions,
-                                    "window_hu": list(OVERLAY_WINDOW_HU)}
+            settings["overlays"] = {
+                "lesions_per_patient": self.overlay_lesions,
+                "window_hu": list(OVERLAY_WINDOW_HU),
+            }
         return settings
 
 
@@ -171,13 +196,25 @@ def _input_roots(inputs: Sequence[Path], labels_path: Path) -> dict[str, Path]:
     return roots
 
 
-def evaluate(predictions: Sequence[str | Path], out_dir: str | Path, *, labels: str | Path,
-             label_column: str = "primary", level: str = "both",
-             positive_class: str | None = None, n_bootstrap: int = 2000, seed: int = 0,
-             compare: bool = False, eval_set: str = "test", overwrite: bool = False,
-             confidence_level: float = 0.95, draw_plots: bool = True,
-             raw: str | Path | None = None, lesions: str | Path | None = None,
-             overlay_lesions: int = 3) -> EvaluationResult:
+def evaluate(
+    predictions: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    labels: str | Path,
+    label_column: str = "primary",
+    level: str = "both",
+    positive_class: str | None = None,
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+    compare: bool = False,
+    eval_set: str = "test",
+    overwrite: bool = False,
+    confidence_level: float = 0.95,
+    draw_plots: bool = True,
+    raw: str | Path | None = None,
+    lesions: str | Path | None = None,
+    overlay_lesions: int = 3,
+) -> EvaluationResult:
     """Evaluate prediction tables against the labels; write metrics, comparisons and plots.
 
     Args:
@@ -205,12 +242,20 @@ def evaluate(predictions: Sequence[str | Path], out_dir: str | Path, *, labels: 
         UsageError: for bad arguments; InputError for bad inputs (nothing is written).
     """
     out_dir = Path(out_dir)
-    options = _Options(label_column=label_column, level=level, positive_class=positive_class,
-                       n_bootstrap=n_bootstrap, seed=seed, compare=compare, eval_set=eval_set,
-                       confidence_level=confidence_level, draw_plots=draw_plots,
-                       raw=None if raw is None else Path(raw),
-                       lesions=None if lesions is None else Path(lesions),
-                       overlay_lesions=overlay_lesions)
+    options = _Options(
+        label_column=label_column,
+        level=level,
+        positive_class=positive_class,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        compare=compare,
+        eval_set=eval_set,
+        confidence_level=confidence_level,
+        draw_plots=draw_plots,
+        raw=None if raw is None else Path(raw),
+        lesions=None if lesions is None else Path(lesions),
+        overlay_lesions=overlay_lesions,
+    )
     _check_arguments(predictions, options)
     run = _prepare(predictions, out_dir, labels, options)
     if not overwrite and run.step.is_done(run.metrics_json, run.inputs):
@@ -229,28 +274,36 @@ def _check_arguments(predictions: Sequence[str | Path], options: _Options) -> No
     if options.eval_set not in SETS:
         raise UsageError(f"--set {options.eval_set!r} is not one of {', '.join(SETS)}")
     if options.n_bootstrap < MIN_BOOTSTRAP:
-        raise UsageError(f"--bootstrap {options.n_bootstrap} is too few resamples for a 95% "
-                         "interval", fix=f"use at least {MIN_BOOTSTRAP} (2000 is usual)")
+        raise UsageError(
+            f"--bootstrap {options.n_bootstrap} is too few resamples for a 95% interval",
+            fix=f"use at least {MIN_BOOTSTRAP} (2000 is usual)",
+        )
     if not 0.5 <= options.confidence_level < 1.0:
         raise UsageError(f"confidence level {options.confidence_level} must lie in [0.5, 1)")
     if not predictions:
-        raise UsageError("no predictions given", fix="give one or more predictions.tsv files "
-                                                     "or folders")
+        raise UsageError(
+            "no predictions given", fix="give one or more predictions.tsv files or folders"
+        )
     raw, lesions, overlay_lesions = options.raw, options.lesions, options.overlay_lesions
     if (raw is None) != (lesions is None):
-        raise UsageError("--raw and --lesions go together",
-                         fix="give the CTs and the lesion maps of the evaluated patients, or "
-                             "neither")
+        raise UsageError(
+            "--raw and --lesions go together",
+            fix="give the CTs and the lesion maps of the evaluated patients, or neither",
+        )
     if raw is not None and (isinstance(overlay_lesions, bool) or overlay_lesions < 1):
         raise UsageError(f"--overlay-lesions must be 1 or more, got {overlay_lesions!r}")
     for folder, option in ((raw, "--raw"), (lesions, "--lesions")):
         if folder is not None and not Path(folder).is_dir():
-            raise InputError(f"the {option} folder does not exist", path=folder,
-                             fix="give the raw dataset and split-lesions' output")
+            raise InputError(
+                f"the {option} folder does not exist",
+                path=folder,
+                fix="give the raw dataset and split-lesions' output",
+            )
 
 
-def _prepare(predictions: Sequence[str | Path], out_dir: Path, labels: str | Path,
-             options: _Options) -> _Run:
+def _prepare(
+    predictions: Sequence[str | Path], out_dir: Path, labels: str | Path, options: _Options
+) -> _Run:
     """Read and check the labels and predictions; find the overlays' scans; set up provenance."""
     from metcli.io.bids import sidecar_path
     from metcli.io.files import check_output_not_inside_input
@@ -261,26 +314,41 @@ def _prepare(predictions: Sequence[str | Path], out_dir: Path, labels: str | Pat
     roots = _input_roots([Path(p) for p in predictions], labels_path)
     # Folders are searched for predictions: the output must not lie inside one.
     check_output_not_inside_input(out_dir, [Path(p) for p in predictions if Path(p).is_dir()])
-    models = load_predictions(files, label_map, labels_path,
-                              positive_class=options.positive_class,
-                              eval_set=options.eval_set, label_column=options.label_column)
+    models = load_predictions(
+        files,
+        label_map,
+        labels_path,
+        positive_class=options.positive_class,
+        eval_set=options.eval_set,
+        label_column=options.label_column,
+    )
     found, missing = _find_overlay_sources(options, out_dir, roots, models)
     if options.compare and len(models) < 2:
-        raise UsageError(f"--compare needs two or more models; found {len(models)} "
-                         f"({', '.join(m.name for m in models)})",
-                         fix="give more predictions, or leave out --compare")
+        raise UsageError(
+            f"--compare needs two or more models; found {len(models)} "
+            f"({', '.join(m.name for m in models)})",
+            fix="give more predictions, or leave out --compare",
+        )
     step = Step("evaluate", out_dir, roots, options.settings())
     input_files = list(files) + [sidecar_path(f) for f in files if sidecar_path(f).is_file()]
     input_files.append(labels_path)
     for source in found.values():
         input_files += [source["ct"], source["map"], source["table"]]
-    return _Run(out_dir=out_dir, models=models, label_map=label_map, roots=roots, step=step,
-                inputs=step.inputs(input_files), overlay_found=found, overlay_missing=missing)
+    return _Run(
+        out_dir=out_dir,
+        models=models,
+        label_map=label_map,
+        roots=roots,
+        step=step,
+        inputs=step.inputs(input_files),
+        overlay_found=found,
+        overlay_missing=missing,
+    )
 
 
-def _find_overlay_sources(options: _Options, out_dir: Path, roots: dict[str, Path],
-                          models: Sequence[ModelPredictions]
-                          ) -> tuple[dict[str, dict], dict[str, str]]:
+def _find_overlay_sources(
+    options: _Options, out_dir: Path, roots: dict[str, Path], models: Sequence[ModelPredictions]
+) -> tuple[dict[str, dict], dict[str, str]]:
     """The scans of the lesion overlays (none without ``raw``); adds raw and lesions to roots."""
     from metcli.evaluation.overlays import overlay_sources
     from metcli.io.files import check_output_not_inside_input
@@ -310,28 +378,43 @@ def _compute(run: _Run, options: _Options) -> _Computed:
             data = level_data(model, lv, run.label_map)
             if data is None:
                 if options.level != "both" or lv == "patient":
-                    raise InputError(f"model {model.name} has no {lv} rows in the "
-                                     f"{options.eval_set} set", path=model.path,
-                                     fix="choose another --level")
+                    raise InputError(
+                        f"model {model.name} has no {lv} rows in the {options.eval_set} set",
+                        path=model.path,
+                        fix="choose another --level",
+                    )
                 log.info("model %s has no lesion rows: lesion level left out", model.name)
                 continue
             log.info("evaluating %s at %s level (%d units)", model.name, lv, data.n_units)
-            results[lv].append(compute_level(model, data, n_boot=options.n_bootstrap,
-                                             seed=options.seed,
-                                             level_ci=options.confidence_level))
+            results[lv].append(
+                compute_level(
+                    model,
+                    data,
+                    n_boot=options.n_bootstrap,
+                    seed=options.seed,
+                    level_ci=options.confidence_level,
+                )
+            )
     ordered = [r for lv in LEVELS for r in results[lv]]
     comparison_rows: list[dict] = []
     table_rows: list[dict] = []
     if options.compare:
         for lv in LEVELS:
             for a, b in itertools.combinations(results[lv], 2):
-                comparison_rows.extend(compare_pair(a, b, n_boot=options.n_bootstrap,
-                                                    seed=options.seed))
+                comparison_rows.extend(
+                    compare_pair(a, b, n_boot=options.n_bootstrap, seed=options.seed)
+                )
         table_rows = report.comparison_table(ordered)
     figures = plots.figure_plan(results, options.confidence_level) if options.draw_plots else {}
     overlays = overlay_plan(run.overlay_found, results, run.label_map, options.overlay_lesions)
-    return _Computed(results=results, ordered=ordered, comparison_rows=comparison_rows,
-                     table_rows=table_rows, figures=figures, overlays=overlays)
+    return _Computed(
+        results=results,
+        ordered=ordered,
+        comparison_rows=comparison_rows,
+        table_rows=table_rows,
+        figures=figures,
+        overlays=overlays,
+    )
 
 
 def _write_outputs(run: _Run, computed: _Computed, options: _Options) -> None:
@@ -340,8 +423,12 @@ def _write_outputs(run: _Run, computed: _Computed, options: _Options) -> None:
     from metcli.io.provenance import write_dataset_description
     from metcli.io.schemas import validate
 
-    write_dataset_description(run.out_dir, name="metcli evaluate", sources=run.roots,
-                              description="metrics, comparisons and plots of predictions")
+    write_dataset_description(
+        run.out_dir,
+        name="metcli evaluate",
+        sources=run.roots,
+        description="metrics, comparisons and plots of predictions",
+    )
     with OutputSet() as outs:
         inlined = _write_figures(run, outs, computed.figures)
         if options.compare:
@@ -351,14 +438,31 @@ def _write_outputs(run: _Run, computed: _Computed, options: _Options) -> None:
         metric_rows = [row for r in computed.ordered for row in r.rows]
         write_tsv_to(metric_rows, METRIC_COLUMNS, tmp, schema="metrics", where=metrics_tsv)
         run.produced = {metrics_tsv: tmp, **run.produced}
-        content = metrics_document(run.step, run.models, computed.ordered,
-                                   computed.comparison_rows, options.n_bootstrap,
-                                   options.seed, options.eval_set, options.confidence_level)
+        content = metrics_document(
+            run.step,
+            run.models,
+            computed.ordered,
+            computed.comparison_rows,
+            options.n_bootstrap,
+            options.seed,
+            options.eval_set,
+            options.confidence_level,
+        )
         overlay_figures = _write_overlays(run, outs, computed.overlays)
-        _write_report(run, outs, content, inlined, computed.table_rows,
-                      None if options.raw is None else {
-                          "figures": overlay_figures, "missing": run.overlay_missing,
-                          "lesions_per_patient": options.overlay_lesions})
+        _write_report(
+            run,
+            outs,
+            content,
+            inlined,
+            computed.table_rows,
+            None
+            if options.raw is None
+            else {
+                "figures": overlay_figures,
+                "missing": run.overlay_missing,
+                "lesions_per_patient": options.overlay_lesions,
+            },
+        )
         doc = run.step.sidecar(run.inputs, run.produced, extra=content)
         validate(doc, "sidecar", where=run.metrics_json)
         tmp = outs.path(run.metrics_json)
@@ -379,8 +483,9 @@ def _write_figures(run: _Run, outs, figures: dict[str, tuple]) -> dict[str, tupl
         tmp_png = outs.path(png)
         draw(rows, tmp_png)
         inlined[name] = (tmp_png.read_bytes(), description)
-        run.write_sidecar(outs, png, {png: tmp_png, tsv: tmp_tsv},
-                          extra={"Description": description})
+        run.write_sidecar(
+            outs, png, {png: tmp_png, tsv: tmp_tsv}, extra={"Description": description}
+        )
         run.written += [png, tsv, sidecar_path(png)]
     return inlined
 
@@ -391,12 +496,23 @@ def _write_comparisons(run: _Run, outs, computed: _Computed) -> None:
     from metcli.io.files import write_tsv_to
 
     for name, columns, schema, rows, description in (
-            ("comparisons", COMPARISON_COLUMNS, "comparisons", computed.comparison_rows,
-             "paired tests between models: DeLong (AUC) and McNemar (accuracy) at "
-             "patient level, patient cluster bootstrap at lesion level"),
-            ("comparison_table", TABLE_COLUMNS, "comparison_table", computed.table_rows,
-             "models x metrics, estimate [95% CI]; selected_by_cv marks the model "
-             "chosen by cross-validation")):
+        (
+            "comparisons",
+            COMPARISON_COLUMNS,
+            "comparisons",
+            computed.comparison_rows,
+            "paired tests between models: DeLong (AUC) and McNemar (accuracy) at "
+            "patient level, patient cluster bootstrap at lesion level",
+        ),
+        (
+            "comparison_table",
+            TABLE_COLUMNS,
+            "comparison_table",
+            computed.table_rows,
+            "models x metrics, estimate [95% CI]; selected_by_cv marks the model "
+            "chosen by cross-validation",
+        ),
+    ):
         target = run.out_dir / f"{name}.tsv"
         tmp = outs.path(target)
         write_tsv_to(rows, columns, tmp, schema=schema, where=target)
@@ -416,26 +532,47 @@ def _write_overlays(run: _Run, outs, overlays: dict[str, tuple]) -> list[tuple]:
         tmp_png = outs.path(png)
         lesion_overlay_figure(panels, tmp_png, title=title)
         overlay_figures.append((pid, tmp_png.read_bytes(), caption))
-        run.write_sidecar(outs, png, {png: tmp_png}, extra={
-            "Description": "lesion masks on CT for visual quality control: an axial slice "
-                           "through each lesion's centroid, abdominal window",
-            "Lesions": [overlay_record(p) for p in panels]})
+        run.write_sidecar(
+            outs,
+            png,
+            {png: tmp_png},
+            extra={
+                "Description": "lesion masks on CT for visual quality control: an axial slice "
+                "through each lesion's centroid, abdominal window",
+                "Lesions": [overlay_record(p) for p in panels],
+            },
+        )
         run.written += [png, sidecar_path(png)]
     return overlay_figures
 
 
-def _write_report(run: _Run, outs, content: dict[str, Any], inlined: dict[str, tuple],
-                  table_rows: list[dict], overlays: dict[str, Any] | None) -> None:
+def _write_report(
+    run: _Run,
+    outs,
+    content: dict[str, Any],
+    inlined: dict[str, tuple],
+    table_rows: list[dict],
+    overlays: dict[str, Any] | None,
+) -> None:
     """``report.html`` (self-contained) and its sidecar."""
     from metcli.evaluation import report
     from metcli.io.bids import sidecar_path
 
     report_html = run.out_dir / "report.html"
     tmp = outs.path(report_html)
-    report.write_report_to(report.render(
-        run.step.sidecar(run.inputs, run.produced, extra=content), figures=inlined,
-        table_rows=table_rows, overlays=overlays), tmp)
-    run.write_sidecar(outs, report_html, {report_html: tmp},
-                      extra={"Description": "report of metcli evaluate (self-contained "
-                                            "HTML); research use only"})
+    report.write_report_to(
+        report.render(
+            run.step.sidecar(run.inputs, run.produced, extra=content),
+            figures=inlined,
+            table_rows=table_rows,
+            overlays=overlays,
+        ),
+        tmp,
+    )
+    run.write_sidecar(
+        outs,
+        report_html,
+        {report_html: tmp},
+        extra={"Description": "report of metcli evaluate (self-contained HTML); research use only"},
+    )
     run.written += [report_html, sidecar_path(report_html)]

@@ -82,22 +82,77 @@ OVERLAP_DESC, DETECTION_DESC = "overlap", "detection"
 
 MIN_BOOTSTRAP = 100
 
-OVERLAP_COLUMNS = ("participant_id", "session", "phase", "label", "dice", "jaccard",
-                   "precision", "recall", "volume_mm3", "reference_volume_mm3",
-                   "volume_difference_mm3", "true_positive_voxels", "false_positive_voxels",
-                   "false_negative_voxels", "note")
-DETECTION_COLUMNS = ("participant_id", "session", "phase", "kind", "reference_lesion",
-                     "reference_diameter_mm", "reference_volume_mm3", "size_band", "found",
-                     "predicted_lesion", "predicted_diameter_mm", "predicted_volume_mm3",
-                     "overlap_voxels", "dice", "n_predicted_overlapping")
+OVERLAP_COLUMNS = (
+    "participant_id",
+    "session",
+    "phase",
+    "label",
+    "dice",
+    "jaccard",
+    "precision",
+    "recall",
+    "volume_mm3",
+    "reference_volume_mm3",
+    "volume_difference_mm3",
+    "true_positive_voxels",
+    "false_positive_voxels",
+    "false_negative_voxels",
+    "note",
+)
+DETECTION_COLUMNS = (
+    "participant_id",
+    "session",
+    "phase",
+    "kind",
+    "reference_lesion",
+    "reference_diameter_mm",
+    "reference_volume_mm3",
+    "size_band",
+    "found",
+    "predicted_lesion",
+    "predicted_diameter_mm",
+    "predicted_volume_mm3",
+    "overlap_voxels",
+    "dice",
+    "n_predicted_overlapping",
+)
 CLASS_COLUMNS = ("predicted_class", "reference_predicted_class", "class_agrees")
-SUMMARY_COLUMNS = ("size_band", "band_lower_mm", "band_upper_mm", "n_reference_lesions",
-                   "n_found", "n_missed", "detection_rate", "ci_lower", "ci_upper", "ci_method",
-                   "ci_level", "bootstrap_resamples", "n_participants", "n_scans",
-                   "false_positives", "false_positives_per_scan", "note")
-AGREEMENT_COLUMNS = ("model", "reference_model", "dice_band", "dice_lower", "dice_upper",
-                     "n_lesions", "n_agree", "agreement_rate", "ci_lower", "ci_upper",
-                     "ci_method", "ci_level", "bootstrap_resamples", "n_participants", "note")
+SUMMARY_COLUMNS = (
+    "size_band",
+    "band_lower_mm",
+    "band_upper_mm",
+    "n_reference_lesions",
+    "n_found",
+    "n_missed",
+    "detection_rate",
+    "ci_lower",
+    "ci_upper",
+    "ci_method",
+    "ci_level",
+    "bootstrap_resamples",
+    "n_participants",
+    "n_scans",
+    "false_positives",
+    "false_positives_per_scan",
+    "note",
+)
+AGREEMENT_COLUMNS = (
+    "model",
+    "reference_model",
+    "dice_band",
+    "dice_lower",
+    "dice_upper",
+    "n_lesions",
+    "n_agree",
+    "agreement_rate",
+    "ci_lower",
+    "ci_upper",
+    "ci_method",
+    "ci_level",
+    "bootstrap_resamples",
+    "n_participants",
+    "note",
+)
 
 OVERLAP_TABLE, DETECTION_TABLE = "overlap.tsv", "detection.tsv"
 SUMMARY_TABLE, AGREEMENT_TABLE = "detection_summary.tsv", "classification_agreement.tsv"
@@ -105,10 +160,12 @@ SUMMARY_TABLE, AGREEMENT_TABLE = "detection_summary.tsv", "classification_agreem
 
 def output_paths(out_dir: Path, ent: Entities) -> tuple[Path, Path]:
     """(overlap table, detection table) of one acquisition in ``out_dir``."""
-    overlap = derivative_path(out_dir, ent, desc=OVERLAP_DESC, suffix=METRICS_SUFFIX,
-                              extension=".tsv")
-    detection = derivative_path(out_dir, ent, desc=DETECTION_DESC, suffix=METRICS_SUFFIX,
-                                extension=".tsv")
+    overlap = derivative_path(
+        out_dir, ent, desc=OVERLAP_DESC, suffix=METRICS_SUFFIX, extension=".tsv"
+    )
+    detection = derivative_path(
+        out_dir, ent, desc=DETECTION_DESC, suffix=METRICS_SUFFIX, extension=".tsv"
+    )
     return overlap, detection
 
 
@@ -136,15 +193,25 @@ class _SegRun:
     items: list[Item]
 
 
-def evaluate_seg(seg_dir: str | Path, reference_dir: str | Path, out_dir: str | Path, *,
-                 lesions_dir: str | Path | None = None,
-                 reference_lesions_dir: str | Path | None = None,
-                 predictions: str | Path | None = None,
-                 reference_predictions: str | Path | None = None, model: str | None = None,
-                 participants: Sequence[str] | None = None, level: str | None = None,
-                 dice_edges: Sequence[float] | None = None, n_bootstrap: int = 2000,
-                 seed: int = 0, confidence_level: float = 0.95, overwrite: bool = False,
-                 progress: Callable[[str, str], None] | None = None) -> SegEvaluation:
+def evaluate_seg(
+    seg_dir: str | Path,
+    reference_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    lesions_dir: str | Path | None = None,
+    reference_lesions_dir: str | Path | None = None,
+    predictions: str | Path | None = None,
+    reference_predictions: str | Path | None = None,
+    model: str | None = None,
+    participants: Sequence[str] | None = None,
+    level: str | None = None,
+    dice_edges: Sequence[float] | None = None,
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+    confidence_level: float = 0.95,
+    overwrite: bool = False,
+    progress: Callable[[str, str], None] | None = None,
+) -> SegEvaluation:
     """Compare the segmentations of ``seg_dir`` with those of ``reference_dir``.
 
     Args:
@@ -153,7 +220,8 @@ def evaluate_seg(seg_dir: str | Path, reference_dir: str | Path, out_dir: str | 
         out_dir: the folder to write.
         lesions_dir, reference_lesions_dir: split-lesions' outputs for the two folders
             (give both or neither): lesion-wise detection.
-        predictions, reference_predictions: lesion-level predictions (the predictions format of docs/architecture.md)
+        predictions, reference_predictions: lesion-level predictions (the predictions
+            format of docs/architecture.md)
             made from the lesions of ``lesions_dir`` and of ``reference_lesions_dir``
             (give both or neither): agreement of the predicted class per lesion.
         model: the model of the predictions to compare (needed when a table holds several).
@@ -177,73 +245,147 @@ def evaluate_seg(seg_dir: str | Path, reference_dir: str | Path, out_dir: str | 
     from metcli.io.provenance import Step, write_dataset_description
 
     seg_dir, reference_dir, out_dir = Path(seg_dir), Path(reference_dir), Path(out_dir)
-    edges = _check_arguments(lesions_dir, reference_lesions_dir, predictions,
-                             reference_predictions, n_bootstrap, confidence_level, dice_edges)
+    edges = _check_arguments(
+        lesions_dir,
+        reference_lesions_dir,
+        predictions,
+        reference_predictions,
+        n_bootstrap,
+        confidence_level,
+        dice_edges,
+    )
     labels = [participants] if isinstance(participants, str) else participants
     do_participants, do_group = resolve_levels(level, labels)
     chosen = select(seg_dir, reference_dir, labels)
-    run = _prepare(seg_dir, reference_dir, out_dir, chosen,
-                   lesions_dir=None if lesions_dir is None else Path(lesions_dir),
-                   reference_lesions_dir=None if reference_lesions_dir is None else
-                   Path(reference_lesions_dir),
-                   predictions=predictions, reference_predictions=reference_predictions,
-                   model=model)
+    run = _prepare(
+        seg_dir,
+        reference_dir,
+        out_dir,
+        chosen,
+        lesions_dir=None if lesions_dir is None else Path(lesions_dir),
+        reference_lesions_dir=None
+        if reference_lesions_dir is None
+        else Path(reference_lesions_dir),
+        predictions=predictions,
+        reference_predictions=reference_predictions,
+        model=model,
+    )
     result = SegEvaluation(report=BatchReport())
-    write_dataset_description(out_dir, name="metcli evaluate-seg", sources=run.roots,
-                              description="agreement of segmentations with reference masks")
+    write_dataset_description(
+        out_dir,
+        name="metcli evaluate-seg",
+        sources=run.roots,
+        description="agreement of segmentations with reference masks",
+    )
     if do_participants:
+
         def work(item: Item) -> str:
             return _evaluate_one(item, out_dir, run.part_step, overwrite, result.report)
 
-        run_each(run.items, key=lambda i: i.describe(), work=work, progress=progress,
-                 report=result.report)
+        run_each(
+            run.items,
+            key=lambda i: i.describe(),
+            work=work,
+            progress=progress,
+            report=result.report,
+        )
     if do_group:
         if result.report.failed:
-            log.warning("group level not written: %d item(s) failed at the participant level; "
-                        "fix them, or leave those participants out with --participant-label "
-                        "and --level group", len(result.report.failed))
+            log.warning(
+                "group level not written: %d item(s) failed at the participant level; "
+                "fix them, or leave those participants out with --participant-label "
+                "and --level group",
+                len(result.report.failed),
+            )
             return result
-        settings = {**run.participant_settings, "dice_band_edges": list(edges),
-                    "n_bootstrap": n_bootstrap, "seed": seed,
-                    "confidence_level": confidence_level, "model": model,
-                    "classification_agreement": predictions is not None}
+        settings = {
+            **run.participant_settings,
+            "dice_band_edges": list(edges),
+            "n_bootstrap": n_bootstrap,
+            "seed": seed,
+            "confidence_level": confidence_level,
+            "model": model,
+            "classification_agreement": predictions is not None,
+        }
         group_step = Step(COMMAND, out_dir, run.roots, settings)
-        _write_group(run.items, out_dir, run.part_step, group_step, result, classes=run.classes,
-                     edges=edges, n_boot=n_bootstrap, seed=seed, level_ci=confidence_level,
-                     overwrite=overwrite)
+        _write_group(
+            run.items,
+            out_dir,
+            run.part_step,
+            group_step,
+            result,
+            classes=run.classes,
+            edges=edges,
+            n_boot=n_bootstrap,
+            seed=seed,
+            level_ci=confidence_level,
+            overwrite=overwrite,
+        )
     return result
 
 
-def _check_arguments(lesions_dir, reference_lesions_dir, predictions, reference_predictions,
-                     n_bootstrap, confidence_level, dice_edges) -> tuple[float, ...]:
+def _check_arguments(
+    lesions_dir,
+    reference_lesions_dir,
+    predictions,
+    reference_predictions,
+    n_bootstrap,
+    confidence_level,
+    dice_edges,
+) -> tuple[float, ...]:
     """Raise UsageError (or InputError for a missing folder); return the Dice band edges."""
     if (lesions_dir is None) != (reference_lesions_dir is None):
-        raise UsageError("--lesions and --reference-lesions go together",
-                         fix="give split-lesions' outputs for both mask folders, or neither")
+        raise UsageError(
+            "--lesions and --reference-lesions go together",
+            fix="give split-lesions' outputs for both mask folders, or neither",
+        )
     if (predictions is None) != (reference_predictions is None):
-        raise UsageError("--predictions and --reference-predictions go together",
-                         fix="give the predictions made from both mask sets, or neither")
+        raise UsageError(
+            "--predictions and --reference-predictions go together",
+            fix="give the predictions made from both mask sets, or neither",
+        )
     if predictions is not None and lesions_dir is None:
-        raise UsageError("--predictions needs --lesions and --reference-lesions",
-                         fix="give the lesion maps the predictions were made from")
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or \
-            n_bootstrap < MIN_BOOTSTRAP:
-        raise UsageError(f"--bootstrap {n_bootstrap} is too few resamples",
-                         fix=f"use at least {MIN_BOOTSTRAP} (2000 is usual)")
+        raise UsageError(
+            "--predictions needs --lesions and --reference-lesions",
+            fix="give the lesion maps the predictions were made from",
+        )
+    if (
+        isinstance(n_bootstrap, bool)
+        or not isinstance(n_bootstrap, int)
+        or n_bootstrap < MIN_BOOTSTRAP
+    ):
+        raise UsageError(
+            f"--bootstrap {n_bootstrap} is too few resamples",
+            fix=f"use at least {MIN_BOOTSTRAP} (2000 is usual)",
+        )
     if not 0.5 <= confidence_level < 1.0:
         raise UsageError(f"confidence level {confidence_level} must lie in [0.5, 1)")
     edges = check_dice_edges(dice_edges)
-    for folder, option in ((lesions_dir, "--lesions"),
-                           (reference_lesions_dir, "--reference-lesions")):
+    for folder, option in (
+        (lesions_dir, "--lesions"),
+        (reference_lesions_dir, "--reference-lesions"),
+    ):
         if folder is not None and not Path(folder).is_dir():
-            raise InputError(f"the {option} folder does not exist", path=Path(folder),
-                             fix="give the folder split-lesions wrote")
+            raise InputError(
+                f"the {option} folder does not exist",
+                path=Path(folder),
+                fix="give the folder split-lesions wrote",
+            )
     return edges
 
 
-def _prepare(seg_dir: Path, reference_dir: Path, out_dir: Path, chosen: Sequence[str], *,
-             lesions_dir: Path | None, reference_lesions_dir: Path | None, predictions,
-             reference_predictions, model: str | None) -> _SegRun:
+def _prepare(
+    seg_dir: Path,
+    reference_dir: Path,
+    out_dir: Path,
+    chosen: Sequence[str],
+    *,
+    lesions_dir: Path | None,
+    reference_lesions_dir: Path | None,
+    predictions,
+    reference_predictions,
+    model: str | None,
+) -> _SegRun:
     """Roots, participant-level provenance, predictions (read first: a bad table stops the
     run before any work) and the acquisitions to compare."""
     from metcli.io.files import check_output_not_inside_input
@@ -253,32 +395,48 @@ def _prepare(seg_dir: Path, reference_dir: Path, out_dir: Path, chosen: Sequence
     if lesions_dir is not None:
         roots.update({"lesions": lesions_dir, "reference_lesions": reference_lesions_dir})
     check_output_not_inside_input(out_dir, list(roots.values()))
-    participant_settings = {"regions": {k: list(v) for k, v in REGIONS.items()},
-                            "lesion_detection": lesions_dir is not None, "min_overlap_voxels": 1,
-                            "size_bands_mm": [10.0, 20.0]}
+    participant_settings = {
+        "regions": {k: list(v) for k, v in REGIONS.items()},
+        "lesion_detection": lesions_dir is not None,
+        "min_overlap_voxels": 1,
+        "size_bands_mm": [10.0, 20.0],
+    }
     part_step = Step(COMMAND, out_dir, dict(roots), participant_settings)
     classes = None
     if predictions is not None:
         classes = _read_classes(predictions, reference_predictions, model)
         auto, manual = classes
-        roots.update({"predictions": auto.path.parent,
-                      "reference_predictions": manual.path.parent})
-    items = find_items(seg_dir, reference_dir, chosen, lesions_dir=lesions_dir,
-                       reference_lesions_dir=reference_lesions_dir)
-    return _SegRun(out_dir=out_dir, roots=roots, participant_settings=participant_settings,
-                   part_step=part_step, classes=classes, items=items)
+        roots.update({"predictions": auto.path.parent, "reference_predictions": manual.path.parent})
+    items = find_items(
+        seg_dir,
+        reference_dir,
+        chosen,
+        lesions_dir=lesions_dir,
+        reference_lesions_dir=reference_lesions_dir,
+    )
+    return _SegRun(
+        out_dir=out_dir,
+        roots=roots,
+        participant_settings=participant_settings,
+        part_step=part_step,
+        classes=classes,
+        items=items,
+    )
 
 
-def _read_classes(predictions, reference_predictions, model: str | None
-                  ) -> tuple[LesionClasses, LesionClasses]:
+def _read_classes(
+    predictions, reference_predictions, model: str | None
+) -> tuple[LesionClasses, LesionClasses]:
     """The lesion classes predicted from both mask sets (the same model and classes)."""
     auto = read_lesion_classes(predictions, model)
     manual = read_lesion_classes(reference_predictions, model or auto.model)
     if sorted(auto.classes) != sorted(manual.classes):
-        raise InputError(f"the classes of {auto.path} ({', '.join(auto.classes)}) differ "
-                         f"from those of {manual.path} ({', '.join(manual.classes)})",
-                         path=manual.path,
-                         fix="compare predictions of the same model on the two mask sets")
+        raise InputError(
+            f"the classes of {auto.path} ({', '.join(auto.classes)}) differ "
+            f"from those of {manual.path} ({', '.join(manual.classes)})",
+            path=manual.path,
+            fix="compare predictions of the same model on the two mask sets",
+        )
     return auto, manual
 
 
@@ -298,9 +456,11 @@ def _evaluate_one(item: Item, out_dir: Path, step, overwrite: bool, report: Batc
     from metcli.io.files import OutputSet, write_tsv_to
 
     if item.missing:
-        raise InputError("; ".join(item.missing),
-                         fix="give both masks (and lesion maps) of every acquisition, or leave "
-                             "the participant out with --participant-label")
+        raise InputError(
+            "; ".join(item.missing),
+            fix="give both masks (and lesion maps) of every acquisition, or leave "
+            "the participant out with --participant-label",
+        )
     overlap_path, detection_path = output_paths(out_dir, item.entities)
     inputs = step.inputs(_item_inputs(item))
     targets = [overlap_path] + ([detection_path] if item.lesions is not None else [])
@@ -319,22 +479,50 @@ def _evaluate_one(item: Item, out_dir: Path, step, overwrite: bool, report: Batc
     extra = {"VoxelVolume_mm3": pair.voxel_volume_mm3}
     with OutputSet() as outs:
         tmp = outs.path(overlap_path)
-        write_tsv_to([{**keys, **row} for row in pair.overlap], OVERLAP_COLUMNS, tmp,
-                     schema="overlap", where=overlap_path)
-        step.write_sidecar(outs, sidecar_path(overlap_path), inputs, {overlap_path: tmp},
-                           extra={"Description": "overlap of the segmentation with the "
-                                                 "reference per region", **extra})
+        write_tsv_to(
+            [{**keys, **row} for row in pair.overlap],
+            OVERLAP_COLUMNS,
+            tmp,
+            schema="overlap",
+            where=overlap_path,
+        )
+        step.write_sidecar(
+            outs,
+            sidecar_path(overlap_path),
+            inputs,
+            {overlap_path: tmp},
+            extra={
+                "Description": "overlap of the segmentation with the reference per region",
+                **extra,
+            },
+        )
         if pair.detection is not None:
             tmp = outs.path(detection_path)
-            write_tsv_to([{**keys, **row} for row in pair.detection], DETECTION_COLUMNS, tmp,
-                         schema="detection", where=detection_path)
-            step.write_sidecar(outs, sidecar_path(detection_path), inputs, {detection_path: tmp},
-                               extra={"Description": "lesion-wise detection: every kept "
-                                                     "reference lesion and every false "
-                                                     "positive", **extra})
+            write_tsv_to(
+                [{**keys, **row} for row in pair.detection],
+                DETECTION_COLUMNS,
+                tmp,
+                schema="detection",
+                where=detection_path,
+            )
+            step.write_sidecar(
+                outs,
+                sidecar_path(detection_path),
+                inputs,
+                {detection_path: tmp},
+                extra={
+                    "Description": "lesion-wise detection: every kept "
+                    "reference lesion and every false "
+                    "positive",
+                    **extra,
+                },
+            )
     lesion = next(r for r in pair.overlap if r["label"] == "lesion")
-    log.info("%s: lesion Dice %s", item.describe(),
-             "n/a" if lesion["dice"] is None else f"{lesion['dice']:.3f}")
+    log.info(
+        "%s: lesion Dice %s",
+        item.describe(),
+        "n/a" if lesion["dice"] is None else f"{lesion['dice']:.3f}",
+    )
     report.outputs.extend(targets)
     return DONE
 
@@ -363,40 +551,77 @@ def read_typed_table(path: Path, schema: str) -> list[dict[str, Any]]:
                 else:
                     typed[key] = text
             except (KeyError, ValueError):
-                raise InputError(f"line {number}, column {key}: {text!r} is not valid", path=path,
-                                 fix="write the table again with --overwrite") from None
+                raise InputError(
+                    f"line {number}, column {key}: {text!r} is not valid",
+                    path=path,
+                    fix="write the table again with --overwrite",
+                ) from None
         out.append(typed)
     return out
 
 
-def _write_group(items: Sequence[Item], out_dir: Path, part_step, step, result: SegEvaluation,
-                 *, classes: tuple[LesionClasses, LesionClasses] | None, edges, n_boot, seed,
-                 level_ci, overwrite) -> None:
+def _write_group(
+    items: Sequence[Item],
+    out_dir: Path,
+    part_step,
+    step,
+    result: SegEvaluation,
+    *,
+    classes: tuple[LesionClasses, LesionClasses] | None,
+    edges,
+    n_boot,
+    seed,
+    level_ci,
+    overwrite,
+) -> None:
     from metcli.io.files import OutputSet, write_tsv_to
 
     with_lesions = any(item.lesions is not None for item in items)
-    used, overlap, detection, scans = _read_participant_tables(items, out_dir, part_step,
-                                                               with_lesions)
+    used, overlap, detection, scans = _read_participant_tables(
+        items, out_dir, part_step, with_lesions
+    )
     pred_files: list[Path] = []
     agreement: list[dict] = []
     counts = None
     if classes is not None:
         auto, manual = classes
         counts = add_classes(detection, auto, manual)
-        agreement = agreement_rows(detection, model=auto.model, reference_model=manual.model,
-                                   edges=edges, n_boot=n_boot, seed=seed, level=level_ci)
+        agreement = agreement_rows(
+            detection,
+            model=auto.model,
+            reference_model=manual.model,
+            edges=edges,
+            n_boot=n_boot,
+            seed=seed,
+            level=level_ci,
+        )
         pred_files = [auto.path, manual.path]
-        pred_files += [sidecar_path(p) for p in (auto.path, manual.path)
-                       if sidecar_path(p).is_file()]
+        pred_files += [
+            sidecar_path(p) for p in (auto.path, manual.path) if sidecar_path(p).is_file()
+        ]
     inputs = step.inputs(used + pred_files)
     summary = patient_summary(overlap, n_boot=n_boot, seed=seed, level=level_ci)
-    det_summary = detection_summary(detection, scans, n_boot=n_boot, seed=seed, level=level_ci) \
-        if with_lesions else []
+    det_summary = (
+        detection_summary(detection, scans, n_boot=n_boot, seed=seed, level=level_ci)
+        if with_lesions
+        else []
+    )
     result.overlap_summary, result.detection_summary = summary, det_summary
     result.agreement = agreement
-    tables = _group_tables(out_dir, overlap, detection, det_summary, agreement, summary,
-                           with_lesions=with_lesions, with_classes=classes is not None,
-                           counts=counts, n_boot=n_boot, seed=seed, level_ci=level_ci)
+    tables = _group_tables(
+        out_dir,
+        overlap,
+        detection,
+        det_summary,
+        agreement,
+        summary,
+        with_lesions=with_lesions,
+        with_classes=classes is not None,
+        counts=counts,
+        n_boot=n_boot,
+        seed=seed,
+        level_ci=level_ci,
+    )
     if not overwrite and all(step.is_done(sidecar_path(t[0]), inputs) for t in tables):
         result.report.outputs.extend(t[0] for t in tables)
         result.group_written = False
@@ -411,8 +636,9 @@ def _write_group(items: Sequence[Item], out_dir: Path, part_step, step, result: 
     log.info("group level: %d overlap row(s), %d detection row(s)", len(overlap), len(detection))
 
 
-def _read_participant_tables(items: Sequence[Item], out_dir: Path, part_step, with_lesions: bool
-                             ) -> tuple[list[Path], list[dict], list[dict], list[tuple]]:
+def _read_participant_tables(
+    items: Sequence[Item], out_dir: Path, part_step, with_lesions: bool
+) -> tuple[list[Path], list[dict], list[dict], list[tuple]]:
     """(files used, overlap rows, detection rows, scan keys) of the participant level.
 
     Every table must be current (made from the current inputs with these settings).
@@ -423,17 +649,25 @@ def _read_participant_tables(items: Sequence[Item], out_dir: Path, part_step, wi
     scans = []
     for item in items:
         if item.missing:
-            raise InputError("; ".join(item.missing), path=out_dir,
-                             fix="leave those participants out with --participant-label")
+            raise InputError(
+                "; ".join(item.missing),
+                path=out_dir,
+                fix="leave those participants out with --participant-label",
+            )
         overlap_path, detection_path = output_paths(out_dir, item.entities)
-        fix = (f"run `metcli evaluate-seg ... --level participant --participant-label "
-               f"{item.key[0]}` with the same inputs first")
+        fix = (
+            f"run `metcli evaluate-seg ... --level participant --participant-label "
+            f"{item.key[0]}` with the same inputs first"
+        )
         inputs = part_step.inputs(_item_inputs(item))
         for path in [overlap_path] + ([detection_path] if with_lesions else []):
             if not part_step.is_done(sidecar_path(path), inputs):
-                raise InputError(f"the table of {item.describe()} is missing or was not made "
-                                 "from the current inputs with these settings", path=path,
-                                 fix=fix)
+                raise InputError(
+                    f"the table of {item.describe()} is missing or was not made "
+                    "from the current inputs with these settings",
+                    path=path,
+                    fix=fix,
+                )
             used += [path, sidecar_path(path)]
         overlap += read_typed_table(overlap_path, "overlap")
         if with_lesions:
@@ -442,33 +676,79 @@ def _read_participant_tables(items: Sequence[Item], out_dir: Path, part_step, wi
     return used, overlap, detection, scans
 
 
-def _group_tables(out_dir: Path, overlap, detection, det_summary, agreement, summary, *,
-                  with_lesions: bool, with_classes: bool, counts, n_boot, seed, level_ci
-                  ) -> list[tuple]:
+def _group_tables(
+    out_dir: Path,
+    overlap,
+    detection,
+    det_summary,
+    agreement,
+    summary,
+    *,
+    with_lesions: bool,
+    with_classes: bool,
+    counts,
+    n_boot,
+    seed,
+    level_ci,
+) -> list[tuple]:
     """``(path, columns, schema, rows, sidecar extra)`` of every group-level table."""
-    tables = [(out_dir / OVERLAP_TABLE, OVERLAP_COLUMNS, "overlap", overlap,
-               {"Description": "overlap of every segmentation with its reference per region "
-                               "(rows of the participant tables)",
+    tables = [
+        (
+            out_dir / OVERLAP_TABLE,
+            OVERLAP_COLUMNS,
+            "overlap",
+            overlap,
+            {
+                "Description": "overlap of every segmentation with its reference per region "
+                "(rows of the participant tables)",
                 "PatientLevelSummary": summary,
                 "SummaryNote": "mean over participants (each the mean of its acquisitions) "
-                               f"with a {int(level_ci * 100)}% patient-bootstrap percentile "
-                               f"interval ({n_boot} resamples, seed {seed}); undefined "
-                               "figures (n/a) are left out and counted"})]
+                f"with a {int(level_ci * 100)}% patient-bootstrap percentile "
+                f"interval ({n_boot} resamples, seed {seed}); undefined "
+                "figures (n/a) are left out and counted",
+            },
+        )
+    ]
     if with_lesions:
         columns = DETECTION_COLUMNS + (CLASS_COLUMNS if with_classes else ())
-        tables.append((out_dir / DETECTION_TABLE, columns, "detection", detection,
-                       {"Description": "lesion-wise detection: every kept reference lesion "
-                                       "(found or missed) and every false positive"}))
-        tables.append((out_dir / SUMMARY_TABLE, SUMMARY_COLUMNS, "detection_summary",
-                       det_summary,
-                       {"Description": "detection rate by size band of the reference lesion's "
-                                       "longest axial diameter, false positives per scan",
-                        "IntervalNote": CLUSTER_NOTE}))
+        tables.append(
+            (
+                out_dir / DETECTION_TABLE,
+                columns,
+                "detection",
+                detection,
+                {
+                    "Description": "lesion-wise detection: every kept reference lesion "
+                    "(found or missed) and every false positive"
+                },
+            )
+        )
+        tables.append(
+            (
+                out_dir / SUMMARY_TABLE,
+                SUMMARY_COLUMNS,
+                "detection_summary",
+                det_summary,
+                {
+                    "Description": "detection rate by size band of the reference lesion's "
+                    "longest axial diameter, false positives per scan",
+                    "IntervalNote": CLUSTER_NOTE,
+                },
+            )
+        )
     if with_classes:
-        tables.append((out_dir / AGREEMENT_TABLE, AGREEMENT_COLUMNS,
-                       "classification_agreement", agreement,
-                       {"Description": "agreement of the predicted class from the automatic "
-                                       "and the reference masks per matched lesion, by Dice "
-                                       "band (as Table 4 of Giannini et al. 2020)",
-                        "Lesions": counts}))
+        tables.append(
+            (
+                out_dir / AGREEMENT_TABLE,
+                AGREEMENT_COLUMNS,
+                "classification_agreement",
+                agreement,
+                {
+                    "Description": "agreement of the predicted class from the automatic "
+                    "and the reference masks per matched lesion, by Dice "
+                    "band (as Table 4 of Giannini et al. 2020)",
+                    "Lesions": counts,
+                },
+            )
+        )
     return tables

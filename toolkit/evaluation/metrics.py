@@ -20,8 +20,10 @@ from metcli.evaluation.inputs import PROB_PREFIX, ModelPredictions
 log = logging.getLogger(__name__)
 
 CLUSTER_NOTE = "clustered: patients resampled, lesions not treated as independent"
-DERIVED_NOTE = ("derived: no patient rows, so each patient's probabilities are the mean of "
-                "its lesions' probabilities")
+DERIVED_NOTE = (
+    "derived: no patient rows, so each patient's probabilities are the mean of "
+    "its lesions' probabilities"
+)
 
 
 # ============================================================================= level data
@@ -67,9 +69,14 @@ def level_data(model: ModelPredictions, level: str, labels: dict[str, str]) -> L
         grouped: dict[str, list[dict]] = {}
         for row in lesions:
             grouped.setdefault(row["participant_id"], []).append(row)
-        rows = [{"participant_id": pid, "lesion_id": None,
-                 **{c: float(np.mean([r[c] for r in group])) for c in columns}}
-                for pid, group in grouped.items()]
+        rows = [
+            {
+                "participant_id": pid,
+                "lesion_id": None,
+                **{c: float(np.mean([r[c] for r in group])) for c in columns},
+            }
+            for pid, group in grouped.items()
+        ]
         derived = True
     if not rows:
         return None
@@ -90,14 +97,28 @@ def level_data(model: ModelPredictions, level: str, labels: dict[str, str]) -> L
     stated = [r.get("predicted") for r in rows]
     disagree = sum(1 for s, p in zip(stated, pred) if s is not None and s != model.classes[p])
     if disagree:
-        log.warning("model %s, %s level: the predicted column differs from the decision rule "
-                    "(%s) for %d of %d rows; the rule is used", model.name, level, source,
-                    disagree, len(rows))
-    return LevelData(level=level, derived=derived,
-                     participant_ids=[r["participant_id"] for r in rows],
-                     lesion_ids=[r.get("lesion_id") for r in rows], patients=patients,
-                     cluster=np.array([index[r["participant_id"]] for r in rows], dtype=int),
-                     y=y, prob=prob, pred=pred, threshold=threshold, threshold_source=source)
+        log.warning(
+            "model %s, %s level: the predicted column differs from the decision rule "
+            "(%s) for %d of %d rows; the rule is used",
+            model.name,
+            level,
+            source,
+            disagree,
+            len(rows),
+        )
+    return LevelData(
+        level=level,
+        derived=derived,
+        participant_ids=[r["participant_id"] for r in rows],
+        lesion_ids=[r.get("lesion_id") for r in rows],
+        patients=patients,
+        cluster=np.array([index[r["participant_id"]] for r in rows], dtype=int),
+        y=y,
+        prob=prob,
+        pred=pred,
+        threshold=threshold,
+        threshold_source=source,
+    )
 
 
 def _patient_strata(data: LevelData) -> np.ndarray:
@@ -143,8 +164,9 @@ def _count_phrase(data: LevelData, classes: Sequence[str]) -> str:
     return ", ".join(f"{n} {c}" for c, n in zip(classes, counts)) + f" {unit}"
 
 
-def compute_level(model: ModelPredictions, data: LevelData, *, n_boot: int, seed: int,
-                  level_ci: float = 0.95) -> LevelResult:
+def compute_level(
+    model: ModelPredictions, data: LevelData, *, n_boot: int, seed: int, level_ci: float = 0.95
+) -> LevelResult:
     """Every figure of one model at one level with its interval(s)."""
     from sklearn.metrics import accuracy_score, confusion_matrix
 
@@ -153,21 +175,36 @@ def compute_level(model: ModelPredictions, data: LevelData, *, n_boot: int, seed
     counts = stats.confusion_counts(data.y, data.pred, k, weights)
     cm = confusion_matrix(data.y, data.pred, labels=list(range(k)))
     n_lesions = data.n_units if data.level != "patient" else _lesion_count(model, data)
-    base = {"model": model.name, "set": model.rows[0]["set"], "level": data.level,
-            "derived_from_lesions": data.derived, "ci_level": level_ci,
-            "n_patients": data.n_patients, "n_lesions": n_lesions,
-            "positive_class": model.positive_class, "threshold": data.threshold,
-            "threshold_source": data.threshold_source}
-    figures = _LevelFigures(data=data, classes=model.classes, base=base, weights=weights,
-                            counts=counts, cm=cm, level_ci=level_ci)
+    base = {
+        "model": model.name,
+        "set": model.rows[0]["set"],
+        "level": data.level,
+        "derived_from_lesions": data.derived,
+        "ci_level": level_ci,
+        "n_patients": data.n_patients,
+        "n_lesions": n_lesions,
+        "positive_class": model.positive_class,
+        "threshold": data.threshold,
+        "threshold_source": data.threshold_source,
+    }
+    figures = _LevelFigures(
+        data=data,
+        classes=model.classes,
+        base=base,
+        weights=weights,
+        counts=counts,
+        cm=cm,
+        level_ci=level_ci,
+    )
     accuracy = accuracy_score(data.y, data.pred)
     if model.binary:
         summary = figures.add_binary(model.classes.index(model.positive_class), accuracy)
     else:
         summary = figures.add_multiclass(accuracy)
     summary["accuracy"] = float(accuracy)
-    return LevelResult(model=model, data=data, rows=figures.rows, confusion=cm, weights=weights,
-                       summary=summary)
+    return LevelResult(
+        model=model, data=data, rows=figures.rows, confusion=cm, weights=weights, summary=summary
+    )
 
 
 @dataclass
@@ -194,18 +231,34 @@ class _LevelFigures:
     def add(self, metric, cls, estimate, method, interval=(None, None), used=None, note=""):
         """One row; an undefined estimate gets no interval."""
         derived_note = DERIVED_NOTE if self.data.derived else ""
-        notes = [n for n in (note, derived_note if self.patient_level else "",
-                             CLUSTER_NOTE if not self.patient_level and method != "none" else "")
-                 if n]
+        notes = [
+            n
+            for n in (
+                note,
+                derived_note if self.patient_level else "",
+                CLUSTER_NOTE if not self.patient_level and method != "none" else "",
+            )
+            if n
+        ]
         low, high = interval
         estimate = _f(estimate)
         if estimate is None:  # undefined figure: no interval either
             low = high = used = None
             method = "none"
         notes = [n for n in notes if not (n == CLUSTER_NOTE and method == "none")]
-        self.rows.append({**self.base, "metric": metric, "class": cls, "estimate": estimate,
-                          "ci_lower": _f(low), "ci_upper": _f(high), "ci_method": method,
-                          "bootstrap_resamples": used, "note": "; ".join(notes) or None})
+        self.rows.append(
+            {
+                **self.base,
+                "metric": metric,
+                "class": cls,
+                "estimate": estimate,
+                "ci_lower": _f(low),
+                "ci_upper": _f(high),
+                "ci_method": method,
+                "bootstrap_resamples": used,
+                "note": "; ".join(notes) or None,
+            }
+        )
 
     def add_boot(self, metric, cls, estimate, boot_values, note=""):
         """One row with its patient (or cluster) bootstrap interval."""
@@ -222,19 +275,31 @@ class _LevelFigures:
         truth = data.y == cls_index
         score = data.prob[:, cls_index]
         if truth.all() or not truth.any():
-            self.add("auc", cls, None, "none", note="AUC undefined: the set has only one class "
-                                                    f"({_count_phrase(data, self.classes)})")
+            self.add(
+                "auc",
+                cls,
+                None,
+                "none",
+                note="AUC undefined: the set has only one class "
+                f"({_count_phrase(data, self.classes)})",
+            )
             return None, np.full(self.weights.shape[0], np.nan)
         estimate = roc_auc_score(truth, score)
         boot = stats.weighted_auc(score, truth, self.weights)
         if self.patient_level:
             ci = stats.delong_ci(score, truth, self.level_ci)
-            note = "" if not math.isnan(ci.variance) else \
-                "DeLong's variance needs at least two patients of each class"
+            note = (
+                ""
+                if not math.isnan(ci.variance)
+                else "DeLong's variance needs at least two patients of each class"
+            )
         else:
             ci = stats.obuchowski_ci(score, truth, data.participant_ids, self.level_ci)
-            note = "" if not math.isnan(ci.variance) else \
-                "Obuchowski's variance needs at least two patients of each class"
+            note = (
+                ""
+                if not math.isnan(ci.variance)
+                else "Obuchowski's variance needs at least two patients of each class"
+            )
         self.add("auc", cls, estimate, ci.method, (ci.lower, ci.upper), None, note)
         self.add_boot("auc", cls, estimate, boot)
         return estimate, boot
@@ -251,26 +316,41 @@ class _LevelFigures:
         actual_neg = int(cm.sum() - actual_pos)
         tn = int(cm.sum() - cm[cls_index, :].sum() - cm[:, cls_index].sum() + tp)
         for metric, count, nobs, empty in (
-                ("sensitivity", tp, actual_pos, f"undefined: no {cls} {unit} in the set"),
-                ("specificity", tn, actual_neg, f"undefined: no {unit} of another class")):
+            ("sensitivity", tp, actual_pos, f"undefined: no {cls} {unit} in the set"),
+            ("specificity", tn, actual_neg, f"undefined: no {unit} of another class"),
+        ):
             estimate = point[metric][0]
             note = empty if nobs == 0 else ""
             if self.patient_level:
-                self.add(metric, cls, estimate, "clopper_pearson" if nobs else "none",
-                         stats.clopper_pearson(count, nobs, self.level_ci), None, note)
+                self.add(
+                    metric,
+                    cls,
+                    estimate,
+                    "clopper_pearson" if nobs else "none",
+                    stats.clopper_pearson(count, nobs, self.level_ci),
+                    None,
+                    note,
+                )
             else:
                 self.add_boot(metric, cls, estimate, boot[metric], note)
-        for metric, empty in (("ppv", f"undefined: no {unit} predicted {cls}"),
-                              ("npv", f"undefined: every {unit[:-1]} predicted {cls}")):
+        for metric, empty in (
+            ("ppv", f"undefined: no {unit} predicted {cls}"),
+            ("npv", f"undefined: every {unit[:-1]} predicted {cls}"),
+        ):
             estimate = point[metric][0]
-            self.add_boot(metric, cls, estimate, boot[metric],
-                          "" if _f(estimate) is not None else empty)
+            self.add_boot(
+                metric, cls, estimate, boot[metric], "" if _f(estimate) is not None else empty
+            )
         if with_f1:
             data = self.data
             estimate = f1_score(data.y == cls_index, data.pred == cls_index, zero_division=np.nan)
-            self.add_boot("f1", cls, estimate, boot["f1"],
-                          "" if _f(estimate) is not None else "undefined: no true or predicted "
-                                                              f"{cls} {unit}")
+            self.add_boot(
+                "f1",
+                cls,
+                estimate,
+                boot["f1"],
+                "" if _f(estimate) is not None else f"undefined: no true or predicted {cls} {unit}",
+            )
 
     def add_binary(self, pos: int, accuracy: float) -> dict[str, Any]:
         """The figures of a binary model (positive class ``pos``); returns the summary."""
@@ -283,8 +363,12 @@ class _LevelFigures:
         self.add_rates(pos, with_f1=True)
         brier = brier_score_loss(data.y == pos, data.prob[:, pos])
         onehot = np.eye(len(self.classes))[data.y]
-        self.add_boot("brier", None, brier,
-                      stats.weighted_brier(onehot, data.prob, self.weights, positive_index=pos))
+        self.add_boot(
+            "brier",
+            None,
+            brier,
+            stats.weighted_brier(onehot, data.prob, self.weights, positive_index=pos),
+        )
         return summary
 
     def add_multiclass(self, accuracy: float) -> dict[str, Any]:
@@ -296,19 +380,26 @@ class _LevelFigures:
         per_class = [self.add_auc(i) for i in range(k)]
         estimates = [e for e, _ in per_class]
         if any(e is None for e in estimates):
-            self.add("auc_macro", None, None, "none",
-                     note="macro AUC undefined: a class is missing from the set "
-                          f"({_count_phrase(data, self.classes)})")
+            self.add(
+                "auc_macro",
+                None,
+                None,
+                "none",
+                note="macro AUC undefined: a class is missing from the set "
+                f"({_count_phrase(data, self.classes)})",
+            )
             summary["auc"] = None
         else:
             macro = float(np.mean(estimates))
             summary["auc"] = macro
             self.add_boot("auc_macro", None, macro, np.mean([b for _, b in per_class], axis=0))
         self.add_boot("accuracy", None, accuracy, stats.accuracy_from_counts(self.counts))
-        f1_macro = f1_score(data.y, data.pred, labels=list(range(k)), average="macro",
-                            zero_division=np.nan)
-        boot_f1 = np.nanmean(np.stack([stats.one_vs_rest_rates(self.counts, i)["f1"]
-                                       for i in range(k)]), axis=0)
+        f1_macro = f1_score(
+            data.y, data.pred, labels=list(range(k)), average="macro", zero_division=np.nan
+        )
+        boot_f1 = np.nanmean(
+            np.stack([stats.one_vs_rest_rates(self.counts, i)["f1"] for i in range(k)]), axis=0
+        )
         self.add_boot("f1_macro", None, f1_macro, boot_f1)
         for i in range(k):
             self.add_rates(i, with_f1=True)
@@ -343,25 +434,48 @@ def _subset(data: LevelData, index: np.ndarray) -> LevelData:
     pids = [data.participant_ids[i] for i in index]
     patients = sorted(set(pids))
     position = {p: i for i, p in enumerate(patients)}
-    return LevelData(level=data.level, derived=data.derived, participant_ids=pids,
-                     lesion_ids=[data.lesion_ids[i] for i in index], patients=patients,
-                     cluster=np.array([position[p] for p in pids], dtype=int),
-                     y=data.y[index], prob=data.prob[index], pred=data.pred[index],
-                     threshold=data.threshold, threshold_source=data.threshold_source)
+    return LevelData(
+        level=data.level,
+        derived=data.derived,
+        participant_ids=pids,
+        lesion_ids=[data.lesion_ids[i] for i in index],
+        patients=patients,
+        cluster=np.array([position[p] for p in pids], dtype=int),
+        y=data.y[index],
+        prob=data.prob[index],
+        pred=data.pred[index],
+        threshold=data.threshold,
+        threshold_source=data.threshold_source,
+    )
 
 
 def compare_pair(a: LevelResult, b: LevelResult, *, n_boot: int, seed: int) -> list[dict]:
     """Paired tests of two models at one level, on the units both evaluated."""
     base = {"level": a.level, "model_a": a.model.name, "model_b": b.model.name}
     if a.model.classes != b.model.classes:
-        if sorted(a.model.classes) != sorted(b.model.classes) or \
-                a.model.positive_class != b.model.positive_class:
-            return [{**base, "metric": "auc", "test": "none",
-                     "note": "the models have different classes or positive classes"}]
+        if (
+            sorted(a.model.classes) != sorted(b.model.classes)
+            or a.model.positive_class != b.model.positive_class
+        ):
+            return [
+                {
+                    **base,
+                    "metric": "auc",
+                    "test": "none",
+                    "note": "the models have different classes or positive classes",
+                }
+            ]
     pair = _pair(a, b, base)
     if pair.n_common == 0:
-        return [{**base, **pair.common, "metric": "auc", "test": "none",
-                 "note": "the models share no evaluated units"}]
+        return [
+            {
+                **base,
+                **pair.common,
+                "metric": "auc",
+                "test": "none",
+                "note": "the models share no evaluated units",
+            }
+        ]
     pair.weights = bootstrap_weights(pair.da, n_boot, seed)
     return [_auc_comparison(pair), _accuracy_comparison(pair)]
 
@@ -389,15 +503,29 @@ class _Pair:
 
     def note(self, *parts: str) -> str | None:
         """``parts`` with the notes every row of the pair carries."""
-        return "; ".join(p for p in (*parts, self.note_common,
-                                     CLUSTER_NOTE if self.level == "lesion" else "") if p) or None
+        return (
+            "; ".join(
+                p
+                for p in (*parts, self.note_common, CLUSTER_NOTE if self.level == "lesion" else "")
+                if p
+            )
+            or None
+        )
 
     def row(self, metric: str, test: stats.PairedTest) -> dict:
         """The row of a paired test."""
-        return {**self.base, **self.common, "metric": metric, "estimate_a": test.estimate_a,
-                "estimate_b": test.estimate_b, "difference": test.difference,
-                "test": test.method, "statistic": _f(test.statistic),
-                "p_value": _f(test.p_value), "note": self.note(test.note)}
+        return {
+            **self.base,
+            **self.common,
+            "metric": metric,
+            "estimate_a": test.estimate_a,
+            "estimate_b": test.estimate_b,
+            "difference": test.difference,
+            "test": test.method,
+            "statistic": _f(test.statistic),
+            "p_value": _f(test.p_value),
+            "note": self.note(test.note),
+        }
 
 
 def _pair(a: LevelResult, b: LevelResult, base: dict[str, Any]) -> _Pair:
@@ -410,13 +538,14 @@ def _pair(a: LevelResult, b: LevelResult, base: dict[str, Any]) -> _Pair:
     db.prob = db.prob[:, order]
     db.pred = np.array([a.model.classes.index(b.model.classes[p]) for p in db.pred], dtype=int)
     n_common = da.n_units
-    common = {"n_patients": da.n_patients,
-              "n_lesions": n_common if level == "lesion" else None}
+    common = {"n_patients": da.n_patients, "n_lesions": n_common if level == "lesion" else None}
     note_common = ""
     if n_common < max(a.data.n_units, b.data.n_units):
         unit = "patients" if level == "patient" else "lesions"
-        note_common = (f"paired on the {n_common} {unit} both models evaluated "
-                       f"({a.data.n_units} and {b.data.n_units})")
+        note_common = (
+            f"paired on the {n_common} {unit} both models evaluated "
+            f"({a.data.n_units} and {b.data.n_units})"
+        )
     return _Pair(a=a, b=b, da=da, db=db, base=base, common=common, note_common=note_common)
 
 
@@ -437,25 +566,42 @@ def _auc_comparison(pair: _Pair) -> dict:
                 stats.weighted_auc(da.prob[:, pos], truth, np.ones((1, n_common)))[0],
                 stats.weighted_auc(db.prob[:, pos], truth, np.ones((1, n_common)))[0],
                 stats.weighted_auc(da.prob[:, pos], truth, weights),
-                stats.weighted_auc(db.prob[:, pos], truth, weights))
+                stats.weighted_auc(db.prob[:, pos], truth, weights),
+            )
             test = _rename(test, "cluster bootstrap (patients resampled)")
     else:
         metric = "auc_macro"
         defined = all((da.y == i).any() and not (da.y == i).all() for i in range(len(classes)))
         if defined:
+
             def macro(prob, w):
-                return np.mean([stats.weighted_auc(prob[:, i], da.y == i, w)
-                                for i in range(len(classes))], axis=0)
+                return np.mean(
+                    [stats.weighted_auc(prob[:, i], da.y == i, w) for i in range(len(classes))],
+                    axis=0,
+                )
+
             ones = np.ones((1, n_common))
-            test = stats.bootstrap_paired_test(float(macro(da.prob, ones)[0]),
-                                               float(macro(db.prob, ones)[0]),
-                                               macro(da.prob, weights), macro(db.prob, weights))
-            test = _rename(test, "patient bootstrap" if level == "patient"
-                           else "cluster bootstrap (patients resampled)")
+            test = stats.bootstrap_paired_test(
+                float(macro(da.prob, ones)[0]),
+                float(macro(db.prob, ones)[0]),
+                macro(da.prob, weights),
+                macro(db.prob, weights),
+            )
+            test = _rename(
+                test,
+                "patient bootstrap"
+                if level == "patient"
+                else "cluster bootstrap (patients resampled)",
+            )
     if defined:
         return pair.row(metric, test)
-    return {**pair.base, **pair.common, "metric": metric, "test": "none",
-            "note": pair.note("AUC undefined: the shared units have a single class")}
+    return {
+        **pair.base,
+        **pair.common,
+        "metric": metric,
+        "test": "none",
+        "note": pair.note("AUC undefined: the shared units have a single class"),
+    }
 
 
 def _accuracy_comparison(pair: _Pair) -> dict:
@@ -464,25 +610,42 @@ def _accuracy_comparison(pair: _Pair) -> dict:
     correct_a, correct_b = da.pred == da.y, db.pred == db.y
     if pair.level == "patient":
         mc = stats.mcnemar_test(correct_a, correct_b)
-        return {**pair.base, **pair.common, "metric": "accuracy",
-                "estimate_a": float(correct_a.mean()), "estimate_b": float(correct_b.mean()),
-                "difference": float(correct_a.mean() - correct_b.mean()), "test": mc.method,
-                "statistic": mc.statistic, "p_value": mc.p_value,
-                "note": pair.note(f"{mc.only_a_correct} patients right only with "
-                                  f"{pair.a.model.name}, {mc.only_b_correct} only with "
-                                  f"{pair.b.model.name}")}
+        return {
+            **pair.base,
+            **pair.common,
+            "metric": "accuracy",
+            "estimate_a": float(correct_a.mean()),
+            "estimate_b": float(correct_b.mean()),
+            "difference": float(correct_a.mean() - correct_b.mean()),
+            "test": mc.method,
+            "statistic": mc.statistic,
+            "p_value": mc.p_value,
+            "note": pair.note(
+                f"{mc.only_a_correct} patients right only with "
+                f"{pair.a.model.name}, {mc.only_b_correct} only with "
+                f"{pair.b.model.name}"
+            ),
+        }
     k = len(pair.a.model.classes)
     acc_a = stats.accuracy_from_counts(stats.confusion_counts(da.y, da.pred, k, pair.weights))
     acc_b = stats.accuracy_from_counts(stats.confusion_counts(db.y, db.pred, k, pair.weights))
-    test = _rename(stats.bootstrap_paired_test(float(correct_a.mean()),
-                                               float(correct_b.mean()), acc_a, acc_b),
-                   "cluster bootstrap (patients resampled)")
+    test = _rename(
+        stats.bootstrap_paired_test(float(correct_a.mean()), float(correct_b.mean()), acc_a, acc_b),
+        "cluster bootstrap (patients resampled)",
+    )
     return pair.row("accuracy", test)
 
 
 def _rename(test: stats.PairedTest, method: str) -> stats.PairedTest:
-    return stats.PairedTest(test.estimate_a, test.estimate_b, test.difference, test.statistic,
-                            test.p_value, method, test.note)
+    return stats.PairedTest(
+        test.estimate_a,
+        test.estimate_b,
+        test.difference,
+        test.statistic,
+        test.p_value,
+        method,
+        test.note,
+    )
 
 
 TABLE_METRICS = ("auc", "accuracy", "f1", "sensitivity", "specificity", "ppv", "npv", "brier")

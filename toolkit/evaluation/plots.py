@@ -29,14 +29,40 @@ CALIBRATION_BINS = 10
 #: bands are drawn only up to BAND_CURVES curves, beyond which they hide each other.
 MAX_ROC_CURVES, BAND_CURVES = 6, 3
 LEVELS = ("patient", "lesion")
-ROC_COLUMNS = ("model", "level", "class", "kind", "fpr", "tpr", "threshold", "tpr_lower",
-               "tpr_upper")
-CALIBRATION_COLUMNS = ("model", "level", "class", "kind", "bin_lower", "bin_upper", "count",
-                       "mean_predicted", "observed_fraction")
-CONFUSION_COLUMNS = ("model", "level", "true_class", "predicted_class", "count",
-                     "fraction_of_true")
-GRID_COLUMNS = ("model", "participant_id", "true_class", "lesion_id", "predicted_class",
-                "probability", "correct", "row", "column")
+ROC_COLUMNS = (
+    "model",
+    "level",
+    "class",
+    "kind",
+    "fpr",
+    "tpr",
+    "threshold",
+    "tpr_lower",
+    "tpr_upper",
+)
+CALIBRATION_COLUMNS = (
+    "model",
+    "level",
+    "class",
+    "kind",
+    "bin_lower",
+    "bin_upper",
+    "count",
+    "mean_predicted",
+    "observed_fraction",
+)
+CONFUSION_COLUMNS = ("model", "level", "true_class", "predicted_class", "count", "fraction_of_true")
+GRID_COLUMNS = (
+    "model",
+    "participant_id",
+    "true_class",
+    "lesion_id",
+    "predicted_class",
+    "probability",
+    "correct",
+    "row",
+    "column",
+)
 
 
 # ----------------------------------------------------------------------------- the numbers
@@ -47,8 +73,11 @@ def roc_rows(results: Sequence["LevelResult"], level_ci: float = 0.95) -> list[d
     rows = []
     for result in results:
         data, model = result.data, result.model
-        targets = [model.classes.index(model.positive_class)] if model.binary \
+        targets = (
+            [model.classes.index(model.positive_class)]
+            if model.binary
             else range(len(model.classes))
+        )
         for index in targets:
             truth = data.y == index
             if truth.all() or not truth.any():
@@ -57,30 +86,51 @@ def roc_rows(results: Sequence["LevelResult"], level_ci: float = 0.95) -> list[d
             base = {"model": model.name, "level": data.level, "class": cls}
             fpr, tpr, thr = roc_curve(truth, data.prob[:, index])
             for x, yv, t in zip(fpr, tpr, thr):
-                rows.append({**base, "kind": "curve", "fpr": float(x), "tpr": float(yv),
-                             "threshold": _f(t)})
-            median, low, high = stats.weighted_roc_band(data.prob[:, index], truth,
-                                                        result.weights, ROC_GRID, level_ci)
+                rows.append(
+                    {**base, "kind": "curve", "fpr": float(x), "tpr": float(yv), "threshold": _f(t)}
+                )
+            median, low, high = stats.weighted_roc_band(
+                data.prob[:, index], truth, result.weights, ROC_GRID, level_ci
+            )
             for x, m, lo, hi in zip(ROC_GRID, median, low, high):
-                rows.append({**base, "kind": "band", "fpr": float(x), "tpr": _f(m),
-                             "tpr_lower": _f(lo), "tpr_upper": _f(hi)})
+                rows.append(
+                    {
+                        **base,
+                        "kind": "band",
+                        "fpr": float(x),
+                        "tpr": _f(m),
+                        "tpr_lower": _f(lo),
+                        "tpr_upper": _f(hi),
+                    }
+                )
             rates = stats.one_vs_rest_rates(result.confusion[None].astype(float), index)
             sens, spec = _f(rates["sensitivity"][0]), _f(rates["specificity"][0])
             if sens is not None and spec is not None:
-                rows.append({**base, "kind": "operating_point", "fpr": 1.0 - spec, "tpr": sens,
-                             "threshold": data.threshold})
+                rows.append(
+                    {
+                        **base,
+                        "kind": "operating_point",
+                        "fpr": 1.0 - spec,
+                        "tpr": sens,
+                        "threshold": data.threshold,
+                    }
+                )
     return rows
 
 
-def calibration_rows(results: Sequence["LevelResult"], n_bins: int = CALIBRATION_BINS
-                     ) -> list[dict]:
+def calibration_rows(
+    results: Sequence["LevelResult"], n_bins: int = CALIBRATION_BINS
+) -> list[dict]:
     """Reliability bins (equal width) and the overall mean probability vs prevalence."""
     rows = []
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     for result in results:
         data, model = result.data, result.model
-        targets = [model.classes.index(model.positive_class)] if model.binary \
+        targets = (
+            [model.classes.index(model.positive_class)]
+            if model.binary
             else range(len(model.classes))
+        )
         for index in targets:
             truth = (data.y == index).astype(float)
             prob = data.prob[:, index]
@@ -90,13 +140,28 @@ def calibration_rows(results: Sequence["LevelResult"], n_bins: int = CALIBRATION
                 inside = bins == b
                 if not inside.any():
                     continue
-                rows.append({**base, "kind": "bin", "bin_lower": float(edges[b]),
-                             "bin_upper": float(edges[b + 1]), "count": int(inside.sum()),
-                             "mean_predicted": float(prob[inside].mean()),
-                             "observed_fraction": float(truth[inside].mean())})
-            rows.append({**base, "kind": "overall", "bin_lower": 0.0, "bin_upper": 1.0,
-                         "count": int(prob.size), "mean_predicted": float(prob.mean()),
-                         "observed_fraction": float(truth.mean())})
+                rows.append(
+                    {
+                        **base,
+                        "kind": "bin",
+                        "bin_lower": float(edges[b]),
+                        "bin_upper": float(edges[b + 1]),
+                        "count": int(inside.sum()),
+                        "mean_predicted": float(prob[inside].mean()),
+                        "observed_fraction": float(truth[inside].mean()),
+                    }
+                )
+            rows.append(
+                {
+                    **base,
+                    "kind": "overall",
+                    "bin_lower": 0.0,
+                    "bin_upper": 1.0,
+                    "count": int(prob.size),
+                    "mean_predicted": float(prob.mean()),
+                    "observed_fraction": float(truth.mean()),
+                }
+            )
     return rows
 
 
@@ -108,10 +173,16 @@ def confusion_rows(results: Sequence["LevelResult"]) -> list[dict]:
         for t, true_class in enumerate(classes):
             total = int(cm[t].sum())
             for p, pred_class in enumerate(classes):
-                rows.append({"model": result.model.name, "level": result.level,
-                             "true_class": true_class, "predicted_class": pred_class,
-                             "count": int(cm[t, p]),
-                             "fraction_of_true": float(cm[t, p] / total) if total else None})
+                rows.append(
+                    {
+                        "model": result.model.name,
+                        "level": result.level,
+                        "true_class": true_class,
+                        "predicted_class": pred_class,
+                        "count": int(cm[t, p]),
+                        "fraction_of_true": float(cm[t, p] / total) if total else None,
+                    }
+                )
     return rows
 
 
@@ -126,12 +197,19 @@ def lesion_grid_rows(results: Sequence["LevelResult"]) -> list[dict]:
         column = dict.fromkeys(order, 0)
         for i, (pid, lesion) in enumerate(zip(data.participant_ids, data.lesion_ids)):
             pred = int(data.pred[i])
-            rows.append({"model": model.name, "participant_id": pid,
-                         "true_class": model.classes[int(data.y[i])], "lesion_id": lesion,
-                         "predicted_class": model.classes[pred],
-                         "probability": float(data.prob[i, pred]),
-                         "correct": bool(pred == data.y[i]), "row": row_of[pid],
-                         "column": column[pid]})
+            rows.append(
+                {
+                    "model": model.name,
+                    "participant_id": pid,
+                    "true_class": model.classes[int(data.y[i])],
+                    "lesion_id": lesion,
+                    "predicted_class": model.classes[pred],
+                    "probability": float(data.prob[i, pred]),
+                    "correct": bool(pred == data.y[i]),
+                    "row": row_of[pid],
+                    "column": column[pid],
+                }
+            )
             column[pid] += 1
     rows.sort(key=lambda r: (r["model"], r["row"], r["column"]))
     return rows
@@ -144,8 +222,9 @@ def _f(value) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def figure_plan(results: dict[str, list["LevelResult"]], level_ci: float = 0.95
-                ) -> dict[str, tuple]:
+def figure_plan(
+    results: dict[str, list["LevelResult"]], level_ci: float = 0.95
+) -> dict[str, tuple]:
     """The figures of a run: ``{name: (columns, schema, rows, draw(rows, target), description)}``.
 
     ``results`` maps each level to its results (patient first).
@@ -161,31 +240,46 @@ def figure_plan(results: dict[str, list["LevelResult"]], level_ci: float = 0.95
         per_file: dict = {}
         for r in found:
             per_file.setdefault(r.model.path, []).append(r.model)
-        selected = [m.name for models in per_file.values() for m in models
-                    if m.selected or len(models) == 1]
-        plan[f"roc_{lv}"] = (ROC_COLUMNS, "roc", roc_rows(found, level_ci),
-                             lambda rows, target, t=f"ROC, {label} level", first=selected,
-                             name=f"roc_{lv}.tsv": roc_figure(rows, target, title=t,
-                                                              first=first, table_name=name),
-                             f"ROC curves at {lv} level, {int(level_ci * 100)}% bootstrap band "
-                             "and operating point")
+        selected = [
+            m.name for models in per_file.values() for m in models if m.selected or len(models) == 1
+        ]
+        plan[f"roc_{lv}"] = (
+            ROC_COLUMNS,
+            "roc",
+            roc_rows(found, level_ci),
+            lambda rows, target, t=f"ROC, {label} level", first=selected, name=f"roc_{lv}.tsv": (
+                roc_figure(rows, target, title=t, first=first, table_name=name)
+            ),
+            f"ROC curves at {lv} level, {int(level_ci * 100)}% bootstrap band and operating point",
+        )
         plan[f"calibration_{lv}"] = (
-            CALIBRATION_COLUMNS, "calibration", calibration_rows(found),
+            CALIBRATION_COLUMNS,
+            "calibration",
+            calibration_rows(found),
             lambda rows, target, t=f"Calibration, {lv} level": calibration_figure(
-                rows, target, title=t),
+                rows, target, title=t
+            ),
             f"reliability diagram at {lv} level; mean predicted probability against the "
-            "observed prevalence (resampling in training shifts it)")
+            "observed prevalence (resampling in training shifts it)",
+        )
         plan[f"confusion_{lv}"] = (
-            CONFUSION_COLUMNS, "confusion", confusion_rows(found),
+            CONFUSION_COLUMNS,
+            "confusion",
+            confusion_rows(found),
             lambda rows, target, t=f"Confusion matrix, {lv} level": confusion_figure(
-                rows, target, title=t),
-            f"confusion matrices at {lv} level (rows: true class)")
+                rows, target, title=t
+            ),
+            f"confusion matrices at {lv} level (rows: true class)",
+        )
     if results["lesion"]:
         plan["lesion_grid"] = (
-            GRID_COLUMNS, "lesion_grid", lesion_grid_rows(results["lesion"]),
+            GRID_COLUMNS,
+            "lesion_grid",
+            lesion_grid_rows(results["lesion"]),
             lambda rows, target: lesion_grid_figure(rows, target),
             "per-patient lesion grid: one row per patient, one box per lesion coloured by "
-            "the predicted class, crossed where wrong")
+            "the predicted class, crossed where wrong",
+        )
     return plan
 
 
@@ -213,19 +307,34 @@ def _curve_auc(items: Sequence[dict]) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
 
 
-def shown_roc_series(series: Sequence[tuple], aucs: Sequence[float], first: Sequence[str] = (),
-                     limit: int = MAX_ROC_CURVES) -> list[int]:
+def shown_roc_series(
+    series: Sequence[tuple],
+    aucs: Sequence[float],
+    first: Sequence[str] = (),
+    limit: int = MAX_ROC_CURVES,
+) -> list[int]:
     """Which (model, class) series an ROC figure draws: the models selected by
     cross-validation first, then the others by falling AUC (ties: name), at most ``limit``."""
-    order = sorted(range(len(series)),
-                   key=lambda i: (series[i][0] not in first,
-                                  -aucs[i] if np.isfinite(aucs[i]) else np.inf,
-                                  str(series[i][0]), str(series[i][1])))
+    order = sorted(
+        range(len(series)),
+        key=lambda i: (
+            series[i][0] not in first,
+            -aucs[i] if np.isfinite(aucs[i]) else np.inf,
+            str(series[i][0]),
+            str(series[i][1]),
+        ),
+    )
     return order[:limit]
 
 
-def roc_figure(rows: Sequence[dict[str, Any]], target: Path, *, title: str = "ROC",
-               first: Sequence[str] = (), table_name: str | None = None) -> None:
+def roc_figure(
+    rows: Sequence[dict[str, Any]],
+    target: Path,
+    *,
+    title: str = "ROC",
+    first: Sequence[str] = (),
+    table_name: str | None = None,
+) -> None:
     """ROC curves (one class against the rest for several classes), the bootstrap band
     of each and the operating point of its decision rule.
 
@@ -252,15 +361,31 @@ def roc_figure(rows: Sequence[dict[str, Any]], target: Path, *, title: str = "RO
             label += " (chosen)"
         band = [r for r in items if r["kind"] == "band" and r["tpr_lower"] is not None]
         if band and bands:
-            ax.fill_between([r["fpr"] for r in band], [r["tpr_lower"] for r in band],
-                            [r["tpr_upper"] for r in band], color=colour, alpha=0.15,
-                            linewidth=0)
+            ax.fill_between(
+                [r["fpr"] for r in band],
+                [r["tpr_lower"] for r in band],
+                [r["tpr_upper"] for r in band],
+                color=colour,
+                alpha=0.15,
+                linewidth=0,
+            )
         curve = [r for r in items if r["kind"] == "curve"]
-        ax.plot([r["fpr"] for r in curve], [r["tpr"] for r in curve], color=colour,
-                linewidth=2.4 if model in first else 1.6, label=label)
+        ax.plot(
+            [r["fpr"] for r in curve],
+            [r["tpr"] for r in curve],
+            color=colour,
+            linewidth=2.4 if model in first else 1.6,
+            label=label,
+        )
         for point in (r for r in items if r["kind"] == "operating_point"):
-            ax.plot([point["fpr"]], [point["tpr"]], marker="o", markersize=7, color=colour,
-                    markeredgecolor="black")
+            ax.plot(
+                [point["fpr"]],
+                [point["tpr"]],
+                marker="o",
+                markersize=7,
+                color=colour,
+                markeredgecolor="black",
+            )
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
@@ -268,8 +393,10 @@ def roc_figure(rows: Sequence[dict[str, Any]], target: Path, *, title: str = "RO
     ax.set_ylabel("sensitivity (true-positive rate)")
     hidden = len(keys) - len(shown)
     if hidden:
-        title += f"\n{len(shown)} of {len(keys)} curves: chosen models and best AUCs; all in " \
-                 f"{table_name or 'the table'}"
+        title += (
+            f"\n{len(shown)} of {len(keys)} curves: chosen models and best AUCs; all in "
+            f"{table_name or 'the table'}"
+        )
     ax.set_title(title, fontsize=10)
     if keys:
         legend_title = ("shaded: 95% bootstrap band; " if bands else "") + "dot: operating point"
@@ -279,8 +406,9 @@ def roc_figure(rows: Sequence[dict[str, Any]], target: Path, *, title: str = "RO
     save_png(figure, target)
 
 
-def calibration_figure(rows: Sequence[dict[str, Any]], target: Path, *,
-                       title: str = "Calibration") -> None:
+def calibration_figure(
+    rows: Sequence[dict[str, Any]], target: Path, *, title: str = "Calibration"
+) -> None:
     """Reliability diagram; dashed: observed prevalence, dotted: mean predicted probability.
 
     A gap between the two lines is a shift of the prior, as resampling the training set
@@ -295,11 +423,22 @@ def calibration_figure(rows: Sequence[dict[str, Any]], target: Path, *,
         label = f"{model} ({cls})" if multiclass else f"{model} (P={cls})"
         bins = [r for r in items if r["kind"] == "bin"]
         sizes = [20 + 80 * r["count"] / max(b["count"] for b in bins) for r in bins]
-        ax.plot([r["mean_predicted"] for r in bins], [r["observed_fraction"] for r in bins],
-                color=colour, linewidth=1.2)
-        ax.scatter([r["mean_predicted"] for r in bins], [r["observed_fraction"] for r in bins],
-                   s=sizes, color=colour, edgecolors="black", linewidths=0.5, zorder=3,
-                   label=label)
+        ax.plot(
+            [r["mean_predicted"] for r in bins],
+            [r["observed_fraction"] for r in bins],
+            color=colour,
+            linewidth=1.2,
+        )
+        ax.scatter(
+            [r["mean_predicted"] for r in bins],
+            [r["observed_fraction"] for r in bins],
+            s=sizes,
+            color=colour,
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=3,
+            label=label,
+        )
         for overall in (r for r in items if r["kind"] == "overall"):
             ax.axhline(overall["observed_fraction"], color=colour, linestyle="--", linewidth=0.9)
             ax.axvline(overall["mean_predicted"], color=colour, linestyle=":", linewidth=0.9)
@@ -308,14 +447,16 @@ def calibration_figure(rows: Sequence[dict[str, Any]], target: Path, *,
     ax.set_aspect("equal")
     ax.set_xlabel("mean predicted probability (bin)")
     ax.set_ylabel("observed fraction (bin)")
-    ax.set_title(title + "\ndashed: observed prevalence; dotted: mean predicted probability",
-                 fontsize=9)
+    ax.set_title(
+        title + "\ndashed: observed prevalence; dotted: mean predicted probability", fontsize=9
+    )
     ax.legend(loc="upper left", fontsize=8)
     save_png(figure, target)
 
 
-def confusion_figure(rows: Sequence[dict[str, Any]], target: Path, *,
-                     title: str = "Confusion matrix") -> None:
+def confusion_figure(
+    rows: Sequence[dict[str, Any]], target: Path, *, title: str = "Confusion matrix"
+) -> None:
     """One confusion matrix per model (rows: true class, columns: predicted class)."""
     models = _groups(rows, "model")
     n = max(1, len(models))
@@ -332,8 +473,15 @@ def confusion_figure(rows: Sequence[dict[str, Any]], target: Path, *,
         for i in range(len(classes)):
             for j in range(len(classes)):
                 dark = counts[i, j] > counts.max() / 2
-                ax.text(j, i, str(counts[i, j]), ha="center", va="center",
-                        color="white" if dark else "black", fontsize=11)
+                ax.text(
+                    j,
+                    i,
+                    str(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    color="white" if dark else "black",
+                    fontsize=11,
+                )
         ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(classes)), classes, fontsize=8)
         ax.set_xlabel("predicted")
@@ -343,31 +491,41 @@ def confusion_figure(rows: Sequence[dict[str, Any]], target: Path, *,
     save_png(figure, target)
 
 
-def lesion_grid_figure(rows: Sequence[dict[str, Any]], target: Path, *,
-                       title: str = "Lesions per patient") -> None:
+def lesion_grid_figure(
+    rows: Sequence[dict[str, Any]], target: Path, *, title: str = "Lesions per patient"
+) -> None:
     """One row per patient, one box per lesion coloured by the predicted class, a cross
     where the lesion's prediction is wrong (the patient's true class is in the row label)."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch, Rectangle
 
     models = _groups(rows, "model")
-    classes = list(OrderedDict.fromkeys(
-        [r["true_class"] for r in rows] + [r["predicted_class"] for r in rows]))
+    classes = list(
+        OrderedDict.fromkeys([r["true_class"] for r in rows] + [r["predicted_class"] for r in rows])
+    )
     colours = dict(zip(sorted(classes), _colours(len(classes))))
     widest = max((r["column"] for r in rows), default=0) + 1
     tallest = max((r["row"] for r in rows), default=0) + 1
     panel_width = 2.4 + 0.28 * min(widest, 40)
-    figure = agg_figure(panel_width * max(1, len(models)), 1.4 + 0.28 * tallest,
-                     layout="constrained")
+    figure = agg_figure(
+        panel_width * max(1, len(models)), 1.4 + 0.28 * tallest, layout="constrained"
+    )
     for position, ((model,), items) in enumerate(models.items(), start=1):
         ax = figure.add_subplot(1, len(models), position)
         names = {}
         for r in items:
             names[r["row"]] = f"{r['participant_id']} ({r['true_class']})"
             x, y = r["column"], r["row"]
-            ax.add_patch(Rectangle((x + 0.05, y + 0.05), 0.9, 0.9,
-                                   facecolor=colours[r["predicted_class"]], edgecolor="black",
-                                   linewidth=0.4))
+            ax.add_patch(
+                Rectangle(
+                    (x + 0.05, y + 0.05),
+                    0.9,
+                    0.9,
+                    facecolor=colours[r["predicted_class"]],
+                    edgecolor="black",
+                    linewidth=0.4,
+                )
+            )
             if not r["correct"]:
                 ax.plot([x + 0.15, x + 0.85], [y + 0.15, y + 0.85], color="black", linewidth=1.2)
                 ax.plot([x + 0.15, x + 0.85], [y + 0.85, y + 0.15], color="black", linewidth=1.2)
@@ -375,15 +533,18 @@ def lesion_grid_figure(rows: Sequence[dict[str, Any]], target: Path, *,
         ax.set_xlim(0, widest)
         ax.set_ylim(rows_here, 0)
         ax.set_aspect("equal", adjustable="box")
-        ax.set_yticks([i + 0.5 for i in sorted(names)], [names[i] for i in sorted(names)],
-                      fontsize=7)
+        ax.set_yticks(
+            [i + 0.5 for i in sorted(names)], [names[i] for i in sorted(names)], fontsize=7
+        )
         ax.set_xticks([])
         ax.set_xlabel("lesions")
         ax.set_title(model, fontsize=9)
         for side in ("top", "right", "bottom"):
             ax.spines[side].set_visible(False)
-    handles = [Patch(facecolor=colours[c], edgecolor="black", label=f"predicted {c}")
-               for c in sorted(classes)]
+    handles = [
+        Patch(facecolor=colours[c], edgecolor="black", label=f"predicted {c}")
+        for c in sorted(classes)
+    ]
     handles.append(Line2D([], [], color="black", marker="x", linestyle="", label="wrong"))
     figure.legend(handles=handles, loc="outside lower center", fontsize=7, ncol=len(handles))
     figure.suptitle(title, fontsize=10)

@@ -18,8 +18,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from metcli.evaluation.metrics import LevelResult
 
 #: Section ids, in page order (a test checks that a browser shows each).
-SECTIONS = ("summary", "metrics", "comparisons", "figures", "overlays", "checklist", "methods",
-            "provenance")
+SECTIONS = (
+    "summary",
+    "metrics",
+    "comparisons",
+    "figures",
+    "overlays",
+    "checklist",
+    "methods",
+    "provenance",
+)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;
@@ -46,18 +54,27 @@ def comparison_table(results: Sequence["LevelResult"]) -> list[dict]:
     """Models x metrics, estimate and interval as text (Table 3 of Tharmaseelan et al. 2023)."""
     table = []
     for result in results:
-        row: dict[str, Any] = {"model": result.model.name, "level": result.level,
-                               "selected_by_cv": result.model.selected,
-                               "n_patients": result.data.n_patients,
-                               "n_lesions": result.rows[0]["n_lesions"]}
-        preferred = {"patient": ("delong", "clopper_pearson", "patient_bootstrap"),
-                     "lesion": ("obuchowski", "cluster_bootstrap")}[result.level]
+        row: dict[str, Any] = {
+            "model": result.model.name,
+            "level": result.level,
+            "selected_by_cv": result.model.selected,
+            "n_patients": result.data.n_patients,
+            "n_lesions": result.rows[0]["n_lesions"],
+        }
+        preferred = {
+            "patient": ("delong", "clopper_pearson", "patient_bootstrap"),
+            "lesion": ("obuchowski", "cluster_bootstrap"),
+        }[result.level]
         for metric in _table_metrics():
             wanted = metric
             if not result.model.binary and metric in ("auc", "f1"):
                 wanted = f"{metric}_macro"
-            candidates = [r for r in result.rows if r["metric"] == wanted
-                          and (r["class"] is None or r["class"] == result.model.positive_class)]
+            candidates = [
+                r
+                for r in result.rows
+                if r["metric"] == wanted
+                and (r["class"] is None or r["class"] == result.model.positive_class)
+            ]
             chosen = None
             for method in (*preferred, "none"):
                 chosen = next((r for r in candidates if r["ci_method"] == method), None)
@@ -93,11 +110,14 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = ()
-           ) -> str:
-    out = ["<div class=\"wide\"><table><thead><tr>",
-           *(f"<th>{html.escape(h)}</th>" for h in headers),
-           "</tr></thead><tbody>"]
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = ()
+) -> str:
+    out = [
+        '<div class="wide"><table><thead><tr>',
+        *(f"<th>{html.escape(h)}</th>" for h in headers),
+        "</tr></thead><tbody>",
+    ]
     for row in rows:
         out.append("<tr>")
         for i, cell in enumerate(row):
@@ -130,54 +150,113 @@ def checklist(doc: Mapping[str, Any]) -> list[tuple[str, str, str, bool]]:
     models = doc["Models"]
     n_patients = max((lv["n_patients"] for m in models for lv in m["levels"]), default=0)
     thresholds = "; ".join(
-        f"{m['model']}: {lv['threshold_source']}" for m in models for lv in m["levels"][:1])
+        f"{m['model']}: {lv['threshold_source']}" for m in models for lv in m["levels"][:1]
+    )
     selected = [m["model"] for m in models if m.get("selected_by_cv")]
     author = "to be completed by the authors"
     return [
-        ("TRIPOD+AI 5-6", "Data source, eligibility criteria, study dates and setting", author,
-         False),
-        ("TRIPOD+AI 7", "Outcome: definition and how it was ascertained (reference standard)",
-         "label: the primary tumour's origin from participants.tsv; how it was confirmed: "
-         + author, False),
-        ("TRIPOD+AI 8", "Predictors / inputs and their preprocessing",
-         "see the model card (model.json) of each model; " + author, False),
-        ("TRIPOD+AI 9", "Sample size", f"{n_patients} patients evaluated in the "
-         f"{doc['Set']} set (counts per class and lesions in the summary)", True),
+        (
+            "TRIPOD+AI 5-6",
+            "Data source, eligibility criteria, study dates and setting",
+            author,
+            False,
+        ),
+        (
+            "TRIPOD+AI 7",
+            "Outcome: definition and how it was ascertained (reference standard)",
+            "label: the primary tumour's origin from participants.tsv; how it was confirmed: "
+            + author,
+            False,
+        ),
+        (
+            "TRIPOD+AI 8",
+            "Predictors / inputs and their preprocessing",
+            "see the model card (model.json) of each model; " + author,
+            False,
+        ),
+        (
+            "TRIPOD+AI 9",
+            "Sample size",
+            f"{n_patients} patients evaluated in the "
+            f"{doc['Set']} set (counts per class and lesions in the summary)",
+            True,
+        ),
         ("TRIPOD+AI 10", "Missing data and how they were handled", author, False),
-        ("TRIPOD+AI 12", "Analysis: unit of analysis and clustering",
-         "the patient; lesion-level figures account for clustering (cluster bootstrap, "
-         "Obuchowski's variance)", True),
-        ("TRIPOD+AI 12", "Performance measures with confidence intervals",
-         "AUC, accuracy, F1, sensitivity, specificity, PPV, NPV, Brier score, each with a "
-         f"{int(doc['ConfidenceLevel'] * 100)}% interval", True),
-        ("TRIPOD+AI 12", "Calibration", "reliability diagrams and mean predicted probability "
-         "against the observed prevalence", True),
+        (
+            "TRIPOD+AI 12",
+            "Analysis: unit of analysis and clustering",
+            "the patient; lesion-level figures account for clustering (cluster bootstrap, "
+            "Obuchowski's variance)",
+            True,
+        ),
+        (
+            "TRIPOD+AI 12",
+            "Performance measures with confidence intervals",
+            "AUC, accuracy, F1, sensitivity, specificity, PPV, NPV, Brier score, each with a "
+            f"{int(doc['ConfidenceLevel'] * 100)}% interval",
+            True,
+        ),
+        (
+            "TRIPOD+AI 12",
+            "Calibration",
+            "reliability diagrams and mean predicted probability against the observed prevalence",
+            True,
+        ),
         ("TRIPOD+AI 12", "Classification threshold and how it was chosen", thresholds, True),
-        ("TRIPOD+AI 12", "Model comparison and selection",
-         ("model chosen by cross-validation: " + ", ".join(selected)) if selected else
-         "no model is marked as chosen by cross-validation; " + author, bool(selected)),
+        (
+            "TRIPOD+AI 12",
+            "Model comparison and selection",
+            ("model chosen by cross-validation: " + ", ".join(selected))
+            if selected
+            else "no model is marked as chosen by cross-validation; " + author,
+            bool(selected),
+        ),
         ("TRIPOD+AI 14", "Fairness: performance in subgroups (sex, age, site)", author, False),
-        ("TRIPOD+AI 18", "Software and code availability", f"metcli {versions()['metcli']} "
-         "(settings and versions below)", True),
+        (
+            "TRIPOD+AI 18",
+            "Software and code availability",
+            f"metcli {versions()['metcli']} (settings and versions below)",
+            True,
+        ),
         ("TRIPOD+AI 18", "Data availability", author, False),
         ("CLAIM 7-9", "Data: sources, inclusion and exclusion, de-identification", author, False),
-        ("CLAIM 14-17", "Ground truth: reference standard, annotators, their agreement", author,
-         False),
-        ("CLAIM 18-21", "Data partitions: sizes and that they are separate by patient",
-         f"evaluated set: {doc['Set']}; a participant in two sets of a model is refused", True),
-        ("CLAIM 28-32", "Evaluation metrics, statistical tests, uncertainty",
-         "DeLong, Clopper-Pearson, patient bootstrap, McNemar and paired DeLong tests "
-         "(methods below)", True),
+        (
+            "CLAIM 14-17",
+            "Ground truth: reference standard, annotators, their agreement",
+            author,
+            False,
+        ),
+        (
+            "CLAIM 18-21",
+            "Data partitions: sizes and that they are separate by patient",
+            f"evaluated set: {doc['Set']}; a participant in two sets of a model is refused",
+            True,
+        ),
+        (
+            "CLAIM 28-32",
+            "Evaluation metrics, statistical tests, uncertainty",
+            "DeLong, Clopper-Pearson, patient bootstrap, McNemar and paired DeLong tests "
+            "(methods below)",
+            True,
+        ),
         ("CLAIM 33", "Robustness or sensitivity analysis", author, False),
-        ("CLAIM 35", "Failure analysis: wrong predictions", "per-patient lesion grid (figures)",
-         True),
+        (
+            "CLAIM 35",
+            "Failure analysis: wrong predictions",
+            "per-patient lesion grid (figures)",
+            True,
+        ),
         ("CLAIM 36-38", "Performance on external data, limitations, implications", author, False),
     ]
 
 
-def render(doc: Mapping[str, Any], *, figures: Mapping[str, tuple[bytes, str]],
-           table_rows: Sequence[Mapping[str, Any]] = (),
-           overlays: Mapping[str, Any] | None = None) -> str:
+def render(
+    doc: Mapping[str, Any],
+    *,
+    figures: Mapping[str, tuple[bytes, str]],
+    table_rows: Sequence[Mapping[str, Any]] = (),
+    overlays: Mapping[str, Any] | None = None,
+) -> str:
     """The page as text.
 
     Args:
@@ -188,14 +267,16 @@ def render(doc: Mapping[str, Any], *, figures: Mapping[str, tuple[bytes, str]],
             ``(name, png bytes, caption)``), ``missing`` (``{participant: why}``) and
             ``lesions_per_patient``.
     """
-    parts = ["<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
-             "<title>metcli evaluate report</title>",
-             f"<style>{_CSS}</style></head><body>",
-             "<h1>metcli evaluate report</h1>",
-             "<p class=\"banner\" id=\"research-use-only\">Research use only. Not for "
-             "clinical use: the figures describe models on a research data set, not a "
-             "validated diagnostic device.</p>"]
+    parts = [
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>metcli evaluate report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>metcli evaluate report</h1>",
+        '<p class="banner" id="research-use-only">Research use only. Not for '
+        "clinical use: the figures describe models on a research data set, not a "
+        "validated diagnostic device.</p>",
+    ]
     parts.append(_summary(doc))
     parts.append(_metrics(doc))
     parts.append(_comparisons(doc, table_rows))
@@ -209,17 +290,34 @@ def render(doc: Mapping[str, Any], *, figures: Mapping[str, tuple[bytes, str]],
 
 
 def _summary(doc) -> str:
-    columns = ["model", "level", "patients", "units", "true classes", "patient "
-               "probabilities", "positive class", "threshold"]
+    columns = [
+        "model",
+        "level",
+        "patients",
+        "units",
+        "true classes",
+        "patient probabilities",
+        "positive class",
+        "threshold",
+    ]
     rows, files = [], {}
     for m in doc["Models"]:
         entry = files.setdefault(m["source"], {"models": [], "sources": []})
         entry["models"].append(m["model"])
         for lv in m["levels"]:
             counts = ", ".join(f"{c}: {n}" for c, n in lv["class_counts"].items())
-            rows.append([m["model"], lv["level"], lv["n_patients"], lv["n_units"], counts,
-                         "derived (mean of lesions)" if lv["derived_from_lesions"] else "given",
-                         m["positive_class"] or "one vs rest", lv["threshold"]])
+            rows.append(
+                [
+                    m["model"],
+                    lv["level"],
+                    lv["n_patients"],
+                    lv["n_units"],
+                    counts,
+                    "derived (mean of lesions)" if lv["derived_from_lesions"] else "given",
+                    m["positive_class"] or "one vs rest",
+                    lv["threshold"],
+                ]
+            )
             if lv["threshold_source"] not in entry["sources"]:
                 entry["sources"].append(lv["threshold_source"])
     # A column with one value in every row is said once, above the table.
@@ -227,15 +325,26 @@ def _summary(doc) -> str:
     said = "".join(f" {_e(columns[j].capitalize())}: <b>{_e(rows[0][j])}</b>." for j in shared)
     keep = [j for j in range(len(columns)) if j not in shared]
     numeric = tuple(keep.index(j) for j in (2, 3, 7))
-    sources = _table(["predictions", "models", "thresholds chosen by"],
-                     [[source, len(e["models"]) if len(e["models"]) > 1 else e["models"][0],
-                       "; ".join(e["sources"])] for source, e in files.items()], numeric=())
-    return ("<section id=\"summary\"><h2>Data summary</h2>"
-            f"<p>Set evaluated: <b>{_e(doc['Set'])}</b>. The patient is the unit of inference; "
-            f"patient-level figures come first.{said}</p>" + sources
-            + _table([columns[j] for j in keep], [[r[j] for j in keep] for r in rows],
-                     numeric=numeric)
-            + "</section>")
+    sources = _table(
+        ["predictions", "models", "thresholds chosen by"],
+        [
+            [
+                source,
+                len(e["models"]) if len(e["models"]) > 1 else e["models"][0],
+                "; ".join(e["sources"]),
+            ]
+            for source, e in files.items()
+        ],
+        numeric=(),
+    )
+    return (
+        '<section id="summary"><h2>Data summary</h2>'
+        f"<p>Set evaluated: <b>{_e(doc['Set'])}</b>. The patient is the unit of inference; "
+        f"patient-level figures come first.{said}</p>"
+        + sources
+        + _table([columns[j] for j in keep], [[r[j] for j in keep] for r in rows], numeric=numeric)
+        + "</section>"
+    )
 
 
 #: With more models than this, only the chosen ones' metric tables are shown open.
@@ -248,22 +357,30 @@ def chosen_models(models: Sequence[Mapping[str, Any]]) -> list[str]:
     by_source: dict[str, list[Mapping[str, Any]]] = {}
     for m in models:
         by_source.setdefault(m["source"], []).append(m)
-    return [m["model"] for group in by_source.values() for m in group
-            if m.get("selected_by_cv") or len(group) == 1]
+    return [
+        m["model"]
+        for group in by_source.values()
+        for m in group
+        if m.get("selected_by_cv") or len(group) == 1
+    ]
 
 
 def _metrics(doc) -> str:
-    out = ["<section id=\"metrics\"><h2>Metrics with confidence intervals</h2>",
-           f"<p class=\"note\">Lesion level: {_e(doc['LesionLevel'])}.</p>"]
+    out = [
+        '<section id="metrics"><h2>Metrics with confidence intervals</h2>',
+        f'<p class="note">Lesion level: {_e(doc["LesionLevel"])}.</p>',
+    ]
     models = list(doc["Models"])
     fold = len(models) > OPEN_MODELS
     if fold:
         chosen = chosen_models(models)
         models.sort(key=lambda m: m["model"] not in chosen)  # stable: chosen first
-        out.append(f"<p class=\"note\">{len(models)} models: the chosen one of each "
-                   "prediction file (selected by cross-validation, or its only model) is "
-                   "shown first and open; the others are folded below (click to open). "
-                   "The comparison table further down puts all of them side by side.</p>")
+        out.append(
+            f'<p class="note">{len(models)} models: the chosen one of each '
+            "prediction file (selected by cross-validation, or its only model) is "
+            "shown first and open; the others are folded below (click to open). "
+            "The comparison table further down puts all of them side by side.</p>"
+        )
     for m in models:
         folded = fold and m["model"] not in chosen
         if folded:
@@ -274,17 +391,40 @@ def _metrics(doc) -> str:
             split = [(r["note"] or "").split("; ") for r in lv["metrics"]]
             common = [n for n in split[0] if n and all(n in parts for parts in split)]
             if common:
-                out.append(f"<p class=\"note\">{_e('; '.join(common))}.</p>")
-            rows = [[r["metric"], r["class"], r["estimate"], _interval(r), r["ci_method"],
-                     "; ".join(n for n in parts if n and n not in common)]
-                    for r, parts in zip(lv["metrics"], split)]
-            out.append(_table(["metric", "class", "estimate",
-                               f"{int(doc['ConfidenceLevel'] * 100)}% CI", "CI method", "note"],
-                              rows, numeric=(2, 3)))
+                out.append(f'<p class="note">{_e("; ".join(common))}.</p>')
+            rows = [
+                [
+                    r["metric"],
+                    r["class"],
+                    r["estimate"],
+                    _interval(r),
+                    r["ci_method"],
+                    "; ".join(n for n in parts if n and n not in common),
+                ]
+                for r, parts in zip(lv["metrics"], split)
+            ]
+            out.append(
+                _table(
+                    [
+                        "metric",
+                        "class",
+                        "estimate",
+                        f"{int(doc['ConfidenceLevel'] * 100)}% CI",
+                        "CI method",
+                        "note",
+                    ],
+                    rows,
+                    numeric=(2, 3),
+                )
+            )
             cm = lv["confusion_matrix"]
-            out.append(_table(["true \\ predicted", *cm["classes"]],
-                              [[c, *counts] for c, counts in zip(cm["classes"], cm["counts"])],
-                              numeric=tuple(range(1, len(cm["classes"]) + 1))))
+            out.append(
+                _table(
+                    ["true \\ predicted", *cm["classes"]],
+                    [[c, *counts] for c, counts in zip(cm["classes"], cm["counts"])],
+                    numeric=tuple(range(1, len(cm["classes"]) + 1)),
+                )
+            )
         if folded:
             out.append("</details>")
     out.append("</section>")
@@ -292,92 +432,139 @@ def _metrics(doc) -> str:
 
 
 def _comparisons(doc, table_rows) -> str:
-    out = ["<section id=\"comparisons\"><h2>Comparisons between models</h2>"]
+    out = ['<section id="comparisons"><h2>Comparisons between models</h2>']
     if table_rows:
         columns = list(table_rows[0].keys())
         out.append(_table(columns, [[r[c] for c in columns] for r in table_rows]))
     if doc["Comparisons"]:
-        headers = ["level", "model A", "model B", "metric", "A", "B", "test", "statistic",
-                   "p", "note"]
+        headers = [
+            "level",
+            "model A",
+            "model B",
+            "metric",
+            "A",
+            "B",
+            "test",
+            "statistic",
+            "p",
+            "note",
+        ]
 
         def rows(items):
-            return [[c["level"], c["model_a"], c["model_b"], c["metric"], c.get("estimate_a"),
-                     c.get("estimate_b"), c["test"], c.get("statistic"),
-                     "n/a" if c["p_value"] is None else f"{c['p_value']:.4g}",
-                     c.get("note") or ""] for c in items]
+            return [
+                [
+                    c["level"],
+                    c["model_a"],
+                    c["model_b"],
+                    c["metric"],
+                    c.get("estimate_a"),
+                    c.get("estimate_b"),
+                    c["test"],
+                    c.get("statistic"),
+                    "n/a" if c["p_value"] is None else f"{c['p_value']:.4g}",
+                    c.get("note") or "",
+                ]
+                for c in items
+            ]
 
         if len(doc["Models"]) > OPEN_MODELS:
             chosen = set(chosen_models(doc["Models"]))
-            between = [c for c in doc["Comparisons"]
-                       if c["model_a"] in chosen and c["model_b"] in chosen]
+            between = [
+                c for c in doc["Comparisons"] if c["model_a"] in chosen and c["model_b"] in chosen
+            ]
             others = [c for c in doc["Comparisons"] if c not in between]
-            out.append("<p class=\"note\">Between the chosen models (p-values are not "
-                       "corrected for the number of comparisons; comparisons.tsv holds all "
-                       f"{len(doc['Comparisons'])} rows):</p>")
-            out.append(_table(headers, rows(between), numeric=(4, 5, 7, 8)) if between else
-                       "<p>(only one chosen model)</p>")
-            out.append(f"<details><summary>The other {len(others)} comparisons</summary>"
-                       + _table(headers, rows(others), numeric=(4, 5, 7, 8)) + "</details>")
+            out.append(
+                '<p class="note">Between the chosen models (p-values are not '
+                "corrected for the number of comparisons; comparisons.tsv holds all "
+                f"{len(doc['Comparisons'])} rows):</p>"
+            )
+            out.append(
+                _table(headers, rows(between), numeric=(4, 5, 7, 8))
+                if between
+                else "<p>(only one chosen model)</p>"
+            )
+            out.append(
+                f"<details><summary>The other {len(others)} comparisons</summary>"
+                + _table(headers, rows(others), numeric=(4, 5, 7, 8))
+                + "</details>"
+            )
         else:
             out.append(_table(headers, rows(doc["Comparisons"]), numeric=(4, 5, 7, 8)))
     else:
-        out.append("<p>No comparison was asked for (run with <code>--compare</code> and two or "
-                   "more models).</p>")
+        out.append(
+            "<p>No comparison was asked for (run with <code>--compare</code> and two or "
+            "more models).</p>"
+        )
     out.append("</section>")
     return "".join(out)
 
 
 def _figures(figures) -> str:
-    out = ["<section id=\"figures\"><h2>Figures</h2>"]
+    out = ['<section id="figures"><h2>Figures</h2>']
     if not figures:
         out.append("<p>No figures were drawn (<code>--no-plots</code>).</p>")
     for name, (png, caption) in figures.items():
         data = base64.b64encode(png).decode("ascii")
-        out.append(f"<figure id=\"fig-{_e(name)}\"><img alt=\"{_e(name)}\" "
-                   f"src=\"data:image/png;base64,{data}\"><figcaption>{_e(name)}: "
-                   f"{_e(caption)}</figcaption></figure>")
+        out.append(
+            f'<figure id="fig-{_e(name)}"><img alt="{_e(name)}" '
+            f'src="data:image/png;base64,{data}"><figcaption>{_e(name)}: '
+            f"{_e(caption)}</figcaption></figure>"
+        )
     out.append("</section>")
     return "".join(out)
 
 
 def _overlays(overlays: Mapping[str, Any] | None) -> str:
-    out = ["<section id=\"overlays\"><h2>Lesion masks on CT (visual quality control)</h2>"]
+    out = ['<section id="overlays"><h2>Lesion masks on CT (visual quality control)</h2>']
     if not overlays:
-        out.append("<p>Not drawn: give <code>--raw RAW_DIR</code> and <code>--lesions "
-                   "LESIONS_DIR</code> to show the lesion masks on the CT of every evaluated "
-                   "patient.</p></section>")
+        out.append(
+            "<p>Not drawn: give <code>--raw RAW_DIR</code> and <code>--lesions "
+            "LESIONS_DIR</code> to show the lesion masks on the CT of every evaluated "
+            "patient.</p></section>"
+        )
         return "".join(out)
-    out.append(f"<p class=\"note\">Up to {_e(overlays.get('lesions_per_patient'))} lesions per "
-               "evaluated patient (those with predictions first, largest first): one axial "
-               "slice through each lesion's centroid, abdominal window W330/L10 HU, the "
-               "lesion's contour in yellow and other lesions in cyan; patient's right on the "
-               "left. Below each: the lesion-level prediction and whether it is right. Check "
-               "that every contour follows a lesion.</p>")
+    out.append(
+        f'<p class="note">Up to {_e(overlays.get("lesions_per_patient"))} lesions per '
+        "evaluated patient (those with predictions first, largest first): one axial "
+        "slice through each lesion's centroid, abdominal window W330/L10 HU, the "
+        "lesion's contour in yellow and other lesions in cyan; patient's right on the "
+        "left. Below each: the lesion-level prediction and whether it is right. Check "
+        "that every contour follows a lesion.</p>"
+    )
     for name, png, caption in overlays.get("figures", ()):
         data = base64.b64encode(png).decode("ascii")
-        out.append(f"<figure class=\"overlay\" id=\"overlay-{_e(name)}\"><img alt=\"lesions of "
-                   f"{_e(name)} on CT\" src=\"data:image/png;base64,{data}\"><figcaption>"
-                   f"{_e(caption)}</figcaption></figure>")
+        out.append(
+            f'<figure class="overlay" id="overlay-{_e(name)}"><img alt="lesions of '
+            f'{_e(name)} on CT" src="data:image/png;base64,{data}"><figcaption>'
+            f"{_e(caption)}</figcaption></figure>"
+        )
     missing = overlays.get("missing") or {}
     if missing:
-        out.append("<p class=\"todo\">Not shown: " + "; ".join(
-            f"{_e(pid)} ({_e(why)})" for pid, why in sorted(missing.items())) + ".</p>")
+        out.append(
+            '<p class="todo">Not shown: '
+            + "; ".join(f"{_e(pid)} ({_e(why)})" for pid, why in sorted(missing.items()))
+            + ".</p>"
+        )
     out.append("</section>")
     return "".join(out)
 
 
 def _checklist(doc) -> str:
-    rows = [[g, item, _Raw(f"<span class=\"{'done' if ok else 'todo'}\">{_e(text)}</span>")]
-            for g, item, text, ok in checklist(doc)]
-    return ("<section id=\"checklist\"><h2>Reporting checklist (TRIPOD+AI, CLAIM)</h2>"
-            "<p class=\"note\">Green: filled by metcli from the run. Red: the authors must "
-            "report it.</p>" + _table(["guideline", "item", "status"], rows) + "</section>")
+    rows = [
+        [g, item, _Raw(f'<span class="{"done" if ok else "todo"}">{_e(text)}</span>')]
+        for g, item, text, ok in checklist(doc)
+    ]
+    return (
+        '<section id="checklist"><h2>Reporting checklist (TRIPOD+AI, CLAIM)</h2>'
+        '<p class="note">Green: filled by metcli from the run. Red: the authors must '
+        "report it.</p>" + _table(["guideline", "item", "status"], rows) + "</section>"
+    )
 
 
 def _methods(doc) -> str:
     boot = doc["Bootstrap"]
     return (
-        "<section id=\"methods\"><h2>Statistical methods</h2><p>"
+        '<section id="methods"><h2>Statistical methods</h2><p>'
         f"Intervals are {int(doc['ConfidenceLevel'] * 100)}%. Patient level: the AUC with "
         "DeLong's variance (DeLong, DeLong and Clarke-Pearson 1988, Biometrics 44:837-845; "
         "computed with the algorithm of Sun and Xu 2014) and with the patient bootstrap; "
@@ -389,20 +576,24 @@ def _methods(doc) -> str:
         f"draws {boot['resamples']} resamples (seed {boot['seed']}), stratified by "
         f"{_e(boot['stratified_by'])}, with percentile intervals. Comparisons: paired DeLong "
         "test of AUCs and McNemar's test of accuracies at patient level; a paired patient "
-        "bootstrap test at lesion level.</p></section>")
+        "bootstrap test at lesion level.</p></section>"
+    )
 
 
 def _provenance(doc) -> str:
     prov = doc["Provenance"]
-    settings = [[k, v if not isinstance(v, (dict, list)) else str(v)]
-                for k, v in prov["settings"].items()]
+    settings = [
+        [k, v if not isinstance(v, (dict, list)) else str(v)] for k, v in prov["settings"].items()
+    ]
     inputs = [[r["uri"], _Raw(f"<code>{_e(r['sha256'][:16])}…</code>")] for r in prov["inputs"]]
     libs = [[k, v] for k, v in versions().items()]
-    return ("<section id=\"provenance\"><h2>Settings and versions</h2>"
-            + _table(["setting", "value"], settings)
-            + _table(["input", "sha256"], inputs)
-            + _table(["software", "version"], libs)
-            + "<p class=\"note\">Research use only. Produced by metcli evaluate.</p></section>")
+    return (
+        '<section id="provenance"><h2>Settings and versions</h2>'
+        + _table(["setting", "value"], settings)
+        + _table(["input", "sha256"], inputs)
+        + _table(["software", "version"], libs)
+        + '<p class="note">Research use only. Produced by metcli evaluate.</p></section>'
+    )
 
 
 def write_report_to(text: str, target: Path) -> None:

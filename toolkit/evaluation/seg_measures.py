@@ -11,16 +11,19 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from metcli.imaging.labels import LESION, LIVER
 from metcli.core.errors import UsageError
+from metcli.imaging.labels import LESION, LIVER
 
 log = logging.getLogger(__name__)
 
 OVERLAP_DESC, DETECTION_DESC = "overlap", "detection"
 
 #: Regions compared: name -> the dseg labels that form it.
-REGIONS: dict[str, tuple[int, ...]] = {"liver": (LIVER,), "lesion": (LESION,),
-                                       "liver_and_lesions": (LIVER, LESION)}
+REGIONS: dict[str, tuple[int, ...]] = {
+    "liver": (LIVER,),
+    "lesion": (LESION,),
+    "liver_and_lesions": (LIVER, LESION),
+}
 #: Size bands of lesions by longest axial diameter: (name, lower mm, upper mm).
 SIZE_BANDS = (("under_10mm", None, 10.0), ("10_to_20mm", 10.0, 20.0), ("over_20mm", 20.0, None))
 ALL = "all"
@@ -31,8 +34,9 @@ CLUSTER_NOTE = "participants resampled with all their lesions (cluster bootstrap
 
 
 # ============================================================================= voxel overlap
-def overlap_measures(seg: np.ndarray, ref: np.ndarray, labels: Sequence[int],
-                     voxel_volume_mm3: float) -> dict[str, Any]:
+def overlap_measures(
+    seg: np.ndarray, ref: np.ndarray, labels: Sequence[int], voxel_volume_mm3: float
+) -> dict[str, Any]:
     """Dice, Jaccard, precision, recall and volumes of one region (the voxels carrying
     any of ``labels``) of a segmentation against a reference on the same grid.
 
@@ -57,18 +61,27 @@ def overlap_measures(seg: np.ndarray, ref: np.ndarray, labels: Sequence[int],
             notes.append("absent from the segmentation: precision undefined")
         if n_ref == 0:
             notes.append("absent from the reference: recall undefined")
-    return {"dice": dice, "jaccard": jaccard, "precision": precision, "recall": recall,
-            "volume_mm3": n_seg * voxel_volume_mm3,
-            "reference_volume_mm3": n_ref * voxel_volume_mm3,
-            "volume_difference_mm3": (n_seg - n_ref) * voxel_volume_mm3,
-            "true_positive_voxels": tp, "false_positive_voxels": fp,
-            "false_negative_voxels": fn, "note": "; ".join(notes) or None}
+    return {
+        "dice": dice,
+        "jaccard": jaccard,
+        "precision": precision,
+        "recall": recall,
+        "volume_mm3": n_seg * voxel_volume_mm3,
+        "reference_volume_mm3": n_ref * voxel_volume_mm3,
+        "volume_difference_mm3": (n_seg - n_ref) * voxel_volume_mm3,
+        "true_positive_voxels": tp,
+        "false_positive_voxels": fp,
+        "false_negative_voxels": fn,
+        "note": "; ".join(notes) or None,
+    }
 
 
 def overlap_rows(seg: np.ndarray, ref: np.ndarray, voxel_volume_mm3: float) -> list[dict]:
     """One row per region (:data:`REGIONS`) of a segmentation against its reference."""
-    return [{"label": name, **overlap_measures(seg, ref, labels, voxel_volume_mm3)}
-            for name, labels in REGIONS.items()]
+    return [
+        {"label": name, **overlap_measures(seg, ref, labels, voxel_volume_mm3)}
+        for name, labels in REGIONS.items()
+    ]
 
 
 # ============================================================================= lesion detection
@@ -81,8 +94,9 @@ def size_band(diameter_mm: float) -> str:
     return SIZE_BANDS[2][0]
 
 
-def lesion_overlaps(pred_map: np.ndarray, ref_map: np.ndarray
-                    ) -> tuple[dict[tuple[int, int], int], np.ndarray, np.ndarray]:
+def lesion_overlaps(
+    pred_map: np.ndarray, ref_map: np.ndarray
+) -> tuple[dict[tuple[int, int], int], np.ndarray, np.ndarray]:
     """Overlapping voxels of every (reference id, predicted id) pair that touches, and
     the voxel count of every id of each map (``counts[id]``)."""
     pred = np.asarray(pred_map, dtype=np.int64).ravel()
@@ -94,9 +108,12 @@ def lesion_overlaps(pred_map: np.ndarray, ref_map: np.ndarray
     return overlaps, np.bincount(pred, minlength=width), np.bincount(ref)
 
 
-def detection_rows(pred_map: np.ndarray, ref_map: np.ndarray,
-                   pred_table: Sequence[Mapping[str, Any]],
-                   ref_table: Sequence[Mapping[str, Any]]) -> list[dict]:
+def detection_rows(
+    pred_map: np.ndarray,
+    ref_map: np.ndarray,
+    pred_table: Sequence[Mapping[str, Any]],
+    ref_table: Sequence[Mapping[str, Any]],
+) -> list[dict]:
     """One row per kept reference lesion (found or missed) and one per false positive.
 
     ``pred_table`` and ``ref_table`` are split-lesions' lesion tables of the two maps
@@ -113,13 +130,20 @@ def detection_rows(pred_map: np.ndarray, ref_map: np.ndarray,
     rows = []
     for r, info in sorted(ref_rows.items()):
         size_r = int(ref_counts[r]) if r < len(ref_counts) else 0
-        row = {"kind": "reference", "reference_lesion": r,
-               "reference_diameter_mm": float(info["longest_axial_diameter_mm"]),
-               "reference_volume_mm3": float(info["volume_mm3"]),
-               "size_band": size_band(float(info["longest_axial_diameter_mm"])),
-               "found": False, "predicted_lesion": None, "predicted_diameter_mm": None,
-               "predicted_volume_mm3": None, "overlap_voxels": 0, "dice": None,
-               "n_predicted_overlapping": len(by_ref.get(r, []))}
+        row = {
+            "kind": "reference",
+            "reference_lesion": r,
+            "reference_diameter_mm": float(info["longest_axial_diameter_mm"]),
+            "reference_volume_mm3": float(info["volume_mm3"]),
+            "size_band": size_band(float(info["longest_axial_diameter_mm"])),
+            "found": False,
+            "predicted_lesion": None,
+            "predicted_diameter_mm": None,
+            "predicted_volume_mm3": None,
+            "overlap_voxels": 0,
+            "dice": None,
+            "n_predicted_overlapping": len(by_ref.get(r, [])),
+        }
         candidates = []
         for p, n in by_ref.get(r, []):
             dice = 2.0 * n / (size_r + int(pred_counts[p]))
@@ -127,34 +151,57 @@ def detection_rows(pred_map: np.ndarray, ref_map: np.ndarray,
         if candidates:
             _d, _n, p, dice, n = min(candidates)
             match = pred_rows.get(p)
-            row.update({"found": True, "predicted_lesion": p, "overlap_voxels": n, "dice": dice,
-                        "predicted_diameter_mm": None if match is None
-                        else float(match["longest_axial_diameter_mm"]),
-                        "predicted_volume_mm3": None if match is None
-                        else float(match["volume_mm3"])})
+            row.update(
+                {
+                    "found": True,
+                    "predicted_lesion": p,
+                    "overlap_voxels": n,
+                    "dice": dice,
+                    "predicted_diameter_mm": None
+                    if match is None
+                    else float(match["longest_axial_diameter_mm"]),
+                    "predicted_volume_mm3": None if match is None else float(match["volume_mm3"]),
+                }
+            )
         rows.append(row)
     for p, info in sorted(pred_rows.items()):
         if p in by_pred or p >= len(pred_counts) or pred_counts[p] == 0:
             continue
-        rows.append({"kind": "false_positive", "reference_lesion": None,
-                     "reference_diameter_mm": None, "reference_volume_mm3": None,
-                     "size_band": size_band(float(info["longest_axial_diameter_mm"])),
-                     "found": None, "predicted_lesion": p,
-                     "predicted_diameter_mm": float(info["longest_axial_diameter_mm"]),
-                     "predicted_volume_mm3": float(info["volume_mm3"]), "overlap_voxels": 0,
-                     "dice": None, "n_predicted_overlapping": None})
+        rows.append(
+            {
+                "kind": "false_positive",
+                "reference_lesion": None,
+                "reference_diameter_mm": None,
+                "reference_volume_mm3": None,
+                "size_band": size_band(float(info["longest_axial_diameter_mm"])),
+                "found": None,
+                "predicted_lesion": p,
+                "predicted_diameter_mm": float(info["longest_axial_diameter_mm"]),
+                "predicted_volume_mm3": float(info["volume_mm3"]),
+                "overlap_voxels": 0,
+                "dice": None,
+                "n_predicted_overlapping": None,
+            }
+        )
     return rows
 
 
 # ============================================================================= statistics
-def _cluster_ratio(numerators: Sequence[float], denominators: Sequence[float],
-                   clusters: Sequence[str], *, n_boot: int, seed: int, level: float
-                   ) -> tuple[float | None, float | None, int | None, str, str | None]:
+def _cluster_ratio(
+    numerators: Sequence[float],
+    denominators: Sequence[float],
+    clusters: Sequence[str],
+    *,
+    n_boot: int,
+    seed: int,
+    level: float,
+) -> tuple[float | None, float | None, int | None, str, str | None]:
     """Percentile interval of ``sum(num) / sum(den)`` resampling clusters (participants).
 
     Returns (lower, upper, resamples used, method, note).
     """
     from metcli.evaluation import stats
+
     names = sorted(set(clusters))
     if len(names) < 2:
         return None, None, None, "none", "one participant: no interval"
@@ -172,8 +219,9 @@ def _cluster_ratio(numerators: Sequence[float], denominators: Sequence[float],
     return low, high, used, "patient_bootstrap", None
 
 
-def patient_summary(rows: Sequence[Mapping[str, Any]], *, n_boot: int, seed: int,
-                    level: float = 0.95) -> list[dict[str, Any]]:
+def patient_summary(
+    rows: Sequence[Mapping[str, Any]], *, n_boot: int, seed: int, level: float = 0.95
+) -> list[dict[str, Any]]:
     """Per region and metric: the mean over participants (each the mean of its
     acquisitions) with a patient-bootstrap interval, the median and the range; and
     the pooled ("global") Dice of all voxels, with a patient-bootstrap interval."""
@@ -189,50 +237,101 @@ def patient_summary(rows: Sequence[Mapping[str, Any]], *, n_boot: int, seed: int
                 else:
                     per_patient.setdefault(row["participant_id"], []).append(float(row[metric]))
             values = {p: float(np.mean(v)) for p, v in per_patient.items()}
-            entry: dict[str, Any] = {"label": region, "metric": metric,
-                                     "n_participants": len(values),
-                                     "n_participants_undefined": len(undefined - set(values))}
+            entry: dict[str, Any] = {
+                "label": region,
+                "metric": metric,
+                "n_participants": len(values),
+                "n_participants_undefined": len(undefined - set(values)),
+            }
             if not values:
-                entry.update({"mean": None, "ci_lower": None, "ci_upper": None,
-                              "ci_method": "none", "bootstrap_resamples": None,
-                              "median": None, "minimum": None,
-                              "maximum": None, "note": "undefined for every participant"})
+                entry.update(
+                    {
+                        "mean": None,
+                        "ci_lower": None,
+                        "ci_upper": None,
+                        "ci_method": "none",
+                        "bootstrap_resamples": None,
+                        "median": None,
+                        "minimum": None,
+                        "maximum": None,
+                        "note": "undefined for every participant",
+                    }
+                )
             else:
                 array = np.array(list(values.values()))
                 low, high, used, method, note = _cluster_ratio(
-                    array, np.ones(len(array)), list(values), n_boot=n_boot, seed=seed,
-                    level=level)
-                entry.update({"mean": float(array.mean()), "ci_lower": low, "ci_upper": high,
-                              "ci_method": method, "bootstrap_resamples": used,
-                              "median": float(np.median(array)), "minimum": float(array.min()),
-                              "maximum": float(array.max()), "note": note})
+                    array, np.ones(len(array)), list(values), n_boot=n_boot, seed=seed, level=level
+                )
+                entry.update(
+                    {
+                        "mean": float(array.mean()),
+                        "ci_lower": low,
+                        "ci_upper": high,
+                        "ci_method": method,
+                        "bootstrap_resamples": used,
+                        "median": float(np.median(array)),
+                        "minimum": float(array.min()),
+                        "maximum": float(array.max()),
+                        "note": note,
+                    }
+                )
             out.append(entry)
         tp = np.array([r["true_positive_voxels"] for r in region_rows], dtype=float)
         fp = np.array([r["false_positive_voxels"] for r in region_rows], dtype=float)
         fn = np.array([r["false_negative_voxels"] for r in region_rows], dtype=float)
         total = 2 * tp.sum() + fp.sum() + fn.sum()
-        entry = {"label": region, "metric": "dice_global",
-                 "n_participants": len({r["participant_id"] for r in region_rows}),
-                 "n_participants_undefined": 0, "median": None, "minimum": None,
-                 "maximum": None}
+        entry = {
+            "label": region,
+            "metric": "dice_global",
+            "n_participants": len({r["participant_id"] for r in region_rows}),
+            "n_participants_undefined": 0,
+            "median": None,
+            "minimum": None,
+            "maximum": None,
+        }
         if total > 0:
             low, high, used, method, note = _cluster_ratio(
-                2 * tp, 2 * tp + fp + fn, [r["participant_id"] for r in region_rows],
-                n_boot=n_boot, seed=seed, level=level)
-            entry.update({"mean": float(2 * tp.sum() / total), "ci_lower": low, "ci_upper": high,
-                          "ci_method": method, "bootstrap_resamples": used,
-                          "note": "pooled over every voxel of every scan: 2 sum(TP) / "
-                                  "(2 sum(TP) + sum(FP) + sum(FN))"
-                                  + (f"; {note}" if note else "")})
+                2 * tp,
+                2 * tp + fp + fn,
+                [r["participant_id"] for r in region_rows],
+                n_boot=n_boot,
+                seed=seed,
+                level=level,
+            )
+            entry.update(
+                {
+                    "mean": float(2 * tp.sum() / total),
+                    "ci_lower": low,
+                    "ci_upper": high,
+                    "ci_method": method,
+                    "bootstrap_resamples": used,
+                    "note": "pooled over every voxel of every scan: 2 sum(TP) / "
+                    "(2 sum(TP) + sum(FP) + sum(FN))" + (f"; {note}" if note else ""),
+                }
+            )
         else:
-            entry.update({"mean": None, "ci_lower": None, "ci_upper": None, "ci_method": "none",
-                          "bootstrap_resamples": None, "note": "absent from every mask"})
+            entry.update(
+                {
+                    "mean": None,
+                    "ci_lower": None,
+                    "ci_upper": None,
+                    "ci_method": "none",
+                    "bootstrap_resamples": None,
+                    "note": "absent from every mask",
+                }
+            )
         out.append(entry)
     return out
 
 
-def detection_summary(rows: Sequence[Mapping[str, Any]], scans: Sequence[tuple], *,
-                      n_boot: int, seed: int, level: float = 0.95) -> list[dict[str, Any]]:
+def detection_summary(
+    rows: Sequence[Mapping[str, Any]],
+    scans: Sequence[tuple],
+    *,
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
+) -> list[dict[str, Any]]:
     """Detection rate and false positives per scan, by size band and overall.
 
     ``scans`` lists every compared acquisition ``(participant_id, session, phase)``:
@@ -242,28 +341,51 @@ def detection_summary(rows: Sequence[Mapping[str, Any]], scans: Sequence[tuple],
     out = []
     for name, lower, upper in (*SIZE_BANDS, (ALL, None, None)):
         refs = [r for r in rows if r["kind"] == "reference" and name in (ALL, r["size_band"])]
-        fps = [r for r in rows if r["kind"] == "false_positive"
-               and name in (ALL, r["size_band"])]
+        fps = [r for r in rows if r["kind"] == "false_positive" and name in (ALL, r["size_band"])]
         found = sum(1 for r in refs if r["found"])
         entry: dict[str, Any] = {
-            "size_band": name, "band_lower_mm": lower, "band_upper_mm": upper,
-            "n_reference_lesions": len(refs), "n_found": found, "n_missed": len(refs) - found,
-            "ci_level": level, "n_participants": len({r["participant_id"] for r in refs}),
-            "n_scans": n_scans, "false_positives": len(fps),
-            "false_positives_per_scan": len(fps) / n_scans if n_scans else None}
+            "size_band": name,
+            "band_lower_mm": lower,
+            "band_upper_mm": upper,
+            "n_reference_lesions": len(refs),
+            "n_found": found,
+            "n_missed": len(refs) - found,
+            "ci_level": level,
+            "n_participants": len({r["participant_id"] for r in refs}),
+            "n_scans": n_scans,
+            "false_positives": len(fps),
+            "false_positives_per_scan": len(fps) / n_scans if n_scans else None,
+        }
         if refs:
             low, high, used, method, note = _cluster_ratio(
-                [1.0 if r["found"] else 0.0 for r in refs], np.ones(len(refs)),
-                [r["participant_id"] for r in refs], n_boot=n_boot, seed=seed, level=level)
-            entry.update({"detection_rate": found / len(refs), "ci_lower": low,
-                          "ci_upper": high,
-                          "ci_method": "cluster_bootstrap" if method != "none" else "none",
-                          "bootstrap_resamples": used,
-                          "note": note or CLUSTER_NOTE})
+                [1.0 if r["found"] else 0.0 for r in refs],
+                np.ones(len(refs)),
+                [r["participant_id"] for r in refs],
+                n_boot=n_boot,
+                seed=seed,
+                level=level,
+            )
+            entry.update(
+                {
+                    "detection_rate": found / len(refs),
+                    "ci_lower": low,
+                    "ci_upper": high,
+                    "ci_method": "cluster_bootstrap" if method != "none" else "none",
+                    "bootstrap_resamples": used,
+                    "note": note or CLUSTER_NOTE,
+                }
+            )
         else:
-            entry.update({"detection_rate": None, "ci_lower": None, "ci_upper": None,
-                          "ci_method": "none", "bootstrap_resamples": None,
-                          "note": "no reference lesion in this band"})
+            entry.update(
+                {
+                    "detection_rate": None,
+                    "ci_lower": None,
+                    "ci_upper": None,
+                    "ci_method": "none",
+                    "bootstrap_resamples": None,
+                    "note": "no reference lesion in this band",
+                }
+            )
         out.append(entry)
     return out
 
@@ -284,17 +406,29 @@ def check_dice_edges(edges: Sequence[float] | None) -> tuple[float, ...]:
         values = tuple(float(e) for e in edges)
     except (TypeError, ValueError):
         raise UsageError(f"--dice-bands must be numbers, got {edges!r}") from None
-    if not values or any(not 0.0 < v < 1.0 for v in values) or \
-            any(b <= a for a, b in zip(values, values[1:])):
-        raise UsageError(f"--dice-bands {','.join(map(str, edges))} must be increasing numbers "
-                         "between 0 and 1 (the inner edges of the bands)",
-                         fix="for example 0.5,0.7,0.9")
+    if (
+        not values
+        or any(not 0.0 < v < 1.0 for v in values)
+        or any(b <= a for a, b in zip(values, values[1:]))
+    ):
+        raise UsageError(
+            f"--dice-bands {','.join(map(str, edges))} must be increasing numbers "
+            "between 0 and 1 (the inner edges of the bands)",
+            fix="for example 0.5,0.7,0.9",
+        )
     return values
 
 
-def agreement_rows(rows: Sequence[Mapping[str, Any]], *, model: str, reference_model: str,
-                   edges: Sequence[float], n_boot: int, seed: int, level: float = 0.95
-                   ) -> list[dict[str, Any]]:
+def agreement_rows(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    model: str,
+    reference_model: str,
+    edges: Sequence[float],
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
+) -> list[dict[str, Any]]:
     """Agreement of the predicted class between the two mask sets by Dice band of the
     lesion (found reference lesions with a prediction from both), and overall."""
     compared = [r for r in rows if r.get("class_agrees") is not None]
@@ -302,21 +436,46 @@ def agreement_rows(rows: Sequence[Mapping[str, Any]], *, model: str, reference_m
     for name, lower, upper in (*dice_bands(edges), (ALL, 0.0, 1.0)):
         inside = [r for r in compared if name == ALL or _in_band(r["dice"], lower, upper)]
         agree = sum(1 for r in inside if r["class_agrees"])
-        entry: dict[str, Any] = {"model": model, "reference_model": reference_model,
-                                 "dice_band": name, "dice_lower": lower, "dice_upper": upper,
-                                 "n_lesions": len(inside), "n_agree": agree, "ci_level": level,
-                                 "n_participants": len({r["participant_id"] for r in inside})}
+        entry: dict[str, Any] = {
+            "model": model,
+            "reference_model": reference_model,
+            "dice_band": name,
+            "dice_lower": lower,
+            "dice_upper": upper,
+            "n_lesions": len(inside),
+            "n_agree": agree,
+            "ci_level": level,
+            "n_participants": len({r["participant_id"] for r in inside}),
+        }
         if inside:
             low, high, used, method, note = _cluster_ratio(
-                [1.0 if r["class_agrees"] else 0.0 for r in inside], np.ones(len(inside)),
-                [r["participant_id"] for r in inside], n_boot=n_boot, seed=seed, level=level)
-            entry.update({"agreement_rate": agree / len(inside), "ci_lower": low,
-                          "ci_upper": high,
-                          "ci_method": "cluster_bootstrap" if method != "none" else "none",
-                          "bootstrap_resamples": used, "note": note or CLUSTER_NOTE})
+                [1.0 if r["class_agrees"] else 0.0 for r in inside],
+                np.ones(len(inside)),
+                [r["participant_id"] for r in inside],
+                n_boot=n_boot,
+                seed=seed,
+                level=level,
+            )
+            entry.update(
+                {
+                    "agreement_rate": agree / len(inside),
+                    "ci_lower": low,
+                    "ci_upper": high,
+                    "ci_method": "cluster_bootstrap" if method != "none" else "none",
+                    "bootstrap_resamples": used,
+                    "note": note or CLUSTER_NOTE,
+                }
+            )
         else:
-            entry.update({"agreement_rate": None, "ci_lower": None, "ci_upper": None,
-                          "ci_method": "none", "bootstrap_resamples": None,
-                          "note": "no matched lesion in this band"})
+            entry.update(
+                {
+                    "agreement_rate": None,
+                    "ci_lower": None,
+                    "ci_upper": None,
+                    "ci_method": "none",
+                    "bootstrap_resamples": None,
+                    "note": "no matched lesion in this band",
+                }
+            )
         out.append(entry)
     return out

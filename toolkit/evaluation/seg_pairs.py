@@ -57,27 +57,38 @@ def _label_array(image, path: Path, what: str, allowed: Sequence[int] | None) ->
     array = sitk.GetArrayViewFromImage(image)
     if array.dtype.kind == "f":
         if not np.isfinite(array).all() or np.any(array != np.floor(array)):
-            raise ImageError(f"the {what} holds non-integer values; a label image is needed",
-                             path=path, fix="give a discrete segmentation, not a probability map")
+            raise ImageError(
+                f"the {what} holds non-integer values; a label image is needed",
+                path=path,
+                fix="give a discrete segmentation, not a probability map",
+            )
     elif array.dtype.kind not in "iub":
-        raise ImageError(f"the {what} has voxels of type {array.dtype}; a label image is needed",
-                         path=path)
+        raise ImageError(
+            f"the {what} has voxels of type {array.dtype}; a label image is needed", path=path
+        )
     values = np.asarray(array, dtype=np.int64)
     if allowed is not None:
         bad = ~np.isin(values, allowed)
         if bad.any():
-            raise ImageError(f"the {what} holds the label {int(values[bad].flat[0])}; metcli "
-                             f"segmentations hold {', '.join(map(str, allowed))} (0 background, "
-                             "1 liver, 2 lesion)", path=path,
-                             fix="give a metcli _dseg file (segment or import-mask write them)")
+            raise ImageError(
+                f"the {what} holds the label {int(values[bad].flat[0])}; metcli "
+                f"segmentations hold {', '.join(map(str, allowed))} (0 background, "
+                "1 liver, 2 lesion)",
+                path=path,
+                fix="give a metcli _dseg file (segment or import-mask write them)",
+            )
     elif values.size and values.min() < 0:
-        raise ImageError(f"the {what} holds negative ids", path=path,
-                         fix="give the lesion map split-lesions wrote")
+        raise ImageError(
+            f"the {what} holds negative ids",
+            path=path,
+            fix="give the lesion map split-lesions wrote",
+        )
     return values
 
 
-def evaluate_pair(seg_path: Path, reference_path: Path, lesions: LesionInputs | None = None
-                  ) -> PairResult:
+def evaluate_pair(
+    seg_path: Path, reference_path: Path, lesions: LesionInputs | None = None
+) -> PairResult:
     """Overlap rows (and, with ``lesions``, detection rows) of one acquisition.
 
     Every image is brought to the reference segmentation's grid with
@@ -90,8 +101,12 @@ def evaluate_pair(seg_path: Path, reference_path: Path, lesions: LesionInputs | 
 
     labels = (BACKGROUND, LIVER, LESION)
     reference = read_image(reference_path, what="reference segmentation")
-    seg = to_reference_grid(read_image(seg_path, what="segmentation"), reference,
-                            image_path=seg_path, reference_path=reference_path)
+    seg = to_reference_grid(
+        read_image(seg_path, what="segmentation"),
+        reference,
+        image_path=seg_path,
+        reference_path=reference_path,
+    )
     seg_array = _label_array(seg, seg_path, "segmentation", labels)
     ref_array = _label_array(reference, reference_path, "reference segmentation", labels)
     voxel_volume = voxel_volume_mm3(reference)
@@ -100,29 +115,40 @@ def evaluate_pair(seg_path: Path, reference_path: Path, lesions: LesionInputs | 
         return PairResult(rows, None, voxel_volume)
     maps = []
     for map_path, dseg_path, dseg_array, what in (
-            (lesions.map, seg_path, seg_array, "lesion map"),
-            (lesions.reference_map, reference_path, ref_array, "reference lesion map")):
-        image = to_reference_grid(read_image(map_path, what=what), reference,
-                                  image_path=map_path, reference_path=reference_path)
+        (lesions.map, seg_path, seg_array, "lesion map"),
+        (lesions.reference_map, reference_path, ref_array, "reference lesion map"),
+    ):
+        image = to_reference_grid(
+            read_image(map_path, what=what),
+            reference,
+            image_path=map_path,
+            reference_path=reference_path,
+        )
         array = _label_array(image, map_path, what, None)
         if np.any((array > 0) & (dseg_array != LESION)):
-            raise InputError(f"the {what} marks voxels that are not lesion in {dseg_path}: it "
-                             "was not made from this segmentation", path=map_path,
-                             fix="run split-lesions on the segmentation folder given here")
+            raise InputError(
+                f"the {what} marks voxels that are not lesion in {dseg_path}: it "
+                "was not made from this segmentation",
+                path=map_path,
+                fix="run split-lesions on the segmentation folder given here",
+            )
         maps.append(array)
     tables = [read_lesion_table(lesions.table), read_lesion_table(lesions.reference_table)]
-    for array, table, path in ((maps[0], tables[0], lesions.table),
-                               (maps[1], tables[1], lesions.reference_table)):
+    for array, table, path in (
+        (maps[0], tables[0], lesions.table),
+        (maps[1], tables[1], lesions.reference_table),
+    ):
         kept = {int(r["index"]) for r in table if r["kept"]}
         present = set(np.unique(array[array > 0]).tolist())
         if not present <= kept:
             extra = sorted(present - kept)[:5]
-            raise InputError(f"the lesion map holds id(s) {', '.join(map(str, extra))} that "
-                             "the table does not list as kept", path=path,
-                             fix="give the table split-lesions wrote beside this lesion map")
-    return PairResult(rows, detection_rows(maps[0], maps[1], tables[0], tables[1]),
-                      voxel_volume)
-
+            raise InputError(
+                f"the lesion map holds id(s) {', '.join(map(str, extra))} that "
+                "the table does not list as kept",
+                path=path,
+                fix="give the table split-lesions wrote beside this lesion map",
+            )
+    return PairResult(rows, detection_rows(maps[0], maps[1], tables[0], tables[1]), voxel_volume)
 
 
 @dataclass
@@ -144,35 +170,47 @@ class Item:
         return self.entities.describe()
 
 
-
 def _lesion_files(lesions_dir: Path, ent: Entities) -> tuple[Path, Path]:
-    image = derivative_path(lesions_dir, ent, desc=LESIONS_DESC, suffix=SEG_SUFFIX,
-                            extension=".nii.gz")
-    table = derivative_path(lesions_dir, ent, desc=LESIONS_DESC, suffix=SEG_SUFFIX,
-                            extension=".tsv")
+    image = derivative_path(
+        lesions_dir, ent, desc=LESIONS_DESC, suffix=SEG_SUFFIX, extension=".nii.gz"
+    )
+    table = derivative_path(
+        lesions_dir, ent, desc=LESIONS_DESC, suffix=SEG_SUFFIX, extension=".tsv"
+    )
     return image, table
 
 
-def find_items(seg_dir: Path, reference_dir: Path, participants: Sequence[str], *,
-               lesions_dir: Path | None = None, reference_lesions_dir: Path | None = None
-               ) -> list[Item]:
+def find_items(
+    seg_dir: Path,
+    reference_dir: Path,
+    participants: Sequence[str],
+    *,
+    lesions_dir: Path | None = None,
+    reference_lesions_dir: Path | None = None,
+) -> list[Item]:
     """Acquisitions of either folder for ``participants``, paired by (sub, ses, ce)."""
-    segs = {a.entities.key: a for a in find_files(seg_dir, suffix=SEG_SUFFIX,
-                                                  participants=participants)}
-    refs = {a.entities.key: a for a in find_files(reference_dir, suffix=SEG_SUFFIX,
-                                                  participants=participants)}
+    segs = {
+        a.entities.key: a for a in find_files(seg_dir, suffix=SEG_SUFFIX, participants=participants)
+    }
+    refs = {
+        a.entities.key: a
+        for a in find_files(reference_dir, suffix=SEG_SUFFIX, participants=participants)
+    }
     items = []
     for key in sorted(set(segs) | set(refs), key=lambda k: (k[0], k[1] or "", k[2] or "")):
         item = Item(key, segs.get(key), refs.get(key))
         if item.seg is None:
             item.missing.append(f"no segmentation {item.entities.name} in {seg_dir}")
         if item.reference is None:
-            item.missing.append(f"no reference segmentation {item.entities.name} in "
-                                f"{reference_dir}")
+            item.missing.append(
+                f"no reference segmentation {item.entities.name} in {reference_dir}"
+            )
         if lesions_dir is not None and reference_lesions_dir is not None:
             found = []
-            for folder, what in ((lesions_dir, "lesion map"),
-                                 (reference_lesions_dir, "reference lesion map")):
+            for folder, what in (
+                (lesions_dir, "lesion map"),
+                (reference_lesions_dir, "reference lesion map"),
+            ):
                 image, table = _lesion_files(folder, item.entities)
                 for path, kind in ((image, what), (table, what.replace("map", "table"))):
                     if not path.is_file():
@@ -182,8 +220,14 @@ def find_items(seg_dir: Path, reference_dir: Path, participants: Sequence[str], 
         items.append(item)
     for label in participants:
         if not any(item.key[0] == label for item in items):
-            items.append(Item((label, None, None), None, None,
-                              missing=[f"no _dseg.nii.gz for sub-{label} in either folder"]))
+            items.append(
+                Item(
+                    (label, None, None),
+                    None,
+                    None,
+                    missing=[f"no _dseg.nii.gz for sub-{label} in either folder"],
+                )
+            )
     return items
 
 
@@ -191,11 +235,18 @@ def select(seg_dir: Path, reference_dir: Path, participants: Sequence[str] | Non
     """Participants of either folder (all, or the requested ones)."""
     for folder, what in ((seg_dir, "segmentation"), (reference_dir, "reference")):
         if not Path(folder).is_dir():
-            raise InputError(f"the {what} folder does not exist", path=folder,
-                             fix="give a folder of sub-*/anat/*_dseg.nii.gz")
+            raise InputError(
+                f"the {what} folder does not exist",
+                path=folder,
+                fix="give a folder of sub-*/anat/*_dseg.nii.gz",
+            )
     available = sorted(set(participant_folders(seg_dir)) | set(participant_folders(reference_dir)))
     if not available:
-        raise InputError("no sub-* participant folders found", path=seg_dir,
-                         fix="give the folders that segment, import-mask or synth wrote")
-    return select_participants(available, list(participants) if participants else None,
-                               where=seg_dir)
+        raise InputError(
+            "no sub-* participant folders found",
+            path=seg_dir,
+            fix="give the folders that segment, import-mask or synth wrote",
+        )
+    return select_participants(
+        available, list(participants) if participants else None, where=seg_dir
+    )

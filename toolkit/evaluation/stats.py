@@ -181,21 +181,37 @@ def delong_paired_test(scores_a, scores_b, positive) -> PairedTest:
     When the variance of the difference is zero (the same ranking twice), z and p are
     NaN and the note says why.
     """
-    aucs, cov = delong_covariance(np.vstack([np.asarray(scores_a, float),
-                                             np.asarray(scores_b, float)]), positive)
+    aucs, cov = delong_covariance(
+        np.vstack([np.asarray(scores_a, float), np.asarray(scores_b, float)]), positive
+    )
     diff = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
     if not math.isfinite(var):
-        return PairedTest(float(aucs[0]), float(aucs[1]), diff, float("nan"), float("nan"),
-                          "delong", "fewer than two cases of a class: no variance")
+        return PairedTest(
+            float(aucs[0]),
+            float(aucs[1]),
+            diff,
+            float("nan"),
+            float("nan"),
+            "delong",
+            "fewer than two cases of a class: no variance",
+        )
     if var <= 1e-15:
-        return PairedTest(float(aucs[0]), float(aucs[1]), diff, float("nan"), float("nan"),
-                          "delong", "the difference has zero variance (identical rankings)")
+        return PairedTest(
+            float(aucs[0]),
+            float(aucs[1]),
+            diff,
+            float("nan"),
+            float("nan"),
+            "delong",
+            "the difference has zero variance (identical rankings)",
+        )
     from scipy.stats import norm
 
     z = diff / math.sqrt(var)
-    return PairedTest(float(aucs[0]), float(aucs[1]), diff, z, float(2.0 * norm.sf(abs(z))),
-                      "delong")
+    return PairedTest(
+        float(aucs[0]), float(aucs[1]), diff, z, float(2.0 * norm.sf(abs(z))), "delong"
+    )
 
 
 # ----------------------------------------------------------------------------- Obuchowski
@@ -229,8 +245,8 @@ def obuchowski_variance(scores, positive, clusters) -> tuple[float, float]:
         return theta, float("nan")
     d10 = v10_i - m_i * theta
     d01 = v01_i - n_i * theta
-    s10 = i10 / ((i10 - 1) * big_m) * float(np.sum(d10 ** 2))
-    s01 = i01 / ((i01 - 1) * big_n) * float(np.sum(d01 ** 2))
+    s10 = i10 / ((i10 - 1) * big_m) * float(np.sum(d10**2))
+    s01 = i01 / ((i01 - 1) * big_n) * float(np.sum(d01**2))
     s11 = n_clusters / (n_clusters - 1) * float(np.sum(d10 * d01))
     variance = s10 / big_m + s01 / big_n + 2.0 * s11 / (big_m * big_n)
     return theta, variance
@@ -331,12 +347,14 @@ def weighted_auc(scores, positive, weights) -> np.ndarray:
     numerator = np.sum(pos_w * (below + 0.5 * neg_w), axis=1)
     denominator = pos_w.sum(axis=1) * neg_w.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1),
-                        np.nan)
+        return np.where(
+            denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan
+        )
 
 
-def weighted_roc_band(scores, positive, weights, grid, level: float = 0.95
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def weighted_roc_band(
+    scores, positive, weights, grid, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Percentile band of the true-positive rate at each false-positive rate of ``grid``.
 
     Each resample's ROC curve (vertices at every distinct score, straight lines between
@@ -374,8 +392,11 @@ def weighted_roc_band(scores, positive, weights, grid, level: float = 0.95
         nan = np.full(grid.size, np.nan)
         return nan, nan, nan
     kept = curves[valid]
-    return (np.median(kept, axis=0), np.quantile(kept, alpha, axis=0),
-            np.quantile(kept, 1.0 - alpha, axis=0))
+    return (
+        np.median(kept, axis=0),
+        np.quantile(kept, alpha, axis=0),
+        np.quantile(kept, 1.0 - alpha, axis=0),
+    )
 
 
 def percentile_interval(values, level: float = 0.95) -> tuple[float, float, int]:
@@ -405,16 +426,30 @@ def bootstrap_paired_test(observed_a: float, observed_b: float, boot_a, boot_b) 
     diffs = diffs[~np.isnan(diffs)]
     diff = float(observed_a - observed_b)
     if diffs.size < 2 or not math.isfinite(diff):
-        return PairedTest(observed_a, observed_b, diff, float("nan"), float("nan"),
-                          "patient bootstrap", "too few usable resamples")
+        return PairedTest(
+            observed_a,
+            observed_b,
+            diff,
+            float("nan"),
+            float("nan"),
+            "patient bootstrap",
+            "too few usable resamples",
+        )
     sd = float(np.std(diffs, ddof=1))
     if sd <= 1e-15:
-        return PairedTest(observed_a, observed_b, diff, float("nan"), float("nan"),
-                          "patient bootstrap",
-                          "the difference does not vary between resamples (identical outputs)")
+        return PairedTest(
+            observed_a,
+            observed_b,
+            diff,
+            float("nan"),
+            float("nan"),
+            "patient bootstrap",
+            "the difference does not vary between resamples (identical outputs)",
+        )
     z = diff / sd
-    return PairedTest(observed_a, observed_b, diff, z, float(2.0 * norm.sf(abs(z))),
-                      "patient bootstrap")
+    return PairedTest(
+        observed_a, observed_b, diff, z, float(2.0 * norm.sf(abs(z))), "patient bootstrap"
+    )
 
 
 # ----------------------------------------------------------------------------- counts -> rates

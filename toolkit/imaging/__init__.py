@@ -1,8 +1,9 @@
-"""metcli.imaging: image geometry (one physical grid), label maps, manual mask import, DICOM series (read, import, write).
+"""metcli.imaging: image geometry (one physical grid), label maps, manual mask import,
+DICOM series (read, import, write).
 
 The names in ``__all__`` are this room's public API: the names other rooms, the
-command line, the tests and the benchmarks use. Each is imported from its module on first use, so importing the
-room stays light.
+command line, the tests and the benchmarks use. Each is imported from its module on
+first use, so importing the room stays light.
 """
 
 from __future__ import annotations

@@ -30,21 +30,29 @@ def read_seg(path: Path):
     try:
         return hd.seg.segread(path)
     except Exception as exc:  # noqa: BLE001 - pydicom/highdicom raise many kinds
-        raise MaskError(f"cannot read the DICOM-SEG ({type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:160]})", path=path,
-                        fix="check that the file is a complete DICOM Segmentation") from None
+        raise MaskError(
+            f"cannot read the DICOM-SEG ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})",
+            path=path,
+            fix="check that the file is a complete DICOM Segmentation",
+        ) from None
 
 
 def dicom_seg_segments(seg) -> list[tuple[int, str]]:
     """(segment number, segment label) of every segment of a DICOM-SEG (path or highdicom)."""
     seg = read_seg(Path(seg)) if isinstance(seg, (str, Path)) else seg
-    return [(int(n), str(seg.get_segment_description(n).segment_label or f"segment {n}"))
-            for n in seg.segment_numbers]
+    return [
+        (int(n), str(seg.get_segment_description(n).segment_label or f"segment {n}"))
+        for n in seg.segment_numbers
+    ]
 
 
-def read_dicom_seg(path: str | Path, reference_image,
-                   segments: Sequence[str | int] | None = None, *,
-                   reference_path: str | Path | None = None) -> dict[str, np.ndarray]:
+def read_dicom_seg(
+    path: str | Path,
+    reference_image,
+    segments: Sequence[str | int] | None = None,
+    *,
+    reference_path: str | Path | None = None,
+) -> dict[str, np.ndarray]:
     """Segments of a DICOM-SEG on the grid of ``reference_image``.
 
     Args:
@@ -62,28 +70,39 @@ def read_dicom_seg(path: str | Path, reference_image,
     seg = read_seg(path)
     entries = [MaskEntry(n, name) for n, name in dicom_seg_segments(seg)]
     selected = select_entries(entries, segments, path=path, kind="segment")
-    arrays = segment_masks(seg, selected, reference, path=path,
-                           ref_name=reference_name(reference_image, reference_path))
+    arrays = segment_masks(
+        seg,
+        selected,
+        reference,
+        path=path,
+        ref_name=reference_name(reference_image, reference_path),
+    )
     out: dict[str, np.ndarray] = {}
     for entry, mask in zip(selected, arrays, strict=True):
         out[entry.name if entry.name not in out else f"{entry.name} #{entry.number}"] = mask
     return out
 
 
-def segment_masks(seg, entries: Sequence[MaskEntry], reference, *, path: Path,
-                  ref_name: str) -> list[np.ndarray]:
+def segment_masks(
+    seg, entries: Sequence[MaskEntry], reference, *, path: Path, ref_name: str
+) -> list[np.ndarray]:
     """One boolean [z, y, x] array of the reference per entry."""
     if not entries:
-        raise MaskError("the DICOM-SEG has no segments", path=path,
-                        fix="export the segmentation again")
+        raise MaskError(
+            "the DICOM-SEG has no segments", path=path, fix="export the segmentation again"
+        )
     try:
-        volume = seg.get_volume(segment_numbers=[e.number for e in entries],
-                                combine_segments=False, rescale_fractional=True)
+        volume = seg.get_volume(
+            segment_numbers=[e.number for e in entries],
+            combine_segments=False,
+            rescale_fractional=True,
+        )
     except (RuntimeError, ValueError, KeyError, AttributeError, IndexError) as exc:
-        raise MaskError(f"its frames do not form a regular 3D volume "
-                        f"({' '.join(str(exc).split())[:160]})", path=path,
-                        fix="export the segmentation as a volume on the CT series' slices"
-                        ) from None
+        raise MaskError(
+            f"its frames do not form a regular 3D volume ({' '.join(str(exc).split())[:160]})",
+            path=path,
+            fix="export the segmentation as a volume on the CT series' slices",
+        ) from None
     data = np.asarray(volume.array)
     if data.ndim == 3:
         data = data[..., None]
@@ -92,6 +111,7 @@ def segment_masks(seg, entries: Sequence[MaskEntry], reference, *, path: Path,
     for channel in range(len(entries)):
         values = data[..., channel]
         binary = values >= 0.5 if fractional else values != 0
-        masks.append(place_on_grid(binary, volume.affine, reference, mask_path=path,
-                                   reference_path=ref_name))
+        masks.append(
+            place_on_grid(binary, volume.affine, reference, mask_path=path, reference_path=ref_name)
+        )
     return masks

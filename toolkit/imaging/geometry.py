@@ -42,8 +42,9 @@ def grid_difference(image, reference, *, tol_mm: float = TOLERANCE_MM) -> str | 
     direction_a = np.asarray(a["direction"]).reshape(dim, dim)
     direction_b = np.asarray(b["direction"]).reshape(dim, dim)
     if np.max(np.abs(direction_a - direction_b)) > DIRECTION_TOLERANCE:
-        return (f"direction {np.round(direction_a, 4).tolist()} vs "
-                f"{np.round(direction_b, 4).tolist()}")
+        return (
+            f"direction {np.round(direction_a, 4).tolist()} vs {np.round(direction_b, 4).tolist()}"
+        )
     spacing_a, spacing_b = np.asarray(a["spacing"]), np.asarray(b["spacing"])
     extent = np.asarray(a["size"]) - 1
     # Largest displacement of any voxel centre caused by the spacing difference.
@@ -51,8 +52,10 @@ def grid_difference(image, reference, *, tol_mm: float = TOLERANCE_MM) -> str | 
         return f"spacing {fmt(spacing_a)} vs {fmt(spacing_b)} mm"
     origin_a, origin_b = np.asarray(a["origin"]), np.asarray(b["origin"])
     if np.linalg.norm(origin_a - origin_b) > tol_mm:
-        return (f"origin {fmt(origin_a)} vs {fmt(origin_b)} mm "
-                f"(shifted by {np.linalg.norm(origin_a - origin_b):.4g} mm)")
+        return (
+            f"origin {fmt(origin_a)} vs {fmt(origin_b)} mm "
+            f"(shifted by {np.linalg.norm(origin_a - origin_b):.4g} mm)"
+        )
     return None
 
 
@@ -66,8 +69,14 @@ def orientation_code(image) -> str:
     return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
 
 
-def to_reference_grid(image, reference, *, image_path: str | Path | None = None,
-                      reference_path: str | Path | None = None, tol_mm: float = TOLERANCE_MM):
+def to_reference_grid(
+    image,
+    reference,
+    *,
+    image_path: str | Path | None = None,
+    reference_path: str | Path | None = None,
+    tol_mm: float = TOLERANCE_MM,
+):
     """Return ``image`` on ``reference``'s grid, or raise :class:`GeometryError`.
 
     Only lossless operations are used: the same grid within ``tol_mm`` (the
@@ -94,7 +103,8 @@ def to_reference_grid(image, reference, *, image_path: str | Path | None = None,
     raise GeometryError(
         f"{names} do not describe the same physical grid: {difference}",
         fix="give a mask made on this image's grid (metcli never resamples a mask silently); "
-            "resample it yourself if you are sure it belongs to this image")
+        "resample it yourself if you are sure it belongs to this image",
+    )
 
 
 def _is_oblique(image) -> bool:
@@ -143,9 +153,15 @@ def _zyx_affine(image) -> np.ndarray:
     return affine
 
 
-def place_on_grid(array: np.ndarray, affine: np.ndarray, reference_image, *,
-                  mask_path: str | Path | None = None, reference_path: str | Path | None = None,
-                  tol_mm: float = TOLERANCE_MM) -> np.ndarray:
+def place_on_grid(
+    array: np.ndarray,
+    affine: np.ndarray,
+    reference_image,
+    *,
+    mask_path: str | Path | None = None,
+    reference_path: str | Path | None = None,
+    tol_mm: float = TOLERANCE_MM,
+) -> np.ndarray:
     """Put a binary volume (indices -> mm by ``affine``) onto ``reference_image``'s grid.
 
     Only an exact voxel correspondence is accepted: the same spacing and axes
@@ -154,29 +170,42 @@ def place_on_grid(array: np.ndarray, affine: np.ndarray, reference_image, *,
     [z, y, x] of the reference. Anything else is a :class:`GeometryError`.
     """
     names = f"{mask_path or 'mask'} and {reference_path or 'reference'}"
-    fix = ("give a mask made on this image's grid (metcli never resamples a mask silently); "
-           "resample it yourself if you are sure it belongs to this image")
+    fix = (
+        "give a mask made on this image's grid (metcli never resamples a mask silently); "
+        "resample it yourself if you are sure it belongs to this image"
+    )
     array = np.asarray(array)
     if array.ndim != 3:
-        raise MaskError(f"the segmentation volume is {array.ndim}D; a 3D volume is needed",
-                        path=mask_path)
+        raise MaskError(
+            f"the segmentation volume is {array.ndim}D; a 3D volume is needed", path=mask_path
+        )
     ref_affine = _zyx_affine(reference_image)
     ref_shape = np.asarray(reference_image.GetSize()[::-1])
     transform = np.linalg.inv(ref_affine) @ np.asarray(affine, float)
     linear, shift = transform[:3, :3], transform[:3, 3]
     perm = np.rint(linear)
-    is_signed_permutation = (np.all(np.isin(np.abs(perm), (0.0, 1.0)))
-                             and np.all(np.abs(perm).sum(axis=0) == 1)
-                             and np.all(np.abs(perm).sum(axis=1) == 1))
+    is_signed_permutation = (
+        np.all(np.isin(np.abs(perm), (0.0, 1.0)))
+        and np.all(np.abs(perm).sum(axis=0) == 1)
+        and np.all(np.abs(perm).sum(axis=1) == 1)
+    )
     if not is_signed_permutation:
         mask_spacing = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
         raise GeometryError(
             f"{names} do not describe the same physical grid: voxel axes or spacing differ "
             f"(mask spacing {fmt(mask_spacing)} mm vs {fmt(reference_image.GetSpacing()[::-1])} "
-            "mm, z-y-x order)", fix=fix)
+            "mm, z-y-x order)",
+            fix=fix,
+        )
     offset = np.rint(shift)
-    corners = np.array([[a, b, c, 1.0] for a in (0, array.shape[0] - 1)
-                        for b in (0, array.shape[1] - 1) for c in (0, array.shape[2] - 1)])
+    corners = np.array(
+        [
+            [a, b, c, 1.0]
+            for a in (0, array.shape[0] - 1)
+            for b in (0, array.shape[1] - 1)
+            for c in (0, array.shape[2] - 1)
+        ]
+    )
     target = corners[:, :3] @ perm.T + offset
     physical_mask = corners @ np.asarray(affine, float).T
     physical_ref = np.c_[target, np.ones(len(target))] @ ref_affine.T
@@ -184,7 +213,9 @@ def place_on_grid(array: np.ndarray, affine: np.ndarray, reference_image, *,
     if deviation > tol_mm:
         raise GeometryError(
             f"{names} do not describe the same physical grid: the mask's voxel centres lie "
-            f"up to {deviation:.4g} mm off the image's voxel centres", fix=fix)
+            f"up to {deviation:.4g} mm off the image's voxel centres",
+            fix=fix,
+        )
     voxels = np.argwhere(array)
     out = np.zeros(tuple(ref_shape), dtype=bool)
     if len(voxels) == 0:
@@ -194,6 +225,8 @@ def place_on_grid(array: np.ndarray, affine: np.ndarray, reference_image, *,
     if not inside.all():
         raise GeometryError(
             f"{names} do not describe the same physical grid: {int((~inside).sum())} of "
-            f"{len(dest)} mask voxels lie outside the image", fix=fix)
+            f"{len(dest)} mask voxels lie outside the image",
+            fix=fix,
+        )
     out[tuple(dest.T)] = True
     return out

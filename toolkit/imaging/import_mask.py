@@ -73,8 +73,9 @@ def _dicom_kind(path: Path) -> str | None:
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True,
-                             specific_tags=["Modality", "SOPClassUID"])
+        ds = pydicom.dcmread(
+            path, stop_before_pixels=True, specific_tags=["Modality", "SOPClassUID"]
+        )
     except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, AttributeError):
         return None
     return str(ds.get("Modality", "") or "unknown")
@@ -99,13 +100,19 @@ def find_mask_file(mask: str | Path) -> tuple[Path, str]:
             elif kind == "SEG":
                 candidates.append((path, FORMAT_DICOM_SEG))
         if not candidates:
-            raise MaskError("the folder holds no RTSTRUCT, DICOM-SEG, NIfTI or NRRD file",
-                            path=mask, fix="give the mask file itself")
+            raise MaskError(
+                "the folder holds no RTSTRUCT, DICOM-SEG, NIfTI or NRRD file",
+                path=mask,
+                fix="give the mask file itself",
+            )
         if len(candidates) > 1:
             shown = ", ".join(str(p.relative_to(mask)) for p, _ in candidates[:10])
-            raise MaskError(f"the folder holds {len(candidates)} mask files ({shown}"
-                            f"{' ...' if len(candidates) > 10 else ''})", path=mask,
-                            fix="give the mask file itself")
+            raise MaskError(
+                f"the folder holds {len(candidates)} mask files ({shown}"
+                f"{' ...' if len(candidates) > 10 else ''})",
+                path=mask,
+                fix="give the mask file itself",
+            )
         return candidates[0]
     if not mask.is_file():
         raise InputError("mask not found", path=mask, fix="check the path")
@@ -117,41 +124,55 @@ def find_mask_file(mask: str | Path) -> tuple[Path, str]:
     if kind == "SEG":
         return mask, FORMAT_DICOM_SEG
     if kind is not None:
-        raise MaskError(f"a DICOM {kind} file is not a mask (an RTSTRUCT or a DICOM-SEG is needed)",
-                        path=mask, fix="give the RTSTRUCT or DICOM-SEG file of the segmentation")
-    raise MaskError("not a NIfTI, NRRD, RTSTRUCT or DICOM-SEG file", path=mask,
-                    fix="give a label image (.nii.gz, .nii, .nrrd) or a DICOM RTSTRUCT or SEG file")
-
+        raise MaskError(
+            f"a DICOM {kind} file is not a mask (an RTSTRUCT or a DICOM-SEG is needed)",
+            path=mask,
+            fix="give the RTSTRUCT or DICOM-SEG file of the segmentation",
+        )
+    raise MaskError(
+        "not a NIfTI, NRRD, RTSTRUCT or DICOM-SEG file",
+        path=mask,
+        fix="give a label image (.nii.gz, .nii, .nrrd) or a DICOM RTSTRUCT or SEG file",
+    )
 
 
 # ----------------------------------------------------------------------------- label images
-def _label_image_mapping(values: np.ndarray, label_map: Mapping[str, int] | None,
-                         path: Path) -> dict[int, int]:
+def _label_image_mapping(
+    values: np.ndarray, label_map: Mapping[str, int] | None, path: Path
+) -> dict[int, int]:
     shown = ", ".join(str(int(v)) for v in values[:20]) + (" ..." if len(values) > 20 else "")
     if label_map is None:
         if set(int(v) for v in values) <= {BACKGROUND, LIVER, LESION}:
             return {int(v): int(v) for v in values if v != BACKGROUND}
-        raise MaskError(f"the label image holds values other than 0, 1 and 2 ({shown})",
-                        path=path, fix="say which values are liver and lesion, for example "
-                                       "--label-map '5=liver,2=lesion'")
+        raise MaskError(
+            f"the label image holds values other than 0, 1 and 2 ({shown})",
+            path=path,
+            fix="say which values are liver and lesion, for example --label-map '5=liver,2=lesion'",
+        )
     mapping: dict[int, int] = {}
     present = set(int(v) for v in values)
     for key, label in label_map.items():
         if not re.fullmatch(r"-?\d+", key.strip()):
-            raise UsageError(f"--label-map source {key!r} is not a number; a label image's "
-                             "sources are its voxel values",
-                             fix="write it as --label-map '5=liver'")
+            raise UsageError(
+                f"--label-map source {key!r} is not a number; a label image's "
+                "sources are its voxel values",
+                fix="write it as --label-map '5=liver'",
+            )
         value = int(key)
         if value not in present:
-            raise MaskError(f"--label-map names value {value}, which the label image does not hold "
-                            f"(it holds {shown})", path=path,
-                            fix="use one of these values in --label-map")
+            raise MaskError(
+                f"--label-map names value {value}, which the label image does not hold "
+                f"(it holds {shown})",
+                path=path,
+                fix="use one of these values in --label-map",
+            )
         mapping[value] = label
     return mapping
 
 
-def _label_image_to_dseg(path: Path, reference, reference_path: str,
-                         label_map: Mapping[str, int] | None) -> tuple[np.ndarray, dict]:
+def _label_image_to_dseg(
+    path: Path, reference, reference_path: str, label_map: Mapping[str, int] | None
+) -> tuple[np.ndarray, dict]:
     import SimpleITK as sitk
 
     image = read_image(path, what="mask")
@@ -159,8 +180,11 @@ def _label_image_to_dseg(path: Path, reference, reference_path: str,
     array = sitk.GetArrayFromImage(on_grid)
     values = np.unique(array)
     if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
-        raise MaskError("the mask holds non-integer values; a label image is needed", path=path,
-                        fix="give a label image (integer voxel values)")
+        raise MaskError(
+            "the mask holds non-integer values; a label image is needed",
+            path=path,
+            fix="give a label image (integer voxel values)",
+        )
     values = values.astype(np.int64)
     mapping = _label_image_mapping(values, label_map, path)
     dseg = np.zeros(array.shape, dtype=np.uint8)
@@ -171,8 +195,7 @@ def _label_image_to_dseg(path: Path, reference, reference_path: str,
     return dseg, {str(v): LABELS[t] for v, t in sorted(mapping.items())}
 
 
-def _masks_to_dseg(masks: Mapping[str, np.ndarray], labels: Mapping[str, int],
-                   shape) -> np.ndarray:
+def _masks_to_dseg(masks: Mapping[str, np.ndarray], labels: Mapping[str, int], shape) -> np.ndarray:
     dseg = np.zeros(shape, dtype=np.uint8)
     for label in (LIVER, LESION):  # lesion last: lesion wins
         for name, mask in masks.items():
@@ -181,11 +204,16 @@ def _masks_to_dseg(masks: Mapping[str, np.ndarray], labels: Mapping[str, int],
     return dseg
 
 
-def mask_to_dseg(mask_path: str | Path, mask_format: str, reference_image, *,
-                 reference_path: str | Path | None = None,
-                 label_map: Mapping[str, int] | None = None,
-                 roi_names: Sequence[str] | None = None,
-                 slice_tolerance: float = SLICE_TOLERANCE) -> tuple[np.ndarray, dict[str, str]]:
+def mask_to_dseg(
+    mask_path: str | Path,
+    mask_format: str,
+    reference_image,
+    *,
+    reference_path: str | Path | None = None,
+    label_map: Mapping[str, int] | None = None,
+    roi_names: Sequence[str] | None = None,
+    slice_tolerance: float = SLICE_TOLERANCE,
+) -> tuple[np.ndarray, dict[str, str]]:
     """A metcli dseg array ([z, y, x], uint8) of a mask on the reference's grid.
 
     Returns the array and the applied mapping ``{source: 'liver' | 'lesion'}``.
@@ -194,8 +222,11 @@ def mask_to_dseg(mask_path: str | Path, mask_format: str, reference_image, *,
     reference = load_reference(reference_image)
     shape = reference.GetSize()[::-1]
     if mask_format == FORMAT_LABEL_IMAGE and roi_names:
-        raise UsageError("--roi-name applies to RTSTRUCT and DICOM-SEG masks, not to label "
-                         f"images ({path.name})", fix="use --label-map VALUE=liver|lesion")
+        raise UsageError(
+            "--roi-name applies to RTSTRUCT and DICOM-SEG masks, not to label "
+            f"images ({path.name})",
+            fix="use --label-map VALUE=liver|lesion",
+        )
     ref_name = reference_name(reference_image, reference_path)
     if mask_format == FORMAT_LABEL_IMAGE:
         return _label_image_to_dseg(path, reference, ref_name, label_map)
@@ -204,8 +235,9 @@ def mask_to_dseg(mask_path: str | Path, mask_format: str, reference_image, *,
         entries = [MaskEntry(n, name) for n, name in rtstruct_rois(ds)]
         assigned = assign_labels(entries, label_map, roi_names, path=path, kind="ROI")
         chosen = sorted(assigned, key=lambda e: e.number)
-        arrays = rasterize_rois(ds, chosen, reference, path=path, ref_name=ref_name,
-                                slice_tolerance=slice_tolerance)
+        arrays = rasterize_rois(
+            ds, chosen, reference, path=path, ref_name=ref_name, slice_tolerance=slice_tolerance
+        )
     elif mask_format == FORMAT_DICOM_SEG:
         seg = read_seg(path)
         entries = [MaskEntry(n, name) for n, name in dicom_seg_segments(seg)]
@@ -228,21 +260,29 @@ def mask_to_dseg(mask_path: str | Path, mask_format: str, reference_image, *,
 
 # ----------------------------------------------------------------------------- the command
 def _find_ct(raw_dir: Path, participant: str, session: str | None, phase: str | None):
-    found = find_files(raw_dir, suffix="ct", participants=[participant],
-                       phases=[phase] if phase else None)
+    found = find_files(
+        raw_dir, suffix="ct", participants=[participant], phases=[phase] if phase else None
+    )
     if session:
         found = [a for a in found if a.entities.ses == session]
-    wanted = " ".join(x for x in (f"sub-{participant}", session and f"ses-{session}",
-                                  phase and f"ce-{phase}") if x)
+    wanted = " ".join(
+        x
+        for x in (f"sub-{participant}", session and f"ses-{session}", phase and f"ce-{phase}")
+        if x
+    )
     if not found:
-        raise InputError(f"no CT image of {wanted} (looked for sub-{participant}/[ses-*/]anat/"
-                         f"sub-{participant}*_ct.nii.gz)", path=raw_dir,
-                         fix="import the CT first (metcli import-dicom), or check --session "
-                             "and --phase")
+        raise InputError(
+            f"no CT image of {wanted} (looked for sub-{participant}/[ses-*/]anat/"
+            f"sub-{participant}*_ct.nii.gz)",
+            path=raw_dir,
+            fix="import the CT first (metcli import-dicom), or check --session and --phase",
+        )
     if len(found) > 1:
         shown = ", ".join(a.relpath.as_posix() for a in found)
-        raise UsageError(f"{wanted} has {len(found)} CT images in {raw_dir} ({shown})",
-                         fix="choose one with --session and/or --phase")
+        raise UsageError(
+            f"{wanted} has {len(found)} CT images in {raw_dir} ({shown})",
+            fix="choose one with --session and/or --phase",
+        )
     return found[0]
 
 
@@ -262,18 +302,27 @@ class _MaskImport:
 
     def settings(self) -> dict[str, Any]:
         return {
-            "label_map": None if self.label_map is None else {k: LABELS[v] for k, v in
-                                                              self.label_map.items()},
+            "label_map": None
+            if self.label_map is None
+            else {k: LABELS[v] for k, v in self.label_map.items()},
             "roi_names": self.roi_names,
             "slice_tolerance": float(self.slice_tolerance),
         }
 
 
-def import_mask(mask: str | Path, raw_dir: str | Path, seg_dir: str | Path, *, participant: str,
-                session: str | None = None, phase: str | None = None,
-                label_map: str | Mapping[str, Any] | Iterable[str] | None = None,
-                roi_names: Sequence[str] | None = None, overwrite: bool = False,
-                slice_tolerance: float = SLICE_TOLERANCE) -> Path:
+def import_mask(
+    mask: str | Path,
+    raw_dir: str | Path,
+    seg_dir: str | Path,
+    *,
+    participant: str,
+    session: str | None = None,
+    phase: str | None = None,
+    label_map: str | Mapping[str, Any] | Iterable[str] | None = None,
+    roi_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+    slice_tolerance: float = SLICE_TOLERANCE,
+) -> Path:
     """Import a manual segmentation as the participant's dseg on its CT's grid.
 
     Args:
@@ -292,19 +341,33 @@ def import_mask(mask: str | Path, raw_dir: str | Path, seg_dir: str | Path, *, p
     Returns:
         The path of the ``_dseg.nii.gz`` written (or found done).
     """
-    run = _check_inputs(mask, raw_dir, seg_dir, participant=participant, session=session,
-                        phase=phase, label_map=label_map, roi_names=roi_names,
-                        slice_tolerance=slice_tolerance)
-    step = Step(COMMAND, run.seg_dir,
-                {"raw": run.raw_dir, "mask": run.mask if run.mask.is_dir() else run.mask.parent},
-                run.settings())
-    out_image = derivative_path(run.seg_dir, run.acquisition.entities, suffix="dseg",
-                                extension=".nii.gz")
+    run = _check_inputs(
+        mask,
+        raw_dir,
+        seg_dir,
+        participant=participant,
+        session=session,
+        phase=phase,
+        label_map=label_map,
+        roi_names=roi_names,
+        slice_tolerance=slice_tolerance,
+    )
+    step = Step(
+        COMMAND,
+        run.seg_dir,
+        {"raw": run.raw_dir, "mask": run.mask if run.mask.is_dir() else run.mask.parent},
+        run.settings(),
+    )
+    out_image = derivative_path(
+        run.seg_dir, run.acquisition.entities, suffix="dseg", extension=".nii.gz"
+    )
     sidecar = sidecar_path(out_image)
     inputs = step.inputs([run.acquisition.path, run.mask_file])
     if not overwrite and step.is_done(sidecar, inputs):
-        log.info("%s: already done with the same inputs and settings; skipped "
-                 "(--overwrite redoes it)", out_image.name)
+        log.info(
+            "%s: already done with the same inputs and settings; skipped (--overwrite redoes it)",
+            out_image.name,
+        )
         _write_dataset_files(run.seg_dir, run.raw_dir)
         return out_image
 
@@ -313,16 +376,25 @@ def import_mask(mask: str | Path, raw_dir: str | Path, seg_dir: str | Path, *, p
     with OutputSet() as outputs:
         tmp_image = outputs.path(out_image)
         write_image_to(image, tmp_image)
-        step.write_sidecar(outputs, sidecar, inputs, {out_image: tmp_image},
-                           extra={"MaskFormat": run.mask_format, "LabelMapping": applied,
-                                  "VoxelCounts": counts})
-    log.info("%s: %s mask imported (%s)", out_image.name, run.mask_format,
-             ", ".join(f"{k} {v} voxels" for k, v in counts.items()))
+        step.write_sidecar(
+            outputs,
+            sidecar,
+            inputs,
+            {out_image: tmp_image},
+            extra={"MaskFormat": run.mask_format, "LabelMapping": applied, "VoxelCounts": counts},
+        )
+    log.info(
+        "%s: %s mask imported (%s)",
+        out_image.name,
+        run.mask_format,
+        ", ".join(f"{k} {v} voxels" for k, v in counts.items()),
+    )
     return out_image
 
 
-def _check_inputs(mask, raw_dir, seg_dir, *, participant, session, phase, label_map, roi_names,
-                  slice_tolerance) -> _MaskImport:
+def _check_inputs(
+    mask, raw_dir, seg_dir, *, participant, session, phase, label_map, roi_names, slice_tolerance
+) -> _MaskImport:
     """Check the arguments, find the CT and the mask file; raise before anything is written."""
     label = clean_label(participant)
     session = None if session is None else clean_label(session, entity="ses", option="--session")
@@ -337,17 +409,29 @@ def _check_inputs(mask, raw_dir, seg_dir, *, participant, session, phase, label_
     if not raw_dir.is_dir():
         raise InputError("raw dataset folder not found", path=raw_dir, fix="check the path")
     rows = read_participants(raw_dir)
-    select_participants([r["participant_id"][4:] for r in rows], [label],
-                        where=participants_path(raw_dir))
+    select_participants(
+        [r["participant_id"][4:] for r in rows], [label], where=participants_path(raw_dir)
+    )
     check_output_not_inside_input(seg_dir, [raw_dir])
     acquisition = _find_ct(raw_dir, label, session, phase)
     mask_file, mask_format = find_mask_file(mask)
     if mask_format == FORMAT_LABEL_IMAGE and roi_names:
-        raise UsageError("--roi-name applies to RTSTRUCT and DICOM-SEG masks, not to label "
-                         f"images ({mask_file.name})", fix="use --label-map VALUE=liver|lesion")
-    return _MaskImport(mask=mask, raw_dir=raw_dir, seg_dir=seg_dir, acquisition=acquisition,
-                       mask_file=mask_file, mask_format=mask_format, label_map=parsed_map,
-                       roi_names=roi_names, slice_tolerance=slice_tolerance)
+        raise UsageError(
+            "--roi-name applies to RTSTRUCT and DICOM-SEG masks, not to label "
+            f"images ({mask_file.name})",
+            fix="use --label-map VALUE=liver|lesion",
+        )
+    return _MaskImport(
+        mask=mask,
+        raw_dir=raw_dir,
+        seg_dir=seg_dir,
+        acquisition=acquisition,
+        mask_file=mask_file,
+        mask_format=mask_format,
+        label_map=parsed_map,
+        roi_names=roi_names,
+        slice_tolerance=slice_tolerance,
+    )
 
 
 def _dseg_image(run: _MaskImport) -> tuple[Any, dict[str, str], dict[str, int]]:
@@ -356,24 +440,35 @@ def _dseg_image(run: _MaskImport) -> tuple[Any, dict[str, str], dict[str, int]]:
 
     acquisition = run.acquisition
     reference = read_image(acquisition.path, what="CT image")
-    dseg, applied = mask_to_dseg(run.mask_file, run.mask_format, reference,
-                                 reference_path=acquisition.path, label_map=run.label_map,
-                                 roi_names=run.roi_names, slice_tolerance=run.slice_tolerance)
+    dseg, applied = mask_to_dseg(
+        run.mask_file,
+        run.mask_format,
+        reference,
+        reference_path=acquisition.path,
+        label_map=run.label_map,
+        roi_names=run.roi_names,
+        slice_tolerance=run.slice_tolerance,
+    )
     counts = {LABELS[v]: int(np.count_nonzero(dseg == v)) for v in (LIVER, LESION)}
     if not any(counts.values()):
-        raise MaskError(f"the imported mask has no liver or lesion voxels on the CT grid of "
-                        f"{acquisition.relpath.as_posix()} (mapping {applied or 'none'})",
-                        path=run.mask_file, fix="check --label-map/--roi-name and that the mask "
-                                                "belongs to this CT")
+        raise MaskError(
+            f"the imported mask has no liver or lesion voxels on the CT grid of "
+            f"{acquisition.relpath.as_posix()} (mapping {applied or 'none'})",
+            path=run.mask_file,
+            fix="check --label-map/--roi-name and that the mask belongs to this CT",
+        )
     image = sitk.GetImageFromArray(dseg)
     image.CopyInformation(reference)
     return image, applied, counts
 
 
 def _write_dataset_files(seg_dir: Path, raw_dir: Path) -> None:
-    write_dataset_description(seg_dir, name="metcli manual segmentations", sources={"raw": raw_dir},
-                              description="liver and lesion segmentation (0 background, "
-                                          "1 liver, 2 lesion)")
+    write_dataset_description(
+        seg_dir,
+        name="metcli manual segmentations",
+        sources={"raw": raw_dir},
+        description="liver and lesion segmentation (0 background, 1 liver, 2 lesion)",
+    )
     label_table = seg_dir / "dseg.tsv"
     if not label_table.is_file():
         write_label_table(seg_dir)

@@ -24,5 +24,9 @@ def label_rows() -> list[dict]:
 
 def write_label_table(out_dir: Path) -> Path:
     """Write ``dseg.tsv`` (index, name, abbreviation) at the root of ``out_dir``."""
-    return write_tsv(label_rows(), ["index", "name", "abbreviation"], Path(out_dir) / "dseg.tsv",
-                     schema="dseg_labels")
+    return write_tsv(
+        label_rows(),
+        ["index", "name", "abbreviation"],
+        Path(out_dir) / "dseg.tsv",
+        schema="dseg_labels",
+    )

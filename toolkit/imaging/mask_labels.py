@@ -26,8 +26,10 @@ TARGETS = {"liver": LIVER, "lesion": LESION, str(LIVER): LIVER, str(LESION): LES
 _LESION_NAME = re.compile(r"gtv|tumou?r|lesion|metasta", re.IGNORECASE)
 _LIVER_NAME = re.compile(r"liver", re.IGNORECASE)
 
-_LABEL_MAP_FIX = ("write it as SOURCE=TARGET pairs separated by commas, TARGET liver or lesion, "
-                  "for example --label-map 'GTV-1=lesion,Liver=liver' or --label-map '5=liver'")
+_LABEL_MAP_FIX = (
+    "write it as SOURCE=TARGET pairs separated by commas, TARGET liver or lesion, "
+    "for example --label-map 'GTV-1=lesion,Liver=liver' or --label-map '5=liver'"
+)
 
 
 # ----------------------------------------------------------------------------- label maps
@@ -50,8 +52,9 @@ def parse_label_map(spec: str | Mapping[Any, Any] | Iterable[str] | None) -> dic
                     continue
                 source, sep, target = part.rpartition("=")
                 if not sep:
-                    raise UsageError(f"--label-map entry {part.strip()!r} has no '='",
-                                     fix=_LABEL_MAP_FIX)
+                    raise UsageError(
+                        f"--label-map entry {part.strip()!r} has no '='", fix=_LABEL_MAP_FIX
+                    )
                 pairs.append((source, target))
     if not pairs:
         return None
@@ -60,15 +63,21 @@ def parse_label_map(spec: str | Mapping[Any, Any] | Iterable[str] | None) -> dic
         source = str(source).strip()
         name = str(target).strip().lower()
         if not source:
-            raise UsageError(f"--label-map entry '={target}' names no source label",
-                             fix=_LABEL_MAP_FIX)
+            raise UsageError(
+                f"--label-map entry '={target}' names no source label", fix=_LABEL_MAP_FIX
+            )
         if name not in TARGETS:
-            raise UsageError(f"--label-map target {str(target).strip()!r} (for {source!r}) is not "
-                             "liver or lesion", fix=_LABEL_MAP_FIX)
+            raise UsageError(
+                f"--label-map target {str(target).strip()!r} (for {source!r}) is not "
+                "liver or lesion",
+                fix=_LABEL_MAP_FIX,
+            )
         label = TARGETS[name]
         if out.get(source, label) != label:
-            raise UsageError(f"--label-map maps {source!r} to both liver and lesion",
-                             fix="map each source label once")
+            raise UsageError(
+                f"--label-map maps {source!r} to both liver and lesion",
+                fix="map each source label once",
+            )
         out[source] = label
     return out
 
@@ -103,9 +112,14 @@ def _names(entries: Sequence[MaskEntry]) -> str:
     return ", ".join(repr(e.name) for e in entries) or "(none)"
 
 
-def assign_labels(entries: Sequence[MaskEntry], label_map: Mapping[str, int] | None,
-                  roi_names: Sequence[str] | None, *, path: Path,
-                  kind: str) -> dict[MaskEntry, int]:
+def assign_labels(
+    entries: Sequence[MaskEntry],
+    label_map: Mapping[str, int] | None,
+    roi_names: Sequence[str] | None,
+    *,
+    path: Path,
+    kind: str,
+) -> dict[MaskEntry, int]:
     """Which ROIs/segments become liver or lesion."""
     chosen = list(entries)
     if roi_names:
@@ -113,17 +127,23 @@ def assign_labels(entries: Sequence[MaskEntry], label_map: Mapping[str, int] | N
         for requested in roi_names:
             found = _matches(entries, requested)
             if not found:
-                raise MaskError(f"no {kind} named {requested!r} (the file has {_names(entries)})",
-                                path=path, fix="give one of these names to --roi-name")
+                raise MaskError(
+                    f"no {kind} named {requested!r} (the file has {_names(entries)})",
+                    path=path,
+                    fix="give one of these names to --roi-name",
+                )
             chosen.extend(e for e in found if e not in chosen)
     assigned: dict[MaskEntry, int] = {}
     for key, label in (label_map or {}).items():
         found = _matches(chosen, key)
         if not found:
             among = "among the --roi-name choices " if roi_names else ""
-            raise MaskError(f"--label-map names {key!r}, which is no {kind} {among}of this file "
-                            f"(it has {_names(chosen)})", path=path,
-                            fix="use one of these names (or numbers) in --label-map")
+            raise MaskError(
+                f"--label-map names {key!r}, which is no {kind} {among}of this file "
+                f"(it has {_names(chosen)})",
+                path=path,
+                fix="use one of these names (or numbers) in --label-map",
+            )
         for entry in found:
             assigned[entry] = label
     if label_map and not roi_names:
@@ -138,22 +158,31 @@ def assign_labels(entries: Sequence[MaskEntry], label_map: Mapping[str, int] | N
         else:
             assigned[entry] = label
     if roi_names and unnamed:
-        raise MaskError(f"cannot tell whether {_names(unnamed)} is liver or lesion from its name",
-                        path=path, fix=f"say it with --label-map, for example "
-                                       f"--label-map '{unnamed[0].name}=lesion'")
+        raise MaskError(
+            f"cannot tell whether {_names(unnamed)} is liver or lesion from its name",
+            path=path,
+            fix=f"say it with --label-map, for example --label-map '{unnamed[0].name}=lesion'",
+        )
     if not assigned:
         example = entries[0].name if entries else "NAME"
-        raise MaskError(f"no {kind} name says liver or lesion (the file has {_names(entries)})",
-                        path=path, fix=f"choose them with --label-map, for example "
-                                       f"--label-map '{example}=lesion'")
+        raise MaskError(
+            f"no {kind} name says liver or lesion (the file has {_names(entries)})",
+            path=path,
+            fix=f"choose them with --label-map, for example --label-map '{example}=lesion'",
+        )
     for entry in unnamed:
-        log.info("%s: %s %r is neither liver nor lesion by its name; not imported",
-                 path.name, kind, entry.name)
+        log.info(
+            "%s: %s %r is neither liver nor lesion by its name; not imported",
+            path.name,
+            kind,
+            entry.name,
+        )
     return assigned
 
 
-def select_entries(entries: Sequence[MaskEntry], requested: Sequence[str | int] | None, *,
-                   path: Path, kind: str) -> list[MaskEntry]:
+def select_entries(
+    entries: Sequence[MaskEntry], requested: Sequence[str | int] | None, *, path: Path, kind: str
+) -> list[MaskEntry]:
     """The entries named (or numbered) in ``requested``; all of them for None."""
     if requested is None:
         return list(entries)
@@ -161,7 +190,10 @@ def select_entries(entries: Sequence[MaskEntry], requested: Sequence[str | int] 
     for name in requested:
         found = _matches(entries, str(name))
         if not found:
-            raise MaskError(f"no {kind} named {name!r} (the file has {_names(entries)})",
-                            path=path, fix=f"choose one of these {kind} names")
+            raise MaskError(
+                f"no {kind} named {name!r} (the file has {_names(entries)})",
+                path=path,
+                fix=f"choose one of these {kind} names",
+            )
         selected.extend(e for e in found if e not in selected)
     return selected

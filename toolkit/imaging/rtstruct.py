@@ -43,21 +43,30 @@ def _read_dicom(path: Path, what: str):
     try:
         return pydicom.dcmread(path)
     except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, AttributeError) as exc:
-        raise MaskError(f"cannot read the {what} ({' '.join(str(exc).split())[:160]})", path=path,
-                        fix="check that the file is a complete DICOM file") from None
+        raise MaskError(
+            f"cannot read the {what} ({' '.join(str(exc).split())[:160]})",
+            path=path,
+            fix="check that the file is a complete DICOM file",
+        ) from None
 
 
 def rtstruct_rois(rtstruct) -> list[tuple[int, str]]:
     """(ROI number, ROI name) of every ROI of an RTSTRUCT (a path or a pydicom dataset)."""
     ds = _read_dicom(Path(rtstruct), "RTSTRUCT") if isinstance(rtstruct, (str, Path)) else rtstruct
-    return [(int(item.ROINumber), str(item.get("ROIName", "") or f"ROI {item.ROINumber}"))
-            for item in ds.get("StructureSetROISequence", [])]
+    return [
+        (int(item.ROINumber), str(item.get("ROIName", "") or f"ROI {item.ROINumber}"))
+        for item in ds.get("StructureSetROISequence", [])
+    ]
 
 
-def rasterize_rtstruct(rtstruct_path: str | Path, reference_image,
-                       roi_names: Sequence[str] | None = None, *,
-                       slice_tolerance: float = SLICE_TOLERANCE,
-                       reference_path: str | Path | None = None) -> dict[str, np.ndarray]:
+def rasterize_rtstruct(
+    rtstruct_path: str | Path,
+    reference_image,
+    roi_names: Sequence[str] | None = None,
+    *,
+    slice_tolerance: float = SLICE_TOLERANCE,
+    reference_path: str | Path | None = None,
+) -> dict[str, np.ndarray]:
     """Rasterise RTSTRUCT ROIs onto the grid of ``reference_image``.
 
     Args:
@@ -79,9 +88,14 @@ def rasterize_rtstruct(rtstruct_path: str | Path, reference_image,
     ds = read_rtstruct(path)
     entries = [MaskEntry(n, name) for n, name in rtstruct_rois(ds)]
     selected = select_entries(entries, roi_names, path=path, kind="ROI")
-    arrays = rasterize_rois(ds, selected, reference, path=path,
-                            ref_name=reference_name(reference_image, reference_path),
-                            slice_tolerance=slice_tolerance)
+    arrays = rasterize_rois(
+        ds,
+        selected,
+        reference,
+        path=path,
+        ref_name=reference_name(reference_image, reference_path),
+        slice_tolerance=slice_tolerance,
+    )
     out: dict[str, np.ndarray] = {}
     for entry, mask in zip(selected, arrays, strict=True):
         out[entry.name] = out[entry.name] | mask if entry.name in out else mask
@@ -92,8 +106,11 @@ def read_rtstruct(path: Path):
     """The RTSTRUCT's dataset; another DICOM object is a MaskError."""
     ds = _read_dicom(path, "RTSTRUCT")
     if str(ds.get("Modality", "")) != "RTSTRUCT":
-        raise MaskError(f"not an RTSTRUCT (Modality {ds.get('Modality', 'missing')!s})", path=path,
-                        fix="give the RTSTRUCT file")
+        raise MaskError(
+            f"not an RTSTRUCT (Modality {ds.get('Modality', 'missing')!s})",
+            path=path,
+            fix="give the RTSTRUCT file",
+        )
     return ds
 
 
@@ -107,8 +124,15 @@ class _VoxelGrid:
     size: np.ndarray  # voxels along x, y, z
 
 
-def rasterize_rois(ds, entries: Sequence[MaskEntry], reference, *, path: Path, ref_name: str,
-                   slice_tolerance: float) -> list[np.ndarray]:
+def rasterize_rois(
+    ds,
+    entries: Sequence[MaskEntry],
+    reference,
+    *,
+    path: Path,
+    ref_name: str,
+    slice_tolerance: float,
+) -> list[np.ndarray]:
     """One boolean [z, y, x] array per entry (see :func:`rasterize_rtstruct`)."""
     contours_by_number: dict[int, list] = {}
     for item in ds.get("ROIContourSequence", []):
@@ -117,13 +141,28 @@ def rasterize_rois(ds, entries: Sequence[MaskEntry], reference, *, path: Path, r
 
     matrix, origin = index_to_physical(reference)
     grid = _VoxelGrid(matrix, origin, np.linalg.inv(matrix), np.asarray(reference.GetSize()))
-    return [_rasterize_roi(entry, contours_by_number.get(entry.number, []), grid, path=path,
-                           ref_name=ref_name, slice_tolerance=slice_tolerance)
-            for entry in entries]
+    return [
+        _rasterize_roi(
+            entry,
+            contours_by_number.get(entry.number, []),
+            grid,
+            path=path,
+            ref_name=ref_name,
+            slice_tolerance=slice_tolerance,
+        )
+        for entry in entries
+    ]
 
 
-def _rasterize_roi(entry: MaskEntry, contours: Sequence, grid: _VoxelGrid, *, path: Path,
-                   ref_name: str, slice_tolerance: float) -> np.ndarray:
+def _rasterize_roi(
+    entry: MaskEntry,
+    contours: Sequence,
+    grid: _VoxelGrid,
+    *,
+    path: Path,
+    ref_name: str,
+    slice_tolerance: float,
+) -> np.ndarray:
     """The boolean [z, y, x] array of one ROI's contours (even-odd rule)."""
     from skimage.draw import polygon2mask
 
@@ -135,35 +174,60 @@ def _rasterize_roi(entry: MaskEntry, contours: Sequence, grid: _VoxelGrid, *, pa
         try:
             data = np.asarray([float(v) for v in item.get("ContourData", [])], dtype=float)
         except (TypeError, ValueError):
-            raise MaskError(f"contour {number} of ROI {entry.name!r} has non-numeric "
-                            "ContourData", path=path, fix="export the RTSTRUCT again") from None
+            raise MaskError(
+                f"contour {number} of ROI {entry.name!r} has non-numeric ContourData",
+                path=path,
+                fix="export the RTSTRUCT again",
+            ) from None
         if kind != "CLOSED_PLANAR" or data.size % 3 or data.size < 9:
             skipped_kind += 1
             continue
         points = data.reshape(-1, 3)
         index = (points - grid.origin) @ grid.to_index.T  # continuous (x, y, z) voxel index
-        axis, slice_index = _contour_slice(index, grid, number, entry, path=path,
-                                           ref_name=ref_name, slice_tolerance=slice_tolerance)
+        axis, slice_index = _contour_slice(
+            index,
+            grid,
+            number,
+            entry,
+            path=path,
+            ref_name=ref_name,
+            slice_tolerance=slice_tolerance,
+        )
         if not 0 <= slice_index < size[axis]:
             outside += 1
             continue
         in_plane = [a for a in range(3) if a != axis]
-        filled = polygon2mask((int(size[in_plane[0]]), int(size[in_plane[1]])),
-                              index[:, in_plane])
+        filled = polygon2mask((int(size[in_plane[0]]), int(size[in_plane[1]])), index[:, in_plane])
         where: list[Any] = [slice(None)] * 3
         where[axis] = slice_index
         volume[tuple(where)] ^= filled  # even-odd rule: a contour inside another is a hole
     if skipped_kind:
-        log.warning("%s: ROI %r: %d contour(s) that are not closed polygons were skipped",
-                    path.name, entry.name, skipped_kind)
+        log.warning(
+            "%s: ROI %r: %d contour(s) that are not closed polygons were skipped",
+            path.name,
+            entry.name,
+            skipped_kind,
+        )
     if outside:
-        log.warning("%s: ROI %r: %d contour(s) lie outside the image's slices and were "
-                    "skipped", path.name, entry.name, outside)
+        log.warning(
+            "%s: ROI %r: %d contour(s) lie outside the image's slices and were skipped",
+            path.name,
+            entry.name,
+            outside,
+        )
     return np.ascontiguousarray(volume.transpose(2, 1, 0))
 
 
-def _contour_slice(index: np.ndarray, grid: _VoxelGrid, number: int, entry: MaskEntry, *,
-                   path: Path, ref_name: str, slice_tolerance: float) -> tuple[int, int]:
+def _contour_slice(
+    index: np.ndarray,
+    grid: _VoxelGrid,
+    number: int,
+    entry: MaskEntry,
+    *,
+    path: Path,
+    ref_name: str,
+    slice_tolerance: float,
+) -> tuple[int, int]:
     """(slice axis, slice index) of a contour given in continuous voxel indices.
 
     A contour oblique to the slices, or between two slices, is a GeometryError.
@@ -175,7 +239,8 @@ def _contour_slice(index: np.ndarray, grid: _VoxelGrid, number: int, entry: Mask
             f"{path} and {ref_name} do not describe the same physical grid: contour "
             f"{number} of ROI {entry.name!r} does not lie in a slice plane of the image "
             "(it is oblique to the slices)",
-            fix="import it with the CT series it was drawn on")
+            fix="import it with the CT series it was drawn on",
+        )
     position = float(index[:, axis].mean())
     slice_index = int(np.rint(position))
     if abs(position - slice_index) > slice_tolerance:
@@ -186,5 +251,6 @@ def _contour_slice(index: np.ndarray, grid: _VoxelGrid, number: int, entry: Mask
             f"({abs(position - slice_index):.3g} slice spacings from the nearest; its "
             f"plane passes through {fmt(plane)} mm), so it was drawn on another series",
             fix="import it with the CT series it was drawn on (metcli never moves "
-                "contours to another slice)")
+            "contours to another slice)",
+        )
     return axis, slice_index

@@ -1,8 +1,9 @@
-"""metcli.io: BIDS-like names, atomic files and tables, participants, splits, the predictions table, JSON Schemas, provenance sidecars, the weights manifest.
+"""metcli.io: BIDS-like names, atomic files and tables, participants, splits, the
+predictions table, JSON Schemas, provenance sidecars, the weights manifest.
 
 The names in ``__all__`` are this room's public API: the names other rooms, the
-command line, the tests and the benchmarks use. Each is imported from its module on first use, so importing the
-room stays light.
+command line, the tests and the benchmarks use. Each is imported from its module on
+first use, so importing the room stays light.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def clean_label(label: str, *, entity: str = "sub", option: str = "--participant
     text = label.strip()
     prefix = f"{entity}-"
     if text.startswith(prefix):
-        text = text[len(prefix):]
+        text = text[len(prefix) :]
     if not _LABEL_RE.match(text):
         raise UsageError(
             f"{option} {label!r} is not a valid label: labels are letters and digits only "
@@ -176,8 +176,15 @@ def parse_name(name: str | Path) -> Entities:
         raise InputError(f"{base!r}: {exc.what}", path=name) from None
 
 
-def derivative_path(out_dir: Path, source: Entities, *, desc: str | None = None,
-                    suffix: str, extension: str, datatype: str = RAW_DATATYPE) -> Path:
+def derivative_path(
+    out_dir: Path,
+    source: Entities,
+    *,
+    desc: str | None = None,
+    suffix: str,
+    extension: str,
+    datatype: str = RAW_DATATYPE,
+) -> Path:
     """Where a per-acquisition derivative of ``source`` lives inside ``out_dir``."""
     ent = source.with_(desc=desc, suffix=suffix, extension=extension)
     return Path(out_dir) / ent.relpath(datatype)
@@ -203,9 +210,16 @@ class Acquisition:
         return self.path.relative_to(self.root)
 
 
-def find_files(root: Path, *, suffix: str, desc: str | None = None, extension: str = ".nii.gz",
-               participants: Iterable[str] | None = None, phases: Iterable[str] | None = None,
-               datatype: str = RAW_DATATYPE) -> list[Acquisition]:
+def find_files(
+    root: Path,
+    *,
+    suffix: str,
+    desc: str | None = None,
+    extension: str = ".nii.gz",
+    participants: Iterable[str] | None = None,
+    phases: Iterable[str] | None = None,
+    datatype: str = RAW_DATATYPE,
+) -> list[Acquisition]:
     """Files of one kind in a BIDS-like tree, sorted by participant, session, phase.
 
     ``desc=None`` only matches files without a ``desc-`` entity.
@@ -245,8 +259,9 @@ def participant_folders(root: Path) -> list[str]:
     return sorted(p.name[4:] for p in Path(root).glob("sub-*") if p.is_dir())
 
 
-def select_participants(available: Sequence[str], requested: Sequence[str] | None, *,
-                        where: str | Path | None = None) -> list[str]:
+def select_participants(
+    available: Sequence[str], requested: Sequence[str] | None, *, where: str | Path | None = None
+) -> list[str]:
     """The labels to process: all ``available`` ones, or the ``requested`` subset.
 
     Requested labels may carry the ``sub-`` prefix. An unknown or malformed label is a

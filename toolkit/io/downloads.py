@@ -38,13 +38,15 @@ def make_dirs(path: Path) -> list[Path]:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the model cache ({exc.strerror})", path=path,
-                          fix="set METCLI_HOME to a folder you can write to") from None
+        raise OutputError(
+            f"cannot create the model cache ({exc.strerror})",
+            path=path,
+            fix="set METCLI_HOME to a folder you can write to",
+        ) from None
     return list(reversed(missing))
 
 
-def download(url: str, folder: Path, name: str, progress: Progress | None
-             ) -> tuple[Path, str, int]:
+def download(url: str, folder: Path, name: str, progress: Progress | None) -> tuple[Path, str, int]:
     """Stream ``url`` into a temporary file in ``folder``, hashing it; remove it on failure."""
     import socket
     import urllib.error
@@ -60,14 +62,18 @@ def download(url: str, folder: Path, name: str, progress: Progress | None
             try:
                 response = urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S)  # noqa: S310
             except urllib.error.HTTPError as exc:
-                raise WeightsError(f"cannot download {url} (HTTP {exc.code} {exc.reason})",
-                                   fix="check the URL, or give a mirror with --url") from None
+                raise WeightsError(
+                    f"cannot download {url} (HTTP {exc.code} {exc.reason})",
+                    fix="check the URL, or give a mirror with --url",
+                ) from None
             except (urllib.error.URLError, socket.timeout, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
-                raise WeightsError(f"cannot download {url} ({_reason(reason)})",
-                                   fix="check the network connection (metcli works offline "
-                                       "with models already installed), or give a reachable "
-                                       "mirror with --url") from None
+                raise WeightsError(
+                    f"cannot download {url} ({_reason(reason)})",
+                    fix="check the network connection (metcli works offline "
+                    "with models already installed), or give a reachable "
+                    "mirror with --url",
+                ) from None
             with response:
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
@@ -77,8 +83,10 @@ def download(url: str, folder: Path, name: str, progress: Progress | None
                     try:
                         block = response.read(CHUNK)
                     except (socket.timeout, OSError) as exc:
-                        raise WeightsError(f"the download of {url} broke off after {done} bytes "
-                                           f"({_reason(exc)})", fix="try again") from None
+                        raise WeightsError(
+                            f"the download of {url} broke off after {done} bytes ({_reason(exc)})",
+                            fix="try again",
+                        ) from None
                     if not block:
                         break
                     handle.write(block)
@@ -87,8 +95,10 @@ def download(url: str, folder: Path, name: str, progress: Progress | None
                     if progress is not None:
                         progress(done, total)
                 if total is not None and done != total:
-                    raise WeightsError(f"the download of {url} is incomplete ({done} of {total} "
-                                       "bytes)", fix="try again")
+                    raise WeightsError(
+                        f"the download of {url} is incomplete ({done} of {total} bytes)",
+                        fix="try again",
+                    )
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -104,25 +114,35 @@ def _reason(exc: Any) -> str:
 def unpack(archive: Path, folder: Path, source: str) -> None:
     """Unpack a zip archive into ``folder``, refusing members that would leave it."""
     if not zipfile.is_zipfile(archive):
-        raise WeightsError(f"the download from {source} is not a zip archive",
-                           fix="give the URL of the model's zip archive")
+        raise WeightsError(
+            f"the download from {source} is not a zip archive",
+            fix="give the URL of the model's zip archive",
+        )
     try:
         with zipfile.ZipFile(archive) as zf:
             for member in zf.infolist():
                 parts = PurePosixPath(member.filename.replace("\\", "/")).parts
-                if member.filename.startswith(("/", "\\")) or ".." in parts or \
-                        (parts and ":" in parts[0]):
-                    raise WeightsError(f"the archive from {source} has an unsafe member name "
-                                       f"{member.filename!r}; it was refused",
-                                       fix="use an archive from a trusted source")
+                if (
+                    member.filename.startswith(("/", "\\"))
+                    or ".." in parts
+                    or (parts and ":" in parts[0])
+                ):
+                    raise WeightsError(
+                        f"the archive from {source} has an unsafe member name "
+                        f"{member.filename!r}; it was refused",
+                        fix="use an archive from a trusted source",
+                    )
             bad = zf.testzip()
             if bad is not None:
-                raise WeightsError(f"the archive from {source} is corrupt (member {bad!r})",
-                                   fix="download it again")
+                raise WeightsError(
+                    f"the archive from {source} is corrupt (member {bad!r})",
+                    fix="download it again",
+                )
             zf.extractall(folder)
     except zipfile.BadZipFile as exc:
-        raise WeightsError(f"the archive from {source} is corrupt ({exc})",
-                           fix="download it again") from None
+        raise WeightsError(
+            f"the archive from {source} is corrupt ({exc})", fix="download it again"
+        ) from None
 
 
 def replace_dir(new: Path, target: Path) -> None:

@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from metcli.io.bids import split_extension
 from metcli.core.errors import ImageError, InputError, OutputError
+from metcli.io.bids import split_extension
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,11 @@ def _temp_name(dest: Path) -> Path:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create the folder ({exc.strerror})", path=dest.parent,
-                          fix="choose an output folder you can write to") from None
+        raise OutputError(
+            f"cannot create the folder ({exc.strerror})",
+            path=dest.parent,
+            fix="choose an output folder you can write to",
+        ) from None
     try:
         _stem, ext = split_extension(dest.name)
     except InputError:
@@ -181,8 +184,9 @@ def read_json(path: str | Path, *, schema: str | None = None) -> Any:
         with open(path, encoding="utf-8") as handle:
             obj = json.load(handle)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"not valid JSON ({exc})", path=path,
-                         fix="repair the file or write it again") from None
+        raise InputError(
+            f"not valid JSON ({exc})", path=path, fix="repair the file or write it again"
+        ) from None
     if schema is not None:
         from metcli.io.schemas import validate
 
@@ -221,8 +225,14 @@ def tsv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def write_tsv_to(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], target: Path, *,
-                 schema: str | None = None, where=None) -> None:
+def write_tsv_to(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    target: Path,
+    *,
+    schema: str | None = None,
+    where=None,
+) -> None:
     """Write a table to an already-chosen (temporary) path, rows checked first."""
     if schema is not None:
         from metcli.io.schemas import validate_rows
@@ -233,8 +243,13 @@ def write_tsv_to(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], targ
         handle.write(text)
 
 
-def write_tsv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], path: str | Path, *,
-              schema: str | None = None) -> Path:
+def write_tsv(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    path: str | Path,
+    *,
+    schema: str | None = None,
+) -> Path:
     """Write a table atomically after checking every row against ``schema``."""
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -251,23 +266,34 @@ def read_tsv(path: str | Path, *, required: Iterable[str] = ()) -> list[dict[str
         with open(path, encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
             if reader.fieldnames is None:
-                raise InputError("the table is empty (no header line)", path=path,
-                                 fix="write a tab-separated header line")
+                raise InputError(
+                    "the table is empty (no header line)",
+                    path=path,
+                    fix="write a tab-separated header line",
+                )
             header = [h.strip() for h in reader.fieldnames]
             rows = []
             for number, row in enumerate(reader, start=2):
                 if None in row or any(v is None for v in row.values()):
                     raise InputError(
                         f"line {number} has a different number of cells than the header",
-                        path=path, fix="separate cells with single tabs, one per column")
-                rows.append({k.strip(): (v.strip() if v is not None else v) for k, v in row.items()})
+                        path=path,
+                        fix="separate cells with single tabs, one per column",
+                    )
+                rows.append(
+                    {k.strip(): (v.strip() if v is not None else v) for k, v in row.items()}
+                )
     except UnicodeDecodeError:
-        raise InputError("not a UTF-8 text table", path=path,
-                         fix="save it as tab-separated UTF-8 text") from None
+        raise InputError(
+            "not a UTF-8 text table", path=path, fix="save it as tab-separated UTF-8 text"
+        ) from None
     missing = [c for c in required if c not in header]
     if missing:
-        raise InputError(f"missing column(s) {', '.join(missing)} (has: {', '.join(header)})",
-                         path=path, fix="add the column(s) to the header line")
+        raise InputError(
+            f"missing column(s) {', '.join(missing)} (has: {', '.join(header)})",
+            path=path,
+            fix="add the column(s) to the header line",
+        )
     return rows
 
 
@@ -286,20 +312,30 @@ def read_image(path: str | Path, *, what: str = "image", pixel_type=None, dims: 
         image = reader.Execute()
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-        raise ImageError(f"cannot read the {what} ({_short(reason)})", path=path,
-                         fix="check that the file is a complete NIfTI or NRRD image "
-                             "(re-export or copy it again)") from None
+        raise ImageError(
+            f"cannot read the {what} ({_short(reason)})",
+            path=path,
+            fix="check that the file is a complete NIfTI or NRRD image "
+            "(re-export or copy it again)",
+        ) from None
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageError(f"the {what} has {image.GetNumberOfComponentsPerPixel()} components "
-                         "per voxel; a scalar image is needed", path=path,
-                         fix="export a single-channel image")
+        raise ImageError(
+            f"the {what} has {image.GetNumberOfComponentsPerPixel()} components "
+            "per voxel; a scalar image is needed",
+            path=path,
+            fix="export a single-channel image",
+        )
     if image.GetDimension() != dims:
         if image.GetDimension() == 4 and image.GetSize()[3] == 1:
             image = image[:, :, :, 0]
         else:
-            raise ImageError(f"the {what} is {image.GetDimension()}D "
-                             f"(size {'x'.join(map(str, image.GetSize()))}); a {dims}D volume is "
-                             "needed", path=path, fix=f"give a {dims}D volume")
+            raise ImageError(
+                f"the {what} is {image.GetDimension()}D "
+                f"(size {'x'.join(map(str, image.GetSize()))}); a {dims}D volume is "
+                "needed",
+                path=path,
+                fix=f"give a {dims}D volume",
+            )
     if dims == 3 and min(image.GetSize()) < 1:
         raise ImageError(f"the {what} is empty", path=path, fix="give a non-empty volume")
     _refuse_non_finite(path, image, what)
@@ -335,10 +371,16 @@ def _refuse_non_finite(path: Path, image, what: str) -> None:
             return
     bad = int(data.size - np.count_nonzero(np.isfinite(data)))
     if bad:
-        raise ImageError(f"the {what} has {bad} voxel(s) that are NaN or infinite"
-                         + (" (SimpleITK would read them as 0)" if path.name.endswith(
-                             (".nii", ".nii.gz")) else ""), path=path,
-                         fix="convert it again from the source, or replace those voxels")
+        raise ImageError(
+            f"the {what} has {bad} voxel(s) that are NaN or infinite"
+            + (
+                " (SimpleITK would read them as 0)"
+                if path.name.endswith((".nii", ".nii.gz"))
+                else ""
+            ),
+            path=path,
+            fix="convert it again from the source, or replace those voxels",
+        )
 
 
 def _short(text: str, limit: int = 160) -> str:
@@ -371,15 +413,21 @@ def check_output_not_inside_input(output: Path, inputs: Iterable[Path]) -> None:
     for item in inputs:
         src = Path(item).resolve()
         if out == src:
-            raise UsageError(f"the output folder is the input folder {item}",
-                             fix="choose another output folder, for example "
-                                 f"{Path(item) / 'derivatives' / '<command>'}")
+            raise UsageError(
+                f"the output folder is the input folder {item}",
+                fix="choose another output folder, for example "
+                f"{Path(item) / 'derivatives' / '<command>'}",
+            )
         if src in out.parents and (src / "derivatives") not in (out, *out.parents):
-            raise UsageError(f"the output folder {output} lies inside the input folder {item}",
-                             fix=f"write outside it or under {Path(item) / 'derivatives'}")
+            raise UsageError(
+                f"the output folder {output} lies inside the input folder {item}",
+                fix=f"write outside it or under {Path(item) / 'derivatives'}",
+            )
         if out in src.parents:
-            raise UsageError(f"the input folder {item} lies inside the output folder {output}",
-                             fix="choose an output folder outside the inputs")
+            raise UsageError(
+                f"the input folder {item} lies inside the output folder {output}",
+                fix="choose an output folder outside the inputs",
+            )
 
 
 def ensure_callable(fn: Callable | None) -> Callable:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from metcli.io.bids import clean_label, participant_folders
 from metcli.core.errors import InputError
+from metcli.io.bids import clean_label, participant_folders
 from metcli.io.files import NA, read_tsv, write_tsv
 
 FILENAME = "participants.tsv"
@@ -23,25 +23,35 @@ def _typed(row: Mapping[str, str], path: Path, line: int) -> dict[str, Any]:
         out[key] = None if value in (NA, "") else value
     pid = out.get("participant_id")
     if not pid or not str(pid).startswith("sub-"):
-        raise InputError(f"line {line}: participant_id {pid!r} does not start with 'sub-'",
-                         path=path, fix="write participant ids as sub-<label>")
+        raise InputError(
+            f"line {line}: participant_id {pid!r} does not start with 'sub-'",
+            path=path,
+            fix="write participant ids as sub-<label>",
+        )
     try:
         clean_label(pid)
     except Exception:
-        raise InputError(f"line {line}: participant_id {pid!r} is not a valid label "
-                         "(letters and digits after 'sub-')", path=path,
-                         fix="rename the participant with letters and digits only") from None
+        raise InputError(
+            f"line {line}: participant_id {pid!r} is not a valid label "
+            "(letters and digits after 'sub-')",
+            path=path,
+            fix="rename the participant with letters and digits only",
+        ) from None
     if out.get("age") is not None:
         try:
             out["age"] = float(out["age"])
         except ValueError:
-            raise InputError(f"line {line}: age {out['age']!r} is not a number", path=path,
-                             fix="write ages as numbers, or n/a when unknown") from None
+            raise InputError(
+                f"line {line}: age {out['age']!r} is not a number",
+                path=path,
+                fix="write ages as numbers, or n/a when unknown",
+            ) from None
     return out
 
 
-def read_participants(raw_dir: Path, *, required: Iterable[str] = ("participant_id",)
-                      ) -> list[dict[str, Any]]:
+def read_participants(
+    raw_dir: Path, *, required: Iterable[str] = ("participant_id",)
+) -> list[dict[str, Any]]:
     """Rows of ``participants.tsv`` (``n/a`` becomes None, age a float).
 
     Raises :class:`InputError` when the file is missing, malformed, or lists a
@@ -49,15 +59,21 @@ def read_participants(raw_dir: Path, *, required: Iterable[str] = ("participant_
     """
     path = participants_path(raw_dir)
     if not path.is_file():
-        raise InputError("participants.tsv not found", path=path,
-                         fix="create it: a tab-separated table with a participant_id column "
-                             "(sub-<label>) and a primary column (the label)")
+        raise InputError(
+            "participants.tsv not found",
+            path=path,
+            fix="create it: a tab-separated table with a participant_id column "
+            "(sub-<label>) and a primary column (the label)",
+        )
     rows = [_typed(r, path, i) for i, r in enumerate(read_tsv(path, required=required), start=2)]
     seen = set()
     for row in rows:
         if row["participant_id"] in seen:
-            raise InputError(f"{row['participant_id']} is listed twice", path=path,
-                             fix="keep one row per participant")
+            raise InputError(
+                f"{row['participant_id']} is listed twice",
+                path=path,
+                fix="keep one row per participant",
+            )
         seen.add(row["participant_id"])
     return rows
 
@@ -80,8 +96,9 @@ def write_participants(raw_dir: Path, rows: list[Mapping[str, Any]]) -> Path:
         for key in row:
             if key not in columns:
                 columns.append(key)
-    columns = [c for c in columns if c == "participant_id" or any(r.get(c) is not None
-                                                                  for r in rows)]
+    columns = [
+        c for c in columns if c == "participant_id" or any(r.get(c) is not None for r in rows)
+    ]
     ordered = sorted(rows, key=lambda r: r["participant_id"])
     return write_tsv(ordered, columns, participants_path(raw_dir), schema="participants")
 
@@ -113,20 +130,29 @@ def read_label_rows(path: Path, column: str | None) -> list[dict[str, Any]]:
     if path.is_dir():
         return read_participants(path, required=required)
     if not path.is_file():
-        raise InputError("participants table not found", path=path,
-                         fix="give participants.tsv (participant_id and the label column)")
+        raise InputError(
+            "participants table not found",
+            path=path,
+            fix="give participants.tsv (participant_id and the label column)",
+        )
     if path.name == "participants.tsv":
         return read_participants(path.parent, required=required)
-    rows = [{k: (None if v in (NA, "") else v) for k, v in r.items()}
-            for r in read_tsv(path, required=required)]
+    rows = [
+        {k: (None if v in (NA, "") else v) for k, v in r.items()}
+        for r in read_tsv(path, required=required)
+    ]
     seen = set()
     for row in rows:
         pid = row["participant_id"]
         if not pid or not pid.startswith("sub-"):
-            raise InputError(f"participant_id {pid!r} does not start with 'sub-'", path=path,
-                             fix="write participant ids as sub-<label>")
+            raise InputError(
+                f"participant_id {pid!r} does not start with 'sub-'",
+                path=path,
+                fix="write participant ids as sub-<label>",
+            )
         if pid in seen:
-            raise InputError(f"{pid} is listed twice", path=path, fix="keep one row per "
-                                                                       "participant")
+            raise InputError(
+                f"{pid} is listed twice", path=path, fix="keep one row per participant"
+            )
         seen.add(pid)
     return rows

@@ -25,12 +25,16 @@ AGGREGATES = ("mean", "max", "vote", "sum")
 
 # ----------------------------------------------------------------------------- predictions
 def prediction_columns(classes: Sequence[str]) -> list[str]:
-    return (["participant_id", "lesion_id", "level", "model", "set"]
-            + [f"prob_{c}" for c in classes] + ["predicted"])
+    return (
+        ["participant_id", "lesion_id", "level", "model", "set"]
+        + [f"prob_{c}" for c in classes]
+        + ["predicted"]
+    )
 
 
-def predicted_labels(proba: np.ndarray, classes: Sequence[str], *, positive: str | None,
-                     threshold: float | None) -> list[str]:
+def predicted_labels(
+    proba: np.ndarray, classes: Sequence[str], *, positive: str | None, threshold: float | None
+) -> list[str]:
     """Class names: binary by ``prob_positive >= threshold``, else the most probable class."""
     proba = np.asarray(proba, dtype=float)
     if len(classes) == 2 and positive is not None and threshold is not None:
@@ -40,9 +44,15 @@ def predicted_labels(proba: np.ndarray, classes: Sequence[str], *, positive: str
     return [classes[int(i)] for i in np.argmax(proba, axis=1)]
 
 
-def aggregate_patients(participants: Sequence[str], proba: np.ndarray, classes: Sequence[str], *,
-                       aggregate: str = "mean", positive: str | None = None,
-                       threshold: float | None = None) -> tuple[list[str], np.ndarray]:
+def aggregate_patients(
+    participants: Sequence[str],
+    proba: np.ndarray,
+    classes: Sequence[str],
+    *,
+    aggregate: str = "mean",
+    positive: str | None = None,
+    threshold: float | None = None,
+) -> tuple[list[str], np.ndarray]:
     """Patient-level probabilities from lesion-level ones (participants in sorted order).
 
     ``mean``: mean of the lesions' probabilities. ``max``: the maximum per class,
@@ -64,8 +74,9 @@ def aggregate_patients(participants: Sequence[str], proba: np.ndarray, classes: 
     order = sorted(set(participants.tolist()))
     out = np.zeros((len(order), proba.shape[1]))
     if aggregate == "vote":
-        votes = np.array(predicted_labels(proba, classes, positive=positive,
-                                          threshold=threshold), dtype=object)
+        votes = np.array(
+            predicted_labels(proba, classes, positive=positive, threshold=threshold), dtype=object
+        )
     for i, pid in enumerate(order):
         rows = participants == pid
         if aggregate == "mean":
@@ -87,31 +98,61 @@ def aggregate_patients(participants: Sequence[str], proba: np.ndarray, classes: 
     return order, out
 
 
-def prediction_rows(participants: Sequence[str], lesion_ids: Sequence[int], proba: np.ndarray,
-                    classes: Sequence[str], *, model: str, set_name: str,
-                    positive: str | None, threshold: float | None,
-                    aggregate: str = "mean") -> list[dict[str, Any]]:
+def prediction_rows(
+    participants: Sequence[str],
+    lesion_ids: Sequence[int],
+    proba: np.ndarray,
+    classes: Sequence[str],
+    *,
+    model: str,
+    set_name: str,
+    positive: str | None,
+    threshold: float | None,
+    aggregate: str = "mean",
+) -> list[dict[str, Any]]:
     """Lesion rows and patient rows in the predictions format, sorted."""
     proba = np.asarray(proba, dtype=float)
     lesion_pred = predicted_labels(proba, classes, positive=positive, threshold=threshold)
     rows = []
     for pid, lesion, p, pred in zip(participants, lesion_ids, proba, lesion_pred):
-        rows.append({"participant_id": pid, "lesion_id": int(lesion), "level": "lesion",
-                     "model": model, "set": set_name,
-                     **{f"prob_{c}": float(v) for c, v in zip(classes, p)}, "predicted": pred})
-    order, patient = aggregate_patients(participants, proba, classes, aggregate=aggregate,
-                                        positive=positive, threshold=threshold)
+        rows.append(
+            {
+                "participant_id": pid,
+                "lesion_id": int(lesion),
+                "level": "lesion",
+                "model": model,
+                "set": set_name,
+                **{f"prob_{c}": float(v) for c, v in zip(classes, p)},
+                "predicted": pred,
+            }
+        )
+    order, patient = aggregate_patients(
+        participants, proba, classes, aggregate=aggregate, positive=positive, threshold=threshold
+    )
     patient_pred = predicted_labels(patient, classes, positive=positive, threshold=threshold)
     if aggregate in ("vote", "sum") and len(classes) == 2 and positive is not None:
         # the card's threshold was chosen on mean probabilities: vote and sum use 0.5
         # (the majority, the larger sum; a tie goes to the positive class)
         patient_pred = predicted_labels(patient, classes, positive=positive, threshold=0.5)
     for pid, p, pred in zip(order, patient, patient_pred):
-        rows.append({"participant_id": pid, "lesion_id": None, "level": "patient",
-                     "model": model, "set": set_name,
-                     **{f"prob_{c}": float(v) for c, v in zip(classes, p)}, "predicted": pred})
-    rows.sort(key=lambda r: (r["participant_id"], r["level"] != "lesion",
-                             r["lesion_id"] if r["lesion_id"] is not None else 0))
+        rows.append(
+            {
+                "participant_id": pid,
+                "lesion_id": None,
+                "level": "patient",
+                "model": model,
+                "set": set_name,
+                **{f"prob_{c}": float(v) for c, v in zip(classes, p)},
+                "predicted": pred,
+            }
+        )
+    rows.sort(
+        key=lambda r: (
+            r["participant_id"],
+            r["level"] != "lesion",
+            r["lesion_id"] if r["lesion_id"] is not None else 0,
+        )
+    )
     return rows
 
 

@@ -59,9 +59,14 @@ def _relative_link(target: Path, start: Path) -> str:
         return Path(target).name
 
 
-def write_dataset_description(out_dir: Path, *, name: str, sources: Mapping[str, Path] | None = None,
-                              dataset_type: str = "derivative",
-                              description: str | None = None) -> Path:
+def write_dataset_description(
+    out_dir: Path,
+    *,
+    name: str,
+    sources: Mapping[str, Path] | None = None,
+    dataset_type: str = "derivative",
+    description: str | None = None,
+) -> Path:
     """Write (or refresh) ``dataset_description.json`` of a dataset metcli writes."""
     out_dir = Path(out_dir)
     doc: dict[str, Any] = {"Name": name, "BIDSVersion": "1.10.0", "DatasetType": dataset_type}
@@ -147,11 +152,19 @@ class Step:
                 return False
         return True
 
-    def sidecar(self, inputs: list[dict], produced: Mapping[Path, Path], *,
-                extra: Mapping[str, Any] | None = None, models: list[dict] | None = None) -> dict:
+    def sidecar(
+        self,
+        inputs: list[dict],
+        produced: Mapping[Path, Path],
+        *,
+        extra: Mapping[str, Any] | None = None,
+        models: list[dict] | None = None,
+    ) -> dict:
         """The sidecar document for outputs ``produced`` ({final path: temporary path})."""
-        outputs = [{"name": Path(final).name, "sha256": sha256_file(tmp)}
-                   for final, tmp in produced.items()]
+        outputs = [
+            {"name": Path(final).name, "sha256": sha256_file(tmp)}
+            for final, tmp in produced.items()
+        ]
         prov: dict[str, Any] = {
             "metcli_version": __version__,
             "command": self.command,
@@ -172,8 +185,14 @@ class Step:
         doc["Provenance"] = prov
         return doc
 
-    def write_sidecar(self, outputs, sidecar_path: Path, inputs: list[dict],
-                      produced: Mapping[Path, Path], **kwargs) -> None:
+    def write_sidecar(
+        self,
+        outputs,
+        sidecar_path: Path,
+        inputs: list[dict],
+        produced: Mapping[Path, Path],
+        **kwargs,
+    ) -> None:
         """Add the sidecar to an :class:`~metcli.io.files.OutputSet`, after the data files."""
         doc = self.sidecar(inputs, produced, **kwargs)
         tmp = outputs.path(sidecar_path)
@@ -191,8 +210,10 @@ def _jsonable(obj: Any) -> Any:
         items = [_jsonable(v) for v in obj]
         return sorted(items, key=str) if isinstance(obj, set) else items
     if isinstance(obj, Path):
-        raise OutputError(f"internal: a path ({obj.name}) was put in provenance settings; "
-                          "record paths as inputs instead")
+        raise OutputError(
+            f"internal: a path ({obj.name}) was put in provenance settings; "
+            "record paths as inputs instead"
+        )
     if hasattr(obj, "item") and callable(obj.item):
         return obj.item()
     return obj

@@ -27,9 +27,11 @@ def load_schema(name: str) -> dict:
 
 
 def available() -> list[str]:
-    return sorted(p.name[: -len(".schema.json")]
-                  for p in resources.files("metcli._schemas").iterdir()
-                  if p.name.endswith(".schema.json"))
+    return sorted(
+        p.name[: -len(".schema.json")]
+        for p in resources.files("metcli._schemas").iterdir()
+        if p.name.endswith(".schema.json")
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,36 +55,53 @@ def validate(obj: Any, name: str, *, where: str | Path | None = None) -> None:
     if errors:
         first = errors[0]
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise SchemaError(f"does not follow the {name} schema at {_path_of(first)}: "
-                          f"{first.message}{more}", path=where,
-                          fix="correct the value or report a bug if metcli wrote it")
+        raise SchemaError(
+            f"does not follow the {name} schema at {_path_of(first)}: {first.message}{more}",
+            path=where,
+            fix="correct the value or report a bug if metcli wrote it",
+        )
 
 
-def validate_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], name: str, *,
-                  where: str | Path | None = None) -> None:
+def validate_rows(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    name: str,
+    *,
+    where: str | Path | None = None,
+) -> None:
     """Check the columns against the schema's required/allowed ones, then every row."""
     schema = load_schema(name)
     properties = schema.get("properties", {})
     required = schema.get("required", [])
     missing = [c for c in required if c not in columns]
     if missing:
-        raise SchemaError(f"table lacks required column(s) {', '.join(missing)} "
-                          f"of the {name} schema", path=where)
+        raise SchemaError(
+            f"table lacks required column(s) {', '.join(missing)} of the {name} schema", path=where
+        )
     if schema.get("additionalProperties") is False:
-        extra = [c for c in columns if c not in properties
-                 and not any(_matches(p, c) for p in schema.get("patternProperties", {}))]
+        extra = [
+            c
+            for c in columns
+            if c not in properties
+            and not any(_matches(p, c) for p in schema.get("patternProperties", {}))
+        ]
         if extra:
-            raise SchemaError(f"table has column(s) {', '.join(extra)} that the {name} schema "
-                              "does not allow", path=where)
+            raise SchemaError(
+                f"table has column(s) {', '.join(extra)} that the {name} schema does not allow",
+                path=where,
+            )
     validator = _validator(name)
     for number, row in enumerate(rows, start=2):
         record = {c: _plain(row.get(c)) for c in columns}
         errors = list(validator.iter_errors(record))
         if errors:
             first = errors[0]
-            raise SchemaError(f"line {number} does not follow the {name} schema at "
-                              f"{_path_of(first)}: {first.message}", path=where,
-                              fix="correct the value or report a bug if metcli wrote it")
+            raise SchemaError(
+                f"line {number} does not follow the {name} schema at "
+                f"{_path_of(first)}: {first.message}",
+                path=where,
+                fix="correct the value or report a bug if metcli wrote it",
+            )
 
 
 def _matches(pattern: str, text: str) -> bool:

@@ -34,27 +34,41 @@ def read_split(path: Path) -> SplitFile:
     for line, row in enumerate(rows, start=2):
         pid, which = row["participant_id"], row["set"]
         if not pid.startswith("sub-"):
-            raise InputError(f"line {line}: participant_id {pid!r} does not start with 'sub-'",
-                             path=path, fix="write participant ids as sub-<label>")
+            raise InputError(
+                f"line {line}: participant_id {pid!r} does not start with 'sub-'",
+                path=path,
+                fix="write participant ids as sub-<label>",
+            )
         if which not in SETS:
-            raise InputError(f"line {line}: set {which!r} is not one of {', '.join(SETS)}",
-                             path=path, fix="use train, val or test")
+            raise InputError(
+                f"line {line}: set {which!r} is not one of {', '.join(SETS)}",
+                path=path,
+                fix="use train, val or test",
+            )
         if pid in split.sets:
             if split.sets[pid] != which:
-                raise InputError(f"{pid} is in two sets ({split.sets[pid]} and {which}); a "
-                                 "patient in both would leak into the test", path=path,
-                                 fix="put each participant in one set")
-            raise InputError(f"{pid} is listed twice", path=path,
-                             fix="keep one row per participant")
+                raise InputError(
+                    f"{pid} is in two sets ({split.sets[pid]} and {which}); a "
+                    "patient in both would leak into the test",
+                    path=path,
+                    fix="put each participant in one set",
+                )
+            raise InputError(
+                f"{pid} is listed twice", path=path, fix="keep one row per participant"
+            )
         split.sets[pid] = which
         fold = row.get("fold", NA)
         if fold not in (NA, "", None):
             try:
                 split.folds[pid] = int(fold)
             except ValueError:
-                raise InputError(f"line {line}: fold {fold!r} is not an integer", path=path,
-                                 fix="write folds as integers, or n/a") from None
+                raise InputError(
+                    f"line {line}: fold {fold!r} is not an integer",
+                    path=path,
+                    fix="write folds as integers, or n/a",
+                ) from None
     if not split.sets:
-        raise InputError("the split file lists no participant", path=path,
-                         fix="write one row per participant")
+        raise InputError(
+            "the split file lists no participant", path=path, fix="write one row per participant"
+        )
     return split

@@ -104,8 +104,11 @@ def _load_manifest_cached(path_text: str, mtime: float) -> tuple[ModelEntry, ...
     entries, seen = [], set()
     for item in data["models"]:
         if item["name"] in seen:
-            raise WeightsError(f"the manifest lists the model {item['name']!r} twice",
-                               path=path_text, fix="report this bug")
+            raise WeightsError(
+                f"the manifest lists the model {item['name']!r} twice",
+                path=path_text,
+                fix="report this bug",
+            )
         seen.add(item["name"])
         entries.append(ModelEntry(item["name"], item))
     return tuple(entries)
@@ -115,8 +118,7 @@ def load_manifest(path: str | Path | None = None) -> list[ModelEntry]:
     """The models of the manifest (metcli's own unless ``path`` is given), schema-checked."""
     path = Path(path) if path is not None else manifest_path()
     if not path.is_file():
-        raise WeightsError("the weights manifest is missing", path=path,
-                           fix="reinstall metcli")
+        raise WeightsError("the weights manifest is missing", path=path, fix="reinstall metcli")
     return list(_load_manifest_cached(str(path), path.stat().st_mtime))
 
 
@@ -124,10 +126,17 @@ def list_models(manifest: str | Path | None = None) -> list[dict]:
     """One summary per model: name, description, format, source, verified, licence, status."""
     rows = []
     for entry in load_manifest(manifest):
-        rows.append({"name": entry.name, "description": entry["description"],
-                     "format": entry["format"], "source": entry["source"],
-                     "verified": bool(entry["verified"]), "licence": entry.get("licence"),
-                     "status": _status(entry)})
+        rows.append(
+            {
+                "name": entry.name,
+                "description": entry["description"],
+                "format": entry["format"],
+                "source": entry["source"],
+                "verified": bool(entry["verified"]),
+                "licence": entry.get("licence"),
+                "status": _status(entry),
+            }
+        )
     return rows
 
 
@@ -168,8 +177,9 @@ def names_a_path(name_or_path: str | Path) -> bool:
     return "/" in text or os.sep in text or text.startswith("~")
 
 
-def resolve_model(name_or_path: str | Path, *, manifest: str | Path | None = None,
-                  check: bool = True) -> Path:
+def resolve_model(
+    name_or_path: str | Path, *, manifest: str | Path | None = None, check: bool = True
+) -> Path:
     """The folder of a model given by manifest name or by path.
 
     See :func:`names_a_path` for which is which. A path is taken as the user's own
@@ -184,39 +194,54 @@ def resolve_model(name_or_path: str | Path, *, manifest: str | Path | None = Non
     if names_a_path(name_or_path):
         candidate = Path(text).expanduser()
         if not candidate.exists():
-            raise WeightsError("model folder not found", path=candidate,
-                               fix="check the path, or give a model name from "
-                                   "'metcli weights list'")
+            raise WeightsError(
+                "model folder not found",
+                path=candidate,
+                fix="check the path, or give a model name from 'metcli weights list'",
+            )
         if not candidate.is_dir():
-            raise WeightsError("a model must be a folder, not a file", path=candidate,
-                               fix="give the model folder (an nnU-Net v2 trained-model folder "
-                                   "or a 'metcli export-onnx' output)")
+            raise WeightsError(
+                "a model must be a folder, not a file",
+                path=candidate,
+                fix="give the model folder (an nnU-Net v2 trained-model folder "
+                "or a 'metcli export-onnx' output)",
+            )
         return candidate
     if Path(text).exists() and text in {e.name for e in load_manifest(manifest)}:
-        raise WeightsError(f"{text!r} is both a model name in the manifest and a folder "
-                           "in the current directory",
-                           fix=f"write ./{text} for the folder; to use the named model, "
-                               "run from another directory")
+        raise WeightsError(
+            f"{text!r} is both a model name in the manifest and a folder in the current directory",
+            fix=f"write ./{text} for the folder; to use the named model, "
+            "run from another directory",
+        )
     entry = get_entry(text, manifest)
     if not entry.runnable:
-        raise WeightsError(f"model {entry.name!r} is in the {entry['format']} format, which "
-                           "metcli's backends cannot run", fix=entry.get("note") or
-                           "choose another model from 'metcli weights list'")
+        raise WeightsError(
+            f"model {entry.name!r} is in the {entry['format']} format, which "
+            "metcli's backends cannot run",
+            fix=entry.get("note") or "choose another model from 'metcli weights list'",
+        )
     folder = entry.install_dir()
     if entry.shipped and not folder.is_dir():
-        raise WeightsError(f"the shipped model {entry.name!r} is not in this installation",
-                           path=folder, fix="reinstall metcli, or build it with its recipe in "
-                                            "weights/recipes/")
+        raise WeightsError(
+            f"the shipped model {entry.name!r} is not in this installation",
+            path=folder,
+            fix="reinstall metcli, or build it with its recipe in weights/recipes/",
+        )
     if not entry.shipped and not (folder / INSTALL_RECORD).is_file():
-        raise WeightsError(f"model {entry.name!r} is not installed under {models_dir()}",
-                           fix=f"run 'metcli weights fetch {entry.name}' (or point METCLI_HOME "
-                               "at a folder where it is installed)")
+        raise WeightsError(
+            f"model {entry.name!r} is not installed under {models_dir()}",
+            fix=f"run 'metcli weights fetch {entry.name}' (or point METCLI_HOME "
+            "at a folder where it is installed)",
+        )
     if check:
         result = verify_entry(entry)
         if result.status == "mismatch":
-            raise WeightsError(f"model {entry.name!r} failed its sha256 check: {result.detail}",
-                               path=folder, fix=f"run 'metcli weights fetch {entry.name}' again "
-                                                "(or reinstall metcli for a shipped model)")
+            raise WeightsError(
+                f"model {entry.name!r} failed its sha256 check: {result.detail}",
+                path=folder,
+                fix=f"run 'metcli weights fetch {entry.name}' again "
+                "(or reinstall metcli for a shipped model)",
+            )
         if result.status == "unverified":
             log.warning("model %s: %s", entry.name, result.detail)
     return model_root(folder, entry)
@@ -234,8 +259,11 @@ def model_root(folder: Path, entry: ModelEntry | None = None) -> Path:
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
-            raise WeightsError(f"the installed model holds {len(hits)} folders with {marker}",
-                               path=folder, fix="name the one to use in the manifest's 'path'")
+            raise WeightsError(
+                f"the installed model holds {len(hits)} folders with {marker}",
+                path=folder,
+                fix="name the one to use in the manifest's 'path'",
+            )
     return folder
 
 
@@ -283,21 +311,28 @@ def verify_entry(entry: ModelEntry) -> VerifyResult:
     folder = entry.install_dir()
     if entry.shipped:
         if not folder.is_dir():
-            return VerifyResult(entry.name, "not built",
-                                f"weights/{entry['path']} is not in this installation")
+            return VerifyResult(
+                entry.name, "not built", f"weights/{entry['path']} is not in this installation"
+            )
         expected = entry.get("files") or {}
         if not expected:
-            return VerifyResult(entry.name, "unverified",
-                                "the manifest records no sha256 for its files "
-                                f"({entry.get('note') or 'not verified'})")
+            return VerifyResult(
+                entry.name,
+                "unverified",
+                "the manifest records no sha256 for its files "
+                f"({entry.get('note') or 'not verified'})",
+            )
         # Only the listed files count for a shipped model (the package may add others).
         actual = {k: _hash_file(folder / k) for k in expected if (folder / k).is_file()}
         problem = _compare_files(expected, actual)
         if problem:
             return VerifyResult(entry.name, "mismatch", problem)
-        return VerifyResult(entry.name, "ok" if entry["verified"] else "unverified",
-                            f"{len(expected)} file(s) match the manifest"
-                            + ("" if entry["verified"] else " (manifest marks them unverified)"))
+        return VerifyResult(
+            entry.name,
+            "ok" if entry["verified"] else "unverified",
+            f"{len(expected)} file(s) match the manifest"
+            + ("" if entry["verified"] else " (manifest marks them unverified)"),
+        )
     record_path = folder / INSTALL_RECORD
     if not record_path.is_file():
         status = "not installed" if entry.runnable else "listed only"
@@ -309,20 +344,27 @@ def verify_entry(entry: ModelEntry) -> VerifyResult:
     manifest_sha = entry.get("sha256")
     if manifest_sha and record.get("archive_sha256") != manifest_sha:
         installed = str(record.get("archive_sha256"))[:12]
-        return VerifyResult(entry.name, "mismatch",
-                            f"installed from an archive with sha256 {installed}..., the manifest "
-                            f"expects {manifest_sha[:12]}...")
+        return VerifyResult(
+            entry.name,
+            "mismatch",
+            f"installed from an archive with sha256 {installed}..., the manifest "
+            f"expects {manifest_sha[:12]}...",
+        )
     problem = _compare_files(record.get("files", {}), _hash_tree(folder))
     if problem:
         return VerifyResult(entry.name, "mismatch", problem)
     count = len(record.get("files", {}))
     if not manifest_sha:
-        return VerifyResult(entry.name, "unverified",
-                            f"{count} file(s) match the install record, but the manifest has no "
-                            f"sha256 for the download (installed from sha256 "
-                            f"{str(record.get('archive_sha256'))[:12]}...)")
-    return VerifyResult(entry.name, "ok",
-                        f"{count} file(s) match; archive sha256 matches the manifest")
+        return VerifyResult(
+            entry.name,
+            "unverified",
+            f"{count} file(s) match the install record, but the manifest has no "
+            f"sha256 for the download (installed from sha256 "
+            f"{str(record.get('archive_sha256'))[:12]}...)",
+        )
+    return VerifyResult(
+        entry.name, "ok", f"{count} file(s) match; archive sha256 matches the manifest"
+    )
 
 
 def verify(name: str | None = None, *, manifest: str | Path | None = None) -> list[VerifyResult]:
@@ -332,9 +374,16 @@ def verify(name: str | None = None, *, manifest: str | Path | None = None) -> li
 
 
 # ============================================================================ fetching
-def fetch(name: str, *, url: str | None = None, sha256: str | None = None,
-          allow_unverified: bool = False, progress: Progress | None = None,
-          manifest: str | Path | None = None, overwrite: bool = False) -> Path:
+def fetch(
+    name: str,
+    *,
+    url: str | None = None,
+    sha256: str | None = None,
+    allow_unverified: bool = False,
+    progress: Progress | None = None,
+    manifest: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Download, check and install the model ``name`` into ``METCLI_HOME/models/<name>/``.
 
     Args:
@@ -356,7 +405,8 @@ def fetch(name: str, *, url: str | None = None, sha256: str | None = None,
     if (target / INSTALL_RECORD).is_file() and not overwrite:
         result = verify_entry(entry)
         if result.status in ("ok", "unverified") and (
-                expected is None or _record_sha(target) == expected):
+            expected is None or _record_sha(target) == expected
+        ):
             log.info("model %s is already installed in %s", name, target)
             return model_root(target, entry)
     _install(entry, source, expected, target, progress)
@@ -364,40 +414,53 @@ def fetch(name: str, *, url: str | None = None, sha256: str | None = None,
     return model_root(target, entry)
 
 
-def _download_source(entry: ModelEntry, url: str | None, sha256: str | None,
-                     allow_unverified: bool) -> tuple[str, str | None]:
+def _download_source(
+    entry: ModelEntry, url: str | None, sha256: str | None, allow_unverified: bool
+) -> tuple[str, str | None]:
     """(URL, expected sha256 or None) of a model's download; refuses what cannot be fetched."""
     name = entry.name
     if entry.shipped:
-        raise UsageError(f"model {name!r} ships with metcli; there is nothing to download",
-                         fix="use it by its name")
+        raise UsageError(
+            f"model {name!r} ships with metcli; there is nothing to download",
+            fix="use it by its name",
+        )
     if not entry.runnable:
-        raise WeightsError(f"model {name!r} is in the {entry['format']} format, which metcli's "
-                           "backends cannot run; it is not downloaded",
-                           fix=entry.get("note") or "choose another model")
+        raise WeightsError(
+            f"model {name!r} is in the {entry['format']} format, which metcli's "
+            "backends cannot run; it is not downloaded",
+            fix=entry.get("note") or "choose another model",
+        )
     source = url or entry.get("url")
     if not source:
-        raise UsageError(f"the manifest has no download URL for {name!r}",
-                         fix="give one with --url")
+        raise UsageError(
+            f"the manifest has no download URL for {name!r}", fix="give one with --url"
+        )
     expected = (entry.get("sha256") or "").lower() or None
     if sha256 is not None:
         sha256 = sha256.strip().lower()
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise UsageError(f"--sha256 must be 64 hexadecimal digits, got {sha256!r}")
         if expected and sha256 != expected:
-            raise UsageError(f"--sha256 {sha256[:12]}... contradicts the manifest's "
-                             f"{expected[:12]}... for {name!r}", fix="drop --sha256")
+            raise UsageError(
+                f"--sha256 {sha256[:12]}... contradicts the manifest's "
+                f"{expected[:12]}... for {name!r}",
+                fix="drop --sha256",
+            )
         expected = sha256
     if expected is None and not allow_unverified:
-        raise WeightsError(f"no sha256 is known for {name!r} (the manifest marks it unverified: "
-                           f"{entry.get('note') or 'no checksum'}), so the download could not be "
-                           "checked", fix="give the publisher's checksum with --sha256, or "
-                                          "accept an unchecked download with --allow-unverified")
+        raise WeightsError(
+            f"no sha256 is known for {name!r} (the manifest marks it unverified: "
+            f"{entry.get('note') or 'no checksum'}), so the download could not be "
+            "checked",
+            fix="give the publisher's checksum with --sha256, or "
+            "accept an unchecked download with --allow-unverified",
+        )
     return source, expected
 
 
-def _install(entry: ModelEntry, source: str, expected: str | None, target: Path,
-             progress: Progress | None) -> None:
+def _install(
+    entry: ModelEntry, source: str, expected: str | None, target: Path, progress: Progress | None
+) -> None:
     """Download, check, unpack and record the model, then rename it to ``target``."""
     name = entry.name
     created = make_dirs(models_dir())
@@ -405,24 +468,38 @@ def _install(entry: ModelEntry, source: str, expected: str | None, target: Path,
     try:
         tmp_file, actual, size = download(source, models_dir(), name, progress)
         if expected is not None and actual != expected:
-            raise WeightsError(f"the download of {name!r} has sha256 {actual[:16]}..., the "
-                               f"expected one is {expected[:16]}...; it was refused and removed",
-                               fix="try again (the transfer may have been corrupted), or check "
-                                   "the URL")
+            raise WeightsError(
+                f"the download of {name!r} has sha256 {actual[:16]}..., the "
+                f"expected one is {expected[:16]}...; it was refused and removed",
+                fix="try again (the transfer may have been corrupted), or check the URL",
+            )
         if expected is None:
-            log.warning("model %s downloaded without a known checksum; its sha256 is %s "
-                        "(pin it with --sha256 next time)", name, actual)
+            log.warning(
+                "model %s downloaded without a known checksum; its sha256 is %s "
+                "(pin it with --sha256 next time)",
+                name,
+                actual,
+            )
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=models_dir()))
         unpack(tmp_file, tmp_dir, source)
         files = _hash_tree(tmp_dir)
-        record = {"name": name, "url": source, "archive_sha256": actual, "archive_bytes": size,
-                  "sha256_expected": expected, "verified": expected is not None,
-                  "manifest_sha256": entry.get("sha256"), "files": files}
+        record = {
+            "name": name,
+            "url": source,
+            "archive_sha256": actual,
+            "archive_bytes": size,
+            "sha256_expected": expected,
+            "verified": expected is not None,
+            "manifest_sha256": entry.get("sha256"),
+            "files": files,
+        }
         (tmp_dir / INSTALL_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         root = model_root(tmp_dir, entry)
         if not root.is_dir():
-            raise WeightsError(f"the archive has no folder {entry.get('path')!r}",
-                               fix="report this: the manifest's 'path' is wrong")
+            raise WeightsError(
+                f"the archive has no folder {entry.get('path')!r}",
+                fix="report this: the manifest's 'path' is wrong",
+            )
         replace_dir(tmp_dir, target)
         tmp_dir = None
     except BaseException:

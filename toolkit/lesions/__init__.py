@@ -1,8 +1,9 @@
-"""metcli.lesions: split-lesions, lesion maps and their pairing with CTs, and the lesion-slice and lesion-volume preprocessing of image models.
+"""metcli.lesions: split-lesions, lesion maps and their pairing with CTs, and the lesion-
+slice and lesion-volume preprocessing of image models.
 
 The names in ``__all__`` are this room's public API: the names other rooms, the
-command line, the tests and the benchmarks use. Each is imported from its module on first use, so importing the
-room stays light.
+command line, the tests and the benchmarks use. Each is imported from its module on
+first use, so importing the room stays light.
 """
 
 from __future__ import annotations

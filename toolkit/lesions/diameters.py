@@ -79,7 +79,7 @@ def _farthest_pair_brute_force(pts: np.ndarray) -> float:
     best = 0.0
     rows = max(1, 4_000_000 // max(len(pts), 1))
     for start in range(0, len(pts), rows):
-        best = max(best, float(cdist(pts[start:start + rows], pts).max()))
+        best = max(best, float(cdist(pts[start : start + rows], pts).max()))
     return best
 
 
@@ -105,9 +105,9 @@ def _line_extremes(mask: np.ndarray, axis: int) -> np.ndarray:
     return np.unique(np.concatenate(blocks), axis=0)
 
 
-
-def measure_components(labelled: np.ndarray, matrix: np.ndarray, origin: np.ndarray,
-                       axis: int, voxel_volume: float) -> list[tuple[int, dict]]:
+def measure_components(
+    labelled: np.ndarray, matrix: np.ndarray, origin: np.ndarray, axis: int, voxel_volume: float
+) -> list[tuple[int, dict]]:
     """(component label, statistics) of every component, in lesion-id order.
 
     Lesion-id order: decreasing voxel count, then the physical centroid (z, y, x,
@@ -154,8 +154,12 @@ def measure_components(labelled: np.ndarray, matrix: np.ndarray, origin: np.ndar
             "centroid_x_mm": float(centroid[0]),
             "centroid_y_mm": float(centroid[1]),
             "centroid_z_mm": float(centroid[2]),
-            "bbox_i0": int(start[2]), "bbox_j0": int(start[1]), "bbox_k0": int(start[0]),
-            "bbox_i1": int(stop[2]), "bbox_j1": int(stop[1]), "bbox_k1": int(stop[0]),
+            "bbox_i0": int(start[2]),
+            "bbox_j0": int(start[1]),
+            "bbox_k0": int(start[0]),
+            "bbox_i1": int(stop[2]),
+            "bbox_j1": int(stop[1]),
+            "bbox_k1": int(stop[0]),
         }
         key = (-voxels, *(round(float(c), _ORDER_DECIMALS) for c in centroid[::-1]), first)
         measured.append((key, label, stats))

@@ -19,8 +19,16 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- model inputs
 #: The preprocessing settings this version reproduces; a card with any other is refused.
 CARD_PREPROCESSING_KEYS = frozenset(
-    {"window_width", "window_level", "size", "context_mm", "fov_mm", "preprocessing_version",
-     "orientation"})
+    {
+        "window_width",
+        "window_level",
+        "size",
+        "context_mm",
+        "fov_mm",
+        "preprocessing_version",
+        "orientation",
+    }
+)
 
 
 @dataclass
@@ -43,10 +51,15 @@ class LesionInputs:
 def _refuse(what: str, card_path, fix: str | None = None):
     from metcli.core.errors import InputError
 
-    return InputError(what, path=card_path, fix=fix or "retrain the model with this metcli, "
-                                                       "or predict with the metcli version "
-                                                       "it was trained with (versions.metcli "
-                                                       "in model.json)")
+    return InputError(
+        what,
+        path=card_path,
+        fix=fix
+        or "retrain the model with this metcli, "
+        "or predict with the metcli version "
+        "it was trained with (versions.metcli "
+        "in model.json)",
+    )
 
 
 def settings_from_card(card: dict, *, card_path=None) -> SliceSettings:
@@ -60,47 +73,73 @@ def settings_from_card(card: dict, *, card_path=None) -> SliceSettings:
     """
     pre = card.get("preprocessing")
     if not isinstance(pre, dict):
-        raise _refuse("the model card has no preprocessing settings", card_path,
-                      fix="give the model.json that train-cnn wrote")
+        raise _refuse(
+            "the model card has no preprocessing settings",
+            card_path,
+            fix="give the model.json that train-cnn wrote",
+        )
     dims = card.get("dims", 2)
     if dims not in (2, 3):
-        raise _refuse(f"the model takes {dims}-dimensional inputs; this metcli makes 2D lesion "
-                      "slices and 3D lesion volumes only", card_path)
+        raise _refuse(
+            f"the model takes {dims}-dimensional inputs; this metcli makes 2D lesion "
+            "slices and 3D lesion volumes only",
+            card_path,
+        )
     if dims == 3:
         from metcli.lesions.volumes import PREPROCESSING_VERSION as expected_version
     else:
         expected_version = PREPROCESSING_VERSION
     version = pre.get("preprocessing_version")
     if version != expected_version:
-        raise _refuse(f"the model was trained with {dims}D lesion preprocessing version "
-                      f"{version}; this metcli reproduces version {expected_version} only",
-                      card_path)
+        raise _refuse(
+            f"the model was trained with {dims}D lesion preprocessing version "
+            f"{version}; this metcli reproduces version {expected_version} only",
+            card_path,
+        )
     if pre.get("orientation") != ORIENTATION:
-        raise _refuse(f"the model's slices were taken in {pre.get('orientation')} orientation; "
-                      f"this metcli takes them in {ORIENTATION}", card_path)
+        raise _refuse(
+            f"the model's slices were taken in {pre.get('orientation')} orientation; "
+            f"this metcli takes them in {ORIENTATION}",
+            card_path,
+        )
     unknown = sorted(set(pre) - CARD_PREPROCESSING_KEYS)
     if unknown:
-        raise _refuse(f"the model's preprocessing has setting(s) {', '.join(unknown)} that this "
-                      "metcli does not know", card_path)
+        raise _refuse(
+            f"the model's preprocessing has setting(s) {', '.join(unknown)} that this "
+            "metcli does not know",
+            card_path,
+        )
     try:
-        settings = SliceSettings(window_width=float(pre["window_width"]),
-                                 window_level=float(pre["window_level"]), size=int(pre["size"]),
-                                 context_mm=float(pre["context_mm"]),
-                                 fov_mm=None if pre["fov_mm"] is None else float(pre["fov_mm"]))
+        settings = SliceSettings(
+            window_width=float(pre["window_width"]),
+            window_level=float(pre["window_level"]),
+            size=int(pre["size"]),
+            context_mm=float(pre["context_mm"]),
+            fov_mm=None if pre["fov_mm"] is None else float(pre["fov_mm"]),
+        )
     except KeyError as exc:
-        raise _refuse(f"the model's preprocessing lacks {exc.args[0]}", card_path,
-                      fix="give the model.json that train-cnn wrote") from None
+        raise _refuse(
+            f"the model's preprocessing lacks {exc.args[0]}",
+            card_path,
+            fix="give the model.json that train-cnn wrote",
+        ) from None
     except (TypeError, ValueError, UsageError) as exc:
         what = exc.what if isinstance(exc, UsageError) else str(exc)
-        raise _refuse(f"the model's preprocessing is invalid: {what}", card_path,
-                      fix="give the model.json that train-cnn wrote") from None
+        raise _refuse(
+            f"the model's preprocessing is invalid: {what}",
+            card_path,
+            fix="give the model.json that train-cnn wrote",
+        ) from None
     shape = list(card.get("input", {}).get("shape", []))
     channels = list(card.get("input", {}).get("channels") or ["ct"])
     expected = ["batch", len(channels)] + [settings.size] * dims
     if shape != expected:
-        raise _refuse(f"the model's input shape {shape} is not {expected}, the {dims}D "
-                      f"{len(channels)}-channel lesion inputs of size {settings.size} this "
-                      "metcli makes", card_path)
+        raise _refuse(
+            f"the model's input shape {shape} is not {expected}, the {dims}D "
+            f"{len(channels)}-channel lesion inputs of size {settings.size} this "
+            "metcli makes",
+            card_path,
+        )
     return settings
 
 
@@ -115,9 +154,16 @@ def card_phases(card: dict) -> list[str] | None:
     return None if not phases else [str(p) for p in phases]
 
 
-def model_inputs(card: dict, cts: dict, lesion_map, lesion_ids: Sequence[int], *,
-                 ct_paths: dict | None = None, lesion_map_path=None,
-                 card_path=None) -> list[LesionInputs]:
+def model_inputs(
+    card: dict,
+    cts: dict,
+    lesion_map,
+    lesion_ids: Sequence[int],
+    *,
+    ct_paths: dict | None = None,
+    lesion_map_path=None,
+    card_path=None,
+) -> list[LesionInputs]:
     """The inputs of the network a model card describes, for each lesion (training and predict).
 
     Args:
@@ -144,22 +190,34 @@ def model_inputs(card: dict, cts: dict, lesion_map, lesion_ids: Sequence[int], *
     phases = card_phases(card)
     if phases is None:
         if channels != ["ct"]:
-            raise _refuse(f"the model takes channel(s) {channels} but names no phases; this "
-                          "metcli makes one channel (ct) or one per phase", card_path)
+            raise _refuse(
+                f"the model takes channel(s) {channels} but names no phases; this "
+                "metcli makes one channel (ct) or one per phase",
+                card_path,
+            )
         if len(cts) != 1:
             names = ", ".join(str(p) for p in sorted(cts, key=str)) or "none"
-            raise _refuse(f"the model takes one CT but {len(cts)} were given (phases: {names})",
-                          card_path, fix="give the CT of the lesion map's contrast phase only")
+            raise _refuse(
+                f"the model takes one CT but {len(cts)} were given (phases: {names})",
+                card_path,
+                fix="give the CT of the lesion map's contrast phase only",
+            )
         order = list(cts)
     else:
         if channels != phases:
-            raise _refuse(f"the model's channels {channels} are not its phases {phases}",
-                          card_path, fix="give the model.json that train-cnn wrote")
+            raise _refuse(
+                f"the model's channels {channels} are not its phases {phases}",
+                card_path,
+                fix="give the model.json that train-cnn wrote",
+            )
         missing = [p for p in phases if p not in cts]
         if missing:
-            raise _refuse(f"the model takes the phases {', '.join(phases)}; no CT of "
-                          f"{', '.join(missing)} was given", card_path,
-                          fix="give a CT of every phase the model takes")
+            raise _refuse(
+                f"the model takes the phases {', '.join(phases)}; no CT of "
+                f"{', '.join(missing)} was given",
+                card_path,
+                fix="give a CT of every phase the model takes",
+            )
         order = phases
     per_channel = []
     for phase in order:
@@ -167,16 +225,30 @@ def model_inputs(card: dict, cts: dict, lesion_map, lesion_ids: Sequence[int], *
         if card.get("dims", 2) == 3:
             from metcli.lesions.volumes import lesion_volumes
 
-            made = lesion_volumes(cts[phase], lesion_map, lesion_ids=lesion_ids,
-                                  settings=settings, ct_path=ct_path,
-                                  lesion_map_path=lesion_map_path)
+            made = lesion_volumes(
+                cts[phase],
+                lesion_map,
+                lesion_ids=lesion_ids,
+                settings=settings,
+                ct_path=ct_path,
+                lesion_map_path=lesion_map_path,
+            )
             per_channel.append([(v.lesion_id, v.slice_indices, v.image[None]) for v in made])
         else:
-            made = lesion_slices(cts[phase], lesion_map, lesion_ids=lesion_ids,
-                                 settings=settings, ct_path=ct_path,
-                                 lesion_map_path=lesion_map_path)
+            made = lesion_slices(
+                cts[phase],
+                lesion_map,
+                lesion_ids=lesion_ids,
+                settings=settings,
+                ct_path=ct_path,
+                lesion_map_path=lesion_map_path,
+            )
             per_channel.append([(s.lesion_id, s.slice_indices, s.images) for s in made])
-    return [LesionInputs(lesion_id, indices,
-                         np.stack([channel[i][2] for channel in per_channel],
-                                  axis=1).astype(np.float32))
-            for i, (lesion_id, indices, _images) in enumerate(per_channel[0])]
+    return [
+        LesionInputs(
+            lesion_id,
+            indices,
+            np.stack([channel[i][2] for channel in per_channel], axis=1).astype(np.float32),
+        )
+        for i, (lesion_id, indices, _images) in enumerate(per_channel[0])
+    ]

@@ -21,8 +21,11 @@ DIAMETER_RULES = ("axial", "3d", "equivalent")
 CONNECTIVITIES = (6, 18, 26)
 BELOW_MIN_DIAMETER = "below_min_diameter"
 
-_RULE_COLUMN = {"axial": "longest_axial_diameter_mm", "3d": "max_3d_diameter_mm",
-                "equivalent": "equivalent_diameter_mm"}
+_RULE_COLUMN = {
+    "axial": "longest_axial_diameter_mm",
+    "3d": "max_3d_diameter_mm",
+    "equivalent": "equivalent_diameter_mm",
+}
 
 
 def lesion_name(index: int) -> str:
@@ -31,36 +34,56 @@ def lesion_name(index: int) -> str:
 
 
 # ----------------------------------------------------------------------------- settings
-def check_settings(*, min_diameter_mm: float, diameter_rule: str, connectivity: int,
-                   lesion_label: int, liver_label: int) -> dict[str, Any]:
+def check_settings(
+    *,
+    min_diameter_mm: float,
+    diameter_rule: str,
+    connectivity: int,
+    lesion_label: int,
+    liver_label: int,
+) -> dict[str, Any]:
     """The resolved settings, or a :class:`UsageError` naming the bad one."""
     try:
         min_diameter = float(min_diameter_mm)
     except (TypeError, ValueError):
-        raise UsageError(f"--min-diameter-mm must be a number of millimetres, got "
-                         f"{min_diameter_mm!r}") from None
+        raise UsageError(
+            f"--min-diameter-mm must be a number of millimetres, got {min_diameter_mm!r}"
+        ) from None
     if not math.isfinite(min_diameter) or min_diameter < 0:
-        raise UsageError(f"--min-diameter-mm must be 0 or more (mm), got {min_diameter_mm!r}",
-                         fix="use 0 to keep every lesion")
+        raise UsageError(
+            f"--min-diameter-mm must be 0 or more (mm), got {min_diameter_mm!r}",
+            fix="use 0 to keep every lesion",
+        )
     if diameter_rule not in DIAMETER_RULES:
-        raise UsageError(f"--diameter-rule must be one of {', '.join(DIAMETER_RULES)}, got "
-                         f"{diameter_rule!r}")
+        raise UsageError(
+            f"--diameter-rule must be one of {', '.join(DIAMETER_RULES)}, got {diameter_rule!r}"
+        )
     if isinstance(connectivity, bool) or str(connectivity) not in {str(c) for c in CONNECTIVITIES}:
         raise UsageError(f"--connectivity must be 6, 18 or 26, got {connectivity!r}")
     labels = {}
     for option, value in (("--lesion-label", lesion_label), ("--liver-label", liver_label)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not \
-                1 <= int(value) <= 65535:
-            raise UsageError(f"{option} must be a whole number from 1 to 65535, got {value!r}",
-                             fix="0 is the background")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or not 1 <= int(value) <= 65535
+        ):
+            raise UsageError(
+                f"{option} must be a whole number from 1 to 65535, got {value!r}",
+                fix="0 is the background",
+            )
         labels[option] = int(value)
     if labels["--lesion-label"] == labels["--liver-label"]:
-        raise UsageError(f"--lesion-label and --liver-label are both {lesion_label}",
-                         fix="give the two labels of the segmentation (default 2 and 1)")
-    return {"min_diameter_mm": min_diameter, "diameter_rule": diameter_rule,
-            "connectivity": int(connectivity), "lesion_label": labels["--lesion-label"],
-            "liver_label": labels["--liver-label"]}
-
+        raise UsageError(
+            f"--lesion-label and --liver-label are both {lesion_label}",
+            fix="give the two labels of the segmentation (default 2 and 1)",
+        )
+    return {
+        "min_diameter_mm": min_diameter,
+        "diameter_rule": diameter_rule,
+        "connectivity": int(connectivity),
+        "lesion_label": labels["--lesion-label"],
+        "liver_label": labels["--liver-label"],
+    }
 
 
 # ----------------------------------------------------------------------------- components
@@ -69,8 +92,9 @@ def _components(lesion: np.ndarray, connectivity: int) -> np.ndarray:
     if connectivity == 18:
         import cc3d
 
-        return np.asarray(cc3d.connected_components(lesion.astype(np.uint8), connectivity=18,
-                                                    out_dtype=np.uint32))
+        return np.asarray(
+            cc3d.connected_components(lesion.astype(np.uint8), connectivity=18, out_dtype=np.uint32)
+        )
     import SimpleITK as sitk
 
     binary = sitk.GetImageFromArray(lesion.astype(np.uint8))
@@ -82,22 +106,31 @@ def _check_label_values(array: np.ndarray) -> None:
     if array.dtype.kind == "f":
         finite = np.isfinite(array)
         if not finite.all():
-            raise ImageError("the segmentation holds NaN or infinite values; a label image "
-                             "of whole numbers (0 background, 1 liver, 2 lesion) is needed",
-                             fix="give a discrete segmentation (_dseg)")
+            raise ImageError(
+                "the segmentation holds NaN or infinite values; a label image "
+                "of whole numbers (0 background, 1 liver, 2 lesion) is needed",
+                fix="give a discrete segmentation (_dseg)",
+            )
         fractional = array != np.floor(array)
         if fractional.any():
             example = float(array[fractional].flat[0])
-            raise ImageError(f"the segmentation holds non-integer values (for example "
-                             f"{example:g}); a label image of whole numbers (0 background, "
-                             "1 liver, 2 lesion) is needed",
-                             fix="give a discrete segmentation (_dseg), not a probability map")
+            raise ImageError(
+                f"the segmentation holds non-integer values (for example "
+                f"{example:g}); a label image of whole numbers (0 background, "
+                "1 liver, 2 lesion) is needed",
+                fix="give a discrete segmentation (_dseg), not a probability map",
+            )
     elif array.dtype.kind not in "iub":
-        raise ImageError(f"the segmentation has voxels of type {array.dtype}; a label image "
-                         "is needed", fix="give a discrete segmentation (_dseg)")
+        raise ImageError(
+            f"the segmentation has voxels of type {array.dtype}; a label image is needed",
+            fix="give a discrete segmentation (_dseg)",
+        )
     if array.size and array.min() < 0:
-        raise ImageError(f"the segmentation holds negative values (minimum {array.min():g}); "
-                         "labels are 0 or more", fix="give the segmentation, not the CT image")
+        raise ImageError(
+            f"the segmentation holds negative values (minimum {array.min():g}); "
+            "labels are 0 or more",
+            fix="give the segmentation, not the CT image",
+        )
 
 
 @dataclass
@@ -112,20 +145,35 @@ class LesionSplit:
     slice_axis: int = 2
 
 
-def split_image(seg_image, *, lesion_label: int = 2, liver_label: int = 1, connectivity: int = 26,
-                min_diameter_mm: float = 5.0, diameter_rule: str = "axial") -> LesionSplit:
+def split_image(
+    seg_image,
+    *,
+    lesion_label: int = 2,
+    liver_label: int = 1,
+    connectivity: int = 26,
+    min_diameter_mm: float = 5.0,
+    diameter_rule: str = "axial",
+) -> LesionSplit:
     """:func:`label_lesions` plus the voxel counts the tumour burden needs."""
     import SimpleITK as sitk
 
-    settings = check_settings(min_diameter_mm=min_diameter_mm, diameter_rule=diameter_rule,
-                              connectivity=connectivity, lesion_label=lesion_label,
-                              liver_label=liver_label)
+    settings = check_settings(
+        min_diameter_mm=min_diameter_mm,
+        diameter_rule=diameter_rule,
+        connectivity=connectivity,
+        lesion_label=lesion_label,
+        liver_label=liver_label,
+    )
     if seg_image.GetDimension() != 3:
-        raise ImageError(f"the segmentation is {seg_image.GetDimension()}D; a 3D volume is needed",
-                         fix="give a 3D segmentation")
+        raise ImageError(
+            f"the segmentation is {seg_image.GetDimension()}D; a 3D volume is needed",
+            fix="give a 3D segmentation",
+        )
     if seg_image.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageError("the segmentation has several components per voxel; a label image "
-                         "is needed", fix="give a discrete segmentation (_dseg)")
+        raise ImageError(
+            "the segmentation has several components per voxel; a label image is needed",
+            fix="give a discrete segmentation (_dseg)",
+        )
     array = sitk.GetArrayViewFromImage(seg_image)  # [k, j, i]
     _check_label_values(array)
 
@@ -136,13 +184,18 @@ def split_image(seg_image, *, lesion_label: int = 2, liver_label: int = 1, conne
     axis = slice_axis(seg_image)
     lesion_voxels = int(np.count_nonzero(lesion))
 
-    labelled = _components(lesion, settings["connectivity"]) if lesion_voxels else \
-        np.zeros(array.shape, dtype=np.uint32)
+    labelled = (
+        _components(lesion, settings["connectivity"])
+        if lesion_voxels
+        else np.zeros(array.shape, dtype=np.uint32)
+    )
     n_components = int(labelled.max()) if labelled.size else 0
     if n_components > 65535:
-        raise ImageError(f"the segmentation has {n_components} separate lesions; the lesion "
-                         "map (uint16) holds at most 65535",
-                         fix="check the segmentation; it looks like noise")
+        raise ImageError(
+            f"the segmentation has {n_components} separate lesions; the lesion "
+            "map (uint16) holds at most 65535",
+            fix="check the segmentation; it looks like noise",
+        )
     measured = measure_components(labelled, matrix, origin, axis, voxel_volume)
 
     threshold = settings["min_diameter_mm"]
@@ -153,15 +206,29 @@ def split_image(seg_image, *, lesion_label: int = 2, liver_label: int = 1, conne
         kept = not stats[column] < threshold
         if kept:
             lookup[raw_label] = index
-        rows.append({"index": index, "name": lesion_name(index), **stats, "kept": kept,
-                     "reason": None if kept else BELOW_MIN_DIAMETER})
+        rows.append(
+            {
+                "index": index,
+                "name": lesion_name(index),
+                **stats,
+                "kept": kept,
+                "reason": None if kept else BELOW_MIN_DIAMETER,
+            }
+        )
     lesion_map = sitk.GetImageFromArray(lookup[labelled])
     lesion_map.CopyInformation(seg_image)
     return LesionSplit(lesion_map, rows, liver_voxels, lesion_voxels, voxel_volume, axis)
 
 
-def label_lesions(seg_image, *, lesion_label: int = 2, liver_label: int = 1, connectivity: int = 26,
-                  min_diameter_mm: float = 5.0, diameter_rule: str = "axial"):
+def label_lesions(
+    seg_image,
+    *,
+    lesion_label: int = 2,
+    liver_label: int = 1,
+    connectivity: int = 26,
+    min_diameter_mm: float = 5.0,
+    diameter_rule: str = "axial",
+):
     """Split the lesion label of a segmentation into single lesions and measure them.
 
     Args:
@@ -189,7 +256,12 @@ def label_lesions(seg_image, *, lesion_label: int = 2, liver_label: int = 1, con
         ImageError: not a 3D label image (non-integer, negative values...).
         UsageError: a bad setting.
     """
-    result = split_image(seg_image, lesion_label=lesion_label, liver_label=liver_label,
-                         connectivity=connectivity, min_diameter_mm=min_diameter_mm,
-                         diameter_rule=diameter_rule)
+    result = split_image(
+        seg_image,
+        lesion_label=lesion_label,
+        liver_label=liver_label,
+        connectivity=connectivity,
+        min_diameter_mm=min_diameter_mm,
+        diameter_rule=diameter_rule,
+    )
     return result.lesion_map, result.rows

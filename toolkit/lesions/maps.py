@@ -26,14 +26,22 @@ def lesion_table_path(lesion_map: Path) -> Path:
     return lesion_map.with_name(lesion_map.name[: -len(".nii.gz")] + ".tsv")
 
 
-def find_lesion_maps(lesions_dir: Path, participants: Sequence[str] | None = None,
-                     phases: Sequence[str] | None = None) -> list:
+def find_lesion_maps(
+    lesions_dir: Path,
+    participants: Sequence[str] | None = None,
+    phases: Sequence[str] | None = None,
+) -> list:
     """split-lesions' lesion maps (:class:`~metcli.io.bids.Acquisition`) of the chosen
     participants (labels without ``sub-``) and phases."""
     from metcli.io.bids import find_files
 
-    return find_files(Path(lesions_dir), suffix=LESION_SUFFIX, desc=LESION_DESC,
-                      participants=participants, phases=phases)
+    return find_files(
+        Path(lesions_dir),
+        suffix=LESION_SUFFIX,
+        desc=LESION_DESC,
+        participants=participants,
+        phases=phases,
+    )
 
 
 def kept_lesion_ids(table_path: Path) -> list[int]:
@@ -45,14 +53,19 @@ def kept_lesion_ids(table_path: Path) -> list[int]:
     for number, row in enumerate(rows, start=2):
         kept = row["kept"].strip().lower()
         if kept not in ("true", "false"):
-            raise InputError(f"line {number}: kept is {row['kept']!r}, not true/false",
-                             path=table_path, fix="give the lesion table split-lesions wrote")
+            raise InputError(
+                f"line {number}: kept is {row['kept']!r}, not true/false",
+                path=table_path,
+                fix="give the lesion table split-lesions wrote",
+            )
         try:
             index = int(row["index"])
         except ValueError:
-            raise InputError(f"line {number}: index {row['index']!r} is not a whole number",
-                             path=table_path,
-                             fix="give the lesion table split-lesions wrote") from None
+            raise InputError(
+                f"line {number}: index {row['index']!r} is not a whole number",
+                path=table_path,
+                fix="give the lesion table split-lesions wrote",
+            ) from None
         if kept == "true":
             ids.append(index)
     return sorted(ids)
@@ -69,8 +82,14 @@ class ImagePairing:
     cts: dict[str, Path] = field(default_factory=dict)
 
 
-def choose_lesion_map(pid: str, found: Sequence, *, phases: Sequence[str] | None = None,
-                      session: str | None = None, where: Path | None = None):
+def choose_lesion_map(
+    pid: str,
+    found: Sequence,
+    *,
+    phases: Sequence[str] | None = None,
+    session: str | None = None,
+    where: Path | None = None,
+):
     """The one lesion map of a participant among ``found`` (in ``session`` if given; with
     several phases, the one of the first of ``phases``); none or several is an
     :class:`InputError`."""
@@ -78,18 +97,24 @@ def choose_lesion_map(pid: str, found: Sequence, *, phases: Sequence[str] | None
     if len(found) > 1 and phases:
         found = [m for m in found if m.entities.ce == phases[0]] or found
     if not found:
-        raise InputError(f"no lesion map{f' of session {session}' if session else ''} for {pid}",
-                         path=where, fix="run split-lesions for this participant")
+        raise InputError(
+            f"no lesion map{f' of session {session}' if session else ''} for {pid}",
+            path=where,
+            fix="run split-lesions for this participant",
+        )
     if len(found) > 1:
         names = ", ".join(m.path.name for m in found)
-        raise InputError(f"{pid} has several lesion maps ({names}); the model takes one CT",
-                         path=where, fix="give --session, or a LESIONS_DIR with one lesion "
-                                         "map per participant")
+        raise InputError(
+            f"{pid} has several lesion maps ({names}); the model takes one CT",
+            path=where,
+            fix="give --session, or a LESIONS_DIR with one lesion map per participant",
+        )
     return found[0]
 
 
-def pair_images(lesion_map, cts_by_key: dict[tuple, Path], *, raw_dir: Path,
-                phases: Sequence[str] | None = None) -> ImagePairing:
+def pair_images(
+    lesion_map, cts_by_key: dict[tuple, Path], *, raw_dir: Path, phases: Sequence[str] | None = None
+) -> ImagePairing:
     """The CT(s) and lesion table of a lesion map (an :class:`~metcli.io.bids.Acquisition`).
 
     ``cts_by_key``: the raw CTs by (participant label, session, phase). Without
@@ -101,12 +126,23 @@ def pair_images(lesion_map, cts_by_key: dict[tuple, Path], *, raw_dir: Path,
     wanted = list(phases) if phases else [own]
     missing = [p for p in wanted if (sub, ses, p) not in cts_by_key]
     if missing:
-        what = (f"no CT of phase(s) {', '.join(missing)} for {pid}" if phases else
-                f"no CT in RAW_DIR for the lesion map {lesion_map.path.name}")
+        what = (
+            f"no CT of phase(s) {', '.join(missing)} for {pid}"
+            if phases
+            else f"no CT in RAW_DIR for the lesion map {lesion_map.path.name}"
+        )
         raise InputError(what, path=raw_dir, fix="give the raw folder the lesions were made from")
     table = lesion_table_path(lesion_map.path)
     if not table.is_file():
-        raise InputError("the lesion table beside the lesion map is missing", path=table,
-                         fix="run split-lesions again for this participant")
-    return ImagePairing(pid, lesion_map.entities.key, lesion_map.path, table,
-                        {p: cts_by_key[(sub, ses, p)] for p in wanted})
+        raise InputError(
+            "the lesion table beside the lesion map is missing",
+            path=table,
+            fix="run split-lesions again for this participant",
+        )
+    return ImagePairing(
+        pid,
+        lesion_map.entities.key,
+        lesion_map.path,
+        table,
+        {p: cts_by_key[(sub, ses, p)] for p in wanted},
+    )

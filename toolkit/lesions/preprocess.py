@@ -33,20 +33,30 @@ class SliceSettings:
 
     def __post_init__(self):
         if not np.isfinite(self.window_width) or self.window_width <= 0:
-            raise UsageError(f"window width must be a positive number, got {self.window_width}",
-                             fix="give --window WIDTH,LEVEL, for example 330,10")
+            raise UsageError(
+                f"window width must be a positive number, got {self.window_width}",
+                fix="give --window WIDTH,LEVEL, for example 330,10",
+            )
         if not np.isfinite(self.window_level):
-            raise UsageError(f"window level must be a finite number, got {self.window_level}",
-                             fix="give --window WIDTH,LEVEL, for example 330,10")
+            raise UsageError(
+                f"window level must be a finite number, got {self.window_level}",
+                fix="give --window WIDTH,LEVEL, for example 330,10",
+            )
         if int(self.size) != self.size or self.size < 2:
-            raise UsageError(f"--size must be a whole number of at least 2, got {self.size}",
-                             fix="give for example --size 224")
+            raise UsageError(
+                f"--size must be a whole number of at least 2, got {self.size}",
+                fix="give for example --size 224",
+            )
         if not np.isfinite(self.context_mm) or self.context_mm < 0:
-            raise UsageError(f"--context-mm must be 0 or more, got {self.context_mm}",
-                             fix="give 0 (mask only) or a margin in mm")
+            raise UsageError(
+                f"--context-mm must be 0 or more, got {self.context_mm}",
+                fix="give 0 (mask only) or a margin in mm",
+            )
         if self.fov_mm is not None and (not np.isfinite(self.fov_mm) or self.fov_mm <= 0):
-            raise UsageError(f"--fov-mm must be a positive number of mm, got {self.fov_mm}",
-                             fix="leave it out for the tight crop, or give for example 80")
+            raise UsageError(
+                f"--fov-mm must be a positive number of mm, got {self.fov_mm}",
+                fix="leave it out for the tight crop, or give for example 80",
+            )
 
     @property
     def window_range(self) -> tuple[float, float]:
@@ -94,12 +104,16 @@ def _take(image: np.ndarray, r0: int, nr: int, c0: int, nc: int) -> np.ndarray:
     rs, re = max(r0, 0), min(r0 + nr, rows)
     cs, ce = max(c0, 0), min(c0 + nc, cols)
     if rs < re and cs < ce:
-        out[rs - r0:re - r0, cs - c0:ce - c0] = image[rs:re, cs:ce]
+        out[rs - r0 : re - r0, cs - c0 : ce - c0] = image[rs:re, cs:ce]
     return out
 
 
-def square_crop(image: np.ndarray, region: np.ndarray, spacing_rc: tuple[float, float],
-                fov_mm: float | None = None) -> np.ndarray:
+def square_crop(
+    image: np.ndarray,
+    region: np.ndarray,
+    spacing_rc: tuple[float, float],
+    fov_mm: float | None = None,
+) -> np.ndarray:
     """The square (in mm) around ``region``'s bounding box, padded with black.
 
     Without ``fov_mm`` the side is the longer side of the bounding box in mm;
@@ -125,8 +139,14 @@ def resize_to(array: np.ndarray, size: int) -> np.ndarray:
     shape = (int(size),) * array.ndim
     if array.shape == shape:
         return array.astype(np.float32)
-    out = resize(array.astype(np.float64), shape, order=1, mode="edge",
-                 anti_aliasing=min(array.shape) > size, preserve_range=True)
+    out = resize(
+        array.astype(np.float64),
+        shape,
+        order=1,
+        mode="edge",
+        anti_aliasing=min(array.shape) > size,
+        preserve_range=True,
+    )
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
@@ -145,25 +165,31 @@ def oriented_arrays(ct, lesion_map, *, ct_path=None, lesion_map_path=None):
 
     from metcli.imaging.geometry import to_reference_grid
 
-    lesion_map = to_reference_grid(lesion_map, ct, image_path=lesion_map_path,
-                                   reference_path=ct_path)
+    lesion_map = to_reference_grid(
+        lesion_map, ct, image_path=lesion_map_path, reference_path=ct_path
+    )
     ct = sitk.DICOMOrient(ct, ORIENTATION)
     lesion_map = sitk.DICOMOrient(lesion_map, ORIENTATION)
     sx, sy, sz = ct.GetSpacing()
-    return (sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(lesion_map),
-            (float(sz), float(sy), float(sx)))
+    return (
+        sitk.GetArrayFromImage(ct),
+        sitk.GetArrayFromImage(lesion_map),
+        (float(sz), float(sy), float(sx)),
+    )
 
 
-def wanted_ids(ids: np.ndarray, lesion_ids: Sequence[int] | None, lesion_map_path=None
-               ) -> list[int]:
+def wanted_ids(
+    ids: np.ndarray, lesion_ids: Sequence[int] | None, lesion_map_path=None
+) -> list[int]:
     """The lesion ids to use: ``lesion_ids``, or every id in the map; an id the map
     lacks is a :class:`MaskError` naming the map."""
     present = set(int(v) for v in np.unique(ids)) - {0}
     wanted = sorted(present) if lesion_ids is None else [int(i) for i in lesion_ids]
     missing = [i for i in wanted if i not in present]
     if missing:
-        raise MaskError(f"lesion id(s) {', '.join(map(str, missing))} are not in the lesion map",
-                        path=lesion_map_path,
-                        fix="give the lesion table written with this lesion map "
-                            "(split-lesions --overwrite)")
+        raise MaskError(
+            f"lesion id(s) {', '.join(map(str, missing))} are not in the lesion map",
+            path=lesion_map_path,
+            fix="give the lesion table written with this lesion map (split-lesions --overwrite)",
+        )
     return wanted

@@ -34,9 +34,15 @@ from typing import Sequence
 
 import numpy as np
 
-from metcli.lesions.preprocess import (SliceSettings, keep_mask,
-                                       oriented_arrays, resize_square, square_crop,
-                                       wanted_ids, window)
+from metcli.lesions.preprocess import (
+    SliceSettings,
+    keep_mask,
+    oriented_arrays,
+    resize_square,
+    square_crop,
+    wanted_ids,
+    window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +56,15 @@ class LesionSlices:
     images: np.ndarray
 
 
-def lesion_slices(ct, lesion_map, *, lesion_ids: Sequence[int] | None = None,
-                  settings: SliceSettings | None = None, ct_path=None,
-                  lesion_map_path=None) -> list[LesionSlices]:
+def lesion_slices(
+    ct,
+    lesion_map,
+    *,
+    lesion_ids: Sequence[int] | None = None,
+    settings: SliceSettings | None = None,
+    ct_path=None,
+    lesion_map_path=None,
+) -> list[LesionSlices]:
     """The preprocessed axial slices of each lesion (see the module docstring).
 
     Args:
@@ -64,8 +76,9 @@ def lesion_slices(ct, lesion_map, *, lesion_ids: Sequence[int] | None = None,
         settings: :class:`SliceSettings` (default: the study's).
     """
     settings = settings or SliceSettings()
-    hu, ids, spacing_zyx = oriented_arrays(ct, lesion_map, ct_path=ct_path,
-                                           lesion_map_path=lesion_map_path)
+    hu, ids, spacing_zyx = oriented_arrays(
+        ct, lesion_map, ct_path=ct_path, lesion_map_path=lesion_map_path
+    )
     spacing_rc = spacing_zyx[1:]
     wanted = wanted_ids(ids, lesion_ids, lesion_map_path)
     result = []
@@ -80,9 +93,8 @@ def lesion_slices(ct, lesion_map, *, lesion_ids: Sequence[int] | None = None,
             windowed[~kept] = 0.0
             crop = square_crop(windowed, kept, spacing_rc, settings.fov_mm)
             images.append(resize_square(crop, int(settings.size)))
-        stack = (np.stack(images) if images else
-                 np.zeros((0, settings.size, settings.size), np.float32))
+        stack = (
+            np.stack(images) if images else np.zeros((0, settings.size, settings.size), np.float32)
+        )
         result.append(LesionSlices(lesion_id, [int(z) for z in z_indices], stack))
     return result
-
-

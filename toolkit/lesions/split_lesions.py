@@ -116,8 +116,15 @@ LESION_COLUMNS: dict[str, type] = {
 }
 GROUP_KEYS = ("participant_id", "session", "phase")
 GROUP_LESION_COLUMNS = [*GROUP_KEYS, *LESION_COLUMNS]
-BURDEN_COLUMNS = [*GROUP_KEYS, "n_components", "n_lesions", "lesion_volume_mm3",
-                  "kept_lesion_volume_mm3", "liver_volume_mm3", "burden"]
+BURDEN_COLUMNS = [
+    *GROUP_KEYS,
+    "n_components",
+    "n_lesions",
+    "lesion_volume_mm3",
+    "kept_lesion_volume_mm3",
+    "liver_volume_mm3",
+    "burden",
+]
 
 LESIONS_TABLE = "lesions.tsv"
 BURDEN_TABLE = "tumour_burden.tsv"
@@ -126,16 +133,18 @@ _AXIS_NAMES = "ijk"
 
 
 # ----------------------------------------------------------------------------- folders
-def find_segmentations(seg_dir: Path,
-                       participants: Sequence[str] | None = None) -> list[Acquisition]:
+def find_segmentations(
+    seg_dir: Path, participants: Sequence[str] | None = None
+) -> list[Acquisition]:
     """The ``_dseg.nii.gz`` files (without ``desc-``) of the chosen participants."""
     return find_files(Path(seg_dir), suffix=SEG_SUFFIX, desc=None, participants=participants)
 
 
 def output_paths(out_dir: Path, acq: Acquisition) -> tuple[Path, Path, Path]:
     """(lesion map, lesion table, sidecar) of one acquisition."""
-    image = derivative_path(out_dir, acq.entities, desc=DESC, suffix=SEG_SUFFIX,
-                            extension=".nii.gz")
+    image = derivative_path(
+        out_dir, acq.entities, desc=DESC, suffix=SEG_SUFFIX, extension=".nii.gz"
+    )
     table = derivative_path(out_dir, acq.entities, desc=DESC, suffix=SEG_SUFFIX, extension=".tsv")
     return image, table, sidecar_path(image)
 
@@ -144,20 +153,37 @@ def select(seg_dir: Path, participants: Sequence[str] | None) -> list[str]:
     """The participant labels of ``seg_dir`` to process (all, or the requested ones)."""
     seg_dir = Path(seg_dir)
     if not seg_dir.is_dir():
-        raise InputError("the segmentation folder does not exist", path=seg_dir,
-                         fix="give the folder that `metcli segment` wrote")
+        raise InputError(
+            "the segmentation folder does not exist",
+            path=seg_dir,
+            fix="give the folder that `metcli segment` wrote",
+        )
     available = participant_folders(seg_dir)
     if not available:
-        raise InputError("no sub-* participant folders found", path=seg_dir,
-                         fix="give the folder that `metcli segment` (or import-mask) wrote")
-    return select_participants(available, list(participants) if participants else None,
-                               where=seg_dir)
+        raise InputError(
+            "no sub-* participant folders found",
+            path=seg_dir,
+            fix="give the folder that `metcli segment` (or import-mask) wrote",
+        )
+    return select_participants(
+        available, list(participants) if participants else None, where=seg_dir
+    )
 
 
-def split_lesions(seg_dir, out_dir, *, participants=None, level=None, min_diameter_mm=5.0,
-                  diameter_rule="axial", connectivity=26, lesion_label=2, liver_label=1,
-                  overwrite=False, progress: Callable[[str, str], None] | None = None
-                  ) -> BatchReport:
+def split_lesions(
+    seg_dir,
+    out_dir,
+    *,
+    participants=None,
+    level=None,
+    min_diameter_mm=5.0,
+    diameter_rule="axial",
+    connectivity=26,
+    lesion_label=2,
+    liver_label=1,
+    overwrite=False,
+    progress: Callable[[str, str], None] | None = None,
+) -> BatchReport:
     """Split, measure and filter the lesions of every segmentation in ``seg_dir``.
 
     Writes, per participant (session and phase), into ``out_dir``:
@@ -192,9 +218,13 @@ def split_lesions(seg_dir, out_dir, *, participants=None, level=None, min_diamet
     from metcli.io.files import check_output_not_inside_input
     from metcli.io.provenance import Step, write_dataset_description
 
-    settings = check_settings(min_diameter_mm=min_diameter_mm, diameter_rule=diameter_rule,
-                              connectivity=connectivity, lesion_label=lesion_label,
-                              liver_label=liver_label)
+    settings = check_settings(
+        min_diameter_mm=min_diameter_mm,
+        diameter_rule=diameter_rule,
+        connectivity=connectivity,
+        lesion_label=lesion_label,
+        liver_label=liver_label,
+    )
     seg_dir, out_dir = Path(seg_dir), Path(out_dir)
     labels = [participants] if isinstance(participants, str) else participants
     do_participants, do_group = resolve_levels(level, labels)
@@ -202,38 +232,59 @@ def split_lesions(seg_dir, out_dir, *, participants=None, level=None, min_diamet
     check_output_not_inside_input(out_dir, [seg_dir])
 
     step = Step(COMMAND, out_dir, {"seg": seg_dir}, settings)
-    write_dataset_description(out_dir, name="metcli split-lesions", sources={"seg": seg_dir},
-                              description="single lesions, lesion tables and tumour burden")
+    write_dataset_description(
+        out_dir,
+        name="metcli split-lesions",
+        sources={"seg": seg_dir},
+        description="single lesions, lesion tables and tumour burden",
+    )
     report = BatchReport()
     if do_participants:
         acquisitions = find_segmentations(seg_dir, chosen)
         found = {a.entities.sub for a in acquisitions}
         for label in chosen:
             if label not in found:
-                error = InputError(f"no sub-{label}[_ses-<s>][_ce-<phase>]_dseg.nii.gz found",
-                                   path=seg_dir / f"sub-{label}",
-                                   fix="segment this participant first, or leave it out")
+                error = InputError(
+                    f"no sub-{label}[_ses-<s>][_ce-<phase>]_dseg.nii.gz found",
+                    path=seg_dir / f"sub-{label}",
+                    fix="segment this participant first, or leave it out",
+                )
                 log.error("sub-%s: %s", label, error.one_line())
                 report.record(f"sub-{label}", FAILED, error.one_line())
 
         def work(acq: Acquisition) -> str:
             return _split_one(acq, out_dir, step, settings, overwrite, report)
 
-        run_each(acquisitions, key=lambda a: a.entities.describe(), work=work,
-                 progress=progress, report=report)
+        run_each(
+            acquisitions,
+            key=lambda a: a.entities.describe(),
+            work=work,
+            progress=progress,
+            report=report,
+        )
     if do_group:
         if report.failed:
-            log.warning("group level not written: %d item(s) failed at the participant level; "
-                        "fix them, or leave those participants out with --participant-label "
-                        "and --level group", len(report.failed))
+            log.warning(
+                "group level not written: %d item(s) failed at the participant level; "
+                "fix them, or leave those participants out with --participant-label "
+                "and --level group",
+                len(report.failed),
+            )
         else:
-            report.outputs.extend(write_group_tables(seg_dir, out_dir, chosen, step,
-                                                     overwrite=overwrite))
+            report.outputs.extend(
+                write_group_tables(seg_dir, out_dir, chosen, step, overwrite=overwrite)
+            )
     return report
 
 
-def _split_one(acq: Acquisition, out_dir: Path, step, settings: Mapping[str, Any],
-               overwrite: bool, report: BatchReport) -> str:
+def _split_one(
+    acq: Acquisition,
+    out_dir: Path,
+    step,
+    settings: Mapping[str, Any],
+    overwrite: bool,
+    report: BatchReport,
+) -> str:
     from metcli.io.files import OutputSet, read_image, write_image_to, write_tsv_to
 
     out_image, out_table, sidecar = output_paths(out_dir, acq)
@@ -251,7 +302,7 @@ def _split_one(acq: Acquisition, out_dir: Path, step, settings: Mapping[str, Any
     kept = sum(1 for row in result.rows if row["kept"])
     extra = {
         "Description": "Single lesions of the segmentation's lesion label: map of the kept "
-                       "lesions (0 background, 1..N lesion ids) and its lesion table",
+        "lesions (0 background, 1..N lesion ids) and its lesion table",
         "SliceAxis": _AXIS_NAMES[result.slice_axis],
         "VoxelVolume_mm3": result.voxel_volume_mm3,
         "LiverLabelVoxels": result.liver_voxels,
@@ -263,12 +314,15 @@ def _split_one(acq: Acquisition, out_dir: Path, step, settings: Mapping[str, Any
         tmp_image = outs.path(out_image)
         write_image_to(result.lesion_map, tmp_image)
         tmp_table = outs.path(out_table)
-        write_tsv_to(result.rows, list(LESION_COLUMNS), tmp_table, schema="lesion_table",
-                     where=out_table)
-        step.write_sidecar(outs, sidecar, inputs, {out_image: tmp_image, out_table: tmp_table},
-                           extra=extra)
-    log.info("%s: %d lesion(s) kept of %d component(s)", acq.entities.describe(), kept,
-             len(result.rows))
+        write_tsv_to(
+            result.rows, list(LESION_COLUMNS), tmp_table, schema="lesion_table", where=out_table
+        )
+        step.write_sidecar(
+            outs, sidecar, inputs, {out_image: tmp_image, out_table: tmp_table}, extra=extra
+        )
+    log.info(
+        "%s: %d lesion(s) kept of %d component(s)", acq.entities.describe(), kept, len(result.rows)
+    )
     report.outputs.extend([out_image, out_table, sidecar])
     return DONE
 
@@ -286,10 +340,12 @@ def read_lesion_table(path: Path) -> list[dict]:
             try:
                 record[column] = _parse(row[column], kind)
             except ValueError:
-                raise InputError(f"line {number}, column {column}: {row[column]!r} is not "
-                                 f"{'true/false' if kind is bool else 'a ' + kind.__name__}",
-                                 path=path, fix="write the table again with split-lesions "
-                                                "--overwrite") from None
+                raise InputError(
+                    f"line {number}, column {column}: {row[column]!r} is not "
+                    f"{'true/false' if kind is bool else 'a ' + kind.__name__}",
+                    path=path,
+                    fix="write the table again with split-lesions --overwrite",
+                ) from None
         typed.append(record)
     return typed
 
@@ -311,8 +367,9 @@ def _parse(text: str, kind: type):
     return text
 
 
-def write_group_tables(seg_dir: Path, out_dir: Path, participants: Sequence[str], step, *,
-                       overwrite: bool = False) -> list[Path]:
+def write_group_tables(
+    seg_dir: Path, out_dir: Path, participants: Sequence[str], step, *, overwrite: bool = False
+) -> list[Path]:
     """``lesions.tsv`` and ``tumour_burden.tsv`` from the participant level's tables.
 
     Every segmentation of the chosen participants must have a current output
@@ -324,30 +381,45 @@ def write_group_tables(seg_dir: Path, out_dir: Path, participants: Sequence[str]
     found = {a.entities.sub for a in acquisitions}
     missing = [f"sub-{label}" for label in participants if label not in found]
     if missing:
-        raise InputError(f"no segmentation (_dseg.nii.gz) for {', '.join(missing)}",
-                         path=seg_dir, fix="leave those participants out with "
-                                           "--participant-label")
+        raise InputError(
+            f"no segmentation (_dseg.nii.gz) for {', '.join(missing)}",
+            path=seg_dir,
+            fix="leave those participants out with --participant-label",
+        )
     lesion_rows: list[dict] = []
     burden_rows: list[dict] = []
     used: list[Path] = []
     for acq in acquisitions:
         _image, table, sidecar = output_paths(out_dir, acq)
-        fix = (f"run `metcli split-lesions SEG_DIR OUT_DIR --level participant "
-               f"--participant-label {acq.entities.sub}` with the same options first")
+        fix = (
+            f"run `metcli split-lesions SEG_DIR OUT_DIR --level participant "
+            f"--participant-label {acq.entities.sub}` with the same options first"
+        )
         if not table.is_file() or not sidecar.is_file():
-            raise InputError(f"the lesion table of {acq.entities.describe()} is missing; run "
-                             "the participant level first", path=table, fix=fix)
+            raise InputError(
+                f"the lesion table of {acq.entities.describe()} is missing; run "
+                "the participant level first",
+                path=table,
+                fix=fix,
+            )
         if not step.is_done(sidecar, step.inputs([acq.path])):
-            raise InputError(f"the lesion table of {acq.entities.describe()} was not made from "
-                             "the current segmentation with these settings (see its sidecar); "
-                             "run the participant level first", path=table, fix=fix)
+            raise InputError(
+                f"the lesion table of {acq.entities.describe()} was not made from "
+                "the current segmentation with these settings (see its sidecar); "
+                "run the participant level first",
+                path=table,
+                fix=fix,
+            )
         counts = read_json(sidecar)
         try:
             liver_voxels = int(counts["LiverLabelVoxels"])
             voxel_volume = float(counts["VoxelVolume_mm3"])
         except (KeyError, TypeError, ValueError):
-            raise InputError("the sidecar lacks LiverLabelVoxels or VoxelVolume_mm3", path=sidecar,
-                             fix="run the participant level again with --overwrite") from None
+            raise InputError(
+                "the sidecar lacks LiverLabelVoxels or VoxelVolume_mm3",
+                path=sidecar,
+                fix="run the participant level again with --overwrite",
+            ) from None
         rows = read_lesion_table(table)
         ent = acq.entities
         keys = {"participant_id": ent.participant_id, "session": ent.ses, "phase": ent.ce}
@@ -355,36 +427,52 @@ def write_group_tables(seg_dir: Path, out_dir: Path, participants: Sequence[str]
         lesion_volume = float(sum(row["volume_mm3"] for row in rows))
         kept_volume = float(sum(row["volume_mm3"] for row in rows if row["kept"]))
         liver_volume = (liver_voxels * voxel_volume + lesion_volume) if liver_voxels else None
-        burden_rows.append({
-            **keys,
-            "n_components": len(rows),
-            "n_lesions": sum(1 for row in rows if row["kept"]),
-            "lesion_volume_mm3": lesion_volume,
-            "kept_lesion_volume_mm3": kept_volume,
-            "liver_volume_mm3": liver_volume,
-            "burden": None if liver_volume is None else lesion_volume / liver_volume,
-        })
+        burden_rows.append(
+            {
+                **keys,
+                "n_components": len(rows),
+                "n_lesions": sum(1 for row in rows if row["kept"]),
+                "lesion_volume_mm3": lesion_volume,
+                "kept_lesion_volume_mm3": kept_volume,
+                "liver_volume_mm3": liver_volume,
+                "burden": None if liver_volume is None else lesion_volume / liver_volume,
+            }
+        )
         used.extend([table, sidecar])
 
     lesions_path, burden_path = out_dir / LESIONS_TABLE, out_dir / BURDEN_TABLE
     lesions_sidecar, burden_sidecar = sidecar_path(lesions_path), sidecar_path(burden_path)
     inputs = step.inputs(used)
-    if not overwrite and step.is_done(lesions_sidecar, inputs) and \
-            step.is_done(burden_sidecar, inputs):
+    if (
+        not overwrite
+        and step.is_done(lesions_sidecar, inputs)
+        and step.is_done(burden_sidecar, inputs)
+    ):
         return [lesions_path, burden_path, lesions_sidecar, burden_sidecar]
     with OutputSet() as outs:
         tmp_lesions = outs.path(lesions_path)
-        write_tsv_to(lesion_rows, GROUP_LESION_COLUMNS, tmp_lesions, schema="lesions",
-                     where=lesions_path)
+        write_tsv_to(
+            lesion_rows, GROUP_LESION_COLUMNS, tmp_lesions, schema="lesions", where=lesions_path
+        )
         tmp_burden = outs.path(burden_path)
-        write_tsv_to(burden_rows, BURDEN_COLUMNS, tmp_burden, schema="tumour_burden",
-                     where=burden_path)
-        step.write_sidecar(outs, lesions_sidecar, inputs, {lesions_path: tmp_lesions},
-                           extra={"Description": "Every lesion (component) of every "
-                                                 "participant, session and phase"})
-        step.write_sidecar(outs, burden_sidecar, inputs, {burden_path: tmp_burden},
-                           extra={"Description": "Tumour burden per participant, session and "
-                                                 "phase"})
-    log.info("group level: %d lesion row(s), %d burden row(s)", len(lesion_rows),
-             len(burden_rows))
+        write_tsv_to(
+            burden_rows, BURDEN_COLUMNS, tmp_burden, schema="tumour_burden", where=burden_path
+        )
+        step.write_sidecar(
+            outs,
+            lesions_sidecar,
+            inputs,
+            {lesions_path: tmp_lesions},
+            extra={
+                "Description": "Every lesion (component) of every participant, session and phase"
+            },
+        )
+        step.write_sidecar(
+            outs,
+            burden_sidecar,
+            inputs,
+            {burden_path: tmp_burden},
+            extra={"Description": "Tumour burden per participant, session and phase"},
+        )
+    log.info("group level: %d lesion row(s), %d burden row(s)", len(lesion_rows), len(burden_rows))
     return [lesions_path, burden_path, lesions_sidecar, burden_sidecar]

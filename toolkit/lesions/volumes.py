@@ -35,7 +35,14 @@ from typing import Sequence
 
 import numpy as np
 
-from metcli.lesions.preprocess import SliceSettings, window_1d, oriented_arrays, resize_to, wanted_ids, window
+from metcli.lesions.preprocess import (
+    SliceSettings,
+    oriented_arrays,
+    resize_to,
+    wanted_ids,
+    window,
+    window_1d,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +76,7 @@ def take_box(volume: np.ndarray, starts: Sequence[int], counts: Sequence[int]) -
     return out
 
 
-def keep_mask_3d(lesion: np.ndarray, spacing_zyx: Sequence[float],
-                 context_mm: float) -> np.ndarray:
+def keep_mask_3d(lesion: np.ndarray, spacing_zyx: Sequence[float], context_mm: float) -> np.ndarray:
     """Voxels kept: the lesion, plus those within ``context_mm`` of it (in mm, in 3D)."""
     lesion = np.asarray(lesion, dtype=bool)
     if context_mm <= 0:
@@ -78,19 +84,27 @@ def keep_mask_3d(lesion: np.ndarray, spacing_zyx: Sequence[float],
     from scipy.ndimage import distance_transform_edt
 
     # Only a box around the lesion, grown by the margin, can hold kept voxels.
-    found = [np.flatnonzero(lesion.any(axis=tuple(a for a in range(3) if a != axis)))
-             for axis in range(3)]
+    found = [
+        np.flatnonzero(lesion.any(axis=tuple(a for a in range(3) if a != axis)))
+        for axis in range(3)
+    ]
     margin = [int(np.ceil(context_mm / s)) + 1 for s in spacing_zyx]
-    box = tuple(slice(max(f[0] - m, 0), min(f[-1] + m + 1, n))
-                for f, m, n in zip(found, margin, lesion.shape))
+    box = tuple(
+        slice(max(f[0] - m, 0), min(f[-1] + m + 1, n))
+        for f, m, n in zip(found, margin, lesion.shape)
+    )
     kept = np.zeros(lesion.shape, dtype=bool)
     distance = distance_transform_edt(~lesion[box], sampling=tuple(spacing_zyx))
     kept[box] = distance <= context_mm
     return kept
 
 
-def cube_crop(volume: np.ndarray, region: np.ndarray, spacing_zyx: Sequence[float],
-              fov_mm: float | None = None) -> np.ndarray:
+def cube_crop(
+    volume: np.ndarray,
+    region: np.ndarray,
+    spacing_zyx: Sequence[float],
+    fov_mm: float | None = None,
+) -> np.ndarray:
     """The cube (in mm) around ``region``'s bounding box, padded with black.
 
     Without ``fov_mm`` the side is the longest side of the bounding box in mm;
@@ -101,8 +115,11 @@ def cube_crop(volume: np.ndarray, region: np.ndarray, spacing_zyx: Sequence[floa
     for axis in range(3):
         found = np.flatnonzero(region.any(axis=tuple(a for a in range(3) if a != axis)))
         bounds.append((int(found[0]), int(found[-1])))
-    side = fov_mm if fov_mm is not None else max(
-        (hi - lo + 1) * s for (lo, hi), s in zip(bounds, spacing_zyx))
+    side = (
+        fov_mm
+        if fov_mm is not None
+        else max((hi - lo + 1) * s for (lo, hi), s in zip(bounds, spacing_zyx))
+    )
     windows = [window_1d(lo, hi, s, side) for (lo, hi), s in zip(bounds, spacing_zyx)]
     return take_box(volume, [w[0] for w in windows], [w[1] for w in windows])
 
@@ -112,9 +129,15 @@ def resize_cube(volume: np.ndarray, size: int) -> np.ndarray:
     return resize_to(volume, size)
 
 
-def lesion_volumes(ct, lesion_map, *, lesion_ids: Sequence[int] | None = None,
-                   settings: SliceSettings | None = None, ct_path=None,
-                   lesion_map_path=None) -> list[LesionVolume]:
+def lesion_volumes(
+    ct,
+    lesion_map,
+    *,
+    lesion_ids: Sequence[int] | None = None,
+    settings: SliceSettings | None = None,
+    ct_path=None,
+    lesion_map_path=None,
+) -> list[LesionVolume]:
     """The preprocessed cube of each lesion (see the module docstring).
 
     Args:
@@ -127,8 +150,9 @@ def lesion_volumes(ct, lesion_map, *, lesion_ids: Sequence[int] | None = None,
             context_mm, fov_mm).
     """
     settings = settings or SliceSettings(size=64)
-    hu, ids, spacing = oriented_arrays(ct, lesion_map, ct_path=ct_path,
-                                        lesion_map_path=lesion_map_path)
+    hu, ids, spacing = oriented_arrays(
+        ct, lesion_map, ct_path=ct_path, lesion_map_path=lesion_map_path
+    )
     wanted = wanted_ids(ids, lesion_ids, lesion_map_path)
     result = []
     for lesion_id in wanted:
@@ -140,6 +164,9 @@ def lesion_volumes(ct, lesion_map, *, lesion_ids: Sequence[int] | None = None,
         windowed = window(crop_hu, settings.window_width, settings.window_level)
         windowed[~crop_kept] = 0.0
         z_indices = np.flatnonzero(mask.any(axis=(1, 2)))
-        result.append(LesionVolume(lesion_id, [int(z) for z in z_indices],
-                                   resize_cube(windowed, int(settings.size))))
+        result.append(
+            LesionVolume(
+                lesion_id, [int(z) for z in z_indices], resize_cube(windowed, int(settings.size))
+            )
+        )
     return result

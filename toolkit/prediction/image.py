@@ -70,9 +70,9 @@ class ImageJob:
     """One participant's lesion map, its CT(s) and lesion table (``problem``: why it cannot run)."""
 
     participant_id: str
-    key: tuple[str, str | None, str | None]          # sub, ses, ce of the lesion map
+    key: tuple[str, str | None, str | None]  # sub, ses, ce of the lesion map
     lesion_map: Path | None = None
-    cts: dict = field(default_factory=dict)           # phase -> Path
+    cts: dict = field(default_factory=dict)  # phase -> Path
     lesion_table: Path | None = None
     problem: InputError | None = None
 
@@ -81,8 +81,13 @@ class ImageJob:
         return [*self.cts.values(), self.lesion_map, self.lesion_table]
 
 
-def find_image_jobs(raw_dir: Path, lesions_dir: Path, *, session: str | None = None,
-                    phases: Sequence[str] | None = None) -> list[ImageJob]:
+def find_image_jobs(
+    raw_dir: Path,
+    lesions_dir: Path,
+    *,
+    session: str | None = None,
+    phases: Sequence[str] | None = None,
+) -> list[ImageJob]:
     """One job per participant found in RAW_DIR or LESIONS_DIR (sorted).
 
     Without ``phases`` the CT is the lesion map's own (same participant,
@@ -94,8 +99,11 @@ def find_image_jobs(raw_dir: Path, lesions_dir: Path, *, session: str | None = N
     raw_dir, lesions_dir = Path(raw_dir), Path(lesions_dir)
     maps = find_lesion_maps(lesions_dir)
     if not maps:
-        raise InputError("no split-lesions lesion map (sub-*/.../*_desc-lesions_dseg.nii.gz)",
-                         path=lesions_dir, fix="give the folder `metcli split-lesions` wrote")
+        raise InputError(
+            "no split-lesions lesion map (sub-*/.../*_desc-lesions_dseg.nii.gz)",
+            path=lesions_dir,
+            fix="give the folder `metcli split-lesions` wrote",
+        )
     cts = find_files(raw_dir, suffix="ct")
     by_pid: dict[str, list] = {}
     for acq in maps:
@@ -105,8 +113,9 @@ def find_image_jobs(raw_dir: Path, lesions_dir: Path, *, session: str | None = N
     for pid in sorted(set(by_pid) | {a.entities.participant_id for a in cts}):
         job = ImageJob(pid, (pid[4:], session, None))
         try:
-            acq = choose_lesion_map(pid, by_pid.get(pid, []), phases=phases, session=session,
-                                    where=lesions_dir)
+            acq = choose_lesion_map(
+                pid, by_pid.get(pid, []), phases=phases, session=session, where=lesions_dir
+            )
             job.key, job.lesion_map = acq.entities.key, acq.path
             job.lesion_table = acq.path.with_name(acq.entities.with_(extension=".tsv").name)
             pairing = pair_images(acq, ct_by_key, raw_dir=raw_dir, phases=phases)
@@ -133,8 +142,15 @@ class ImageBackend:
 
     kind = "image"
 
-    def __init__(self, model_dir: Path, card: dict, providers: Sequence[str] | None = None, *,
-                 device: str = "auto", runtime: str = "onnx"):
+    def __init__(
+        self,
+        model_dir: Path,
+        card: dict,
+        providers: Sequence[str] | None = None,
+        *,
+        device: str = "auto",
+        runtime: str = "onnx",
+    ):
         from metcli.lesions.inputs import card_phases, settings_from_card
 
         self.model_dir = Path(model_dir)
@@ -146,10 +162,13 @@ class ImageBackend:
             raise UsageError(f"--device {device!r} is not one of auto, cpu, cuda")
         self.settings = settings_from_card(card, card_path=self.card_path)
         if card.get("lesion_aggregate") not in LESION_AGGREGATES:
-            raise InputError(f"the model aggregates slices to lesions by "
-                             f"{card.get('lesion_aggregate')!r}; this metcli reproduces "
-                             f"{' or '.join(map(repr, LESION_AGGREGATES))} only",
-                             path=self.card_path, fix="retrain the model with this metcli")
+            raise InputError(
+                f"the model aggregates slices to lesions by "
+                f"{card.get('lesion_aggregate')!r}; this metcli reproduces "
+                f"{' or '.join(map(repr, LESION_AGGREGATES))} only",
+                path=self.card_path,
+                fix="retrain the model with this metcli",
+            )
         self.phases = card_phases(card)
         self.dims = int(card.get("dims", 2))
         self.classes = list(card["classes"])
@@ -157,8 +176,8 @@ class ImageBackend:
         if runtime == "onnx":
             self._open_onnx(providers, device)
         else:
-            from metcli.core.devices import torch_device
             from metcli.cnn.gradcam import load_network
+            from metcli.core.devices import torch_device
 
             self.torch_device = torch_device(device)
             self.net = load_network(self.model_dir, card, device=self.torch_device)
@@ -166,20 +185,26 @@ class ImageBackend:
 
     @classmethod
     def predict(cls, model_dir, card: dict, inputs: Sequence[Path], out_dir, **options):
-        """:func:`predict_image` with ``inputs`` (RAW_DIR, LESIONS_DIR): metcli.prediction.predict's hook."""
+        """:func:`predict_image` with ``inputs`` (RAW_DIR, LESIONS_DIR): the hook that
+        metcli.prediction.predict calls."""
         inputs = [Path(p) for p in inputs]
         if len(inputs) != 2 or not all(p.is_dir() for p in inputs):
-            raise UsageError(f"model {card['name']} is an image model: give RAW_DIR LESIONS_DIR "
-                             f"(got {len(inputs)} input(s))",
-                             fix="metcli predict MODEL_DIR RAW_DIR LESIONS_DIR OUT_DIR")
+            raise UsageError(
+                f"model {card['name']} is an image model: give RAW_DIR LESIONS_DIR "
+                f"(got {len(inputs)} input(s))",
+                fix="metcli predict MODEL_DIR RAW_DIR LESIONS_DIR OUT_DIR",
+            )
         return predict_image(model_dir, inputs[0], inputs[1], out_dir, card=card, **options)
 
     def _open_onnx(self, providers, device: str) -> None:
         from metcli.core.devices import deterministic_options, start_session
 
         self.session, self.provider = start_session(
-            self.model_dir / "model.onnx", device, options=deterministic_options(),
-            providers=providers)
+            self.model_dir / "model.onnx",
+            device,
+            options=deterministic_options(),
+            providers=providers,
+        )
         self.input_name = self.card["input"]["name"]
         self.output_name = self.card["outputs"]["probabilities"]
 
@@ -190,15 +215,22 @@ class ImageBackend:
 
         cts = {phase: read_image(path, what="CT") for phase, path in job.cts.items()}
         lesion_map = read_image(job.lesion_map, what="lesion map")
-        return model_inputs(self.card, cts, lesion_map, lesion_ids, ct_paths=job.cts,
-                            lesion_map_path=job.lesion_map, card_path=self.card_path)
+        return model_inputs(
+            self.card,
+            cts,
+            lesion_map,
+            lesion_ids,
+            ct_paths=job.cts,
+            lesion_map_path=job.lesion_map,
+            card_path=self.card_path,
+        )
 
     def slice_probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities ``[n, classes]`` (float64) of network inputs ``[n, C, *spatial]``."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         out = []
         for start in range(0, len(images), BATCH):
-            batch = images[start:start + BATCH]
+            batch = images[start : start + BATCH]
             if self.runtime == "onnx":
                 out.append(self.session.run([self.output_name], {self.input_name: batch})[0])
             else:
@@ -224,12 +256,24 @@ class ImageBackend:
         return np.stack([p.mean(axis=0) for p in per_lesion]), per_lesion
 
 
-def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None = None,
-                  aggregate: str = "mean", device: str = "auto", session: str | None = None,
-                  explain: bool = False, participants=None,
-                  participant_label: Sequence[str] | str | None = None, level: str | None = None,
-                  threads: int | None = None, overwrite: bool = False,
-                  progress: Callable[[str, str], None] | None = None):
+def predict_image(
+    model_dir,
+    raw_dir,
+    lesions_dir,
+    out_dir,
+    *,
+    card: dict | None = None,
+    aggregate: str = "mean",
+    device: str = "auto",
+    session: str | None = None,
+    explain: bool = False,
+    participants=None,
+    participant_label: Sequence[str] | str | None = None,
+    level: str | None = None,
+    threads: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str, str], None] | None = None,
+):
     """Predict every participant of RAW_DIR/LESIONS_DIR with an image model (module docstring).
 
     ``participant_label`` and ``level`` choose participants and levels as in
@@ -241,31 +285,49 @@ def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None
     from metcli.core.batch import DONE, SKIPPED, BatchReport, run_each
     from metcli.io.files import check_output_not_inside_input
     from metcli.io.predictions import read_rows
-    from metcli.prediction.outputs import (check_run_options, current_predictions, load_card,
-                                           recorded_extra,
-                                           write_group)
+    from metcli.prediction.outputs import (
+        check_run_options,
+        current_predictions,
+        load_card,
+        recorded_extra,
+        write_group,
+    )
 
-    model_dir, raw_dir, lesions_dir, out_dir = (Path(p) for p in (model_dir, raw_dir,
-                                                                   lesions_dir, out_dir))
-    labels, do_participants, do_group = check_run_options(aggregate, threads, participant_label,
-                                                          level)
+    model_dir, raw_dir, lesions_dir, out_dir = (
+        Path(p) for p in (model_dir, raw_dir, lesions_dir, out_dir)
+    )
+    labels, do_participants, do_group = check_run_options(
+        aggregate, threads, participant_label, level
+    )
     card = card if card is not None else load_card(model_dir)
     if card.get("kind") != "image":
-        raise InputError(f"model {card['name']} is a {card.get('kind')} model, not an image "
-                         "model",
-                         path=model_dir, fix="use metcli predict MODEL_DIR FEATURES OUT_DIR")
+        raise InputError(
+            f"model {card['name']} is a {card.get('kind')} model, not an image model",
+            path=model_dir,
+            fix="use metcli predict MODEL_DIR FEATURES OUT_DIR",
+        )
     check_output_not_inside_input(out_dir, [model_dir, raw_dir, lesions_dir])
     if participants is not None:
         log.warning("image models use no covariates; --participants is not used")
     jobs = _chosen_jobs(raw_dir, lesions_dir, card, session=session, labels=labels)
     backend = explainer = None
     if do_participants:
-        backend, explainer = _open_model(model_dir, card, device=device, explain=explain,
-                                         threads=threads)
+        backend, explainer = _open_model(
+            model_dir, card, device=device, explain=explain, threads=threads
+        )
 
     step, extra, models, model_files = _run_record(
-        model_dir, raw_dir, lesions_dir, out_dir, card, aggregate=aggregate, session=session,
-        explain=explain, backend=backend, explainer=explainer)
+        model_dir,
+        raw_dir,
+        lesions_dir,
+        out_dir,
+        card,
+        aggregate=aggregate,
+        session=session,
+        explain=explain,
+        backend=backend,
+        explainer=explainer,
+    )
 
     report = BatchReport()
     all_rows: list[dict] = []
@@ -279,8 +341,7 @@ def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None
         path, sidecar = _predictions_path(out_dir, job)
         report.outputs.extend([path, sidecar])
         if not do_participants:  # group level only: the participant's current files
-            rows, _inputs, doc = current_predictions(step, path, job.participant_id,
-                                                     inputs=inputs)
+            rows, _inputs, doc = current_predictions(step, path, job.participant_id, inputs=inputs)
             all_rows.extend(rows)
             group_files.extend(job.files)
             recorded.append(doc)
@@ -290,8 +351,9 @@ def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None
             group_files.extend(job.files)
             return SKIPPED
         rows, pictures = _predict_participant(backend, explainer, job, card, aggregate, out_dir)
-        _write_participant(out_dir, job, path, sidecar, rows, pictures, card, step, inputs,
-                           extra, models)
+        _write_participant(
+            out_dir, job, path, sidecar, rows, pictures, card, step, inputs, extra, models
+        )
         report.outputs.extend(p for picture in pictures for p in picture[:2])
         all_rows.extend(rows)
         group_files.extend(job.files)
@@ -300,28 +362,38 @@ def predict_image(model_dir, raw_dir, lesions_dir, out_dir, *, card: dict | None
     run_each(jobs, key=lambda j: j.participant_id, work=work, progress=progress, report=report)
     if do_group and all_rows:
         extra = extra if do_participants else recorded_extra(extra, recorded)
-        report.outputs.extend(write_group(out_dir, all_rows, card, step,
-                                          step.inputs(group_files + model_files), extra,
-                                          models, overwrite))
+        report.outputs.extend(
+            write_group(
+                out_dir,
+                all_rows,
+                card,
+                step,
+                step.inputs(group_files + model_files),
+                extra,
+                models,
+                overwrite,
+            )
+        )
     return report
 
 
-def _chosen_jobs(raw_dir: Path, lesions_dir: Path, card: dict, *, session: str | None,
-                 labels: list[str] | None) -> list[ImageJob]:
+def _chosen_jobs(
+    raw_dir: Path, lesions_dir: Path, card: dict, *, session: str | None, labels: list[str] | None
+) -> list[ImageJob]:
     """The image jobs of the chosen participants (all without ``labels``)."""
     from metcli.io.bids import select_participants
     from metcli.lesions.inputs import card_phases
 
     jobs = find_image_jobs(raw_dir, lesions_dir, session=session, phases=card_phases(card))
     if labels:
-        chosen = set(select_participants([j.participant_id[4:] for j in jobs], labels,
-                                         where=lesions_dir))
+        chosen = set(
+            select_participants([j.participant_id[4:] for j in jobs], labels, where=lesions_dir)
+        )
         jobs = [j for j in jobs if j.participant_id[4:] in chosen]
     return jobs
 
 
-def _open_model(model_dir: Path, card: dict, *, device: str, explain: bool,
-                threads: int | None):
+def _open_model(model_dir: Path, card: dict, *, device: str, explain: bool, threads: int | None):
     """The ONNX backend and, with ``explain``, the Grad-CAM explainer."""
     backend = ImageBackend(model_dir, card, device=device)
     explainer = _explainer(model_dir, card, device, threads) if explain else None
@@ -329,8 +401,19 @@ def _open_model(model_dir: Path, card: dict, *, device: str, explain: bool,
     return backend, explainer
 
 
-def _run_record(model_dir: Path, raw_dir: Path, lesions_dir: Path, out_dir: Path, card: dict, *,
-                aggregate: str, session: str | None, explain: bool, backend, explainer):
+def _run_record(
+    model_dir: Path,
+    raw_dir: Path,
+    lesions_dir: Path,
+    out_dir: Path,
+    card: dict,
+    *,
+    aggregate: str,
+    session: str | None,
+    explain: bool,
+    backend,
+    explainer,
+):
     """(provenance step, sidecar extra keys, models, model files) of an image predict run;
     writes the dataset description."""
     from metcli.io.files import sha256_file
@@ -341,17 +424,33 @@ def _run_record(model_dir: Path, raw_dir: Path, lesions_dir: Path, out_dir: Path
     if explain:
         model_files.append(model_dir / "checkpoint.pt")
     model_sha = sha256_file(model_dir / "model.onnx")
-    step = Step(COMMAND, out_dir, {"model": model_dir, "raw": raw_dir, "lesions": lesions_dir},
-                {"model_sha256": model_sha, "aggregate": aggregate, "session": session,
-                 "explain": bool(explain)})
-    write_dataset_description(out_dir, name="metcli predict",
-                              sources={"model": model_dir, "raw": raw_dir, "lesions": lesions_dir},
-                              description=f"predictions of model {card['name']}")
-    extra = {"model": card["name"], "classes": card["classes"],
-             "positive_class": card["positive_class"], "threshold": card["threshold"],
-             "threshold_source": card["threshold_source"],
-             "lesion_aggregate": card["lesion_aggregate"], "patient_aggregate": aggregate,
-             "ExecutionProvider": backend.provider if backend is not None else None}
+    step = Step(
+        COMMAND,
+        out_dir,
+        {"model": model_dir, "raw": raw_dir, "lesions": lesions_dir},
+        {
+            "model_sha256": model_sha,
+            "aggregate": aggregate,
+            "session": session,
+            "explain": bool(explain),
+        },
+    )
+    write_dataset_description(
+        out_dir,
+        name="metcli predict",
+        sources={"model": model_dir, "raw": raw_dir, "lesions": lesions_dir},
+        description=f"predictions of model {card['name']}",
+    )
+    extra = {
+        "model": card["name"],
+        "classes": card["classes"],
+        "positive_class": card["positive_class"],
+        "threshold": card["threshold"],
+        "threshold_source": card["threshold_source"],
+        "lesion_aggregate": card["lesion_aggregate"],
+        "patient_aggregate": aggregate,
+        "ExecutionProvider": backend.provider if backend is not None else None,
+    }
     if explainer is not None:
         extra["TorchThreads"] = explainer.threads
     for key in ("positive_class", "threshold"):  # none for a multi-class model
@@ -359,14 +458,15 @@ def _run_record(model_dir: Path, raw_dir: Path, lesions_dir: Path, out_dir: Path
             del extra[key]
     models = [{"name": card["name"], "sha256": model_sha}]
     if explain:
-        models.append({"name": f"{card['name']} checkpoint.pt",
-                       "sha256": card["checkpoint"]["sha256"]})
+        models.append(
+            {"name": f"{card['name']} checkpoint.pt", "sha256": card["checkpoint"]["sha256"]}
+        )
     return step, extra, models, model_files
 
 
 def _explainer(model_dir: Path, card: dict, device: str, threads: int | None = None):
-    from metcli.core.devices import torch_device
     from metcli.cnn.gradcam import GradCam, load_network
+    from metcli.core.devices import torch_device
 
     net = load_network(model_dir, card, device=torch_device(device))
     return GradCam(net, card["architecture"], threads=threads)
@@ -381,84 +481,120 @@ def _predictions_path(out_dir: Path, job: ImageJob) -> tuple[Path, Path]:
     return path, sidecar_path(path)
 
 
-def _predict_participant(backend: ImageBackend, explainer, job: ImageJob, card: dict,
-                         aggregate: str, out_dir: Path):
+def _predict_participant(
+    backend: ImageBackend, explainer, job: ImageJob, card: dict, aggregate: str, out_dir: Path
+):
     """(prediction rows, [(png path, sidecar path, rgb array, sidecar extra)] for --explain)."""
-    from metcli.lesions.maps import kept_lesion_ids
     from metcli.io.predictions import prediction_rows
+    from metcli.lesions.maps import kept_lesion_ids
 
     ids = kept_lesion_ids(job.lesion_table)
     if not ids:
-        raise InputError("no lesion kept by split-lesions (kept is false in every row)",
-                         path=job.lesion_table, fix="nothing to predict for this participant")
+        raise InputError(
+            "no lesion kept by split-lesions (kept is false in every row)",
+            path=job.lesion_table,
+            fix="nothing to predict for this participant",
+        )
     lesions = backend.lesion_inputs(job, ids)
     for lesion in lesions:
         if not len(lesion.images):
-            raise MaskError(f"lesion {lesion.lesion_id} has no voxel in the lesion map",
-                            path=job.lesion_map, fix="run split-lesions again")
+            raise MaskError(
+                f"lesion {lesion.lesion_id} has no voxel in the lesion map",
+                path=job.lesion_map,
+                fix="run split-lesions again",
+            )
     proba, per_slice = backend.lesion_probabilities(lesions)
-    rows = prediction_rows([job.participant_id] * len(lesions),
-                           [lesion.lesion_id for lesion in lesions], proba, card["classes"],
-                           model=card["name"], set_name="test",
-                           positive=card["positive_class"], threshold=card["threshold"],
-                           aggregate=aggregate)
+    rows = prediction_rows(
+        [job.participant_id] * len(lesions),
+        [lesion.lesion_id for lesion in lesions],
+        proba,
+        card["classes"],
+        model=card["name"],
+        set_name="test",
+        positive=card["positive_class"],
+        threshold=card["threshold"],
+        aggregate=aggregate,
+    )
     pictures = []
     if explainer is not None:
         predicted = {r["lesion_id"]: r["predicted"] for r in rows if r["level"] == "lesion"}
         for lesion, slice_probs in zip(lesions, per_slice):
-            pictures.append(_gradcam_picture(explainer, job, lesion, slice_probs,
-                                             predicted[lesion.lesion_id], card, out_dir))
+            pictures.append(
+                _gradcam_picture(
+                    explainer, job, lesion, slice_probs, predicted[lesion.lesion_id], card, out_dir
+                )
+            )
     return rows, pictures
 
 
-def _gradcam_picture(explainer, job: ImageJob, lesion, slice_probs: np.ndarray, label: str,
-                     card: dict, out_dir: Path):
+def _gradcam_picture(
+    explainer, job: ImageJob, lesion, slice_probs: np.ndarray, label: str, card: dict, out_dir: Path
+):
     """The PNG (as an array) and sidecar content of one lesion's heat map."""
-    from metcli.io.bids import Entities, derivative_path, sidecar_path
     from metcli.cnn.gradcam import ALPHA, COLORMAP, overlay
+    from metcli.io.bids import Entities, derivative_path, sidecar_path
 
     class_index = list(card["classes"]).index(label)
     channels = list(card["input"]["channels"])
-    if lesion.images.ndim == 5:                        # 3D: one cube per lesion
+    if lesion.images.ndim == 5:  # 3D: one cube per lesion
         heat = explainer(lesion.images, class_index)[0]
         middle = heat.shape[0] // 2
         picture, heat = lesion.images[0, 0, middle], heat[middle]
-        where = {"cube_slice": middle,
-                 "slice_choice": "the central axial slice of the lesion's cube",
-                 "probability": float(slice_probs[0, class_index])}
+        where = {
+            "cube_slice": middle,
+            "slice_choice": "the central axial slice of the lesion's cube",
+            "probability": float(slice_probs[0, class_index]),
+        }
     else:
         best = int(np.argmax(slice_probs[:, class_index]))  # first of equals: most inferior
-        heat = explainer(lesion.images[best:best + 1], class_index)[0]
+        heat = explainer(lesion.images[best : best + 1], class_index)[0]
         picture = lesion.images[best, 0]
-        where = {"slice_index": int(lesion.slice_indices[best]),
-                 "slice_choice": "the slice where the predicted class is most probable",
-                 "probability": float(slice_probs[best, class_index]),
-                 "slices": len(lesion.images)}
+        where = {
+            "slice_index": int(lesion.slice_indices[best]),
+            "slice_choice": "the slice where the predicted class is most probable",
+            "probability": float(slice_probs[best, class_index]),
+            "slices": len(lesion.images),
+        }
     rgb = overlay(picture, heat)
     sub, ses, ce = job.key
-    entities = Entities(sub=sub, ses=ses, ce=ce, lesion=str(lesion.lesion_id),
-                        suffix=GRADCAM_SUFFIX, extension=".png")
+    entities = Entities(
+        sub=sub,
+        ses=ses,
+        ce=ce,
+        lesion=str(lesion.lesion_id),
+        suffix=GRADCAM_SUFFIX,
+        extension=".png",
+    )
     path = derivative_path(Path(out_dir), entities, suffix=GRADCAM_SUFFIX, extension=".png")
-    info = {"Description": f"Grad-CAM heat map of class {label} over the network's input "
-                           f"slice of lesion {lesion.lesion_id} of {job.participant_id}",
-            "lesion_id": int(lesion.lesion_id), "class": label, **where,
-            "channel": channels[0], "method": "Grad-CAM (monai.visualize.GradCAM)",
-            "target_layer": explainer.target_layer, "architecture": explainer.arch,
-            "heat_map_scaling": "divided by its maximum (0: no positive evidence)",
-            "colormap": COLORMAP, "max_opacity": ALPHA,
-            "image": "the preprocessed network input (window, blackened surroundings, square "
-                     "crop, resize); rows anterior to posterior, columns right to left",
-            "checkpoint_sha256": card["checkpoint"]["sha256"],
-            "heat_map_max": float(heat.max()), "heat_map_mean": float(heat.mean()),
-            "TorchThreads": explainer.threads}
+    info = {
+        "Description": f"Grad-CAM heat map of class {label} over the network's input "
+        f"slice of lesion {lesion.lesion_id} of {job.participant_id}",
+        "lesion_id": int(lesion.lesion_id),
+        "class": label,
+        **where,
+        "channel": channels[0],
+        "method": "Grad-CAM (monai.visualize.GradCAM)",
+        "target_layer": explainer.target_layer,
+        "architecture": explainer.arch,
+        "heat_map_scaling": "divided by its maximum (0: no positive evidence)",
+        "colormap": COLORMAP,
+        "max_opacity": ALPHA,
+        "image": "the preprocessed network input (window, blackened surroundings, square "
+        "crop, resize); rows anterior to posterior, columns right to left",
+        "checkpoint_sha256": card["checkpoint"]["sha256"],
+        "heat_map_max": float(heat.max()),
+        "heat_map_mean": float(heat.mean()),
+        "TorchThreads": explainer.threads,
+    }
     return path, sidecar_path(path), rgb, info
 
 
-def _write_participant(out_dir, job, path, sidecar, rows, pictures, card, step, inputs, extra,
-                       models) -> None:
+def _write_participant(
+    out_dir, job, path, sidecar, rows, pictures, card, step, inputs, extra, models
+) -> None:
     """Heat-map PNGs (each with its sidecar), then the predictions and their sidecar, together."""
-    from metcli.io.files import OutputSet, write_tsv_to
     from metcli.cnn.gradcam import write_png
+    from metcli.io.files import OutputSet, write_tsv_to
     from metcli.io.predictions import prediction_columns
 
     with OutputSet() as outs:
@@ -467,15 +603,22 @@ def _write_participant(out_dir, job, path, sidecar, rows, pictures, card, step, 
             tmp = outs.path(png)
             write_png(rgb, tmp)
             produced[png] = tmp
-            step.write_sidecar(outs, png_sidecar, inputs, {png: tmp}, models=models,
-                               extra=info)
+            step.write_sidecar(outs, png_sidecar, inputs, {png: tmp}, models=models, extra=info)
         tmp = outs.path(path)
-        write_tsv_to(rows, prediction_columns(card["classes"]), tmp, schema="predictions",
-                     where=path)
+        write_tsv_to(
+            rows, prediction_columns(card["classes"]), tmp, schema="predictions", where=path
+        )
         produced = {path: tmp, **produced}
-        step.write_sidecar(outs, sidecar, inputs, produced, models=models, extra={
-            "Description": f"Predictions of model {card['name']} for {job.participant_id}: "
-                           "one row per lesion and one for the patient",
-            "Lesions": sum(1 for r in rows if r["level"] == "lesion"), **extra})
-
-
+        step.write_sidecar(
+            outs,
+            sidecar,
+            inputs,
+            produced,
+            models=models,
+            extra={
+                "Description": f"Predictions of model {card['name']} for {job.participant_id}: "
+                "one row per lesion and one for the patient",
+                "Lesions": sum(1 for r in rows if r["level"] == "lesion"),
+                **extra,
+            },
+        )

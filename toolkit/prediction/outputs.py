@@ -22,18 +22,25 @@ def load_card(model_dir: Path) -> dict:
     card_path, onnx_path = model_dir / "model.json", model_dir / "model.onnx"
     for path in (card_path, onnx_path):
         if not path.is_file():
-            raise InputError(f"not a metcli model directory: {path.name} is missing",
-                             path=model_dir, fix="give a folder that train-radiomics wrote "
-                                                 "(<classifier>_<sampler>/)")
+            raise InputError(
+                f"not a metcli model directory: {path.name} is missing",
+                path=model_dir,
+                fix="give a folder that train-radiomics wrote (<classifier>_<sampler>/)",
+            )
     card = read_json(card_path)
     from metcli.io.schemas import validate
 
-    validate(card, "cnn_card" if isinstance(card, dict) and card.get("kind") == "image"
-             else "model_card", where=card_path)
+    validate(
+        card,
+        "cnn_card" if isinstance(card, dict) and card.get("kind") == "image" else "model_card",
+        where=card_path,
+    )
     if sha256_file(onnx_path) != card["onnx"]["sha256"]:
-        raise InputError("model.onnx does not match the sha256 in its card", path=onnx_path,
-                         fix="copy the model directory again (model.onnx and model.json "
-                             "belong together)")
+        raise InputError(
+            "model.onnx does not match the sha256 in its card",
+            path=onnx_path,
+            fix="copy the model directory again (model.onnx and model.json belong together)",
+        )
     return card
 
 
@@ -49,15 +56,20 @@ def participant_path(out_dir: Path, key) -> Path:
 
     pid, ses, phase = key[:3]
     try:
-        entities = Entities(sub=pid[4:], ses=ses, ce=phase, suffix="predictions",
-                            extension=".tsv")
+        entities = Entities(sub=pid[4:], ses=ses, ce=phase, suffix="predictions", extension=".tsv")
     except MetcliError as exc:
         raise InputError(f"{pid}: {exc.what}") from None
     return derivative_path(out_dir, entities, suffix="predictions", extension=".tsv")
 
 
-def current_predictions(step, path: Path, pid: str, *, inputs: list[dict] | None = None,
-                        roots: dict[str, Path] | None = None):
+def current_predictions(
+    step,
+    path: Path,
+    pid: str,
+    *,
+    inputs: list[dict] | None = None,
+    roots: dict[str, Path] | None = None,
+):
     """(rows, input records, sidecar) of a participant's predictions that are current.
 
     Current: the skip rule holds for ``inputs`` (image models: the
@@ -70,10 +82,13 @@ def current_predictions(step, path: Path, pid: str, *, inputs: list[dict] | None
     from metcli.io.files import read_json
 
     sidecar = sidecar_of(path)
-    stale = InputError(f"no current predictions of {pid} (missing, or made from other inputs "
-                       "or with other settings than this run's)", path=path,
-                       fix=f"run predict with --participant-label {pid[4:]} and the same model, "
-                           "inputs and options first")
+    stale = InputError(
+        f"no current predictions of {pid} (missing, or made from other inputs "
+        "or with other settings than this run's)",
+        path=path,
+        fix=f"run predict with --participant-label {pid[4:]} and the same model, "
+        "inputs and options first",
+    )
     if not sidecar.is_file():
         raise stale
     try:
@@ -81,8 +96,10 @@ def current_predictions(step, path: Path, pid: str, *, inputs: list[dict] | None
     except InputError:
         raise stale from None
     if inputs is None:
-        files = [_input_file(record, roots or {}) for record in
-                 ((doc.get("Provenance") or {}).get("inputs") or [])]
+        files = [
+            _input_file(record, roots or {})
+            for record in ((doc.get("Provenance") or {}).get("inputs") or [])
+        ]
         if not files or any(f is None for f in files):
             raise stale
         inputs = step.inputs(files)
@@ -117,13 +134,22 @@ def recorded_extra(extra: dict, sidecars: Sequence[dict]) -> dict:
 
 
 def rows_for(card, pid, lesion_ids, proba, aggregate) -> list[dict]:
-    return prediction_rows([pid] * len(lesion_ids), lesion_ids, proba, card["classes"],
-                           model=card["name"], set_name="test", positive=card["positive_class"],
-                           threshold=card["threshold"], aggregate=aggregate)
+    return prediction_rows(
+        [pid] * len(lesion_ids),
+        lesion_ids,
+        proba,
+        card["classes"],
+        model=card["name"],
+        set_name="test",
+        positive=card["positive_class"],
+        threshold=card["threshold"],
+        aggregate=aggregate,
+    )
 
 
-def write_participant(out_dir, key, rows, card, step, inputs, extra, models, overwrite,
-                       report) -> str:
+def write_participant(
+    out_dir, key, rows, card, step, inputs, extra, models, overwrite, report
+) -> str:
     from metcli.io.bids import sidecar_path
     from metcli.io.files import OutputSet, write_tsv_to
 
@@ -135,11 +161,21 @@ def write_participant(out_dir, key, rows, card, step, inputs, extra, models, ove
         return SKIPPED
     with OutputSet() as outs:
         tmp = outs.path(path)
-        write_tsv_to(rows, prediction_columns(card["classes"]), tmp, schema="predictions",
-                     where=path)
-        step.write_sidecar(outs, sidecar, inputs, {path: tmp}, models=models, extra={
-            "Description": f"Predictions of model {card['name']} for {pid}: one row per "
-                           "lesion and one for the patient", **extra})
+        write_tsv_to(
+            rows, prediction_columns(card["classes"]), tmp, schema="predictions", where=path
+        )
+        step.write_sidecar(
+            outs,
+            sidecar,
+            inputs,
+            {path: tmp},
+            models=models,
+            extra={
+                "Description": f"Predictions of model {card['name']} for {pid}: one row per "
+                "lesion and one for the patient",
+                **extra,
+            },
+        )
     return DONE
 
 
@@ -149,17 +185,27 @@ def write_group(out_dir, rows, card, step, inputs, extra, models, overwrite) -> 
 
     path = Path(out_dir) / GROUP_TABLE
     sidecar = sidecar_path(path)
-    rows = sorted(rows, key=lambda r: (r["participant_id"], r["level"] != "lesion",
-                                       r["lesion_id"] or 0))
+    rows = sorted(
+        rows, key=lambda r: (r["participant_id"], r["level"] != "lesion", r["lesion_id"] or 0)
+    )
     if not overwrite and step.is_done(sidecar, inputs) and _same_rows(path, rows, card):
         return [path, sidecar]
     with OutputSet() as outs:
         tmp = outs.path(path)
-        write_tsv_to(rows, prediction_columns(card["classes"]), tmp, schema="predictions",
-                     where=path)
-        step.write_sidecar(outs, sidecar, inputs, {path: tmp}, models=models, extra={
-            "Description": f"Predictions of model {card['name']} for every participant",
-            **extra})
+        write_tsv_to(
+            rows, prediction_columns(card["classes"]), tmp, schema="predictions", where=path
+        )
+        step.write_sidecar(
+            outs,
+            sidecar,
+            inputs,
+            {path: tmp},
+            models=models,
+            extra={
+                "Description": f"Predictions of model {card['name']} for every participant",
+                **extra,
+            },
+        )
     return [path, sidecar]
 
 
@@ -169,8 +215,9 @@ def _same_rows(path: Path, rows, card) -> bool:
     return path.read_text(encoding="utf-8") == tsv_text(rows, prediction_columns(card["classes"]))
 
 
-def check_run_options(aggregate: str, threads: int | None, participant_label, level: str | None
-                      ) -> tuple[list[str] | None, bool, bool]:
+def check_run_options(
+    aggregate: str, threads: int | None, participant_label, level: str | None
+) -> tuple[list[str] | None, bool, bool]:
     """predict's shared checks: (participant labels or None, run the participant level,
     run the group level)."""
     from metcli.core.errors import UsageError
@@ -181,6 +228,9 @@ def check_run_options(aggregate: str, threads: int | None, participant_label, le
     if aggregate not in AGGREGATES:
         raise UsageError(f"--aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")
     check_threads(threads)
-    labels = [participant_label] if isinstance(participant_label, str) else (
-        list(participant_label) if participant_label else None)
+    labels = (
+        [participant_label]
+        if isinstance(participant_label, str)
+        else (list(participant_label) if participant_label else None)
+    )
     return (labels, *resolve_levels(level, labels))

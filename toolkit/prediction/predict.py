@@ -20,7 +20,8 @@ patient's probabilities are the mean of its lesions' (``aggregate="mean"``),
 their maximum, or the share of its lesions predicted as each class (``vote``,
 majority; a tie goes to the positive class).
 
-Outputs of predict, in that format with the card's threshold (set ``test``): per participant ``sub-<id>/[ses-<s>/]anat/sub-<id>[_ses-<s>][_ce-<phase>]_predictions.tsv``
+Outputs of predict, in that format with the card's threshold (set ``test``): per
+participant ``sub-<id>/[ses-<s>/]anat/sub-<id>[_ses-<s>][_ce-<phase>]_predictions.tsv``
 and, at the group level, ``predictions.tsv``; each with a JSON sidecar (classes,
 positive class, threshold and its source, the model and its sha256).
 
@@ -38,7 +39,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
-
 
 from metcli.core.batch import BatchReport
 from metcli.core.devices import check_device
@@ -59,11 +59,22 @@ BACKENDS: dict[str, Callable[..., Any]] = {"radiomics": RadiomicsBackend, "image
 BACKENDS["radiomics-hierarchy"] = RadiomicsBackend
 
 
-def predict(model_dir, inputs: Sequence[Path], out_dir, *, participants=None,
-            aggregate: str = "mean", device: str = "auto", session: str | None = None,
-            explain: bool = False, participant_label: Sequence[str] | str | None = None,
-            level: str | None = None, threads: int | None = None, overwrite: bool = False,
-            progress: Callable[[str, str], None] | None = None) -> BatchReport:
+def predict(
+    model_dir,
+    inputs: Sequence[Path],
+    out_dir,
+    *,
+    participants=None,
+    aggregate: str = "mean",
+    device: str = "auto",
+    session: str | None = None,
+    explain: bool = False,
+    participant_label: Sequence[str] | str | None = None,
+    level: str | None = None,
+    threads: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str, str], None] | None = None,
+) -> BatchReport:
     """Predict every participant of ``inputs`` with the model in ``model_dir``.
 
     Args:
@@ -82,8 +93,9 @@ def predict(model_dir, inputs: Sequence[Path], out_dir, *, participants=None,
     """
 
     check_device(device)
-    labels, do_participants, do_group = check_run_options(aggregate, threads, participant_label,
-                                                          level)
+    labels, do_participants, do_group = check_run_options(
+        aggregate, threads, participant_label, level
+    )
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     inputs = [Path(p) for p in inputs]
     if not inputs:
@@ -91,18 +103,45 @@ def predict(model_dir, inputs: Sequence[Path], out_dir, *, participants=None,
     card = load_card(model_dir)
     backend_class = BACKENDS.get(card["kind"])
     if backend_class is None:
-        raise InputError(f"predict cannot run {card['kind']} models yet", path=model_dir,
-                         fix=f"use a model of kind {', '.join(BACKENDS)}")
+        raise InputError(
+            f"predict cannot run {card['kind']} models yet",
+            path=model_dir,
+            fix=f"use a model of kind {', '.join(BACKENDS)}",
+        )
     if hasattr(backend_class, "predict"):  # image models: CT + lesion maps, one by one
-        return backend_class.predict(model_dir, card, inputs, out_dir, aggregate=aggregate,
-                                     device=device, session=session, explain=explain,
-                                     participants=participants, participant_label=labels,
-                                     level=level, threads=threads, overwrite=overwrite,
-                                     progress=progress)
+        return backend_class.predict(
+            model_dir,
+            card,
+            inputs,
+            out_dir,
+            aggregate=aggregate,
+            device=device,
+            session=session,
+            explain=explain,
+            participants=participants,
+            participant_label=labels,
+            level=level,
+            threads=threads,
+            overwrite=overwrite,
+            progress=progress,
+        )
     if explain:
-        raise UsageError(f"--explain needs an image model (train-cnn); {card['name']} is a "
-                         f"{card['kind']} model", fix="leave out --explain")
-    return predict_radiomics(model_dir, card, inputs, out_dir, backend_class=backend_class,
-                             participants=participants, aggregate=aggregate, device=device,
-                             session=session, labels=labels, levels=(do_participants, do_group),
-                             overwrite=overwrite, progress=progress)
+        raise UsageError(
+            f"--explain needs an image model (train-cnn); {card['name']} is a {card['kind']} model",
+            fix="leave out --explain",
+        )
+    return predict_radiomics(
+        model_dir,
+        card,
+        inputs,
+        out_dir,
+        backend_class=backend_class,
+        participants=participants,
+        aggregate=aggregate,
+        device=device,
+        session=session,
+        labels=labels,
+        levels=(do_participants, do_group),
+        overwrite=overwrite,
+        progress=progress,
+    )

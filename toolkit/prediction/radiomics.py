@@ -12,9 +12,16 @@ import numpy as np
 from metcli.core.batch import FAILED, SKIPPED, BatchReport, run_each
 from metcli.core.devices import onnx_session
 from metcli.core.errors import InputError, MetcliError, UsageError
-from metcli.prediction.outputs import (COMMAND, current_predictions, participant_path,
-                                       recorded_extra, rows_for, sidecar_of, write_group,
-                                       write_participant)
+from metcli.prediction.outputs import (
+    COMMAND,
+    current_predictions,
+    participant_path,
+    recorded_extra,
+    rows_for,
+    sidecar_of,
+    write_group,
+    write_participant,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +32,7 @@ class Prepared:
 
     keys: list[tuple[str, str | None, str | None, int]]
     values: np.ndarray
-    failed: dict[str, str] = field(default_factory=dict)       # participant -> reason
+    failed: dict[str, str] = field(default_factory=dict)  # participant -> reason
     dropped_lesions: dict[str, int] = field(default_factory=dict)
     sources: list[Path] = field(default_factory=list)
 
@@ -41,8 +48,14 @@ class RadiomicsBackend:
         self.session = onnx_session(Path(model_dir) / "model.onnx", providers=providers)
         self.provider = self.session.get_providers()[0]
 
-    def prepare(self, inputs: Sequence[Path], *, participants: Path | None = None,
-                session: str | None = None, only: set[str] | None = None) -> Prepared:
+    def prepare(
+        self,
+        inputs: Sequence[Path],
+        *,
+        participants: Path | None = None,
+        session: str | None = None,
+        only: set[str] | None = None,
+    ) -> Prepared:
         """The graph's inputs of every lesion of ``inputs`` (features tables).
 
         ``participants``: participants.tsv with the covariates; ``only``: the
@@ -57,18 +70,21 @@ class RadiomicsBackend:
         lacking = set()
         if only is not None:
             lacking = set(only) - {k[0] for k in table.keys}
-            table = table.take(np.flatnonzero(np.array([k[0] in only for k in table.keys],
-                                                       dtype=bool)))
+            table = table.take(
+                np.flatnonzero(np.array([k[0] in only for k in table.keys], dtype=bool))
+            )
         where = table.tables[0]
         self._check_settings(table.settings_sha256, where)
         features = [i for i in card["inputs"] if i["source"] == "features"]
         missing = [i["column"] for i in features if i["column"] not in table.feature_names]
         if missing:
-            raise InputError(f"the features lack {', '.join(missing[:3])}"
-                             + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-                             + f", input(s) of model {card['name']}", path=where,
-                             fix="give features extracted with the model's settings (see "
-                                 "inputs in model.json)")
+            raise InputError(
+                f"the features lack {', '.join(missing[:3])}"
+                + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                + f", input(s) of model {card['name']}",
+                path=where,
+                fix="give features extracted with the model's settings (see inputs in model.json)",
+            )
         values = np.full((len(table.keys), len(card["inputs"])), np.nan)
         column = {n: j for j, n in enumerate(table.feature_names)}
         for item in features:
@@ -79,17 +95,22 @@ class RadiomicsBackend:
         covariates = [i for i in card["inputs"] if i["source"] == "participants"]
         if covariates:
             if participants is None:
-                raise UsageError(f"model {card['name']} uses covariates ("
-                                 f"{', '.join(sorted({i['column'] for i in covariates}))})",
-                                 fix="give participants.tsv with --participants")
+                raise UsageError(
+                    f"model {card['name']} uses covariates ("
+                    f"{', '.join(sorted({i['column'] for i in covariates}))})",
+                    fix="give participants.tsv with --participants",
+                )
             rows = {r["participant_id"]: r for r in read_label_rows(participants, None)}
             wanted = sorted({k[0] for k in table.keys})
             spec, encoded, lacking = encode_covariates(
-                {p: rows.get(p, {}) for p in wanted}, [], spec=covariates)
+                {p: rows.get(p, {}) for p in wanted}, [], spec=covariates
+            )
             for pid in lacking:
-                prepared.failed[pid] = (f"no value of covariate(s) "
-                                        f"{', '.join(sorted({i['column'] for i in spec}))} in "
-                                        f"{Path(participants).name}")
+                prepared.failed[pid] = (
+                    f"no value of covariate(s) "
+                    f"{', '.join(sorted({i['column'] for i in spec}))} in "
+                    f"{Path(participants).name}"
+                )
             for r, key in enumerate(table.keys):
                 if key[0] in encoded:
                     for item, value in zip(spec, encoded[key[0]]):
@@ -100,9 +121,11 @@ class RadiomicsBackend:
             if pid not in prepared.failed:
                 prepared.dropped_lesions[pid] = prepared.dropped_lesions.get(pid, 0) + 1
         if prepared.dropped_lesions:
-            log.warning("%d lesion(s) with a missing input value left out (%s)",
-                        sum(prepared.dropped_lesions.values()),
-                        ", ".join(sorted(prepared.dropped_lesions)))
+            log.warning(
+                "%d lesion(s) with a missing input value left out (%s)",
+                sum(prepared.dropped_lesions.values()),
+                ", ".join(sorted(prepared.dropped_lesions)),
+            )
         keep = ~incomplete
         for pid in {k[0] for k in table.keys} - {k[0] for k, ok in zip(table.keys, keep) if ok}:
             prepared.failed.setdefault(pid, "no lesion with every input value")
@@ -113,23 +136,31 @@ class RadiomicsBackend:
     def _check_settings(self, found: str | None, where: Path) -> None:
         expected = self.card.get("extraction_settings_sha256")
         if expected is None:
-            log.warning("model %s records no extraction settings; the features' settings "
-                        "cannot be checked", self.card["name"])
+            log.warning(
+                "model %s records no extraction settings; the features' settings cannot be checked",
+                self.card["name"],
+            )
             return
         if found is None:
-            raise InputError(f"the features' sidecar records no extraction settings; model "
-                             f"{self.card['name']} needs extraction_settings_sha256 "
-                             f"{expected[:12]}...", path=where,
-                             fix="give the features table with the JSON sidecar extract wrote")
+            raise InputError(
+                f"the features' sidecar records no extraction settings; model "
+                f"{self.card['name']} needs extraction_settings_sha256 "
+                f"{expected[:12]}...",
+                path=where,
+                fix="give the features table with the JSON sidecar extract wrote",
+            )
         if found != expected:
-            raise InputError(f"the features were extracted with other settings "
-                             f"(extraction_settings_sha256 {found[:12]}...) than model "
-                             f"{self.card['name']} was trained on ({expected[:12]}...)",
-                             path=where, fix="extract the features again with the settings "
-                                             "of the model's training data")
+            raise InputError(
+                f"the features were extracted with other settings "
+                f"(extraction_settings_sha256 {found[:12]}...) than model "
+                f"{self.card['name']} was trained on ({expected[:12]}...)",
+                path=where,
+                fix="extract the features again with the settings of the model's training data",
+            )
 
     def run(self, values: np.ndarray) -> np.ndarray:
         from metcli.radiomics import onnx as onnx_export
+
         if not len(values):
             return np.zeros((0, len(self.card["classes"])))
         return onnx_export.probabilities(self.session, self.names, values)
@@ -140,14 +171,16 @@ def read_feature_rows(card: dict, tables: Sequence[Path], *, session: str | None
     from metcli.radiomics.data import read_features
 
     try:
-        return read_features(tables, phase=card.get("phase"), session=session,
-                             phase_option="the model's phase")
+        return read_features(
+            tables, phase=card.get("phase"), session=session, phase_option="the model's phase"
+        )
     except UsageError as exc:
         raise InputError(exc.what, path=tables[0], fix=exc.fix) from None
 
 
-def feature_tables(inputs: Sequence[Path], labels: Sequence[str] | None, *,
-                   own_tables: bool = True) -> tuple[list[Path], set[str] | None]:
+def feature_tables(
+    inputs: Sequence[Path], labels: Sequence[str] | None, *, own_tables: bool = True
+) -> tuple[list[Path], set[str] | None]:
     """(features tables to read, participant ids to keep or None for all) of radiomics INPUTs.
 
     A features table is read whole and its rows are kept for the chosen
@@ -157,28 +190,36 @@ def feature_tables(inputs: Sequence[Path], labels: Sequence[str] | None, *,
     :class:`UsageError` naming it.
     """
     from metcli.io.bids import find_files, select_participants
-    from metcli.radiomics.extract import DESC, SUFFIX
     from metcli.io.files import read_tsv
     from metcli.radiomics.data import features_table_path
+    from metcli.radiomics.extract import DESC, SUFFIX
 
     found: list = []
     available: set[str] = set()
     for path in inputs:
-        own = (find_files(path, suffix=SUFFIX, desc=DESC, extension=".tsv")
-               if own_tables and path.is_dir() else [])
+        own = (
+            find_files(path, suffix=SUFFIX, desc=DESC, extension=".tsv")
+            if own_tables and path.is_dir()
+            else []
+        )
         if own:
             available.update(a.entities.sub for a in own)
             found.append(own)
         else:
             table = features_table_path(path)
             if labels:
-                available.update(str(r.get("participant_id", ""))[4:]
-                                 for r in read_tsv(table, required=("participant_id",)))
+                available.update(
+                    str(r.get("participant_id", ""))[4:]
+                    for r in read_tsv(table, required=("participant_id",))
+                )
             found.append(table)
     chosen = None
     if labels:
-        chosen = set(select_participants(sorted(available), labels,
-                                         where=inputs[0] if len(inputs) == 1 else None))
+        chosen = set(
+            select_participants(
+                sorted(available), labels, where=inputs[0] if len(inputs) == 1 else None
+            )
+        )
     tables: list[Path] = []
     for item in found:
         if isinstance(item, list):
@@ -202,8 +243,21 @@ def owner(table: Path) -> str | None:
     return entities.participant_id
 
 
-def radiomics_group(card, tables, chosen, out_dir, step, roots, extra, models, *, session,
-                     overwrite, progress, report) -> BatchReport:
+def radiomics_group(
+    card,
+    tables,
+    chosen,
+    out_dir,
+    step,
+    roots,
+    extra,
+    models,
+    *,
+    session,
+    overwrite,
+    progress,
+    report,
+) -> BatchReport:
     """``predictions.tsv`` from the participants' current ``..._predictions.tsv`` (group level)."""
     table = read_feature_rows(card, tables, session=session)
     first: dict[str, tuple] = {}
@@ -225,8 +279,18 @@ def radiomics_group(card, tables, chosen, out_dir, step, roots, extra, models, *
 
     run_each(sorted(first), key=lambda p: p, work=work, progress=progress, report=report)
     if all_rows:
-        report.outputs.extend(write_group(out_dir, all_rows, card, step, used,
-                                           recorded_extra(extra, recorded), models, overwrite))
+        report.outputs.extend(
+            write_group(
+                out_dir,
+                all_rows,
+                card,
+                step,
+                used,
+                recorded_extra(extra, recorded),
+                models,
+                overwrite,
+            )
+        )
     return report
 
 
@@ -242,8 +306,16 @@ class RadiomicsRun:
     participants_table: Path | None
 
 
-def _run_context(model_dir: Path, card: dict, inputs: Sequence[Path], out_dir: Path, *,
-                 participants, aggregate: str, session: str | None) -> RadiomicsRun:
+def _run_context(
+    model_dir: Path,
+    card: dict,
+    inputs: Sequence[Path],
+    out_dir: Path,
+    *,
+    participants,
+    aggregate: str,
+    session: str | None,
+) -> RadiomicsRun:
     from metcli.io.files import sha256_file
     from metcli.io.provenance import Step
 
@@ -257,24 +329,46 @@ def _run_context(model_dir: Path, card: dict, inputs: Sequence[Path], out_dir: P
             participants_table = participants_table / "participants.tsv"
         roots["participants"] = participants_table.parent
     model_sha = sha256_file(model_dir / "model.onnx")
-    step = Step(COMMAND, out_dir, roots, {"model_sha256": model_sha, "aggregate": aggregate,
-                                          "session": session})
-    extra = {"model": card["name"], "classes": card["classes"],
-             "positive_class": card["positive_class"], "threshold": card["threshold"],
-             "threshold_source": card["threshold_source"],
-             "selected": bool(card.get("selected_by_cv", False)),
-             "patient_aggregate": aggregate, "ExecutionProvider": None}
+    step = Step(
+        COMMAND,
+        out_dir,
+        roots,
+        {"model_sha256": model_sha, "aggregate": aggregate, "session": session},
+    )
+    extra = {
+        "model": card["name"],
+        "classes": card["classes"],
+        "positive_class": card["positive_class"],
+        "threshold": card["threshold"],
+        "threshold_source": card["threshold_source"],
+        "selected": bool(card.get("selected_by_cv", False)),
+        "patient_aggregate": aggregate,
+        "ExecutionProvider": None,
+    }
     for key in ("positive_class", "threshold"):  # none for a multi-class model
         if extra[key] is None:
             del extra[key]
-    return RadiomicsRun(step, roots, extra, [{"name": card["name"], "sha256": model_sha}],
-                        participants_table)
+    return RadiomicsRun(
+        step, roots, extra, [{"name": card["name"], "sha256": model_sha}], participants_table
+    )
 
 
-def predict_radiomics(model_dir: Path, card: dict, inputs: Sequence[Path], out_dir: Path, *,
-                      backend_class, participants, aggregate: str, device: str,
-                      session: str | None, labels: list[str] | None,
-                      levels: tuple[bool, bool], overwrite: bool, progress) -> BatchReport:
+def predict_radiomics(
+    model_dir: Path,
+    card: dict,
+    inputs: Sequence[Path],
+    out_dir: Path,
+    *,
+    backend_class,
+    participants,
+    aggregate: str,
+    device: str,
+    session: str | None,
+    labels: list[str] | None,
+    levels: tuple[bool, bool],
+    overwrite: bool,
+    progress,
+) -> BatchReport:
     """predict's run for a radiomics model (see :func:`metcli.prediction.predict.predict`)."""
     from metcli.core.devices import onnx_providers
     from metcli.io.files import check_output_not_inside_input
@@ -286,31 +380,80 @@ def predict_radiomics(model_dir: Path, card: dict, inputs: Sequence[Path], out_d
     # runs read each participant's own table where extract's folder has them
     full_run = do_participants and do_group and not labels
     tables, chosen = feature_tables(inputs, labels, own_tables=not full_run)
-    run = _run_context(model_dir, card, inputs, out_dir, participants=participants,
-                       aggregate=aggregate, session=session)
+    run = _run_context(
+        model_dir,
+        card,
+        inputs,
+        out_dir,
+        participants=participants,
+        aggregate=aggregate,
+        session=session,
+    )
     report = BatchReport()
     if not do_participants:
-        write_dataset_description(out_dir, name="metcli predict", sources={"model": model_dir},
-                                  description=f"predictions of model {card['name']}")
-        return radiomics_group(card, tables, chosen, out_dir, run.step, run.roots, run.extra,
-                               run.models, session=session, overwrite=overwrite,
-                               progress=progress, report=report)
+        write_dataset_description(
+            out_dir,
+            name="metcli predict",
+            sources={"model": model_dir},
+            description=f"predictions of model {card['name']}",
+        )
+        return radiomics_group(
+            card,
+            tables,
+            chosen,
+            out_dir,
+            run.step,
+            run.roots,
+            run.extra,
+            run.models,
+            session=session,
+            overwrite=overwrite,
+            progress=progress,
+            report=report,
+        )
     backend = backend_class(model_dir, card, onnx_providers(device))
     log.info("running %s on %s", card["name"], backend.provider)
     run.extra["ExecutionProvider"] = backend.provider
     prepared = backend.prepare(tables, participants=participants, session=session, only=chosen)
     proba = backend.run(prepared.values)
-    write_dataset_description(out_dir, name="metcli predict", sources={"model": model_dir},
-                              description=f"predictions of model {card['name']}")
-    _write_participants(card, prepared, proba, out_dir, run, model_dir=model_dir,
-                        full_run=full_run, do_group=do_group, aggregate=aggregate,
-                        overwrite=overwrite, progress=progress, report=report)
+    write_dataset_description(
+        out_dir,
+        name="metcli predict",
+        sources={"model": model_dir},
+        description=f"predictions of model {card['name']}",
+    )
+    _write_participants(
+        card,
+        prepared,
+        proba,
+        out_dir,
+        run,
+        model_dir=model_dir,
+        full_run=full_run,
+        do_group=do_group,
+        aggregate=aggregate,
+        overwrite=overwrite,
+        progress=progress,
+        report=report,
+    )
     return report
 
 
-def _write_participants(card: dict, prepared: Prepared, proba, out_dir: Path, run: RadiomicsRun,
-                        *, model_dir: Path, full_run: bool, do_group: bool, aggregate: str,
-                        overwrite: bool, progress, report: BatchReport) -> None:
+def _write_participants(
+    card: dict,
+    prepared: Prepared,
+    proba,
+    out_dir: Path,
+    run: RadiomicsRun,
+    *,
+    model_dir: Path,
+    full_run: bool,
+    do_group: bool,
+    aggregate: str,
+    overwrite: bool,
+    progress,
+    report: BatchReport,
+) -> None:
     """Each participant's predictions table, then (``do_group``) the group table."""
     sources = list(prepared.sources) + [model_dir / "model.onnx", model_dir / "model.json"]
     if run.participants_table is not None:
@@ -324,8 +467,11 @@ def _write_participants(card: dict, prepared: Prepared, proba, out_dir: Path, ru
         a participant's sidecar does not depend on who else was in the run)."""
         if full_run:
             return inputs_record
-        return [record for path, record in zip(sources, inputs_record)
-                if owners.get(path) in (None, pid)]
+        return [
+            record
+            for path, record in zip(sources, inputs_record)
+            if owners.get(path) in (None, pid)
+        ]
 
     by_participant: dict[str, list[int]] = {}
     for r, key in enumerate(prepared.keys):
@@ -337,17 +483,29 @@ def _write_participants(card: dict, prepared: Prepared, proba, out_dir: Path, ru
 
     def work(pid: str) -> str:
         rows = by_participant[pid]
-        table_rows = rows_for(card, pid, [prepared.keys[r][3] for r in rows], proba[rows],
-                              aggregate)
+        table_rows = rows_for(
+            card, pid, [prepared.keys[r][3] for r in rows], proba[rows], aggregate
+        )
         dropped = prepared.dropped_lesions.get(pid, 0)
-        status = write_participant(out_dir, prepared.keys[rows[0]], table_rows, card, run.step,
-                                   inputs_of(pid), {**run.extra, "DroppedLesions": dropped},
-                                   run.models, overwrite, report)
+        status = write_participant(
+            out_dir,
+            prepared.keys[rows[0]],
+            table_rows,
+            card,
+            run.step,
+            inputs_of(pid),
+            {**run.extra, "DroppedLesions": dropped},
+            run.models,
+            overwrite,
+            report,
+        )
         all_rows.extend(table_rows)
         return status
 
-    run_each(sorted(by_participant), key=lambda p: p, work=work, progress=progress,
-             report=report)
+    run_each(sorted(by_participant), key=lambda p: p, work=work, progress=progress, report=report)
     if do_group and all_rows:
-        report.outputs.extend(write_group(out_dir, all_rows, card, run.step, inputs_record,
-                                          run.extra, run.models, overwrite))
+        report.outputs.extend(
+            write_group(
+                out_dir, all_rows, card, run.step, inputs_record, run.extra, run.models, overwrite
+            )
+        )

@@ -1,8 +1,9 @@
-"""metcli.radiomics: pyradiomics settings and extraction, feature selection, the classifiers, leakage-safe training, hierarchies and ONNX conversion.
+"""metcli.radiomics: pyradiomics settings and extraction, feature selection, the
+classifiers, leakage-safe training, hierarchies and ONNX conversion.
 
 The names in ``__all__`` are this room's public API: the names other rooms, the
-command line, the tests and the benchmarks use. Each is imported from its module on first use, so importing the
-room stays light.
+command line, the tests and the benchmarks use. Each is imported from its module on
+first use, so importing the room stays light.
 """
 
 from __future__ import annotations

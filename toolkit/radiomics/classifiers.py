@@ -74,17 +74,22 @@ def register(entry: Classifier) -> Classifier:
     if not isinstance(entry, Classifier):
         raise UsageError(f"register takes a Classifier, not {type(entry).__name__}")
     if not re.match(NAME_PATTERN, entry.name) or entry.name == "all":
-        raise UsageError(f"classifier name {entry.name!r} is not valid",
-                         fix="use lower-case words joined by '-' (it names the model folder), "
-                             "other than 'all'")
+        raise UsageError(
+            f"classifier name {entry.name!r} is not valid",
+            fix="use lower-case words joined by '-' (it names the model folder), other than 'all'",
+        )
     if entry.name in _REGISTRY:
-        raise UsageError(f"classifier {entry.name!r} is already registered",
-                         fix="choose another name, or unregister the existing entry first")
+        raise UsageError(
+            f"classifier {entry.name!r} is already registered",
+            fix="choose another name, or unregister the existing entry first",
+        )
     if not entry.description.strip() or "\n" in entry.description:
         raise UsageError(f"classifier {entry.name!r}: the description must be one line")
     if not entry.grid or any(isinstance(v, str) or not len(v) for v in entry.grid.values()):
-        raise UsageError(f"classifier {entry.name!r}: the grid must give each parameter a "
-                         "non-empty list of values")
+        raise UsageError(
+            f"classifier {entry.name!r}: the grid must give each parameter a "
+            "non-empty list of values"
+        )
     _REGISTRY[entry.name] = entry
     return entry
 
@@ -127,15 +132,25 @@ def results_schema() -> dict:
 def _xgboost(seed: int):
     from xgboost import XGBClassifier
 
-    return XGBClassifier(n_estimators=100, max_depth=3, learning_rate=0.1,
-                         tree_method="hist", n_jobs=1, random_state=seed, verbosity=0)
+    return XGBClassifier(
+        n_estimators=100,
+        max_depth=3,
+        learning_rate=0.1,
+        tree_method="hist",
+        n_jobs=1,
+        random_state=seed,
+        verbosity=0,
+    )
 
 
 def _xgboost_space() -> dict:
     from scipy.stats import loguniform, randint
 
-    return {"n_estimators": randint(50, 300), "max_depth": randint(2, 7),
-            "learning_rate": loguniform(0.01, 0.3)}
+    return {
+        "n_estimators": randint(50, 300),
+        "max_depth": randint(2, 7),
+        "learning_rate": loguniform(0.01, 0.3),
+    }
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,8 +162,12 @@ def _xgboost_converter() -> None:
     from xgboost import XGBClassifier
 
     update_registered_converter(
-        XGBClassifier, "XGBoostXGBClassifier", calculate_linear_classifier_output_shapes,
-        convert_xgboost, options={"nocl": [True, False], "zipmap": [True, False, "columns"]})
+        XGBClassifier,
+        "XGBoostXGBClassifier",
+        calculate_linear_classifier_output_shapes,
+        convert_xgboost,
+        options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
+    )
 
 
 def _random_forest(seed: int):
@@ -160,8 +179,11 @@ def _random_forest(seed: int):
 def _random_forest_space() -> dict:
     from scipy.stats import randint
 
-    return {"n_estimators": randint(50, 300), "max_depth": [None, 3, 5, 8],
-            "min_samples_leaf": randint(1, 8)}
+    return {
+        "n_estimators": randint(50, 300),
+        "max_depth": [None, 3, 5, 8],
+        "min_samples_leaf": randint(1, 8),
+    }
 
 
 def _linear_svm(seed: int):
@@ -233,29 +255,84 @@ def _decision_tree(seed: int):
 def _decision_tree_space() -> dict:
     from scipy.stats import randint
 
-    return {"max_depth": [2, 3, 4, 5, 6, None], "min_samples_leaf": randint(1, 10),
-            "criterion": ["gini", "entropy"]}
+    return {
+        "max_depth": [2, 3, 4, 5, 6, None],
+        "min_samples_leaf": randint(1, 10),
+        "criterion": ["gini", "entropy"],
+    }
 
 
-register(Classifier("xgboost", "gradient-boosted trees (XGBoost)", _xgboost,
-                    grid={"n_estimators": [100], "max_depth": [2, 4],
-                          "learning_rate": [0.05, 0.2]},
-                    space=_xgboost_space, onnx_converter=_xgboost_converter))
-register(Classifier("random-forest", "random forest", _random_forest,
-                    grid={"n_estimators": [100], "min_samples_leaf": [1, 3]},
-                    space=_random_forest_space))
-register(Classifier("linear-svm", "SVM, linear kernel",
-                    _linear_svm, grid={"C": [0.01, 0.1, 1.0]}, space=_linear_svm_space))
-register(Classifier("kernel-svm", "SVM, RBF kernel",
-                    _kernel_svm, grid={"C": [0.1, 1.0, 10.0], "gamma": ["scale"]},
-                    space=_kernel_svm_space))
-register(Classifier("knn", "k-nearest neighbours (no sample weights)", _knn,
-                    grid={"n_neighbors": [5, 9, 15]}, space=_knn_space, sample_weights=False))
-register(Classifier("logistic-regression", "logistic regression (L2)",
-                    _logistic_regression, grid={"C": [0.01, 0.1, 1.0, 10.0]},
-                    space=_logistic_regression_space))
-register(Classifier("naive-bayes", "Gaussian naive Bayes", _naive_bayes,
-                    grid={"var_smoothing": [1e-9, 1e-6, 1e-3]}, space=_naive_bayes_space))
-register(Classifier("decision-tree", "decision tree (CART)", _decision_tree,
-                    grid={"max_depth": [3, 5, None], "min_samples_leaf": [1, 5]},
-                    space=_decision_tree_space))
+register(
+    Classifier(
+        "xgboost",
+        "gradient-boosted trees (XGBoost)",
+        _xgboost,
+        grid={"n_estimators": [100], "max_depth": [2, 4], "learning_rate": [0.05, 0.2]},
+        space=_xgboost_space,
+        onnx_converter=_xgboost_converter,
+    )
+)
+register(
+    Classifier(
+        "random-forest",
+        "random forest",
+        _random_forest,
+        grid={"n_estimators": [100], "min_samples_leaf": [1, 3]},
+        space=_random_forest_space,
+    )
+)
+register(
+    Classifier(
+        "linear-svm",
+        "SVM, linear kernel",
+        _linear_svm,
+        grid={"C": [0.01, 0.1, 1.0]},
+        space=_linear_svm_space,
+    )
+)
+register(
+    Classifier(
+        "kernel-svm",
+        "SVM, RBF kernel",
+        _kernel_svm,
+        grid={"C": [0.1, 1.0, 10.0], "gamma": ["scale"]},
+        space=_kernel_svm_space,
+    )
+)
+register(
+    Classifier(
+        "knn",
+        "k-nearest neighbours (no sample weights)",
+        _knn,
+        grid={"n_neighbors": [5, 9, 15]},
+        space=_knn_space,
+        sample_weights=False,
+    )
+)
+register(
+    Classifier(
+        "logistic-regression",
+        "logistic regression (L2)",
+        _logistic_regression,
+        grid={"C": [0.01, 0.1, 1.0, 10.0]},
+        space=_logistic_regression_space,
+    )
+)
+register(
+    Classifier(
+        "naive-bayes",
+        "Gaussian naive Bayes",
+        _naive_bayes,
+        grid={"var_smoothing": [1e-9, 1e-6, 1e-3]},
+        space=_naive_bayes_space,
+    )
+)
+register(
+    Classifier(
+        "decision-tree",
+        "decision tree (CART)",
+        _decision_tree,
+        grid={"max_depth": [3, 5, None], "min_samples_leaf": [1, 5]},
+        space=_decision_tree_space,
+    )
+)

@@ -42,8 +42,9 @@ class RegionResult:
         return self.status == STATUS_OK
 
 
-def feature_names(params: ExtractionParams, *, prefix: str = "",
-                  classes: Iterable[str] | None = None) -> list[str]:
+def feature_names(
+    params: ExtractionParams, *, prefix: str = "", classes: Iterable[str] | None = None
+) -> list[str]:
     """The feature columns the parameters produce, in table order."""
     chosen = list(params.feature_classes) if classes is None else list(classes)
     names = []
@@ -52,14 +53,15 @@ def feature_names(params: ExtractionParams, *, prefix: str = "",
         for cls in chosen:
             if cls in SHAPE_CLASSES and lowered != "original":
                 continue
-            names.extend(f"{prefix}{lowered}_{cls}_{name}"
-                         for name in params.feature_classes[cls])
+            names.extend(f"{prefix}{lowered}_{cls}_{name}" for name in params.feature_classes[cls])
     return names
 
 
 def diagnostic_names(params: ExtractionParams, *, prefix: str = "") -> list[str]:
-    names = [f"{prefix}diagnostics_Mask-original_VoxelNum",
-             f"{prefix}diagnostics_Mask-original_VolumeNum"]
+    names = [
+        f"{prefix}diagnostics_Mask-original_VoxelNum",
+        f"{prefix}diagnostics_Mask-original_VolumeNum",
+    ]
     if params.resamples:
         names.append(f"{prefix}diagnostics_Mask-interpolated_VoxelNum")
     if params.resegments:

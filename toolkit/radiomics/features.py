@@ -61,12 +61,24 @@ import numpy as np
 
 from metcli.radiomics.columns import RegionResult, diagnostic_names, feature_names, table_columns
 from metcli.radiomics.params import ExtractionParams, load_params, params_from_dict
-from metcli.radiomics.regions import (axial_array_axis, crop_region, expand_box, extract_region,
-                                      margin_voxels)
+from metcli.radiomics.regions import (
+    axial_array_axis,
+    crop_region,
+    expand_box,
+    extract_region,
+    margin_voxels,
+)
 from metcli.radiomics.workers import radiomics_silenced
 
-__all__ = ["IBSI_TAGS", "RegionResult", "as_params", "extract_features", "prepare_image",
-           "shape2d_axis", "table_columns"]
+__all__ = [
+    "IBSI_TAGS",
+    "RegionResult",
+    "as_params",
+    "extract_features",
+    "prepare_image",
+    "shape2d_axis",
+    "table_columns",
+]
 
 #: metcli feature names -> IBSI chapter 1 feature tags (the same definition; see
 #: docs/extract.md for the ones that differ by design).
@@ -206,9 +218,15 @@ def shape2d_axis(image, params: ExtractionParams) -> int | None:
     return axial_array_axis(image)
 
 
-def extract_features(image, mask, params: ExtractionParams | Mapping | str | Path | None = None,
-                     *, label: int = 1, image_path: str | Path | None = None,
-                     mask_path: str | Path | None = None) -> RegionResult:
+def extract_features(
+    image,
+    mask,
+    params: ExtractionParams | Mapping | str | Path | None = None,
+    *,
+    label: int = 1,
+    image_path: str | Path | None = None,
+    mask_path: str | Path | None = None,
+) -> RegionResult:
     """Features of one region (voxels of ``mask`` equal to ``label``) of ``image``.
 
     The same computation as ``metcli extract`` does for each lesion: the mask
@@ -228,25 +246,32 @@ def extract_features(image, mask, params: ExtractionParams | Mapping | str | Pat
         A :class:`RegionResult`; a region pyradiomics refuses has status
         ``failed:<reason>`` and None values.
     """
-    from metcli.imaging.geometry import to_reference_grid
     import SimpleITK as sitk
 
+    from metcli.imaging.geometry import to_reference_grid
+
     params = as_params(params)
-    mask = to_reference_grid(mask, image, image_path=mask_path or "mask",
-                             reference_path=image_path or "image")
+    mask = to_reference_grid(
+        mask, image, image_path=mask_path or "mask", reference_path=image_path or "image"
+    )
     region_mask = sitk.GetArrayViewFromImage(mask) == label
     image = prepare_image(image, params)
     array = sitk.GetArrayViewFromImage(image)
     if not region_mask.any():
-        return RegionResult(status="failed:empty_mask", features=dict.fromkeys(
-            feature_names(params)), diagnostics={n: 0 if n.endswith("original_VoxelNum") else
-                                                 None for n in diagnostic_names(params)},
-            message=f"the mask has no voxel with label {label}")
+        return RegionResult(
+            status="failed:empty_mask",
+            features=dict.fromkeys(feature_names(params)),
+            diagnostics={
+                n: 0 if n.endswith("original_VoxelNum") else None for n in diagnostic_names(params)
+            },
+            message=f"the mask has no voxel with label {label}",
+        )
     from scipy import ndimage
 
     box = ndimage.find_objects(region_mask.astype(np.uint8))[0]
     box = expand_box(box, margin_voxels(params, image.GetSpacing(), None), array.shape)
-    region = crop_region(label, array, region_mask[box], box, image,
-                          shape2d_axis=shape2d_axis(image, params))
+    region = crop_region(
+        label, array, region_mask[box], box, image, shape2d_axis=shape2d_axis(image, params)
+    )
     with radiomics_silenced():
         return extract_region(region, params)

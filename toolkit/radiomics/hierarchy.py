@@ -45,8 +45,15 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from metcli.core.errors import InputError, UsageError
-from metcli.radiomics.models import (CVOutcome, each_outer_fold, fit_search, model_name,
-                                     outer_splits, record_selection, selection_of)
+from metcli.radiomics.models import (
+    CVOutcome,
+    each_outer_fold,
+    fit_search,
+    model_name,
+    outer_splits,
+    record_selection,
+    selection_of,
+)
 from metcli.radiomics.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,8 +61,10 @@ log = logging.getLogger(__name__)
 SCHEMA = "hierarchy"
 STEP1 = "step1"
 #: How the chained probabilities are made (written into the model card).
-RULE = ("P(label) = P(group of the label) from step1 x P(label | group) from step2-<group>; "
-        "P(label | group) = 1 for a group of one label; the most probable label is predicted")
+RULE = (
+    "P(label) = P(group of the label) from step1 x P(label | group) from step2-<group>; "
+    "P(label | group) = 1 for a group of one label; the most probable label is predicted"
+)
 
 
 def step2_name(group: str) -> str:
@@ -102,41 +111,59 @@ def read_hierarchy(path) -> Hierarchy:
 
     path = Path(path)
     if not path.is_file():
-        raise InputError("hierarchy file not found", path=path,
-                         fix="give a YAML or JSON file with a groups mapping (see "
-                             "docs/train-radiomics.md)")
+        raise InputError(
+            "hierarchy file not found",
+            path=path,
+            fix="give a YAML or JSON file with a groups mapping (see docs/train-radiomics.md)",
+        )
     import yaml
 
     text = path.read_text(encoding="utf-8")
     try:
         doc = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:   # json.JSONDecodeError is a ValueError
-        raise InputError(f"not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} "
-                         f"({' '.join(str(exc).split())[:120]})", path=path,
-                         fix="write the file as YAML or JSON (see docs/train-radiomics.md)"
-                         ) from None
+    except (ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
+        raise InputError(
+            f"not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} "
+            f"({' '.join(str(exc).split())[:120]})",
+            path=path,
+            fix="write the file as YAML or JSON (see docs/train-radiomics.md)",
+        ) from None
     validate(doc, SCHEMA, where=path)
-    groups = {str(g): tuple(sorted(str(v) for v in members))
-              for g, members in doc["groups"].items()}
+    groups = {
+        str(g): tuple(sorted(str(v) for v in members)) for g, members in doc["groups"].items()
+    }
     seen: dict[str, str] = {}
     for group in sorted(groups):
         for label in groups[group]:
             if label in seen:
-                raise InputError(f"label {label!r} is in two groups ({seen[label]} and {group})",
-                                 path=path, fix="put each label in one group")
+                raise InputError(
+                    f"label {label!r} is in two groups ({seen[label]} and {group})",
+                    path=path,
+                    fix="put each label in one group",
+                )
             seen[label] = group
     for group in sorted(groups):
         if group in seen and seen[group] != group:
-            raise InputError(f"group name {group!r} is a label of group {seen[group]}",
-                             path=path, fix="give the group another name")
+            raise InputError(
+                f"group name {group!r} is a label of group {seen[group]}",
+                path=path,
+                fix="give the group another name",
+            )
     hierarchy = Hierarchy(groups, source=path.name)
     if not hierarchy.split_groups:
-        raise InputError("every group holds a single label, so the hierarchy is a flat model",
-                         path=path, fix="put two labels or more in a group, or train without "
-                                        "--hierarchy")
-    log.info("hierarchy %s: step1 predicts %s; %s", path.name, ", ".join(hierarchy.group_names),
-             "; ".join(f"{step2_name(g)} predicts {', '.join(groups[g])}"
-                       for g in hierarchy.split_groups))
+        raise InputError(
+            "every group holds a single label, so the hierarchy is a flat model",
+            path=path,
+            fix="put two labels or more in a group, or train without --hierarchy",
+        )
+    log.info(
+        "hierarchy %s: step1 predicts %s; %s",
+        path.name,
+        ", ".join(hierarchy.group_names),
+        "; ".join(
+            f"{step2_name(g)} predicts {', '.join(groups[g])}" for g in hierarchy.split_groups
+        ),
+    )
     return hierarchy
 
 
@@ -146,16 +173,20 @@ def check_labels(hierarchy: Hierarchy, present: Sequence[str], *, labels_path=No
     table = Path(labels_path).name if labels_path else "the labels"
     unknown = sorted(set(present) - set(hierarchy.labels))
     if unknown:
-        raise InputError(f"label {unknown[0]!r} of {table} is in no group of the hierarchy "
-                         f"{where}", path=labels_path,
-                         fix="add it to a group of the hierarchy file, or leave its "
-                             "participants out of the labels")
+        raise InputError(
+            f"label {unknown[0]!r} of {table} is in no group of the hierarchy {where}",
+            path=labels_path,
+            fix="add it to a group of the hierarchy file, or leave its "
+            "participants out of the labels",
+        )
     absent = sorted(set(hierarchy.labels) - set(present))
     if absent:
-        raise InputError(f"label {absent[0]!r} of group {hierarchy.group_of(absent[0])} in the "
-                         f"hierarchy {where} has no participant with features and a label",
-                         path=labels_path, fix="remove it from the hierarchy file or add "
-                                               "participants with that label")
+        raise InputError(
+            f"label {absent[0]!r} of group {hierarchy.group_of(absent[0])} in the "
+            f"hierarchy {where} has no participant with features and a label",
+            path=labels_path,
+            fix="remove it from the hierarchy file or add participants with that label",
+        )
 
 
 # ----------------------------------------------------------------------------- step cohorts
@@ -164,8 +195,8 @@ class StepData:
     """The lesions one step learns from: a :class:`~metcli.radiomics.data.Cohort` and its rows."""
 
     name: str
-    cohort: object            # metcli.radiomics.data.Cohort with the step's classes
-    rows: np.ndarray          # rows of the chained (full) cohort
+    cohort: object  # metcli.radiomics.data.Cohort with the step's classes
+    rows: np.ndarray  # rows of the chained (full) cohort
     group: str | None = None  # step 2: the group it splits
 
 
@@ -174,8 +205,18 @@ def step_data(hierarchy: Hierarchy, cohort) -> dict[str, StepData]:
     groups = hierarchy.group_names
     label = np.array([cohort.classes[k] for k in cohort.y], dtype=object)
     group = np.array([hierarchy.group_of(v) for v in label], dtype=object)
-    out = {STEP1: StepData(STEP1, _subset(cohort, np.arange(len(label)), np.array(
-        [groups.index(g) for g in group], dtype=np.int64), groups), np.arange(len(label)))}
+    out = {
+        STEP1: StepData(
+            STEP1,
+            _subset(
+                cohort,
+                np.arange(len(label)),
+                np.array([groups.index(g) for g in group], dtype=np.int64),
+                groups,
+            ),
+            np.arange(len(label)),
+        )
+    }
     for g in hierarchy.split_groups:
         members = list(hierarchy.groups[g])
         rows = np.flatnonzero(group == g)
@@ -185,11 +226,17 @@ def step_data(hierarchy: Hierarchy, cohort) -> dict[str, StepData]:
 
 
 def _subset(cohort, rows: np.ndarray, y: np.ndarray, classes: list[str]):
-    positive = classes[-1] if len(classes) == 2 else None   # as for a flat binary model
-    return replace(cohort, frame=cohort.frame.iloc[rows].reset_index(drop=True), y=y,
-                   classes=list(classes), positive=positive,
-                   participants=cohort.participants[rows], lesion_ids=cohort.lesion_ids[rows],
-                   sites=None if cohort.sites is None else cohort.sites[rows])
+    positive = classes[-1] if len(classes) == 2 else None  # as for a flat binary model
+    return replace(
+        cohort,
+        frame=cohort.frame.iloc[rows].reset_index(drop=True),
+        y=y,
+        classes=list(classes),
+        positive=positive,
+        participants=cohort.participants[rows],
+        lesion_ids=cohort.lesion_ids[rows],
+        sites=None if cohort.sites is None else cohort.sites[rows],
+    )
 
 
 # ----------------------------------------------------------------------------- the chain
@@ -207,8 +254,9 @@ def chain_columns(hierarchy: Hierarchy, classes: Sequence[str]) -> list[list[tup
     return out
 
 
-def chain_probabilities(step_proba: Mapping[str, np.ndarray], hierarchy: Hierarchy,
-                        classes: Sequence[str]) -> np.ndarray:
+def chain_probabilities(
+    step_proba: Mapping[str, np.ndarray], hierarchy: Hierarchy, classes: Sequence[str]
+) -> np.ndarray:
     """Chained class probabilities from each step's probabilities (same lesions, in rows)."""
     columns = chain_columns(hierarchy, classes)
     n = len(step_proba[STEP1])
@@ -225,7 +273,7 @@ class ChainedModel:
 
     hierarchy: Hierarchy
     classes: list[str]
-    steps: dict[str, object] = field(default_factory=dict)    # step -> fitted pipeline
+    steps: dict[str, object] = field(default_factory=dict)  # step -> fitted pipeline
 
     @property
     def input_names(self) -> list[str]:
@@ -251,12 +299,22 @@ class HierarchyOutcome:
     steps: dict[str, CVOutcome]
 
 
-def cross_validate_hierarchy(X, y, *, patients, cv_groups, hierarchy: Hierarchy,
-                             classes: Sequence[str], models: Sequence[tuple[str, str]],
-                             settings: Settings, keep: Sequence[str] = (),
-                             fixed_folds: np.ndarray | None = None, jobs: int = 1,
-                             progress: Callable[[str, str], None] | None = None,
-                             cache_dir: str | None = None) -> HierarchyOutcome:
+def cross_validate_hierarchy(
+    X,
+    y,
+    *,
+    patients,
+    cv_groups,
+    hierarchy: Hierarchy,
+    classes: Sequence[str],
+    models: Sequence[tuple[str, str]],
+    settings: Settings,
+    keep: Sequence[str] = (),
+    fixed_folds: np.ndarray | None = None,
+    jobs: int = 1,
+    progress: Callable[[str, str], None] | None = None,
+    cache_dir: str | None = None,
+) -> HierarchyOutcome:
     """Nested grouped cross-validation of every hierarchical model.
 
     ``X``, ``y`` (index into ``classes``), ``patients`` and ``cv_groups`` are the
@@ -281,28 +339,40 @@ def cross_validate_hierarchy(X, y, *, patients, cv_groups, hierarchy: Hierarchy,
 
     chain = CVOutcome(list(models), empty(n, len(classes)), folds)
     steps = {STEP1: CVOutcome(list(models), empty(n, len(groups)), folds)}
-    within: dict[str, np.ndarray] = {}       # step 2: label index within the group, -1 outside
-    position: dict[str, np.ndarray] = {}     # step 2: row of its own outcome, -1 outside
+    within: dict[str, np.ndarray] = {}  # step 2: label index within the group, -1 outside
+    position: dict[str, np.ndarray] = {}  # step 2: row of its own outcome, -1 outside
     for g in hierarchy.split_groups:
         members = list(hierarchy.groups[g])
         inside = group_y == groups.index(g)
-        within[g] = np.array([members.index(classes[k]) if ok else -1
-                              for k, ok in zip(y, inside)], dtype=np.int64)
+        within[g] = np.array(
+            [members.index(classes[k]) if ok else -1 for k, ok in zip(y, inside)], dtype=np.int64
+        )
         position[g] = np.where(inside, np.cumsum(inside) - 1, -1)
-        steps[step2_name(g)] = CVOutcome(list(models), empty(int(inside.sum()), len(members)),
-                                         folds[:, inside])
-    task = partial(_outer_fold, X=X, group_y=group_y, within=within, patients=patients,
-                   cv_groups=cv_groups, hierarchy=hierarchy, models=list(models),
-                   settings=settings, keep=tuple(keep), cache_dir=cache_dir)
-    for (repeat, fold, train, test), (probas, selections) in each_outer_fold(task, splits,
-                                                                          jobs):
+        steps[step2_name(g)] = CVOutcome(
+            list(models), empty(int(inside.sum()), len(members)), folds[:, inside]
+        )
+    task = partial(
+        _outer_fold,
+        X=X,
+        group_y=group_y,
+        within=within,
+        patients=patients,
+        cv_groups=cv_groups,
+        hierarchy=hierarchy,
+        models=list(models),
+        settings=settings,
+        keep=tuple(keep),
+        cache_dir=cache_dir,
+    )
+    for (repeat, fold, train, test), (probas, selections) in each_outer_fold(task, splits, jobs):
         folds[repeat, test] = fold
         for name, proba in zip(names, probas):
             steps[STEP1].oof[name][repeat][test] = proba[STEP1]
             for g in hierarchy.split_groups:
                 mine = within[g][test] >= 0
-                steps[step2_name(g)].oof[name][repeat][position[g][test[mine]]] = \
-                    proba[step2_name(g)][mine]
+                steps[step2_name(g)].oof[name][repeat][position[g][test[mine]]] = proba[
+                    step2_name(g)
+                ][mine]
             chain.oof[name][repeat][test] = chain_probabilities(proba, hierarchy, classes)
             if progress:
                 progress(f"repeat {repeat + 1} fold {fold + 1}", name)
@@ -313,24 +383,49 @@ def cross_validate_hierarchy(X, y, *, patients, cv_groups, hierarchy: Hierarchy,
     return HierarchyOutcome(chain, steps)
 
 
-def _outer_fold(split, *, X, group_y, within, patients, cv_groups, hierarchy, models, settings,
-                keep, cache_dir):
+def _outer_fold(
+    split, *, X, group_y, within, patients, cv_groups, hierarchy, models, settings, keep, cache_dir
+):
     """Every model's steps fitted on one outer training fold and applied to its held-out
     lesions: ([{step: probabilities} per model], {step: selection of the first model})."""
     _, _, train, test = split
     probas, selections = [], {}
     for index, (classifier, sampler) in enumerate(models):
         proba = {}
-        search = _fit_step(STEP1, classifier, sampler, X, group_y, train, patients, cv_groups,
-                           settings, keep, len(hierarchy.groups), cache_dir)
+        search = _fit_step(
+            STEP1,
+            classifier,
+            sampler,
+            X,
+            group_y,
+            train,
+            patients,
+            cv_groups,
+            settings,
+            keep,
+            len(hierarchy.groups),
+            cache_dir,
+        )
         proba[STEP1] = search.predict_proba(X.iloc[test])
         if index == 0:
             selections[STEP1] = selection_of(search, keep)
         for g in hierarchy.split_groups:
             step = step2_name(g)
             rows = train[within[g][train] >= 0]
-            search = _fit_step(step, classifier, sampler, X, within[g], rows, patients,
-                               cv_groups, settings, keep, len(hierarchy.groups[g]), cache_dir)
+            search = _fit_step(
+                step,
+                classifier,
+                sampler,
+                X,
+                within[g],
+                rows,
+                patients,
+                cv_groups,
+                settings,
+                keep,
+                len(hierarchy.groups[g]),
+                cache_dir,
+            )
             proba[step] = search.predict_proba(X.iloc[test])
             if index == 0:
                 selections[step] = selection_of(search, keep)
@@ -338,20 +433,33 @@ def _outer_fold(split, *, X, group_y, within, patients, cv_groups, hierarchy, mo
     return probas, selections
 
 
-def _fit_step(step, classifier, sampler, X, y, rows, patients, cv_groups, settings, keep,
-              n_classes, cache_dir):
+def _fit_step(
+    step, classifier, sampler, X, y, rows, patients, cv_groups, settings, keep, n_classes, cache_dir
+):
     present = np.unique(y[rows]).size
     if present < n_classes:
-        raise InputError(f"{step}: an outer training fold holds {present} of the step's "
-                         f"{n_classes} classes",
-                         fix="use fewer --cv-folds, or add patients of the rare labels")
-    return fit_search(classifier, sampler, X.iloc[rows], y[rows], patients=patients[rows],
-                      cv_groups=cv_groups[rows], settings=settings, keep=keep,
-                      n_classes=n_classes, jobs=1, cache_dir=cache_dir)
+        raise InputError(
+            f"{step}: an outer training fold holds {present} of the step's {n_classes} classes",
+            fix="use fewer --cv-folds, or add patients of the rare labels",
+        )
+    return fit_search(
+        classifier,
+        sampler,
+        X.iloc[rows],
+        y[rows],
+        patients=patients[rows],
+        cv_groups=cv_groups[rows],
+        settings=settings,
+        keep=keep,
+        n_classes=n_classes,
+        jobs=1,
+        cache_dir=cache_dir,
+    )
 
 
-def check_step_sizes(steps: Mapping[str, StepData], train: Sequence[str], settings: Settings,
-                     folds: int) -> None:
+def check_step_sizes(
+    steps: Mapping[str, StepData], train: Sequence[str], settings: Settings, folds: int
+) -> None:
     """Each step 2 needs enough training patients for the inner folds of its search."""
     import math
 
@@ -366,8 +474,9 @@ def check_step_sizes(steps: Mapping[str, StepData], train: Sequence[str], settin
         n = int(np.unique(groups[chosen]).size)
         available = n - math.ceil(n / max(folds, 1))
         if available < settings.inner_folds:
-            raise UsageError(f"{data.name}: group {data.group} has {n} training {what}, about "
-                             f"{available} per outer training fold, fewer than --inner-folds "
-                             f"{settings.inner_folds}",
-                             fix="lower --inner-folds or --cv-folds, or add patients of that "
-                                 "group")
+            raise UsageError(
+                f"{data.name}: group {data.group} has {n} training {what}, about "
+                f"{available} per outer training fold, fewer than --inner-folds "
+                f"{settings.inner_folds}",
+                fix="lower --inner-folds or --cv-folds, or add patients of that group",
+            )

@@ -27,8 +27,9 @@ def auc(y: np.ndarray, proba: np.ndarray, *, positive_index: int | None) -> floa
     present = np.unique(y)
     if present.size < n_classes:
         return None
-    return float(roc_auc_score(y, proba, multi_class="ovr", average="macro",
-                               labels=list(range(n_classes))))
+    return float(
+        roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(n_classes)))
+    )
 
 
 def choose_threshold(is_positive: np.ndarray, scores: np.ndarray, rule: str) -> float:
@@ -58,8 +59,9 @@ def choose_threshold(is_positive: np.ndarray, scores: np.ndarray, rule: str) -> 
     return float(candidates[int(np.argmax(value))])
 
 
-def level_metrics(y, proba, *, classes, positive, threshold, patients=None
-                  ) -> dict[str, float | None]:
+def level_metrics(
+    y, proba, *, classes, positive, threshold, patients=None
+) -> dict[str, float | None]:
     """AUC, accuracy and balanced accuracy at lesion level, or per patient (mean)."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
@@ -78,8 +80,11 @@ def level_metrics(y, proba, *, classes, positive, threshold, patients=None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         balanced = float(balanced_accuracy_score(y, pred))
-    return {"auc": auc(y, proba, positive_index=pos_index),
-            "accuracy": float(accuracy_score(y, pred)), "balanced_accuracy": balanced}
+    return {
+        "auc": auc(y, proba, positive_index=pos_index),
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": balanced,
+    }
 
 
 def _level_units(y, proba, rows, patients, classes):

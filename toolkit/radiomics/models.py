@@ -53,31 +53,55 @@ def make_classifier(name: str, *, seed: int):
 
 
 # ----------------------------------------------------------------------------- pipeline
-def build_pipeline(classifier: str, sampler: str, *, settings: Settings, keep: Sequence[str] = (),
-                   cache_dir: str | None = None):
+def build_pipeline(
+    classifier: str,
+    sampler: str,
+    *,
+    settings: Settings,
+    keep: Sequence[str] = (),
+    cache_dir: str | None = None,
+):
     """The imbalanced-learn pipeline of one classifier and sampler (unfitted)."""
     from imblearn.over_sampling import SMOTE
     from imblearn.pipeline import Pipeline
     from imblearn.under_sampling import RandomUnderSampler
 
-    from metcli.radiomics.selection import (CorrelationFilter, Float32MeanScaler,
-                                          PermutationImportanceSelector)
+    from metcli.radiomics.selection import (
+        CorrelationFilter,
+        Float32MeanScaler,
+        PermutationImportanceSelector,
+    )
 
     seed = settings.seed
-    resampler: Any = {"smote": lambda: SMOTE(random_state=seed),
-                      "undersample": lambda: RandomUnderSampler(random_state=seed),
-                      "none": lambda: "passthrough"}[sampler]()
-    return Pipeline([
-        ("filter", CorrelationFilter(threshold=settings.pcc_threshold, keep=tuple(keep),
-                                     cache_dir=cache_dir)),
-        ("select", PermutationImportanceSelector(
-            max_features=settings.max_features, n_estimators=settings.importance_trees,
-            n_repeats=settings.importance_repeats, keep=tuple(keep), random_state=seed,
-            cache_dir=cache_dir)),
-        ("sampler", resampler),
-        ("scale", Float32MeanScaler()),
-        ("clf", make_classifier(classifier, seed=seed)),
-    ])
+    resampler: Any = {
+        "smote": lambda: SMOTE(random_state=seed),
+        "undersample": lambda: RandomUnderSampler(random_state=seed),
+        "none": lambda: "passthrough",
+    }[sampler]()
+    return Pipeline(
+        [
+            (
+                "filter",
+                CorrelationFilter(
+                    threshold=settings.pcc_threshold, keep=tuple(keep), cache_dir=cache_dir
+                ),
+            ),
+            (
+                "select",
+                PermutationImportanceSelector(
+                    max_features=settings.max_features,
+                    n_estimators=settings.importance_trees,
+                    n_repeats=settings.importance_repeats,
+                    keep=tuple(keep),
+                    random_state=seed,
+                    cache_dir=cache_dir,
+                ),
+            ),
+            ("sampler", resampler),
+            ("scale", Float32MeanScaler()),
+            ("clf", make_classifier(classifier, seed=seed)),
+        ]
+    )
 
 
 def lesion_weights(y: np.ndarray, patients: np.ndarray, *, per_patient: bool) -> np.ndarray:
@@ -102,35 +126,64 @@ def fit_params(classifier: str, sampler: str, *, y, patients, settings: Settings
         if settings.patient_weights:
             params["select__sample_weight"] = lesion_weights(y, patients, per_patient=True)
         if get(classifier).sample_weights:
-            params["clf__sample_weight"] = lesion_weights(y, patients,
-                                                          per_patient=settings.patient_weights)
+            params["clf__sample_weight"] = lesion_weights(
+                y, patients, per_patient=settings.patient_weights
+            )
     return params
 
 
-def make_search(pipeline, classifier: str, *, settings: Settings, n_classes: int,
-                jobs: int = 1):
+def make_search(pipeline, classifier: str, *, settings: Settings, n_classes: int, jobs: int = 1):
     """The inner, grouped hyper-parameter search around ``pipeline``."""
     from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, StratifiedGroupKFold
 
-    inner = StratifiedGroupKFold(n_splits=settings.inner_folds, shuffle=True,
-                                 random_state=settings.seed)
+    inner = StratifiedGroupKFold(
+        n_splits=settings.inner_folds, shuffle=True, random_state=settings.seed
+    )
     scoring = "roc_auc" if n_classes == 2 else "roc_auc_ovr"
     grid = (settings.grids or {}).get(classifier)
     if settings.search == "grid" or grid is not None:
         grid = grid if grid is not None else get(classifier).grid
-        return GridSearchCV(pipeline, {f"clf__{k}": v for k, v in grid.items()}, cv=inner,
-                            scoring=scoring, n_jobs=jobs, error_score="raise", refit=True)
+        return GridSearchCV(
+            pipeline,
+            {f"clf__{k}": v for k, v in grid.items()},
+            cv=inner,
+            scoring=scoring,
+            n_jobs=jobs,
+            error_score="raise",
+            refit=True,
+        )
     space = {f"clf__{k}": v for k, v in get(classifier).space().items()}
-    return RandomizedSearchCV(pipeline, space, n_iter=settings.search_iterations, cv=inner,
-                              scoring=scoring, n_jobs=jobs, error_score="raise",
-                              random_state=settings.seed, refit=True)
+    return RandomizedSearchCV(
+        pipeline,
+        space,
+        n_iter=settings.search_iterations,
+        cv=inner,
+        scoring=scoring,
+        n_jobs=jobs,
+        error_score="raise",
+        random_state=settings.seed,
+        refit=True,
+    )
 
 
-def fit_search(classifier: str, sampler: str, X, y, *, patients, cv_groups, settings: Settings,
-               keep: Sequence[str], n_classes: int, jobs: int = 1, cache_dir: str | None = None):
+def fit_search(
+    classifier: str,
+    sampler: str,
+    X,
+    y,
+    *,
+    patients,
+    cv_groups,
+    settings: Settings,
+    keep: Sequence[str],
+    n_classes: int,
+    jobs: int = 1,
+    cache_dir: str | None = None,
+):
     """Fit the grouped search of one classifier and sampler on (X, y); return it."""
-    pipeline = build_pipeline(classifier, sampler, settings=settings, keep=keep,
-                              cache_dir=cache_dir)
+    pipeline = build_pipeline(
+        classifier, sampler, settings=settings, keep=keep, cache_dir=cache_dir
+    )
     search = make_search(pipeline, classifier, settings=settings, n_classes=n_classes, jobs=jobs)
     params = fit_params(classifier, sampler, y=y, patients=patients, settings=settings)
     grid = getattr(search, "param_grid", None)
@@ -144,10 +197,12 @@ def fit_search(classifier: str, sampler: str, X, y, *, patients, cv_groups, sett
             search.fit(X, y, groups=np.asarray(cv_groups), **params)
         except ValueError as exc:
             text = " ".join(str(exc).split())
-            raise InputError(f"{classifier} with {sampler}: fitting failed ({text[:200]})",
-                             fix="check that every class has enough lesions and patients in "
-                                 "each training fold (fewer --cv-folds or --inner-folds, or "
-                                 "another sampler)") from None
+            raise InputError(
+                f"{classifier} with {sampler}: fitting failed ({text[:200]})",
+                fix="check that every class has enough lesions and patients in "
+                "each training fold (fewer --cv-folds or --inner-folds, or "
+                "another sampler)",
+            ) from None
     return search
 
 
@@ -172,8 +227,8 @@ class CVOutcome:
     """Out-of-fold probabilities and what the selection steps did in each outer fit."""
 
     models: list[tuple[str, str]]
-    oof: dict[str, np.ndarray]            # model -> (repeats, n, classes), NaN where not tested
-    folds: np.ndarray                     # (repeats, n) outer fold of each row
+    oof: dict[str, np.ndarray]  # model -> (repeats, n, classes), NaN where not tested
+    folds: np.ndarray  # (repeats, n) outer fold of each row
     filter_kept: list[set] = field(default_factory=list)
     selected: list[set] = field(default_factory=list)
     importances: list[dict] = field(default_factory=list)
@@ -197,19 +252,30 @@ def outer_splits(y, cv_groups, *, settings: Settings, fixed_folds: np.ndarray | 
             yield 0, k, np.flatnonzero(fixed_folds != fold), test
         return
     for repeat in range(settings.cv_repeats):
-        splitter = StratifiedGroupKFold(n_splits=settings.cv_folds, shuffle=True,
-                                        random_state=settings.seed + repeat)
+        splitter = StratifiedGroupKFold(
+            n_splits=settings.cv_folds, shuffle=True, random_state=settings.seed + repeat
+        )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*least populated class.*")
             for k, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y, cv_groups)):
                 yield repeat, k, train, test
 
 
-def cross_validate(X, y, *, patients, cv_groups, models: Sequence[tuple[str, str]],
-                   settings: Settings, keep: Sequence[str] = (), n_classes: int | None = None,
-                   fixed_folds: np.ndarray | None = None, jobs: int = 1,
-                   progress: Callable[[str, str], None] | None = None,
-                   cache_dir: str | None = None) -> CVOutcome:
+def cross_validate(
+    X,
+    y,
+    *,
+    patients,
+    cv_groups,
+    models: Sequence[tuple[str, str]],
+    settings: Settings,
+    keep: Sequence[str] = (),
+    n_classes: int | None = None,
+    fixed_folds: np.ndarray | None = None,
+    jobs: int = 1,
+    progress: Callable[[str, str], None] | None = None,
+    cache_dir: str | None = None,
+) -> CVOutcome:
     """Nested grouped cross-validation of every model: out-of-fold probabilities.
 
     ``cv_groups`` decides the outer and inner splits (patients or sites);
@@ -219,29 +285,73 @@ def cross_validate(X, y, *, patients, cv_groups, models: Sequence[tuple[str, str
     """
     if cache_dir is None:
         with tempfile.TemporaryDirectory(prefix="metcli-selection-") as folder:
-            return _cross_validate(X, y, patients=patients, cv_groups=cv_groups, models=models,
-                                   settings=settings, keep=keep, n_classes=n_classes,
-                                   fixed_folds=fixed_folds, jobs=jobs, progress=progress,
-                                   cache_dir=folder)
-    return _cross_validate(X, y, patients=patients, cv_groups=cv_groups, models=models,
-                           settings=settings, keep=keep, n_classes=n_classes,
-                           fixed_folds=fixed_folds, jobs=jobs, progress=progress,
-                           cache_dir=cache_dir)
+            return _cross_validate(
+                X,
+                y,
+                patients=patients,
+                cv_groups=cv_groups,
+                models=models,
+                settings=settings,
+                keep=keep,
+                n_classes=n_classes,
+                fixed_folds=fixed_folds,
+                jobs=jobs,
+                progress=progress,
+                cache_dir=folder,
+            )
+    return _cross_validate(
+        X,
+        y,
+        patients=patients,
+        cv_groups=cv_groups,
+        models=models,
+        settings=settings,
+        keep=keep,
+        n_classes=n_classes,
+        fixed_folds=fixed_folds,
+        jobs=jobs,
+        progress=progress,
+        cache_dir=cache_dir,
+    )
 
 
-def _cross_validate(X, y, *, patients, cv_groups, models, settings, keep, n_classes, fixed_folds,
-                    jobs, progress, cache_dir) -> CVOutcome:
+def _cross_validate(
+    X,
+    y,
+    *,
+    patients,
+    cv_groups,
+    models,
+    settings,
+    keep,
+    n_classes,
+    fixed_folds,
+    jobs,
+    progress,
+    cache_dir,
+) -> CVOutcome:
     y = np.asarray(y)
     n_classes = n_classes or int(np.unique(y).size)
     splits = list(outer_splits(y, cv_groups, settings=settings, fixed_folds=fixed_folds))
     repeats = 1 + max(s[0] for s in splits)
     names = [model_name(c, s) for c, s in models]
-    outcome = CVOutcome(list(models), {n: np.full((repeats, len(y), n_classes), np.nan)
-                                       for n in names},
-                        np.full((repeats, len(y)), -1, dtype=int))
-    task = partial(_outer_fold, X=X, y=y, patients=np.asarray(patients),
-                   cv_groups=np.asarray(cv_groups), models=list(models), settings=settings,
-                   keep=tuple(keep), n_classes=n_classes, cache_dir=cache_dir)
+    outcome = CVOutcome(
+        list(models),
+        {n: np.full((repeats, len(y), n_classes), np.nan) for n in names},
+        np.full((repeats, len(y)), -1, dtype=int),
+    )
+    task = partial(
+        _outer_fold,
+        X=X,
+        y=y,
+        patients=np.asarray(patients),
+        cv_groups=np.asarray(cv_groups),
+        models=list(models),
+        settings=settings,
+        keep=tuple(keep),
+        n_classes=n_classes,
+        cache_dir=cache_dir,
+    )
     for (repeat, fold, train, test), (probas, selection) in each_outer_fold(task, splits, jobs):
         outcome.folds[repeat, test] = fold
         for name, proba in zip(names, probas):
@@ -252,16 +362,24 @@ def _cross_validate(X, y, *, patients, cv_groups, models, settings, keep, n_clas
     return outcome
 
 
-def _outer_fold(split, *, X, y, patients, cv_groups, models, settings, keep, n_classes,
-                cache_dir):
+def _outer_fold(split, *, X, y, patients, cv_groups, models, settings, keep, n_classes, cache_dir):
     """Fit every model's search on one outer training fold: (test probabilities, selection)."""
     _, _, train, test = split
     probas, selection = [], None
     for index, (classifier, sampler) in enumerate(models):
-        search = fit_search(classifier, sampler, X.iloc[train], y[train],
-                            patients=patients[train], cv_groups=cv_groups[train],
-                            settings=settings, keep=keep, n_classes=n_classes, jobs=1,
-                            cache_dir=cache_dir)
+        search = fit_search(
+            classifier,
+            sampler,
+            X.iloc[train],
+            y[train],
+            patients=patients[train],
+            cv_groups=cv_groups[train],
+            settings=settings,
+            keep=keep,
+            n_classes=n_classes,
+            jobs=1,
+            cache_dir=cache_dir,
+        )
         probas.append(search.predict_proba(X.iloc[test]))
         if index == 0:
             selection = selection_of(search, keep)
@@ -292,7 +410,7 @@ def each_outer_fold(task: Callable, splits: Sequence, jobs: int):
 def _with_classifiers(split, *, task: Callable, entries: Sequence[Classifier]):
     """Run ``task(split)`` in a worker process with the parent's classifier entries."""
     for entry in entries:
-        if CLASSIFIERS.get(entry.name) != entry:    # registered at run time (or changed)
+        if CLASSIFIERS.get(entry.name) != entry:  # registered at run time (or changed)
             if entry.name in CLASSIFIERS:
                 unregister(entry.name)
             register(entry)
@@ -303,10 +421,11 @@ def selection_of(search, keep: Sequence[str]) -> tuple[set, set, dict]:
     """What the filter and the selector of one outer fit kept, and the importances."""
     best = search.best_estimator_
     filt, sel = best.named_steps["filter"], best.named_steps["select"]
-    return (set(filt.get_feature_names_out()) - set(keep),
-            set(sel.get_feature_names_out()) - set(keep),
-            {n: float(v) for n, v in zip(sel.feature_names_in_, sel.importances_)
-             if np.isfinite(v)})
+    return (
+        set(filt.get_feature_names_out()) - set(keep),
+        set(sel.get_feature_names_out()) - set(keep),
+        {n: float(v) for n, v in zip(sel.feature_names_in_, sel.importances_) if np.isfinite(v)},
+    )
 
 
 def record_selection(outcome: CVOutcome, selection: tuple[set, set, dict]) -> None:

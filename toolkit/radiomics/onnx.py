@@ -46,9 +46,13 @@ def _register_scaler() -> None:
 
     from metcli.radiomics.selection import Float32MeanScaler
 
-    update_registered_converter(Float32MeanScaler, "MetcliFloat32MeanScaler",
-                                calculate_sklearn_scaler_output_shapes, convert_sklearn_scaler,
-                                options={"div": ["std", "div", "div_cast"]})
+    update_registered_converter(
+        Float32MeanScaler,
+        "MetcliFloat32MeanScaler",
+        calculate_sklearn_scaler_output_shapes,
+        convert_sklearn_scaler,
+        options={"div": ["std", "div", "div_cast"]},
+    )
 
 
 def _register_classifier(classifier: str | None) -> None:
@@ -70,8 +74,13 @@ def input_names(pipeline) -> list[str]:
     return [str(n) for n in pipeline.named_steps["select"].get_feature_names_out()]
 
 
-def to_onnx(pipeline, names: Sequence[str] | None = None, *, model_name: str = "metcli",
-            classifier: str | None = None) -> bytes:
+def to_onnx(
+    pipeline,
+    names: Sequence[str] | None = None,
+    *,
+    model_name: str = "metcli",
+    classifier: str | None = None,
+) -> bytes:
     """The serialized ONNX graph of a fitted pipeline (see the module docstring).
 
     ``classifier``: the registry name of the pipeline's classifier, whose ONNX
@@ -89,10 +98,12 @@ def to_onnx(pipeline, names: Sequence[str] | None = None, *, model_name: str = "
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # SVC's probA_, probB_
         onx = convert_sklearn(
-            deployed, name=model_name,
+            deployed,
+            name=model_name,
             initial_types=[(n, FloatTensorType([None, 1])) for n in names],
             options={id(scaler): {"div": "div_cast"}, id(estimator): {"zipmap": False}},
-            target_opset=dict(TARGET_OPSET))
+            target_opset=dict(TARGET_OPSET),
+        )
     outputs = [o.name for o in onx.graph.output]
     if outputs != [OUTPUT_LABEL, OUTPUT_PROBABILITIES]:
         raise RuntimeError(f"unexpected ONNX outputs {outputs}")
@@ -112,8 +123,12 @@ def probabilities(sess, names: Sequence[str], values: np.ndarray) -> np.ndarray:
     return np.clip(proba, 0.0, 1.0)
 
 
-def chain(steps: Sequence[tuple[str, bytes]], columns: Sequence[Sequence[tuple[str, int]]], *,
-          model_name: str = "metcli") -> bytes:
+def chain(
+    steps: Sequence[tuple[str, bytes]],
+    columns: Sequence[Sequence[tuple[str, int]]],
+    *,
+    model_name: str = "metcli",
+) -> bytes:
     """One ONNX graph that runs several step graphs and multiplies their probabilities.
 
     ``steps``: (step name, serialized graph from :func:`to_onnx`). ``columns[j]``
@@ -152,31 +167,54 @@ def chain(steps: Sequence[tuple[str, bytes]], columns: Sequence[Sequence[tuple[s
             if index not in {i.name for i in initializers}:
                 initializers.append(helper.make_tensor(index, TensorProto.INT64, [1], [k]))
             part = f"chain/{step}_{k}_of_{j}"
-            nodes.append(helper.make_node("Gather", [f"{step}/{OUTPUT_PROBABILITIES}", index],
-                                          [part], axis=1, name=f"chain/gather_{step}_{k}_{j}"))
+            nodes.append(
+                helper.make_node(
+                    "Gather",
+                    [f"{step}/{OUTPUT_PROBABILITIES}", index],
+                    [part],
+                    axis=1,
+                    name=f"chain/gather_{step}_{k}_{j}",
+                )
+            )
             parts.append(part)
         product = parts[0]
         for m, part in enumerate(parts[1:], start=1):
             out = f"chain/product_{j}_{m}"
-            nodes.append(helper.make_node("Mul", [product, part], [out],
-                                          name=f"chain/mul_{j}_{m}"))
+            nodes.append(helper.make_node("Mul", [product, part], [out], name=f"chain/mul_{j}_{m}"))
             product = out
         products.append(product)
-    nodes.append(helper.make_node("Concat", products, [OUTPUT_PROBABILITIES], axis=1,
-                                  name="chain/concat"))
-    nodes.append(helper.make_node("ArgMax", [OUTPUT_PROBABILITIES], [OUTPUT_LABEL], axis=1,
-                                  keepdims=0, name="chain/argmax"))
-    outputs = [helper.make_tensor_value_info(OUTPUT_LABEL, TensorProto.INT64, [None]),
-               helper.make_tensor_value_info(OUTPUT_PROBABILITIES, TensorProto.FLOAT,
-                                             [None, len(columns)])]
-    graph = helper.make_graph(nodes, model_name, inputs, outputs, initializer=initializers,
-                              value_info=value_infos)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v)
-                                                    for d, v in sorted(opsets.items())],
-                              producer_name="metcli")
+    nodes.append(
+        helper.make_node("Concat", products, [OUTPUT_PROBABILITIES], axis=1, name="chain/concat")
+    )
+    nodes.append(
+        helper.make_node(
+            "ArgMax",
+            [OUTPUT_PROBABILITIES],
+            [OUTPUT_LABEL],
+            axis=1,
+            keepdims=0,
+            name="chain/argmax",
+        )
+    )
+    outputs = [
+        helper.make_tensor_value_info(OUTPUT_LABEL, TensorProto.INT64, [None]),
+        helper.make_tensor_value_info(
+            OUTPUT_PROBABILITIES, TensorProto.FLOAT, [None, len(columns)]
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes, model_name, inputs, outputs, initializer=initializers, value_info=value_infos
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        producer_name="metcli",
+    )
     model.ir_version = ir_version
-    model.doc_string = ("metcli hierarchical radiomics model: inputs are the selected features "
-                        "of every step (see model.json)")
+    model.doc_string = (
+        "metcli hierarchical radiomics model: inputs are the selected features "
+        "of every step (see model.json)"
+    )
     onnx.checker.check_model(model)
     return model.SerializeToString()
 

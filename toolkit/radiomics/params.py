@@ -99,9 +99,11 @@ class ExtractionParams:
 
     def as_dict(self) -> dict:
         """The resolved parameters in pyradiomics' file layout."""
-        return {"setting": copy.deepcopy(self.settings),
-                "imageType": copy.deepcopy(self.image_types),
-                "featureClass": copy.deepcopy(self.feature_classes)}
+        return {
+            "setting": copy.deepcopy(self.settings),
+            "imageType": copy.deepcopy(self.image_types),
+            "featureClass": copy.deepcopy(self.feature_classes),
+        }
 
     @property
     def sha256(self) -> str:
@@ -111,8 +113,10 @@ class ExtractionParams:
     @property
     def resamples(self) -> bool:
         """Whether pyradiomics resamples (``interpolator`` and ``resampledPixelSpacing``)."""
-        return (self.settings.get("interpolator") is not None
-                and self.settings.get("resampledPixelSpacing") is not None)
+        return (
+            self.settings.get("interpolator") is not None
+            and self.settings.get("resampledPixelSpacing") is not None
+        )
 
     @property
     def resegments(self) -> bool:
@@ -148,9 +152,10 @@ def load_params(spec: str | Path | None = None) -> ExtractionParams:
         text = preset_text(str(spec))
         data = _parse_yaml(text, where=f"preset {spec}")
         return params_from_dict(data, where=f"preset {spec}", source=f"preset:{spec}")
-    raise UsageError(f"--params {str(spec)!r} is neither a file nor a preset",
-                     fix=f"give a pyradiomics parameter file (YAML) or one of the presets "
-                         f"{', '.join(PRESETS)}")
+    raise UsageError(
+        f"--params {str(spec)!r} is neither a file nor a preset",
+        fix=f"give a pyradiomics parameter file (YAML) or one of the presets {', '.join(PRESETS)}",
+    )
 
 
 def preset_text(name: str) -> str:
@@ -165,8 +170,11 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the parameter file ({exc})", path=path,
-                         fix="give a readable UTF-8 YAML or JSON file") from None
+        raise UsageError(
+            f"cannot read the parameter file ({exc})",
+            path=path,
+            fix="give a readable UTF-8 YAML or JSON file",
+        ) from None
 
 
 def _parse_yaml(text: str, *, where) -> Any:
@@ -178,40 +186,58 @@ def _parse_yaml(text: str, *, where) -> Any:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid syntax"
-        raise UsageError(f"not valid YAML{at}: {problem}", path=where,
-                         fix="correct the YAML syntax (indentation, colons, brackets)") from None
+        raise UsageError(
+            f"not valid YAML{at}: {problem}",
+            path=where,
+            fix="correct the YAML syntax (indentation, colons, brackets)",
+        ) from None
 
 
-def params_from_dict(data: Any, *, where: str | Path = "parameters",
-                     source: str = "dict") -> ExtractionParams:
+def params_from_dict(
+    data: Any, *, where: str | Path = "parameters", source: str = "dict"
+) -> ExtractionParams:
     """Validate a pyradiomics parameter mapping and resolve it (see the module docstring)."""
     import radiomics
 
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise UsageError(f"must hold a mapping with the keys setting, imageType, featureClass "
-                         f"(found {type(data).__name__})", path=where,
-                         fix="write a pyradiomics parameter file")
+        raise UsageError(
+            f"must hold a mapping with the keys setting, imageType, featureClass "
+            f"(found {type(data).__name__})",
+            path=where,
+            fix="write a pyradiomics parameter file",
+        )
     data = copy.deepcopy(dict(data))
     _validate_with_pyradiomics_schema(data, where)
     if data.get("voxelSetting"):
-        raise UsageError("voxelSetting (voxel-based feature maps) is not supported: metcli "
-                         "extracts one value per lesion", path=where,
-                         fix="remove the voxelSetting section")
+        raise UsageError(
+            "voxelSetting (voxel-based feature maps) is not supported: metcli "
+            "extracts one value per lesion",
+            path=where,
+            fix="remove the voxelSetting section",
+        )
     image_types = dict(data.get("imageType") or {"Original": {}})
     for name in image_types:
         if name not in SUPPORTED_IMAGE_TYPES:
-            raise UsageError(f"image type {name!r} is not supported: metcli extracts each lesion "
-                             "from a crop around it, which would change filtered images "
-                             "(they depend on voxels beyond the lesion)", path=where,
-                             fix="enable only 'Original' under imageType")
+            raise UsageError(
+                f"image type {name!r} is not supported: metcli extracts each lesion "
+                "from a crop around it, which would change filtered images "
+                "(they depend on voxels beyond the lesion)",
+                path=where,
+                fix="enable only 'Original' under imageType",
+            )
     image_types = {name: _canonical_settings(image_types[name] or {}) for name in image_types}
     settings = resolved_settings(data.get("setting") or {})
     classes = _resolve_classes(data.get("featureClass"), where)
-    return ExtractionParams(settings=settings, image_types=image_types, feature_classes=classes,
-                            source=source, pyradiomics_version=str(radiomics.__version__),
-                            raw=data)
+    return ExtractionParams(
+        settings=settings,
+        image_types=image_types,
+        feature_classes=classes,
+        source=source,
+        pyradiomics_version=str(radiomics.__version__),
+        raw=data,
+    )
 
 
 def resolved_settings(given: Mapping[str, Any]) -> dict:
@@ -238,8 +264,12 @@ def _resolve_classes(given: Mapping | None, where) -> dict[str, list[str]]:
     if not given:
         # pyradiomics' default: every class but shape2D, every non-deprecated feature
         given = {name: None for name in available if name != "shape2D"}
-    ordered = sorted(given, key=lambda c: CLASS_ORDER.index(c) if c in CLASS_ORDER else
-                     len(CLASS_ORDER) + list(given).index(c))
+    ordered = sorted(
+        given,
+        key=lambda c: (
+            CLASS_ORDER.index(c) if c in CLASS_ORDER else len(CLASS_ORDER) + list(given).index(c)
+        ),
+    )
     resolved = {}
     for name in ordered:
         names = available[name].getFeatureNames()  # {feature: deprecated?}
@@ -249,8 +279,11 @@ def _resolve_classes(given: Mapping | None, where) -> dict[str, list[str]]:
         else:
             chosen = sorted(f for f, deprecated in names.items() if not deprecated)
         if not chosen:
-            raise UsageError(f"feature class {name!r} enables no feature", path=where,
-                             fix="list its features, or leave the list empty for all")
+            raise UsageError(
+                f"feature class {name!r} enables no feature",
+                path=where,
+                fix="list its features, or leave the list empty for all",
+            )
         resolved[name] = chosen
     return resolved
 
@@ -330,25 +363,30 @@ def _validate_with_pyradiomics_schema(data: dict, where) -> None:
 
     top = [k for k in data if k not in ("setting", "imageType", "featureClass", "voxelSetting")]
     if top:
-        raise UsageError(f"unknown top-level key {top[0]!r} (pyradiomics parameter files have "
-                         "setting, imageType, featureClass and voxelSetting)", path=where,
-                         fix=f"correct or remove {top[0]!r}")
+        raise UsageError(
+            f"unknown top-level key {top[0]!r} (pyradiomics parameter files have "
+            "setting, imageType, featureClass and voxelSetting)",
+            path=where,
+            fix=f"correct or remove {top[0]!r}",
+        )
     schema, funcs = _schema_files()
     with _quiet_pykwalify():
         try:
-            core = pykwalify.core.Core(source_data=data, schema_files=[schema],
-                                       extensions=[funcs])
+            core = pykwalify.core.Core(source_data=data, schema_files=[schema], extensions=[funcs])
             core.validate(raise_exception=False)
         except (ValueError, TypeError, pykwalify.errors.PyKwalifyException) as exc:
             # schemaFuncs (feature classes, image types, interpolator...) raise directly
             message = getattr(exc, "msg", None) or str(exc)
-            raise UsageError(f"does not follow pyradiomics' parameter schema: "
-                             f"{_one_line(message)}", path=where,
-                             fix="use the names pyradiomics documents (case-sensitive)") from None
+            raise UsageError(
+                f"does not follow pyradiomics' parameter schema: {_one_line(message)}",
+                path=where,
+                fix="use the names pyradiomics documents (case-sensitive)",
+            ) from None
     errors = [str(e) for e in (core.validation_errors or [])]
     if errors:
-        raise UsageError(_describe_schema_error(errors[0], len(errors)), path=where,
-                         fix=_fix_for(errors[0]))
+        raise UsageError(
+            _describe_schema_error(errors[0], len(errors)), path=where, fix=_fix_for(errors[0])
+        )
 
 
 def _describe_schema_error(error: str, count: int) -> str:

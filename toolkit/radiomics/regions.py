@@ -16,8 +16,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from metcli.radiomics.columns import (PERITUMORAL, STATUS_OK, RegionResult, diagnostic_names,
-                                      feature_names)
+from metcli.radiomics.columns import (
+    PERITUMORAL,
+    STATUS_OK,
+    RegionResult,
+    diagnostic_names,
+    feature_names,
+)
 from metcli.radiomics.params import ExtractionParams
 
 log = logging.getLogger(__name__)
@@ -49,8 +54,9 @@ def axial_array_axis(image) -> int:
     return 2 - int(np.argmax(np.abs(direction[2, :])))
 
 
-def margin_voxels(params: ExtractionParams, spacing_ijk: Sequence[float],
-                   peritumoral_mm: float | None) -> np.ndarray:
+def margin_voxels(
+    params: ExtractionParams, spacing_ijk: Sequence[float], peritumoral_mm: float | None
+) -> np.ndarray:
     """Voxels to add around a lesion's bounding box, per numpy axis [k, j, i]."""
     spacing = np.asarray(spacing_ijk, dtype=float)
     margin = np.zeros(3, dtype=np.int64)
@@ -61,15 +67,21 @@ def margin_voxels(params: ExtractionParams, spacing_ijk: Sequence[float],
         if target.shape == (3,):
             target = np.where(target == 0, spacing, np.maximum(target, spacing))
             pad = float(params.settings.get("padDistance", 5))
-            margin += (np.ceil(0.5 + (pad + 1.0) * target / spacing).astype(np.int64)
-                       + INTERPOLATOR_REACH + RESAMPLING_MARGIN)
+            margin += (
+                np.ceil(0.5 + (pad + 1.0) * target / spacing).astype(np.int64)
+                + INTERPOLATOR_REACH
+                + RESAMPLING_MARGIN
+            )
     return margin[::-1]
 
 
-def expand_box(box: tuple[slice, ...], margin_kji: np.ndarray, shape: Sequence[int]
-            ) -> tuple[slice, ...]:
-    return tuple(slice(max(0, s.start - int(m)), min(int(n), s.stop + int(m)))
-                 for s, m, n in zip(box, margin_kji, shape))
+def expand_box(
+    box: tuple[slice, ...], margin_kji: np.ndarray, shape: Sequence[int]
+) -> tuple[slice, ...]:
+    return tuple(
+        slice(max(0, s.start - int(m)), min(int(n), s.stop + int(m)))
+        for s, m, n in zip(box, margin_kji, shape)
+    )
 
 
 @dataclass
@@ -89,16 +101,32 @@ class Region:
     peritumoral_mm: float | None = None
 
 
-def crop_region(key: int, image_array: np.ndarray, mask_bool: np.ndarray, box: tuple[slice, ...],
-                 image, *, shape2d_axis: int | None, liver: np.ndarray | None = None,
-                 peritumoral_mm: float | None = None) -> Region:
+def crop_region(
+    key: int,
+    image_array: np.ndarray,
+    mask_bool: np.ndarray,
+    box: tuple[slice, ...],
+    image,
+    *,
+    shape2d_axis: int | None,
+    liver: np.ndarray | None = None,
+    peritumoral_mm: float | None = None,
+) -> Region:
     start_ijk = tuple(int(s.start) for s in box[::-1])
     origin = image.TransformIndexToPhysicalPoint(start_ijk)
-    return Region(key=key, image=np.array(image_array[box]), mask=mask_bool.astype(np.uint8),
-                   origin=tuple(origin), spacing=tuple(image.GetSpacing()),
-                   direction=tuple(image.GetDirection()), start_ijk=start_ijk,
-                   full_size_ijk=tuple(int(s) for s in image.GetSize()),
-                   shape2d_axis=shape2d_axis, liver=liver, peritumoral_mm=peritumoral_mm)
+    return Region(
+        key=key,
+        image=np.array(image_array[box]),
+        mask=mask_bool.astype(np.uint8),
+        origin=tuple(origin),
+        spacing=tuple(image.GetSpacing()),
+        direction=tuple(image.GetDirection()),
+        start_ijk=start_ijk,
+        full_size_ijk=tuple(int(s) for s in image.GetSize()),
+        shape2d_axis=shape2d_axis,
+        liver=liver,
+        peritumoral_mm=peritumoral_mm,
+    )
 
 
 # ----------------------------------------------------------------------------- one region
@@ -149,8 +177,9 @@ def _resample_like_pyradiomics(image, mask, start_ijk, full_size_ijk, settings: 
     spacing = np.asarray(mask.GetSpacing(), dtype=float)
     target = np.asarray(settings["resampledPixelSpacing"], dtype=float)
     if target.shape != spacing.shape:
-        raise ValueError(f"resampledPixelSpacing has {target.size} values; the image is "
-                         f"{spacing.size}D")
+        raise ValueError(
+            f"resampledPixelSpacing has {target.size} values; the image is {spacing.size}D"
+        )
     target = np.where(target == 0, spacing, target)
     present = np.nonzero(sitk.GetArrayViewFromImage(mask) == 1)
     if present[0].size == 0:
@@ -170,7 +199,8 @@ def _resample_like_pyradiomics(image, mask, start_ijk, full_size_ijk, settings: 
     new_size = [int(v) for v in new_high - new_low + 1]
     origin_index = 0.5 * (target - spacing) / spacing + new_low / ratio  # whole-image index
     origin = mask.TransformContinuousIndexToPhysicalPoint(
-        [float(v) for v in origin_index - np.asarray(start_ijk, dtype=float)])
+        [float(v) for v in origin_index - np.asarray(start_ijk, dtype=float)]
+    )
     interpolator = settings.get("interpolator")
     if isinstance(interpolator, str):
         interpolator = getattr(sitk, interpolator)
@@ -188,9 +218,16 @@ def _resample_like_pyradiomics(image, mask, start_ijk, full_size_ijk, settings: 
     return resampled_image, resampled_mask, True
 
 
-def _pyradiomics_values(image, mask, region: Region, params: ExtractionParams,
-                        classes: Sequence[str], *, prefix: str, shape2d_axis: int | None = None
-                        ) -> tuple[dict, dict]:
+def _pyradiomics_values(
+    image,
+    mask,
+    region: Region,
+    params: ExtractionParams,
+    classes: Sequence[str],
+    *,
+    prefix: str,
+    shape2d_axis: int | None = None,
+) -> tuple[dict, dict]:
     """(features, diagnostics) of mask value 1 in a crop; raises on pyradiomics' refusals."""
     import SimpleITK as sitk
     from radiomics import featureextractor, getFeatureClasses, imageoperations
@@ -202,15 +239,18 @@ def _pyradiomics_values(image, mask, region: Region, params: ExtractionParams,
     diagnostics: dict[str, int | None] = {}
     if params.resamples:
         image, mask, resampled = _resample_like_pyradiomics(
-            image, mask, region.start_ijk, region.full_size_ijk, settings)
+            image, mask, region.start_ijk, region.full_size_ijk, settings
+        )
         settings["resampledPixelSpacing"] = None
         diagnostics[f"{prefix}diagnostics_Mask-interpolated_VoxelNum"] = int(
-            np.count_nonzero(sitk.GetArrayViewFromImage(mask) == 1))
+            np.count_nonzero(sitk.GetArrayViewFromImage(mask) == 1)
+        )
     if params.resegments:
         try:
             reseg = imageoperations.resegmentMask(image, mask, **settings)
             diagnostics[f"{prefix}diagnostics_Mask-resegmented_VoxelNum"] = int(
-                np.count_nonzero(sitk.GetArrayViewFromImage(reseg) == 1))
+                np.count_nonzero(sitk.GetArrayViewFromImage(reseg) == 1)
+            )
         except ValueError:
             diagnostics[f"{prefix}diagnostics_Mask-resegmented_VoxelNum"] = 0
 
@@ -256,8 +296,9 @@ def extract_region(region: Region, params: ExtractionParams) -> RegionResult:
     try:
         main_classes = [c for c in params.feature_classes if c != "shape2D"]
         if main_classes:
-            values, diag = _pyradiomics_values(image, _to_image(region.mask, region), region,
-                                               params, main_classes, prefix="")
+            values, diag = _pyradiomics_values(
+                image, _to_image(region.mask, region), region, params, main_classes, prefix=""
+            )
             features.update(values)
             diagnostics.update(diag)
         if "shape2D" in params.feature_classes:
@@ -269,30 +310,39 @@ def extract_region(region: Region, params: ExtractionParams) -> RegionResult:
             index = [slice(None)] * 3
             index[axis] = keep
             one_slice[tuple(index)] = region.mask[tuple(index)]
-            values, _diag = _pyradiomics_values(image, _to_image(one_slice, region), region,
-                                                params, ["shape2D"], prefix="",
-                                                shape2d_axis=axis)
+            values, _diag = _pyradiomics_values(
+                image,
+                _to_image(one_slice, region),
+                region,
+                params,
+                ["shape2D"],
+                prefix="",
+                shape2d_axis=axis,
+            )
             features.update(values)
         missing = [name for name in lesion_names if name not in features]
         extra = [name for name in features if name not in lesion_names]
         if extra:
             raise RuntimeError(f"pyradiomics returned unexpected features {extra[:3]}")
         if missing:
-            raise RuntimeError(f"pyradiomics did not return {len(missing)} feature(s) "
-                               f"({', '.join(missing[:3])})")
+            raise RuntimeError(
+                f"pyradiomics did not return {len(missing)} feature(s) ({', '.join(missing[:3])})"
+            )
     except Exception as exc:  # noqa: BLE001 - a lesion's failure is recorded, never fatal
         status, message = f"failed:{_reason(exc)}", _one_line(exc)
         features = dict.fromkeys(lesion_names)
         log.debug("lesion %s: %s", region.key, message, exc_info=True)
-    result = RegionResult(status=status, features=features, diagnostics=diagnostics,
-                          message=message)
+    result = RegionResult(
+        status=status, features=features, diagnostics=diagnostics, message=message
+    )
     if region.peritumoral_mm is not None:
         _extract_ring(region, params, image, mask, result)
     return result
 
 
-def _extract_ring(region: Region, params: ExtractionParams, image, lesion: np.ndarray,
-                  result: RegionResult) -> None:
+def _extract_ring(
+    region: Region, params: ExtractionParams, image, lesion: np.ndarray, result: RegionResult
+) -> None:
     from scipy import ndimage
 
     names = feature_names(params, prefix=PERITUMORAL, classes=params.texture_classes)
@@ -305,13 +355,20 @@ def _extract_ring(region: Region, params: ExtractionParams, image, lesion: np.nd
     status, message = STATUS_OK, None
     if not ring.any():
         status = "failed:empty_ring"
-        message = (f"no liver voxel (label {LIVER_LABEL}) within {region.peritumoral_mm:g} mm "
-                   "of the lesion")
+        message = (
+            f"no liver voxel (label {LIVER_LABEL}) within {region.peritumoral_mm:g} mm "
+            "of the lesion"
+        )
     else:
         try:
-            values, diag = _pyradiomics_values(image, _to_image(ring.astype(np.uint8), region),
-                                               region, params, params.texture_classes,
-                                               prefix=PERITUMORAL)
+            values, diag = _pyradiomics_values(
+                image,
+                _to_image(ring.astype(np.uint8), region),
+                region,
+                params,
+                params.texture_classes,
+                prefix=PERITUMORAL,
+            )
             missing = [name for name in names if name not in values]
             if missing:
                 raise RuntimeError(f"pyradiomics did not return {len(missing)} ring feature(s)")

@@ -46,8 +46,8 @@ class ModelResult:
     onnx: bytes
     onnx_difference: float
     hyperparameters: dict
-    step: str | None = None                     # a step of a hierarchical model
-    steps: dict[str, "ModelResult"] = field(default_factory=dict)   # a chained model's steps
+    step: str | None = None  # a step of a hierarchical model
+    steps: dict[str, "ModelResult"] = field(default_factory=dict)  # a chained model's steps
 
     @property
     def name(self) -> str:
@@ -67,8 +67,8 @@ class TrainingResult:
     outputs: list[Path] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
     skipped: bool = False
-    hierarchy: Any = None                       # metcli.radiomics.hierarchy.Hierarchy
-    steps: dict = field(default_factory=dict)   # step -> metcli.radiomics.hierarchy.StepData
+    hierarchy: Any = None  # metcli.radiomics.hierarchy.Hierarchy
+    steps: dict = field(default_factory=dict)  # step -> metcli.radiomics.hierarchy.StepData
 
 
 def jsonable(value):
@@ -99,31 +99,57 @@ def threshold_of(cohort, oof, rows, settings: Settings):
     else:
         proba, truth = oof, y
     value = choose_threshold(truth == pos, proba[:, pos], settings.threshold)
-    return value, (f"{settings.threshold} on out-of-fold predictions "
-                   f"({settings.threshold_level} level, patient = mean of lesions)")
+    return value, (
+        f"{settings.threshold} on out-of-fold predictions "
+        f"({settings.threshold_level} level, patient = mean of lesions)"
+    )
 
 
 def set_metrics(cohort, rows, proba, threshold) -> dict:
     """Metrics of ``rows`` of ``cohort`` at lesion and patient level."""
     kwargs = {"classes": cohort.classes, "positive": cohort.positive, "threshold": threshold}
-    return {"lesion": level_metrics(cohort.y[rows], proba, **kwargs),
-            "patient": level_metrics(cohort.y[rows], proba, patients=cohort.participants[rows],
-                                     **kwargs)}
+    return {
+        "lesion": level_metrics(cohort.y[rows], proba, **kwargs),
+        "patient": level_metrics(
+            cohort.y[rows], proba, patients=cohort.participants[rows], **kwargs
+        ),
+    }
 
 
 def cv_metrics(outcome: CVOutcome, name: str, cohort, train_rows, oof, threshold) -> dict:
     cv = set_metrics(cohort, train_rows, oof, threshold)
     for level, patients in (("lesion", None), ("patient", cohort.participants[train_rows])):
-        cv[level]["auc"] = cv_auc(outcome, name, cohort.y[train_rows], classes=cohort.classes,
-                                  positive=cohort.positive, patients=patients)
-        cv[level]["auc_sd"] = fold_auc_sd(outcome, name, cohort.y[train_rows],
-                                          classes=cohort.classes, positive=cohort.positive,
-                                          patients=patients)
+        cv[level]["auc"] = cv_auc(
+            outcome,
+            name,
+            cohort.y[train_rows],
+            classes=cohort.classes,
+            positive=cohort.positive,
+            patients=patients,
+        )
+        cv[level]["auc_sd"] = fold_auc_sd(
+            outcome,
+            name,
+            cohort.y[train_rows],
+            classes=cohort.classes,
+            positive=cohort.positive,
+            patients=patients,
+        )
     return cv
 
 
-def finish_model(classifier, sampler, pipeline, params, outcome: CVOutcome, cohort, train_rows,
-                 test_rows, settings: Settings, step: str | None = None) -> ModelResult:
+def finish_model(
+    classifier,
+    sampler,
+    pipeline,
+    params,
+    outcome: CVOutcome,
+    cohort,
+    train_rows,
+    test_rows,
+    settings: Settings,
+    step: str | None = None,
+) -> ModelResult:
     """A flat model (or one step of a hierarchy): threshold, metrics and its ONNX graph."""
     from metcli.radiomics import onnx as onnx_export
 
@@ -142,16 +168,37 @@ def finish_model(classifier, sampler, pipeline, params, outcome: CVOutcome, coho
     check_rows = np.concatenate([train_rows, test_rows])
     difference = onnx_export.max_difference(pipeline, model, cohort.frame.iloc[check_rows])
     if difference > 1e-5:
-        log.warning("%s: the ONNX model differs from scikit-learn by up to %.2g", label,
-                    difference)
+        log.warning("%s: the ONNX model differs from scikit-learn by up to %.2g", label, difference)
     tuned = {k.split("__", 1)[1]: jsonable(v) for k, v in sorted(params.items())}
-    return ModelResult(classifier, sampler, pipeline, names, oof, threshold, source, cv, test,
-                       test_proba, model, difference, tuned, step=step)
+    return ModelResult(
+        classifier,
+        sampler,
+        pipeline,
+        names,
+        oof,
+        threshold,
+        source,
+        cv,
+        test,
+        test_proba,
+        model,
+        difference,
+        tuned,
+        step=step,
+    )
 
 
-def finish_chain(classifier, sampler, chained, parts: dict[str, ModelResult],
-                 outcome: CVOutcome, cohort, train_rows, test_rows,
-                 settings: Settings) -> ModelResult:
+def finish_chain(
+    classifier,
+    sampler,
+    chained,
+    parts: dict[str, ModelResult],
+    outcome: CVOutcome,
+    cohort,
+    train_rows,
+    test_rows,
+    settings: Settings,
+) -> ModelResult:
     """The chained model of a hierarchy: metrics of the chain, and its one ONNX graph."""
     from metcli.radiomics import onnx as onnx_export
     from metcli.radiomics.hierarchy import chain_columns
@@ -166,17 +213,34 @@ def finish_chain(classifier, sampler, chained, parts: dict[str, ModelResult],
         test_proba = chained.predict_proba(cohort.frame.iloc[test_rows])
         test = set_metrics(cohort, test_rows, test_proba, threshold)
     names = chained.input_names
-    model = onnx_export.chain([(k, v.onnx) for k, v in parts.items()],
-                              chain_columns(chained.hierarchy, cohort.classes), model_name=name)
+    model = onnx_export.chain(
+        [(k, v.onnx) for k, v in parts.items()],
+        chain_columns(chained.hierarchy, cohort.classes),
+        model_name=name,
+    )
     check_rows = np.concatenate([train_rows, test_rows])
-    difference = onnx_export.max_difference(chained, model, cohort.frame.iloc[check_rows],
-                                            names=names)
+    difference = onnx_export.max_difference(
+        chained, model, cohort.frame.iloc[check_rows], names=names
+    )
     if difference > 1e-5:
-        log.warning("%s: the ONNX model differs from scikit-learn by up to %.2g", name,
-                    difference)
+        log.warning("%s: the ONNX model differs from scikit-learn by up to %.2g", name, difference)
     tuned = {k: v.hyperparameters for k, v in parts.items()}
-    return ModelResult(classifier, sampler, chained, names, oof, threshold, source, cv, test,
-                       test_proba, model, difference, tuned, steps=parts)
+    return ModelResult(
+        classifier,
+        sampler,
+        chained,
+        names,
+        oof,
+        threshold,
+        source,
+        cv,
+        test,
+        test_proba,
+        model,
+        difference,
+        tuned,
+        steps=parts,
+    )
 
 
 def results_rows(models: dict[str, ModelResult]) -> list[dict]:
@@ -188,17 +252,25 @@ def results_rows(models: dict[str, ModelResult]) -> list[dict]:
             for level in ("patient", "lesion"):
                 cv, test = part.cv[level], (part.test or {}).get(level, {})
                 row = {
-                    "classifier": model.classifier, "sampler": model.sampler, "model": name,
-                    "level": level, "cv_auc": cv["auc"], "cv_auc_sd": cv["auc_sd"],
+                    "classifier": model.classifier,
+                    "sampler": model.sampler,
+                    "model": name,
+                    "level": level,
+                    "cv_auc": cv["auc"],
+                    "cv_auc_sd": cv["auc_sd"],
                     "cv_accuracy": cv["accuracy"],
                     "cv_balanced_accuracy": cv["balanced_accuracy"],
-                    "test_auc": test.get("auc"), "test_accuracy": test.get("accuracy"),
+                    "test_auc": test.get("auc"),
+                    "test_accuracy": test.get("accuracy"),
                     "test_balanced_accuracy": test.get("balanced_accuracy"),
-                    "threshold": part.threshold, "threshold_source": part.threshold_source,
+                    "threshold": part.threshold,
+                    "threshold_source": part.threshold_source,
                     "n_features": len(part.inputs),
-                    "hyperparameters": json.dumps(part.hyperparameters, sort_keys=True,
-                                                  separators=(",", ":")),
-                    "selected_by_cv": False}
+                    "hyperparameters": json.dumps(
+                        part.hyperparameters, sort_keys=True, separators=(",", ":")
+                    ),
+                    "selected_by_cv": False,
+                }
                 if step is not None:
                     row["step"] = step
                 rows.append(row)
@@ -207,11 +279,17 @@ def results_rows(models: dict[str, ModelResult]) -> list[dict]:
 
 def choose(rows: list[dict], names: list[str]) -> str:
     """The model cross-validation selects: highest patient, then lesion ``cv_auc``, then order."""
+
     def score(name):
-        by_level = {r["level"]: r["cv_auc"] for r in rows
-                    if r["model"] == name and r.get("step", CHAIN) == CHAIN}
-        as_num = [v if v is not None else -math.inf for v in (by_level.get("patient"),
-                                                               by_level.get("lesion"))]
+        by_level = {
+            r["level"]: r["cv_auc"]
+            for r in rows
+            if r["model"] == name and r.get("step", CHAIN) == CHAIN
+        }
+        as_num = [
+            v if v is not None else -math.inf
+            for v in (by_level.get("patient"), by_level.get("lesion"))
+        ]
         return (as_num[0], as_num[1], -names.index(name))
 
     return max(names, key=score)

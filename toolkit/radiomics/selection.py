@@ -102,14 +102,16 @@ def _select_columns(estimator, X):
         names = [str(c) for c in columns]
         if names != list(estimator.feature_names_in_):
             missing = [n for n in estimator.feature_names_in_ if n not in names]
-            raise ValueError("the features differ from those seen in fit"
-                             + (f" (missing: {', '.join(missing[:5])})" if missing else
-                                " (other order)"))
+            raise ValueError(
+                "the features differ from those seen in fit"
+                + (f" (missing: {', '.join(missing[:5])})" if missing else " (other order)")
+            )
         return X.loc[:, list(estimator.get_feature_names_out())]
     array = np.asarray(X)
     if array.shape[1] != estimator.support_.size:
-        raise ValueError(f"X has {array.shape[1]} features, {estimator.support_.size} were "
-                         "seen in fit")
+        raise ValueError(
+            f"X has {array.shape[1]} features, {estimator.support_.size} were seen in fit"
+        )
     return array[:, estimator.support_]
 
 
@@ -166,8 +168,9 @@ class CorrelationFilter(_Selector):
             ``constant`` or ``correlated``, ``partner``, ``r``), in removal order.
     """
 
-    def __init__(self, *, threshold: float = 0.6, keep: Sequence[str] = (),
-                 cache_dir: str | None = None):
+    def __init__(
+        self, *, threshold: float = 0.6, keep: Sequence[str] = (), cache_dir: str | None = None
+    ):
         self.threshold = threshold
         self.keep = keep
         self.cache_dir = cache_dir
@@ -192,8 +195,9 @@ class CorrelationFilter(_Selector):
         for i in candidates:
             column = array[:, i]
             if not np.all(np.isfinite(column)) or np.ptp(column) == 0.0:
-                dropped.append({"feature": names[i], "reason": "constant", "partner": None,
-                                "r": None})
+                dropped.append(
+                    {"feature": names[i], "reason": "constant", "partner": None, "r": None}
+                )
             else:
                 usable.append(i)
         remaining = sorted(usable, key=lambda i: names[i])
@@ -213,12 +217,18 @@ class CorrelationFilter(_Selector):
                 n_alive = int(alive.sum())
                 means = np.round(sub.sum(axis=1) / max(n_alive - 1, 1), _DECIMALS)
                 index = np.flatnonzero(alive)
-                best = max(range(n_alive),
-                           key=lambda k: (counts[k], means[k], names[remaining[index[k]]]))
+                best = max(
+                    range(n_alive), key=lambda k: (counts[k], means[k], names[remaining[index[k]]])
+                )
                 partner_k = int(np.argmax(np.where(above[best], sub[best], -1.0)))
-                dropped.append({"feature": names[remaining[index[best]]], "reason": "correlated",
-                                "partner": names[remaining[index[partner_k]]],
-                                "r": float(sub[best, partner_k])})
+                dropped.append(
+                    {
+                        "feature": names[remaining[index[best]]],
+                        "reason": "correlated",
+                        "partner": names[remaining[index[partner_k]]],
+                        "r": float(sub[best, partner_k]),
+                    }
+                )
                 alive[index[best]] = False
             remaining = [i for i, a in zip(remaining, alive) if a]
         support = kept_always.copy()
@@ -262,9 +272,17 @@ class PermutationImportanceSelector(_Selector):
         ranking_: the ranked feature names, best first.
     """
 
-    def __init__(self, *, max_features: int = 10, n_estimators: int = 100, n_repeats: int = 5,
-                 holdout_folds: int = 3, keep: Sequence[str] = (), random_state: int = 0,
-                 cache_dir: str | None = None):
+    def __init__(
+        self,
+        *,
+        max_features: int = 10,
+        n_estimators: int = 100,
+        n_repeats: int = 5,
+        holdout_folds: int = 3,
+        keep: Sequence[str] = (),
+        random_state: int = 0,
+        cache_dir: str | None = None,
+    ):
         self.max_features = max_features
         self.n_estimators = n_estimators
         self.n_repeats = n_repeats
@@ -285,19 +303,28 @@ class PermutationImportanceSelector(_Selector):
             if groups is not None and np.unique(groups).size >= 2:
                 groups = np.asarray(groups)
                 splitter = StratifiedGroupKFold(
-                    n_splits=min(self.holdout_folds, np.unique(groups).size), shuffle=True,
-                    random_state=self.random_state)
+                    n_splits=min(self.holdout_folds, np.unique(groups).size),
+                    shuffle=True,
+                    random_state=self.random_state,
+                )
                 splits = splitter.split(np.zeros(len(y)), y, groups)
             elif groups is None and n_classes_min >= 2:
-                splitter = StratifiedKFold(n_splits=min(self.holdout_folds, n_classes_min),
-                                           shuffle=True, random_state=self.random_state)
+                splitter = StratifiedKFold(
+                    n_splits=min(self.holdout_folds, n_classes_min),
+                    shuffle=True,
+                    random_state=self.random_state,
+                )
                 splits = splitter.split(np.zeros(len(y)), y)
             for fit_rows, held_out in splits:
-                if (np.unique(y[fit_rows]).size == n_classes
-                        and np.unique(y[held_out]).size == n_classes):
+                if (
+                    np.unique(y[fit_rows]).size == n_classes
+                    and np.unique(y[held_out]).size == n_classes
+                ):
                     return fit_rows, held_out
-        log.debug("importance selector: no held-out split with every class; importances "
-                  "are measured on the training rows")
+        log.debug(
+            "importance selector: no held-out split with every class; importances "
+            "are measured on the training rows"
+        )
         everything = np.arange(len(y))
         return everything, everything
 
@@ -327,20 +354,31 @@ class PermutationImportanceSelector(_Selector):
         if candidates.size:
             train, held_out = self._split(y, groups)
             weights = None if sample_weight is None else np.asarray(sample_weight, dtype=float)
-            forest = RandomForestClassifier(n_estimators=self.n_estimators,
-                                            class_weight="balanced", n_jobs=1,
-                                            random_state=self.random_state)
-            forest.fit(array[np.ix_(train, candidates)], y[train],
-                       sample_weight=None if weights is None else weights[train])
+            forest = RandomForestClassifier(
+                n_estimators=self.n_estimators,
+                class_weight="balanced",
+                n_jobs=1,
+                random_state=self.random_state,
+            )
+            forest.fit(
+                array[np.ix_(train, candidates)],
+                y[train],
+                sample_weight=None if weights is None else weights[train],
+            )
             mean, std = permutation_auc_drop(
-                forest, array[np.ix_(held_out, candidates)], y[held_out],
-                n_repeats=self.n_repeats, random_state=self.random_state,
-                sample_weight=None if weights is None else weights[held_out])
+                forest,
+                array[np.ix_(held_out, candidates)],
+                y[held_out],
+                n_repeats=self.n_repeats,
+                random_state=self.random_state,
+                sample_weight=None if weights is None else weights[held_out],
+            )
             importances[candidates] = mean
             spread[candidates] = std
             rounded = np.round(mean, _DECIMALS)
-            order = sorted(range(candidates.size), key=lambda k: (-rounded[k],
-                                                                  names[candidates[k]]))
+            order = sorted(
+                range(candidates.size), key=lambda k: (-rounded[k], names[candidates[k]])
+            )
             ranking = [names[candidates[k]] for k in order]
             chosen = [k for k in order if rounded[k] > 0][: int(self.max_features)] or order[:1]
             support[candidates[chosen]] = True
@@ -349,8 +387,13 @@ class PermutationImportanceSelector(_Selector):
         self.importances_std_ = spread
         self.ranking_ = ranking
         if cached is not None:
-            _store(cached, support=support, importances=importances, spread=spread,
-                   ranking=np.array(ranking, dtype=str))
+            _store(
+                cached,
+                support=support,
+                importances=importances,
+                spread=spread,
+                ranking=np.array(ranking, dtype=str),
+            )
         return self
 
 
@@ -364,10 +407,18 @@ def _auc(y_index: np.ndarray, proba: np.ndarray, sample_weight=None) -> float:
 
         if n_classes == 2:
             return float(roc_auc_score(y_index == 1, proba[:, 1], sample_weight=sample_weight))
-        return float(roc_auc_score(y_index, proba, multi_class="ovr", average="macro",
-                                   labels=list(range(n_classes)), sample_weight=sample_weight))
+        return float(
+            roc_auc_score(
+                y_index,
+                proba,
+                multi_class="ovr",
+                average="macro",
+                labels=list(range(n_classes)),
+                sample_weight=sample_weight,
+            )
+        )
     values = []
-    for k in ([1] if n_classes == 2 else range(n_classes)):
+    for k in [1] if n_classes == 2 else range(n_classes):
         positive = y_index == k
         n_pos = int(positive.sum())
         n_neg = positive.size - n_pos
@@ -376,8 +427,9 @@ def _auc(y_index: np.ndarray, proba: np.ndarray, sample_weight=None) -> float:
     return float(np.mean(values))
 
 
-def permutation_auc_drop(model, X: np.ndarray, y, *, n_repeats: int, random_state: int,
-                         sample_weight=None) -> tuple[np.ndarray, np.ndarray]:
+def permutation_auc_drop(
+    model, X: np.ndarray, y, *, n_repeats: int, random_state: int, sample_weight=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and SD over ``n_repeats`` shuffles of the AUC lost when each column is shuffled.
 
     The same quantity as scikit-learn's ``permutation_importance`` with ROC AUC
@@ -393,10 +445,10 @@ def permutation_auc_drop(model, X: np.ndarray, y, *, n_repeats: int, random_stat
     for j in range(X.shape[1]):
         stacked = np.tile(X, (n_repeats, 1))
         for r in range(n_repeats):
-            stacked[r * n:(r + 1) * n, j] = X[rng.permutation(n), j]
+            stacked[r * n : (r + 1) * n, j] = X[rng.permutation(n), j]
         proba = model.predict_proba(stacked)
         for r in range(n_repeats):
-            drops[j, r] = baseline - _auc(y_index, proba[r * n:(r + 1) * n], sample_weight)
+            drops[j, r] = baseline - _auc(y_index, proba[r * n : (r + 1) * n], sample_weight)
     return drops.mean(axis=1), drops.std(axis=1)
 
 

@@ -67,8 +67,10 @@ def _names(value, allowed: Sequence[str], option: str) -> tuple[str, ...]:
         return tuple(allowed)
     bad = [v for v in items if v not in allowed]
     if bad or not items:
-        raise UsageError(f"{option} {','.join(bad) or '(empty)'} is not valid",
-                         fix=f"choose among all, {', '.join(allowed)} (comma-separated)")
+        raise UsageError(
+            f"{option} {','.join(bad) or '(empty)'} is not valid",
+            fix=f"choose among all, {', '.join(allowed)} (comma-separated)",
+        )
     return tuple(dict.fromkeys(items))
 
 
@@ -77,8 +79,14 @@ def check_settings(**options) -> Settings:
     unknown = set(options) - set(Settings.__dataclass_fields__)
     if unknown:
         raise UsageError(f"unknown option(s) {', '.join(sorted(unknown))}")
-    s = Settings(**{k: v for k, v in options.items() if v is not None or k in (
-        "positive_class", "test_patients", "phase", "session", "grids", "hierarchy")})
+    s = Settings(
+        **{
+            k: v
+            for k, v in options.items()
+            if v is not None
+            or k in ("positive_class", "test_patients", "phase", "session", "grids", "hierarchy")
+        }
+    )
     s.classifiers = _names(s.classifiers, tuple(CLASSIFIERS), "--classifiers")
     s.samplers = _names(s.samplers, SAMPLERS, "--sampler")
     if isinstance(s.covariates, str):
@@ -96,21 +104,28 @@ def check_settings(**options) -> Settings:
         (s.search_iterations >= 1, "--search-iterations must be at least 1"),
         (s.threshold in THRESHOLD_RULES, "--threshold must be youden or f1"),
         (s.threshold_level in LEVELS, "--threshold-level must be patient or lesion"),
-        (s.importance_trees >= 1 and s.importance_repeats >= 1,
-         "--importance-trees and --importance-repeats must be at least 1"),
+        (
+            s.importance_trees >= 1 and s.importance_repeats >= 1,
+            "--importance-trees and --importance-repeats must be at least 1",
+        ),
         (s.test_patients is None or s.test_patients >= 2, "--test-patients must be at least 2"),
     ]
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
     if s.patient_weights and s.samplers != ("none",):
-        raise UsageError("--patient-weights works with --sampler none only: SMOTE and "
-                         "undersampling make or drop lesions, which have no patient weight",
-                         fix="use --sampler none --patient-weights")
+        raise UsageError(
+            "--patient-weights works with --sampler none only: SMOTE and "
+            "undersampling make or drop lesions, which have no patient weight",
+            fix="use --sampler none --patient-weights",
+        )
     if s.hierarchy is not None and s.positive_class is not None:
-        raise UsageError("--positive-class does not apply to --hierarchy: the chained model "
-                         "has three labels or more (a binary step's positive class is its "
-                         "label that sorts last)", fix="leave --positive-class out")
+        raise UsageError(
+            "--positive-class does not apply to --hierarchy: the chained model "
+            "has three labels or more (a binary step's positive class is its "
+            "label that sorts last)",
+            fix="leave --positive-class out",
+        )
     if s.test_patients is not None and s.protocol != "holdout":
         raise UsageError("--test-patients needs --protocol holdout")
     if s.grids:
@@ -118,4 +133,3 @@ def check_settings(**options) -> Settings:
             if name not in CLASSIFIERS or not isinstance(grid, dict):
                 raise UsageError(f"grid for {name!r}: not a classifier or not a mapping")
     return s
-

@@ -69,8 +69,9 @@ class LesionPool:
             # spawn, not fork: SimpleITK's thread pool does not survive a fork, and
             # spawned workers are direct children (their CPU time is accounted)
             context = multiprocessing.get_context("spawn")
-            self._executor = ProcessPoolExecutor(max_workers=self.jobs, mp_context=context,
-                                                 initializer=_init_worker)
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.jobs, mp_context=context, initializer=_init_worker
+            )
         return self._executor
 
     def map(self, items: Iterable[tuple[Region, ExtractionParams]]) -> Iterator[RegionResult]:

@@ -1,8 +1,9 @@
-"""metcli.segmentation: the segment run, its backends (nnU-Net v2, ONNX Runtime), and nnU-Net's export to ONNX.
+"""metcli.segmentation: the segment run, its backends (nnU-Net v2, ONNX Runtime), and nnU-
+Net's export to ONNX.
 
 The names in ``__all__`` are this room's public API: the names other rooms, the
-command line, the tests and the benchmarks use. Each is imported from its module on first use, so importing the
-room stays light.
+command line, the tests and the benchmarks use. Each is imported from its module on
+first use, so importing the room stays light.
 """
 
 from __future__ import annotations

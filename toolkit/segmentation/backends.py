@@ -43,9 +43,9 @@ class Segmenter(Protocol):
 class ModelFolder:
     """What a backend found in a model folder."""
 
-    files: list[str]           #: relative paths of the files that identify the model (hashed)
-    folds: list[str] | None    #: folds in use; None where the backend has no folds
-    orientation: str           #: code CTs are brought to first, or ``as-stored``
+    files: list[str]  #: relative paths of the files that identify the model (hashed)
+    folds: list[str] | None  #: folds in use; None where the backend has no folds
+    orientation: str  #: code CTs are brought to first, or ``as-stored``
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,10 @@ _REGISTRY: dict[str, Backend] = {}
 def register(backend: Backend) -> Backend:
     """Add ``backend`` to the registry; its name must be new."""
     if backend.name in _REGISTRY:
-        raise UsageError(f"a segmentation backend named {backend.name!r} is already registered",
-                         fix="choose another name, or unregister the other one first")
+        raise UsageError(
+            f"a segmentation backend named {backend.name!r} is already registered",
+            fix="choose another name, or unregister the other one first",
+        )
     _REGISTRY[backend.name] = backend
     return backend
 
@@ -109,19 +111,30 @@ def backends_help() -> str:
 
 
 # ============================================================================ nnunet
-def _nnunet_folder(path: Path, *, name: str, folds: Sequence[int | str] | None,
-                   orientation: str | None, manifest_orientation: str | None) -> ModelFolder:
+def _nnunet_folder(
+    path: Path,
+    *,
+    name: str,
+    folds: Sequence[int | str] | None,
+    orientation: str | None,
+    manifest_orientation: str | None,
+) -> ModelFolder:
     from metcli.segmentation.nnunet import CHECKPOINT_NAME, read_model_folder, resolve_folds
 
     if (path / "preprocessing.json").is_file() and not (path / "plans.json").is_file():
-        raise UsageError(f"{path.name} is an ONNX export, not an nnU-Net model folder",
-                         fix="use --backend onnx with it, or give an nnU-Net v2 model folder")
+        raise UsageError(
+            f"{path.name} is an ONNX export, not an nnU-Net model folder",
+            fix="use --backend onnx with it, or give an nnU-Net v2 model folder",
+        )
     read_model_folder(path)
     used_folds = resolve_folds(path, folds)
     if orientation is None:
         orientation = manifest_orientation or AS_STORED
-    files = ["dataset.json", "plans.json",
-             *(f"fold_{fold}/{CHECKPOINT_NAME}" for fold in used_folds or [])]
+    files = [
+        "dataset.json",
+        "plans.json",
+        *(f"fold_{fold}/{CHECKPOINT_NAME}" for fold in used_folds or []),
+    ]
     return ModelFolder(files=files, folds=used_folds, orientation=orientation)
 
 
@@ -132,30 +145,50 @@ def _nnunet_labels(path: Path) -> dict[str, int]:
     return model_labels(dataset, path=path / "dataset.json")
 
 
-def _nnunet_open(model, *, device: str, tta: bool, step_size: float,
-                 threads: int | None) -> Segmenter:
+def _nnunet_open(
+    model, *, device: str, tta: bool, step_size: float, threads: int | None
+) -> Segmenter:
     from metcli.segmentation.nnunet import NnunetSegmenter
 
-    return NnunetSegmenter(model.path, device=device, folds=model.folds, tta=tta,
-                           step_size=step_size, orientation=model.orientation, threads=threads)
+    return NnunetSegmenter(
+        model.path,
+        device=device,
+        folds=model.folds,
+        tta=tta,
+        step_size=step_size,
+        orientation=model.orientation,
+        threads=threads,
+    )
 
 
 # ============================================================================ onnx
-def _onnx_folder(path: Path, *, name: str, folds: Sequence[int | str] | None,
-                 orientation: str | None, manifest_orientation: str | None) -> ModelFolder:
+def _onnx_folder(
+    path: Path,
+    *,
+    name: str,
+    folds: Sequence[int | str] | None,
+    orientation: str | None,
+    manifest_orientation: str | None,
+) -> ModelFolder:
     from metcli.segmentation.onnx import export_orientation
 
     if folds:
-        raise UsageError("--folds applies to the nnunet backend only (an ONNX export holds "
-                         "the folds it was exported with)")
+        raise UsageError(
+            "--folds applies to the nnunet backend only (an ONNX export holds "
+            "the folds it was exported with)"
+        )
     if not (path / "preprocessing.json").is_file() and (path / "plans.json").is_file():
-        raise UsageError(f"{name} is an nnU-Net model folder, not an ONNX export",
-                         fix=f"export it first (metcli export-onnx {path} ONNX_DIR) and give "
-                             "ONNX_DIR, or use --backend nnunet")
+        raise UsageError(
+            f"{name} is an nnU-Net model folder, not an ONNX export",
+            fix=f"export it first (metcli export-onnx {path} ONNX_DIR) and give "
+            "ONNX_DIR, or use --backend nnunet",
+        )
     orientation = export_orientation(path, orientation)
-    files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in
-                                              p.relative_to(path).parts))
+    files = sorted(
+        p.relative_to(path).as_posix()
+        for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
     return ModelFolder(files=files, folds=None, orientation=orientation)
 
 
@@ -165,17 +198,29 @@ def _onnx_labels(path: Path) -> dict[str, int]:
     return spec_labels(path)
 
 
-def _onnx_open(model, *, device: str, tta: bool, step_size: float,
-               threads: int | None) -> Segmenter:
+def _onnx_open(
+    model, *, device: str, tta: bool, step_size: float, threads: int | None
+) -> Segmenter:
     from metcli.segmentation.onnx import OnnxSegmenter
 
-    return OnnxSegmenter(model.path, device=device, tta=tta, step_size=step_size,
-                         threads=threads)
+    return OnnxSegmenter(model.path, device=device, tta=tta, step_size=step_size, threads=threads)
 
 
-register(Backend(name="nnunet", description="nnU-Net's own predictor on an nnU-Net v2 "
-                                            "trained-model folder",
-                 check_folder=_nnunet_folder, read_labels=_nnunet_labels, open=_nnunet_open))
-register(Backend(name="onnx", description="ONNX Runtime on a folder written by metcli "
-                                          "export-onnx (no torch needed)",
-                 check_folder=_onnx_folder, read_labels=_onnx_labels, open=_onnx_open))
+register(
+    Backend(
+        name="nnunet",
+        description="nnU-Net's own predictor on an nnU-Net v2 trained-model folder",
+        check_folder=_nnunet_folder,
+        read_labels=_nnunet_labels,
+        open=_nnunet_open,
+    )
+)
+register(
+    Backend(
+        name="onnx",
+        description="ONNX Runtime on a folder written by metcli export-onnx (no torch needed)",
+        check_folder=_onnx_folder,
+        read_labels=_onnx_labels,
+        open=_onnx_open,
+    )
+)

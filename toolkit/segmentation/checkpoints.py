@@ -32,36 +32,49 @@ def load_checkpoint(path: str | Path) -> tuple[dict, str]:
 
     path = Path(path)
     if not zipfile.is_zipfile(path):
-        raise InputError("not a PyTorch checkpoint (torch.save writes a zip archive; this file "
-                         "is not one)", path=path,
-                         fix="give the checkpoint_final.pth nnU-Net v2 wrote (copy it again if "
-                             "it was truncated)")
+        raise InputError(
+            "not a PyTorch checkpoint (torch.save writes a zip archive; this file is not one)",
+            path=path,
+            fix="give the checkpoint_final.pth nnU-Net v2 wrote (copy it again if "
+            "it was truncated)",
+        )
     checkpoint, how = None, "weights_only"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():
-            raise InputError(f"cannot read the checkpoint ({short_error(exc)})", path=path,
-                             fix="check that the file is a complete PyTorch checkpoint") from None
+            raise InputError(
+                f"cannot read the checkpoint ({short_error(exc)})",
+                path=path,
+                fix="check that the file is a complete PyTorch checkpoint",
+            ) from None
     except (RuntimeError, EOFError, OSError) as exc:
-        raise InputError(f"cannot read the checkpoint ({short_error(exc)})", path=path,
-                         fix="check that the file is a complete PyTorch checkpoint") from None
+        raise InputError(
+            f"cannot read the checkpoint ({short_error(exc)})",
+            path=path,
+            fix="check that the file is a complete PyTorch checkpoint",
+        ) from None
     if checkpoint is None:
         how = "weights_only+numpy_scalars"
         try:
             with torch.serialization.safe_globals(_numpy_safe_globals()):
                 checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise InputError(f"the checkpoint holds Python objects that a weights-only load "
-                             f"refuses ({_refused_global(exc)}); metcli does not unpickle "
-                             "checkpoints fully", path=path,
-                             fix="strip it, in an environment you trust, to network_weights, "
-                                 "trainer_name, init_args and inference_allowed_mirroring_axes "
-                                 "(docs/onnx.md shows how)") from None
+            raise InputError(
+                f"the checkpoint holds Python objects that a weights-only load "
+                f"refuses ({_refused_global(exc)}); metcli does not unpickle "
+                "checkpoints fully",
+                path=path,
+                fix="strip it, in an environment you trust, to network_weights, "
+                "trainer_name, init_args and inference_allowed_mirroring_axes "
+                "(docs/onnx.md shows how)",
+            ) from None
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
-        raise InputError("the checkpoint has no 'network_weights'; it is not an nnU-Net v2 "
-                         "checkpoint", path=path, fix="give the checkpoint_final.pth nnU-Net "
-                                                      "v2 wrote")
+        raise InputError(
+            "the checkpoint has no 'network_weights'; it is not an nnU-Net v2 checkpoint",
+            path=path,
+            fix="give the checkpoint_final.pth nnU-Net v2 wrote",
+        )
     return checkpoint, how
 
 

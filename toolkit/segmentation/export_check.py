@@ -21,8 +21,16 @@ DEFAULT_TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
-def verify_export(network, onnx_path: Path, in_channels: int, patch: list[int], *,
-                  tolerance: float = DEFAULT_TOLERANCE, seed: int = 0, batch: int = 2) -> dict:
+def verify_export(
+    network,
+    onnx_path: Path,
+    in_channels: int,
+    patch: list[int],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
+    batch: int = 2,
+) -> dict:
     """Compare ONNX Runtime with torch on two inputs; refuse what changes the result.
 
     The inputs are a standard-normal sample and a phantom (a smooth ellipsoid with
@@ -42,43 +50,63 @@ def verify_export(network, onnx_path: Path, in_channels: int, patch: list[int], 
     try:
         onnx.checker.check_model(str(onnx_path))
     except Exception as exc:  # noqa: BLE001
-        raise OutputError(f"the exported ONNX model is not valid ({short_error(exc)})",
-                          path=onnx_path.parent, fix="report the network class and opset") from None
+        raise OutputError(
+            f"the exported ONNX model is not valid ({short_error(exc)})",
+            path=onnx_path.parent,
+            fix="report the network class and opset",
+        ) from None
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
-    inputs = {"random": rng.standard_normal((batch, in_channels, *patch)).astype(np.float32),
-              "phantom": _phantom_input(in_channels, patch, rng)}
+    inputs = {
+        "random": rng.standard_normal((batch, in_channels, *patch)).astype(np.float32),
+        "phantom": _phantom_input(in_channels, patch, rng),
+    }
     checks = {}
     for name, sample in inputs.items():
         with torch.no_grad():
             expected = network(torch.from_numpy(sample)).numpy()
         actual = session.run(None, {INPUT_NAME: sample})[0]
         if actual.shape != expected.shape:
-            raise OutputError(f"ONNX Runtime's output shape {actual.shape} differs from torch's "
-                              f"{expected.shape}", path=onnx_path.parent, fix="report this")
+            raise OutputError(
+                f"ONNX Runtime's output shape {actual.shape} differs from torch's {expected.shape}",
+                path=onnx_path.parent,
+                fix="report this",
+            )
         checks[name] = _compare_logits(expected, actual)
     for name, check in checks.items():
         if not check["relative_difference"] <= tolerance:
-            raise OutputError(f"ONNX Runtime's logits differ from torch's by up to "
-                              f"{check['max_abs_logit_difference']:.3g} on the {name} input, "
-                              f"{check['relative_difference']:.3g} of the logits' range "
-                              f"(tolerance {tolerance:g}); the export was refused",
-                              path=onnx_path.parent, fix="try another --opset, or report this")
+            raise OutputError(
+                f"ONNX Runtime's logits differ from torch's by up to "
+                f"{check['max_abs_logit_difference']:.3g} on the {name} input, "
+                f"{check['relative_difference']:.3g} of the logits' range "
+                f"(tolerance {tolerance:g}); the export was refused",
+                path=onnx_path.parent,
+                fix="try another --opset, or report this",
+            )
         if check["label_disagreements"]:
-            raise OutputError(f"ONNX Runtime's labels differ from torch's in "
-                              f"{check['label_disagreements']} voxels of the {name} input that "
-                              "are not ties; the export was refused",
-                              path=onnx_path.parent, fix="try another --opset, or report this")
+            raise OutputError(
+                f"ONNX Runtime's labels differ from torch's in "
+                f"{check['label_disagreements']} voxels of the {name} input that "
+                "are not ties; the export was refused",
+                path=onnx_path.parent,
+                fix="try another --opset, or report this",
+            )
     worst = max(checks.values(), key=lambda c: c["relative_difference"])
-    return {"passed": True, "max_abs_logit_difference": worst["max_abs_logit_difference"],
-            "relative_logit_difference": worst["relative_difference"],
-            "tolerance": float(tolerance), "tolerance_kind": "relative to the logits' range",
-            "labels_identical_beyond_ties": True,
-            "tied_voxels": int(sum(c["tied_voxels"] for c in checks.values())),
-            "inputs": sorted(checks), "input_shape": [batch, in_channels, *patch],
-            "seed": int(seed),
-            "reference": "torch (CPU, float32) on a standard-normal input and a phantom",
-            "onnxruntime_version": ort.__version__, "execution_provider": "CPUExecutionProvider"}
+    return {
+        "passed": True,
+        "max_abs_logit_difference": worst["max_abs_logit_difference"],
+        "relative_logit_difference": worst["relative_difference"],
+        "tolerance": float(tolerance),
+        "tolerance_kind": "relative to the logits' range",
+        "labels_identical_beyond_ties": True,
+        "tied_voxels": int(sum(c["tied_voxels"] for c in checks.values())),
+        "inputs": sorted(checks),
+        "input_shape": [batch, in_channels, *patch],
+        "seed": int(seed),
+        "reference": "torch (CPU, float32) on a standard-normal input and a phantom",
+        "onnxruntime_version": ort.__version__,
+        "execution_provider": "CPUExecutionProvider",
+    }
 
 
 def _compare_logits(expected: np.ndarray, actual: np.ndarray) -> dict:
@@ -93,8 +121,12 @@ def _compare_logits(expected: np.ndarray, actual: np.ndarray) -> dict:
     else:
         tied = np.zeros(expected.shape[:1] + expected.shape[2:], dtype=bool)
     differ = np.argmax(expected64, axis=1) != np.argmax(actual64, axis=1)
-    return {"max_abs_logit_difference": difference, "relative_difference": float(relative),
-            "tied_voxels": int(tied.sum()), "label_disagreements": int((differ & ~tied).sum())}
+    return {
+        "max_abs_logit_difference": difference,
+        "relative_difference": float(relative),
+        "tied_voxels": int(tied.sum()),
+        "label_disagreements": int((differ & ~tied).sum()),
+    }
 
 
 def _phantom_input(in_channels: int, patch: list[int], rng: np.random.Generator) -> np.ndarray:
@@ -103,7 +135,7 @@ def _phantom_input(in_channels: int, patch: list[int], rng: np.random.Generator)
     grid = np.meshgrid(*[np.linspace(-1.0, 1.0, n) for n in patch], indexing="ij")
     image = np.where(sum((g / 0.7) ** 2 for g in grid) <= 1.0, 1.0, -1.5)
     for centre, size in (((0.25, 0.2, -0.1), 0.25), ((-0.3, -0.15, 0.2), 0.15)):
-        inside = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= size ** 2
+        inside = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= size**2
         image = np.where(inside, -0.5, image)
     image = image + 0.1 * rng.standard_normal(image.shape)
     return np.repeat(image[None, None], in_channels, axis=1).astype(np.float32)

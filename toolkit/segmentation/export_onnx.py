@@ -77,24 +77,36 @@ def model_files(model_dir: str | Path, fold: int | str) -> dict[str, Path]:
     """The three files of an nnU-Net v2 model folder that the export reads; checked."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise InputError("nnU-Net model folder not found", path=model_dir,
-                         fix="give an nnU-Net v2 trained-model folder (it holds dataset.json, "
-                             "plans.json and fold_K/checkpoint_final.pth)")
+        raise InputError(
+            "nnU-Net model folder not found",
+            path=model_dir,
+            fix="give an nnU-Net v2 trained-model folder (it holds dataset.json, "
+            "plans.json and fold_K/checkpoint_final.pth)",
+        )
     files = {}
     for name in ("dataset.json", "plans.json"):
         if not (model_dir / name).is_file():
-            raise InputError(f"the nnU-Net model folder has no {name}", path=model_dir,
-                             fix="give an nnU-Net v2 trained-model folder (it holds dataset.json, "
-                                 "plans.json and fold_K/checkpoint_final.pth)")
+            raise InputError(
+                f"the nnU-Net model folder has no {name}",
+                path=model_dir,
+                fix="give an nnU-Net v2 trained-model folder (it holds dataset.json, "
+                "plans.json and fold_K/checkpoint_final.pth)",
+            )
         files[name] = model_dir / name
     fold_name = f"fold_{fold}"
     checkpoint = model_dir / fold_name / CHECKPOINT_NAME
     if not checkpoint.is_file():
         found = sorted(p.parent.name for p in model_dir.glob(f"fold_*/{CHECKPOINT_NAME}"))
-        have = f"folds with {CHECKPOINT_NAME}: {', '.join(found)}" if found else \
-            f"no fold folder holds {CHECKPOINT_NAME}"
-        raise InputError(f"{fold_name}/{CHECKPOINT_NAME} not found ({have})", path=model_dir,
-                         fix="choose one of those folds with --fold, or finish the training")
+        have = (
+            f"folds with {CHECKPOINT_NAME}: {', '.join(found)}"
+            if found
+            else f"no fold folder holds {CHECKPOINT_NAME}"
+        )
+        raise InputError(
+            f"{fold_name}/{CHECKPOINT_NAME} not found ({have})",
+            path=model_dir,
+            fix="choose one of those folds with --fold, or finish the training",
+        )
     files[f"{fold_name}/{CHECKPOINT_NAME}"] = checkpoint
     return files
 
@@ -120,10 +132,17 @@ def _quiet_stdout():
 
 
 # ============================================================================ export
-def export_onnx(model_dir: str | Path, out_dir: str | Path, *, fold: int | str = 0,
-                opset: int = DEFAULT_OPSET, orientation: str | None = DEFAULT_ORIENTATION,
-                tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
-                overwrite: bool = False) -> ExportResult:
+def export_onnx(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    fold: int | str = 0,
+    opset: int = DEFAULT_OPSET,
+    orientation: str | None = DEFAULT_ORIENTATION,
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> ExportResult:
     """Export fold ``fold`` of the nnU-Net v2 model in ``model_dir`` to ``out_dir``.
 
     Args:
@@ -150,29 +169,44 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, fold: int | str =
     fold, orientation = _check_settings(fold, opset, orientation, tolerance)
     files = model_files(model_dir, fold)
     if out_dir.resolve() == model_dir.resolve() or model_dir.resolve() in out_dir.resolve().parents:
-        raise UsageError(f"the output folder {out_dir} is inside the model folder {model_dir}",
-                         fix="write the export somewhere else")
+        raise UsageError(
+            f"the output folder {out_dir} is inside the model folder {model_dir}",
+            fix="write the export somewhere else",
+        )
     sources = {name: sha256_file(path) for name, path in files.items()}
     spec_path, onnx_path = out_dir / SPEC_FILE, out_dir / ONNX_FILE
     if not overwrite:
-        old = _same_export(spec_path, onnx_path, sources=sources, orientation=orientation,
-                           opset=opset, fold=fold)
+        old = _same_export(
+            spec_path, onnx_path, sources=sources, orientation=orientation, opset=opset, fold=fold
+        )
         if old is not None:
             log.info("%s already holds this export; skipped (use --overwrite to redo it)", out_dir)
             return ExportResult(out_dir, onnx_path, spec_path, old, skipped=True)
 
     source = _load_source(model_dir, files, fold)
-    spec = build_spec(plans_manager=source.plans_manager,
-                      configuration_manager=source.configuration_manager,
-                      configuration=source.configuration, dataset_json=source.dataset_json,
-                      checkpoint=source.checkpoint, loading=source.loading, fold=fold,
-                      folder_name=model_dir.resolve().name, sources=sources,
-                      orientation=orientation,
-                      network_class=source.configuration_manager.network_arch_class_name)
-    spec, verification = _write_export(source, spec, onnx_path, spec_path, opset=opset,
-                                       tolerance=tolerance, seed=seed)
-    log.info("exported %s fold %s to %s (max |ONNX Runtime - torch| = %.3g on the logits)",
-             model_dir.name, fold, onnx_path, verification["max_abs_logit_difference"])
+    spec = build_spec(
+        plans_manager=source.plans_manager,
+        configuration_manager=source.configuration_manager,
+        configuration=source.configuration,
+        dataset_json=source.dataset_json,
+        checkpoint=source.checkpoint,
+        loading=source.loading,
+        fold=fold,
+        folder_name=model_dir.resolve().name,
+        sources=sources,
+        orientation=orientation,
+        network_class=source.configuration_manager.network_arch_class_name,
+    )
+    spec, verification = _write_export(
+        source, spec, onnx_path, spec_path, opset=opset, tolerance=tolerance, seed=seed
+    )
+    log.info(
+        "exported %s fold %s to %s (max |ONNX Runtime - torch| = %.3g on the logits)",
+        model_dir.name,
+        fold,
+        onnx_path,
+        verification["max_abs_logit_difference"],
+    )
     return ExportResult(out_dir, onnx_path, spec_path, spec)
 
 
@@ -180,8 +214,9 @@ def _check_settings(fold, opset, orientation, tolerance) -> tuple[int | str, str
     """The fold and orientation, checked with the opset and the tolerance."""
     fold = parse_fold(fold)
     if isinstance(opset, bool) or not isinstance(opset, int) or not 13 <= opset <= 21:
-        raise UsageError(f"--opset must be an integer from 13 to 21, got {opset!r}",
-                         fix="use 17 (the default)")
+        raise UsageError(
+            f"--opset must be an integer from 13 to 21, got {opset!r}", fix="use 17 (the default)"
+        )
     if orientation is not None:
         orientation = _check_orientation(orientation)
     if not tolerance > 0:
@@ -189,8 +224,15 @@ def _check_settings(fold, opset, orientation, tolerance) -> tuple[int | str, str
     return fold, orientation
 
 
-def _same_export(spec_path: Path, onnx_path: Path, *, sources: dict[str, str],
-                 orientation: str | None, opset: int, fold: int | str) -> dict | None:
+def _same_export(
+    spec_path: Path,
+    onnx_path: Path,
+    *,
+    sources: dict[str, str],
+    orientation: str | None,
+    opset: int,
+    fold: int | str,
+) -> dict | None:
     """The spec of an export already in place from the same files and settings, else None."""
     from metcli.io.files import read_json, sha256_file
 
@@ -200,9 +242,13 @@ def _same_export(spec_path: Path, onnx_path: Path, *, sources: dict[str, str],
         old = read_json(spec_path, schema=SPEC_SCHEMA)
     except Exception:  # noqa: BLE001 - anything unreadable is redone
         old = None
-    same = old is not None and old["source"]["files"] == sources \
-        and old["axes"]["orientation"] == orientation and old["onnx"]["opset"] == opset \
+    same = (
+        old is not None
+        and old["source"]["files"] == sources
+        and old["axes"]["orientation"] == orientation
+        and old["onnx"]["opset"] == opset
         and old["source"]["fold"] == fold
+    )
     if same and sha256_file(onnx_path) == old["onnx"]["sha256"]:
         return old
     return None
@@ -245,23 +291,49 @@ def _load_source(model_dir: Path, files: dict[str, Path], fold: int | str) -> _S
     with _quiet_stdout():
         in_channels = determine_num_input_channels(plans_manager, cm, dataset_json)
         heads = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
-        network = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                                         cm.network_arch_init_kwargs_req_import, in_channels, heads,
-                                         allow_init=False, deep_supervision=False)
+        network = get_network_from_plans(
+            cm.network_arch_class_name,
+            cm.network_arch_init_kwargs,
+            cm.network_arch_init_kwargs_req_import,
+            in_channels,
+            heads,
+            allow_init=False,
+            deep_supervision=False,
+        )
     try:
         network.load_state_dict(checkpoint["network_weights"], strict=True)
     except RuntimeError as exc:
-        raise InputError(f"the checkpoint's weights do not fit the network that plans.json "
-                         f"describes ({short_error(exc, 160)})", path=model_dir,
-                         fix="give the plans.json the model was trained with; a trainer that "
-                             "changes the architecture is not supported by the export") from None
+        raise InputError(
+            f"the checkpoint's weights do not fit the network that plans.json "
+            f"describes ({short_error(exc, 160)})",
+            path=model_dir,
+            fix="give the plans.json the model was trained with; a trainer that "
+            "changes the architecture is not supported by the export",
+        ) from None
     network.eval()
-    return _Source(dataset_json, checkpoint, loading, configuration, plans_manager, cm, network,
-                   in_channels, heads)
+    return _Source(
+        dataset_json,
+        checkpoint,
+        loading,
+        configuration,
+        plans_manager,
+        cm,
+        network,
+        in_channels,
+        heads,
+    )
 
 
-def _write_export(source: _Source, spec: dict, onnx_path: Path, spec_path: Path, *, opset: int,
-                  tolerance: float, seed: int) -> tuple[dict, dict]:
+def _write_export(
+    source: _Source,
+    spec: dict,
+    onnx_path: Path,
+    spec_path: Path,
+    *,
+    opset: int,
+    tolerance: float,
+    seed: int,
+) -> tuple[dict, dict]:
     """Write model.onnx and preprocessing.json (both or neither); the spec and its check."""
     from metcli.io.files import OutputSet, dump_json_to, sha256_file
 
@@ -270,14 +342,20 @@ def _write_export(source: _Source, spec: dict, onnx_path: Path, spec_path: Path,
     with OutputSet() as outputs:
         tmp_onnx = outputs.path(onnx_path)
         _torch_export(network, tmp_onnx, in_channels, patch, opset)
-        verification = verify_export(network, tmp_onnx, in_channels, patch, tolerance=tolerance,
-                                     seed=seed)
-        spec["onnx"] = {"file": ONNX_FILE, "sha256": sha256_file(tmp_onnx), "opset": opset,
-                        "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-                        "input_shape": ["batch", in_channels, *patch],
-                        "output_shape": ["batch", source.heads, *patch],
-                        "exporter": "torch.onnx.export (TorchScript)",
-                        "torch_version": package_version("torch") or "unknown"}
+        verification = verify_export(
+            network, tmp_onnx, in_channels, patch, tolerance=tolerance, seed=seed
+        )
+        spec["onnx"] = {
+            "file": ONNX_FILE,
+            "sha256": sha256_file(tmp_onnx),
+            "opset": opset,
+            "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAME,
+            "input_shape": ["batch", in_channels, *patch],
+            "output_shape": ["batch", source.heads, *patch],
+            "exporter": "torch.onnx.export (TorchScript)",
+            "torch_version": package_version("torch") or "unknown",
+        }
         spec["verification"] = verification
         spec = ordered_spec(spec)
         check_spec_supported(spec, where=spec_path)
@@ -289,11 +367,16 @@ def _write_export(source: _Source, spec: dict, onnx_path: Path, spec_path: Path,
 def _check_orientation(code: str) -> str:
     text = str(code).strip().upper()
     axis_of = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
-    if len(text) != 3 or any(c not in axis_of for c in text) \
-            or sorted(axis_of[c] for c in text) != [0, 1, 2]:
-        raise UsageError(f"orientation {code!r} is not a three-letter code with one letter of "
-                         "each of L/R, P/A, S/I", fix="use LPS (identity direction), RAS, or "
-                                                      "'as-stored'")
+    if (
+        len(text) != 3
+        or any(c not in axis_of for c in text)
+        or sorted(axis_of[c] for c in text) != [0, 1, 2]
+    ):
+        raise UsageError(
+            f"orientation {code!r} is not a three-letter code with one letter of "
+            "each of L/R, P/A, S/I",
+            fix="use LPS (identity direction), RAS, or 'as-stored'",
+        )
     return text
 
 
@@ -304,15 +387,22 @@ def _torch_export(network, target: Path, in_channels: int, patch: list[int], ops
     with warnings.catch_warnings(record=True) as caught, _quiet_stdout(), torch.no_grad():
         warnings.simplefilter("always")
         try:
-            torch.onnx.export(network, (example,), str(target), dynamo=False,
-                              opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], do_constant_folding=True,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            torch.onnx.export(
+                network,
+                (example,),
+                str(target),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                do_constant_folding=True,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
         except Exception as exc:  # noqa: BLE001 - the exporter raises many types
-            raise OutputError(f"torch could not export the network to ONNX ({short_error(exc)})",
-                              path=target.parent,
-                              fix="try another --opset, or report the network class") from None
+            raise OutputError(
+                f"torch could not export the network to ONNX ({short_error(exc)})",
+                path=target.parent,
+                fix="try another --opset, or report the network class",
+            ) from None
     for item in caught:
         log.debug("torch.onnx.export: %s", " ".join(str(item.message).split())[:200])
-
-

@@ -21,9 +21,16 @@ log = logging.getLogger(__name__)
 #: Model label names read as metcli's labels when no label map is given.
 LABEL_ALIASES = {
     "liver": LIVER,
-    "lesion": LESION, "lesions": LESION, "tumor": LESION, "tumour": LESION,
-    "liver_tumor": LESION, "liver_tumour": LESION, "liver_lesion": LESION,
-    "cancer": LESION, "metastasis": LESION, "metastases": LESION,
+    "lesion": LESION,
+    "lesions": LESION,
+    "tumor": LESION,
+    "tumour": LESION,
+    "liver_tumor": LESION,
+    "liver_tumour": LESION,
+    "liver_lesion": LESION,
+    "cancer": LESION,
+    "metastasis": LESION,
+    "metastases": LESION,
 }
 _METCLI_NAMES = {name: value for value, name in LABELS.items()}
 
@@ -45,9 +52,11 @@ def parse_label_map(spec: str | Mapping[Any, Any] | None) -> list[tuple[str, int
         for part in text.split(","):
             left, sep, right = part.partition("=")
             if not sep or not left.strip() or not right.strip():
-                raise UsageError(f"--label-map entry {part.strip()!r} is not MODEL=METCLI",
-                                 fix="write it as 'liver=liver,liver_tumor=lesion' (model label "
-                                     "name or value = background, liver or lesion)")
+                raise UsageError(
+                    f"--label-map entry {part.strip()!r} is not MODEL=METCLI",
+                    fix="write it as 'liver=liver,liver_tumor=lesion' (model label "
+                    "name or value = background, liver or lesion)",
+                )
             items.append((left.strip(), right.strip()))
     out = []
     for left, right in items:
@@ -57,14 +66,17 @@ def parse_label_map(spec: str | Mapping[Any, Any] | None) -> list[tuple[str, int
         elif target.isdigit() and int(target) in LABELS:
             value = int(target)
         else:
-            raise UsageError(f"--label-map target {right!r} is not a metcli label",
-                             fix="use background, liver or lesion (or 0, 1, 2)")
+            raise UsageError(
+                f"--label-map target {right!r} is not a metcli label",
+                fix="use background, liver or lesion (or 0, 1, 2)",
+            )
         out.append((str(left).strip(), value))
     return out
 
 
-def resolve_label_map(model_labels: Mapping[str, int], spec=None, *,
-                      manifest_map: Mapping[int, int] | None = None) -> dict[int, int]:
+def resolve_label_map(
+    model_labels: Mapping[str, int], spec=None, *, manifest_map: Mapping[int, int] | None = None
+) -> dict[int, int]:
     """Model label value -> metcli label value; unlisted model labels become background.
 
     In order: the ``spec`` of ``--label-map`` (:func:`parse_label_map`), the model's
@@ -83,8 +95,10 @@ def resolve_label_map(model_labels: Mapping[str, int], spec=None, *,
             elif key.isdigit() and int(key) in values:
                 source = int(key)
             else:
-                raise UsageError(f"--label-map: the model has no label {key!r}",
-                                 fix=f"use its label names or values: {shown}")
+                raise UsageError(
+                    f"--label-map: the model has no label {key!r}",
+                    fix=f"use its label names or values: {shown}",
+                )
             if source in mapping and mapping[source] != target:
                 raise UsageError(f"--label-map maps model label {key!r} twice")
             mapping[source] = target
@@ -101,13 +115,19 @@ def resolve_label_map(model_labels: Mapping[str, int], spec=None, *,
         how = "the model's label names"
     mapping = {k: v for k, v in mapping.items() if v != BACKGROUND}
     if not mapping:
-        raise UsageError(f"no label of the model ({shown}) becomes liver or lesion (from {how})",
-                         fix="give --label-map, for example 'liver=liver,liver_tumor=lesion'")
+        raise UsageError(
+            f"no label of the model ({shown}) becomes liver or lesion (from {how})",
+            fix="give --label-map, for example 'liver=liver,liver_tumor=lesion'",
+        )
     targets = set(mapping.values())
     if LIVER not in targets or LESION not in targets:
         missing = "liver" if LIVER not in targets else "lesion"
-        log.warning("the model's labels (%s) give no %s label (from %s): the segmentations "
-                    "will have none", shown, missing, how)
+        log.warning(
+            "the model's labels (%s) give no %s label (from %s): the segmentations will have none",
+            shown,
+            missing,
+            how,
+        )
     return dict(sorted(mapping.items()))
 
 

@@ -31,20 +31,25 @@ class SegmentationModel:
     name: str
     path: Path
     backend: str
-    files: dict[str, str]            #: relative path -> sha256 of the files in use
-    sha256: str                      #: :func:`model_digest` of ``files``
+    files: dict[str, str]  #: relative path -> sha256 of the files in use
+    sha256: str  #: :func:`model_digest` of ``files``
     manifest_map: dict[int, int] | None = None
     from_manifest: bool = False
     folds: list[str] | None = None
-    orientation: str | None = None   #: code CTs are brought to first; None = as stored
+    orientation: str | None = None  #: code CTs are brought to first; None = as stored
     extra: dict = field(default_factory=dict)
 
     def record(self) -> dict:
         """The sidecar's ``models`` entry."""
-        return {"name": self.name, "sha256": self.sha256, "backend": self.backend,
-                "source": "manifest" if self.from_manifest else "path",
-                "folds": self.folds, "orientation": self.orientation or AS_STORED,
-                "files": self.files}
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "backend": self.backend,
+            "source": "manifest" if self.from_manifest else "path",
+            "folds": self.folds,
+            "orientation": self.orientation or AS_STORED,
+            "files": self.files,
+        }
 
 
 def model_digest(files: Mapping[str, str]) -> str:
@@ -63,11 +68,15 @@ def _check_sums_file(path: Path, files: Mapping[str, str]) -> None:
         match = re.match(r"^([0-9a-f]{64})\s+\*?(.+)$", line.strip())
         if match:
             expected[match.group(2)] = match.group(1)
-    bad = sorted(name for name, digest in files.items()
-                 if name in expected and expected[name] != digest)
+    bad = sorted(
+        name for name, digest in files.items() if name in expected and expected[name] != digest
+    )
     if bad:
-        raise InputError(f"the model's files do not match its {_SUMS_FILE}: {', '.join(bad)}",
-                         path=path, fix="reinstall metcli (the shipped model was changed)")
+        raise InputError(
+            f"the model's files do not match its {_SUMS_FILE}: {', '.join(bad)}",
+            path=path,
+            fix="reinstall metcli (the shipped model was changed)",
+        )
 
 
 def _hash_files(path: Path, relpaths: Sequence[str]) -> dict[str, str]:
@@ -78,15 +87,20 @@ def _hash_files(path: Path, relpaths: Sequence[str]) -> dict[str, str]:
     for rel in relpaths:
         target = path / rel
         if not target.is_file():
-            raise InputError(f"the model folder has no {rel}", path=path,
-                             fix="give a complete model folder")
+            raise InputError(
+                f"the model folder has no {rel}", path=path, fix="give a complete model folder"
+            )
         files[rel] = sha256_file(target)
     return files
 
 
-def resolve_segmentation_model(model: str | Path | None, *, backend: str = "nnunet",
-                               folds: Sequence[int | str] | None = None,
-                               orientation: str | None = None) -> SegmentationModel:
+def resolve_segmentation_model(
+    model: str | Path | None,
+    *,
+    backend: str = "nnunet",
+    folds: Sequence[int | str] | None = None,
+    orientation: str | None = None,
+) -> SegmentationModel:
     """The model of ``--model`` (a manifest name or a folder), checked and hashed.
 
     A name must be in the weights manifest (an unknown name lists the known ones)
@@ -115,19 +129,31 @@ def resolve_segmentation_model(model: str | Path | None, *, backend: str = "nnun
             raise UsageError(f"--model: {exc.what}", fix=exc.fix) from None
     path = weights.resolve_model(text)
     name = entry.name if entry is not None else path.name
-    manifest_orientation = ((entry.get("input") or {}).get("orientation")
-                            if entry is not None else None)
-    found = entry_of_backend.check_folder(path, name=name, folds=folds, orientation=orientation,
-                                          manifest_orientation=manifest_orientation)
+    manifest_orientation = (
+        (entry.get("input") or {}).get("orientation") if entry is not None else None
+    )
+    found = entry_of_backend.check_folder(
+        path,
+        name=name,
+        folds=folds,
+        orientation=orientation,
+        manifest_orientation=manifest_orientation,
+    )
     orientation = check_orientation(found.orientation)
     files = _hash_files(path, found.files)
     if entry is not None and entry.shipped and not entry.get("files"):
         _check_sums_file(path, files)
-    return SegmentationModel(name=name, path=path, backend=backend, files=files,
-                             sha256=model_digest(files),
-                             manifest_map=entry.label_map if entry is not None else None,
-                             from_manifest=entry is not None, folds=found.folds,
-                             orientation=orientation)
+    return SegmentationModel(
+        name=name,
+        path=path,
+        backend=backend,
+        files=files,
+        sha256=model_digest(files),
+        manifest_map=entry.label_map if entry is not None else None,
+        from_manifest=entry is not None,
+        folds=found.folds,
+        orientation=orientation,
+    )
 
 
 def model_labels_of(model: SegmentationModel) -> dict[str, int]:
@@ -135,13 +161,20 @@ def model_labels_of(model: SegmentationModel) -> dict[str, int]:
     return get_backend(model.backend).read_labels(model.path)
 
 
-def load_segmenter(model: SegmentationModel, *, device: str = "auto", tta: bool = True,
-                   step_size: float = 0.5, threads: int | None = None) -> Segmenter:
+def load_segmenter(
+    model: SegmentationModel,
+    *,
+    device: str = "auto",
+    tta: bool = True,
+    step_size: float = 0.5,
+    threads: int | None = None,
+) -> Segmenter:
     """The backend's segmenter for ``model`` (loaded once; ``predict(ct)`` per CT).
 
     ``threads``: CPU threads of the network: PyTorch's for the nnU-Net backend
     (None: torch's current number), ONNX Runtime's intra-op threads for the ONNX
     backend (None: its own choice).
     """
-    return get_backend(model.backend).open(model, device=device, tta=tta, step_size=step_size,
-                                           threads=threads)
+    return get_backend(model.backend).open(
+        model, device=device, tta=tta, step_size=step_size, threads=threads
+    )

@@ -48,9 +48,11 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint_final.pth"
 NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 DEVICES = ("auto", "cpu", "cuda")
-MODEL_FOLDER_FIX = ("give a standard nnU-Net v2 trained-model folder (dataset.json, plans.json "
-                    "and fold_<k>/checkpoint_final.pth), for example "
-                    "nnUNet_results/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__3d_fullres")
+MODEL_FOLDER_FIX = (
+    "give a standard nnU-Net v2 trained-model folder (dataset.json, plans.json "
+    "and fold_<k>/checkpoint_final.pth), for example "
+    "nnUNet_results/DatasetXXX_Name/nnUNetTrainer__nnUNetPlans__3d_fullres"
+)
 
 
 # ----------------------------------------------------------------------------- model folders
@@ -58,14 +60,17 @@ def _read_json(path: Path, what: str) -> dict:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise InputError(f"cannot read the model's {what} ({exc.strerror})", path=path,
-                         fix=MODEL_FOLDER_FIX) from None
+        raise InputError(
+            f"cannot read the model's {what} ({exc.strerror})", path=path, fix=MODEL_FOLDER_FIX
+        ) from None
     except ValueError as exc:
-        raise InputError(f"the model's {what} is not valid JSON ({exc})", path=path,
-                         fix=MODEL_FOLDER_FIX) from None
+        raise InputError(
+            f"the model's {what} is not valid JSON ({exc})", path=path, fix=MODEL_FOLDER_FIX
+        ) from None
     if not isinstance(doc, dict):
-        raise InputError(f"the model's {what} is not a JSON object", path=path,
-                         fix=MODEL_FOLDER_FIX)
+        raise InputError(
+            f"the model's {what} is not a JSON object", path=path, fix=MODEL_FOLDER_FIX
+        )
     return doc
 
 
@@ -74,21 +79,25 @@ def available_folds(model_dir: str | Path, checkpoint_name: str = CHECKPOINT_NAM
     found = []
     for sub in sorted(Path(model_dir).glob("fold_*")):
         if sub.is_dir() and (sub / checkpoint_name).is_file():
-            found.append(sub.name[len("fold_"):])
+            found.append(sub.name[len("fold_") :])
     numeric = sorted((f for f in found if f.isdigit()), key=int)
     return numeric + [f for f in found if not f.isdigit()]
 
 
-def resolve_folds(model_dir: str | Path, folds: Sequence[int | str] | None,
-                  checkpoint_name: str = CHECKPOINT_NAME) -> list[str]:
+def resolve_folds(
+    model_dir: str | Path, folds: Sequence[int | str] | None, checkpoint_name: str = CHECKPOINT_NAME
+) -> list[str]:
     """The folds to use: all numbered folds found (else ``all``), or the requested ones."""
     found = available_folds(model_dir, checkpoint_name)
     if not folds:
         numeric = [f for f in found if f.isdigit()]
         chosen = numeric or found
         if not chosen:
-            raise InputError(f"no fold_<k>/{checkpoint_name} in the model folder", path=model_dir,
-                             fix=MODEL_FOLDER_FIX)
+            raise InputError(
+                f"no fold_<k>/{checkpoint_name} in the model folder",
+                path=model_dir,
+                fix=MODEL_FOLDER_FIX,
+            )
         return chosen
     chosen = []
     for fold in folds:
@@ -97,8 +106,11 @@ def resolve_folds(model_dir: str | Path, folds: Sequence[int | str] | None,
             raise UsageError(f"--folds {fold!r} is not a fold number or 'all'")
         text = str(int(text)) if text.isdigit() else text
         if text not in found:
-            raise InputError(f"fold {text} has no fold_{text}/{checkpoint_name}", path=model_dir,
-                             fix=f"choose among the folds found: {', '.join(found) or '(none)'}")
+            raise InputError(
+                f"fold {text} has no fold_{text}/{checkpoint_name}",
+                path=model_dir,
+                fix=f"choose among the folds found: {', '.join(found) or '(none)'}",
+            )
         if text not in chosen:
             chosen.append(text)
     return chosen
@@ -111,22 +123,31 @@ def read_model_folder(model_dir: str | Path) -> tuple[dict, dict]:
         raise InputError("the model folder does not exist", path=model_dir, fix=MODEL_FOLDER_FIX)
     for name in ("plans.json", "dataset.json"):
         if not (model_dir / name).is_file():
-            raise InputError(f"the model folder has no {name}, so it is not an nnU-Net v2 "
-                             "trained-model folder", path=model_dir, fix=MODEL_FOLDER_FIX)
+            raise InputError(
+                f"the model folder has no {name}, so it is not an nnU-Net v2 trained-model folder",
+                path=model_dir,
+                fix=MODEL_FOLDER_FIX,
+            )
     dataset = _read_json(model_dir / "dataset.json", "dataset.json")
     plans = _read_json(model_dir / "plans.json", "plans.json")
     if not isinstance(plans.get("configurations"), dict) or not plans["configurations"]:
-        raise InputError("plans.json has no configurations", path=model_dir / "plans.json",
-                         fix=MODEL_FOLDER_FIX)
+        raise InputError(
+            "plans.json has no configurations", path=model_dir / "plans.json", fix=MODEL_FOLDER_FIX
+        )
     channels = dataset.get("channel_names") or dataset.get("modality")
     if not isinstance(channels, dict) or not channels:
-        raise InputError("dataset.json names no input channels (channel_names)",
-                         path=model_dir / "dataset.json", fix=MODEL_FOLDER_FIX)
+        raise InputError(
+            "dataset.json names no input channels (channel_names)",
+            path=model_dir / "dataset.json",
+            fix=MODEL_FOLDER_FIX,
+        )
     if len(channels) != 1:
-        raise InputError(f"the model takes {len(channels)} input channels "
-                         f"({', '.join(map(str, channels.values()))}); metcli segment gives one CT",
-                         path=model_dir / "dataset.json",
-                         fix="use a single-channel (CT) nnU-Net model")
+        raise InputError(
+            f"the model takes {len(channels)} input channels "
+            f"({', '.join(map(str, channels.values()))}); metcli segment gives one CT",
+            path=model_dir / "dataset.json",
+            fix="use a single-channel (CT) nnU-Net model",
+        )
     model_labels(dataset, path=model_dir / "dataset.json")
     return dataset, plans
 
@@ -146,8 +167,11 @@ def model_labels(dataset: dict, *, path: str | Path | None = None) -> dict[str, 
     order = dataset.get("regions_class_order")
     regions = [str(k) for k in labels if k != "background"]
     if not isinstance(order, list) or len(order) != len(regions):
-        raise InputError("dataset.json has region-based labels without a matching "
-                         "regions_class_order", path=path, fix=MODEL_FOLDER_FIX)
+        raise InputError(
+            "dataset.json has region-based labels without a matching regions_class_order",
+            path=path,
+            fix=MODEL_FOLDER_FIX,
+        )
     out = {"background": 0}
     out.update({name: int(value) for name, value in zip(regions, order)})
     return out
@@ -182,8 +206,11 @@ def quiet_nnunet(what: str) -> Iterator[None]:
     buffer = io.StringIO()
     caught: list = []
     try:
-        with nnunet_environment(), contextlib.redirect_stdout(buffer), \
-                warnings.catch_warnings(record=True) as caught:
+        with (
+            nnunet_environment(),
+            contextlib.redirect_stdout(buffer),
+            warnings.catch_warnings(record=True) as caught,
+        ):
             warnings.simplefilter("always", FutureWarning)
             warnings.simplefilter("always", DeprecationWarning)
             yield
@@ -201,9 +228,10 @@ def import_nnunet():
         with quiet_nnunet("import"):
             from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     except ImportError as exc:
-        raise UsageError(f"the nnU-Net backend needs nnunetv2 and torch ({exc})",
-                         fix="pip install nnunetv2 (it installs torch), or use --backend onnx"
-                         ) from None
+        raise UsageError(
+            f"the nnU-Net backend needs nnunetv2 and torch ({exc})",
+            fix="pip install nnunetv2 (it installs torch), or use --backend onnx",
+        ) from None
     return nnUNetPredictor
 
 
@@ -247,16 +275,26 @@ class NnunetSegmenter:
         threads: PyTorch's CPU threads of :meth:`predict`.
     """
 
-    def __init__(self, model_dir: str | Path, *, device: str = "auto",
-                 folds: Sequence[int | str] | None = None, tta: bool = True,
-                 step_size: float = 0.5, checkpoint_name: str = CHECKPOINT_NAME,
-                 orientation: str | None = None,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        device: str = "auto",
+        folds: Sequence[int | str] | None = None,
+        tta: bool = True,
+        step_size: float = 0.5,
+        checkpoint_name: str = CHECKPOINT_NAME,
+        orientation: str | None = None,
+        threads: int | None = None,
+    ):
         from metcli.core.threads import check_threads
 
         check_threads(threads)
-        if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or \
-                not 0 < step_size <= 1:
+        if (
+            isinstance(step_size, bool)
+            or not isinstance(step_size, (int, float))
+            or not 0 < step_size <= 1
+        ):
             raise UsageError(f"--step-size must be a number in (0, 1], got {step_size!r}")
         self.model_dir = Path(model_dir)
         self.dataset_json, self.plans = read_model_folder(self.model_dir)
@@ -276,40 +314,68 @@ class NnunetSegmenter:
         self.threads = threads or torch.get_num_threads()
         from metcli.segmentation.checkpoints import load_checkpoint
 
-        checkpoints = [load_checkpoint(self.model_dir / f"fold_{fold}" / checkpoint_name)[0]
-                       for fold in self.folds]
+        checkpoints = [
+            load_checkpoint(self.model_dir / f"fold_{fold}" / checkpoint_name)[0]
+            for fold in self.folds
+        ]
         first = checkpoints[0]
         init_args = first.get("init_args") or {}
         self.configuration = str(init_args.get("configuration", ""))
         if self.configuration not in self.plans["configurations"]:
-            raise InputError(f"the checkpoint's configuration {self.configuration!r} is not in "
-                             f"plans.json ({', '.join(self.plans['configurations'])})",
-                             path=self.model_dir / "plans.json", fix=MODEL_FOLDER_FIX)
+            raise InputError(
+                f"the checkpoint's configuration {self.configuration!r} is not in "
+                f"plans.json ({', '.join(self.plans['configurations'])})",
+                path=self.model_dir / "plans.json",
+                fix=MODEL_FOLDER_FIX,
+            )
         mirror_axes = first.get("inference_allowed_mirroring_axes")
         mirror_axes = None if mirror_axes is None else tuple(int(a) for a in mirror_axes)
         with quiet_nnunet("load"):
             self._predictor = predictor_class(
-                tile_step_size=self.step_size, use_gaussian=True, use_mirroring=self.tta,
-                perform_everything_on_device=self.device.type == "cuda", device=self.device,
-                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+                tile_step_size=self.step_size,
+                use_gaussian=True,
+                use_mirroring=self.tta,
+                perform_everything_on_device=self.device.type == "cuda",
+                device=self.device,
+                verbose=False,
+                verbose_preprocessing=False,
+                allow_tqdm=False,
+            )
             network, plans_manager, configuration_manager = self._build_network(
-                str(first.get("trainer_name") or "nnUNetTrainer"))
+                str(first.get("trainer_name") or "nnUNetTrainer")
+            )
             parameters = [c["network_weights"] for c in checkpoints]
             try:
                 network.load_state_dict(parameters[0])
             except RuntimeError as exc:
-                raise InputError("the checkpoint's weights do not fit the network that "
-                                 f"plans.json describes ({str(exc).splitlines()[0][:160]})",
-                                 path=self.model_dir, fix=MODEL_FOLDER_FIX) from None
+                raise InputError(
+                    "the checkpoint's weights do not fit the network that "
+                    f"plans.json describes ({str(exc).splitlines()[0][:160]})",
+                    path=self.model_dir,
+                    fix=MODEL_FOLDER_FIX,
+                ) from None
             self._predictor.manual_initialization(
-                network, plans_manager, configuration_manager, parameters, self.dataset_json,
-                str(first.get("trainer_name") or "nnUNetTrainer"), mirror_axes)
+                network,
+                plans_manager,
+                configuration_manager,
+                parameters,
+                self.dataset_json,
+                str(first.get("trainer_name") or "nnUNetTrainer"),
+                mirror_axes,
+            )
         self.patch_size = tuple(int(p) for p in configuration_manager.patch_size)
         self.spacing = tuple(float(s) for s in configuration_manager.spacing)
-        log.info("nnU-Net model %s: configuration %s, folds %s, patch %s, spacing %s mm, "
-                 "device %s, mirroring %s", self.model_dir.name, self.configuration,
-                 ",".join(self.folds), self.patch_size, self.spacing, self.device,
-                 "on" if self.tta else "off")
+        log.info(
+            "nnU-Net model %s: configuration %s, folds %s, patch %s, spacing %s mm, "
+            "device %s, mirroring %s",
+            self.model_dir.name,
+            self.configuration,
+            ",".join(self.folds),
+            self.patch_size,
+            self.spacing,
+            self.device,
+            "on" if self.tta else "off",
+        )
 
     def _build_network(self, trainer_name: str):
         """The network of the plans, built the way the checkpoint's trainer builds it."""
@@ -326,20 +392,27 @@ class NnunetSegmenter:
             try:
                 trainer_class = recursive_find_trainer_class_by_name(trainer_name)
             except (RuntimeError, AssertionError, ImportError):
-                log.warning("trainer class %s is not installed; building the network with "
-                            "nnUNetTrainer's (the same unless that trainer changes the "
-                            "architecture)", trainer_name)
-        inputs = determine_num_input_channels(plans_manager, configuration_manager,
-                                              self.dataset_json)
+                log.warning(
+                    "trainer class %s is not installed; building the network with "
+                    "nnUNetTrainer's (the same unless that trainer changes the "
+                    "architecture)",
+                    trainer_name,
+                )
+        inputs = determine_num_input_channels(
+            plans_manager, configuration_manager, self.dataset_json
+        )
         outputs = plans_manager.get_label_manager(self.dataset_json).num_segmentation_heads
         try:
             network = trainer_class.build_network_architecture(
-                plans_manager, configuration_manager, inputs, outputs,
-                enable_deep_supervision=False)
+                plans_manager, configuration_manager, inputs, outputs, enable_deep_supervision=False
+            )
         except (KeyError, TypeError, ValueError, ImportError, AttributeError) as exc:
-            raise InputError(f"plans.json does not describe a network nnU-Net can build "
-                             f"({type(exc).__name__}: {exc})", path=self.model_dir / "plans.json",
-                             fix=MODEL_FOLDER_FIX) from None
+            raise InputError(
+                f"plans.json does not describe a network nnU-Net can build "
+                f"({type(exc).__name__}: {exc})",
+                path=self.model_dir / "plans.json",
+                fix=MODEL_FOLDER_FIX,
+            ) from None
         return network, plans_manager, configuration_manager
 
     def sidecar_fields(self) -> dict:
@@ -363,11 +436,13 @@ class NnunetSegmenter:
         oriented = np.ascontiguousarray(orient.forward(array))
         with limit_cpu_threads(self.threads), quiet_nnunet("predict"):
             segmentation = self._predictor.predict_single_npy_array(
-                oriented[None], {"spacing": spacing_zyx}, None, None, False)
+                oriented[None], {"spacing": spacing_zyx}, None, None, False
+            )
         segmentation = np.ascontiguousarray(orient.backward(np.asarray(segmentation)))
         if segmentation.shape != array.shape:
-            raise RuntimeError(f"nnU-Net returned shape {segmentation.shape} for an image of "
-                               f"shape {array.shape}")
+            raise RuntimeError(
+                f"nnU-Net returned shape {segmentation.shape} for an image of shape {array.shape}"
+            )
         dtype = np.uint8 if max(self.labels.values()) < 256 else np.uint16
         out = sitk.GetImageFromArray(segmentation.astype(dtype, copy=False))
         out.CopyInformation(ct)
@@ -379,16 +454,22 @@ def check_ct(ct) -> np.ndarray:
     import SimpleITK as sitk
 
     if ct.GetDimension() != 3:
-        raise ImageError(f"the CT is {ct.GetDimension()}D (size "
-                         f"{'x'.join(map(str, ct.GetSize()))}); a 3D volume is needed",
-                         fix="give one 3D volume per file")
+        raise ImageError(
+            f"the CT is {ct.GetDimension()}D (size "
+            f"{'x'.join(map(str, ct.GetSize()))}); a 3D volume is needed",
+            fix="give one 3D volume per file",
+        )
     if ct.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageError("the CT has several components per voxel; a scalar image is needed",
-                         fix="export a single-channel CT")
+        raise ImageError(
+            "the CT has several components per voxel; a scalar image is needed",
+            fix="export a single-channel CT",
+        )
     array = sitk.GetArrayFromImage(ct).astype(np.float32, copy=False)
     finite = np.isfinite(array)
     if not finite.all():
         bad = int(array.size - np.count_nonzero(finite))
-        raise ImageError(f"the CT has {bad} voxel(s) that are NaN or infinite",
-                         fix="convert it again from DICOM, or replace those voxels")
+        raise ImageError(
+            f"the CT has {bad} voxel(s) that are NaN or infinite",
+            fix="convert it again from DICOM, or replace those voxels",
+        )
     return array

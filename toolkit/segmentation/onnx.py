@@ -69,8 +69,12 @@ SPEC_FORMAT = "metcli-onnx-segmentation"
 #: The resampling function of nnU-Net's default plans, the only one reproduced.
 SUPPORTED_RESAMPLING = ("resample_data_or_seg_to_shape",)
 #: Normalisation schemes of nnU-Net reproduced here (nnU-Net class names).
-SUPPORTED_NORMALIZATION = ("CTNormalization", "ZScoreNormalization", "NoNormalization",
-                           "RescaleTo01Normalization")
+SUPPORTED_NORMALIZATION = (
+    "CTNormalization",
+    "ZScoreNormalization",
+    "NoNormalization",
+    "RescaleTo01Normalization",
+)
 DEVICES = ("auto", "cpu", "cuda")
 ACCUMULATE = ("float16", "float32")
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -85,15 +89,24 @@ def load_spec(model_dir: str | Path) -> dict:
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise InputError("ONNX model folder not found", path=model_dir,
-                         fix="give the folder written by 'metcli export-onnx'")
+        raise InputError(
+            "ONNX model folder not found",
+            path=model_dir,
+            fix="give the folder written by 'metcli export-onnx'",
+        )
     spec_path = model_dir / SPEC_FILE
     if not spec_path.is_file():
-        hint = (" (this is an nnU-Net model folder: export it first with "
-                "'metcli export-onnx MODEL_DIR OUT_DIR')" if (model_dir / "plans.json").is_file()
-                else "")
-        raise InputError(f"no {SPEC_FILE} in the ONNX model folder{hint}", path=model_dir,
-                         fix="give the folder written by 'metcli export-onnx'")
+        hint = (
+            " (this is an nnU-Net model folder: export it first with "
+            "'metcli export-onnx MODEL_DIR OUT_DIR')"
+            if (model_dir / "plans.json").is_file()
+            else ""
+        )
+        raise InputError(
+            f"no {SPEC_FILE} in the ONNX model folder{hint}",
+            path=model_dir,
+            fix="give the folder written by 'metcli export-onnx'",
+        )
     spec = read_json(spec_path, schema=SPEC_SCHEMA)
     check_spec_supported(spec, where=spec_path)
     return spec
@@ -103,15 +116,21 @@ def check_spec_supported(spec: dict, *, where: str | Path | None = None) -> None
     """Refuse what this backend does not reproduce (with the reason and a way out)."""
     norm = spec["normalization"]["scheme"]
     if norm not in SUPPORTED_NORMALIZATION:
-        raise InputError(f"normalisation scheme {norm!r} is not reproduced by the ONNX backend "
-                         f"(it does {', '.join(SUPPORTED_NORMALIZATION)})", path=where,
-                         fix="use the nnU-Net backend for this model")
+        raise InputError(
+            f"normalisation scheme {norm!r} is not reproduced by the ONNX backend "
+            f"(it does {', '.join(SUPPORTED_NORMALIZATION)})",
+            path=where,
+            fix="use the nnU-Net backend for this model",
+        )
     for key in ("data", "probabilities"):
         function = spec["resampling"][key]["function"]
         if function not in SUPPORTED_RESAMPLING:
-            raise InputError(f"resampling function {function!r} ({key}) is not reproduced by the "
-                             f"ONNX backend (it does {', '.join(SUPPORTED_RESAMPLING)})",
-                             path=where, fix="use the nnU-Net backend for this model")
+            raise InputError(
+                f"resampling function {function!r} ({key}) is not reproduced by the "
+                f"ONNX backend (it does {', '.join(SUPPORTED_RESAMPLING)})",
+                path=where,
+                fix="use the nnU-Net backend for this model",
+            )
 
 
 def spec_labels(model_dir: Path) -> dict[str, int]:
@@ -121,8 +140,11 @@ def spec_labels(model_dir: Path) -> dict[str, int]:
     spec = read_json(model_dir / SPEC_FILE)
     labels = spec.get("labels") if isinstance(spec, dict) else None
     if not isinstance(labels, dict) or not labels:
-        raise InputError(f"{SPEC_FILE} has no labels", path=model_dir,
-                         fix="export the model again with metcli export-onnx")
+        raise InputError(
+            f"{SPEC_FILE} has no labels",
+            path=model_dir,
+            fix="export the model again with metcli export-onnx",
+        )
     return {str(k): int(v) for k, v in labels.items()}
 
 
@@ -135,9 +157,11 @@ def export_orientation(model_dir: Path, wanted: str | None) -> str:
     own = (axes or {}).get("orientation") if isinstance(axes, dict) else None
     own = AS_STORED if own is None else str(own)
     if wanted is not None and str(wanted).strip().upper() != own.upper():
-        raise UsageError(f"--orientation {wanted} differs from the {own} the ONNX export was "
-                         "made for", fix=f"leave --orientation out, or export again with "
-                                         f"metcli export-onnx --orientation {wanted}")
+        raise UsageError(
+            f"--orientation {wanted} differs from the {own} the ONNX export was made for",
+            fix=f"leave --orientation out, or export again with "
+            f"metcli export-onnx --orientation {wanted}",
+        )
     return own
 
 
@@ -161,18 +185,31 @@ class OnnxSegmenter:
         threads: ONNX Runtime's intra-op threads (default: its own choice).
     """
 
-    def __init__(self, model_dir: str | Path, *, device: str = "auto", tta: bool = True,
-                 step_size: float = 0.5, accumulate: str = "float16",
-                 threads: int | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        device: str = "auto",
+        tta: bool = True,
+        step_size: float = 0.5,
+        accumulate: str = "float16",
+        threads: int | None = None,
+    ):
         if device not in DEVICES:
             raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-        if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) \
-                or not 0 < step_size <= 1:
-            raise UsageError(f"step_size must be a number in (0, 1], got {step_size!r}",
-                             fix="use 0.5 (nnU-Net's default) or a larger value for speed")
+        if (
+            isinstance(step_size, bool)
+            or not isinstance(step_size, (int, float))
+            or not 0 < step_size <= 1
+        ):
+            raise UsageError(
+                f"step_size must be a number in (0, 1], got {step_size!r}",
+                fix="use 0.5 (nnU-Net's default) or a larger value for speed",
+            )
         if accumulate not in ACCUMULATE:
-            raise UsageError(f"accumulate must be one of {', '.join(ACCUMULATE)}, "
-                             f"got {accumulate!r}")
+            raise UsageError(
+                f"accumulate must be one of {', '.join(ACCUMULATE)}, got {accumulate!r}"
+            )
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise UsageError(f"threads must be a positive integer, got {threads!r}")
         self.model_dir = Path(model_dir)
@@ -190,7 +227,8 @@ class OnnxSegmenter:
         self._input_name = self._session.get_inputs()[0].name
         self._patch = tuple(int(p) for p in self.spec["patch_size"])
         self._gaussian = gaussian_importance(
-            self._patch, self.spec["inference"]["gaussian_sigma_scale"], half=self._half)
+            self._patch, self.spec["inference"]["gaussian_sigma_scale"], half=self._half
+        )
         mirror_axes = self.spec["inference"]["mirror_axes"] or []
         self._mirrors = mirror_combinations(mirror_axes) if self.tta else [()]
         if self.tta and not mirror_axes:
@@ -206,11 +244,16 @@ class OnnxSegmenter:
     @property
     def settings(self) -> dict[str, Any]:
         """What provenance should record about this segmenter."""
-        return {"backend": "onnx", "model_sha256": self.model_sha256, "tta": self.tta,
-                "mirror_axes": sorted({a for m in self._mirrors for a in m}),
-                "step_size": self.step_size, "accumulate": self.accumulate,
-                "execution_provider": self.provider,
-                "orientation": self.spec["axes"]["orientation"]}
+        return {
+            "backend": "onnx",
+            "model_sha256": self.model_sha256,
+            "tta": self.tta,
+            "mirror_axes": sorted({a for m in self._mirrors for a in m}),
+            "step_size": self.step_size,
+            "accumulate": self.accumulate,
+            "execution_provider": self.provider,
+            "orientation": self.spec["axes"]["orientation"],
+        }
 
     def sidecar_fields(self) -> dict[str, Any]:
         """Fields ``segment`` adds to each sidecar for this backend: none."""
@@ -241,35 +284,56 @@ class OnnxSegmenter:
         spacing = [spacing[a] for a in forward]
         shape_before_crop = data.shape[1:]
 
-        bbox = nonzero_bbox(data) if self.spec.get("crop_to_nonzero", True) else \
-            [[0, s] for s in shape_before_crop]
+        bbox = (
+            nonzero_bbox(data)
+            if self.spec.get("crop_to_nonzero", True)
+            else [[0, s] for s in shape_before_crop]
+        )
         crop = tuple(slice(a, b) for a, b in bbox)
         mask = None
         if self.spec["normalization"].get("use_mask_for_norm"):
             mask = filled_nonzero_mask(data)[crop]
         data = data[(slice(None),) + crop]
         shape_cropped = data.shape[1:]
-        data = np.stack([normalize(data[c], self.spec["normalization"], mask)
-                         for c in range(data.shape[0])])
+        data = np.stack(
+            [normalize(data[c], self.spec["normalization"], mask) for c in range(data.shape[0])]
+        )
 
         target = [float(s) for s in self.spec["target_spacing"]]
         new_shape = compute_new_shape(shape_cropped, spacing, target)
         rs = self.spec["resampling"]
         threshold = float(rs.get("anisotropy_threshold", ANISOTROPY_THRESHOLD))
-        data = resample_to_shape(data, new_shape, spacing, target, order=rs["data"]["order"],
-                                 order_z=rs["data"]["order_z"],
-                                 force_separate_z=rs["data"]["force_separate_z"],
-                                 threshold=threshold)
-        log.debug("shape %s -> cropped %s -> resampled %s (spacing %s -> %s)", shape_before_crop,
-                  shape_cropped, data.shape[1:], spacing, target)
+        data = resample_to_shape(
+            data,
+            new_shape,
+            spacing,
+            target,
+            order=rs["data"]["order"],
+            order_z=rs["data"]["order_z"],
+            force_separate_z=rs["data"]["force_separate_z"],
+            threshold=threshold,
+        )
+        log.debug(
+            "shape %s -> cropped %s -> resampled %s (spacing %s -> %s)",
+            shape_before_crop,
+            shape_cropped,
+            data.shape[1:],
+            spacing,
+            target,
+        )
 
         logits = self._sliding_window(data.astype(np.float32, copy=False), progress)
         del data
-        logits = resample_to_shape(logits, shape_cropped, target, spacing,
-                                   order=rs["probabilities"]["order"],
-                                   order_z=rs["probabilities"]["order_z"],
-                                   force_separate_z=rs["probabilities"]["force_separate_z"],
-                                   threshold=threshold)
+        logits = resample_to_shape(
+            logits,
+            shape_cropped,
+            target,
+            spacing,
+            order=rs["probabilities"]["order"],
+            order_z=rs["probabilities"]["order_z"],
+            force_separate_z=rs["probabilities"]["force_separate_z"],
+            threshold=threshold,
+        )
         index = np.argmax(logits, axis=0)
         values = np.asarray(self._values)
         dtype = np.uint8 if values.max() < 256 else np.uint16
@@ -292,8 +356,10 @@ class OnnxSegmenter:
         """Logits (heads, ...) of the preprocessed ``data`` (C, ...), Gaussian-weighted tiles."""
         padded, unpad = pad_to_patch(data, self._patch)
         steps = sliding_window_steps(padded.shape[1:], self._patch, self.step_size)
-        tiles = [tuple(slice(s, s + p) for s, p in zip(start, self._patch))
-                 for start in itertools.product(*steps)]
+        tiles = [
+            tuple(slice(s, s + p) for s, p in zip(start, self._patch))
+            for start in itertools.product(*steps)
+        ]
         heads = len(self._values)
         dtype = np.float16 if self._half else np.float32
         logits = np.zeros((heads, *padded.shape[1:]), dtype=dtype)
@@ -303,7 +369,7 @@ class OnnxSegmenter:
         per_call = max(1, MAX_BATCH // len(mirrors))
         done = 0
         for first in range(0, len(tiles), per_call):
-            group = tiles[first:first + per_call]
+            group = tiles[first : first + per_call]
             batch = []
             for tile in group:
                 patch = padded[(slice(None),) + tile]
@@ -329,8 +395,10 @@ class OnnxSegmenter:
                 progress(done, len(tiles))
         logits = (logits.astype(np.float32) / weight.astype(np.float32)).astype(dtype)
         if not np.all(np.isfinite(logits)):
-            raise InputError("the network produced non-finite logits",
-                             fix="check the CT's intensities and the exported model")
+            raise InputError(
+                "the network produced non-finite logits",
+                fix="check the CT's intensities and the exported model",
+            )
         return logits[(slice(None),) + unpad]
 
 
@@ -347,19 +415,27 @@ def _ct_array(ct) -> tuple[np.ndarray, list[float]]:
     import SimpleITK as sitk
 
     if not isinstance(ct, sitk.Image):
-        raise UsageError(f"ct must be a SimpleITK image, got {type(ct).__name__}",
-                         fix="read it with metcli.io.files.read_image")
+        raise UsageError(
+            f"ct must be a SimpleITK image, got {type(ct).__name__}",
+            fix="read it with metcli.io.files.read_image",
+        )
     if ct.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageError(f"the CT has {ct.GetNumberOfComponentsPerPixel()} components per voxel; "
-                         "a scalar image is needed", fix="give a single-channel CT")
+        raise ImageError(
+            f"the CT has {ct.GetNumberOfComponentsPerPixel()} components per voxel; "
+            "a scalar image is needed",
+            fix="give a single-channel CT",
+        )
     if ct.GetDimension() != 3:
-        raise ImageError(f"the CT is {ct.GetDimension()}D; a 3D volume is needed",
-                         fix="give a 3D CT volume")
+        raise ImageError(
+            f"the CT is {ct.GetDimension()}D; a 3D volume is needed", fix="give a 3D CT volume"
+        )
     array = sitk.GetArrayFromImage(ct).astype(np.float32, copy=False)
     if not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
-        raise ImageError(f"the CT has {bad} voxel(s) that are NaN or infinite",
-                         fix="repair or re-export the image (every voxel needs a value in HU)")
+        raise ImageError(
+            f"the CT has {bad} voxel(s) that are NaN or infinite",
+            fix="repair or re-export the image (every voxel needs a value in HU)",
+        )
     spacing = [abs(float(s)) for s in ct.GetSpacing()[::-1]]
     return array, spacing
 
@@ -368,14 +444,20 @@ def _checked_sha256(path: Path, expected: str) -> str:
     from metcli.io.files import sha256_file
 
     if not path.is_file():
-        raise InputError("the ONNX file named in preprocessing.json is missing", path=path,
-                         fix="export the model again with 'metcli export-onnx'")
+        raise InputError(
+            "the ONNX file named in preprocessing.json is missing",
+            path=path,
+            fix="export the model again with 'metcli export-onnx'",
+        )
     actual = sha256_file(path)
     if actual != expected:
-        raise InputError(f"the ONNX file's sha256 {actual[:12]}... differs from the "
-                         f"{expected[:12]}... recorded in {SPEC_FILE}", path=path,
-                         fix="export the model again with 'metcli export-onnx' (the file was "
-                             "changed or corrupted)")
+        raise InputError(
+            f"the ONNX file's sha256 {actual[:12]}... differs from the "
+            f"{expected[:12]}... recorded in {SPEC_FILE}",
+            path=path,
+            fix="export the model again with 'metcli export-onnx' (the file was "
+            "changed or corrupted)",
+        )
     return actual
 
 

@@ -70,8 +70,10 @@ def orientation_transform(direction: Sequence[float], code: str | None) -> AxisT
     try:
         oriented = sitk.DICOMOrient(probe, code)
     except RuntimeError:
-        raise UsageError(f"orientation {code!r} is not a valid three-letter code",
-                         fix="use one letter of each of L/R, P/A, S/I, e.g. LPS or RAS") from None
+        raise UsageError(
+            f"orientation {code!r} is not a valid three-letter code",
+            fix="use one letter of each of L/R, P/A, S/I, e.g. LPS or RAS",
+        ) from None
     d_in = np.asarray(direction, float).reshape(3, 3)
     d_out = np.asarray(oriented.GetDirection(), float).reshape(3, 3)
     dots = d_in.T @ d_out  # [i, j]: input ITK axis i against oriented ITK axis j
@@ -89,7 +91,9 @@ def check_orientation(code: str) -> str | None:
         return None
     code = str(code).strip().upper()
     if len(code) != 3:
-        raise UsageError(f"--orientation {code!r} is not a three-letter code or {AS_STORED}",
-                         fix="use for example LPS, RAS, or as-stored")
+        raise UsageError(
+            f"--orientation {code!r} is not a three-letter code or {AS_STORED}",
+            fix="use for example LPS, RAS, or as-stored",
+        )
     orientation_transform((1, 0, 0, 0, 1, 0, 0, 0, 1), code)  # raises UsageError if invalid
     return code

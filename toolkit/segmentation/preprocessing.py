@@ -42,8 +42,9 @@ def filled_nonzero_mask(data: np.ndarray) -> np.ndarray:
     return binary_fill_holes(np.any(data != 0, axis=0))
 
 
-def normalize(channel: np.ndarray, normalization: dict, nonzero_mask: np.ndarray | None = None
-              ) -> np.ndarray:
+def normalize(
+    channel: np.ndarray, normalization: dict, nonzero_mask: np.ndarray | None = None
+) -> np.ndarray:
     """One channel normalised as nnU-Net's scheme ``normalization['scheme']`` does (float32)."""
     scheme = normalization["scheme"]
     image = channel.astype(np.float32, copy=True)
@@ -71,8 +72,9 @@ def normalize(channel: np.ndarray, normalization: dict, nonzero_mask: np.ndarray
     return image
 
 
-def compute_new_shape(old_shape: Sequence[int], old_spacing: Sequence[float],
-                      new_spacing: Sequence[float]) -> list[int]:
+def compute_new_shape(
+    old_shape: Sequence[int], old_spacing: Sequence[float], new_spacing: Sequence[float]
+) -> list[int]:
     """The shape after resampling, rounded as nnU-Net rounds it."""
     return [int(round(i / j * k)) for i, j, k in zip(old_spacing, new_spacing, old_shape)]
 
@@ -82,15 +84,19 @@ def _lowres_axes(spacing: Sequence[float]) -> np.ndarray:
     return np.where(max(spacing) / spacing == 1)[0]
 
 
-def separate_z(current_spacing: Sequence[float], new_spacing: Sequence[float],
-               force_separate_z: bool | None = None,
-               threshold: float = ANISOTROPY_THRESHOLD) -> tuple[bool, int | None]:
+def separate_z(
+    current_spacing: Sequence[float],
+    new_spacing: Sequence[float],
+    force_separate_z: bool | None = None,
+    threshold: float = ANISOTROPY_THRESHOLD,
+) -> tuple[bool, int | None]:
     """Whether (and along which axis) nnU-Net resamples the out-of-plane axis on its own.
 
     An axis is handled separately when one spacing (the current one first, else the
     new one) is anisotropic (largest / smallest > ``threshold``) and exactly one
     axis has the largest spacing.
     """
+
     def anisotropic(spacing):
         return (np.max(spacing) / np.min(spacing)) > threshold
 
@@ -123,16 +129,19 @@ def _interpolate_axis(volume: np.ndarray, axis: int, new_length: int, order: int
     if order == 0:
         from scipy.ndimage import map_coordinates
 
-        index = map_coordinates(np.arange(old_length, dtype=float), [coords], order=0,
-                                mode="nearest").astype(np.intp)
+        index = map_coordinates(
+            np.arange(old_length, dtype=float), [coords], order=0, mode="nearest"
+        ).astype(np.intp)
         return np.take(volume, index, axis=axis)
     if order == 1:
         x = np.clip(coords, 0, old_length - 1)
         lower = np.floor(x).astype(np.intp)
         upper = np.minimum(lower + 1, old_length - 1)
         weight = (x - lower).reshape([-1 if a == axis else 1 for a in range(volume.ndim)])
-        return (np.take(volume, lower, axis=axis) * (1 - weight)
-                + np.take(volume, upper, axis=axis) * weight)
+        return (
+            np.take(volume, lower, axis=axis) * (1 - weight)
+            + np.take(volume, upper, axis=axis) * weight
+        )
     from scipy.ndimage import map_coordinates
 
     moved = np.moveaxis(volume, axis, -1)
@@ -143,10 +152,17 @@ def _interpolate_axis(volume: np.ndarray, axis: int, new_length: int, order: int
     return np.moveaxis(out.reshape(*moved.shape[:-1], new_length), -1, axis)
 
 
-def resample_to_shape(data: np.ndarray, new_shape: Sequence[int],
-                      current_spacing: Sequence[float], new_spacing: Sequence[float], *,
-                      order: int = 3, order_z: int = 0, force_separate_z: bool | None = None,
-                      threshold: float = ANISOTROPY_THRESHOLD) -> np.ndarray:
+def resample_to_shape(
+    data: np.ndarray,
+    new_shape: Sequence[int],
+    current_spacing: Sequence[float],
+    new_spacing: Sequence[float],
+    *,
+    order: int = 3,
+    order_z: int = 0,
+    force_separate_z: bool | None = None,
+    threshold: float = ANISOTROPY_THRESHOLD,
+) -> np.ndarray:
     """Resample every channel of ``data`` (C, a, b, c) to ``new_shape`` as nnU-Net does.
 
     scikit-image's ``resize`` (spline of ``order``, edge mode, no anti-aliasing) on

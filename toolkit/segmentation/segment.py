@@ -64,10 +64,15 @@ def check_settings(*, backend: str, device: str, tta: bool, step_size: float) ->
     get_backend(backend)
     if device not in DEVICES:
         raise UsageError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or \
-            not 0 < float(step_size) <= 1:
-        raise UsageError(f"--step-size must be a number in (0, 1], got {step_size!r}",
-                         fix="use 0.5 (nnU-Net's default), or up to 1 for speed")
+    if (
+        isinstance(step_size, bool)
+        or not isinstance(step_size, (int, float))
+        or not 0 < float(step_size) <= 1
+    ):
+        raise UsageError(
+            f"--step-size must be a number in (0, 1], got {step_size!r}",
+            fix="use 0.5 (nnU-Net's default), or up to 1 for speed",
+        )
     if not isinstance(tta, bool):
         raise UsageError(f"tta must be true or false, got {tta!r}")
 
@@ -86,23 +91,41 @@ def select(raw_dir: Path, participants: Sequence[str] | None) -> list[str]:
     """The participant labels of ``raw_dir`` to process (all, or the requested ones)."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
-        raise InputError("the raw dataset folder does not exist", path=raw_dir,
-                         fix="give the rawdata folder (sub-*/anat/*_ct.nii.gz)")
+        raise InputError(
+            "the raw dataset folder does not exist",
+            path=raw_dir,
+            fix="give the rawdata folder (sub-*/anat/*_ct.nii.gz)",
+        )
     available = participant_folders(raw_dir)
     if not available:
-        raise InputError("no sub-* participant folders found", path=raw_dir,
-                         fix="give the rawdata folder (sub-*/anat/*_ct.nii.gz)")
-    return select_participants(available, list(participants) if participants else None,
-                               where=raw_dir)
+        raise InputError(
+            "no sub-* participant folders found",
+            path=raw_dir,
+            fix="give the rawdata folder (sub-*/anat/*_ct.nii.gz)",
+        )
+    return select_participants(
+        available, list(participants) if participants else None, where=raw_dir
+    )
 
 
-def segment(raw_dir, out_dir, *, model: str | Path | None = None, backend: str = "nnunet",
-            device: str = "auto", folds: Sequence[int | str] | None = None, tta: bool = True,
-            step_size: float = 0.5, label_map: str | Mapping | None = None,
-            orientation: str | None = None,
-            participants: Sequence[str] | str | None = None, level: str | None = None,
-            threads: int | None = None, overwrite: bool = False,
-            progress: Callable[[str, str], None] | None = None) -> BatchReport:
+def segment(
+    raw_dir,
+    out_dir,
+    *,
+    model: str | Path | None = None,
+    backend: str = "nnunet",
+    device: str = "auto",
+    folds: Sequence[int | str] | None = None,
+    tta: bool = True,
+    step_size: float = 0.5,
+    label_map: str | Mapping | None = None,
+    orientation: str | None = None,
+    participants: Sequence[str] | str | None = None,
+    level: str | None = None,
+    threads: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str, str], None] | None = None,
+) -> BatchReport:
     """Segment liver and lesions in every CT of ``raw_dir`` into ``out_dir``.
 
     Args:
@@ -156,12 +179,23 @@ def segment(raw_dir, out_dir, *, model: str | Path | None = None, backend: str =
     report = BatchReport()
 
     if do_participants:
-        resolved = resolve_segmentation_model(model, backend=backend, folds=folds,
-                                              orientation=orientation)
-        _segment_participants(raw_dir, out_dir, chosen, resolved, label_map=label_map,
-                              device=device, tta=bool(tta), step_size=float(step_size),
-                              threads=threads, overwrite=overwrite, progress=progress,
-                              report=report)
+        resolved = resolve_segmentation_model(
+            model, backend=backend, folds=folds, orientation=orientation
+        )
+        _segment_participants(
+            raw_dir,
+            out_dir,
+            chosen,
+            resolved,
+            label_map=label_map,
+            device=device,
+            tta=bool(tta),
+            step_size=float(step_size),
+            threads=threads,
+            overwrite=overwrite,
+            progress=progress,
+            report=report,
+        )
     if do_group:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not (out_dir / "dataset_description.json").is_file():
@@ -173,47 +207,91 @@ def segment(raw_dir, out_dir, *, model: str | Path | None = None, backend: str =
 def _write_description(out_dir: Path, raw_dir: Path) -> None:
     from metcli.io.provenance import write_dataset_description
 
-    write_dataset_description(out_dir, name="metcli segment", sources={"raw": raw_dir},
-                              description=_DESCRIPTION)
+    write_dataset_description(
+        out_dir, name="metcli segment", sources={"raw": raw_dir}, description=_DESCRIPTION
+    )
 
 
-def _segment_participants(raw_dir: Path, out_dir: Path, chosen: Sequence[str],
-                          model: SegmentationModel, *, label_map, device: str, tta: bool,
-                          step_size: float, threads: int | None, overwrite: bool,
-                          progress, report: BatchReport) -> None:
+def _segment_participants(
+    raw_dir: Path,
+    out_dir: Path,
+    chosen: Sequence[str],
+    model: SegmentationModel,
+    *,
+    label_map,
+    device: str,
+    tta: bool,
+    step_size: float,
+    threads: int | None,
+    overwrite: bool,
+    progress,
+    report: BatchReport,
+) -> None:
     """The participant level: every CT of ``chosen`` segmented (or skipped) into ``report``."""
     from metcli.io.provenance import Step
 
-    mapping = resolve_label_map(model_labels_of(model), label_map,
-                                manifest_map=model.manifest_map)
-    settings = {"model_sha256": model.sha256, "backend": model.backend,
-                "folds": model.folds, "tta": tta, "step_size": step_size,
-                "orientation": model.orientation or AS_STORED,
-                "label_map": {str(k): v for k, v in mapping.items()}}
+    mapping = resolve_label_map(model_labels_of(model), label_map, manifest_map=model.manifest_map)
+    settings = {
+        "model_sha256": model.sha256,
+        "backend": model.backend,
+        "folds": model.folds,
+        "tta": tta,
+        "step_size": step_size,
+        "orientation": model.orientation or AS_STORED,
+        "label_map": {str(k): v for k, v in mapping.items()},
+    }
     step = Step(COMMAND, out_dir, {"raw": raw_dir}, settings)
     _write_description(out_dir, raw_dir)
     acquisitions = find_cts(raw_dir, chosen)
     found = {a.entities.sub for a in acquisitions}
     for label in chosen:
         if label not in found:
-            error = InputError(f"no sub-{label}[_ses-<s>][_ce-<phase>]_ct.nii.gz found",
-                               path=raw_dir / f"sub-{label}",
-                               fix="add the CT, or leave this participant out")
+            error = InputError(
+                f"no sub-{label}[_ses-<s>][_ce-<phase>]_ct.nii.gz found",
+                path=raw_dir / f"sub-{label}",
+                fix="add the CT, or leave this participant out",
+            )
             log.error("sub-%s: %s", label, error.one_line())
             report.record(f"sub-{label}", FAILED, error.one_line())
-    runner = _Runner(step, out_dir, model, mapping, overwrite=overwrite, device=device,
-                     tta=tta, step_size=step_size, report=report, threads=threads)
+    runner = _Runner(
+        step,
+        out_dir,
+        model,
+        mapping,
+        overwrite=overwrite,
+        device=device,
+        tta=tta,
+        step_size=step_size,
+        report=report,
+        threads=threads,
+    )
     runner.prepare(acquisitions)
-    run_each(acquisitions, key=lambda a: a.entities.describe(), work=runner.work,
-             progress=progress, report=report)
+    run_each(
+        acquisitions,
+        key=lambda a: a.entities.describe(),
+        work=runner.work,
+        progress=progress,
+        report=report,
+    )
 
 
 class _Runner:
     """Per-CT work of one run; the model is loaded once, before the first CT needing it."""
 
-    def __init__(self, step, out_dir: Path, model: SegmentationModel, mapping: dict[int, int], *,
-                 overwrite: bool, device: str, tta: bool, step_size: float, report: BatchReport,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        step,
+        out_dir: Path,
+        model: SegmentationModel,
+        mapping: dict[int, int],
+        *,
+        overwrite: bool,
+        device: str,
+        tta: bool,
+        step_size: float,
+        report: BatchReport,
+        threads: int | None = None,
+    ):
         self.step, self.out_dir, self.model, self.mapping = step, out_dir, model, mapping
         self.overwrite, self.device, self.tta, self.step_size = overwrite, device, tta, step_size
         self.report, self.threads = report, threads
@@ -243,8 +321,13 @@ class _Runner:
                 needed = True
                 break
         if needed:
-            self.segmenter = load_segmenter(self.model, device=self.device, tta=self.tta,
-                                            step_size=self.step_size, threads=self.threads)
+            self.segmenter = load_segmenter(
+                self.model,
+                device=self.device,
+                tta=self.tta,
+                step_size=self.step_size,
+                threads=self.threads,
+            )
             self.device_used = str(self.segmenter.device)
 
     def work(self, acq: Acquisition) -> str:
@@ -269,13 +352,16 @@ class _Runner:
         dseg = apply_label_map(labels, self.mapping)
         difference = grid_difference(dseg, ct)
         if difference is not None:
-            raise GeometryError(f"the {self.model.backend} backend returned a segmentation on "
-                                f"another grid than the CT's ({difference})", path=acq.path,
-                                fix="report this bug")
+            raise GeometryError(
+                f"the {self.model.backend} backend returned a segmentation on "
+                f"another grid than the CT's ({difference})",
+                path=acq.path,
+                fix="report this bug",
+            )
         counts = np.bincount(_array(dseg).ravel(), minlength=3)
         extra = {
             "Description": "Liver and lesion segmentation (0 background, 1 liver, 2 lesion) on "
-                           "the CT's grid",
+            "the CT's grid",
             "Labels": {str(k): v for k, v in LABELS.items()},
             "Model": self.model.name,
             "Backend": self.model.backend,
@@ -288,10 +374,20 @@ class _Runner:
         with OutputSet() as outs:
             tmp_image = outs.path(out_image)
             write_image_to(dseg, tmp_image)
-            self.step.write_sidecar(outs, sidecar, inputs, {out_image: tmp_image}, extra=extra,
-                                    models=[self.model.record()])
-        log.info("%s: liver %d voxels, lesion %d voxels", acq.entities.describe(),
-                 counts[LIVER], counts[LESION])
+            self.step.write_sidecar(
+                outs,
+                sidecar,
+                inputs,
+                {out_image: tmp_image},
+                extra=extra,
+                models=[self.model.record()],
+            )
+        log.info(
+            "%s: liver %d voxels, lesion %d voxels",
+            acq.entities.describe(),
+            counts[LIVER],
+            counts[LESION],
+        )
         self.report.outputs.extend([out_image, sidecar])
         return DONE
 

@@ -15,8 +15,9 @@ from typing import Sequence
 import numpy as np
 
 
-def sliding_window_steps(image_size: Sequence[int], patch_size: Sequence[int],
-                         step_size: float) -> list[list[int]]:
+def sliding_window_steps(
+    image_size: Sequence[int], patch_size: Sequence[int], step_size: float
+) -> list[list[int]]:
     """Tile start positions per axis, as nnU-Net spreads them (evenly, first and last flush)."""
     steps = []
     for size, tile in zip(image_size, patch_size):
@@ -30,8 +31,9 @@ def sliding_window_steps(image_size: Sequence[int], patch_size: Sequence[int],
     return steps
 
 
-def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8, *,
-                        half: bool = True) -> np.ndarray:
+def gaussian_importance(
+    patch_size: Sequence[int], sigma_scale: float = 1.0 / 8, *, half: bool = True
+) -> np.ndarray:
     """nnU-Net's tile weights: a Gaussian (sigma = patch * ``sigma_scale``) with no zeros.
 
     ``half=True`` gives nnU-Net's own map: peak 10, rounded to float16 (its far tails
@@ -42,8 +44,9 @@ def gaussian_importance(patch_size: Sequence[int], sigma_scale: float = 1.0 / 8,
 
     delta = np.zeros(patch_size)
     delta[tuple(s // 2 for s in patch_size)] = 1
-    weights = gaussian_filter(delta, [s * sigma_scale for s in patch_size], 0, mode="constant",
-                              cval=0)
+    weights = gaussian_filter(
+        delta, [s * sigma_scale for s in patch_size], 0, mode="constant", cval=0
+    )
     if half:
         weights = (weights / (np.max(weights) / 10)).astype(np.float16)
     else:
@@ -62,8 +65,12 @@ def pad_to_patch(data: np.ndarray, patch_size: Sequence[int]) -> tuple[np.ndarra
     above = new - old - below
     if not np.any(new - old):
         return data, tuple(slice(0, s) for s in old)
-    padded = np.pad(data, [(0, 0)] + [(int(b), int(a)) for b, a in zip(below, above)],
-                    mode="constant", constant_values=0)
+    padded = np.pad(
+        data,
+        [(0, 0)] + [(int(b), int(a)) for b, a in zip(below, above)],
+        mode="constant",
+        constant_values=0,
+    )
     return padded, tuple(slice(int(b), int(b + o)) for b, o in zip(below, old))
 
 

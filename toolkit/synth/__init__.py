@@ -1,8 +1,9 @@
-"""metcli.synth: synthetic cohorts: CT phantoms with liver and lesions, truth masks and lesion tables.
+"""metcli.synth: synthetic cohorts: CT phantoms with liver and lesions, truth masks and
+lesion tables.
 
 The names in ``__all__`` are this room's public API: the names other rooms, the
-command line, the tests and the benchmarks use. Each is imported from its module on first use, so importing the
-room stays light.
+command line, the tests and the benchmarks use. Each is imported from its module on
+first use, so importing the room stays light.
 """
 
 from __future__ import annotations

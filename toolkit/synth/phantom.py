@@ -44,12 +44,33 @@ PHASE = "portal"
 #: The HU range of the written images.
 HU_MIN, HU_MAX = -1024, 3071
 # Tissue codes of the tissue map and their Hounsfield units.
-(AIR, FAT, MUSCLE, CAVITY, VISCERAL_FAT, CORTICAL_BONE, MARROW, CANAL, AORTA, LIVER,
- LESION) = range(11)
-TISSUE_NAMES = ("air", "fat", "muscle", "cavity", "visceral_fat", "cortical_bone", "marrow",
-                "canal", "aorta", "liver", "lesion")
-TISSUE_HU = {AIR: -1000.0, FAT: -100.0, MUSCLE: 50.0, CAVITY: 35.0, VISCERAL_FAT: -90.0,
-             CORTICAL_BONE: 750.0, MARROW: 400.0, CANAL: 15.0, AORTA: 160.0}
+(AIR, FAT, MUSCLE, CAVITY, VISCERAL_FAT, CORTICAL_BONE, MARROW, CANAL, AORTA, LIVER, LESION) = (
+    range(11)
+)
+TISSUE_NAMES = (
+    "air",
+    "fat",
+    "muscle",
+    "cavity",
+    "visceral_fat",
+    "cortical_bone",
+    "marrow",
+    "canal",
+    "aorta",
+    "liver",
+    "lesion",
+)
+TISSUE_HU = {
+    AIR: -1000.0,
+    FAT: -100.0,
+    MUSCLE: 50.0,
+    CAVITY: 35.0,
+    VISCERAL_FAT: -90.0,
+    CORTICAL_BONE: 750.0,
+    MARROW: 400.0,
+    CANAL: 15.0,
+    AORTA: 160.0,
+}
 
 # Adult anatomy in mm (x: patient right -> left, y: anterior -> posterior), scaled by
 # Grid.anatomy_scale.
@@ -100,15 +121,17 @@ class Grid:
 
     def axis_mm(self, axis: int) -> np.ndarray:
         """Voxel-centre positions (mm) along x (0), y (1) or z (2)."""
-        return (self.origin[axis] + np.arange(self.shape[axis]) * self.spacing[axis]
-                ).astype(np.float32)
+        return (self.origin[axis] + np.arange(self.shape[axis]) * self.spacing[axis]).astype(
+            np.float32
+        )
 
     def validate(self) -> None:
         if len(self.shape) != 3 or any(int(n) != n or n < 16 for n in self.shape):
             raise UsageError(f"grid shape must be three whole numbers >= 16, got {self.shape}")
         if len(self.spacing) != 3 or any(not s > 0 for s in self.spacing):
-            raise UsageError(f"grid spacing must be three positive numbers (mm), "
-                             f"got {self.spacing}")
+            raise UsageError(
+                f"grid spacing must be three positive numbers (mm), got {self.spacing}"
+            )
         if not self.anatomy_scale > 0:
             raise UsageError(f"anatomy_scale must be positive, got {self.anatomy_scale}")
         for axis, semi in enumerate(BODY_SEMI_AXES):
@@ -117,11 +140,15 @@ class Grid:
                 raise UsageError(
                     f"the body ({2 * semi * self.anatomy_scale * 1.05:.0f} mm along "
                     f"{'xy'[axis]}) does not fit the grid ({2 * half:.0f} mm)",
-                    fix="give more voxels, a larger spacing or a smaller anatomy_scale")
+                    fix="give more voxels, a larger spacing or a smaller anatomy_scale",
+                )
 
     def as_dict(self) -> dict:
-        return {"shape": list(self.shape), "spacing": list(self.spacing),
-                "anatomy_scale": self.anatomy_scale}
+        return {
+            "shape": list(self.shape),
+            "spacing": list(self.spacing),
+            "anatomy_scale": self.anatomy_scale,
+        }
 
 
 #: Size presets. ``small``: fast, for tests and demos (a half-size abdomen at 2x2x2.5 mm);
@@ -201,27 +228,52 @@ class SynthParams:
 
         for name in KNOBS:
             value = getattr(self, name)
-            need(name, isinstance(value, (int, float)) and not isinstance(value, bool)
-                 and math.isfinite(value), "a finite number")
+            need(
+                name,
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value),
+                "a finite number",
+            )
         for name in ("lesions_colorectal", "lesions_pancreatic"):
-            need(name, 1.0 <= getattr(self, name) <= self.max_lesions,
-                 f"between 1 and max_lesions ({self.max_lesions}) (the mean includes the one "
-                 "lesion every patient has)")
-        need("max_lesions", int(self.max_lesions) == self.max_lesions and self.max_lesions >= 1,
-             "a whole number >= 1")
+            need(
+                name,
+                1.0 <= getattr(self, name) <= self.max_lesions,
+                f"between 1 and max_lesions ({self.max_lesions}) (the mean includes the one "
+                "lesion every patient has)",
+            )
+        need(
+            "max_lesions",
+            int(self.max_lesions) == self.max_lesions and self.max_lesions >= 1,
+            "a whole number >= 1",
+        )
         need("diameter_min", self.diameter_min > 0, "positive (mm)")
         need("diameter_max", self.diameter_max >= self.diameter_min, "at least diameter_min (mm)")
         for name in ("diameter_colorectal", "diameter_pancreatic"):
-            need(name, self.diameter_min <= getattr(self, name) <= self.diameter_max,
-                 f"between diameter_min ({self.diameter_min}) and diameter_max "
-                 f"({self.diameter_max}) mm")
-        for name in ("patient_sd", "lesion_hu_sd", "lesion_texture_sd", "diameter_cv",
-                     "liver_hu_sd", "liver_texture_sd", "noise_sd", "blur_mm"):
+            need(
+                name,
+                self.diameter_min <= getattr(self, name) <= self.diameter_max,
+                f"between diameter_min ({self.diameter_min}) and diameter_max "
+                f"({self.diameter_max}) mm",
+            )
+        for name in (
+            "patient_sd",
+            "lesion_hu_sd",
+            "lesion_texture_sd",
+            "diameter_cv",
+            "liver_hu_sd",
+            "liver_texture_sd",
+            "noise_sd",
+            "blur_mm",
+        ):
             need(name, getattr(self, name) >= 0, "zero or positive")
         need("irregularity", 0 <= self.irregularity <= 0.4, "between 0 and 0.4")
-        need("texture_signal", abs(self.texture_signal) <= 4 * self.lesion_texture_sd,
-             f"at most 4 x lesion_texture_sd ({4 * self.lesion_texture_sd:g} HU) in size, so "
-             "that both classes keep a texture SD >= 0")
+        need(
+            "texture_signal",
+            abs(self.texture_signal) <= 4 * self.lesion_texture_sd,
+            f"at most 4 x lesion_texture_sd ({4 * self.lesion_texture_sd:g} HU) in size, so "
+            "that both classes keep a texture SD >= 0",
+        )
         return self
 
     # --- class-dependent values
@@ -241,9 +293,14 @@ class SynthParams:
         """The same parameters without any class difference (the averages of both classes)."""
         count = (self.lesions_colorectal + self.lesions_pancreatic) / 2.0
         diameter = (self.diameter_colorectal + self.diameter_pancreatic) / 2.0
-        return replace(self, lesions_colorectal=count, lesions_pancreatic=count,
-                       diameter_colorectal=diameter, diameter_pancreatic=diameter,
-                       texture_signal=0.0)
+        return replace(
+            self,
+            lesions_colorectal=count,
+            lesions_pancreatic=count,
+            diameter_colorectal=diameter,
+            diameter_pancreatic=diameter,
+            texture_signal=0.0,
+        )
 
     def knobs(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in KNOBS}
@@ -297,12 +354,12 @@ def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma_vox) -> 
 class Phantom:
     """A phantom as arrays indexed [z, y, x] on ``grid`` (identity direction)."""
 
-    hu: np.ndarray          #: int16 Hounsfield units
-    dseg: np.ndarray        #: uint8: 0 background, 1 liver, 2 lesion
-    tissue: np.ndarray      #: uint8 tissue codes (AIR ... LESION), before blur and noise
+    hu: np.ndarray  #: int16 Hounsfield units
+    dseg: np.ndarray  #: uint8: 0 background, 1 liver, 2 lesion
+    tissue: np.ndarray  #: uint8 tissue codes (AIR ... LESION), before blur and noise
     lesions: list[Lesion]
     grid: Grid
-    liver_hu: float         #: this patient's liver mean before texture, blur and noise
+    liver_hu: float  #: this patient's liver mean before texture, blur and noise
     patient_offset_hu: float
 
     def images(self):
@@ -379,8 +436,15 @@ def phantom_arrays(rng, params: SynthParams | None = None, cls: str = "colorecta
         hu += np.float32(params.noise_sd) * r_noise.standard_normal(hu.shape, dtype=np.float32)
     hu = np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16)
     lesions = [lesion for lesion, _ in placed]
-    return Phantom(hu=hu, dseg=dseg, tissue=tissue, lesions=lesions, grid=grid,
-                   liver_hu=float(liver_hu), patient_offset_hu=patient_offset)
+    return Phantom(
+        hu=hu,
+        dseg=dseg,
+        tissue=tissue,
+        lesions=lesions,
+        grid=grid,
+        liver_hu=float(liver_hu),
+        patient_offset_hu=patient_offset,
+    )
 
 
 def _body_slice(rng: np.random.Generator, grid: Grid, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -406,8 +470,9 @@ def _body_slice(rng: np.random.Generator, grid: Grid, x: np.ndarray, y: np.ndarr
     out[(d_vertebra <= vr) & (d_vertebra > vr - CORTEX_MM * s)] = CORTICAL_BONE
     cy = vy + vr + 0.8 * CANAL_R * s
     d_canal = np.hypot(X, Y - cy)
-    out[(d_canal > CANAL_R * s) & (d_canal <= (CANAL_R + ARCH_MM) * s)
-        & (d_vertebra > vr)] = CORTICAL_BONE
+    out[(d_canal > CANAL_R * s) & (d_canal <= (CANAL_R + ARCH_MM) * s) & (d_vertebra > vr)] = (
+        CORTICAL_BONE
+    )
     out[d_canal <= CANAL_R * s] = CANAL
     out[np.hypot(X - AORTA_XY[0] * s, Y - AORTA_XY[1] * s) <= AORTA_R * s] = AORTA
     return out

@@ -35,7 +35,8 @@ What this script does, each stage skipped when its output is already there
 Usage (from the repository root)::
 
     .venv/bin/python weights/recipes/train_demo_model.py --work-dir /tmp/metcli-demo-train
-    .venv/bin/python weights/recipes/train_demo_model.py --work-dir ... --stage train --time-epochs 1
+    .venv/bin/python weights/recipes/train_demo_model.py --work-dir ... --stage train \
+        --time-epochs 1
 
 Settings are the module constants below; the command-line options only change
 where files go, the device and (for trials) the number of epochs. The training
@@ -95,9 +96,11 @@ log = logging.getLogger("train_demo_model")
 
 # ------------------------------------------------------------------ helpers
 def nnunet_folders(work_dir: Path) -> dict[str, Path]:
-    return {"nnUNet_raw": work_dir / "nnUNet_raw",
-            "nnUNet_preprocessed": work_dir / "nnUNet_preprocessed",
-            "nnUNet_results": work_dir / "nnUNet_results"}
+    return {
+        "nnUNet_raw": work_dir / "nnUNet_raw",
+        "nnUNet_preprocessed": work_dir / "nnUNet_preprocessed",
+        "nnUNet_results": work_dir / "nnUNet_results",
+    }
 
 
 def set_nnunet_environment(work_dir: Path) -> None:
@@ -132,10 +135,22 @@ def make_cohort(work_dir: Path) -> Path:
     from metcli.synth.synth import synth_cohort
 
     cohort = work_dir / "cohort"
-    log.info("training cohort: %d phantoms, seed %d, knobs %s -> %s",
-             N_COLORECTAL + N_PANCREATIC, COHORT_SEED, SYNTH_KNOBS, cohort)
-    synth_cohort(cohort, n_colorectal=N_COLORECTAL, n_pancreatic=N_PANCREATIC, seed=COHORT_SEED,
-                 size="small", truth_lesions=False, **SYNTH_KNOBS)
+    log.info(
+        "training cohort: %d phantoms, seed %d, knobs %s -> %s",
+        N_COLORECTAL + N_PANCREATIC,
+        COHORT_SEED,
+        SYNTH_KNOBS,
+        cohort,
+    )
+    synth_cohort(
+        cohort,
+        n_colorectal=N_COLORECTAL,
+        n_pancreatic=N_PANCREATIC,
+        seed=COHORT_SEED,
+        size="small",
+        truth_lesions=False,
+        **SYNTH_KNOBS,
+    )
     return cohort
 
 
@@ -149,8 +164,9 @@ def make_raw_dataset(cohort: Path, work_dir: Path) -> Path:
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
     cts = find_files(cohort / "rawdata", suffix="ct")
-    truth = {a.entities.key: a.path for a in find_files(cohort / "derivatives" / "truth",
-                                                        suffix="dseg")}
+    truth = {
+        a.entities.key: a.path for a in find_files(cohort / "derivatives" / "truth", suffix="dseg")
+    }
     cases = []
     for acq in cts:
         case = f"metcli_{acq.entities.sub}"
@@ -175,20 +191,35 @@ def make_raw_dataset(cohort: Path, work_dir: Path) -> Path:
 # ------------------------------------------------------------------ 3. plan and preprocess
 def plan_and_preprocess(work_dir: Path) -> None:
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprint_dataset, plan_experiment_dataset, preprocess_dataset)
+        extract_fingerprint_dataset,
+        plan_experiment_dataset,
+        preprocess_dataset,
+    )
 
-    extract_fingerprint_dataset(DATASET_ID, num_processes=2, check_dataset_integrity=True,
-                                clean=True, verbose=False, show_progress_bar=False)
+    extract_fingerprint_dataset(
+        DATASET_ID,
+        num_processes=2,
+        check_dataset_integrity=True,
+        clean=True,
+        verbose=False,
+        show_progress_bar=False,
+    )
     plan_experiment_dataset(DATASET_ID)
-    preprocess_dataset(DATASET_ID, "nnUNetPlans", configurations=(CONFIGURATION,),
-                       num_processes=(2,), verbose=False, show_progress_bar=False)
+    preprocess_dataset(
+        DATASET_ID,
+        "nnUNetPlans",
+        configurations=(CONFIGURATION,),
+        num_processes=(2,),
+        verbose=False,
+        show_progress_bar=False,
+    )
 
 
 def write_split(work_dir: Path) -> None:
     """fold 0: all but the last N_VALIDATION cases for training (sorted case names)."""
     folder = nnunet_folders(work_dir)["nnUNet_preprocessed"] / DATASET_NAME
     raw = nnunet_folders(work_dir)["nnUNet_raw"] / DATASET_NAME / "labelsTr"
-    cases = sorted(p.name[:-len(".nii.gz")] for p in raw.glob("*.nii.gz"))
+    cases = sorted(p.name[: -len(".nii.gz")] for p in raw.glob("*.nii.gz"))
     split = [{"train": cases[:-N_VALIDATION], "val": cases[-N_VALIDATION:]}]
     (folder / "splits_final.json").write_text(json.dumps(split, indent=2) + "\n")
 
@@ -208,17 +239,29 @@ def reduce_plans(work_dir: Path) -> Path:
         size = [s // k for s, k in zip(size, step)]
         strides.append(step)
     config.update({"patch_size": list(PATCH_SIZE), "batch_size": BATCH_SIZE})
-    arch.update({"n_stages": n_stages, "features_per_stage": list(FEATURES_PER_STAGE),
-                 "kernel_sizes": [[3, 3, 3]] * n_stages, "strides": strides,
-                 "n_conv_per_stage": [2] * n_stages,
-                 "n_conv_per_stage_decoder": [2] * (n_stages - 1)})
+    arch.update(
+        {
+            "n_stages": n_stages,
+            "features_per_stage": list(FEATURES_PER_STAGE),
+            "kernel_sizes": [[3, 3, 3]] * n_stages,
+            "strides": strides,
+            "n_conv_per_stage": [2] * n_stages,
+            "n_conv_per_stage_decoder": [2] * (n_stages - 1),
+        }
+    )
     reduced = copy.deepcopy(plans)
     reduced["plans_name"] = PLANS_IDENTIFIER
     reduced["configurations"] = {CONFIGURATION: config}
     path = folder / f"{PLANS_IDENTIFIER}.json"
     path.write_text(json.dumps(reduced, indent=2) + "\n")
-    log.info("reduced plans: patch %s, features %s, strides %s, batch %d, spacing %s",
-             PATCH_SIZE, FEATURES_PER_STAGE, strides, BATCH_SIZE, config["spacing"])
+    log.info(
+        "reduced plans: patch %s, features %s, strides %s, batch %d, spacing %s",
+        PATCH_SIZE,
+        FEATURES_PER_STAGE,
+        strides,
+        BATCH_SIZE,
+        config["spacing"],
+    )
     return path
 
 
@@ -231,8 +274,14 @@ def demo_trainer_class():
     class nnUNetTrainer_metcliDemo(nnUNetTrainer):
         epochs = EPOCHS
 
-        def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                     device: torch.device = torch.device("cuda")):
+        def __init__(
+            self,
+            plans: dict,
+            configuration: str,
+            fold: int,
+            dataset_json: dict,
+            device: torch.device = torch.device("cuda"),
+        ):
             super().__init__(plans, configuration, fold, dataset_json, device)
             self.num_iterations_per_epoch = ITERATIONS_PER_EPOCH
             self.num_val_iterations_per_epoch = VALIDATION_ITERATIONS
@@ -246,8 +295,9 @@ def demo_trainer_class():
             # liver lies on the patient's right, and a model that saw mirrored livers
             # finds livers in the left upper abdomen (as TotalSegmentator's trainers,
             # which do not mirror at all).
-            rotation, dummy_2d, initial_patch, mirror_axes = \
+            rotation, dummy_2d, initial_patch, mirror_axes = (
                 super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+            )
             left_right = list(self.plans_manager.transpose_forward).index(2)  # the x axis
             mirror_axes = tuple(a for a in mirror_axes if a != left_right)
             self.inference_allowed_mirroring_axes = mirror_axes
@@ -272,8 +322,13 @@ def train(work_dir: Path, device_name: str, epochs: int | None) -> Path:
     np.random.seed(TRAINING_SEED)
     torch.manual_seed(TRAINING_SEED)
     device = pick_device(device_name)
-    trainer = trainer_class(plans=plans, configuration=CONFIGURATION, fold=FOLD,
-                            dataset_json=dataset_json, device=device)
+    trainer = trainer_class(
+        plans=plans,
+        configuration=CONFIGURATION,
+        fold=FOLD,
+        dataset_json=dataset_json,
+        device=device,
+    )
     out = Path(trainer.output_folder)
     final = out / "checkpoint_final.pth"
     if final.is_file() and epochs is None:
@@ -300,8 +355,11 @@ def export(work_dir: Path, out_dir: Path, checkpoint: str = "final") -> None:
     import torch
 
     trainer_class = demo_trainer_class()
-    results = (nnunet_folders(work_dir)["nnUNet_results"] / DATASET_NAME
-               / f"{trainer_class.__name__}__{PLANS_IDENTIFIER}__{CONFIGURATION}")
+    results = (
+        nnunet_folders(work_dir)["nnUNet_results"]
+        / DATASET_NAME
+        / f"{trainer_class.__name__}__{PLANS_IDENTIFIER}__{CONFIGURATION}"
+    )
     source = results / f"fold_{FOLD}" / f"checkpoint_{checkpoint}.pth"
     if not source.is_file():
         raise SystemExit(f"{source} not found: train first (--stage train)")
@@ -319,11 +377,15 @@ def export(work_dir: Path, out_dir: Path, checkpoint: str = "final") -> None:
         # nnU-Net's predictor can rebuild it without the recipe's class.
         "trainer_name": "nnUNetTrainer",
         "init_args": {"configuration": CONFIGURATION, "fold": FOLD},
-        "inference_allowed_mirroring_axes": None if mirror_axes is None else
-        [int(a) for a in mirror_axes],
+        "inference_allowed_mirroring_axes": None
+        if mirror_axes is None
+        else [int(a) for a in mirror_axes],
         "current_epoch": int(checkpoint["current_epoch"]),
-        "metcli": {"recipe": "weights/recipes/train_demo_model.py",
-                   "trained_with": trainer_class.__name__, "plans": PLANS_IDENTIFIER},
+        "metcli": {
+            "recipe": "weights/recipes/train_demo_model.py",
+            "trained_with": trainer_class.__name__,
+            "plans": PLANS_IDENTIFIER,
+        },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"fold_{FOLD}").mkdir(exist_ok=True)
@@ -346,17 +408,37 @@ STAGES = ("cohort", "raw", "plan", "reduce", "train", "export")
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/metcli-demo-train"),
-                        help="where the cohort, nnU-Net's folders and checkpoints go")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="the exported model folder (default: weights/demo/metcli-demo-nnunet)")
-    parser.add_argument("--stage", choices=("all", *STAGES), default="all",
-                        help="run one stage only (default: all, skipping finished ones)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("/tmp/metcli-demo-train"),
+        help="where the cohort, nnU-Net's folders and checkpoints go",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="the exported model folder (default: weights/demo/metcli-demo-nnunet)",
+    )
+    parser.add_argument(
+        "--stage",
+        choices=("all", *STAGES),
+        default="all",
+        help="run one stage only (default: all, skipping finished ones)",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--checkpoint", choices=("final", "best", "latest"), default="final",
-                        help="checkpoint to export (best/latest: trials of an unfinished run)")
-    parser.add_argument("--epochs", type=int, default=None,
-                        help=f"train this many epochs instead of {EPOCHS} (trials only)")
+    parser.add_argument(
+        "--checkpoint",
+        choices=("final", "best", "latest"),
+        default="final",
+        help="checkpoint to export (best/latest: trials of an unfinished run)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"train this many epochs instead of {EPOCHS} (trials only)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stdout)
     log.setLevel(logging.INFO)
@@ -373,8 +455,11 @@ def main(argv=None) -> int:
         if args.stage == "raw" or not raw.is_file():
             make_raw_dataset(work / "cohort", work)
     if "plan" in wanted:
-        if args.stage == "plan" or not (preprocessed / "nnUNetPlans.json").is_file() or \
-                not (preprocessed / "gt_segmentations").is_dir():
+        if (
+            args.stage == "plan"
+            or not (preprocessed / "nnUNetPlans.json").is_file()
+            or not (preprocessed / "gt_segmentations").is_dir()
+        ):
             plan_and_preprocess(work)
         write_split(work)
     if "reduce" in wanted:

@@ -87,8 +87,13 @@ def text_values(value) -> list[str]:
     """The values of a possibly multi-valued element as stripped texts."""
     if value is None:
         return []
-    items = [value] if isinstance(value, (str, bytes)) else list(value) \
-        if hasattr(value, "__iter__") else [value]
+    items = (
+        [value]
+        if isinstance(value, (str, bytes))
+        else list(value)
+        if hasattr(value, "__iter__")
+        else [value]
+    )
     return [str(v).strip() for v in items if str(v).strip()]
 
 

@@ -61,18 +61,21 @@ def _series_record(step, series: SeriesInfo, dicom_dir: Path) -> dict[str, Any]:
     identifiers = identifying_words(ds)
     rel = relative_text(folder, dicom_dir)
     if rel != "." and any(identifying(part, identifiers) for part in Path(rel).parts):
-        log.info("the series folder's path may identify the patient; the sidecar names the "
-                 "DICOM folder root instead")
+        log.info(
+            "the series folder's path may identify the patient; the sidecar names the "
+            "DICOM folder root instead"
+        )
         folder = dicom_dir
-    return {"uri": step.uri(folder), "sha256": series_sha256(series.files),
-            "files": series.n_files}
+    return {"uri": step.uri(folder), "sha256": series_sha256(series.files), "files": series.n_files}
 
 
 def _check_folders(dicom_dir: Path, raw_dir: Path) -> None:
     src, out = dicom_dir.resolve(), raw_dir.resolve()
     if out == src or src in out.parents:
-        raise UsageError(f"RAW_DIR {raw_dir} lies inside DICOM_DIR {dicom_dir}",
-                         fix="write the raw dataset outside the DICOM folder")
+        raise UsageError(
+            f"RAW_DIR {raw_dir} lies inside DICOM_DIR {dicom_dir}",
+            fix="write the raw dataset outside the DICOM folder",
+        )
 
 
 def _check_primary(primary: str | None) -> str | None:
@@ -83,8 +86,10 @@ def _check_primary(primary: str | None) -> str | None:
     pattern = load_schema("participants")["properties"]["primary"]["pattern"]
     text = str(primary).strip()
     if not re.match(pattern, text):
-        raise UsageError(f"--primary {primary!r} is not a valid label (letters, digits, '_', '.' "
-                         "and '-' only)", fix="use a label such as 'colorectal' or 'pancreatic'")
+        raise UsageError(
+            f"--primary {primary!r} is not a valid label (letters, digits, '_', '.' and '-' only)",
+            fix="use a label such as 'colorectal' or 'pancreatic'",
+        )
     return text
 
 
@@ -126,10 +131,17 @@ def _register(raw_dir: Path, participant: str, primary: str | None) -> None:
         upsert_participant(raw_dir, {"participant_id": f"sub-{participant}", "primary": primary})
 
 
-def import_dicom(dicom_dir: str | Path, raw_dir: str | Path, *, participant: str,
-                 session: str | None = None, phase: str | None = None,
-                 series_uid: str | None = None, primary: str | None = None,
-                 overwrite: bool = False) -> Path:
+def import_dicom(
+    dicom_dir: str | Path,
+    raw_dir: str | Path,
+    *,
+    participant: str,
+    session: str | None = None,
+    phase: str | None = None,
+    series_uid: str | None = None,
+    primary: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Import one CT series into a raw dataset; return the path of the NIfTI written.
 
     Args:
@@ -162,8 +174,11 @@ def import_dicom(dicom_dir: str | Path, raw_dir: str | Path, *, participant: str
     primary = _check_primary(primary)
     dicom_dir, raw_dir = Path(dicom_dir), Path(raw_dir)
     if not dicom_dir.is_dir():
-        raise InputError("DICOM folder not found", path=dicom_dir,
-                         fix="give the folder that holds the DICOM files of the CT series")
+        raise InputError(
+            "DICOM folder not found",
+            path=dicom_dir,
+            fix="give the folder that holds the DICOM files of the CT series",
+        )
     _check_folders(dicom_dir, raw_dir)
     if participants_path(raw_dir).is_file():
         read_participants(raw_dir)  # a malformed table fails now, before anything is written
@@ -182,10 +197,13 @@ def import_dicom(dicom_dir: str | Path, raw_dir: str | Path, *, participant: str
             _register(raw_dir, label, primary)
             return out
         if not _same_series_recorded(sidecar, inputs):
-            raise UsageError(f"{entities.describe()} already has a CT image imported from another "
-                             "series (or of unknown origin)", path=out,
-                             fix="choose another --participant-label, --session or --phase, or "
-                                 "pass --overwrite to replace it")
+            raise UsageError(
+                f"{entities.describe()} already has a CT image imported from another "
+                "series (or of unknown origin)",
+                path=out,
+                fix="choose another --participant-label, --session or --phase, or "
+                "pass --overwrite to replace it",
+            )
 
     image, info = read_ct_series(series)
     validate(info.metadata, "import_dicom", where=sidecar)
@@ -194,7 +212,12 @@ def import_dicom(dicom_dir: str | Path, raw_dir: str | Path, *, participant: str
         write_image_to(image, tmp_image)
         step.write_sidecar(outputs, sidecar, inputs, {out: tmp_image}, extra=info.metadata)
     _register(raw_dir, label, primary)
-    log.info("%s: imported %d slices (%s voxels, %s mm) into %s", entities.describe(),
-             len(info.files), "x".join(map(str, image.GetSize())), fmt(info.spacing),
-             out.relative_to(raw_dir).as_posix())
+    log.info(
+        "%s: imported %d slices (%s voxels, %s mm) into %s",
+        entities.describe(),
+        len(info.files),
+        "x".join(map(str, image.GetSize())),
+        fmt(info.spacing),
+        out.relative_to(raw_dir).as_posix(),
+    )
     return out

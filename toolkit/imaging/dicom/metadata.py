@@ -14,15 +14,26 @@ from typing import Any, Sequence
 from metcli.imaging.dicom.headers import float_value, read_dataset, text_value, text_values
 
 _UID_LIKE = re.compile(r"\d+\.\d+\.\d+")
-_DATE_LIKE = re.compile(r"(19|20)\d{2}[-_.]?[01]\d[-_.]?[0-3]\d"
-                        r"|[0-3]\d[-_.][01]\d[-_.](19|20)\d{2}")
+_DATE_LIKE = re.compile(
+    r"(19|20)\d{2}[-_.]?[01]\d[-_.]?[0-3]\d"
+    r"|[0-3]\d[-_.][01]\d[-_.](19|20)\d{2}"
+)
 
 
 def identifying_words(ds) -> list[str]:
     """Texts of a header that identify the patient or the study (to keep them out of outputs)."""
     words = []
-    for tag in ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID",
-                "PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate"):
+    for tag in (
+        "PatientName",
+        "PatientID",
+        "OtherPatientIDs",
+        "AccessionNumber",
+        "StudyID",
+        "PatientBirthDate",
+        "StudyDate",
+        "SeriesDate",
+        "AcquisitionDate",
+    ):
         text = text_value(ds.get(tag)) if ds is not None else ""
         for word in re.split(r"[\^\\\s,]+", text):
             if len(word) >= 3:
@@ -32,12 +43,16 @@ def identifying_words(ds) -> list[str]:
 
 def identifying(text: str, identifiers: Sequence[str]) -> bool:
     low = text.lower()
-    return (any(word in low for word in identifiers) or bool(_UID_LIKE.search(text))
-            or bool(_DATE_LIKE.search(text)))
+    return (
+        any(word in low for word in identifiers)
+        or bool(_UID_LIKE.search(text))
+        or bool(_DATE_LIKE.search(text))
+    )
 
 
-def acquisition_metadata(path: Path, *, step: float, padding_hu: float | None = None,
-                         series_uid: str = "") -> dict[str, Any]:
+def acquisition_metadata(
+    path: Path, *, step: float, padding_hu: float | None = None, series_uid: str = ""
+) -> dict[str, Any]:
     """Non-identifying acquisition metadata for the sidecar (BIDS-like keys).
 
     Free-text values that contain the patient's name or ID, a date or a UID are
@@ -46,11 +61,13 @@ def acquisition_metadata(path: Path, *, step: float, padding_hu: float | None = 
     ds = read_dataset(Path(path), stop_before_pixels=True)
     identifiers = identifying_words(ds)
     meta: dict[str, Any] = {"Modality": "CT"}
-    for key, tag in (("Manufacturer", "Manufacturer"),
-                     ("ManufacturersModelName", "ManufacturerModelName"),
-                     ("SeriesDescription", "SeriesDescription"),
-                     ("ContrastBolusAgent", "ContrastBolusAgent"),
-                     ("BodyPartExamined", "BodyPartExamined")):
+    for key, tag in (
+        ("Manufacturer", "Manufacturer"),
+        ("ManufacturersModelName", "ManufacturerModelName"),
+        ("SeriesDescription", "SeriesDescription"),
+        ("ContrastBolusAgent", "ContrastBolusAgent"),
+        ("BodyPartExamined", "BodyPartExamined"),
+    ):
         text = text_value(ds.get(tag))
         if text and not identifying(text, identifiers):
             meta[key] = text

@@ -69,8 +69,9 @@ def _decode_with_gdcm(path: Path, rows: int, columns: int) -> np.ndarray:
     return array.reshape(rows, columns)
 
 
-def decode_slice(header: SliceHeader, rows: int, columns: int, root: Path | None,
-                  where: Path) -> tuple[np.ndarray, str]:
+def decode_slice(
+    header: SliceHeader, rows: int, columns: int, root: Path | None, where: Path
+) -> tuple[np.ndarray, str]:
     """HU values of one slice (float64 or integer array) and the decoder used."""
     available, missing = _pydicom_decoder(header.transfer_syntax)
     problem = None
@@ -78,13 +79,19 @@ def decode_slice(header: SliceHeader, rows: int, columns: int, root: Path | None
         try:
             ds = read_dataset(header.path, stop_before_pixels=False)
             if ds is None or "PixelData" not in ds:
-                raise DicomError(f"{slice_name(header, root)} holds no pixel data", path=where,
-                                 fix="export the series again with its images")
+                raise DicomError(
+                    f"{slice_name(header, root)} holds no pixel data",
+                    path=where,
+                    fix="export the series again with its images",
+                )
             stored = ds.pixel_array
             if stored.shape != (rows, columns):
-                raise DicomError(f"{slice_name(header, root)}: pixel data of shape {stored.shape} "
-                                 f"where Rows x Columns is {rows}x{columns}", path=where,
-                                 fix="export the series again")
+                raise DicomError(
+                    f"{slice_name(header, root)}: pixel data of shape {stored.shape} "
+                    f"where Rows x Columns is {rows}x{columns}",
+                    path=where,
+                    fix="export the series again",
+                )
             slope, intercept = header.slope, header.intercept
             if float(slope).is_integer() and float(intercept).is_integer():
                 values = stored.astype(np.int64) * int(slope) + int(intercept)
@@ -105,10 +112,15 @@ def decode_slice(header: SliceHeader, rows: int, columns: int, root: Path | None
             f"{slice_name(header, root)}: cannot decode pixel data compressed as {syntax}: "
             "pydicom has no decoder plug-in for it installed and SimpleITK/GDCM failed "
             f"({gdcm_problem})",
-            path=where, fix=_install_hint(missing))
-    raise DicomError(f"{slice_name(header, root)}: cannot decode the pixel data ({syntax}): "
-                     f"{' '.join(problem.split())[:200]}", path=where,
-                     fix="the file may be damaged or truncated: export or copy the series again")
+            path=where,
+            fix=_install_hint(missing),
+        )
+    raise DicomError(
+        f"{slice_name(header, root)}: cannot decode the pixel data ({syntax}): "
+        f"{' '.join(problem.split())[:200]}",
+        path=where,
+        fix="the file may be damaged or truncated: export or copy the series again",
+    )
 
 
 #: pydicom names some plug-ins by their import name; pip knows them by another.
@@ -124,11 +136,15 @@ def _install_hint(missing: Sequence[str]) -> str:
         for spec in (requirement or _plugin).split(" and "):
             name = re.split(r"[<>=!~ ]", spec.strip(), maxsplit=1)[0]
             packages.append(spec.strip().replace(name, _PIP_NAMES.get(name, name), 1))
-        commands.append("pip install " + " ".join(f"'{p}'" if any(c in p for c in "<>=") else p
-                                                 for p in packages))
+        commands.append(
+            "pip install "
+            + " ".join(f"'{p}'" if any(c in p for c in "<>=") else p for p in packages)
+        )
     if not commands:
-        return ("install a DICOM decoder for this transfer syntax (python-gdcm, or pylibjpeg "
-                "with its plug-ins), or export the series uncompressed")
+        return (
+            "install a DICOM decoder for this transfer syntax (python-gdcm, or pylibjpeg "
+            "with its plug-ins), or export the series uncompressed"
+        )
     return "install a decoder: " + "; or ".join(commands) + "; or export the series uncompressed"
 
 

@@ -108,8 +108,10 @@ class SeriesInfo:
         """Why this series is not taken automatically (None: an axial CT image series)."""
         if self.modality != "CT":
             return f"modality {self.modality}"
-        if (self.sop_class_uid == ENHANCED_CT_IMAGE_STORAGE
-                or max(s.frames for s in self.slices) > 1):
+        if (
+            self.sop_class_uid == ENHANCED_CT_IMAGE_STORAGE
+            or max(s.frames for s in self.slices) > 1
+        ):
             return "enhanced multi-frame CT"
         if self.sop_class_uid and self.sop_class_uid != CT_IMAGE_STORAGE:
             return "not a CT image (secondary capture, report or other object)"
@@ -130,8 +132,10 @@ class SeriesInfo:
         where = ""
         if not self.uid and self.root is not None:
             where = f", folder {relative_text(self.folder, self.root)}"
-        return (f"{name} ({self.modality}, {self.description or 'no description'!r}, "
-                f"{self.n_files} file{'s' if self.n_files != 1 else ''}, {kind}{where})")
+        return (
+            f"{name} ({self.modality}, {self.description or 'no description'!r}, "
+            f"{self.n_files} file{'s' if self.n_files != 1 else ''}, {kind}{where})"
+        )
 
 
 def relative_text(path: Path, root: Path) -> str:
@@ -180,8 +184,11 @@ def find_series(dicom_dir: str | Path) -> list[SeriesInfo]:
     """
     root = Path(dicom_dir)
     if not root.is_dir():
-        raise InputError("DICOM folder not found", path=root, fix="give the folder that holds "
-                         "the DICOM files of the CT series")
+        raise InputError(
+            "DICOM folder not found",
+            path=root,
+            fix="give the folder that holds the DICOM files of the CT series",
+        )
     headers = []
     skipped = 0
     for path in _walk_files(root):
@@ -193,11 +200,13 @@ def find_series(dicom_dir: str | Path) -> list[SeriesInfo]:
     if skipped:
         log.debug("%s: %d file(s) that are not DICOM images skipped", root, skipped)
     if not headers:
-        raise DicomError("no DICOM image files found in this folder or below it", path=root,
-                         fix="give the folder that holds the DICOM files of the CT series")
+        raise DicomError(
+            "no DICOM image files found in this folder or below it",
+            path=root,
+            fix="give the folder that holds the DICOM files of the CT series",
+        )
     series = group_series(headers, root=root)
-    log.info("%s: %d series found: %s", root, len(series),
-             "; ".join(s.describe() for s in series))
+    log.info("%s: %d series found: %s", root, len(series), "; ".join(s.describe() for s in series))
     return series
 
 
@@ -208,8 +217,9 @@ def _listing(series: Sequence[SeriesInfo], limit: int = 20) -> str:
     return shown
 
 
-def select_series(series: Sequence[SeriesInfo], series_uid: str | None = None, *,
-                  where: str | Path | None = None) -> SeriesInfo:
+def select_series(
+    series: Sequence[SeriesInfo], series_uid: str | None = None, *, where: str | Path | None = None
+) -> SeriesInfo:
     """The series to import: the one named by ``series_uid``, else the largest axial CT series.
 
     An unknown UID, or two axial CT series of the same largest size, is a
@@ -217,39 +227,52 @@ def select_series(series: Sequence[SeriesInfo], series_uid: str | None = None, *
     :class:`DicomError`.
     """
     if not series:
-        raise DicomError("no DICOM series found", path=where,
-                         fix="give the folder that holds the DICOM files of the CT series")
+        raise DicomError(
+            "no DICOM series found",
+            path=where,
+            fix="give the folder that holds the DICOM files of the CT series",
+        )
     if series_uid is not None:
         wanted = series_uid.strip()
         for item in series:
             if item.uid and item.uid == wanted:
                 log.info("series %s chosen by --series-uid", item.describe())
                 return item
-        raise UsageError(f"--series-uid {series_uid!r} is not a series of this folder; found: "
-                         f"{_listing(series)}", path=where,
-                         fix="copy one of the UIDs listed, or leave --series-uid out to take the "
-                             "largest axial CT series")
+        raise UsageError(
+            f"--series-uid {series_uid!r} is not a series of this folder; found: "
+            f"{_listing(series)}",
+            path=where,
+            fix="copy one of the UIDs listed, or leave --series-uid out to take the "
+            "largest axial CT series",
+        )
     candidates = [s for s in series if s.not_a_candidate is None]
     if not candidates:
         raise DicomError(
             "no axial CT image series found; found: "
             + "; ".join(f"{s.describe()}: {s.not_a_candidate}" for s in series[:20]),
             path=where,
-            fix="give the folder of an axial CT series, or name a series with --series-uid")
+            fix="give the folder of an axial CT series, or name a series with --series-uid",
+        )
     candidates.sort(key=lambda s: -s.n_files)
     chosen = candidates[0]
     if len(candidates) > 1 and candidates[1].n_files == chosen.n_files:
         tied = [c for c in candidates if c.n_files == chosen.n_files]
-        raise UsageError(f"{len(tied)} axial CT series have the same number of slices "
-                         f"({chosen.n_files}), so the largest is not clear: {_listing(tied)}",
-                         path=where, fix="name the series to import with --series-uid")
+        raise UsageError(
+            f"{len(tied)} axial CT series have the same number of slices "
+            f"({chosen.n_files}), so the largest is not clear: {_listing(tied)}",
+            path=where,
+            fix="name the series to import with --series-uid",
+        )
     others = [s for s in series if s is not chosen]
     log.info("chosen: the largest axial CT series, %s", chosen.describe())
     for other in others:
         reason = other.not_a_candidate
         if reason is None:
-            log.warning("another axial CT series is in the folder and was not imported: %s "
-                        "(name it with --series-uid to import it instead)", other.describe())
+            log.warning(
+                "another axial CT series is in the folder and was not imported: %s "
+                "(name it with --series-uid to import it instead)",
+                other.describe(),
+            )
         else:
             log.info("not imported: %s: %s", other.describe(), reason)
     return chosen

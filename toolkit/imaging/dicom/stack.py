@@ -78,8 +78,7 @@ def stack_geometry(series: SeriesInfo) -> StackGeometry:
     _check_one_stack(series.slices, where, root)
     first = series.slices[0]
     row_cosine, col_cosine, normal = _slice_axes(first, where, root)
-    ordered = sorted(series.slices,
-                     key=lambda s: (float(np.dot(normal, s.position)), str(s.path)))
+    ordered = sorted(series.slices, key=lambda s: (float(np.dot(normal, s.position)), str(s.path)))
     positions = np.array([float(np.dot(normal, s.position)) for s in ordered])
     step = _even_step(ordered, positions, where, root)
     origin = np.asarray(ordered[0].position, dtype=float)
@@ -87,47 +86,70 @@ def stack_geometry(series: SeriesInfo) -> StackGeometry:
     direction = np.column_stack([row_cosine, col_cosine, normal])
     row_spacing, col_spacing = first.pixel_spacing
     return StackGeometry(
-        slices=ordered, positions=positions, step=step,
+        slices=ordered,
+        positions=positions,
+        step=step,
         spacing=(float(col_spacing), float(row_spacing), step),
         origin=tuple(float(v) for v in origin),
         direction=tuple(float(v) for v in direction.ravel()),
-        rows=int(first.rows), columns=int(first.columns))
+        rows=int(first.rows),
+        columns=int(first.columns),
+    )
 
 
 def _check_series_kind(series: SeriesInfo, where: Path, root: Path | None) -> None:
     """A classic single-frame CT series of two slices or more."""
     slices = series.slices
     if series.modality != "CT":
-        raise DicomError(f"the series is {series.modality}, not CT; metcli imports CT only",
-                         path=where, fix="give a CT series (or name one with --series-uid)")
+        raise DicomError(
+            f"the series is {series.modality}, not CT; metcli imports CT only",
+            path=where,
+            fix="give a CT series (or name one with --series-uid)",
+        )
     if series.sop_class_uid == ENHANCED_CT_IMAGE_STORAGE or any(s.frames > 1 for s in slices):
-        raise DicomError("the series is an enhanced multi-frame CT object; metcli reads one "
-                         "slice per file", path=where,
-                         fix="export the series as classic single-frame CT images")
+        raise DicomError(
+            "the series is an enhanced multi-frame CT object; metcli reads one slice per file",
+            path=where,
+            fix="export the series as classic single-frame CT images",
+        )
     if len(slices) < 2:
-        raise DicomError(f"the series has a single slice ({slice_name(slices[0], root)}): a 2D "
-                         "image, not a volume", path=where,
-                         fix="give the folder of a CT volume (a stack of axial slices)")
+        raise DicomError(
+            f"the series has a single slice ({slice_name(slices[0], root)}): a 2D "
+            "image, not a volume",
+            path=where,
+            fix="give the folder of a CT volume (a stack of axial slices)",
+        )
 
 
 def _check_slice_headers(slices: Sequence[SliceHeader], where: Path, root: Path | None) -> None:
     """Every slice has the geometry and rescale tags, and one sample per pixel."""
     for item in slices:
-        missing = [tag for tag, value in (("ImageOrientationPatient", item.orientation),
-                                          ("ImagePositionPatient", item.position),
-                                          ("PixelSpacing", item.pixel_spacing),
-                                          ("Rows", item.rows), ("Columns", item.columns),
-                                          ("RescaleSlope", item.slope),
-                                          ("RescaleIntercept", item.intercept))
-                   if value is None]
+        missing = [
+            tag
+            for tag, value in (
+                ("ImageOrientationPatient", item.orientation),
+                ("ImagePositionPatient", item.position),
+                ("PixelSpacing", item.pixel_spacing),
+                ("Rows", item.rows),
+                ("Columns", item.columns),
+                ("RescaleSlope", item.slope),
+                ("RescaleIntercept", item.intercept),
+            )
+            if value is None
+        ]
         if missing:
-            raise DicomError(f"{slice_name(item, root)} lacks {', '.join(missing)} (or holds an "
-                             "invalid value)", path=where,
-                             fix="export the series again with complete CT image headers")
+            raise DicomError(
+                f"{slice_name(item, root)} lacks {', '.join(missing)} (or holds an invalid value)",
+                path=where,
+                fix="export the series again with complete CT image headers",
+            )
         if item.samples_per_pixel != 1:
-            raise DicomError(f"{slice_name(item, root)} has {item.samples_per_pixel} samples per "
-                             "pixel (a colour image), not a CT slice", path=where,
-                             fix="give the original CT series, not a rendered one")
+            raise DicomError(
+                f"{slice_name(item, root)} has {item.samples_per_pixel} samples per "
+                "pixel (a colour image), not a CT slice",
+                path=where,
+                fix="give the original CT series, not a rendered one",
+            )
 
 
 def _check_one_stack(slices: Sequence[SliceHeader], where: Path, root: Path | None) -> None:
@@ -141,50 +163,65 @@ def _check_one_stack(slices: Sequence[SliceHeader], where: Path, root: Path | No
                 f"ImageOrientationPatient {fmt(first.orientation)} "
                 f"({orientation_name(first.orientation)}) and {slice_name(item, root)} "
                 f"{fmt(item.orientation)} "
-                f"({orientation_name(item.orientation)})", path=where,
+                f"({orientation_name(item.orientation)})",
+                path=where,
                 fix="give a series of parallel slices (a localizer or a second reconstruction "
-                    "may share this SeriesInstanceUID: move those files out)")
+                "may share this SeriesInstanceUID: move those files out)",
+            )
         if (item.rows, item.columns) != (first.rows, first.columns):
-            raise DicomError(f"slices differ in size: {slice_name(first, root)} is "
-                             f"{first.columns}x{first.rows} and {slice_name(item, root)} "
-                             f"{item.columns}x{item.rows} pixels", path=where,
-                             fix="give the files of one reconstruction only")
+            raise DicomError(
+                f"slices differ in size: {slice_name(first, root)} is "
+                f"{first.columns}x{first.rows} and {slice_name(item, root)} "
+                f"{item.columns}x{item.rows} pixels",
+                path=where,
+                fix="give the files of one reconstruction only",
+            )
         spacing_change = np.abs(np.subtract(item.pixel_spacing, first.pixel_spacing))
         if np.max(spacing_change) > 1e-4 * max(first.pixel_spacing):
-            raise DicomError(f"slices differ in PixelSpacing: {slice_name(first, root)} has "
-                             f"{fmt(first.pixel_spacing)} mm and {slice_name(item, root)} "
-                             f"{fmt(item.pixel_spacing)} mm", path=where,
-                             fix="give the files of one reconstruction only")
+            raise DicomError(
+                f"slices differ in PixelSpacing: {slice_name(first, root)} has "
+                f"{fmt(first.pixel_spacing)} mm and {slice_name(item, root)} "
+                f"{fmt(item.pixel_spacing)} mm",
+                path=where,
+                fix="give the files of one reconstruction only",
+            )
 
 
-def _slice_axes(first: SliceHeader, where: Path, root: Path | None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _slice_axes(
+    first: SliceHeader, where: Path, root: Path | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row cosine, column cosine, normal), orthonormal, from ImageOrientationPatient."""
     row_cosine = np.asarray(first.orientation[:3], dtype=float)
     col_cosine = np.asarray(first.orientation[3:], dtype=float)
     norms = np.linalg.norm(row_cosine), np.linalg.norm(col_cosine)
     if min(norms) < 1e-6 or abs(float(row_cosine @ col_cosine)) > 1e-3 * norms[0] * norms[1]:
-        raise DicomError(f"{slice_name(first, root)}: ImageOrientationPatient "
-                         f"{fmt(first.orientation)} is not two perpendicular directions",
-                         path=where, fix="repair the header or export the series again")
+        raise DicomError(
+            f"{slice_name(first, root)}: ImageOrientationPatient "
+            f"{fmt(first.orientation)} is not two perpendicular directions",
+            path=where,
+            fix="repair the header or export the series again",
+        )
     row_cosine, col_cosine = row_cosine / norms[0], col_cosine / norms[1]
     col_cosine = col_cosine - (col_cosine @ row_cosine) * row_cosine
     col_cosine /= np.linalg.norm(col_cosine)
     return row_cosine, col_cosine, np.cross(row_cosine, col_cosine)
 
 
-def _even_step(ordered: Sequence[SliceHeader], positions: np.ndarray, where: Path,
-               root: Path | None) -> float:
+def _even_step(
+    ordered: Sequence[SliceHeader], positions: np.ndarray, where: Path, root: Path | None
+) -> float:
     """The step between slices (mm), after checking that they are distinct and evenly spaced."""
     gaps = np.diff(positions)
     for index, gap in enumerate(gaps):
         if gap < POSITION_TOLERANCE_MM:
             a, b = ordered[index], ordered[index + 1]
-            raise DicomError(f"{slice_name(a, root)} and {slice_name(b, root)} lie at the same "
-                             f"position ({positions[index]:.3f} mm along the slice normal)",
-                             path=where,
-                             fix="the folder holds a slice twice (a copy, or two acquisitions "
-                                 "sharing one SeriesInstanceUID): remove the duplicates")
+            raise DicomError(
+                f"{slice_name(a, root)} and {slice_name(b, root)} lie at the same "
+                f"position ({positions[index]:.3f} mm along the slice normal)",
+                path=where,
+                fix="the folder holds a slice twice (a copy, or two acquisitions "
+                "sharing one SeriesInstanceUID): remove the duplicates",
+            )
     typical = float(np.median(gaps))
     tolerance = max(POSITION_TOLERANCE_MM, POSITION_TOLERANCE_FRACTION * typical)
     uneven = np.flatnonzero(np.abs(gaps - typical) > tolerance)
@@ -193,14 +230,23 @@ def _even_step(ordered: Sequence[SliceHeader], positions: np.ndarray, where: Pat
     step = float((positions[-1] - positions[0]) / (len(positions) - 1))
     drift = np.abs(positions - (positions[0] + step * np.arange(len(positions))))
     if float(np.max(drift)) > tolerance:
-        raise DicomError(f"the slice positions drift from a regular grid by up to "
-                         f"{float(np.max(drift)):.4g} mm (step {step:.4g} mm)", path=where,
-                         fix="resample the series to even spacing with another tool first")
+        raise DicomError(
+            f"the slice positions drift from a regular grid by up to "
+            f"{float(np.max(drift)):.4g} mm (step {step:.4g} mm)",
+            path=where,
+            fix="resample the series to even spacing with another tool first",
+        )
     return step
 
 
-def _raise_uneven(ordered: Sequence[SliceHeader], gaps: np.ndarray, uneven: np.ndarray,
-                  typical: float, where: Path, root: Path | None) -> None:
+def _raise_uneven(
+    ordered: Sequence[SliceHeader],
+    gaps: np.ndarray,
+    uneven: np.ndarray,
+    typical: float,
+    where: Path,
+    root: Path | None,
+) -> None:
     """The DicomError for the first uneven gap (with a guess at missing slices)."""
     index = int(uneven[0])
     gap = float(gaps[index])
@@ -214,13 +260,21 @@ def _raise_uneven(ordered: Sequence[SliceHeader], gaps: np.ndarray, uneven: np.n
     raise DicomError(
         f"slices {index + 1} and {index + 2} ({slice_name(a, root)} and {slice_name(b, root)}) "
         f"are {gap:.4g} mm apart where the others are {typical:.4g} mm{hint}{more}; the slices "
-        "must be evenly spaced", path=where,
+        "must be evenly spaced",
+        path=where,
         fix="give the complete series (copy the missing files); a series with varying "
-            "slice spacing has to be resampled by another tool first")
+        "slice spacing has to be resampled by another tool first",
+    )
 
 
-def _check_no_tilt(ordered: Sequence[SliceHeader], origin: np.ndarray, normal: np.ndarray,
-                   pixel: float, where: Path, root: Path | None) -> None:
+def _check_no_tilt(
+    ordered: Sequence[SliceHeader],
+    origin: np.ndarray,
+    normal: np.ndarray,
+    pixel: float,
+    where: Path,
+    root: Path | None,
+) -> None:
     """Every slice lies on the normal through the first one (no gantry tilt)."""
     inplane_tolerance = INPLANE_TOLERANCE_FRACTION * pixel
     for item in ordered[1:]:
@@ -230,6 +284,8 @@ def _check_no_tilt(ordered: Sequence[SliceHeader], origin: np.ndarray, normal: n
             raise DicomError(
                 f"the slices are not stacked along their normal: {slice_name(item, root)} is "
                 f"shifted {float(np.linalg.norm(inplane)):.3g} mm sideways from "
-                f"{slice_name(ordered[0], root)} (gantry tilt or a sheared stack)", path=where,
+                f"{slice_name(ordered[0], root)} (gantry tilt or a sheared stack)",
+                path=where,
                 fix="correct the gantry tilt with a converter that resamples (dcm2niix does), "
-                    "or choose another series")
+                "or choose another series",
+            )

@@ -92,23 +92,28 @@ def _build_image(volume: np.ndarray, geometry: StackGeometry, where: Path):
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
     # Verify: every slice's first voxel lies where its ImagePositionPatient says.
-    limit = max(POSITION_TOLERANCE_MM, POSITION_TOLERANCE_FRACTION * geometry.step) + \
-        max(INPLANE_TOLERANCE_FRACTION * min(geometry.spacing[:2]), POSITION_TOLERANCE_MM)
+    limit = max(POSITION_TOLERANCE_MM, POSITION_TOLERANCE_FRACTION * geometry.step) + max(
+        INPLANE_TOLERANCE_FRACTION * min(geometry.spacing[:2]), POSITION_TOLERANCE_MM
+    )
     for index, header in enumerate(geometry.slices):
         point = np.asarray(image.TransformIndexToPhysicalPoint((0, 0, index)))
         error = float(np.linalg.norm(point - np.asarray(header.position)))
         if error > limit:
-            raise DicomError(f"internal check failed: slice {index + 1} would lie {error:.3g} mm "
-                             "from its ImagePositionPatient", path=where,
-                             fix="report this as a metcli bug with the series' headers")
+            raise DicomError(
+                f"internal check failed: slice {index + 1} would lie {error:.3g} mm "
+                "from its ImagePositionPatient",
+                path=where,
+                fix="report this as a metcli bug with the series' headers",
+            )
     return image
 
 
 def _series_from(source, series_uid: str | None) -> SeriesInfo:
     if isinstance(source, SeriesInfo):
         if series_uid is not None and source.uid != series_uid.strip():
-            raise UsageError(f"series_uid {series_uid!r} does not name the series given "
-                             f"({source.describe()})")
+            raise UsageError(
+                f"series_uid {series_uid!r} does not name the series given ({source.describe()})"
+            )
         return source
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
         return select_series(find_series(source), series_uid, where=source)
@@ -124,8 +129,11 @@ def _series_from(source, series_uid: str | None) -> SeriesInfo:
             raise InputError("file not found", path=path, fix="check the path")
         header = read_header(path)
         if header is None:
-            raise DicomError("not a DICOM image file", path=path,
-                             fix="give DICOM image files only (or their folder)")
+            raise DicomError(
+                "not a DICOM image file",
+                path=path,
+                fix="give DICOM image files only (or their folder)",
+            )
         headers.append(header)
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))
     return select_series(group_series(headers, root=root), series_uid, where=root)
@@ -162,17 +170,26 @@ def read_ct_series(files_or_dir, series_uid: str | None = None):
         sop_instance_uids=[s.sop_instance_uid for s in geometry.slices],
         positions_mm=[float(p) for p in geometry.positions],
         slice_step_mm=geometry.step,
-        spacing=geometry.spacing, origin=geometry.origin, direction=geometry.direction,
+        spacing=geometry.spacing,
+        origin=geometry.origin,
+        direction=geometry.direction,
         transfer_syntax=first.transfer_syntax,
         decoders=sorted(decoders),
         dtype=str(volume.dtype),
         padding_hu=padding,
-        metadata=acquisition_metadata(first.path, step=geometry.step, padding_hu=padding,
-                                      series_uid=series.uid),
+        metadata=acquisition_metadata(
+            first.path, step=geometry.step, padding_hu=padding, series_uid=series.uid
+        ),
     )
-    log.info("%s: %d slices, %s voxels of %s mm, %s, decoded by %s", where, volume.shape[0],
-             "x".join(map(str, image.GetSize())), fmt(geometry.spacing), info.dtype,
-             ", ".join(info.decoders))
+    log.info(
+        "%s: %d slices, %s voxels of %s mm, %s, decoded by %s",
+        where,
+        volume.shape[0],
+        "x".join(map(str, image.GetSize())),
+        fmt(geometry.spacing),
+        info.dtype,
+        ", ".join(info.decoders),
+    )
     return image, info
 
 

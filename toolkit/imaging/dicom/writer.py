@@ -33,16 +33,23 @@ def remove_stale_slices(series_dir: Path, keep: Sequence[str]) -> None:
             path.unlink()
 
 
-
 def _ds(value: float) -> str:
     """A decimal string (DS) of at most 16 characters."""
     text = format(round(float(value), 6), ".10g")
     return "0" if text == "-0" else text
 
 
-def ct_to_dicom_series(ct_image, folder: Path, *, outputs: OutputSet, uid_sources: Sequence[str],
-                       patient_id: str, sex: str | None = None, age: int | None = None,
-                       series_description: str = "CT") -> dict[Path, Path]:
+def ct_to_dicom_series(
+    ct_image,
+    folder: Path,
+    *,
+    outputs: OutputSet,
+    uid_sources: Sequence[str],
+    patient_id: str,
+    sex: str | None = None,
+    age: int | None = None,
+    series_description: str = "CT",
+) -> dict[Path, Path]:
     """Write a CT (SimpleITK, HU, identity direction) as a DICOM CT series, one file a slice.
 
     Files ``CT0001.dcm`` ... go through ``outputs`` (an :class:`OutputSet`); returns
@@ -51,8 +58,8 @@ def ct_to_dicom_series(ct_image, folder: Path, *, outputs: OutputSet, uid_source
     -1024 and RescaleSlope 1. No identifying data: the patient's name and id are the
     synthetic ``patient_id``; no dates.
     """
-    import SimpleITK as sitk
     import pydicom
+    import SimpleITK as sitk
     from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -73,23 +80,50 @@ def ct_to_dicom_series(ct_image, folder: Path, *, outputs: OutputSet, uid_source
         return generate_uid(entropy_srcs=[*uid_sources, *parts])
 
     common = {  # the attributes every slice shares
-        "SOPClassUID": CTImageStorage, "StudyInstanceUID": uid("study"),
-        "SeriesInstanceUID": uid("series"), "FrameOfReferenceUID": uid("frame-of-reference"),
-        "PatientName": patient_id, "PatientID": patient_id, "PatientBirthDate": "",
-        "PatientSex": sex if sex in ("M", "F", "O") else "", "PatientIdentityRemoved": "YES",
-        "StudyDate": "", "StudyTime": "", "ReferringPhysicianName": "", "StudyID": "1",
-        "AccessionNumber": "", "StudyDescription": "metcli synthetic cohort", "Modality": "CT",
-        "SeriesNumber": 1, "SeriesDescription": series_description, "BodyPartExamined": "ABDOMEN",
-        "PatientPosition": "HFS", "Manufacturer": "metcli", "ManufacturerModelName": "synth",
-        "SoftwareVersions": __version__, "ContrastBolusAgent": "synthetic portal-venous phase",
-        "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"], "AcquisitionNumber": 1, "KVP": "",
+        "SOPClassUID": CTImageStorage,
+        "StudyInstanceUID": uid("study"),
+        "SeriesInstanceUID": uid("series"),
+        "FrameOfReferenceUID": uid("frame-of-reference"),
+        "PatientName": patient_id,
+        "PatientID": patient_id,
+        "PatientBirthDate": "",
+        "PatientSex": sex if sex in ("M", "F", "O") else "",
+        "PatientIdentityRemoved": "YES",
+        "StudyDate": "",
+        "StudyTime": "",
+        "ReferringPhysicianName": "",
+        "StudyID": "1",
+        "AccessionNumber": "",
+        "StudyDescription": "metcli synthetic cohort",
+        "Modality": "CT",
+        "SeriesNumber": 1,
+        "SeriesDescription": series_description,
+        "BodyPartExamined": "ABDOMEN",
+        "PatientPosition": "HFS",
+        "Manufacturer": "metcli",
+        "ManufacturerModelName": "synth",
+        "SoftwareVersions": __version__,
+        "ContrastBolusAgent": "synthetic portal-venous phase",
+        "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"],
+        "AcquisitionNumber": 1,
+        "KVP": "",
         "ImageOrientationPatient": ["1", "0", "0", "0", "1", "0"],
-        "PixelSpacing": [_ds(sy), _ds(sx)], "SliceThickness": _ds(sz),
-        "SpacingBetweenSlices": _ds(sz), "SamplesPerPixel": 1,
-        "PhotometricInterpretation": "MONOCHROME2", "Rows": ny, "Columns": nx,
-        "BitsAllocated": 16, "BitsStored": 16, "HighBit": 15, "PixelRepresentation": 0,
-        "RescaleIntercept": str(DICOM_INTERCEPT), "RescaleSlope": "1", "RescaleType": "HU",
-        "WindowCenter": "40", "WindowWidth": "400",
+        "PixelSpacing": [_ds(sy), _ds(sx)],
+        "SliceThickness": _ds(sz),
+        "SpacingBetweenSlices": _ds(sz),
+        "SamplesPerPixel": 1,
+        "PhotometricInterpretation": "MONOCHROME2",
+        "Rows": ny,
+        "Columns": nx,
+        "BitsAllocated": 16,
+        "BitsStored": 16,
+        "HighBit": 15,
+        "PixelRepresentation": 0,
+        "RescaleIntercept": str(DICOM_INTERCEPT),
+        "RescaleSlope": "1",
+        "RescaleType": "HU",
+        "WindowCenter": "40",
+        "WindowWidth": "400",
     }
     if age is not None:
         common["PatientAge"] = f"{int(age):03d}Y"
