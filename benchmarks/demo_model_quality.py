@@ -148,7 +148,8 @@ def run(
 ) -> dict:
     """Make the cohort, segment it, score it; returns the summary (with timings)."""
     from metcli.io.bids import find_files
-    from metcli.lesions.split_lesions import output_paths, read_lesion_table
+    from metcli.lesions.split_lesions import output_paths
+    from metcli.lesions.tables import read_lesion_table
     from metcli.segmentation.segment import output_path, segment
     from metcli.synth.synth import class_counts, synth_cohort
 

@@ -85,22 +85,7 @@ def _dice_edges(_ctx, _param, value):
 @overwrite_option
 @common_options
 @run_command
-def command(
-    seg_dir,
-    reference_dir,
-    out_dir,
-    lesions_dir,
-    reference_lesions_dir,
-    predictions,
-    reference_predictions,
-    model,
-    dice_edges,
-    n_bootstrap,
-    seed,
-    participant_label,
-    level,
-    overwrite,
-):
+def command(seg_dir, reference_dir, out_dir, participant_label, level, **options):
     """Compare the segmentations in SEG_DIR with the reference ones in REFERENCE_DIR.
 
     Both folders hold sub-<id>/[ses-<s>/]anat/..._dseg.nii.gz (0 background, 1 liver,
@@ -117,7 +102,6 @@ def command(
     """
     from metcli.evaluation.evaluate_seg import evaluate_seg
     from metcli.io.bids import resolve_levels
-    from metcli.io.files import format_value
 
     labels = list(participant_label) or None
     do_participants, do_group = resolve_levels(level, labels)
@@ -126,61 +110,60 @@ def command(
             seg_dir,
             reference_dir,
             out_dir,
-            lesions_dir=lesions_dir,
-            reference_lesions_dir=reference_lesions_dir,
-            predictions=predictions,
-            reference_predictions=reference_predictions,
-            model=model,
             participants=labels,
             level=level,
-            dice_edges=dice_edges,
-            n_bootstrap=n_bootstrap,
-            seed=seed,
-            overwrite=overwrite,
             progress=progress,
+            **options,
         )
     if do_group and result.overlap_summary:
-        click.echo("measure\tgroup\tn\testimate\tci_lower\tci_upper")
-        lines = [
-            (r["metric"], r["label"], r["n_participants"], r["mean"], r["ci_lower"], r["ci_upper"])
-            for r in result.overlap_summary
-            if r["metric"] in ("dice", "dice_global")
-        ]
-        lines += [
-            (
-                "detection_rate",
-                r["size_band"],
-                r["n_reference_lesions"],
-                r["detection_rate"],
-                r["ci_lower"],
-                r["ci_upper"],
-            )
-            for r in result.detection_summary
-        ]
-        lines += [
-            (
-                "false_positives_per_scan",
-                r["size_band"],
-                r["n_scans"],
-                r["false_positives_per_scan"],
-                None,
-                None,
-            )
-            for r in result.detection_summary
-            if r["size_band"] == "all"
-        ]
-        lines += [
-            (
-                "class_agreement",
-                r["dice_band"],
-                r["n_lesions"],
-                r["agreement_rate"],
-                r["ci_lower"],
-                r["ci_upper"],
-            )
-            for r in result.agreement
-        ]
-        for line in lines:
-            click.echo("\t".join(format_value(v) for v in line))
+        _print_summary(result)
     if do_participants:
         finish(result.report, what="acquisitions")
+
+
+def _print_summary(result) -> None:
+    """The group-level figures on stdout: one line per measure and group."""
+    from metcli.io.files import format_value
+
+    click.echo("measure\tgroup\tn\testimate\tci_lower\tci_upper")
+    lines = [
+        (r["metric"], r["label"], r["n_participants"], r["mean"], r["ci_lower"], r["ci_upper"])
+        for r in result.overlap_summary
+        if r["metric"] in ("dice", "dice_global")
+    ]
+    lines += [
+        (
+            "detection_rate",
+            r["size_band"],
+            r["n_reference_lesions"],
+            r["detection_rate"],
+            r["ci_lower"],
+            r["ci_upper"],
+        )
+        for r in result.detection_summary
+    ]
+    lines += [
+        (
+            "false_positives_per_scan",
+            r["size_band"],
+            r["n_scans"],
+            r["false_positives_per_scan"],
+            None,
+            None,
+        )
+        for r in result.detection_summary
+        if r["size_band"] == "all"
+    ]
+    lines += [
+        (
+            "class_agreement",
+            r["dice_band"],
+            r["n_lesions"],
+            r["agreement_rate"],
+            r["ci_lower"],
+            r["ci_upper"],
+        )
+        for r in result.agreement
+    ]
+    for line in lines:
+        click.echo("\t".join(format_value(v) for v in line))

@@ -150,36 +150,7 @@ def _window(ctx, param, value):
 @overwrite_option
 @common_options
 @run_command
-def command(
-    raw_dir,
-    lesions_dir,
-    out_dir,
-    labels,
-    label_column,
-    positive_class,
-    arch,
-    dims,
-    phases,
-    window,
-    size,
-    fov_mm,
-    context_mm,
-    epochs,
-    batch_size,
-    lr,
-    val_patients,
-    test_patients,
-    split,
-    monitor,
-    patience,
-    cv_folds,
-    device,
-    amp,
-    resume,
-    threads,
-    seed,
-    overwrite,
-):
+def command(raw_dir, lesions_dir, out_dir, dims, overwrite, **options):
     """Train the study's lesion-slice CNN on CTs and split-lesions' lesion maps.
 
     Every axial slice of every kept lesion (or, with --dims 3, a cube around
@@ -198,32 +169,10 @@ def command(
             raw_dir,
             lesions_dir,
             out_dir,
-            labels=labels,
-            label_column=label_column,
-            positive_class=positive_class,
-            arch=arch,
             dims=int(dims),
-            phases=phases,
-            window=window,
-            size=size,
-            fov_mm=fov_mm,
-            context_mm=context_mm,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            val_patients=val_patients,
-            test_patients=test_patients,
-            split=split,
-            cv_folds=cv_folds,
-            patience=patience,
-            monitor=monitor,
-            device=device,
-            amp=amp,
-            seed=seed,
-            resume=resume,
-            threads=threads,
             overwrite=overwrite,
             progress=progress,
+            **options,
         )
     ctx = click.get_current_context()
     quiet = ctx.obj and ctx.obj.get("quiet")

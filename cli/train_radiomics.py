@@ -175,38 +175,7 @@ def classifiers_help() -> str:
 @overwrite_option
 @common_options
 @run_command
-def command(
-    features,
-    out_dir,
-    labels,
-    label_column,
-    positive_class,
-    classifiers,
-    samplers,
-    patient_weights,
-    pcc_threshold,
-    max_features,
-    protocol,
-    test_patients,
-    split,
-    hierarchy,
-    cv_folds,
-    cv_repeats,
-    inner_folds,
-    group_by,
-    search,
-    search_iterations,
-    threshold,
-    threshold_level,
-    covariates,
-    phase,
-    session,
-    importance_trees,
-    importance_repeats,
-    jobs,
-    seed,
-    overwrite,
-):
+def command(features, out_dir, labels, split, hierarchy, jobs, overwrite, **options):
     """Train the study's radiomics classifiers without leaking patients between folds.
 
     FEATURES is the folder `metcli extract` wrote (its features.tsv) or a
@@ -221,31 +190,6 @@ def command(
     """
     from metcli.radiomics.train_radiomics import train_radiomics
 
-    options = dict(
-        label_column=label_column,
-        positive_class=positive_class,
-        classifiers=classifiers,
-        samplers=samplers,
-        pcc_threshold=pcc_threshold,
-        max_features=max_features,
-        protocol=protocol,
-        test_patients=test_patients,
-        cv_folds=cv_folds,
-        cv_repeats=cv_repeats,
-        inner_folds=inner_folds,
-        group_by=group_by,
-        search=search,
-        search_iterations=search_iterations,
-        threshold=threshold,
-        threshold_level=threshold_level,
-        patient_weights=patient_weights,
-        covariates=covariates,
-        phase=phase,
-        session=session,
-        importance_trees=importance_trees,
-        importance_repeats=importance_repeats,
-        seed=seed,
-    )
     with progress_bar("train-radiomics") as progress:
         result = train_radiomics(
             features,

@@ -60,7 +60,7 @@ def make_example(root: Path, seed: int) -> tuple[Path, Path]:
     """The synthetic cohort and the report of its hand-made predictions."""
     from metcli.evaluation.evaluate import evaluate
     from metcli.io.files import read_tsv
-    from metcli.lesions.split_lesions import read_lesion_table
+    from metcli.lesions.tables import read_lesion_table
     from metcli.synth.synth import synth_cohort
 
     synth_cohort(root, n_colorectal=10, n_pancreatic=6, seed=seed)

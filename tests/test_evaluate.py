@@ -816,7 +816,7 @@ def test_several_classes_compared_and_levels_chosen(runner, tmp_path):
 @pytest.fixture(scope="module")
 def overlay_cohort(tmp_path_factory):
     """Two synthetic subjects (CT, truth lesion maps) and lesion predictions for them."""
-    from metcli.lesions.split_lesions import read_lesion_table
+    from metcli.lesions.tables import read_lesion_table
     from metcli.synth.synth import synth_cohort
 
     root = tmp_path_factory.mktemp("overlay")
@@ -854,7 +854,7 @@ def test_overlays_show_each_predicted_lesion_on_ct_through_its_centroid(
     import SimpleITK as sitk
     from matplotlib.image import imread
 
-    from metcli.lesions.split_lesions import read_lesion_table
+    from metcli.lesions.tables import read_lesion_table
 
     root, predictions, labels = overlay_cohort
     out = tmp_path / "out"

@@ -14,12 +14,14 @@ import SimpleITK as sitk
 
 from conftest import REPO, invoke, make_image
 from metcli.core.errors import UsageError
-from metcli.evaluation.evaluate_seg import evaluate_seg, read_typed_table
+from metcli.evaluation.evaluate_seg import evaluate_seg
 from metcli.evaluation.seg_measures import overlap_measures, size_band
+from metcli.evaluation.seg_tables import read_typed_table
 from metcli.io import schemas
 from metcli.io.bids import Entities, find_files
 from metcli.io.files import read_json
-from metcli.lesions.split_lesions import read_lesion_table, split_lesions
+from metcli.lesions.split_lesions import split_lesions
+from metcli.lesions.tables import read_lesion_table
 
 BOOT = ["--bootstrap", "200"]
 TABLES = {

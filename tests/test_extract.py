@@ -17,8 +17,9 @@ from metcli.io.bids import Entities
 from metcli.io.files import read_json, read_tsv
 from metcli.io.participants import write_participants
 from metcli.lesions.split_lesions import split_lesions
+from metcli.radiomics.acquisition import extract_acquisition
 from metcli.radiomics.columns import RegionResult, table_columns
-from metcli.radiomics.extract import extract, extract_acquisition
+from metcli.radiomics.extract import extract
 from metcli.radiomics.features import extract_features
 from metcli.radiomics.params import PRESETS, load_params, params_from_dict
 

@@ -127,7 +127,8 @@ def tiny_architecture():
 
 def test_a_registered_architecture_is_offered_and_trains(tiny_architecture, runner):
     from metcli.cnn.fit import FitSettings, fit
-    from metcli.cnn.train_cnn import Sample, check_options
+    from metcli.cnn.options import check_options
+    from metcli.cnn.train_cnn import Sample
 
     help_text = " ".join(invoke(runner, ["train-cnn", "--help"]).stdout.split())
     assert "tinynet" in help_text and "one convolution (a test network)" in help_text

@@ -16,12 +16,8 @@ from metcli.io.bids import Entities
 from metcli.io.files import read_json, read_tsv
 from metcli.lesions.diameters import max_pairwise_distance
 from metcli.lesions.label_lesions import label_lesions, split_image
-from metcli.lesions.split_lesions import (
-    BURDEN_COLUMNS,
-    GROUP_LESION_COLUMNS,
-    LESION_COLUMNS,
-    split_lesions,
-)
+from metcli.lesions.split_lesions import split_lesions
+from metcli.lesions.tables import BURDEN_COLUMNS, GROUP_LESION_COLUMNS, LESION_COLUMNS
 
 IDENTITY = (1, 0, 0, 0, 1, 0, 0, 0, 1)
 

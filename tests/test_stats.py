@@ -1,6 +1,5 @@
-"""metcli.evaluation.stats: DeLong and Obuchowski against pROC and their definitions, exact
-intervals,
-the patient bootstrap."""
+"""metcli.evaluation.stats and metcli.evaluation.bootstrap: DeLong and Obuchowski against pROC
+and their definitions, exact intervals, the patient bootstrap."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import pytest
 from scipy.stats import beta
 from sklearn.metrics import roc_auc_score
 
-from metcli.evaluation import stats
+from metcli.evaluation import bootstrap, stats
 
 # ----------------------------------------------------------------------------- pROC reference
 # Source: R 4.2.2, pROC 1.18.0 (Debian r-cran-proc), on the aSAH example data of pROC
@@ -261,10 +260,16 @@ def test_lesion_level_intervals_are_wider_than_naive_ones_on_clustered_data():
     assert clustered.auc == pytest.approx(naive.auc)
     assert clustered.upper - clustered.lower > 1.5 * (naive.upper - naive.lower)
     # Bootstrap: resampling patients vs resampling lesions.
-    by_patient = stats.unit_weights(stats.cluster_bootstrap_weights(patient_label, 400, 1), cluster)
-    by_lesion = stats.cluster_bootstrap_weights(positive, 400, 1)
-    low_p, high_p, _ = stats.percentile_interval(stats.weighted_auc(scores, positive, by_patient))
-    low_l, high_l, _ = stats.percentile_interval(stats.weighted_auc(scores, positive, by_lesion))
+    by_patient = bootstrap.unit_weights(
+        bootstrap.cluster_bootstrap_weights(patient_label, 400, 1), cluster
+    )
+    by_lesion = bootstrap.cluster_bootstrap_weights(positive, 400, 1)
+    low_p, high_p, _ = bootstrap.percentile_interval(
+        bootstrap.weighted_auc(scores, positive, by_patient)
+    )
+    low_l, high_l, _ = bootstrap.percentile_interval(
+        bootstrap.weighted_auc(scores, positive, by_lesion)
+    )
     assert high_p - low_p > 1.5 * (high_l - low_l)
     # The two clustered intervals agree roughly with each other.
     assert abs((high_p - low_p) - (clustered.upper - clustered.lower)) < 0.1
@@ -297,9 +302,9 @@ def test_mcnemar_exact_and_no_discordant_pairs():
 # ----------------------------------------------------------------------------- bootstrap
 def test_bootstrap_weights_are_deterministic_for_a_seed_and_keep_the_strata():
     strata = ["a"] * 5 + ["b"] * 3
-    first = stats.cluster_bootstrap_weights(strata, 50, seed=7)
-    again = stats.cluster_bootstrap_weights(strata, 50, seed=7)
-    other = stats.cluster_bootstrap_weights(strata, 50, seed=8)
+    first = bootstrap.cluster_bootstrap_weights(strata, 50, seed=7)
+    again = bootstrap.cluster_bootstrap_weights(strata, 50, seed=7)
+    other = bootstrap.cluster_bootstrap_weights(strata, 50, seed=8)
     assert np.array_equal(first, again) and not np.array_equal(first, other)
     assert (first[:, :5].sum(axis=1) == 5).all() and (first[:, 5:].sum(axis=1) == 3).all()
     assert first.shape == (50, 8) and (first >= 0).all()
@@ -310,7 +315,7 @@ def test_weighted_auc_is_the_auc_of_the_duplicated_sample():
     truth = rng.random(30) < 0.5
     scores = np.round(rng.random(30), 1)
     weights = rng.integers(0, 4, size=(5, 30))
-    got = stats.weighted_auc(scores, truth, np.vstack([np.ones(30), weights]))
+    got = bootstrap.weighted_auc(scores, truth, np.vstack([np.ones(30), weights]))
     assert got[0] == pytest.approx(roc_auc_score(truth, scores))
     for row, value in zip(weights, got[1:]):
         keep = np.repeat(np.arange(30), row)
@@ -325,11 +330,11 @@ def test_weighted_rates_equal_sklearn():
     pred = np.where(rng.random(40) < 0.6, y, rng.integers(0, 3, size=40))
     prob = rng.dirichlet(np.ones(3), size=40)
     ones = np.ones((1, 40))
-    counts = stats.confusion_counts(y, pred, 3, ones)
+    counts = bootstrap.confusion_counts(y, pred, 3, ones)
     assert np.array_equal(counts[0], confusion_matrix(y, pred, labels=[0, 1, 2]))
-    assert stats.accuracy_from_counts(counts)[0] == pytest.approx(accuracy_score(y, pred))
+    assert bootstrap.accuracy_from_counts(counts)[0] == pytest.approx(accuracy_score(y, pred))
     for c in range(3):
-        rates = stats.one_vs_rest_rates(counts, c)
+        rates = bootstrap.one_vs_rest_rates(counts, c)
         tn, fp, fn, tp = confusion_matrix(y == c, pred == c).ravel()
         assert rates["sensitivity"][0] == pytest.approx(tp / (tp + fn))
         assert rates["specificity"][0] == pytest.approx(tn / (tn + fp))
@@ -337,10 +342,10 @@ def test_weighted_rates_equal_sklearn():
         assert rates["npv"][0] == pytest.approx(tn / (tn + fn))
         assert rates["f1"][0] == pytest.approx(f1_score(y == c, pred == c))
     onehot = np.eye(3)[y]
-    assert stats.weighted_brier(onehot, prob, ones)[0] == pytest.approx(
+    assert bootstrap.weighted_brier(onehot, prob, ones)[0] == pytest.approx(
         brier_score_loss(y, prob, labels=[0, 1, 2])
     )
-    assert stats.weighted_brier(onehot, prob, ones, positive_index=1)[0] == pytest.approx(
+    assert bootstrap.weighted_brier(onehot, prob, ones, positive_index=1)[0] == pytest.approx(
         brier_score_loss(y == 1, prob[:, 1])
     )
 
@@ -348,9 +353,9 @@ def test_weighted_rates_equal_sklearn():
 def test_roc_band_of_a_perfect_classifier_is_flat_at_one():
     truth = np.array([0, 0, 0, 1, 1, 1], dtype=bool)
     scores = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
-    weights = stats.cluster_bootstrap_weights(truth, 100, 0)
+    weights = bootstrap.cluster_bootstrap_weights(truth, 100, 0)
     grid = np.linspace(0, 1, 11)
-    median, low, high = stats.weighted_roc_band(scores, truth, weights, grid)
+    median, low, high = bootstrap.weighted_roc_band(scores, truth, weights, grid)
     assert (median == 1).all() and (low == 1).all() and (high == 1).all()
 
 
@@ -358,11 +363,11 @@ def test_roc_band_brackets_the_curve():
     rng = np.random.default_rng(12)
     truth = rng.random(80) < 0.5
     scores = rng.normal(truth * 1.0, 1.0)
-    weights = stats.cluster_bootstrap_weights(truth, 300, 0)
+    weights = bootstrap.cluster_bootstrap_weights(truth, 300, 0)
     grid = np.linspace(0, 1, 21)
-    median, low, high = stats.weighted_roc_band(scores, truth, weights, grid)
+    median, low, high = bootstrap.weighted_roc_band(scores, truth, weights, grid)
     assert (low <= median).all() and (median <= high).all()
-    point = stats.weighted_roc_band(scores, truth, np.ones((1, 80)), grid)[0]
+    point = bootstrap.weighted_roc_band(scores, truth, np.ones((1, 80)), grid)[0]
     inside = (point >= low - 1e-12) & (point <= high + 1e-12)
     assert inside.mean() > 0.9
 
@@ -371,17 +376,17 @@ def test_bootstrap_paired_test():
     rng = np.random.default_rng(13)
     a = rng.normal(0.8, 0.05, size=500)
     b = a - 0.1 + rng.normal(0, 0.01, size=500)
-    test = stats.bootstrap_paired_test(0.8, 0.7, a, b)
+    test = bootstrap.bootstrap_paired_test(0.8, 0.7, a, b)
     assert test.difference == pytest.approx(0.1) and test.p_value < 1e-6
-    same = stats.bootstrap_paired_test(0.8, 0.8, a, a)
+    same = bootstrap.bootstrap_paired_test(0.8, 0.8, a, a)
     assert np.isnan(same.p_value) and "does not vary" in same.note
 
 
 def test_percentile_interval_ignores_undefined_resamples():
     values = np.r_[np.linspace(0, 1, 101), [np.nan] * 10]
-    low, high, used = stats.percentile_interval(values)
+    low, high, used = bootstrap.percentile_interval(values)
     assert used == 101 and low == pytest.approx(0.025) and high == pytest.approx(0.975)
-    assert stats.percentile_interval([np.nan, np.nan])[2] == 0
+    assert bootstrap.percentile_interval([np.nan, np.nan])[2] == 0
 
 
 @pytest.mark.data

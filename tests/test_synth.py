@@ -17,9 +17,11 @@ from metcli.core.errors import OutputError, UsageError
 from metcli.io import schemas
 from metcli.io.files import read_image, read_json, read_tsv, sha256_file
 from metcli.io.participants import read_participants
+from metcli.synth import anatomy as synth_anatomy
 from metcli.synth import phantom as synth_phantom
 from metcli.synth import synth
 from metcli.synth.phantom import SIZES, Grid, SynthParams, make_phantom, phantom_arrays
+from metcli.synth.truth import TRUTH_COLUMNS, read_truth_lesions
 
 #: A coarse grid that keeps many phantoms fast (about 40 ms each).
 TINY = Grid(shape=(64, 64, 32), spacing=(3.0, 3.0, 3.75), anatomy_scale=0.5)
@@ -57,7 +59,7 @@ def test_size_presets():
             np.asarray(grid.origin) + (np.asarray(grid.shape) - 1) / 2 * np.asarray(grid.spacing),
             0.0,
         )
-        liver_z = 2 * synth_phantom.LIVER_SEMI_AXES[2] * 1.08 * grid.anatomy_scale
+        liver_z = 2 * synth_anatomy.LIVER_SEMI_AXES[2] * 1.08 * grid.anatomy_scale
         assert liver_z < grid.shape[2] * grid.spacing[2]
     assert synth_phantom.grid_for("paper") is paper
     with pytest.raises(UsageError, match="huge"):
@@ -100,11 +102,11 @@ def test_hounsfield_units_of_the_tissues():
         def mean(codes):
             return float(ph.hu[np.isin(ph.tissue, codes)].mean())
 
-        assert mean([synth_phantom.AIR]) == pytest.approx(-1000, abs=15)
-        assert mean([synth_phantom.FAT]) == pytest.approx(-100, abs=20)
-        assert 20 < mean([synth_phantom.MUSCLE, synth_phantom.CAVITY]) < 70
-        assert mean([synth_phantom.MARROW, synth_phantom.CORTICAL_BONE]) > 300
-        assert mean([synth_phantom.AORTA]) > 120
+        assert mean([synth_anatomy.AIR]) == pytest.approx(-1000, abs=15)
+        assert mean([synth_anatomy.FAT]) == pytest.approx(-100, abs=20)
+        assert 20 < mean([synth_anatomy.MUSCLE, synth_anatomy.CAVITY]) < 70
+        assert mean([synth_anatomy.MARROW, synth_anatomy.CORTICAL_BONE]) > 300
+        assert mean([synth_anatomy.AORTA]) > 120
         liver = ph.hu[ph.dseg == 1]
         assert float(liver.mean()) == pytest.approx(ph.liver_hu, abs=3)
         assert 8 < float(liver.std()) < 25  # noise and texture
@@ -323,8 +325,8 @@ def test_every_written_file_follows_its_schema(tmp_path):
                 (2, "lesion"),
             ]
         elif path.name.endswith("lesions.tsv"):
-            rows = synth.read_truth_lesions(path)
-            schemas.validate_rows(rows, synth.TRUTH_COLUMNS, "synth_lesions", where=path)
+            rows = read_truth_lesions(path)
+            schemas.validate_rows(rows, TRUTH_COLUMNS, "synth_lesions", where=path)
             assert rows
         elif path.name.endswith("_ct.nii.gz"):
             assert read_image(path).GetPixelIDTypeAsString() == "16-bit signed integer"
@@ -357,11 +359,11 @@ def test_every_written_file_follows_its_schema(tmp_path):
     assert truth["DatasetType"] == "derivative"
     assert truth["DatasetLinks"] == {"raw": "../../rawdata"}
     # the cohort table is the participants' tables, and it describes the masks
-    cohort = synth.read_truth_lesions(out / "derivatives" / "truth" / "lesions.tsv")
+    cohort = read_truth_lesions(out / "derivatives" / "truth" / "lesions.tsv")
     per_participant = [
         row
         for p in sorted((out / "derivatives" / "truth").glob("sub-*/anat/*.tsv"))
-        for row in synth.read_truth_lesions(p)
+        for row in read_truth_lesions(p)
     ]
     assert cohort == per_participant
     for label in ("001", "002", "003", "004"):
@@ -636,7 +638,7 @@ def test_cli_default_run_writes_truth_lesions(runner, tmp_path):
     invoke(runner, ["synth", out, "--subjects", 2])
     lesion_dir = out / "derivatives" / "truth-lesions"
     assert (lesion_dir / "dataset_description.json").is_file()
-    truth = synth.read_truth_lesions(out / "derivatives" / "truth" / "lesions.tsv")
+    truth = read_truth_lesions(out / "derivatives" / "truth" / "lesions.tsv")
     for label in ("001", "002"):
         path = (
             lesion_dir / f"sub-{label}" / "anat" / f"sub-{label}_ce-portal_desc-lesions_dseg.nii.gz"

@@ -375,7 +375,8 @@ def _settings(**changes):
 def test_an_interrupted_fit_resumes_to_the_same_weights(tmp_path):
     import torch
 
-    from metcli.cnn.fit import fit, load_state
+    from metcli.cnn.fit import fit
+    from metcli.cnn.resume import load_state
 
     train, val = _toy(8, 0), _toy(4, 1)
     whole = fit(train, val, _settings(), state_path=tmp_path / "whole.pt", fingerprint="run")
@@ -449,7 +450,8 @@ def test_the_monitor_picks_the_best_epoch_and_counts_patience():
 
 def test_mixed_precision_code_path_runs(tmp_path):
     """On the CPU train-cnn refuses --amp; the loop's autocast path itself runs (bfloat16)."""
-    from metcli.cnn.fit import fit, load_state
+    from metcli.cnn.fit import fit
+    from metcli.cnn.resume import load_state
 
     result = fit(
         _toy(4, 0),

@@ -1,4 +1,4 @@
-"""train-cnn's training loop: one network trained for some epochs, resumable; epochs by CV.
+"""train-cnn's training loop: one network trained for some epochs, resumable.
 
 :func:`fit` trains a network of the registry :mod:`metcli.cnn.networks` (2D or
 3D, any number of input channels)
@@ -8,22 +8,21 @@ validation loss, or highest validation AUC) and stops early after
 ``patience`` epochs without improvement. After every epoch it writes a resume
 state atomically (model, optimiser, mixed-precision scaler, epoch, best
 weights and score, log rows, and the random states of batch order,
-augmentation and PyTorch), so that a run interrupted after epoch k and
-resumed gives the same weights, bit for bit on the CPU, as a run that was
-never interrupted. The state is read back with ``torch.load(...,
-weights_only=True)``: it holds tensors and plain Python values only.
+augmentation and PyTorch; :mod:`metcli.cnn.resume`), so that a run
+interrupted after epoch k and resumed gives the same weights, bit for bit on
+the CPU, as a run that was never interrupted. The state is read back with
+``torch.load(..., weights_only=True)``: it holds tensors and plain Python
+values only.
 
-:func:`choose_epochs` runs :func:`fit` on K folds of the training patients
-and picks the number of epochs with the best mean validation curve, for runs
-with too few validation patients to pick an epoch on.
+:func:`metcli.cnn.cross_validation.choose_epochs` runs :func:`fit` on K folds
+of the training patients to choose a number of epochs.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,15 +30,20 @@ import numpy as np
 
 from metcli.cnn.data import Sample, stack
 from metcli.cnn.networks import build_network
-from metcli.core.errors import InputError, OutputError, UsageError
+from metcli.cnn.resume import (
+    STATE_FORMAT,
+    load_state,
+    random_states,
+    restore_random_states,
+    save_state,
+)
+from metcli.core.errors import OutputError, UsageError
 
 log = logging.getLogger(__name__)
 
 MONITORS = ("loss", "auc")
 THRESHOLD = 0.5
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_auc", "val_accuracy", "best"]
-#: Version of the resume state's layout; another one is refused.
-STATE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -78,16 +82,6 @@ class FitResult:
     stopped_early: bool = False
 
 
-@dataclass
-class CvResult:
-    """The epochs chosen by cross-validation, every fold's log rows and the mean curves."""
-
-    epochs: int
-    rows: list[dict] = field(default_factory=list)
-    mean_val_loss: list[float | None] = field(default_factory=list)
-    mean_val_auc: list[float | None] = field(default_factory=list)
-
-
 # ----------------------------------------------------------------------------- augmentation
 def augmenter(seed: int, dims: int, size: int):
     """MONAI ``RandAffine``: p 0.9, rotation up to 15 degrees (about each axis in 3D),
@@ -106,11 +100,6 @@ def augmenter(seed: int, dims: int, size: int):
     )
     augment.set_random_state(seed=seed)
     return augment
-
-
-def _augment_generators(augment) -> list:
-    """The NumPy RandomStates RandAffine draws from (whether to apply; the affine)."""
-    return [augment.R, augment.rand_affine_grid.R]
 
 
 # ----------------------------------------------------------------------------- inference
@@ -200,83 +189,6 @@ class Monitor:
     def load(self, state: dict) -> None:
         self.best = None if state["best"] is None else tuple(state["best"])
         self.best_epoch, self.since_best = int(state["best_epoch"]), int(state["since_best"])
-
-
-# ----------------------------------------------------------------------------- resume state
-def _random_states(rng, augment, device: str) -> dict:
-    import torch
-
-    states = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state, "augment": []}
-    for generator in _augment_generators(augment):
-        name, keys, pos, has_gauss, cached = generator.get_state()
-        states["augment"].append(
-            {
-                "name": str(name),
-                "keys": torch.from_numpy(keys.astype(np.int64)),
-                "pos": int(pos),
-                "has_gauss": int(has_gauss),
-                "cached_gaussian": float(cached),
-            }
-        )
-    if device == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _restore_random_states(states: dict, rng, augment, device: str) -> None:
-    import torch
-
-    torch.set_rng_state(states["torch"])
-    rng.bit_generator.state = states["numpy"]
-    for generator, st in zip(_augment_generators(augment), states["augment"]):
-        generator.set_state(
-            (
-                st["name"],
-                st["keys"].numpy().astype(np.uint32),
-                st["pos"],
-                st["has_gauss"],
-                st["cached_gaussian"],
-            )
-        )
-    if device == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def save_state(path: Path, state: dict) -> None:
-    """Write the resume state atomically (a killed write leaves the previous one)."""
-    import torch
-
-    from metcli.io.files import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_state(path: Path, fingerprint: str) -> dict:
-    """Read a resume state (``weights_only=True``); refuse one of another run."""
-    import torch
-
-    try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise InputError(
-            f"cannot read the resume state ({str(exc).splitlines()[0][:120]})",
-            path=path,
-            fix="run again without --resume to start over",
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise InputError(
-            "the resume state is not one this metcli writes",
-            path=path,
-            fix="run again without --resume to start over",
-        )
-    if state.get("fingerprint") != fingerprint:
-        raise UsageError(
-            "the resume state was written by a run with other inputs or settings",
-            path=path,
-            fix="resume with the same inputs and options, or run without --resume to start over",
-        )
-    return state
 
 
 def _clone(state_dict) -> dict:
@@ -373,7 +285,7 @@ class _Training:
             "rows": rows,
             "times": times,
             "monitor": self.monitor.state(),
-            "random": _random_states(self.rng, self.augment, self.settings.device),
+            "random": random_states(self.rng, self.augment, self.settings.device),
         }
 
     def restore(self, state: dict) -> tuple:
@@ -383,7 +295,7 @@ class _Training:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.monitor.load(state["monitor"])
-        _restore_random_states(state["random"], self.rng, self.augment, self.settings.device)
+        restore_random_states(state["random"], self.rng, self.augment, self.settings.device)
         log.info(
             "%sresuming after epoch %d", f"{self.label}: " if self.label else "", state["epoch"]
         )
@@ -462,7 +374,7 @@ def fit(
     """
     s = settings
     run = _start(train, val, s, label)
-    monitor, prefix = run.monitor, f"{label}: " if label else ""
+    prefix = f"{label}: " if label else ""
     kept, rows, times, first, finished = None, [], [], 1, False
     if resume and state_path is not None and Path(state_path).is_file():
         kept, rows, times, first, finished = run.restore(load_state(state_path, fingerprint))
@@ -472,22 +384,9 @@ def fit(
     for epoch in range(first, s.epochs + 1):
         if finished:
             break
-        started = time.perf_counter()
-        row = {
-            "epoch": epoch,
-            "train_loss": round(run.train_epoch(), 6),
-            "val_loss": None,
-            "val_auc": None,
-            "val_accuracy": None,
-        }
-        val_loss, auc = run.validate(row) if val else (float("nan"), None)
-        improved = monitor.update(epoch, val_loss, auc) if val else False
-        finished = epoch == s.epochs or (not s.keep_last and monitor.should_stop)
-        row["best"] = (epoch == s.epochs) if s.keep_last else improved
-        if row["best"]:
-            kept = _clone(run.model.state_dict())
+        row, val_loss, auc, finished, kept, seconds = _epoch(run, epoch, kept)
         rows.append(row)
-        times.append(time.perf_counter() - started)
+        times.append(seconds)
         last_epoch = epoch
         if state_path is not None:
             save_state(
@@ -510,17 +409,44 @@ def fit(
         )
         if progress:
             progress(f"{label} epoch {epoch}".strip(), _status(row, val_loss, auc, bool(val)))
+    return _result(run, kept, rows, times, ran=last_epoch >= first, prefix=prefix)
+
+
+def _epoch(run: _Training, epoch: int, kept):
+    """Train and validate one epoch: (its log row, validation loss, AUC, whether the run is
+    finished, the kept weights, the seconds it took)."""
+    s, monitor = run.settings, run.monitor
+    started = time.perf_counter()
+    row = {
+        "epoch": epoch,
+        "train_loss": round(run.train_epoch(), 6),
+        "val_loss": None,
+        "val_auc": None,
+        "val_accuracy": None,
+    }
+    val_loss, auc = run.validate(row) if run.val else (float("nan"), None)
+    improved = monitor.update(epoch, val_loss, auc) if run.val else False
+    finished = epoch == s.epochs or (not s.keep_last and monitor.should_stop)
+    row["best"] = (epoch == s.epochs) if s.keep_last else improved
+    if row["best"]:
+        kept = _clone(run.model.state_dict())
+    return row, val_loss, auc, finished, kept, time.perf_counter() - started
+
+
+def _result(run: _Training, kept, rows: list, times: list, *, ran: bool, prefix: str) -> FitResult:
+    """The run's :class:`FitResult`; an error when no epoch was ever kept."""
+    s = run.settings
     if kept is None:
         raise OutputError(
             "the validation loss was never finite; no checkpoint to keep",
             fix="lower --lr or check the input images",
         )
-    stopped = not s.keep_last and monitor.should_stop and len(rows) < s.epochs
-    if stopped and last_epoch >= first:
+    stopped = not s.keep_last and run.monitor.should_stop and len(rows) < s.epochs
+    if stopped and ran:
         log.info(
             "%sstopped early after epoch %d: no better %s for %d epochs",
             prefix,
-            last_epoch,
+            rows[-1]["epoch"],
             s.monitor,
             s.patience,
         )
@@ -536,72 +462,3 @@ def _status(row: dict, val_loss: float, auc: float | None, has_val: bool) -> str
     if has_val:
         status += f", val loss {val_loss:.3f}" + ("" if auc is None else f", AUC {auc:.3f}")
     return status
-
-
-def choose_epochs(
-    train: Sequence[Sample],
-    folds: dict[str, int],
-    settings: FitSettings,
-    *,
-    state_dir: Path | None = None,
-    resume: bool = False,
-    fingerprint: str = "",
-    progress: Callable[[str, str], None] | None = None,
-) -> CvResult:
-    """The number of epochs (1..``settings.epochs``) with the best mean validation curve.
-
-    Fold f trains on the training patients of the other folds and validates on
-    its own, for every epoch. The curves are averaged over folds per epoch
-    (validation loss, or the AUC of the folds that have both classes); the
-    first epoch with the lowest mean loss (or the highest mean AUC) wins.
-    Returns the choice, every fold's log rows (with a ``fold`` column) and the
-    mean curves.
-    """
-    k = len(set(folds.values()))
-    rows = []
-    for f in range(k):
-        fold_train = [x for x in train if folds[x.participant_id] != f]
-        fold_val = [x for x in train if folds[x.participant_id] == f]
-        if not fold_train or not fold_val:
-            raise InputError(
-                f"cross-validation fold {f} has no "
-                f"{'training' if not fold_train else 'validation'} lesion",
-                fix="lower --cv-folds or add patients",
-            )
-        result = fit(
-            fold_train,
-            fold_val,
-            replace(settings, patience=None, keep_last=False),
-            state_path=None if state_dir is None else Path(state_dir) / f"cv-fold-{f}.pt",
-            resume=resume,
-            fingerprint=f"{fingerprint}:cv-fold-{f}",
-            label=f"fold {f}",
-            progress=progress,
-        )
-        rows.extend({"fold": f, **r} for r in result.rows)
-    mean_loss, mean_auc = [], []
-    for epoch in range(1, settings.epochs + 1):
-        losses = [r["val_loss"] for r in rows if r["epoch"] == epoch]
-        aucs = [r["val_auc"] for r in rows if r["epoch"] == epoch and r["val_auc"] is not None]
-        mean_loss.append(float(np.mean(losses)))
-        mean_auc.append(float(np.mean(aucs)) if aucs else None)
-    if settings.monitor == "auc":
-        if all(a is None for a in mean_auc):
-            raise InputError(
-                "no cross-validation fold holds lesions of every class, so there "
-                "is no validation AUC to choose the epochs on",
-                fix="use --monitor loss, fewer --cv-folds or more patients",
-            )
-        best = max(
-            range(len(mean_auc)),
-            key=lambda i: (mean_auc[i] is not None, mean_auc[i] or 0.0, -mean_loss[i], -i),
-        )
-    else:
-        best = min(range(len(mean_loss)), key=lambda i: (mean_loss[i], i))
-    log.info("cross-validation chose %d epoch(s) of %d", best + 1, settings.epochs)
-    return CvResult(
-        best + 1,
-        rows,
-        [round(v, 6) for v in mean_loss],
-        [None if a is None else round(a, 6) for a in mean_auc],
-    )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from metcli.core.errors import UsageError
+from metcli.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -40,41 +40,20 @@ class Architecture:
     description: str
 
 
-_REGISTRY: dict[str, Architecture] = {}
-
-
-def register(architecture: Architecture) -> Architecture:
-    """Add ``architecture`` to the registry; its name must be new."""
-    if architecture.name in _REGISTRY:
-        raise UsageError(
-            f"an architecture named {architecture.name!r} is already registered",
-            fix="choose another name, or unregister the other one first",
-        )
-    _REGISTRY[architecture.name] = architecture
-    return architecture
-
-
-def unregister(name: str) -> None:
-    """Remove the architecture ``name`` from the registry."""
-    get_architecture(name)
-    del _REGISTRY[name]
-
-
-def get_architecture(name: str) -> Architecture:
-    """The registered architecture ``name``; an unknown name lists the known ones."""
-    if name not in _REGISTRY:
-        raise UsageError(f"--arch must be one of {', '.join(_REGISTRY)}, got {name!r}")
-    return _REGISTRY[name]
-
-
-def architecture_names() -> tuple[str, ...]:
-    """The registered architectures' names, in the order they were registered."""
-    return tuple(_REGISTRY)
-
-
-def architectures_help() -> str:
-    """One sentence per architecture, ``name: description``, for the command's help."""
-    return " ".join(f"{a.name}: {a.description.rstrip('.')}." for a in _REGISTRY.values())
+_REGISTRY: Registry[Architecture] = Registry(
+    "network architecture",
+    unknown=lambda name, known: f"--arch must be one of {known}, got {name!r}",
+)
+#: Add an :class:`Architecture` (its name must be new); returns it.
+register = _REGISTRY.register
+#: Remove an architecture by name; returns it.
+unregister = _REGISTRY.unregister
+#: The registered architecture of a name; an unknown name lists the known ones.
+get_architecture = _REGISTRY.get
+#: The registered architectures' names, in the order they were registered.
+architecture_names = _REGISTRY.names
+#: One sentence per architecture, ``name: description``, for the command's help.
+architectures_help = _REGISTRY.help
 
 
 def build_network(arch: str, n_classes: int, *, dims: int = 2, in_channels: int = 1):

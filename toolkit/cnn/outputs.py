@@ -8,14 +8,17 @@ the card last), once :func:`metcli.cnn.fit.fit` has trained the network.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from metcli.cnn.cross_validation import CvResult
 from metcli.cnn.data import Sample, stack
-from metcli.cnn.fit import LOG_COLUMNS, THRESHOLD, CvResult, FitResult, FitSettings
+from metcli.cnn.fit import LOG_COLUMNS, THRESHOLD, FitResult, FitSettings
 from metcli.cnn.networks import build_network
+from metcli.cnn.options import CnnOptions
 from metcli.core.errors import OutputError
 
 log = logging.getLogger(__name__)
@@ -25,6 +28,31 @@ PREDICTION_BASE = ["participant_id", "lesion_id", "level", "model", "set"]
 CV_LOG_COLUMNS = ["fold"] + LOG_COLUMNS
 #: How a lesion's probabilities come from its inputs' (predict reads the card's value).
 LESION_AGGREGATE = {2: "mean of slice probabilities", 3: "one volume per lesion"}
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What train-cnn's outputs are made of besides the fit: OUT_DIR, its provenance step
+    and inputs, the split (and folds), the samples of each set, the classes, the card's
+    input spec and the run's options."""
+
+    out_dir: Path
+    step: Any  # metcli.io.provenance.Step of the run
+    inputs: list[dict]
+    plan: dict[str, str]  # participant -> train, val or test
+    folds: dict[str, int]  # training participant -> cross-validation fold
+    parts: dict[str, list[Sample]]  # train, val, test -> samples
+    classes: list[str]
+    spec: dict  # dims, phases, input and preprocessing (metcli.cnn.options.input_spec)
+    options: CnnOptions
+
+    @property
+    def dims(self) -> int:
+        return int(self.spec["dims"])
+
+    @property
+    def model_name(self) -> str:
+        return f"cnn-{self.options.arch}" + ("-3d" if self.dims == 3 else "")
 
 
 def decide(probs: np.ndarray, classes: Sequence[str]) -> list[str]:
@@ -142,71 +170,27 @@ def _selection(fit_settings: FitSettings, cv: CvResult | None) -> str:
 
 
 def write_outputs(
-    out_dir: Path,
-    *,
-    step,
-    inputs: list[dict],
+    run: TrainingRun,
     result: FitResult,
     cv: CvResult | None,
-    parts: dict[str, list[Sample]],
-    plan: dict[str, str],
-    folds: dict[str, int],
-    classes: list[str],
-    spec: dict,
-    arch: str,
-    label_column: str,
-    split: Path | None,
     fit_settings: FitSettings,
-    epochs: int,
-    monitor: str,
-    patience: int | None,
+    *,
     versions: dict[str, str],
     torch_threads: int | None = None,
 ) -> float:
     """Write OUT_DIR's files and return the ONNX parity difference."""
-    import torch
-
     from metcli.io.bids import sidecar_path
-    from metcli.io.files import OutputSet, dump_json_to, sha256_file, write_tsv_to
+    from metcli.io.files import OutputSet, write_tsv_to
 
-    model_dir = out_dir / "model"
-    dims = int(spec["dims"])
-    s = fit_settings
-    channels = len(spec["input"]["channels"])
-    model = build_network(arch, len(classes), dims=dims, in_channels=channels)
-    model.load_state_dict(result.kept_state)
-    model.to(s.device)
-    model_name = f"cnn-{arch}" + ("-3d" if dims == 3 else "")
-    predictions = {}
-    for which in ("val", "test"):
-        if parts[which]:
-            probs = _predict(model, parts[which], s.device, s.batch_size, s.amp)
-            predictions[which] = prediction_rows(parts[which], probs, classes, which, model_name)
+    model, predictions = _kept_model_predictions(run, result, fit_settings)
     model.cpu()
-    sample = stack(parts["val"] or parts["train"])[0][:4]
+    sample = stack(run.parts["val"] or run.parts["train"])[0][:4]
     onnx_bytes, difference = export_onnx(model, sample)
 
-    pred_extra = _prediction_extra(classes, dims)
-    tables = _tables(
-        out_dir,
-        result=result,
-        cv=cv,
-        plan=plan,
-        folds=folds,
-        predictions=predictions,
-        classes=classes,
-        pred_extra=pred_extra,
-    )
+    pred_extra = _prediction_extra(run.classes, run.dims)
+    tables = _tables(run, result=result, cv=cv, predictions=predictions, pred_extra=pred_extra)
     training = _training_record(
-        result=result,
-        cv=cv,
-        folds=folds,
-        fit_settings=s,
-        epochs=epochs,
-        monitor=monitor,
-        patience=patience,
-        augmentation=step.settings["augmentation"],
-        torch_threads=torch_threads,
+        run, result=result, cv=cv, fit_settings=fit_settings, torch_threads=torch_threads
     )
     stale = []
     with OutputSet() as outs:
@@ -216,41 +200,80 @@ def write_outputs(
                 continue
             tmp = outs.path(path)
             write_tsv_to(rows, columns, tmp, schema=schema, where=path)
-            step.write_sidecar(outs, sidecar_path(path), inputs, {path: tmp}, extra=extra)
-        onnx_tmp = outs.path(model_dir / "model.onnx")
-        onnx_tmp.write_bytes(onnx_bytes)
-        ckpt_tmp = outs.path(model_dir / "checkpoint.pt")
-        torch.save(result.kept_state, ckpt_tmp)
-        card = _card(
-            model_name=model_name,
-            arch=arch,
-            dims=dims,
-            spec=spec,
-            classes=classes,
-            label_column=label_column,
+            run.step.write_sidecar(outs, sidecar_path(path), run.inputs, {path: tmp}, extra=extra)
+        _write_model(
+            outs,
+            run,
+            result,
+            onnx_bytes,
+            difference,
             pred_extra=pred_extra,
-            split=split,
-            plan=plan,
-            parts=parts,
             training=training,
             versions=versions,
-            onnx={
-                "file": "model.onnx",
-                "sha256": sha256_file(onnx_tmp),
-                "max_abs_difference": difference,
-            },
-            checkpoint={"file": "checkpoint.pt", "sha256": sha256_file(ckpt_tmp)},
         )
-        doc = step.sidecar(
-            inputs,
-            {model_dir / "model.onnx": onnx_tmp, model_dir / "checkpoint.pt": ckpt_tmp},
-            extra=card,
-        )
-        card_path = model_dir / "model.json"
-        dump_json_to(doc, outs.path(card_path), schema="cnn_card", where=card_path)
     for path in stale:
         path.unlink(missing_ok=True)
     return difference
+
+
+def _kept_model_predictions(run: TrainingRun, result: FitResult, fit_settings: FitSettings):
+    """The network with the kept weights (on the device) and its validation and test
+    predictions rows (a set without patients has none)."""
+    s = fit_settings
+    channels = len(run.spec["input"]["channels"])
+    model = build_network(run.options.arch, len(run.classes), dims=run.dims, in_channels=channels)
+    model.load_state_dict(result.kept_state)
+    model.to(s.device)
+    predictions = {}
+    for which in ("val", "test"):
+        if run.parts[which]:
+            probs = _predict(model, run.parts[which], s.device, s.batch_size, s.amp)
+            predictions[which] = prediction_rows(
+                run.parts[which], probs, run.classes, which, run.model_name
+            )
+    return model, predictions
+
+
+def _write_model(
+    outs,
+    run: TrainingRun,
+    result: FitResult,
+    onnx_bytes: bytes,
+    difference: float,
+    *,
+    pred_extra: dict,
+    training: dict,
+    versions: dict[str, str],
+) -> None:
+    """``model/``: model.onnx, checkpoint.pt and the card (with provenance), in ``outs``."""
+    import torch
+
+    from metcli.io.files import dump_json_to, sha256_file
+
+    model_dir = run.out_dir / "model"
+    onnx_tmp = outs.path(model_dir / "model.onnx")
+    onnx_tmp.write_bytes(onnx_bytes)
+    ckpt_tmp = outs.path(model_dir / "checkpoint.pt")
+    torch.save(result.kept_state, ckpt_tmp)
+    card = _card(
+        run,
+        pred_extra=pred_extra,
+        training=training,
+        versions=versions,
+        onnx={
+            "file": "model.onnx",
+            "sha256": sha256_file(onnx_tmp),
+            "max_abs_difference": difference,
+        },
+        checkpoint={"file": "checkpoint.pt", "sha256": sha256_file(ckpt_tmp)},
+    )
+    doc = run.step.sidecar(
+        run.inputs,
+        {model_dir / "model.onnx": onnx_tmp, model_dir / "checkpoint.pt": ckpt_tmp},
+        extra=card,
+    )
+    card_path = model_dir / "model.json"
+    dump_json_to(doc, outs.path(card_path), schema="cnn_card", where=card_path)
 
 
 def _prediction_extra(classes: list[str], dims: int) -> dict:
@@ -268,20 +291,19 @@ def _prediction_extra(classes: list[str], dims: int) -> dict:
 
 
 def _tables(
-    out_dir: Path,
+    run: TrainingRun,
     *,
     result: FitResult,
     cv: CvResult | None,
-    plan: dict[str, str],
-    folds: dict[str, int],
     predictions: dict[str, list],
-    classes: list[str],
     pred_extra: dict,
 ) -> list[tuple[Path, Any, list[str], str, dict | None]]:
     """(path, rows or None when absent, columns, schema, sidecar fields) of each table."""
-    pred_columns = PREDICTION_BASE + [f"prob_{c}" for c in classes] + ["predicted"]
+    out_dir = run.out_dir
+    pred_columns = PREDICTION_BASE + [f"prob_{c}" for c in run.classes] + ["predicted"]
     split_rows = [
-        {"participant_id": p, "set": v, "fold": folds.get(p)} for p, v in sorted(plan.items())
+        {"participant_id": p, "set": v, "fold": run.folds.get(p)}
+        for p, v in sorted(run.plan.items())
     ]
     return [
         (out_dir / "split.tsv", split_rows, ["participant_id", "set", "fold"], "split", None),
@@ -311,31 +333,27 @@ def _tables(
 
 
 def _training_record(
+    run: TrainingRun,
     *,
     result: FitResult,
     cv: CvResult | None,
-    folds: dict[str, int],
     fit_settings: FitSettings,
-    epochs: int,
-    monitor: str,
-    patience: int | None,
-    augmentation: str,
     torch_threads: int | None,
 ) -> dict:
     """The card's ``training``: epochs, selection, cross-validation, optimiser, device."""
-    s = fit_settings
+    s, o = fit_settings, run.options
     return {
-        "epochs": epochs,
+        "epochs": o.epochs,
         "epochs_run": len(result.rows),
         "best_epoch": result.kept_epoch,
         "selection": _selection(s, cv),
-        "monitor": monitor,
-        "patience": patience,
+        "monitor": o.monitor,
+        "patience": o.patience,
         "stopped_early": result.stopped_early,
         "cv": None
         if cv is None
         else {
-            "folds": len(set(folds.values())),
+            "folds": len(set(run.folds.values())),
             "chosen_epochs": cv.epochs,
             "mean_val_loss": cv.mean_val_loss,
             "mean_val_auc": cv.mean_val_auc,
@@ -346,7 +364,7 @@ def _training_record(
         "device": s.device,
         "amp": s.amp,
         "class_weighting": "inverse frequency",
-        "augmentation": augmentation,
+        "augmentation": run.step.settings["augmentation"],
         "seconds_per_epoch": round(result.seconds_per_epoch, 3),
         # CPU results depend on the thread count (floating-point summation order)
         "torch_threads": torch_threads,
@@ -354,33 +372,26 @@ def _training_record(
 
 
 def _card(
+    run: TrainingRun,
     *,
-    model_name: str,
-    arch: str,
-    dims: int,
-    spec: dict,
-    classes: list[str],
-    label_column: str,
     pred_extra: dict,
-    split: Path | None,
-    plan: dict[str, str],
-    parts: dict[str, list[Sample]],
     training: dict,
     versions: dict[str, str],
     onnx: dict,
     checkpoint: dict,
 ) -> dict:
     """The model card (``model/model.json``) without its provenance."""
-    counts = {w: sum(1 for v in plan.values() if v == w) for w in ("train", "val", "test")}
+    classes, spec, parts, dims = run.classes, run.spec, run.parts, run.dims
+    counts = {w: sum(1 for v in run.plan.values() if v == w) for w in ("train", "val", "test")}
     return {
         "card_version": 1,
         "kind": "image",
-        "name": model_name,
+        "name": run.model_name,
         "task": "binary" if len(classes) == 2 else "multiclass",
-        "architecture": arch,
+        "architecture": run.options.arch,
         "dims": dims,
         "phases": spec["phases"],
-        "label_column": label_column,
+        "label_column": run.options.label_column,
         "classes": classes,
         "positive_class": pred_extra["positive_class"],
         "input": spec["input"],
@@ -391,7 +402,9 @@ def _card(
         "threshold": pred_extra["threshold"],
         "threshold_source": pred_extra["threshold_source"],
         "split": {
-            "source": "split file" if split is not None else "stratified at random by patient",
+            "source": "split file"
+            if run.options.split is not None
+            else "stratified at random by patient",
             "train_patients": counts["train"],
             "val_patients": counts["val"],
             "test_patients": counts["test"],

@@ -28,7 +28,9 @@ Pipeline (:func:`train_cnn`):
   predictions.
 
 On the CPU the same inputs and seed give the same ``training_log.tsv`` and
-weights, interrupted and resumed or not.
+weights, interrupted and resumed or not. The options
+(:class:`~metcli.cnn.options.CnnOptions`) are checked, completed and recorded
+by :mod:`metcli.cnn.options`.
 """
 
 from __future__ import annotations
@@ -37,21 +39,21 @@ import logging
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
-from metcli.cnn.data import Sample, find_jobs, load_samples, parse_phases, plan_split
+from metcli.cnn.cross_validation import choose_epochs
+from metcli.cnn.data import Sample, find_jobs, load_samples, plan_split
 from metcli.cnn.fit import (
     LOG_COLUMNS,
-    MONITORS,
     THRESHOLD,
     FitSettings,
-    choose_epochs,
     fit,
     lesion_probabilities,
     slice_probabilities,
 )
-from metcli.cnn.networks import build_network, get_architecture
-from metcli.cnn.outputs import decide, export_onnx, prediction_rows, write_outputs
+from metcli.cnn.networks import build_network
+from metcli.cnn.options import CnnOptions, require_libraries, resolve_options, settings_record
+from metcli.cnn.outputs import TrainingRun, decide, export_onnx, prediction_rows, write_outputs
 from metcli.core.batch import announce_total
 from metcli.core.errors import InputError, UsageError
 
@@ -61,7 +63,6 @@ __all__ = [
     "CnnResult",
     "Sample",
     "build_network",
-    "check_options",
     "decide",
     "export_onnx",
     "find_jobs",
@@ -75,13 +76,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIZE = {2: 224, 3: 64}
 #: Folder of OUT_DIR that holds the resume states while a run is unfinished.
 RESUME_FOLDER = "resume"
-AUGMENTATION = (
-    "monai RandAffine (p 0.9): rotation up to 15 deg, shear 0.1, shift up to 10% "
-    "of the side, zoom up to 10%, black padding"
-)
 
 
 @dataclass
@@ -96,72 +92,6 @@ class CnnResult:
     torch_threads: int | None = None
 
 
-def check_options(
-    *,
-    arch: str,
-    size: int,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    val_patients: int,
-    test_patients: int | None,
-    device: str,
-    dims: int = 2,
-    cv_folds: int | None = None,
-    patience: int | None = None,
-    monitor: str = "loss",
-) -> None:
-    """Refuse options train-cnn cannot run with (a :class:`UsageError` naming the option)."""
-    min_size = get_architecture(arch).min_size
-    if dims not in (2, 3):
-        raise UsageError(f"--dims must be 2 or 3, got {dims!r}")
-    if size < min_size:
-        raise UsageError(
-            f"--size {size} is too small for {arch}, which needs at least {min_size} pixels",
-            fix=f"give --size {min_size} or more",
-        )
-    for name, value in (("--epochs", epochs), ("--batch-size", batch_size)):
-        if int(value) < 1:
-            raise UsageError(f"{name} must be at least 1, got {value}")
-    if not lr > 0:
-        raise UsageError(f"--lr must be positive, got {lr}")
-    if monitor not in MONITORS:
-        raise UsageError(f"--monitor must be one of {', '.join(MONITORS)}, got {monitor!r}")
-    if patience is not None and patience < 1:
-        raise UsageError(f"--patience must be at least 1, got {patience}")
-    if cv_folds is not None:
-        if cv_folds < 2:
-            raise UsageError(f"--cv-folds must be at least 2, got {cv_folds}")
-        if patience is not None:
-            raise UsageError(
-                "--patience and --cv-folds are alternatives: cross-validation "
-                "chooses a fixed number of epochs",
-                fix="give one of them",
-            )
-    if val_patients < (0 if cv_folds else 1):
-        raise UsageError(
-            f"--val-patients must be at least 1, got {val_patients}",
-            fix="the best epoch is chosen on the validation patients; with "
-            "--cv-folds, 0 is allowed",
-        )
-    if test_patients is not None and test_patients < 0:
-        raise UsageError(f"--test-patients must be 0 or more, got {test_patients}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda, got {device!r}")
-
-
-def require_libraries() -> None:
-    """torch and MONAI are optional (the ``cnn`` extra): a clear error when missing."""
-    from importlib.util import find_spec
-
-    missing = [name for name in ("torch", "monai") if find_spec(name) is None]
-    if missing:
-        raise UsageError(
-            f"train-cnn needs {' and '.join(missing)}, which is not installed",
-            fix="pip install 'metcli[cnn]' (torch and monai)",
-        )
-
-
 # ----------------------------------------------------------------------------- outputs
 def _versions() -> dict[str, str]:
     from metcli.core.versions import CNN_LIBRARIES, versions
@@ -169,27 +99,6 @@ def _versions() -> dict[str, str]:
     out = versions()
     out.update(versions(CNN_LIBRARIES))
     return out
-
-
-def input_spec(*, dims: int, phases: list[str] | None, size: int, slice_settings) -> dict:
-    """The card's ``dims``, ``phases``, ``input`` and ``preprocessing``, for model_inputs."""
-    from metcli.lesions import volumes as lesion_volumes
-
-    preprocessing = slice_settings.as_dict()
-    if dims == 3:
-        preprocessing["preprocessing_version"] = lesion_volumes.PREPROCESSING_VERSION
-    channels = list(phases) if phases else ["ct"]
-    return {
-        "dims": dims,
-        "phases": list(phases) if phases else None,
-        "input": {
-            "name": "image",
-            "shape": ["batch", len(channels)] + [size] * dims,
-            "dtype": "float32",
-            "channels": channels,
-        },
-        "preprocessing": preprocessing,
-    }
 
 
 # ----------------------------------------------------------------------------- the run
@@ -227,178 +136,53 @@ def train_cnn(
     out_dir,
     *,
     labels,
-    label_column: str = "primary",
-    positive_class: str | None = None,
-    arch: str = "densenet121",
-    dims: int = 2,
-    phases: str | Sequence[str] | None = None,
-    window: tuple[float, float] = (330.0, 10.0),
-    size: int | None = None,
-    fov_mm: float | None = None,
-    context_mm: float = 0.0,
-    epochs: int = 30,
-    batch_size: int = 32,
-    lr: float = 1e-4,
-    val_patients: int = 5,
-    test_patients: int | None = None,
-    split: Path | None = None,
-    cv_folds: int | None = None,
-    patience: int | None = None,
-    monitor: str = "loss",
-    device: str = "auto",
-    amp: bool = False,
-    seed: int = 0,
     resume: bool = False,
     threads: int | None = None,
     overwrite: bool = False,
     progress: Callable[[str, str], None] | None = None,
+    **options,
 ) -> CnnResult:
     """Train the lesion CNN and write OUT_DIR (see the module docstring and docs/train-cnn.md).
 
-    Writes ``split.tsv``, ``training_log.tsv``, ``cv_log.tsv`` (with
-    ``cv_folds``), ``val_predictions.tsv`` (absent without validation
-    patients), ``predictions.tsv`` (absent without test patients), each with a
-    JSON sidecar, and ``model/`` (``model.onnx``, ``model.json``,
-    ``checkpoint.pt``). While the run is unfinished, ``OUT_DIR/resume/`` holds
-    the resume states (``resume=True`` continues from them); a finished run
-    removes it. ``size`` defaults to 224 (2D) or 64 (3D).
+    ``options`` are the fields of :class:`~metcli.cnn.options.CnnOptions`. Writes
+    ``split.tsv``, ``training_log.tsv``, ``cv_log.tsv`` (with ``cv_folds``),
+    ``val_predictions.tsv`` (absent without validation patients), ``predictions.tsv``
+    (absent without test patients), each with a JSON sidecar, and ``model/``
+    (``model.onnx``, ``model.json``, ``checkpoint.pt``). While the run is unfinished,
+    ``OUT_DIR/resume/`` holds the resume states (``resume=True`` continues from them).
 
-    ``threads``: PyTorch's CPU threads for the training and the export (set
-    for this call and restored afterwards, :func:`metcli.core.threads.limit_cpu_threads`;
-    None keeps torch's current number). It is not a setting of the skip rule,
-    but on the CPU the weights depend on it (the order of floating-point sums):
-    the same inputs, seed and number of threads give the same outputs. The
-    number used is logged and returned (``torch_threads``).
+    ``threads``: PyTorch's CPU threads for the training and the export, for this call
+    only (:func:`metcli.core.threads.limit_cpu_threads`; None keeps torch's number). Not
+    a setting of the skip rule, but on the CPU the weights depend on it; the number
+    used is logged and returned (``torch_threads``).
     """
     from metcli.core.threads import limit_cpu_threads
-    from metcli.io.files import check_output_not_inside_input, sha256_json
+    from metcli.io.files import check_output_not_inside_input
     from metcli.io.provenance import Step
 
+    opts = CnnOptions(**options)
     raw_dir, lesions_dir, out_dir = Path(raw_dir), Path(lesions_dir), Path(out_dir)
     require_libraries()
-    size = DEFAULT_SIZE.get(dims, 224) if size is None else int(size)
-    check_options(
-        arch=arch,
-        size=size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        val_patients=val_patients,
-        test_patients=test_patients,
-        device=device,
-        dims=dims,
-        cv_folds=cv_folds,
-        patience=patience,
-        monitor=monitor,
-    )
-    phases, device, spec = _input_settings(
-        split=split,
-        test_patients=test_patients,
-        threads=threads,
-        phases=phases,
-        device=device,
-        amp=amp,
-        window=window,
-        size=size,
-        context_mm=context_mm,
-        fov_mm=fov_mm,
-        dims=dims,
-    )
+    opts, spec = resolve_options(opts, threads=threads)
     check_output_not_inside_input(out_dir, [raw_dir, lesions_dir])
     excluded: dict[str, str] = {}
-    all_labels, classes = _labels(Path(labels), label_column, positive_class, excluded)
-    settings = {
-        "arch": arch,
-        "label_column": label_column,
-        "classes": classes,
-        "dims": dims,
-        "phases": phases,
-        "preprocessing": spec["preprocessing"],
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "val_patients": val_patients,
-        "test_patients": test_patients,
-        "cv_folds": cv_folds,
-        "patience": patience,
-        "monitor": monitor,
-        "amp": amp,
-        "seed": seed,
-        "device": device,
-        "augmentation": AUGMENTATION,
-        "threshold": THRESHOLD,
-        "lesion_aggregate": "mean",
-        "patient_aggregate": "mean",
-    }
-    step = Step("train-cnn", out_dir, {"raw": raw_dir, "lesions": lesions_dir}, settings)
-    jobs = find_jobs(raw_dir, lesions_dir, all_labels, excluded, phases=phases)
+    all_labels, classes = _labels(Path(labels), opts.label_column, opts.positive_class, excluded)
+    sources = {"raw": raw_dir, "lesions": lesions_dir}
+    step = Step("train-cnn", out_dir, sources, settings_record(opts, classes, spec))
+    jobs = find_jobs(raw_dir, lesions_dir, all_labels, excluded, phases=opts.phases)
     files = [f for j in jobs for f in (*j.cts.values(), j.lesion_map, j.lesion_table)]
-    inputs = step.inputs(files + [Path(labels)] + ([Path(split)] if split is not None else []))
+    split = [Path(opts.split)] if opts.split is not None else []
+    inputs = step.inputs(files + [Path(labels)] + split)
     if not overwrite and step.is_done(out_dir / "model" / "model.json", inputs):
         return CnnResult(out_dir / "model", skipped=True, excluded=excluded)
-    plan, folds, parts = _split_samples(
-        jobs,
-        all_labels,
-        classes,
-        spec,
-        split=split,
-        val_patients=val_patients,
-        test_patients=test_patients,
-        cv_folds=cv_folds,
-        monitor=monitor,
-        seed=seed,
-    )
-    state_dir = _start_output(out_dir, {"raw": raw_dir, "lesions": lesions_dir}, resume)
-    fingerprint = sha256_json(
-        {
-            "settings": step.settings_sha256,
-            "inputs": sorted((i["uri"], i["sha256"]) for i in inputs),
-        }
-    )
-    fit_settings = FitSettings(
-        arch=arch,
-        n_classes=len(classes),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        device=device,
-        seed=seed,
-        amp=amp,
-        monitor=monitor,
-        patience=patience,
-    )
+    plan, folds, parts = _split_samples(jobs, all_labels, classes, spec, opts)
+    run = TrainingRun(out_dir, step, inputs, plan, folds, parts, classes, spec, opts)
+    state_dir = _start_output(out_dir, sources, resume)
     with limit_cpu_threads(threads) as torch_threads:
         log.info("train-cnn: %d PyTorch CPU thread(s)", torch_threads)
-        result, cv, fit_settings = _train(
-            parts,
-            folds,
-            fit_settings,
-            cv_folds=cv_folds,
-            state_dir=state_dir,
-            resume=resume,
-            fingerprint=fingerprint,
-            progress=progress,
-        )
+        result, cv, fit_settings = _train(run, state_dir, resume=resume, progress=progress)
         difference = write_outputs(
-            out_dir,
-            step=step,
-            inputs=inputs,
-            result=result,
-            cv=cv,
-            parts=parts,
-            plan=plan,
-            folds=folds,
-            classes=classes,
-            spec=spec,
-            arch=arch,
-            label_column=label_column,
-            split=split,
-            fit_settings=fit_settings,
-            epochs=epochs,
-            monitor=monitor,
-            patience=patience,
-            versions=_versions(),
-            torch_threads=torch_threads,
+            run, result, cv, fit_settings, versions=_versions(), torch_threads=torch_threads
         )
     shutil.rmtree(state_dir, ignore_errors=True)
     return CnnResult(
@@ -412,81 +196,34 @@ def train_cnn(
     )
 
 
-def _input_settings(
-    *,
-    split,
-    test_patients,
-    threads,
-    phases,
-    device: str,
-    amp: bool,
-    window,
-    size: int,
-    context_mm: float,
-    fov_mm,
-    dims: int,
-):
-    """(phases, the torch device, :func:`input_spec`), after the remaining option checks."""
-    from metcli.core.devices import torch_device
-    from metcli.core.threads import check_threads
-    from metcli.lesions.preprocess import SliceSettings
-
-    if split is not None and test_patients is not None:
-        raise UsageError("give --test-patients or --split, not both")
-    check_threads(threads)
-    phases = parse_phases(phases)
-    device = torch_device(device, amp=amp)
-    slice_settings = SliceSettings(
-        window_width=float(window[0]),
-        window_level=float(window[1]),
-        size=size,
-        context_mm=float(context_mm),
-        fov_mm=fov_mm,
-    )
-    return (
-        phases,
-        device,
-        input_spec(dims=dims, phases=phases, size=size, slice_settings=slice_settings),
-    )
-
-
 def _split_samples(
-    jobs,
-    all_labels: dict[str, str],
-    classes: list[str],
-    spec: dict,
-    *,
-    split,
-    val_patients: int,
-    test_patients,
-    cv_folds,
-    monitor: str,
-    seed: int,
+    jobs, all_labels: dict[str, str], classes: list[str], spec: dict, options: CnnOptions
 ):
     """(the split plan, the training patients' folds, the train/val/test samples)."""
+    o = options
     job_labels = {j.participant_id: all_labels[j.participant_id] for j in jobs}
     plan = plan_split(
         job_labels,
-        split=split,
-        val_patients=val_patients,
-        test_patients=test_patients,
-        seed=seed,
-        need_val=cv_folds is None,
+        split=o.split,
+        val_patients=o.val_patients,
+        test_patients=o.test_patients,
+        seed=o.seed,
+        need_val=o.cv_folds is None,
     )
-    folds = _folds(plan, job_labels, cv_folds, split, seed)
+    folds = _folds(plan, job_labels, o.cv_folds, o.split, o.seed)
     samples = load_samples([j for j in jobs if j.participant_id in plan], all_labels, classes, spec)
     parts = {
         w: [s for s in samples if plan.get(s.participant_id) == w] for w in ("train", "val", "test")
     }
     if (
-        monitor == "auc"
-        and cv_folds is None
+        o.monitor == "auc"
+        and o.cv_folds is None
         and len({s.label for s in parts["val"]}) < len(classes)
     ):
         raise InputError(
             "--monitor auc needs validation lesions of every class; the "
             "validation patients lack some",
-            path=split,
+            path=o.split,
             fix="use --monitor loss, or more --val-patients",
         )
     return plan, folds, parts
@@ -507,24 +244,35 @@ def _start_output(out_dir: Path, sources: dict[str, Path], resume: bool) -> Path
     return state_dir
 
 
-def _train(
-    parts: dict,
-    folds: dict[str, int],
-    fit_settings: FitSettings,
-    *,
-    cv_folds,
-    state_dir: Path,
-    resume: bool,
-    fingerprint: str,
-    progress,
-):
+def _train(run: TrainingRun, state_dir: Path, *, resume: bool, progress):
     """(the fit, the cross-validation or None, the settings of the final fit)."""
-    announce_total(progress, fit_settings.epochs * (1 + (cv_folds or 0)))
+    from metcli.io.files import sha256_json
+
+    o, parts = run.options, run.parts
+    fingerprint = sha256_json(
+        {
+            "settings": run.step.settings_sha256,
+            "inputs": sorted((i["uri"], i["sha256"]) for i in run.inputs),
+        }
+    )
+    fit_settings = FitSettings(
+        arch=o.arch,
+        n_classes=len(run.classes),
+        epochs=o.epochs,
+        batch_size=o.batch_size,
+        lr=o.lr,
+        device=o.device,
+        seed=o.seed,
+        amp=o.amp,
+        monitor=o.monitor,
+        patience=o.patience,
+    )
+    announce_total(progress, fit_settings.epochs * (1 + (o.cv_folds or 0)))
     cv = None
-    if cv_folds is not None:
+    if o.cv_folds is not None:
         cv = choose_epochs(
             parts["train"],
-            folds,
+            run.folds,
             fit_settings,
             state_dir=state_dir,
             resume=resume,

@@ -24,6 +24,7 @@ _API = {
     "MetcliError": "errors",
     "OutputError": "errors",
     "ParticipantsFailed": "errors",
+    "Registry": "registry",
     "SKIPPED": "batch",
     "SchemaError": "errors",
     "UsageError": "errors",

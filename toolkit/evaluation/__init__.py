@@ -16,7 +16,7 @@ _API = {
     "find_prediction_files": "inputs",
     "load_predictions": "evaluate",
     "overlap_measures": "seg_measures",
-    "read_typed_table": "evaluate_seg",
+    "read_typed_table": "seg_tables",
     "size_band": "seg_measures",
 }
 

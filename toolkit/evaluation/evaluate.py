@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from metcli.core.errors import InputError, UsageError
+from metcli.evaluation.comparisons import compare_pair, comparison_table
+from metcli.evaluation.evaluate_run import Computed, EvaluateOptions, EvaluateRun, write_outputs
 from metcli.evaluation.inputs import (
     LEVELS,
     SETS,
@@ -54,38 +56,11 @@ from metcli.evaluation.inputs import (
     load_predictions,
     read_labels,
 )
-from metcli.evaluation.metrics import (
-    TABLE_COLUMNS,
-    LevelResult,
-    compare_pair,
-    compute_level,
-    level_data,
-)
-from metcli.evaluation.metrics_json import COMPARISON_COLUMNS, metrics_document
+from metcli.evaluation.metrics import LevelResult, compute_level, level_data
 
 log = logging.getLogger(__name__)
 
 MIN_BOOTSTRAP = 100
-METRIC_COLUMNS = (
-    "model",
-    "set",
-    "level",
-    "derived_from_lesions",
-    "metric",
-    "class",
-    "estimate",
-    "ci_lower",
-    "ci_upper",
-    "ci_method",
-    "ci_level",
-    "bootstrap_resamples",
-    "n_patients",
-    "n_lesions",
-    "positive_class",
-    "threshold",
-    "threshold_source",
-    "note",
-)
 
 
 # ============================================================================= the run
@@ -97,89 +72,6 @@ class EvaluationResult:
     skipped: bool
     files: list[Path] = field(default_factory=list)
     summary: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Options:
-    """The settings of one evaluate run (the keyword arguments of :func:`evaluate`)."""
-
-    label_column: str
-    level: str
-    positive_class: str | None
-    n_bootstrap: int
-    seed: int
-    compare: bool
-    eval_set: str
-    confidence_level: float
-    draw_plots: bool
-    raw: Path | None
-    lesions: Path | None
-    overlay_lesions: int
-
-    @property
-    def levels(self) -> tuple[str, ...]:
-        return LEVELS if self.level == "both" else (self.level,)
-
-    def settings(self) -> dict[str, Any]:
-        """The settings recorded in the provenance (a change redoes the run)."""
-        from metcli.evaluation.overlays import OVERLAY_WINDOW_HU
-
-        settings = {
-            "level": self.level,
-            "label_column": self.label_column,
-            "positive_class": self.positive_class,
-            "n_bootstrap": self.n_bootstrap,
-            "seed": self.seed,
-            "compare": self.compare,
-            "set": self.eval_set,
-            "confidence_level": self.confidence_level,
-            "plots": self.draw_plots,
-        }
-        if self.raw is not None:
-            settings["overlays"] = {
-                "lesions_per_patient": self.overlay_lesions,
-                "window_hu": list(OVERLAY_WINDOW_HU),
-            }
-        return settings
-
-
-@dataclass
-class _Run:
-    """The inputs and provenance of one evaluate run, and the files it has produced."""
-
-    out_dir: Path
-    models: list[ModelPredictions]
-    label_map: dict[str, str | None]
-    roots: dict[str, Path]
-    step: Any  # metcli.io.provenance.Step
-    inputs: list
-    overlay_found: dict[str, dict]
-    overlay_missing: dict[str, str]
-    produced: dict[Path, Path] = field(default_factory=dict)  # output -> its temporary file
-    written: list[Path] = field(default_factory=list)
-
-    @property
-    def metrics_json(self) -> Path:
-        return self.out_dir / "metrics.json"
-
-    def write_sidecar(self, outs, target: Path, pair: dict[Path, Path], extra: dict) -> None:
-        """Write ``target``'s sidecar and record ``pair`` (outputs -> temporary files)."""
-        from metcli.io.bids import sidecar_path
-
-        self.step.write_sidecar(outs, sidecar_path(target), self.inputs, pair, extra=extra)
-        self.produced.update(pair)
-
-
-@dataclass
-class _Computed:
-    """Everything :func:`evaluate` writes, computed before anything is written."""
-
-    results: dict[str, list[LevelResult]]
-    ordered: list[LevelResult]
-    comparison_rows: list[dict]
-    table_rows: list[dict]
-    figures: dict[str, tuple]
-    overlays: dict[str, tuple]
 
 
 def _input_roots(inputs: Sequence[Path], labels_path: Path) -> dict[str, Path]:
@@ -242,7 +134,7 @@ def evaluate(
         UsageError: for bad arguments; InputError for bad inputs (nothing is written).
     """
     out_dir = Path(out_dir)
-    options = _Options(
+    options = EvaluateOptions(
         label_column=label_column,
         level=level,
         positive_class=positive_class,
@@ -262,12 +154,12 @@ def evaluate(
         log.info("evaluate: outputs are up to date in %s (use --overwrite to redo)", out_dir)
         return EvaluationResult(out_dir=out_dir, skipped=True)
     computed = _compute(run, options)
-    _write_outputs(run, computed, options)
+    write_outputs(run, computed, options)
     summary = [{"model": r.model.name, "level": r.level, **r.summary} for r in computed.ordered]
     return EvaluationResult(out_dir=out_dir, skipped=False, files=run.written, summary=summary)
 
 
-def _check_arguments(predictions: Sequence[str | Path], options: _Options) -> None:
+def _check_arguments(predictions: Sequence[str | Path], options: EvaluateOptions) -> None:
     """Raise UsageError (or InputError for a missing folder) for bad arguments."""
     if options.level not in (*LEVELS, "both"):
         raise UsageError(f"--level {options.level!r} is not one of patient, lesion, both")
@@ -302,8 +194,8 @@ def _check_arguments(predictions: Sequence[str | Path], options: _Options) -> No
 
 
 def _prepare(
-    predictions: Sequence[str | Path], out_dir: Path, labels: str | Path, options: _Options
-) -> _Run:
+    predictions: Sequence[str | Path], out_dir: Path, labels: str | Path, options: EvaluateOptions
+) -> EvaluateRun:
     """Read and check the labels and predictions; find the overlays' scans; set up provenance."""
     from metcli.io.bids import sidecar_path
     from metcli.io.files import check_output_not_inside_input
@@ -334,7 +226,7 @@ def _prepare(
     input_files.append(labels_path)
     for source in found.values():
         input_files += [source["ct"], source["map"], source["table"]]
-    return _Run(
+    return EvaluateRun(
         out_dir=out_dir,
         models=models,
         label_map=label_map,
@@ -347,7 +239,10 @@ def _prepare(
 
 
 def _find_overlay_sources(
-    options: _Options, out_dir: Path, roots: dict[str, Path], models: Sequence[ModelPredictions]
+    options: EvaluateOptions,
+    out_dir: Path,
+    roots: dict[str, Path],
+    models: Sequence[ModelPredictions],
 ) -> tuple[dict[str, dict], dict[str, str]]:
     """The scans of the lesion overlays (none without ``raw``); adds raw and lesions to roots."""
     from metcli.evaluation.overlays import overlay_sources
@@ -367,9 +262,9 @@ def _find_overlay_sources(
     return found, missing
 
 
-def _compute(run: _Run, options: _Options) -> _Computed:
+def _compute(run: EvaluateRun, options: EvaluateOptions) -> Computed:
     """Metrics of every model and level, comparisons, figure rows and overlay panels."""
-    from metcli.evaluation import plots, report
+    from metcli.evaluation import plots
     from metcli.evaluation.overlays import overlay_plan
 
     results: dict[str, list[LevelResult]] = {lv: [] for lv in LEVELS}
@@ -404,10 +299,10 @@ def _compute(run: _Run, options: _Options) -> _Computed:
                 comparison_rows.extend(
                     compare_pair(a, b, n_boot=options.n_bootstrap, seed=options.seed)
                 )
-        table_rows = report.comparison_table(ordered)
+        table_rows = comparison_table(ordered)
     figures = plots.figure_plan(results, options.confidence_level) if options.draw_plots else {}
     overlays = overlay_plan(run.overlay_found, results, run.label_map, options.overlay_lesions)
-    return _Computed(
+    return Computed(
         results=results,
         ordered=ordered,
         comparison_rows=comparison_rows,
@@ -415,164 +310,3 @@ def _compute(run: _Run, options: _Options) -> _Computed:
         figures=figures,
         overlays=overlays,
     )
-
-
-def _write_outputs(run: _Run, computed: _Computed, options: _Options) -> None:
-    """The dataset description, then every file through one OutputSet."""
-    from metcli.io.files import OutputSet, dump_json_to, write_tsv_to
-    from metcli.io.provenance import write_dataset_description
-    from metcli.io.schemas import validate
-
-    write_dataset_description(
-        run.out_dir,
-        name="metcli evaluate",
-        sources=run.roots,
-        description="metrics, comparisons and plots of predictions",
-    )
-    with OutputSet() as outs:
-        inlined = _write_figures(run, outs, computed.figures)
-        if options.compare:
-            _write_comparisons(run, outs, computed)
-        metrics_tsv = run.out_dir / "metrics.tsv"
-        tmp = outs.path(metrics_tsv)
-        metric_rows = [row for r in computed.ordered for row in r.rows]
-        write_tsv_to(metric_rows, METRIC_COLUMNS, tmp, schema="metrics", where=metrics_tsv)
-        run.produced = {metrics_tsv: tmp, **run.produced}
-        content = metrics_document(
-            run.step,
-            run.models,
-            computed.ordered,
-            computed.comparison_rows,
-            options.n_bootstrap,
-            options.seed,
-            options.eval_set,
-            options.confidence_level,
-        )
-        overlay_figures = _write_overlays(run, outs, computed.overlays)
-        _write_report(
-            run,
-            outs,
-            content,
-            inlined,
-            computed.table_rows,
-            None
-            if options.raw is None
-            else {
-                "figures": overlay_figures,
-                "missing": run.overlay_missing,
-                "lesions_per_patient": options.overlay_lesions,
-            },
-        )
-        doc = run.step.sidecar(run.inputs, run.produced, extra=content)
-        validate(doc, "sidecar", where=run.metrics_json)
-        tmp = outs.path(run.metrics_json)
-        dump_json_to(doc, tmp, schema="metrics_json", where=run.metrics_json)
-        run.written += [metrics_tsv, run.metrics_json]
-
-
-def _write_figures(run: _Run, outs, figures: dict[str, tuple]) -> dict[str, tuple[bytes, str]]:
-    """Each figure's PNG, the TSV behind it and its sidecar; returns the PNGs to inline."""
-    from metcli.io.bids import sidecar_path
-    from metcli.io.files import write_tsv_to
-
-    inlined: dict[str, tuple[bytes, str]] = {}
-    for name, (columns, schema, rows, draw, description) in figures.items():
-        png, tsv = run.out_dir / f"{name}.png", run.out_dir / f"{name}.tsv"
-        tmp_tsv = outs.path(tsv)
-        write_tsv_to(rows, columns, tmp_tsv, schema=schema, where=tsv)
-        tmp_png = outs.path(png)
-        draw(rows, tmp_png)
-        inlined[name] = (tmp_png.read_bytes(), description)
-        run.write_sidecar(
-            outs, png, {png: tmp_png, tsv: tmp_tsv}, extra={"Description": description}
-        )
-        run.written += [png, tsv, sidecar_path(png)]
-    return inlined
-
-
-def _write_comparisons(run: _Run, outs, computed: _Computed) -> None:
-    """``comparisons.tsv`` and ``comparison_table.tsv`` with their sidecars."""
-    from metcli.io.bids import sidecar_path
-    from metcli.io.files import write_tsv_to
-
-    for name, columns, schema, rows, description in (
-        (
-            "comparisons",
-            COMPARISON_COLUMNS,
-            "comparisons",
-            computed.comparison_rows,
-            "paired tests between models: DeLong (AUC) and McNemar (accuracy) at "
-            "patient level, patient cluster bootstrap at lesion level",
-        ),
-        (
-            "comparison_table",
-            TABLE_COLUMNS,
-            "comparison_table",
-            computed.table_rows,
-            "models x metrics, estimate [95% CI]; selected_by_cv marks the model "
-            "chosen by cross-validation",
-        ),
-    ):
-        target = run.out_dir / f"{name}.tsv"
-        tmp = outs.path(target)
-        write_tsv_to(rows, columns, tmp, schema=schema, where=target)
-        run.write_sidecar(outs, target, {target: tmp}, extra={"Description": description})
-        run.written += [target, sidecar_path(target)]
-
-
-def _write_overlays(run: _Run, outs, overlays: dict[str, tuple]) -> list[tuple]:
-    """One lesion-overlay PNG per participant with its sidecar; returns them for the report."""
-    from metcli.evaluation.overlays import lesion_overlay_figure, overlay_record
-    from metcli.io.bids import sidecar_path
-
-    overlay_figures = []
-    for pid, (ent, panels, title, caption) in overlays.items():
-        # At the root, beside the other figures (metrics.json lists outputs by name).
-        png = run.out_dir / ent.with_(desc="lesions", suffix="overlay", extension=".png").name
-        tmp_png = outs.path(png)
-        lesion_overlay_figure(panels, tmp_png, title=title)
-        overlay_figures.append((pid, tmp_png.read_bytes(), caption))
-        run.write_sidecar(
-            outs,
-            png,
-            {png: tmp_png},
-            extra={
-                "Description": "lesion masks on CT for visual quality control: an axial slice "
-                "through each lesion's centroid, abdominal window",
-                "Lesions": [overlay_record(p) for p in panels],
-            },
-        )
-        run.written += [png, sidecar_path(png)]
-    return overlay_figures
-
-
-def _write_report(
-    run: _Run,
-    outs,
-    content: dict[str, Any],
-    inlined: dict[str, tuple],
-    table_rows: list[dict],
-    overlays: dict[str, Any] | None,
-) -> None:
-    """``report.html`` (self-contained) and its sidecar."""
-    from metcli.evaluation import report
-    from metcli.io.bids import sidecar_path
-
-    report_html = run.out_dir / "report.html"
-    tmp = outs.path(report_html)
-    report.write_report_to(
-        report.render(
-            run.step.sidecar(run.inputs, run.produced, extra=content),
-            figures=inlined,
-            table_rows=table_rows,
-            overlays=overlays,
-        ),
-        tmp,
-    )
-    run.write_sidecar(
-        outs,
-        report_html,
-        {report_html: tmp},
-        extra={"Description": "report of metcli evaluate (self-contained HTML); research use only"},
-    )
-    run.written += [report_html, sidecar_path(report_html)]

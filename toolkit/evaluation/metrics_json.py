@@ -35,73 +35,25 @@ COMPARISON_COLUMNS = (
 )
 
 
+#: The columns of each metric row of metrics.json.
+METRIC_KEYS = (
+    "metric",
+    "class",
+    "estimate",
+    "ci_lower",
+    "ci_upper",
+    "ci_method",
+    "bootstrap_resamples",
+    "note",
+)
+
+
 def metrics_document(
     step, models, ordered, comparison_rows, n_bootstrap, seed, eval_set, level_ci
 ) -> dict[str, Any]:
     """The content of metrics.json: per model and level, the counts, confusion matrix,
     threshold and figures; the bootstrap; the comparisons."""
-    model_docs = []
-    for model in models:
-        levels = []
-        for result in ordered:
-            if result.model is not model:
-                continue
-            data = result.data
-            classes = model.classes
-            levels.append(
-                {
-                    "level": data.level,
-                    "derived_from_lesions": data.derived,
-                    "derivation": DERIVED_NOTE if data.derived else None,
-                    "n_patients": data.n_patients,
-                    "n_units": data.n_units,
-                    "class_counts": {
-                        c: int(n)
-                        for c, n in zip(classes, np.bincount(data.y, minlength=len(classes)))
-                    },
-                    "threshold": data.threshold,
-                    "threshold_source": data.threshold_source,
-                    "confusion_matrix": {
-                        "classes": classes,
-                        "rows": "true class",
-                        "columns": "predicted class",
-                        "counts": result.confusion.astype(int).tolist(),
-                    },
-                    "mean_predicted": {
-                        c: float(data.prob[:, i].mean()) for i, c in enumerate(classes)
-                    },
-                    "interval_note": LESION_NOTE if data.level == "lesion" else PATIENT_NOTE,
-                    "metrics": [
-                        {
-                            k: row[k]
-                            for k in (
-                                "metric",
-                                "class",
-                                "estimate",
-                                "ci_lower",
-                                "ci_upper",
-                                "ci_method",
-                                "bootstrap_resamples",
-                                "note",
-                            )
-                        }
-                        for row in result.rows
-                    ],
-                }
-            )
-        model_docs.append(
-            {
-                "model": model.name,
-                "source": step.uri(model.path),
-                "set": eval_set,
-                "task": "binary" if model.binary else "multiclass",
-                "classes": model.classes,
-                "positive_class": model.positive_class,
-                "positive_class_source": model.positive_source,
-                "selected_by_cv": model.selected,
-                "levels": levels,
-            }
-        )
+    model_docs = [_model_document(step, model, ordered, eval_set) for model in models]
     return {
         "Description": "metrics of metcli evaluate; the sidecar of metrics.tsv",
         "UnitOfInference": "patient",
@@ -117,4 +69,47 @@ def metrics_document(
         "Set": eval_set,
         "Models": model_docs,
         "Comparisons": [{k: row.get(k) for k in COMPARISON_COLUMNS} for row in comparison_rows],
+    }
+
+
+def _model_document(step, model, ordered, eval_set) -> dict[str, Any]:
+    """One model: its classes, positive class and the figures of each of its levels."""
+    levels = [_level_document(result) for result in ordered if result.model is model]
+    return {
+        "model": model.name,
+        "source": step.uri(model.path),
+        "set": eval_set,
+        "task": "binary" if model.binary else "multiclass",
+        "classes": model.classes,
+        "positive_class": model.positive_class,
+        "positive_class_source": model.positive_source,
+        "selected_by_cv": model.selected,
+        "levels": levels,
+    }
+
+
+def _level_document(result) -> dict[str, Any]:
+    """One model at one level: counts, threshold, confusion matrix and metric rows."""
+    data = result.data
+    classes = result.model.classes
+    return {
+        "level": data.level,
+        "derived_from_lesions": data.derived,
+        "derivation": DERIVED_NOTE if data.derived else None,
+        "n_patients": data.n_patients,
+        "n_units": data.n_units,
+        "class_counts": {
+            c: int(n) for c, n in zip(classes, np.bincount(data.y, minlength=len(classes)))
+        },
+        "threshold": data.threshold,
+        "threshold_source": data.threshold_source,
+        "confusion_matrix": {
+            "classes": classes,
+            "rows": "true class",
+            "columns": "predicted class",
+            "counts": result.confusion.astype(int).tolist(),
+        },
+        "mean_predicted": {c: float(data.prob[:, i].mean()) for i, c in enumerate(classes)},
+        "interval_note": LESION_NOTE if data.level == "lesion" else PATIENT_NOTE,
+        "metrics": [{k: row[k] for k in METRIC_KEYS} for row in result.rows],
     }

@@ -80,7 +80,7 @@ def overlay_panels(
 
     from metcli.imaging.geometry import to_reference_grid
     from metcli.io.files import read_image
-    from metcli.lesions.split_lesions import read_lesion_table
+    from metcli.lesions.tables import read_lesion_table
 
     ct_image = read_image(source["ct"], what="CT")
     map_image = to_reference_grid(

@@ -3,8 +3,9 @@
 The page holds the data summary, every model's metrics with their intervals, the
 comparisons, the figures (inlined as PNG data URIs: no file beside it is needed), the
 items TRIPOD+AI and CLAIM ask a study to report (filled where metcli knows them, marked
-where the authors must fill them), the methods, the settings and versions that produced
-it, and the words "research use only". It loads nothing from the network.
+where the authors must fill them: :mod:`metcli.evaluation.checklist`), the methods, the
+settings and versions that produced it, and the words "research use only". It loads
+nothing from the network.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-if TYPE_CHECKING:  # pragma: no cover
-    from metcli.evaluation.metrics import LevelResult
+from metcli.evaluation.checklist import checklist
 
 #: Section ids, in page order (a test checks that a browser shows each).
 SECTIONS = (
@@ -48,56 +48,6 @@ code{background:#f4f4f8;padding:0 .2em}.note{color:#555;font-size:.85em}
 """
 
 _VERSIONED = ("numpy", "scipy", "scikit-learn", "statsmodels", "matplotlib")
-
-
-def comparison_table(results: Sequence["LevelResult"]) -> list[dict]:
-    """Models x metrics, estimate and interval as text (Table 3 of Tharmaseelan et al. 2023)."""
-    table = []
-    for result in results:
-        row: dict[str, Any] = {
-            "model": result.model.name,
-            "level": result.level,
-            "selected_by_cv": result.model.selected,
-            "n_patients": result.data.n_patients,
-            "n_lesions": result.rows[0]["n_lesions"],
-        }
-        preferred = {
-            "patient": ("delong", "clopper_pearson", "patient_bootstrap"),
-            "lesion": ("obuchowski", "cluster_bootstrap"),
-        }[result.level]
-        for metric in _table_metrics():
-            wanted = metric
-            if not result.model.binary and metric in ("auc", "f1"):
-                wanted = f"{metric}_macro"
-            candidates = [
-                r
-                for r in result.rows
-                if r["metric"] == wanted
-                and (r["class"] is None or r["class"] == result.model.positive_class)
-            ]
-            chosen = None
-            for method in (*preferred, "none"):
-                chosen = next((r for r in candidates if r["ci_method"] == method), None)
-                if chosen:
-                    break
-            row[metric] = _cell(chosen)
-        table.append(row)
-    return table
-
-
-def _table_metrics() -> tuple[str, ...]:
-    from metcli.evaluation.metrics import TABLE_METRICS
-
-    return TABLE_METRICS
-
-
-def _cell(row: dict | None) -> str | None:
-    if row is None or row["estimate"] is None:
-        return None
-    text = f"{row['estimate']:.3f}"
-    if row["ci_lower"] is not None and row["ci_upper"] is not None:
-        text += f" [{row['ci_lower']:.3f}, {row['ci_upper']:.3f}]"
-    return text
 
 
 def _e(value: Any) -> str:
@@ -143,111 +93,6 @@ def versions() -> dict[str, str]:
     from metcli.core.versions import versions as library_versions
 
     return library_versions(_VERSIONED, missing="not installed", metcli_first=True)
-
-
-def checklist(doc: Mapping[str, Any]) -> list[tuple[str, str, str, bool]]:
-    """(guideline, item, what metcli knows or what the authors must add, filled?)."""
-    models = doc["Models"]
-    n_patients = max((lv["n_patients"] for m in models for lv in m["levels"]), default=0)
-    thresholds = "; ".join(
-        f"{m['model']}: {lv['threshold_source']}" for m in models for lv in m["levels"][:1]
-    )
-    selected = [m["model"] for m in models if m.get("selected_by_cv")]
-    author = "to be completed by the authors"
-    return [
-        (
-            "TRIPOD+AI 5-6",
-            "Data source, eligibility criteria, study dates and setting",
-            author,
-            False,
-        ),
-        (
-            "TRIPOD+AI 7",
-            "Outcome: definition and how it was ascertained (reference standard)",
-            "label: the primary tumour's origin from participants.tsv; how it was confirmed: "
-            + author,
-            False,
-        ),
-        (
-            "TRIPOD+AI 8",
-            "Predictors / inputs and their preprocessing",
-            "see the model card (model.json) of each model; " + author,
-            False,
-        ),
-        (
-            "TRIPOD+AI 9",
-            "Sample size",
-            f"{n_patients} patients evaluated in the "
-            f"{doc['Set']} set (counts per class and lesions in the summary)",
-            True,
-        ),
-        ("TRIPOD+AI 10", "Missing data and how they were handled", author, False),
-        (
-            "TRIPOD+AI 12",
-            "Analysis: unit of analysis and clustering",
-            "the patient; lesion-level figures account for clustering (cluster bootstrap, "
-            "Obuchowski's variance)",
-            True,
-        ),
-        (
-            "TRIPOD+AI 12",
-            "Performance measures with confidence intervals",
-            "AUC, accuracy, F1, sensitivity, specificity, PPV, NPV, Brier score, each with a "
-            f"{int(doc['ConfidenceLevel'] * 100)}% interval",
-            True,
-        ),
-        (
-            "TRIPOD+AI 12",
-            "Calibration",
-            "reliability diagrams and mean predicted probability against the observed prevalence",
-            True,
-        ),
-        ("TRIPOD+AI 12", "Classification threshold and how it was chosen", thresholds, True),
-        (
-            "TRIPOD+AI 12",
-            "Model comparison and selection",
-            ("model chosen by cross-validation: " + ", ".join(selected))
-            if selected
-            else "no model is marked as chosen by cross-validation; " + author,
-            bool(selected),
-        ),
-        ("TRIPOD+AI 14", "Fairness: performance in subgroups (sex, age, site)", author, False),
-        (
-            "TRIPOD+AI 18",
-            "Software and code availability",
-            f"metcli {versions()['metcli']} (settings and versions below)",
-            True,
-        ),
-        ("TRIPOD+AI 18", "Data availability", author, False),
-        ("CLAIM 7-9", "Data: sources, inclusion and exclusion, de-identification", author, False),
-        (
-            "CLAIM 14-17",
-            "Ground truth: reference standard, annotators, their agreement",
-            author,
-            False,
-        ),
-        (
-            "CLAIM 18-21",
-            "Data partitions: sizes and that they are separate by patient",
-            f"evaluated set: {doc['Set']}; a participant in two sets of a model is refused",
-            True,
-        ),
-        (
-            "CLAIM 28-32",
-            "Evaluation metrics, statistical tests, uncertainty",
-            "DeLong, Clopper-Pearson, patient bootstrap, McNemar and paired DeLong tests "
-            "(methods below)",
-            True,
-        ),
-        ("CLAIM 33", "Robustness or sensitivity analysis", author, False),
-        (
-            "CLAIM 35",
-            "Failure analysis: wrong predictions",
-            "per-patient lesion grid (figures)",
-            True,
-        ),
-        ("CLAIM 36-38", "Performance on external data, limitations, implications", author, False),
-    ]
 
 
 def render(

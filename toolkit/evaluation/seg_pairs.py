@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -97,7 +97,7 @@ def evaluate_pair(
     """
     from metcli.imaging.geometry import to_reference_grid, voxel_volume_mm3
     from metcli.io.files import read_image
-    from metcli.lesions.split_lesions import read_lesion_table
+    from metcli.lesions.tables import read_lesion_table
 
     labels = (BACKGROUND, LIVER, LESION)
     reference = read_image(reference_path, what="reference segmentation")
@@ -168,6 +168,18 @@ class Item:
 
     def describe(self) -> str:
         return self.entities.describe()
+
+    def input_paths(self) -> list[Path]:
+        """The files its tables are made from: both masks and, with lesions, their maps."""
+        paths = [self.seg.path, self.reference.path]
+        if self.lesions is not None:
+            paths += self.lesions.paths()
+        return paths
+
+    def row_keys(self) -> dict[str, Any]:
+        """The columns that name the acquisition in each row of its tables."""
+        sub, ses, ce = self.key
+        return {"participant_id": f"sub-{sub}", "session": ses, "phase": ce}
 
 
 def _lesion_files(lesions_dir: Path, ent: Entities) -> tuple[Path, Path]:

@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from metcli.core.errors import UsageError, WeightsError
+from metcli.io.checksums import INSTALL_RECORD, VerifyResult, hash_tree, record_sha, verify_entry
 from metcli.io.downloads import Progress, download, make_dirs, replace_dir, unpack
 
 log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA = "weights_manifest"
-INSTALL_RECORD = ".metcli-install.json"
 #: Formats metcli's backends can run (others are listed for information only).
 RUNNABLE_FORMATS = ("nnunetv2", "onnx-export")
 
@@ -268,105 +268,6 @@ def model_root(folder: Path, entry: ModelEntry | None = None) -> Path:
 
 
 # ============================================================================ verifying
-@dataclass
-class VerifyResult:
-    name: str
-    status: str  # ok, mismatch, unverified, not installed, listed only
-    detail: str
-
-    def row(self) -> dict:
-        return {"name": self.name, "status": self.status, "detail": self.detail}
-
-
-def _hash_file(path: Path) -> str:
-    from metcli.io.files import sha256_file
-
-    return sha256_file(path)
-
-
-def _hash_tree(folder: Path) -> dict[str, str]:
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != INSTALL_RECORD:
-            out[path.relative_to(folder).as_posix()] = _hash_file(path)
-    return out
-
-
-def _compare_files(expected: dict[str, str], actual: dict[str, str]) -> str | None:
-    missing = sorted(set(expected) - set(actual))
-    changed = sorted(k for k in expected if k in actual and actual[k] != expected[k])
-    extra = sorted(set(actual) - set(expected))
-    problems = []
-    if missing:
-        problems.append(f"missing {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
-    if changed:
-        problems.append(f"changed {', '.join(changed[:3])}" + (" ..." if len(changed) > 3 else ""))
-    if extra:
-        problems.append(f"unexpected {', '.join(extra[:3])}" + (" ..." if len(extra) > 3 else ""))
-    return "; ".join(problems) or None
-
-
-def verify_entry(entry: ModelEntry) -> VerifyResult:
-    """Re-hash one model's files against the manifest (shipped) or its install record."""
-    folder = entry.install_dir()
-    if entry.shipped:
-        if not folder.is_dir():
-            return VerifyResult(
-                entry.name, "not built", f"weights/{entry['path']} is not in this installation"
-            )
-        expected = entry.get("files") or {}
-        if not expected:
-            return VerifyResult(
-                entry.name,
-                "unverified",
-                "the manifest records no sha256 for its files "
-                f"({entry.get('note') or 'not verified'})",
-            )
-        # Only the listed files count for a shipped model (the package may add others).
-        actual = {k: _hash_file(folder / k) for k in expected if (folder / k).is_file()}
-        problem = _compare_files(expected, actual)
-        if problem:
-            return VerifyResult(entry.name, "mismatch", problem)
-        return VerifyResult(
-            entry.name,
-            "ok" if entry["verified"] else "unverified",
-            f"{len(expected)} file(s) match the manifest"
-            + ("" if entry["verified"] else " (manifest marks them unverified)"),
-        )
-    record_path = folder / INSTALL_RECORD
-    if not record_path.is_file():
-        status = "not installed" if entry.runnable else "listed only"
-        return VerifyResult(entry.name, status, "no download in METCLI_HOME")
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        return VerifyResult(entry.name, "mismatch", f"unreadable install record ({exc})")
-    manifest_sha = entry.get("sha256")
-    if manifest_sha and record.get("archive_sha256") != manifest_sha:
-        installed = str(record.get("archive_sha256"))[:12]
-        return VerifyResult(
-            entry.name,
-            "mismatch",
-            f"installed from an archive with sha256 {installed}..., the manifest "
-            f"expects {manifest_sha[:12]}...",
-        )
-    problem = _compare_files(record.get("files", {}), _hash_tree(folder))
-    if problem:
-        return VerifyResult(entry.name, "mismatch", problem)
-    count = len(record.get("files", {}))
-    if not manifest_sha:
-        return VerifyResult(
-            entry.name,
-            "unverified",
-            f"{count} file(s) match the install record, but the manifest has no "
-            f"sha256 for the download (installed from sha256 "
-            f"{str(record.get('archive_sha256'))[:12]}...)",
-        )
-    return VerifyResult(
-        entry.name, "ok", f"{count} file(s) match; archive sha256 matches the manifest"
-    )
-
-
 def verify(name: str | None = None, *, manifest: str | Path | None = None) -> list[VerifyResult]:
     """Re-hash the installed (and shipped) models, or only ``name``."""
     entries = [get_entry(name, manifest)] if name is not None else load_manifest(manifest)
@@ -405,7 +306,7 @@ def fetch(
     if (target / INSTALL_RECORD).is_file() and not overwrite:
         result = verify_entry(entry)
         if result.status in ("ok", "unverified") and (
-            expected is None or _record_sha(target) == expected
+            expected is None or record_sha(target) == expected
         ):
             log.info("model %s is already installed in %s", name, target)
             return model_root(target, entry)
@@ -482,7 +383,7 @@ def _install(
             )
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=models_dir()))
         unpack(tmp_file, tmp_dir, source)
-        files = _hash_tree(tmp_dir)
+        files = hash_tree(tmp_dir)
         record = {
             "name": name,
             "url": source,
@@ -513,11 +414,3 @@ def _install(
                 path.rmdir()  # only if empty: nothing of ours is left
         raise
     tmp_file.unlink()
-
-
-def _record_sha(folder: Path) -> str | None:
-    try:
-        record = json.loads((folder / INSTALL_RECORD).read_text(encoding="utf-8"))
-        return record.get("archive_sha256")
-    except (OSError, json.JSONDecodeError):
-        return None

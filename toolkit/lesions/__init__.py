@@ -12,9 +12,9 @@ import importlib
 
 #: public name -> the module of this room that defines it
 _API = {
-    "BURDEN_COLUMNS": "split_lesions",
-    "GROUP_LESION_COLUMNS": "split_lesions",
-    "LESION_COLUMNS": "split_lesions",
+    "BURDEN_COLUMNS": "tables",
+    "GROUP_LESION_COLUMNS": "tables",
+    "LESION_COLUMNS": "tables",
     "LESION_SUFFIX": "maps",
     "SliceSettings": "preprocess",
     "card_phases": "inputs",
@@ -28,7 +28,7 @@ _API = {
     "model_inputs": "inputs",
     "output_paths": "split_lesions",
     "pair_images": "maps",
-    "read_lesion_table": "split_lesions",
+    "read_lesion_table": "tables",
     "resize_square": "preprocess",
     "settings_from_card": "inputs",
     "split_image": "label_lesions",

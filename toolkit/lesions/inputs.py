@@ -186,6 +186,31 @@ def model_inputs(
     crop and stacked as a channel). Anything else is refused.
     """
     settings = settings_from_card(card, card_path=card_path)
+    per_channel = []
+    for phase in _channel_order(card, cts, card_path):
+        per_channel.append(
+            _channel_inputs(
+                card,
+                cts[phase],
+                lesion_map,
+                lesion_ids,
+                settings,
+                ct_path=(ct_paths or {}).get(phase),
+                lesion_map_path=lesion_map_path,
+            )
+        )
+    return [
+        LesionInputs(
+            lesion_id,
+            indices,
+            np.stack([channel[i][2] for channel in per_channel], axis=1).astype(np.float32),
+        )
+        for i, (lesion_id, indices, _images) in enumerate(per_channel[0])
+    ]
+
+
+def _channel_order(card: dict, cts: dict, card_path) -> list:
+    """The keys of ``cts`` in the card's channel order, or an error for what it cannot take."""
     channels = list(card.get("input", {}).get("channels", []))
     phases = card_phases(card)
     if phases is None:
@@ -202,53 +227,54 @@ def model_inputs(
                 card_path,
                 fix="give the CT of the lesion map's contrast phase only",
             )
-        order = list(cts)
-    else:
-        if channels != phases:
-            raise _refuse(
-                f"the model's channels {channels} are not its phases {phases}",
-                card_path,
-                fix="give the model.json that train-cnn wrote",
-            )
-        missing = [p for p in phases if p not in cts]
-        if missing:
-            raise _refuse(
-                f"the model takes the phases {', '.join(phases)}; no CT of "
-                f"{', '.join(missing)} was given",
-                card_path,
-                fix="give a CT of every phase the model takes",
-            )
-        order = phases
-    per_channel = []
-    for phase in order:
-        ct_path = (ct_paths or {}).get(phase)
-        if card.get("dims", 2) == 3:
-            from metcli.lesions.volumes import lesion_volumes
-
-            made = lesion_volumes(
-                cts[phase],
-                lesion_map,
-                lesion_ids=lesion_ids,
-                settings=settings,
-                ct_path=ct_path,
-                lesion_map_path=lesion_map_path,
-            )
-            per_channel.append([(v.lesion_id, v.slice_indices, v.image[None]) for v in made])
-        else:
-            made = lesion_slices(
-                cts[phase],
-                lesion_map,
-                lesion_ids=lesion_ids,
-                settings=settings,
-                ct_path=ct_path,
-                lesion_map_path=lesion_map_path,
-            )
-            per_channel.append([(s.lesion_id, s.slice_indices, s.images) for s in made])
-    return [
-        LesionInputs(
-            lesion_id,
-            indices,
-            np.stack([channel[i][2] for channel in per_channel], axis=1).astype(np.float32),
+        return list(cts)
+    if channels != phases:
+        raise _refuse(
+            f"the model's channels {channels} are not its phases {phases}",
+            card_path,
+            fix="give the model.json that train-cnn wrote",
         )
-        for i, (lesion_id, indices, _images) in enumerate(per_channel[0])
-    ]
+    missing = [p for p in phases if p not in cts]
+    if missing:
+        raise _refuse(
+            f"the model takes the phases {', '.join(phases)}; no CT of "
+            f"{', '.join(missing)} was given",
+            card_path,
+            fix="give a CT of every phase the model takes",
+        )
+    return phases
+
+
+def _channel_inputs(
+    card: dict,
+    ct,
+    lesion_map,
+    lesion_ids: Sequence[int],
+    settings: SliceSettings,
+    *,
+    ct_path,
+    lesion_map_path,
+) -> list[tuple]:
+    """(lesion id, slice indices, images ``[n, size, size(, size)]``) of each lesion, from
+    one channel's CT: its slices (a 2D card) or its cube (3D)."""
+    if card.get("dims", 2) == 3:
+        from metcli.lesions.volumes import lesion_volumes
+
+        made = lesion_volumes(
+            ct,
+            lesion_map,
+            lesion_ids=lesion_ids,
+            settings=settings,
+            ct_path=ct_path,
+            lesion_map_path=lesion_map_path,
+        )
+        return [(v.lesion_id, v.slice_indices, v.image[None]) for v in made]
+    made = lesion_slices(
+        ct,
+        lesion_map,
+        lesion_ids=lesion_ids,
+        settings=settings,
+        ct_path=ct_path,
+        lesion_map_path=lesion_map_path,
+    )
+    return [(s.lesion_id, s.slice_indices, s.images) for s in made]

@@ -246,8 +246,9 @@ def label_lesions(
         segmentation's grid holding the KEPT lesions under their ids (dropped
         ones are 0). ``rows`` lists EVERY connected component, ids 1..N by
         decreasing volume (ties: physical centroid z, y, x, then raster order),
-        with the columns of :data:`LESION_COLUMNS`; ``kept`` says whether it
-        passed the size rule and ``reason`` why not (``below_min_diameter``).
+        with the columns of :data:`metcli.lesions.tables.LESION_COLUMNS`; ``kept``
+        says whether it passed the size rule and ``reason`` why not
+        (``below_min_diameter``).
         Diameters are distances between voxel centres in mm (a single voxel
         has 0): see :mod:`metcli.lesions.split_lesions` for every definition. An image
         without the lesion label gives an empty map and no rows.

@@ -69,7 +69,6 @@ Definitions (they are part of the output contract; the schemas repeat them):
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -86,48 +85,21 @@ from metcli.io.bids import (
 )
 from metcli.lesions.label_lesions import check_settings, split_image
 from metcli.lesions.maps import LESION_DESC
+from metcli.lesions.tables import (
+    BURDEN_COLUMNS,
+    BURDEN_TABLE,
+    GROUP_LESION_COLUMNS,
+    LESION_COLUMNS,
+    LESIONS_TABLE,
+    burden_row,
+    read_lesion_table,
+)
 
 log = logging.getLogger(__name__)
 
 COMMAND = "split-lesions"
 DESC = LESION_DESC
 SEG_SUFFIX = "dseg"
-
-#: The lesion table's columns and how to read each back from text.
-LESION_COLUMNS: dict[str, type] = {
-    "index": int,
-    "name": str,
-    "voxels": int,
-    "volume_mm3": float,
-    "longest_axial_diameter_mm": float,
-    "max_3d_diameter_mm": float,
-    "equivalent_diameter_mm": float,
-    "centroid_x_mm": float,
-    "centroid_y_mm": float,
-    "centroid_z_mm": float,
-    "bbox_i0": int,
-    "bbox_j0": int,
-    "bbox_k0": int,
-    "bbox_i1": int,
-    "bbox_j1": int,
-    "bbox_k1": int,
-    "kept": bool,
-    "reason": str,
-}
-GROUP_KEYS = ("participant_id", "session", "phase")
-GROUP_LESION_COLUMNS = [*GROUP_KEYS, *LESION_COLUMNS]
-BURDEN_COLUMNS = [
-    *GROUP_KEYS,
-    "n_components",
-    "n_lesions",
-    "lesion_volume_mm3",
-    "kept_lesion_volume_mm3",
-    "liver_volume_mm3",
-    "burden",
-]
-
-LESIONS_TABLE = "lesions.tsv"
-BURDEN_TABLE = "tumour_burden.tsv"
 
 _AXIS_NAMES = "ijk"
 
@@ -216,7 +188,6 @@ def split_lesions(
             was not made from the current segmentation with the same settings.
     """
     from metcli.io.files import check_output_not_inside_input
-    from metcli.io.provenance import Step, write_dataset_description
 
     settings = check_settings(
         min_diameter_mm=min_diameter_mm,
@@ -231,6 +202,19 @@ def split_lesions(
     chosen = select(seg_dir, labels)
     check_output_not_inside_input(out_dir, [seg_dir])
 
+    step = _start(seg_dir, out_dir, settings)
+    report = BatchReport()
+    if do_participants:
+        _participant_level(seg_dir, out_dir, chosen, step, settings, overwrite, progress, report)
+    if do_group:
+        _group_level(seg_dir, out_dir, chosen, step, overwrite, report)
+    return report
+
+
+def _start(seg_dir: Path, out_dir: Path, settings: Mapping[str, Any]):
+    """The provenance step of the run; writes the dataset description."""
+    from metcli.io.provenance import Step, write_dataset_description
+
     step = Step(COMMAND, out_dir, {"seg": seg_dir}, settings)
     write_dataset_description(
         out_dir,
@@ -238,43 +222,60 @@ def split_lesions(
         sources={"seg": seg_dir},
         description="single lesions, lesion tables and tumour burden",
     )
-    report = BatchReport()
-    if do_participants:
-        acquisitions = find_segmentations(seg_dir, chosen)
-        found = {a.entities.sub for a in acquisitions}
-        for label in chosen:
-            if label not in found:
-                error = InputError(
-                    f"no sub-{label}[_ses-<s>][_ce-<phase>]_dseg.nii.gz found",
-                    path=seg_dir / f"sub-{label}",
-                    fix="segment this participant first, or leave it out",
-                )
-                log.error("sub-%s: %s", label, error.one_line())
-                report.record(f"sub-{label}", FAILED, error.one_line())
+    return step
 
-        def work(acq: Acquisition) -> str:
-            return _split_one(acq, out_dir, step, settings, overwrite, report)
 
-        run_each(
-            acquisitions,
-            key=lambda a: a.entities.describe(),
-            work=work,
-            progress=progress,
-            report=report,
+def _participant_level(
+    seg_dir: Path,
+    out_dir: Path,
+    chosen: Sequence[str],
+    step,
+    settings: Mapping[str, Any],
+    overwrite: bool,
+    progress,
+    report: BatchReport,
+) -> None:
+    """Every segmentation of ``chosen`` split (or found current) into ``report``; a chosen
+    participant without one fails."""
+    acquisitions = find_segmentations(seg_dir, chosen)
+    found = {a.entities.sub for a in acquisitions}
+    for label in chosen:
+        if label not in found:
+            error = InputError(
+                f"no sub-{label}[_ses-<s>][_ce-<phase>]_dseg.nii.gz found",
+                path=seg_dir / f"sub-{label}",
+                fix="segment this participant first, or leave it out",
+            )
+            log.error("sub-%s: %s", label, error.one_line())
+            report.record(f"sub-{label}", FAILED, error.one_line())
+
+    def work(acq: Acquisition) -> str:
+        return _split_one(acq, out_dir, step, settings, overwrite, report)
+
+    run_each(
+        acquisitions,
+        key=lambda a: a.entities.describe(),
+        work=work,
+        progress=progress,
+        report=report,
+    )
+
+
+def _group_level(
+    seg_dir: Path, out_dir: Path, chosen: Sequence[str], step, overwrite: bool, report: BatchReport
+) -> None:
+    """The group tables, unless some item failed at the participant level."""
+    if report.failed:
+        log.warning(
+            "group level not written: %d item(s) failed at the participant level; "
+            "fix them, or leave those participants out with --participant-label "
+            "and --level group",
+            len(report.failed),
         )
-    if do_group:
-        if report.failed:
-            log.warning(
-                "group level not written: %d item(s) failed at the participant level; "
-                "fix them, or leave those participants out with --participant-label "
-                "and --level group",
-                len(report.failed),
-            )
-        else:
-            report.outputs.extend(
-                write_group_tables(seg_dir, out_dir, chosen, step, overwrite=overwrite)
-            )
-    return report
+    else:
+        report.outputs.extend(
+            write_group_tables(seg_dir, out_dir, chosen, step, overwrite=overwrite)
+        )
 
 
 def _split_one(
@@ -328,45 +329,6 @@ def _split_one(
 
 
 # ----------------------------------------------------------------------------- group level
-def read_lesion_table(path: Path) -> list[dict]:
-    """A participant's lesion table with typed values (``n/a`` -> None)."""
-    from metcli.io.files import read_tsv
-
-    rows = read_tsv(path, required=LESION_COLUMNS)
-    typed = []
-    for number, row in enumerate(rows, start=2):
-        record = {}
-        for column, kind in LESION_COLUMNS.items():
-            try:
-                record[column] = _parse(row[column], kind)
-            except ValueError:
-                raise InputError(
-                    f"line {number}, column {column}: {row[column]!r} is not "
-                    f"{'true/false' if kind is bool else 'a ' + kind.__name__}",
-                    path=path,
-                    fix="write the table again with split-lesions --overwrite",
-                ) from None
-        typed.append(record)
-    return typed
-
-
-def _parse(text: str, kind: type):
-    if text == "n/a":
-        return None
-    if kind is bool:
-        if text not in ("true", "false"):
-            raise ValueError(text)
-        return text == "true"
-    if kind is int:
-        return int(text)
-    if kind is float:
-        value = float(text)
-        if not math.isfinite(value):
-            raise ValueError(text)
-        return value
-    return text
-
-
 def write_group_tables(
     seg_dir: Path, out_dir: Path, participants: Sequence[str], step, *, overwrite: bool = False
 ) -> list[Path]:
@@ -375,69 +337,20 @@ def write_group_tables(
     Every segmentation of the chosen participants must have a current output
     (same segmentation, same settings): the tables are read, not recomputed.
     """
-    from metcli.io.files import OutputSet, read_json, write_tsv_to
+    from metcli.io.files import OutputSet, write_tsv_to
 
-    acquisitions = find_segmentations(seg_dir, participants)
-    found = {a.entities.sub for a in acquisitions}
-    missing = [f"sub-{label}" for label in participants if label not in found]
-    if missing:
-        raise InputError(
-            f"no segmentation (_dseg.nii.gz) for {', '.join(missing)}",
-            path=seg_dir,
-            fix="leave those participants out with --participant-label",
-        )
+    acquisitions = _group_acquisitions(seg_dir, participants)
     lesion_rows: list[dict] = []
     burden_rows: list[dict] = []
     used: list[Path] = []
     for acq in acquisitions:
         _image, table, sidecar = output_paths(out_dir, acq)
-        fix = (
-            f"run `metcli split-lesions SEG_DIR OUT_DIR --level participant "
-            f"--participant-label {acq.entities.sub}` with the same options first"
-        )
-        if not table.is_file() or not sidecar.is_file():
-            raise InputError(
-                f"the lesion table of {acq.entities.describe()} is missing; run "
-                "the participant level first",
-                path=table,
-                fix=fix,
-            )
-        if not step.is_done(sidecar, step.inputs([acq.path])):
-            raise InputError(
-                f"the lesion table of {acq.entities.describe()} was not made from "
-                "the current segmentation with these settings (see its sidecar); "
-                "run the participant level first",
-                path=table,
-                fix=fix,
-            )
-        counts = read_json(sidecar)
-        try:
-            liver_voxels = int(counts["LiverLabelVoxels"])
-            voxel_volume = float(counts["VoxelVolume_mm3"])
-        except (KeyError, TypeError, ValueError):
-            raise InputError(
-                "the sidecar lacks LiverLabelVoxels or VoxelVolume_mm3",
-                path=sidecar,
-                fix="run the participant level again with --overwrite",
-            ) from None
+        liver_voxels, voxel_volume = _current_table(acq, table, sidecar, step)
         rows = read_lesion_table(table)
         ent = acq.entities
         keys = {"participant_id": ent.participant_id, "session": ent.ses, "phase": ent.ce}
         lesion_rows.extend({**keys, **row} for row in rows)
-        lesion_volume = float(sum(row["volume_mm3"] for row in rows))
-        kept_volume = float(sum(row["volume_mm3"] for row in rows if row["kept"]))
-        liver_volume = (liver_voxels * voxel_volume + lesion_volume) if liver_voxels else None
-        burden_rows.append(
-            {
-                **keys,
-                "n_components": len(rows),
-                "n_lesions": sum(1 for row in rows if row["kept"]),
-                "lesion_volume_mm3": lesion_volume,
-                "kept_lesion_volume_mm3": kept_volume,
-                "liver_volume_mm3": liver_volume,
-                "burden": None if liver_volume is None else lesion_volume / liver_volume,
-            }
-        )
+        burden_rows.append(burden_row(keys, rows, liver_voxels, voxel_volume))
         used.extend([table, sidecar])
 
     lesions_path, burden_path = out_dir / LESIONS_TABLE, out_dir / BURDEN_TABLE
@@ -476,3 +389,52 @@ def write_group_tables(
         )
     log.info("group level: %d lesion row(s), %d burden row(s)", len(lesion_rows), len(burden_rows))
     return [lesions_path, burden_path, lesions_sidecar, burden_sidecar]
+
+
+def _group_acquisitions(seg_dir: Path, participants: Sequence[str]) -> list[Acquisition]:
+    """The segmentations of the chosen participants; one without any is an error."""
+    acquisitions = find_segmentations(seg_dir, participants)
+    found = {a.entities.sub for a in acquisitions}
+    missing = [f"sub-{label}" for label in participants if label not in found]
+    if missing:
+        raise InputError(
+            f"no segmentation (_dseg.nii.gz) for {', '.join(missing)}",
+            path=seg_dir,
+            fix="leave those participants out with --participant-label",
+        )
+    return acquisitions
+
+
+def _current_table(acq: Acquisition, table: Path, sidecar: Path, step) -> tuple[int, float]:
+    """(liver label voxels, voxel volume) of a lesion table that is current, or an error
+    that says to run the participant level first."""
+    from metcli.io.files import read_json
+
+    fix = (
+        f"run `metcli split-lesions SEG_DIR OUT_DIR --level participant "
+        f"--participant-label {acq.entities.sub}` with the same options first"
+    )
+    if not table.is_file() or not sidecar.is_file():
+        raise InputError(
+            f"the lesion table of {acq.entities.describe()} is missing; run "
+            "the participant level first",
+            path=table,
+            fix=fix,
+        )
+    if not step.is_done(sidecar, step.inputs([acq.path])):
+        raise InputError(
+            f"the lesion table of {acq.entities.describe()} was not made from "
+            "the current segmentation with these settings (see its sidecar); "
+            "run the participant level first",
+            path=table,
+            fix=fix,
+        )
+    counts = read_json(sidecar)
+    try:
+        return int(counts["LiverLabelVoxels"]), float(counts["VoxelVolume_mm3"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(
+            "the sidecar lacks LiverLabelVoxels or VoxelVolume_mm3",
+            path=sidecar,
+            fix="run the participant level again with --overwrite",
+        ) from None

@@ -53,7 +53,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from metcli.core.errors import InputError, MaskError, UsageError
+from metcli.core.errors import InputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,6 @@ RUNTIMES = ("onnx", "torch")
 LESION_AGGREGATES = ("mean of slice probabilities", "one volume per lesion")
 #: Slices per network call.
 BATCH = 64
-GRADCAM_SUFFIX = "gradcam"
 
 
 @dataclass
@@ -282,16 +281,10 @@ def predict_image(
     :class:`~metcli.core.batch.BatchReport`; its ``outputs`` lists the files written or
     found current.
     """
-    from metcli.core.batch import DONE, SKIPPED, BatchReport, run_each
+    from metcli.core.batch import run_each
     from metcli.io.files import check_output_not_inside_input
-    from metcli.io.predictions import read_rows
-    from metcli.prediction.outputs import (
-        check_run_options,
-        current_predictions,
-        load_card,
-        recorded_extra,
-        write_group,
-    )
+    from metcli.prediction.image_run import ImageRun, run_record
+    from metcli.prediction.outputs import check_run_options, load_card
 
     model_dir, raw_dir, lesions_dir, out_dir = (
         Path(p) for p in (model_dir, raw_dir, lesions_dir, out_dir)
@@ -300,12 +293,7 @@ def predict_image(
         aggregate, threads, participant_label, level
     )
     card = card if card is not None else load_card(model_dir)
-    if card.get("kind") != "image":
-        raise InputError(
-            f"model {card['name']} is a {card.get('kind')} model, not an image model",
-            path=model_dir,
-            fix="use metcli predict MODEL_DIR FEATURES OUT_DIR",
-        )
+    _check_image_card(card, model_dir)
     check_output_not_inside_input(out_dir, [model_dir, raw_dir, lesions_dir])
     if participants is not None:
         log.warning("image models use no covariates; --participants is not used")
@@ -315,8 +303,7 @@ def predict_image(
         backend, explainer = _open_model(
             model_dir, card, device=device, explain=explain, threads=threads
         )
-
-    step, extra, models, model_files = _run_record(
+    record = run_record(
         model_dir,
         raw_dir,
         lesions_dir,
@@ -328,53 +315,24 @@ def predict_image(
         backend=backend,
         explainer=explainer,
     )
+    run = ImageRun(
+        card, out_dir, aggregate, overwrite, do_participants, backend, explainer, *record
+    )
+    run_each(
+        jobs, key=lambda j: j.participant_id, work=run.work, progress=progress, report=run.report
+    )
+    if do_group and run.rows:
+        run.write_group_table()
+    return run.report
 
-    report = BatchReport()
-    all_rows: list[dict] = []
-    group_files: list[Path] = []
-    recorded: list[dict] = []
 
-    def work(job: ImageJob) -> str:
-        if job.problem is not None:
-            raise job.problem
-        inputs = step.inputs(job.files + model_files)
-        path, sidecar = _predictions_path(out_dir, job)
-        report.outputs.extend([path, sidecar])
-        if not do_participants:  # group level only: the participant's current files
-            rows, _inputs, doc = current_predictions(step, path, job.participant_id, inputs=inputs)
-            all_rows.extend(rows)
-            group_files.extend(job.files)
-            recorded.append(doc)
-            return SKIPPED
-        if not overwrite and step.is_done(sidecar, inputs):
-            all_rows.extend(read_rows(path))
-            group_files.extend(job.files)
-            return SKIPPED
-        rows, pictures = _predict_participant(backend, explainer, job, card, aggregate, out_dir)
-        _write_participant(
-            out_dir, job, path, sidecar, rows, pictures, card, step, inputs, extra, models
+def _check_image_card(card: dict, model_dir: Path) -> None:
+    if card.get("kind") != "image":
+        raise InputError(
+            f"model {card['name']} is a {card.get('kind')} model, not an image model",
+            path=model_dir,
+            fix="use metcli predict MODEL_DIR FEATURES OUT_DIR",
         )
-        report.outputs.extend(p for picture in pictures for p in picture[:2])
-        all_rows.extend(rows)
-        group_files.extend(job.files)
-        return DONE
-
-    run_each(jobs, key=lambda j: j.participant_id, work=work, progress=progress, report=report)
-    if do_group and all_rows:
-        extra = extra if do_participants else recorded_extra(extra, recorded)
-        report.outputs.extend(
-            write_group(
-                out_dir,
-                all_rows,
-                card,
-                step,
-                step.inputs(group_files + model_files),
-                extra,
-                models,
-                overwrite,
-            )
-        )
-    return report
 
 
 def _chosen_jobs(
@@ -401,224 +359,9 @@ def _open_model(model_dir: Path, card: dict, *, device: str, explain: bool, thre
     return backend, explainer
 
 
-def _run_record(
-    model_dir: Path,
-    raw_dir: Path,
-    lesions_dir: Path,
-    out_dir: Path,
-    card: dict,
-    *,
-    aggregate: str,
-    session: str | None,
-    explain: bool,
-    backend,
-    explainer,
-):
-    """(provenance step, sidecar extra keys, models, model files) of an image predict run;
-    writes the dataset description."""
-    from metcli.io.files import sha256_file
-    from metcli.io.provenance import Step, write_dataset_description
-    from metcli.prediction.outputs import COMMAND
-
-    model_files = [model_dir / "model.onnx", model_dir / "model.json"]
-    if explain:
-        model_files.append(model_dir / "checkpoint.pt")
-    model_sha = sha256_file(model_dir / "model.onnx")
-    step = Step(
-        COMMAND,
-        out_dir,
-        {"model": model_dir, "raw": raw_dir, "lesions": lesions_dir},
-        {
-            "model_sha256": model_sha,
-            "aggregate": aggregate,
-            "session": session,
-            "explain": bool(explain),
-        },
-    )
-    write_dataset_description(
-        out_dir,
-        name="metcli predict",
-        sources={"model": model_dir, "raw": raw_dir, "lesions": lesions_dir},
-        description=f"predictions of model {card['name']}",
-    )
-    extra = {
-        "model": card["name"],
-        "classes": card["classes"],
-        "positive_class": card["positive_class"],
-        "threshold": card["threshold"],
-        "threshold_source": card["threshold_source"],
-        "lesion_aggregate": card["lesion_aggregate"],
-        "patient_aggregate": aggregate,
-        "ExecutionProvider": backend.provider if backend is not None else None,
-    }
-    if explainer is not None:
-        extra["TorchThreads"] = explainer.threads
-    for key in ("positive_class", "threshold"):  # none for a multi-class model
-        if extra[key] is None:
-            del extra[key]
-    models = [{"name": card["name"], "sha256": model_sha}]
-    if explain:
-        models.append(
-            {"name": f"{card['name']} checkpoint.pt", "sha256": card["checkpoint"]["sha256"]}
-        )
-    return step, extra, models, model_files
-
-
 def _explainer(model_dir: Path, card: dict, device: str, threads: int | None = None):
     from metcli.cnn.gradcam import GradCam, load_network
     from metcli.core.devices import torch_device
 
     net = load_network(model_dir, card, device=torch_device(device))
     return GradCam(net, card["architecture"], threads=threads)
-
-
-def _predictions_path(out_dir: Path, job: ImageJob) -> tuple[Path, Path]:
-    from metcli.io.bids import Entities, derivative_path, sidecar_path
-
-    sub, ses, ce = job.key
-    entities = Entities(sub=sub, ses=ses, ce=ce, suffix="predictions", extension=".tsv")
-    path = derivative_path(out_dir, entities, suffix="predictions", extension=".tsv")
-    return path, sidecar_path(path)
-
-
-def _predict_participant(
-    backend: ImageBackend, explainer, job: ImageJob, card: dict, aggregate: str, out_dir: Path
-):
-    """(prediction rows, [(png path, sidecar path, rgb array, sidecar extra)] for --explain)."""
-    from metcli.io.predictions import prediction_rows
-    from metcli.lesions.maps import kept_lesion_ids
-
-    ids = kept_lesion_ids(job.lesion_table)
-    if not ids:
-        raise InputError(
-            "no lesion kept by split-lesions (kept is false in every row)",
-            path=job.lesion_table,
-            fix="nothing to predict for this participant",
-        )
-    lesions = backend.lesion_inputs(job, ids)
-    for lesion in lesions:
-        if not len(lesion.images):
-            raise MaskError(
-                f"lesion {lesion.lesion_id} has no voxel in the lesion map",
-                path=job.lesion_map,
-                fix="run split-lesions again",
-            )
-    proba, per_slice = backend.lesion_probabilities(lesions)
-    rows = prediction_rows(
-        [job.participant_id] * len(lesions),
-        [lesion.lesion_id for lesion in lesions],
-        proba,
-        card["classes"],
-        model=card["name"],
-        set_name="test",
-        positive=card["positive_class"],
-        threshold=card["threshold"],
-        aggregate=aggregate,
-    )
-    pictures = []
-    if explainer is not None:
-        predicted = {r["lesion_id"]: r["predicted"] for r in rows if r["level"] == "lesion"}
-        for lesion, slice_probs in zip(lesions, per_slice):
-            pictures.append(
-                _gradcam_picture(
-                    explainer, job, lesion, slice_probs, predicted[lesion.lesion_id], card, out_dir
-                )
-            )
-    return rows, pictures
-
-
-def _gradcam_picture(
-    explainer, job: ImageJob, lesion, slice_probs: np.ndarray, label: str, card: dict, out_dir: Path
-):
-    """The PNG (as an array) and sidecar content of one lesion's heat map."""
-    from metcli.cnn.gradcam import ALPHA, COLORMAP, overlay
-    from metcli.io.bids import Entities, derivative_path, sidecar_path
-
-    class_index = list(card["classes"]).index(label)
-    channels = list(card["input"]["channels"])
-    if lesion.images.ndim == 5:  # 3D: one cube per lesion
-        heat = explainer(lesion.images, class_index)[0]
-        middle = heat.shape[0] // 2
-        picture, heat = lesion.images[0, 0, middle], heat[middle]
-        where = {
-            "cube_slice": middle,
-            "slice_choice": "the central axial slice of the lesion's cube",
-            "probability": float(slice_probs[0, class_index]),
-        }
-    else:
-        best = int(np.argmax(slice_probs[:, class_index]))  # first of equals: most inferior
-        heat = explainer(lesion.images[best : best + 1], class_index)[0]
-        picture = lesion.images[best, 0]
-        where = {
-            "slice_index": int(lesion.slice_indices[best]),
-            "slice_choice": "the slice where the predicted class is most probable",
-            "probability": float(slice_probs[best, class_index]),
-            "slices": len(lesion.images),
-        }
-    rgb = overlay(picture, heat)
-    sub, ses, ce = job.key
-    entities = Entities(
-        sub=sub,
-        ses=ses,
-        ce=ce,
-        lesion=str(lesion.lesion_id),
-        suffix=GRADCAM_SUFFIX,
-        extension=".png",
-    )
-    path = derivative_path(Path(out_dir), entities, suffix=GRADCAM_SUFFIX, extension=".png")
-    info = {
-        "Description": f"Grad-CAM heat map of class {label} over the network's input "
-        f"slice of lesion {lesion.lesion_id} of {job.participant_id}",
-        "lesion_id": int(lesion.lesion_id),
-        "class": label,
-        **where,
-        "channel": channels[0],
-        "method": "Grad-CAM (monai.visualize.GradCAM)",
-        "target_layer": explainer.target_layer,
-        "architecture": explainer.arch,
-        "heat_map_scaling": "divided by its maximum (0: no positive evidence)",
-        "colormap": COLORMAP,
-        "max_opacity": ALPHA,
-        "image": "the preprocessed network input (window, blackened surroundings, square "
-        "crop, resize); rows anterior to posterior, columns right to left",
-        "checkpoint_sha256": card["checkpoint"]["sha256"],
-        "heat_map_max": float(heat.max()),
-        "heat_map_mean": float(heat.mean()),
-        "TorchThreads": explainer.threads,
-    }
-    return path, sidecar_path(path), rgb, info
-
-
-def _write_participant(
-    out_dir, job, path, sidecar, rows, pictures, card, step, inputs, extra, models
-) -> None:
-    """Heat-map PNGs (each with its sidecar), then the predictions and their sidecar, together."""
-    from metcli.cnn.gradcam import write_png
-    from metcli.io.files import OutputSet, write_tsv_to
-    from metcli.io.predictions import prediction_columns
-
-    with OutputSet() as outs:
-        produced = {}
-        for png, png_sidecar, rgb, info in pictures:
-            tmp = outs.path(png)
-            write_png(rgb, tmp)
-            produced[png] = tmp
-            step.write_sidecar(outs, png_sidecar, inputs, {png: tmp}, models=models, extra=info)
-        tmp = outs.path(path)
-        write_tsv_to(
-            rows, prediction_columns(card["classes"]), tmp, schema="predictions", where=path
-        )
-        produced = {path: tmp, **produced}
-        step.write_sidecar(
-            outs,
-            sidecar,
-            inputs,
-            produced,
-            models=models,
-            extra={
-                "Description": f"Predictions of model {card['name']} for {job.participant_id}: "
-                "one row per lesion and one for the patient",
-                "Lesions": sum(1 for r in rows if r["level"] == "lesion"),
-                **extra,
-            },
-        )

@@ -45,7 +45,8 @@ from metcli.core.devices import check_device
 from metcli.core.errors import InputError, UsageError
 from metcli.prediction.image import ImageBackend
 from metcli.prediction.outputs import check_run_options, load_card
-from metcli.prediction.radiomics import RadiomicsBackend, predict_radiomics
+from metcli.prediction.radiomics import RadiomicsBackend
+from metcli.prediction.radiomics_run import predict_radiomics
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +98,9 @@ def predict(
         aggregate, threads, participant_label, level
     )
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    inputs = [Path(p) for p in inputs]
-    if not inputs:
-        raise UsageError("no INPUT given", fix="give a features table or extract's folder")
+    inputs = _input_paths(inputs)
     card = load_card(model_dir)
-    backend_class = BACKENDS.get(card["kind"])
-    if backend_class is None:
-        raise InputError(
-            f"predict cannot run {card['kind']} models yet",
-            path=model_dir,
-            fix=f"use a model of kind {', '.join(BACKENDS)}",
-        )
+    backend_class = _backend_class(card, model_dir)
     if hasattr(backend_class, "predict"):  # image models: CT + lesion maps, one by one
         return backend_class.predict(
             model_dir,
@@ -145,3 +138,23 @@ def predict(
         overwrite=overwrite,
         progress=progress,
     )
+
+
+def _input_paths(inputs: Sequence[Path]) -> list[Path]:
+    """The INPUTs as paths; none is a :class:`UsageError`."""
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise UsageError("no INPUT given", fix="give a features table or extract's folder")
+    return paths
+
+
+def _backend_class(card: dict, model_dir: Path):
+    """The backend of the card's kind (:data:`BACKENDS`), or an :class:`InputError`."""
+    backend_class = BACKENDS.get(card["kind"])
+    if backend_class is None:
+        raise InputError(
+            f"predict cannot run {card['kind']} models yet",
+            path=model_dir,
+            fix=f"use a model of kind {', '.join(BACKENDS)}",
+        )
+    return backend_class

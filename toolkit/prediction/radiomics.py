@@ -5,23 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from metcli.core.batch import FAILED, SKIPPED, BatchReport, run_each
 from metcli.core.devices import onnx_session
 from metcli.core.errors import InputError, MetcliError, UsageError
-from metcli.prediction.outputs import (
-    COMMAND,
-    current_predictions,
-    participant_path,
-    recorded_extra,
-    rows_for,
-    sidecar_of,
-    write_group,
-    write_participant,
-)
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +51,28 @@ class RadiomicsBackend:
         participant ids (``sub-<label>``) to keep (None: all); one of them
         without a usable row fails alone.
         """
-        from metcli.io.participants import read_label_rows
-        from metcli.radiomics.data import encode_covariates
+        table, lacking = self._read(inputs, session=session, only=only)
+        values = self._feature_values(table)
+        prepared = Prepared(table.keys, values, sources=list(table.tables))
+        for pid in sorted(lacking):
+            prepared.failed[pid] = "no lesion row with status ok in the features"
+        self._add_covariates(prepared, table, values, participants)
+        return _drop_incomplete(prepared, table.keys, values)
 
-        card = self.card
-        table = read_feature_rows(card, inputs, session=session)
+    def _read(self, inputs: Sequence[Path], *, session: str | None, only: set[str] | None):
+        """(the features table, kept to ``only``; the ids of ``only`` it has no row of)."""
+        table = read_feature_rows(self.card, inputs, session=session)
         lacking = set()
         if only is not None:
             lacking = set(only) - {k[0] for k in table.keys}
             table = table.take(
                 np.flatnonzero(np.array([k[0] in only for k in table.keys], dtype=bool))
             )
+        return table, lacking
+
+    def _feature_values(self, table) -> np.ndarray:
+        """The graph's inputs ``[lesions, inputs]``: the features filled in, covariates NaN."""
+        card = self.card
         where = table.tables[0]
         self._check_settings(table.settings_sha256, where)
         features = [i for i in card["inputs"] if i["source"] == "features"]
@@ -89,49 +89,41 @@ class RadiomicsBackend:
         column = {n: j for j, n in enumerate(table.feature_names)}
         for item in features:
             values[:, item["index"]] = table.values[:, column[item["column"]]]
-        prepared = Prepared(table.keys, values, sources=list(table.tables))
-        for pid in sorted(lacking):
-            prepared.failed[pid] = "no lesion row with status ok in the features"
+        return values
+
+    def _add_covariates(
+        self, prepared: Prepared, table, values: np.ndarray, participants: Path | None
+    ) -> None:
+        """Fill the covariates of participants.tsv into ``values``; a participant without
+        them fails."""
+        from metcli.io.participants import read_label_rows
+        from metcli.radiomics.data import encode_covariates
+
+        card = self.card
         covariates = [i for i in card["inputs"] if i["source"] == "participants"]
-        if covariates:
-            if participants is None:
-                raise UsageError(
-                    f"model {card['name']} uses covariates ("
-                    f"{', '.join(sorted({i['column'] for i in covariates}))})",
-                    fix="give participants.tsv with --participants",
-                )
-            rows = {r["participant_id"]: r for r in read_label_rows(participants, None)}
-            wanted = sorted({k[0] for k in table.keys})
-            spec, encoded, lacking = encode_covariates(
-                {p: rows.get(p, {}) for p in wanted}, [], spec=covariates
+        if not covariates:
+            return
+        if participants is None:
+            raise UsageError(
+                f"model {card['name']} uses covariates ("
+                f"{', '.join(sorted({i['column'] for i in covariates}))})",
+                fix="give participants.tsv with --participants",
             )
-            for pid in lacking:
-                prepared.failed[pid] = (
-                    f"no value of covariate(s) "
-                    f"{', '.join(sorted({i['column'] for i in spec}))} in "
-                    f"{Path(participants).name}"
-                )
-            for r, key in enumerate(table.keys):
-                if key[0] in encoded:
-                    for item, value in zip(spec, encoded[key[0]]):
-                        values[r, item["index"]] = value
-        incomplete = np.any(np.isnan(values), axis=1)
-        for r in np.flatnonzero(incomplete):
-            pid = table.keys[r][0]
-            if pid not in prepared.failed:
-                prepared.dropped_lesions[pid] = prepared.dropped_lesions.get(pid, 0) + 1
-        if prepared.dropped_lesions:
-            log.warning(
-                "%d lesion(s) with a missing input value left out (%s)",
-                sum(prepared.dropped_lesions.values()),
-                ", ".join(sorted(prepared.dropped_lesions)),
+        rows = {r["participant_id"]: r for r in read_label_rows(participants, None)}
+        wanted = sorted({k[0] for k in table.keys})
+        spec, encoded, lacking = encode_covariates(
+            {p: rows.get(p, {}) for p in wanted}, [], spec=covariates
+        )
+        for pid in lacking:
+            prepared.failed[pid] = (
+                f"no value of covariate(s) "
+                f"{', '.join(sorted({i['column'] for i in spec}))} in "
+                f"{Path(participants).name}"
             )
-        keep = ~incomplete
-        for pid in {k[0] for k in table.keys} - {k[0] for k, ok in zip(table.keys, keep) if ok}:
-            prepared.failed.setdefault(pid, "no lesion with every input value")
-        prepared.keys = [k for k, ok in zip(table.keys, keep) if ok]
-        prepared.values = values[keep]
-        return prepared
+        for r, key in enumerate(table.keys):
+            if key[0] in encoded:
+                for item, value in zip(spec, encoded[key[0]]):
+                    values[r, item["index"]] = value
 
     def _check_settings(self, found: str | None, where: Path) -> None:
         expected = self.card.get("extraction_settings_sha256")
@@ -164,6 +156,28 @@ class RadiomicsBackend:
         if not len(values):
             return np.zeros((0, len(self.card["classes"])))
         return onnx_export.probabilities(self.session, self.names, values)
+
+
+def _drop_incomplete(prepared: Prepared, keys: list, values: np.ndarray) -> Prepared:
+    """``prepared`` without the lesions that lack an input value (counted per participant);
+    a participant left with none fails."""
+    incomplete = np.any(np.isnan(values), axis=1)
+    for r in np.flatnonzero(incomplete):
+        pid = keys[r][0]
+        if pid not in prepared.failed:
+            prepared.dropped_lesions[pid] = prepared.dropped_lesions.get(pid, 0) + 1
+    if prepared.dropped_lesions:
+        log.warning(
+            "%d lesion(s) with a missing input value left out (%s)",
+            sum(prepared.dropped_lesions.values()),
+            ", ".join(sorted(prepared.dropped_lesions)),
+        )
+    keep = ~incomplete
+    for pid in {k[0] for k in keys} - {k[0] for k, ok in zip(keys, keep) if ok}:
+        prepared.failed.setdefault(pid, "no lesion with every input value")
+    prepared.keys = [k for k, ok in zip(keys, keep) if ok]
+    prepared.values = values[keep]
+    return prepared
 
 
 def read_feature_rows(card: dict, tables: Sequence[Path], *, session: str | None = None):
@@ -241,271 +255,3 @@ def owner(table: Path) -> str | None:
     if entities.suffix != SUFFIX or entities.desc != DESC:
         return None
     return entities.participant_id
-
-
-def radiomics_group(
-    card,
-    tables,
-    chosen,
-    out_dir,
-    step,
-    roots,
-    extra,
-    models,
-    *,
-    session,
-    overwrite,
-    progress,
-    report,
-) -> BatchReport:
-    """``predictions.tsv`` from the participants' current ``..._predictions.tsv`` (group level)."""
-    table = read_feature_rows(card, tables, session=session)
-    first: dict[str, tuple] = {}
-    for key in table.keys:
-        if chosen is None or key[0] in chosen:
-            first.setdefault(key[0], key)
-    all_rows: list[dict] = []
-    used: list[dict] = []
-    recorded: list[dict] = []
-
-    def work(pid: str) -> str:
-        path = participant_path(out_dir, first[pid])
-        rows, inputs, doc = current_predictions(step, path, pid, roots=roots)
-        all_rows.extend(rows)
-        used.extend(i for i in inputs if i not in used)
-        recorded.append(doc)
-        report.outputs.extend([path, sidecar_of(path)])
-        return SKIPPED
-
-    run_each(sorted(first), key=lambda p: p, work=work, progress=progress, report=report)
-    if all_rows:
-        report.outputs.extend(
-            write_group(
-                out_dir,
-                all_rows,
-                card,
-                step,
-                used,
-                recorded_extra(extra, recorded),
-                models,
-                overwrite,
-            )
-        )
-    return report
-
-
-@dataclass
-class RadiomicsRun:
-    """What every output of a radiomics predict run records: the provenance step, the
-    input roots, the sidecar's extra keys and the model."""
-
-    step: Any
-    roots: dict[str, Path]
-    extra: dict[str, Any]
-    models: list[dict]
-    participants_table: Path | None
-
-
-def _run_context(
-    model_dir: Path,
-    card: dict,
-    inputs: Sequence[Path],
-    out_dir: Path,
-    *,
-    participants,
-    aggregate: str,
-    session: str | None,
-) -> RadiomicsRun:
-    from metcli.io.files import sha256_file
-    from metcli.io.provenance import Step
-
-    roots = {"model": model_dir}
-    for i, path in enumerate(inputs):
-        roots[f"features{i or ''}"] = path if path.is_dir() else path.parent
-    participants_table = None
-    if participants is not None:
-        participants_table = Path(participants)
-        if not participants_table.is_file():
-            participants_table = participants_table / "participants.tsv"
-        roots["participants"] = participants_table.parent
-    model_sha = sha256_file(model_dir / "model.onnx")
-    step = Step(
-        COMMAND,
-        out_dir,
-        roots,
-        {"model_sha256": model_sha, "aggregate": aggregate, "session": session},
-    )
-    extra = {
-        "model": card["name"],
-        "classes": card["classes"],
-        "positive_class": card["positive_class"],
-        "threshold": card["threshold"],
-        "threshold_source": card["threshold_source"],
-        "selected": bool(card.get("selected_by_cv", False)),
-        "patient_aggregate": aggregate,
-        "ExecutionProvider": None,
-    }
-    for key in ("positive_class", "threshold"):  # none for a multi-class model
-        if extra[key] is None:
-            del extra[key]
-    return RadiomicsRun(
-        step, roots, extra, [{"name": card["name"], "sha256": model_sha}], participants_table
-    )
-
-
-def predict_radiomics(
-    model_dir: Path,
-    card: dict,
-    inputs: Sequence[Path],
-    out_dir: Path,
-    *,
-    backend_class,
-    participants,
-    aggregate: str,
-    device: str,
-    session: str | None,
-    labels: list[str] | None,
-    levels: tuple[bool, bool],
-    overwrite: bool,
-    progress,
-) -> BatchReport:
-    """predict's run for a radiomics model (see :func:`metcli.prediction.predict.predict`)."""
-    from metcli.core.devices import onnx_providers
-    from metcli.io.files import check_output_not_inside_input
-    from metcli.io.provenance import write_dataset_description
-
-    do_participants, do_group = levels
-    check_output_not_inside_input(out_dir, [model_dir] + [p for p in inputs if p.is_dir()])
-    # a run of both levels over everyone reads extract's features.tsv, as before; the other
-    # runs read each participant's own table where extract's folder has them
-    full_run = do_participants and do_group and not labels
-    tables, chosen = feature_tables(inputs, labels, own_tables=not full_run)
-    run = _run_context(
-        model_dir,
-        card,
-        inputs,
-        out_dir,
-        participants=participants,
-        aggregate=aggregate,
-        session=session,
-    )
-    report = BatchReport()
-    if not do_participants:
-        write_dataset_description(
-            out_dir,
-            name="metcli predict",
-            sources={"model": model_dir},
-            description=f"predictions of model {card['name']}",
-        )
-        return radiomics_group(
-            card,
-            tables,
-            chosen,
-            out_dir,
-            run.step,
-            run.roots,
-            run.extra,
-            run.models,
-            session=session,
-            overwrite=overwrite,
-            progress=progress,
-            report=report,
-        )
-    backend = backend_class(model_dir, card, onnx_providers(device))
-    log.info("running %s on %s", card["name"], backend.provider)
-    run.extra["ExecutionProvider"] = backend.provider
-    prepared = backend.prepare(tables, participants=participants, session=session, only=chosen)
-    proba = backend.run(prepared.values)
-    write_dataset_description(
-        out_dir,
-        name="metcli predict",
-        sources={"model": model_dir},
-        description=f"predictions of model {card['name']}",
-    )
-    _write_participants(
-        card,
-        prepared,
-        proba,
-        out_dir,
-        run,
-        model_dir=model_dir,
-        full_run=full_run,
-        do_group=do_group,
-        aggregate=aggregate,
-        overwrite=overwrite,
-        progress=progress,
-        report=report,
-    )
-    return report
-
-
-def _write_participants(
-    card: dict,
-    prepared: Prepared,
-    proba,
-    out_dir: Path,
-    run: RadiomicsRun,
-    *,
-    model_dir: Path,
-    full_run: bool,
-    do_group: bool,
-    aggregate: str,
-    overwrite: bool,
-    progress,
-    report: BatchReport,
-) -> None:
-    """Each participant's predictions table, then (``do_group``) the group table."""
-    sources = list(prepared.sources) + [model_dir / "model.onnx", model_dir / "model.json"]
-    if run.participants_table is not None:
-        sources.append(run.participants_table)
-    inputs_record = run.step.inputs(sources)
-    owners = {} if full_run else {path: owner(path) for path in prepared.sources}
-
-    def inputs_of(pid: str) -> list[dict]:
-        """The inputs of a participant's file: every table read (a full run), or its own
-        table(s), the shared ones, the model and participants.tsv (any other run, so that
-        a participant's sidecar does not depend on who else was in the run)."""
-        if full_run:
-            return inputs_record
-        return [
-            record
-            for path, record in zip(sources, inputs_record)
-            if owners.get(path) in (None, pid)
-        ]
-
-    by_participant: dict[str, list[int]] = {}
-    for r, key in enumerate(prepared.keys):
-        by_participant.setdefault(key[0], []).append(r)
-    for pid, reason in sorted(prepared.failed.items()):
-        log.error("%s: %s", pid, reason)
-        report.record(pid, FAILED, reason)
-    all_rows: list[dict] = []
-
-    def work(pid: str) -> str:
-        rows = by_participant[pid]
-        table_rows = rows_for(
-            card, pid, [prepared.keys[r][3] for r in rows], proba[rows], aggregate
-        )
-        dropped = prepared.dropped_lesions.get(pid, 0)
-        status = write_participant(
-            out_dir,
-            prepared.keys[rows[0]],
-            table_rows,
-            card,
-            run.step,
-            inputs_of(pid),
-            {**run.extra, "DroppedLesions": dropped},
-            run.models,
-            overwrite,
-            report,
-        )
-        all_rows.extend(table_rows)
-        return status
-
-    run_each(sorted(by_participant), key=lambda p: p, work=work, progress=progress, report=report)
-    if do_group and all_rows:
-        report.outputs.extend(
-            write_group(
-                out_dir, all_rows, card, run.step, inputs_record, run.extra, run.models, overwrite
-            )
-        )

@@ -30,7 +30,7 @@ _API = {
     "choose_threshold": "metrics",
     "cross_validate": "models",
     "encode_covariates": "data",
-    "extract_acquisition": "extract",
+    "extract_acquisition": "acquisition",
     "extract_features": "features",
     "features_table_path": "data",
     "fit_search": "models",

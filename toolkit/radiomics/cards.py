@@ -67,6 +67,53 @@ def _sample_weighting(model: ModelResult, settings: Settings) -> str:
     return text
 
 
+def _feature_selection(model: ModelResult, cohort, settings: Settings) -> dict:
+    """The card's ``feature_selection``: the selection's settings and the features it kept."""
+    covariates = {c["name"]: c for c in cohort.covariates}
+    return {
+        "pcc_threshold": settings.pcc_threshold,
+        "max_features": settings.max_features,
+        "importance_trees": settings.importance_trees,
+        "importance_repeats": settings.importance_repeats,
+        "candidates": len(cohort.features),
+        "selected": [n for n in model.inputs if n not in covariates],
+    }
+
+
+def _search(model: ModelResult, cohort, settings: Settings) -> dict:
+    """The card's ``search``: how the hyper-parameters were tuned."""
+    return {
+        "kind": "grid"
+        if settings.search == "grid" or (settings.grids or {}).get(model.classifier) is not None
+        else "random",
+        "inner_folds": settings.inner_folds,
+        "scoring": "roc_auc" if len(cohort.classes) == 2 else "roc_auc_ovr",
+        "grouped_by": settings.group_by,
+    }
+
+
+def _split(cohort, plan, settings: Settings, train_rows, test_rows) -> dict:
+    """The card's ``split``: the protocol and the patients and lesions of each set."""
+    trained = set(cohort.participants[train_rows].tolist())
+    n_patients = {
+        c: sum(1 for p, lab in cohort.patient_labels().items() if lab == c and p in trained)
+        for c in cohort.classes
+    }
+    return {
+        "protocol": settings.protocol,
+        "source": plan.source,
+        "group_by": settings.group_by,
+        "cv_folds": settings.cv_folds,
+        "cv_repeats": settings.cv_repeats if plan.folds is None else 1,
+        "train_patients": len(trained),
+        "test_patients": len(set(cohort.participants[test_rows].tolist())),
+        "train_lesions": int(len(train_rows)),
+        "test_lesions": int(len(test_rows)),
+        "train_patients_per_class": n_patients,
+        "excluded_participants": len(cohort.excluded),
+    }
+
+
 def card(
     model: ModelResult,
     result: TrainingResult,
@@ -79,12 +126,6 @@ def card(
     """The model card (model.json) of a flat model or of one step of a hierarchy."""
     from metcli.radiomics import onnx as onnx_export
 
-    covariates = {c["name"]: c for c in cohort.covariates}
-    trained = set(cohort.participants[train_rows].tolist())
-    n_patients = {
-        c: sum(1 for p, lab in cohort.patient_labels().items() if lab == c and p in trained)
-        for c in cohort.classes
-    }
     return {
         "Description": f"metcli radiomics model {model.name}: {model.classifier} with "
         f"{model.sampler} sampling; ONNX graph from the selected features "
@@ -112,42 +153,16 @@ def card(
         "phase": cohort.table.phase,
         "extraction_settings_sha256": cohort.table.settings_sha256,
         "segmentation_model_sha256": None,
-        "feature_selection": {
-            "pcc_threshold": settings.pcc_threshold,
-            "max_features": settings.max_features,
-            "importance_trees": settings.importance_trees,
-            "importance_repeats": settings.importance_repeats,
-            "candidates": len(cohort.features),
-            "selected": [n for n in model.inputs if n not in covariates],
-        },
+        "feature_selection": _feature_selection(model, cohort, settings),
         "sample_weighting": _sample_weighting(model, settings),
         "hyperparameters": model.hyperparameters,
-        "search": {
-            "kind": "grid"
-            if settings.search == "grid" or (settings.grids or {}).get(model.classifier) is not None
-            else "random",
-            "inner_folds": settings.inner_folds,
-            "scoring": "roc_auc" if len(cohort.classes) == 2 else "roc_auc_ovr",
-            "grouped_by": settings.group_by,
-        },
+        "search": _search(model, cohort, settings),
         "threshold": model.threshold,
         "threshold_source": model.threshold_source,
         "threshold_rule": settings.threshold if cohort.positive else None,
         "threshold_level": settings.threshold_level if cohort.positive else None,
         "patient_aggregate": "mean",
-        "split": {
-            "protocol": settings.protocol,
-            "source": plan.source,
-            "group_by": settings.group_by,
-            "cv_folds": settings.cv_folds,
-            "cv_repeats": settings.cv_repeats if plan.folds is None else 1,
-            "train_patients": len(trained),
-            "test_patients": len(set(cohort.participants[test_rows].tolist())),
-            "train_lesions": int(len(train_rows)),
-            "test_lesions": int(len(test_rows)),
-            "train_patients_per_class": n_patients,
-            "excluded_participants": len(cohort.excluded),
-        },
+        "split": _split(cohort, plan, settings, train_rows, test_rows),
         "metrics": {"cv": jsonable(model.cv), "test": jsonable(model.test)},
         "selected_by_cv": model_name(model.classifier, model.sampler) == result.selected,
         "versions": model_versions(),

@@ -28,10 +28,10 @@ import copy
 import functools
 import re
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 from metcli.core.errors import UsageError
+from metcli.core.registry import Registry
 
 #: What a classifier name may be: it names the model folder ``<classifier>_<sampler>``.
 NAME_PATTERN = r"^[a-z]+(-[a-z]+)*$"
@@ -64,24 +64,14 @@ class Classifier:
     onnx_converter: Callable[[], None] | None = None
 
 
-_REGISTRY: dict[str, Classifier] = {}
-#: The registered classifiers by name, in registration order (a read-only view).
-CLASSIFIERS: Mapping[str, Classifier] = MappingProxyType(_REGISTRY)
-
-
-def register(entry: Classifier) -> Classifier:
-    """Add ``entry`` to the registry (after the ones already there); returns it."""
+def _check_entry(entry: Classifier) -> None:
+    """Refuse an entry that cannot name a model folder, describe itself or be tuned."""
     if not isinstance(entry, Classifier):
         raise UsageError(f"register takes a Classifier, not {type(entry).__name__}")
     if not re.match(NAME_PATTERN, entry.name) or entry.name == "all":
         raise UsageError(
             f"classifier name {entry.name!r} is not valid",
             fix="use lower-case words joined by '-' (it names the model folder), other than 'all'",
-        )
-    if entry.name in _REGISTRY:
-        raise UsageError(
-            f"classifier {entry.name!r} is already registered",
-            fix="choose another name, or unregister the existing entry first",
         )
     if not entry.description.strip() or "\n" in entry.description:
         raise UsageError(f"classifier {entry.name!r}: the description must be one line")
@@ -90,28 +80,26 @@ def register(entry: Classifier) -> Classifier:
             f"classifier {entry.name!r}: the grid must give each parameter a "
             "non-empty list of values"
         )
-    _REGISTRY[entry.name] = entry
-    return entry
 
 
-def unregister(name: str) -> Classifier:
-    """Remove the classifier ``name`` from the registry; returns its entry."""
-    entry = get(name)
-    del _REGISTRY[name]
-    return entry
-
-
-def get(name: str) -> Classifier:
-    """The entry of classifier ``name`` (UsageError for a name that is not registered)."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UsageError(f"classifier {name!r} is not one of {', '.join(_REGISTRY)}") from None
+_REGISTRY: Registry[Classifier] = Registry(
+    "classifier",
+    unknown=lambda name, known: f"classifier {name!r} is not one of {known}",
+    check=_check_entry,
+)
+#: The registered classifiers by name, in registration order (a read-only view).
+CLASSIFIERS: Mapping[str, Classifier] = _REGISTRY.entries
+#: Add a :class:`Classifier` after the ones already there (its name must be new).
+register = _REGISTRY.register
+#: Remove a classifier by name; returns its entry.
+unregister = _REGISTRY.unregister
+#: The entry of a classifier name (UsageError for a name that is not registered).
+get = _REGISTRY.get
 
 
 def help_text() -> str:
     """The help of ``--classifiers``: the choices, one line each with its description."""
-    lines = [f"{e.name}: {e.description}" for e in _REGISTRY.values()]
+    lines = [f"{e.name}: {e.description}" for e in _REGISTRY]
     return "all, or a comma-separated list of\n\n\b\n" + "\n".join(lines)
 
 
@@ -124,7 +112,7 @@ def results_schema() -> dict:
     from metcli.io.schemas import load_schema
 
     schema = copy.deepcopy(load_schema("results"))
-    schema["properties"]["classifier"]["enum"] = list(_REGISTRY)
+    schema["properties"]["classifier"]["enum"] = list(_REGISTRY.names())
     return schema
 
 

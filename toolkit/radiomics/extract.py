@@ -3,9 +3,10 @@
 For every CT (participant, session, phase) with a lesion map from
 split-lesions, :func:`extract` writes one row per kept lesion into
 ``..._desc-radiomics_features.tsv``; at the group level ``features.tsv``
-holds every participant's rows. Each CT is read once; its lesions are cut out
-and extracted in ``jobs`` worker processes, at most ``2 x jobs`` crops in
-flight. How one lesion is extracted is defined in
+holds every participant's rows. :mod:`metcli.radiomics.extract_plan` pairs each
+lesion map with its CT; each CT is read once and its lesions are cut out and
+extracted in ``jobs`` worker processes, at most ``2 x jobs`` crops in flight
+(:mod:`metcli.radiomics.acquisition`). How one lesion is extracted is defined in
 :mod:`metcli.radiomics.features` (:func:`~metcli.radiomics.features.extract_features`
 is the same computation for one image and mask).
 """
@@ -16,22 +17,14 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from metcli.core.batch import DONE, FAILED, SKIPPED, BatchReport, run_each
-from metcli.core.errors import ImageError, InputError, UsageError
-from metcli.io.bids import (
-    Acquisition,
-    derivative_path,
-    find_files,
-    participant_folders,
-    resolve_levels,
-    select_participants,
-    sidecar_path,
-)
-from metcli.lesions.maps import LESION_SUFFIX, find_lesion_maps, kept_lesion_ids
+from metcli.core.batch import DONE, SKIPPED, BatchReport, run_each
+from metcli.core.errors import InputError, UsageError
+from metcli.io.bids import Acquisition, derivative_path, resolve_levels, sidecar_path
+from metcli.radiomics.acquisition import extract_acquisition
 from metcli.radiomics.columns import (
     ID_COLUMNS,
     RING_STATUS_COLUMNS,
@@ -40,20 +33,14 @@ from metcli.radiomics.columns import (
     RegionResult,
     table_columns,
 )
-from metcli.radiomics.features import (
-    IBSI_TAGS,
-    as_params,
-    extract_features,
-    prepare_image,
-    shape2d_axis,
-)
+from metcli.radiomics.extract_plan import Job, plan_jobs, select
+from metcli.radiomics.features import IBSI_TAGS, as_params, extract_features
 from metcli.radiomics.params import ExtractionParams
-from metcli.radiomics.regions import LIVER_LABEL, Region, crop_region, expand_box, margin_voxels
+from metcli.radiomics.regions import LIVER_LABEL
 from metcli.radiomics.workers import LesionPool
 
 __all__ = [
     "extract",
-    "extract_acquisition",
     "extract_features",
     "table_columns",
     "IBSI_TAGS",
@@ -70,133 +57,8 @@ GROUP_TABLE = "features.tsv"
 SCHEMA = "features"
 
 
-# ----------------------------------------------------------------------------- one acquisition
-@dataclass
-class _Job:
-    """One CT and the files extracted from it."""
-
-    ct: Acquisition
-    lesion_map: Path
-    lesion_table: Path
-    seg: Path | None = None
-
-    @property
-    def entities(self):
-        return self.ct.entities
-
-    def inputs(self) -> list[Path]:
-        return [p for p in (self.ct.path, self.lesion_map, self.lesion_table, self.seg) if p]
-
-
-def _read_label_image(path: Path, what: str):
-    from metcli.io.files import read_image
-
-    image = read_image(path, what=what)
-    import SimpleITK as sitk
-
-    if sitk.GetArrayViewFromImage(image).dtype.kind not in "iub":
-        raise ImageError(
-            f"the {what} has voxels of type {image.GetPixelIDTypeAsString()}; "
-            "a label image of whole numbers is needed",
-            path=path,
-            fix="give the file split-lesions (or segment) wrote",
-        )
-    return image
-
-
-def extract_acquisition(
-    ct_path: Path,
-    lesion_map_path: Path,
-    lesion_table_path: Path,
-    params: ExtractionParams,
-    *,
-    seg_path: Path | None = None,
-    peritumoral_mm: float | None = None,
-    pool: LesionPool | None = None,
-) -> list[tuple[int, RegionResult]]:
-    """``(lesion id, result)`` for every kept lesion of one CT, in id order.
-
-    The CT is read once; each lesion is cropped from it and extracted (in the
-    pool's processes). Raises :class:`InputError`/:class:`GeometryError` for
-    inputs that do not belong together; a lesion pyradiomics refuses is a
-    failed result, not an error.
-    """
-    import SimpleITK as sitk
-    from scipy import ndimage
-
-    from metcli.imaging.geometry import to_reference_grid
-    from metcli.io.files import read_image
-
-    ids = kept_lesion_ids(lesion_table_path)
-    ct = read_image(ct_path, what="CT")
-    lesion_map = to_reference_grid(
-        _read_label_image(lesion_map_path, "lesion map"),
-        ct,
-        image_path=lesion_map_path,
-        reference_path=ct_path,
-    )
-    seg_array = None
-    if peritumoral_mm is not None:
-        if seg_path is None:
-            raise UsageError("the peritumoral ring needs the segmentation (--seg)")
-        seg = to_reference_grid(
-            _read_label_image(seg_path, "segmentation"),
-            ct,
-            image_path=seg_path,
-            reference_path=ct_path,
-        )
-        seg_array = sitk.GetArrayViewFromImage(seg)
-    map_array = sitk.GetArrayViewFromImage(lesion_map)
-    if map_array.dtype.kind == "i" and map_array.size and map_array.min() < 0:
-        raise ImageError(
-            "the lesion map holds negative values",
-            path=lesion_map_path,
-            fix="give the lesion map split-lesions wrote",
-        )
-    boxes = ndimage.find_objects(np.asarray(map_array))
-    in_map = [i + 1 for i, box in enumerate(boxes) if box is not None]
-    if sorted(in_map) != ids:
-        only_map = sorted(set(in_map) - set(ids))
-        only_table = sorted(set(ids) - set(in_map))
-        detail = []
-        if only_map:
-            detail.append(f"ids {only_map[:5]} are in the map but not kept in the table")
-        if only_table:
-            detail.append(f"ids {only_table[:5]} are kept in the table but not in the map")
-        raise InputError(
-            f"{lesion_map_path} and {lesion_table_path} do not describe the same "
-            f"lesions: {'; '.join(detail)}",
-            fix="give the map and table split-lesions wrote together (run it "
-            "again with --overwrite)",
-        )
-    image = prepare_image(ct, params)
-    image_array = sitk.GetArrayViewFromImage(image)
-    margin = margin_voxels(params, ct.GetSpacing(), peritumoral_mm)
-    axis = shape2d_axis(ct, params)
-
-    def regions() -> Iterator[tuple[Region, ExtractionParams]]:
-        for lesion_id in ids:
-            box = expand_box(boxes[lesion_id - 1], margin, map_array.shape)
-            liver = None if seg_array is None else np.asarray(seg_array[box] == LIVER_LABEL)
-            yield (
-                crop_region(
-                    lesion_id,
-                    image_array,
-                    map_array[box] == lesion_id,
-                    box,
-                    image,
-                    shape2d_axis=axis,
-                    liver=liver,
-                    peritumoral_mm=peritumoral_mm,
-                ),
-                params,
-            )
-
-    pool = pool if pool is not None else LesionPool(1)
-    return list(zip(ids, pool.map(regions())))
-
-
-def _rows(job: _Job, results: list[tuple[int, RegionResult]], peritumoral: bool) -> list[dict]:
+# ----------------------------------------------------------------------------- one CT's rows
+def _rows(job: Job, results: list[tuple[int, RegionResult]], peritumoral: bool) -> list[dict]:
     ent = job.entities
     rows = []
     for lesion_id, result in results:
@@ -231,98 +93,6 @@ class ExtractionReport(BatchReport):
 def output_path(out_dir: Path, ct: Acquisition) -> Path:
     """The features table of one CT."""
     return derivative_path(out_dir, ct.entities, desc=DESC, suffix=SUFFIX, extension=".tsv")
-
-
-def select(lesions_dir: Path, participants: Sequence[str] | None) -> list[str]:
-    """Participant labels of ``lesions_dir`` to process (all, or the requested ones)."""
-    lesions_dir = Path(lesions_dir)
-    if not lesions_dir.is_dir():
-        raise InputError(
-            "the lesions folder does not exist",
-            path=lesions_dir,
-            fix="give the folder that `metcli split-lesions` wrote",
-        )
-    available = participant_folders(lesions_dir)
-    if not available:
-        raise InputError(
-            "no sub-* participant folders found",
-            path=lesions_dir,
-            fix="give the folder that `metcli split-lesions` wrote",
-        )
-    return select_participants(
-        available, list(participants) if participants else None, where=lesions_dir
-    )
-
-
-def _plan(
-    raw_dir: Path,
-    lesions_dir: Path,
-    seg_dir: Path | None,
-    chosen: Sequence[str],
-    phases: Sequence[str] | None,
-    report: BatchReport,
-) -> list[_Job]:
-    """Pair every lesion map with its CT (and segmentation) by participant, session, phase."""
-    maps = find_lesion_maps(lesions_dir, chosen, phases)
-    cts = {
-        a.entities.key: a
-        for a in find_files(raw_dir, suffix="ct", participants=chosen, phases=phases)
-    }
-    segs = (
-        {}
-        if seg_dir is None
-        else {
-            a.entities.key: a
-            for a in find_files(
-                seg_dir, suffix=LESION_SUFFIX, desc=None, participants=chosen, phases=phases
-            )
-        }
-    )
-    found = {m.entities.sub for m in maps}
-    for label in chosen:
-        if label not in found:
-            error = InputError(
-                "no sub-<id>[_ses-<s>][_ce-<phase>]_desc-lesions_dseg.nii.gz found"
-                + (f" for phase(s) {', '.join(phases)}" if phases else ""),
-                path=Path(lesions_dir) / f"sub-{label}",
-                fix="run split-lesions for this participant first, or leave it out",
-            )
-            log.error("sub-%s: %s", label, error.one_line())
-            report.record(f"sub-{label}", FAILED, error.one_line())
-    jobs = []
-    for lesion_map in maps:
-        ent = lesion_map.entities
-        name = ent.describe()
-        table = lesion_map.path.with_name(lesion_map.path.name[: -len(".nii.gz")] + ".tsv")
-        ct = cts.get(ent.key)
-        problem = None
-        if ct is None:
-            expected = ent.with_(desc=None, suffix="ct", extension=".nii.gz")
-            problem = InputError(
-                f"no CT for the lesion map {lesion_map.path.name}",
-                path=Path(raw_dir) / expected.relpath(),
-                fix="give the raw folder the lesions were made from",
-            )
-        elif not table.is_file():
-            problem = InputError(
-                "the lesion table beside the lesion map is missing",
-                path=table,
-                fix="run split-lesions again for this participant",
-            )
-        elif seg_dir is not None and ent.key not in segs:
-            expected = ent.with_(desc=None, suffix=LESION_SUFFIX, extension=".nii.gz")
-            problem = InputError(
-                "no segmentation for the peritumoral ring",
-                path=Path(seg_dir) / expected.relpath(),
-                fix="give the folder `metcli segment` wrote as --seg",
-            )
-        if problem is not None:
-            log.error("%s: %s", name, problem.one_line())
-            report.record(name, FAILED, problem.one_line())
-            continue
-        seg = segs[ent.key].path if seg_dir is not None else None
-        jobs.append(_Job(ct=ct, lesion_map=lesion_map.path, lesion_table=table, seg=seg))
-    return jobs
 
 
 def check_options(
@@ -413,13 +183,53 @@ def extract(
     Returns:
         An :class:`ExtractionReport` (one entry per CT; lesion counts).
     """
-    from metcli.io.files import check_output_not_inside_input
-    from metcli.io.provenance import Step, write_dataset_description
-
     params = as_params(params)
     raw_dir, lesions_dir, out_dir = Path(raw_dir), Path(lesions_dir), Path(out_dir)
     seg_dir = None if seg_dir is None else Path(seg_dir)
     check_options(jobs=jobs, peritumoral_mm=peritumoral_mm, seg_dir=seg_dir, params=params)
+    _check_folders(raw_dir, seg_dir)
+    labels = [participants] if isinstance(participants, str) else participants
+    phases = [phases] if isinstance(phases, str) else (list(phases) if phases else None)
+    do_participants, do_group = resolve_levels(level, labels)
+    chosen = select(lesions_dir, labels)
+    roots = {"raw": raw_dir, "lesions": lesions_dir}
+    if seg_dir is not None:
+        roots["seg"] = seg_dir
+    run = _start(out_dir, roots, params, peritumoral_mm, overwrite)
+    report = ExtractionReport()
+    jobs_list = plan_jobs(raw_dir, lesions_dir, seg_dir, chosen, phases, report)
+    if do_participants:
+        with LesionPool(jobs) as pool:
+
+            def work(job: Job) -> str:
+                return _extract_one(job, run, pool, report)
+
+            run_each(
+                jobs_list,
+                key=lambda j: j.entities.describe(),
+                work=work,
+                progress=progress,
+                report=report,
+            )
+    if do_group:
+        _group_level(report, jobs_list, run, after_participants=do_participants)
+    return report
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every CT of one extract run shares: where and how its tables are written."""
+
+    out_dir: Path
+    step: Any  # metcli.io.provenance.Step of the run
+    params: ExtractionParams
+    columns: list[str]
+    peritumoral_mm: float | None
+    overwrite: bool
+
+
+def _check_folders(raw_dir: Path, seg_dir: Path | None) -> None:
+    """The raw folder (and the segmentation folder, when given) must exist."""
     if not raw_dir.is_dir():
         raise InputError(
             "the raw folder does not exist", path=raw_dir, fix="give the raw dataset the CTs are in"
@@ -430,15 +240,20 @@ def extract(
             path=seg_dir,
             fix="give the folder `metcli segment` wrote",
         )
-    labels = [participants] if isinstance(participants, str) else participants
-    phases = [phases] if isinstance(phases, str) else (list(phases) if phases else None)
-    do_participants, do_group = resolve_levels(level, labels)
-    chosen = select(lesions_dir, labels)
-    roots = {"raw": raw_dir, "lesions": lesions_dir}
-    if seg_dir is not None:
-        roots["seg"] = seg_dir
-    check_output_not_inside_input(out_dir, list(roots.values()))
 
+
+def _start(
+    out_dir: Path,
+    roots: dict[str, Path],
+    params: ExtractionParams,
+    peritumoral_mm: float | None,
+    overwrite: bool,
+) -> _Run:
+    """Check OUT_DIR against the inputs, write its dataset_description.json; the run."""
+    from metcli.io.files import check_output_not_inside_input
+    from metcli.io.provenance import Step, write_dataset_description
+
+    check_output_not_inside_input(out_dir, list(roots.values()))
     settings = extraction_settings(params, peritumoral_mm)
     step = Step(COMMAND, out_dir, roots, settings)
     write_dataset_description(
@@ -447,46 +262,12 @@ def extract(
         sources=roots,
         description="per-lesion radiomics features (pyradiomics)",
     )
-    report = ExtractionReport()
-    jobs_list = _plan(raw_dir, lesions_dir, seg_dir, chosen, phases, report)
     columns = table_columns(params, peritumoral=peritumoral_mm is not None)
-    if do_participants:
-        with LesionPool(jobs) as pool:
-
-            def work(job: _Job) -> str:
-                return _extract_one(
-                    job, out_dir, step, params, columns, peritumoral_mm, overwrite, pool, report
-                )
-
-            run_each(
-                jobs_list,
-                key=lambda j: j.entities.describe(),
-                work=work,
-                progress=progress,
-                report=report,
-            )
-    if do_group:
-        _group_level(
-            report,
-            jobs_list,
-            out_dir,
-            step,
-            columns,
-            overwrite=overwrite,
-            after_participants=do_participants,
-        )
-    return report
+    return _Run(out_dir, step, params, columns, peritumoral_mm, overwrite)
 
 
 def _group_level(
-    report: ExtractionReport,
-    jobs: Sequence[_Job],
-    out_dir: Path,
-    step,
-    columns: list[str],
-    *,
-    overwrite: bool,
-    after_participants: bool,
+    report: ExtractionReport, jobs: Sequence[Job], run: _Run, *, after_participants: bool
 ) -> None:
     """Write ``features.tsv`` unless a participant failed (an error when only the group
     level was asked for, a warning after the participant level)."""
@@ -503,27 +284,21 @@ def _group_level(
             len(report.failed),
         )
     else:
-        report.group_table = write_group_table(jobs, out_dir, step, columns, overwrite=overwrite)
+        report.group_table = write_group_table(
+            jobs, run.out_dir, run.step, run.columns, overwrite=run.overwrite
+        )
         report.outputs.extend([report.group_table, sidecar_path(report.group_table)])
 
 
-def _extract_one(
-    job: _Job,
-    out_dir: Path,
-    step,
-    params: ExtractionParams,
-    columns: list[str],
-    peritumoral_mm: float | None,
-    overwrite: bool,
-    pool: LesionPool,
-    report: ExtractionReport,
-) -> str:
+def _extract_one(job: Job, run: _Run, pool: LesionPool, report: ExtractionReport) -> str:
+    """Extract one CT's lesions into its table (or skip it when done); DONE or SKIPPED."""
     from metcli.io.files import OutputSet, read_json, write_tsv_to
 
-    table = output_path(out_dir, job.ct)
+    step, peritumoral_mm = run.step, run.peritumoral_mm
+    table = output_path(run.out_dir, job.ct)
     sidecar = sidecar_path(table)
     inputs = step.inputs(job.inputs())
-    if not overwrite and step.is_done(sidecar, inputs):
+    if not run.overwrite and step.is_done(sidecar, inputs):
         try:
             done = read_json(sidecar)
             report.lesions += int(done.get("Lesions", 0))
@@ -537,7 +312,7 @@ def _extract_one(
         job.ct.path,
         job.lesion_map,
         job.lesion_table,
-        params,
+        run.params,
         seg_path=job.seg,
         peritumoral_mm=peritumoral_mm,
         pool=pool,
@@ -549,7 +324,7 @@ def _extract_one(
         "Description": "Radiomics features of every kept lesion (pyradiomics), one row per "
         "lesion; status failed:<reason> rows have n/a values",
         "extraction_settings_sha256": step.settings_sha256,
-        "ExtractionParamsSource": params.source,
+        "ExtractionParamsSource": run.params.source,
         "Lesions": len(results),
         "LesionsFailed": failed,
     }
@@ -557,7 +332,7 @@ def _extract_one(
         extra["PeritumoralFailed"] = rings_failed
     with OutputSet() as outs:
         tmp = outs.path(table)
-        write_tsv_to(rows, columns, tmp, schema=SCHEMA, where=table)
+        write_tsv_to(rows, run.columns, tmp, schema=SCHEMA, where=table)
         step.write_sidecar(outs, sidecar, inputs, {table: tmp}, extra=extra)
     if failed:
         log.warning(
@@ -607,7 +382,7 @@ def read_features_table(path: Path) -> tuple[list[str], list[dict]]:
 
 
 def write_group_table(
-    jobs: Sequence[_Job], out_dir: Path, step, columns: list[str], *, overwrite: bool = False
+    jobs: Sequence[Job], out_dir: Path, step, columns: list[str], *, overwrite: bool = False
 ) -> Path:
     """``features.tsv``: every participant's rows, from their (current) tables."""
     from metcli.io.files import OutputSet, write_tsv_to

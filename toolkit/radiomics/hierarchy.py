@@ -192,10 +192,10 @@ def check_labels(hierarchy: Hierarchy, present: Sequence[str], *, labels_path=No
 # ----------------------------------------------------------------------------- step cohorts
 @dataclass
 class StepData:
-    """The lesions one step learns from: a :class:`~metcli.radiomics.data.Cohort` and its rows."""
+    """The lesions one step learns from: a :class:`~metcli.radiomics.cohort.Cohort` and its rows."""
 
     name: str
-    cohort: object  # metcli.radiomics.data.Cohort with the step's classes
+    cohort: object  # metcli.radiomics.cohort.Cohort with the step's classes
     rows: np.ndarray  # rows of the chained (full) cohort
     group: str | None = None  # step 2: the group it splits
 
@@ -339,17 +339,11 @@ def cross_validate_hierarchy(
 
     chain = CVOutcome(list(models), empty(n, len(classes)), folds)
     steps = {STEP1: CVOutcome(list(models), empty(n, len(groups)), folds)}
-    within: dict[str, np.ndarray] = {}  # step 2: label index within the group, -1 outside
-    position: dict[str, np.ndarray] = {}  # step 2: row of its own outcome, -1 outside
+    within, position = _within_groups(hierarchy, classes, y, group_y)
     for g in hierarchy.split_groups:
-        members = list(hierarchy.groups[g])
-        inside = group_y == groups.index(g)
-        within[g] = np.array(
-            [members.index(classes[k]) if ok else -1 for k, ok in zip(y, inside)], dtype=np.int64
-        )
-        position[g] = np.where(inside, np.cumsum(inside) - 1, -1)
+        inside = within[g] >= 0
         steps[step2_name(g)] = CVOutcome(
-            list(models), empty(int(inside.sum()), len(members)), folds[:, inside]
+            list(models), empty(int(inside.sum()), len(hierarchy.groups[g])), folds[:, inside]
         )
     task = partial(
         _outer_fold,
@@ -381,6 +375,24 @@ def cross_validate_hierarchy(
     for g in hierarchy.split_groups:
         steps[step2_name(g)].folds = folds[:, within[g] >= 0]
     return HierarchyOutcome(chain, steps)
+
+
+def _within_groups(
+    hierarchy: Hierarchy, classes: Sequence[str], y: np.ndarray, group_y: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """For each group a step 2 splits, per lesion: its label's index within the group and
+    its row of the step's own outcome (both -1 for lesions outside the group)."""
+    groups = hierarchy.group_names
+    within: dict[str, np.ndarray] = {}
+    position: dict[str, np.ndarray] = {}
+    for g in hierarchy.split_groups:
+        members = list(hierarchy.groups[g])
+        inside = group_y == groups.index(g)
+        within[g] = np.array(
+            [members.index(classes[k]) if ok else -1 for k, ok in zip(y, inside)], dtype=np.int64
+        )
+        position[g] = np.where(inside, np.cumsum(inside) - 1, -1)
+    return within, position
 
 
 def _outer_fold(

@@ -141,48 +141,10 @@ def chain(
     the graph (unused).
     """
     import onnx
-    from onnx import TensorProto, compose, helper
+    from onnx import TensorProto, helper
 
-    nodes, initializers, value_infos, inputs, opsets = [], [], [], [], {}
-    seen: set[str] = set()
-    ir_version = None
-    for step, blob in steps:
-        model = onnx.load_from_string(blob)
-        graph = compose.add_prefix_graph(model.graph, f"{step}/", rename_inputs=False)
-        nodes.extend(graph.node)
-        initializers.extend(graph.initializer)
-        value_infos.extend(graph.value_info)
-        for item in graph.input:
-            if item.name not in seen:
-                seen.add(item.name)
-                inputs.append(item)
-        for op in model.opset_import:
-            opsets[op.domain] = max(opsets.get(op.domain, 0), op.version)
-        ir_version = max(ir_version or 0, model.ir_version)
-    products = []
-    for j, factors in enumerate(columns):
-        parts = []
-        for step, k in factors:
-            index = f"chain/index_{step}_{k}"
-            if index not in {i.name for i in initializers}:
-                initializers.append(helper.make_tensor(index, TensorProto.INT64, [1], [k]))
-            part = f"chain/{step}_{k}_of_{j}"
-            nodes.append(
-                helper.make_node(
-                    "Gather",
-                    [f"{step}/{OUTPUT_PROBABILITIES}", index],
-                    [part],
-                    axis=1,
-                    name=f"chain/gather_{step}_{k}_{j}",
-                )
-            )
-            parts.append(part)
-        product = parts[0]
-        for m, part in enumerate(parts[1:], start=1):
-            out = f"chain/product_{j}_{m}"
-            nodes.append(helper.make_node("Mul", [product, part], [out], name=f"chain/mul_{j}_{m}"))
-            product = out
-        products.append(product)
+    nodes, initializers, value_infos, inputs, opsets, ir_version = _merged_steps(steps)
+    products = _column_products(columns, nodes, initializers)
     nodes.append(
         helper.make_node("Concat", products, [OUTPUT_PROBABILITIES], axis=1, name="chain/concat")
     )
@@ -217,6 +179,65 @@ def chain(
     )
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def _merged_steps(steps: Sequence[tuple[str, bytes]]):
+    """(nodes, initializers, value infos, inputs, opsets, IR version) of the step graphs,
+    each prefixed with ``<step>/``; the inputs once each, by name, in order."""
+    import onnx
+    from onnx import compose
+
+    nodes, initializers, value_infos, inputs, opsets = [], [], [], [], {}
+    seen: set[str] = set()
+    ir_version = None
+    for step, blob in steps:
+        model = onnx.load_from_string(blob)
+        graph = compose.add_prefix_graph(model.graph, f"{step}/", rename_inputs=False)
+        nodes.extend(graph.node)
+        initializers.extend(graph.initializer)
+        value_infos.extend(graph.value_info)
+        for item in graph.input:
+            if item.name not in seen:
+                seen.add(item.name)
+                inputs.append(item)
+        for op in model.opset_import:
+            opsets[op.domain] = max(opsets.get(op.domain, 0), op.version)
+        ir_version = max(ir_version or 0, model.ir_version)
+    return nodes, initializers, value_infos, inputs, opsets, ir_version
+
+
+def _column_products(
+    columns: Sequence[Sequence[tuple[str, int]]], nodes: list, initializers: list
+) -> list[str]:
+    """Add the nodes that gather and multiply each output column's step probabilities
+    (and their index initializers); the name of each column's product, in order."""
+    from onnx import TensorProto, helper
+
+    products = []
+    for j, factors in enumerate(columns):
+        parts = []
+        for step, k in factors:
+            index = f"chain/index_{step}_{k}"
+            if index not in {i.name for i in initializers}:
+                initializers.append(helper.make_tensor(index, TensorProto.INT64, [1], [k]))
+            part = f"chain/{step}_{k}_of_{j}"
+            nodes.append(
+                helper.make_node(
+                    "Gather",
+                    [f"{step}/{OUTPUT_PROBABILITIES}", index],
+                    [part],
+                    axis=1,
+                    name=f"chain/gather_{step}_{k}_{j}",
+                )
+            )
+            parts.append(part)
+        product = parts[0]
+        for m, part in enumerate(parts[1:], start=1):
+            out = f"chain/product_{j}_{m}"
+            nodes.append(helper.make_node("Mul", [product, part], [out], name=f"chain/mul_{j}_{m}"))
+            product = out
+        products.append(product)
+    return products
 
 
 def max_difference(pipeline, model: bytes, frame, names: Sequence[str] | None = None) -> float:

@@ -2,10 +2,11 @@
 
 See :mod:`metcli.radiomics.models` for the leakage-safe pipeline and the nested
 grouped cross-validation, :mod:`metcli.radiomics.classifiers` for the classifiers,
-:mod:`metcli.radiomics.data` for the tables and :mod:`metcli.radiomics.onnx` for
-the ONNX graphs. This module runs them; :mod:`metcli.radiomics.results` chooses
-the model and thresholds on out-of-fold predictions and
-:mod:`metcli.radiomics.outputs` writes the outputs:
+:mod:`metcli.radiomics.data` and :mod:`metcli.radiomics.cohort` for the tables,
+the cohort and the split, and :mod:`metcli.radiomics.onnx` for the ONNX graphs.
+This module runs them; :mod:`metcli.radiomics.results` chooses the model and
+thresholds on out-of-fold predictions and :mod:`metcli.radiomics.outputs`
+writes the outputs:
 
 ``<classifier>_<sampler>/``
     ``model.onnx``, ``model.json`` (the model card, with provenance),
@@ -36,6 +37,7 @@ import json
 import logging
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -88,11 +90,55 @@ def train_radiomics(
     from threadpoolctl import threadpool_limits
 
     from metcli.io.files import check_output_not_inside_input
-    from metcli.radiomics.data import load_cohort, plan_split
 
+    settings, tree = _settings(options, hierarchy, progress)
+    features, out_dir, labels = Path(features), Path(out_dir), Path(labels)
+    check_output_not_inside_input(out_dir, [features] if features.is_dir() else [])
+    run = _prepare(features, labels, split, tree, settings, jobs=jobs, progress=progress)
+    step, inputs = _provenance(features, labels, split, hierarchy, out_dir, settings)
+    names = [model_name(c, s) for c, s in run.models]
+    sidecars = _expected_sidecars(
+        out_dir, names, bool(run.plan.test), steps=tree.steps if tree is not None else ()
+    )
+    if not overwrite and all(step.is_done(p, inputs) for p in sidecars):
+        log.info("train-radiomics: outputs are current (same inputs and settings); skipped")
+        chosen = json.loads((out_dir / "results.json").read_text()).get("selected_model")
+        return TrainingResult(out_dir, chosen, excluded=run.cohort.excluded, skipped=True)
+
+    result = TrainingResult(out_dir, None, excluded=run.cohort.excluded, hierarchy=tree)
+    # --jobs is the parallelism: no BLAS/OpenMP threads on top (tiny matrices gain nothing
+    # from them, and on a busy machine their spin-waits cost more than the work)
+    with (
+        tempfile.TemporaryDirectory(prefix="metcli-selection-") as cache,
+        threadpool_limits(limits=1),
+    ):
+        if tree is None:
+            outcome, selection = _train_flat(run, result, cache)
+        else:
+            outcome, selection = _train_hierarchy(run, result, cache, tree)
+    _choose(result, names)
+    result.outputs = write_outputs(
+        result,
+        folds=outcome.folds[0],
+        selection=selection,
+        cohort=run.cohort,
+        plan=run.plan,
+        train_rows=run.train_rows,
+        test_rows=run.test_rows,
+        step=step,
+        inputs=inputs,
+        settings=settings,
+        features=features,
+    )
+    log.info("model chosen by cross-validation: %s", result.selected)
+    return result
+
+
+def _settings(options: dict, hierarchy, progress) -> tuple[Settings, Any]:
+    """The checked settings and the hierarchy (None without); announces the number of fits."""
     tree = None
     if hierarchy is not None:
-        from metcli.radiomics.hierarchy import check_labels, read_hierarchy
+        from metcli.radiomics.hierarchy import read_hierarchy
 
         tree = read_hierarchy(hierarchy)
         options["hierarchy"] = tree.record()
@@ -103,8 +149,31 @@ def train_radiomics(
         * len(settings.samplers)
         * (settings.cv_folds * settings.cv_repeats + 1),
     )
-    features, out_dir, labels = Path(features), Path(out_dir), Path(labels)
-    check_output_not_inside_input(out_dir, [features] if features.is_dir() else [])
+    return settings, tree
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One run's cohort, split and cross-validation groups, and what every fit shares."""
+
+    cohort: Any  # metcli.radiomics.cohort.Cohort
+    plan: Any  # metcli.radiomics.cohort.SplitPlan
+    models: list[tuple[str, str]]  # (classifier, sampler), in output order
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+    cv_groups: np.ndarray
+    fixed: np.ndarray | None  # the outer folds of a split file
+    settings: Settings
+    jobs: int
+    progress: Callable[[str, str], None] | None
+
+
+def _prepare(
+    features: Path, labels: Path, split, tree, settings: Settings, *, jobs: int, progress
+) -> _Run:
+    """The cohort (the hierarchy's labels checked), its split, rows, groups and models."""
+    from metcli.radiomics.cohort import load_cohort, plan_split
+
     cohort = load_cohort(
         features,
         labels,
@@ -116,6 +185,8 @@ def train_radiomics(
         session=settings.session,
     )
     if tree is not None:
+        from metcli.radiomics.hierarchy import check_labels
+
         check_labels(tree, cohort.classes, labels_path=labels)
     plan = plan_split(
         cohort,
@@ -125,73 +196,18 @@ def train_radiomics(
         seed=settings.seed,
     )
     train_rows, test_rows, cv_groups, fixed = _rows_and_groups(cohort, plan, settings)
-    step, inputs = _provenance(features, labels, split, hierarchy, out_dir, settings)
     models = [(c, s) for c in settings.classifiers for s in settings.samplers]
-    names = [model_name(c, s) for c, s in models]
-    sidecars = _expected_sidecars(
-        out_dir, names, bool(plan.test), steps=tree.steps if tree is not None else ()
+    return _Run(
+        cohort, plan, models, train_rows, test_rows, cv_groups, fixed, settings, jobs, progress
     )
-    if not overwrite and all(step.is_done(p, inputs) for p in sidecars):
-        log.info("train-radiomics: outputs are current (same inputs and settings); skipped")
-        chosen = json.loads((out_dir / "results.json").read_text()).get("selected_model")
-        return TrainingResult(out_dir, chosen, excluded=cohort.excluded, skipped=True)
 
-    result = TrainingResult(out_dir, None, excluded=cohort.excluded, hierarchy=tree)
-    # --jobs is the parallelism: no BLAS/OpenMP threads on top (tiny matrices gain nothing
-    # from them, and on a busy machine their spin-waits cost more than the work)
-    with (
-        tempfile.TemporaryDirectory(prefix="metcli-selection-") as cache,
-        threadpool_limits(limits=1),
-    ):
-        if tree is None:
-            outcome, selection = _train_flat(
-                result,
-                cohort,
-                models,
-                train_rows,
-                test_rows,
-                cv_groups,
-                fixed,
-                settings,
-                jobs,
-                progress,
-                cache,
-            )
-        else:
-            outcome, selection = _train_hierarchy(
-                result,
-                tree,
-                cohort,
-                plan,
-                models,
-                train_rows,
-                test_rows,
-                cv_groups,
-                fixed,
-                settings,
-                jobs,
-                progress,
-                cache,
-            )
+
+def _choose(result: TrainingResult, names: list[str]) -> None:
+    """The results rows, the model cross-validation chooses, and which rows are its."""
     result.results = results_rows(result.models)
     result.selected = choose(result.results, names)
     for row in result.results:
         row["selected_by_cv"] = row["model"] == result.selected and row.get("step", CHAIN) == CHAIN
-    result.outputs = write_outputs(
-        result,
-        folds=outcome.folds[0],
-        selection=selection,
-        cohort=cohort,
-        plan=plan,
-        train_rows=train_rows,
-        test_rows=test_rows,
-        step=step,
-        inputs=inputs,
-        settings=settings,
-        features=features,
-    )
-    log.info("model chosen by cross-validation: %s", result.selected)
-    return result
 
 
 def _rows_and_groups(cohort, plan, settings: Settings):
@@ -227,39 +243,28 @@ def _provenance(features: Path, labels: Path, split, hierarchy, out_dir: Path, s
     return step, step.inputs(sources)
 
 
-def _train_flat(
-    result: TrainingResult,
-    cohort,
-    models,
-    train_rows,
-    test_rows,
-    cv_groups,
-    fixed,
-    settings: Settings,
-    jobs,
-    progress,
-    cache,
-):
+def _train_flat(run: _Run, result: TrainingResult, cache: str):
     """Cross-validate, refit and finish the flat models; returns (outcome, selection)."""
+    cohort, rows, settings = run.cohort, run.train_rows, run.settings
     outcome = cross_validate(
-        cohort.frame.iloc[train_rows],
-        cohort.y[train_rows],
-        patients=cohort.participants[train_rows],
-        cv_groups=cv_groups[train_rows],
-        models=models,
+        cohort.frame.iloc[rows],
+        cohort.y[rows],
+        patients=cohort.participants[rows],
+        cv_groups=run.cv_groups[rows],
+        models=run.models,
         settings=settings,
         keep=cohort.keep,
         n_classes=len(cohort.classes),
-        fixed_folds=fixed,
-        jobs=jobs,
-        progress=progress,
+        fixed_folds=run.fixed,
+        jobs=run.jobs,
+        progress=run.progress,
         cache_dir=cache,
     )
-    finals = _fit_finals(models, cohort, train_rows, settings, jobs, cache, progress)
-    for classifier, sampler in models:
+    finals = _fit_finals(run.models, cohort, rows, settings, run.jobs, cache, run.progress)
+    for classifier, sampler in run.models:
         pipeline, params = finals[model_name(classifier, sampler)]
         result.models[model_name(classifier, sampler)] = finish_model(
-            classifier, sampler, pipeline, params, outcome, cohort, train_rows, test_rows, settings
+            classifier, sampler, pipeline, params, outcome, cohort, rows, run.test_rows, settings
         )
     return outcome, {None: (outcome, cohort)}
 
@@ -291,88 +296,83 @@ def _fit_finals(
     return finals
 
 
-def _train_hierarchy(
-    result: TrainingResult,
-    tree,
-    cohort,
-    plan,
-    models,
-    train_rows,
-    test_rows,
-    cv_groups,
-    fixed,
-    settings: Settings,
-    jobs,
-    progress,
-    cache,
-):
+def _train_hierarchy(run: _Run, result: TrainingResult, cache: str, tree):
     """Cross-validate, refit and finish the chained models; returns (chain outcome, selection)."""
-    from metcli.radiomics.hierarchy import (
-        ChainedModel,
-        check_step_sizes,
-        cross_validate_hierarchy,
-        step_data,
-    )
+    from metcli.radiomics.hierarchy import check_step_sizes, cross_validate_hierarchy, step_data
 
+    cohort, settings, fixed = run.cohort, run.settings, run.fixed
     result.steps = steps = step_data(tree, cohort)
     folds = settings.cv_folds if fixed is None else int(np.unique(fixed).size)
-    check_step_sizes(steps, plan.train, settings, folds)
+    check_step_sizes(steps, run.plan.train, settings, folds)
     outcome = cross_validate_hierarchy(
-        cohort.frame.iloc[train_rows],
-        cohort.y[train_rows],
-        patients=cohort.participants[train_rows],
-        cv_groups=cv_groups[train_rows],
+        cohort.frame.iloc[run.train_rows],
+        cohort.y[run.train_rows],
+        patients=cohort.participants[run.train_rows],
+        cv_groups=run.cv_groups[run.train_rows],
         hierarchy=tree,
         classes=cohort.classes,
-        models=models,
+        models=run.models,
         settings=settings,
         keep=cohort.keep,
         fixed_folds=fixed,
-        jobs=jobs,
-        progress=progress,
+        jobs=run.jobs,
+        progress=run.progress,
         cache_dir=cache,
     )
     rows, finals = {}, {}
     for name, data in steps.items():
         rows[name] = (
-            np.flatnonzero(np.isin(data.cohort.participants, plan.train)),
-            np.flatnonzero(np.isin(data.cohort.participants, plan.test)),
+            np.flatnonzero(np.isin(data.cohort.participants, run.plan.train)),
+            np.flatnonzero(np.isin(data.cohort.participants, run.plan.test)),
         )
-        finals[name] = _fit_finals(models, data.cohort, rows[name][0], settings, jobs, cache, None)
-    for classifier, sampler in models:
-        name = model_name(classifier, sampler)
-        parts = {}
-        for step_name, data in steps.items():
-            pipeline, params = finals[step_name][name]
-            parts[step_name] = finish_model(
-                classifier,
-                sampler,
-                pipeline,
-                params,
-                outcome.steps[step_name],
-                data.cohort,
-                *rows[step_name],
-                settings,
-                step=step_name,
-            )
-        chained = ChainedModel(
-            tree, list(cohort.classes), {k: v.pipeline for k, v in parts.items()}
+        finals[name] = _fit_finals(
+            run.models, data.cohort, rows[name][0], settings, run.jobs, cache, None
         )
-        result.models[name] = finish_chain(
-            classifier,
-            sampler,
-            chained,
-            parts,
-            outcome.chain,
-            cohort,
-            train_rows,
-            test_rows,
-            settings,
+    for classifier, sampler in run.models:
+        result.models[model_name(classifier, sampler)] = _finish_chain(
+            run, result, tree, outcome, classifier, sampler, rows, finals
         )
-        if progress:
-            progress("final model", name)
+        if run.progress:
+            run.progress("final model", model_name(classifier, sampler))
     selection = {k: (outcome.steps[k], steps[k].cohort) for k in steps}
     return outcome.chain, selection
+
+
+def _finish_chain(
+    run: _Run, result: TrainingResult, tree, outcome, classifier, sampler, rows, finals
+):
+    """One chained model: each step's final pipeline finished, then the chain's."""
+    from metcli.radiomics.hierarchy import ChainedModel
+
+    name = model_name(classifier, sampler)
+    parts = {}
+    for step_name, data in result.steps.items():
+        pipeline, params = finals[step_name][name]
+        parts[step_name] = finish_model(
+            classifier,
+            sampler,
+            pipeline,
+            params,
+            outcome.steps[step_name],
+            data.cohort,
+            *rows[step_name],
+            run.settings,
+            step=step_name,
+        )
+    chained = ChainedModel(
+        tree, list(run.cohort.classes), {k: v.pipeline for k, v in parts.items()}
+    )
+    return finish_chain(
+        classifier,
+        sampler,
+        chained,
+        parts,
+        outcome.chain,
+        run.cohort,
+        run.train_rows,
+        run.test_rows,
+        run.settings,
+    )
 
 
 def _check_group_counts(groups, settings: Settings, fixed) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from metcli.core.errors import UsageError
+from metcli.core.registry import Registry
 from metcli.segmentation.orientation import AS_STORED
 
 
@@ -73,41 +74,20 @@ class Backend:
     open: Callable[..., Segmenter]
 
 
-_REGISTRY: dict[str, Backend] = {}
-
-
-def register(backend: Backend) -> Backend:
-    """Add ``backend`` to the registry; its name must be new."""
-    if backend.name in _REGISTRY:
-        raise UsageError(
-            f"a segmentation backend named {backend.name!r} is already registered",
-            fix="choose another name, or unregister the other one first",
-        )
-    _REGISTRY[backend.name] = backend
-    return backend
-
-
-def unregister(name: str) -> None:
-    """Remove the backend ``name`` from the registry."""
-    get_backend(name)
-    del _REGISTRY[name]
-
-
-def get_backend(name: str) -> Backend:
-    """The registered backend ``name``; an unknown name lists the known ones."""
-    if name not in _REGISTRY:
-        raise UsageError(f"--backend {name!r} is not one of {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
-def backend_names() -> tuple[str, ...]:
-    """The registered backends' names, in the order they were registered."""
-    return tuple(_REGISTRY)
-
-
-def backends_help() -> str:
-    """One sentence per backend, ``name: description``, for the command's help."""
-    return " ".join(f"{b.name}: {b.description.rstrip('.')}." for b in _REGISTRY.values())
+_REGISTRY: Registry[Backend] = Registry(
+    "segmentation backend",
+    unknown=lambda name, known: f"--backend {name!r} is not one of {known}",
+)
+#: Add a :class:`Backend` (its name must be new); returns it.
+register = _REGISTRY.register
+#: Remove a backend by name; returns it.
+unregister = _REGISTRY.unregister
+#: The registered backend of a name; an unknown name lists the known ones.
+get_backend = _REGISTRY.get
+#: The registered backends' names, in the order they were registered.
+backend_names = _REGISTRY.names
+#: One sentence per backend, ``name: description``, for the command's help.
+backends_help = _REGISTRY.help
 
 
 # ============================================================================ nnunet

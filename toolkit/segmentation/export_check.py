@@ -43,54 +43,20 @@ def verify_export(
     than twice that largest difference (closer voxels are ties within the noise and
     are counted, not judged).
     """
-    import onnx
     import onnxruntime as ort
-    import torch
 
-    try:
-        onnx.checker.check_model(str(onnx_path))
-    except Exception as exc:  # noqa: BLE001
-        raise OutputError(
-            f"the exported ONNX model is not valid ({short_error(exc)})",
-            path=onnx_path.parent,
-            fix="report the network class and opset",
-        ) from None
+    _check_model(onnx_path)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     inputs = {
         "random": rng.standard_normal((batch, in_channels, *patch)).astype(np.float32),
         "phantom": _phantom_input(in_channels, patch, rng),
     }
-    checks = {}
-    for name, sample in inputs.items():
-        with torch.no_grad():
-            expected = network(torch.from_numpy(sample)).numpy()
-        actual = session.run(None, {INPUT_NAME: sample})[0]
-        if actual.shape != expected.shape:
-            raise OutputError(
-                f"ONNX Runtime's output shape {actual.shape} differs from torch's {expected.shape}",
-                path=onnx_path.parent,
-                fix="report this",
-            )
-        checks[name] = _compare_logits(expected, actual)
+    checks = {
+        name: _check_input(network, session, sample, onnx_path) for name, sample in inputs.items()
+    }
     for name, check in checks.items():
-        if not check["relative_difference"] <= tolerance:
-            raise OutputError(
-                f"ONNX Runtime's logits differ from torch's by up to "
-                f"{check['max_abs_logit_difference']:.3g} on the {name} input, "
-                f"{check['relative_difference']:.3g} of the logits' range "
-                f"(tolerance {tolerance:g}); the export was refused",
-                path=onnx_path.parent,
-                fix="try another --opset, or report this",
-            )
-        if check["label_disagreements"]:
-            raise OutputError(
-                f"ONNX Runtime's labels differ from torch's in "
-                f"{check['label_disagreements']} voxels of the {name} input that "
-                "are not ties; the export was refused",
-                path=onnx_path.parent,
-                fix="try another --opset, or report this",
-            )
+        _refuse_differences(name, check, tolerance, onnx_path)
     worst = max(checks.values(), key=lambda c: c["relative_difference"])
     return {
         "passed": True,
@@ -107,6 +73,58 @@ def verify_export(
         "onnxruntime_version": ort.__version__,
         "execution_provider": "CPUExecutionProvider",
     }
+
+
+def _check_model(onnx_path: Path) -> None:
+    """ONNX's own check of the exported file."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(onnx_path))
+    except Exception as exc:  # noqa: BLE001
+        raise OutputError(
+            f"the exported ONNX model is not valid ({short_error(exc)})",
+            path=onnx_path.parent,
+            fix="report the network class and opset",
+        ) from None
+
+
+def _check_input(network, session, sample: np.ndarray, onnx_path: Path) -> dict:
+    """torch's and ONNX Runtime's logits of one input, compared (:func:`_compare_logits`)."""
+    import torch
+
+    with torch.no_grad():
+        expected = network(torch.from_numpy(sample)).numpy()
+    actual = session.run(None, {INPUT_NAME: sample})[0]
+    if actual.shape != expected.shape:
+        raise OutputError(
+            f"ONNX Runtime's output shape {actual.shape} differs from torch's {expected.shape}",
+            path=onnx_path.parent,
+            fix="report this",
+        )
+    return _compare_logits(expected, actual)
+
+
+def _refuse_differences(name: str, check: dict, tolerance: float, onnx_path: Path) -> None:
+    """Refuse the export when the logits of input ``name`` differ beyond ``tolerance``, or
+    its labels beyond ties."""
+    if not check["relative_difference"] <= tolerance:
+        raise OutputError(
+            f"ONNX Runtime's logits differ from torch's by up to "
+            f"{check['max_abs_logit_difference']:.3g} on the {name} input, "
+            f"{check['relative_difference']:.3g} of the logits' range "
+            f"(tolerance {tolerance:g}); the export was refused",
+            path=onnx_path.parent,
+            fix="try another --opset, or report this",
+        )
+    if check["label_disagreements"]:
+        raise OutputError(
+            f"ONNX Runtime's labels differ from torch's in "
+            f"{check['label_disagreements']} voxels of the {name} input that "
+            "are not ties; the export was refused",
+            path=onnx_path.parent,
+            fix="try another --opset, or report this",
+        )
 
 
 def _compare_logits(expected: np.ndarray, actual: np.ndarray) -> dict:

@@ -82,38 +82,7 @@ def build_spec(
     cm = configuration_manager
     plans = plans_manager.plans
     labels = {str(k): int(v) for k, v in dataset_json["labels"].items() if k != "ignore"}
-    scheme = cm.normalization_schemes[0]
-    normalization: dict[str, Any] = {
-        "scheme": scheme,
-        "use_mask_for_norm": bool(cm.use_mask_for_norm[0]),
-    }
-    if scheme == "CTNormalization":
-        props = plans_manager.foreground_intensity_properties_per_channel.get("0")
-        if not props:
-            raise InputError(
-                "plans.json has no foreground intensity properties for channel 0, "
-                "which CT normalisation needs",
-                fix="give the plans.json nnU-Net wrote for this model",
-            )
-        normalization.update(
-            clip_lower=float(props["percentile_00_5"]),
-            clip_upper=float(props["percentile_99_5"]),
-            mean=float(props["mean"]),
-            std=float(props["std"]),
-            source="plans.json foreground_intensity_properties_per_channel['0'] "
-            "(the dataset fingerprint)",
-        )
-
-    def resampling(function: str, kwargs: dict) -> dict:
-        return {
-            "function": function,
-            "is_seg": bool(kwargs.get("is_seg", False)),
-            "order": int(kwargs.get("order", 3)),
-            "order_z": int(kwargs.get("order_z", 0)),
-            "force_separate_z": kwargs.get("force_separate_z"),
-        }
-
-    config = cm.configuration
+    normalization = _normalization(plans_manager, cm)
     channels = dataset_json.get("channel_names") or dataset_json.get("modality") or {}
     mirror_axes = checkpoint.get("inference_allowed_mirroring_axes")
     epoch = checkpoint.get("current_epoch")
@@ -148,25 +117,69 @@ def build_spec(
         "patch_size": [int(p) for p in cm.patch_size],
         "crop_to_nonzero": True,
         "normalization": normalization,
-        "resampling": {
-            "data": resampling(
-                config["resampling_fn_data"], config.get("resampling_fn_data_kwargs", {})
-            ),
-            "segmentation": resampling(
-                config["resampling_fn_seg"], config.get("resampling_fn_seg_kwargs", {})
-            ),
-            "probabilities": resampling(
-                config["resampling_fn_probabilities"],
-                config.get("resampling_fn_probabilities_kwargs", {}),
-            ),
-            "anisotropy_threshold": float(ANISOTROPY_THRESHOLD),
-        },
+        "resampling": _resampling_spec(cm.configuration),
         "inference": {
             "mirror_axes": [int(a) for a in mirror_axes] if mirror_axes is not None else None,
             "gaussian_sigma_scale": 1.0 / 8,
             "default_step_size": 0.5,
             "nonlinearity": "softmax",
         },
+    }
+
+
+def _normalization(plans_manager, configuration_manager) -> dict[str, Any]:
+    """The spec's ``normalization``: the scheme and, for CT, the dataset's intensity
+    properties."""
+    cm = configuration_manager
+    scheme = cm.normalization_schemes[0]
+    normalization: dict[str, Any] = {
+        "scheme": scheme,
+        "use_mask_for_norm": bool(cm.use_mask_for_norm[0]),
+    }
+    if scheme == "CTNormalization":
+        props = plans_manager.foreground_intensity_properties_per_channel.get("0")
+        if not props:
+            raise InputError(
+                "plans.json has no foreground intensity properties for channel 0, "
+                "which CT normalisation needs",
+                fix="give the plans.json nnU-Net wrote for this model",
+            )
+        normalization.update(
+            clip_lower=float(props["percentile_00_5"]),
+            clip_upper=float(props["percentile_99_5"]),
+            mean=float(props["mean"]),
+            std=float(props["std"]),
+            source="plans.json foreground_intensity_properties_per_channel['0'] "
+            "(the dataset fingerprint)",
+        )
+    return normalization
+
+
+def _resampling_spec(config: dict) -> dict[str, Any]:
+    """The spec's ``resampling``: data, segmentation and probabilities, from the
+    configuration of plans.json."""
+
+    def resampling(function: str, kwargs: dict) -> dict:
+        return {
+            "function": function,
+            "is_seg": bool(kwargs.get("is_seg", False)),
+            "order": int(kwargs.get("order", 3)),
+            "order_z": int(kwargs.get("order_z", 0)),
+            "force_separate_z": kwargs.get("force_separate_z"),
+        }
+
+    return {
+        "data": resampling(
+            config["resampling_fn_data"], config.get("resampling_fn_data_kwargs", {})
+        ),
+        "segmentation": resampling(
+            config["resampling_fn_seg"], config.get("resampling_fn_seg_kwargs", {})
+        ),
+        "probabilities": resampling(
+            config["resampling_fn_probabilities"],
+            config.get("resampling_fn_probabilities_kwargs", {}),
+        ),
+        "anisotropy_threshold": float(ANISOTROPY_THRESHOLD),
     }
 
 

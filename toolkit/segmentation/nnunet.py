@@ -244,6 +244,15 @@ def resolve_device(device: str):
     return torch.device(torch_device(device))
 
 
+def _check_step_size(step_size) -> None:
+    if (
+        isinstance(step_size, bool)
+        or not isinstance(step_size, (int, float))
+        or not 0 < step_size <= 1
+    ):
+        raise UsageError(f"--step-size must be a number in (0, 1], got {step_size!r}")
+
+
 # ----------------------------------------------------------------------------- the segmenter
 class NnunetSegmenter:
     """An nnU-Net v2 model folder, loaded once, that segments CT images.
@@ -290,12 +299,7 @@ class NnunetSegmenter:
         from metcli.core.threads import check_threads
 
         check_threads(threads)
-        if (
-            isinstance(step_size, bool)
-            or not isinstance(step_size, (int, float))
-            or not 0 < step_size <= 1
-        ):
-            raise UsageError(f"--step-size must be a number in (0, 1], got {step_size!r}")
+        _check_step_size(step_size)
         self.model_dir = Path(model_dir)
         self.dataset_json, self.plans = read_model_folder(self.model_dir)
         self.labels = model_labels(self.dataset_json, path=self.model_dir / "dataset.json")
@@ -312,14 +316,31 @@ class NnunetSegmenter:
         import torch
 
         self.threads = threads or torch.get_num_threads()
+        checkpoints = self._load_checkpoints(checkpoint_name)
+        configuration_manager = self._make_predictor(predictor_class, checkpoints)
+        self.patch_size = tuple(int(p) for p in configuration_manager.patch_size)
+        self.spacing = tuple(float(s) for s in configuration_manager.spacing)
+        log.info(
+            "nnU-Net model %s: configuration %s, folds %s, patch %s, spacing %s mm, "
+            "device %s, mirroring %s",
+            self.model_dir.name,
+            self.configuration,
+            ",".join(self.folds),
+            self.patch_size,
+            self.spacing,
+            self.device,
+            "on" if self.tta else "off",
+        )
+
+    def _load_checkpoints(self, checkpoint_name: str) -> list[dict]:
+        """Each fold's checkpoint; sets the configuration they were trained with."""
         from metcli.segmentation.checkpoints import load_checkpoint
 
         checkpoints = [
             load_checkpoint(self.model_dir / f"fold_{fold}" / checkpoint_name)[0]
             for fold in self.folds
         ]
-        first = checkpoints[0]
-        init_args = first.get("init_args") or {}
+        init_args = checkpoints[0].get("init_args") or {}
         self.configuration = str(init_args.get("configuration", ""))
         if self.configuration not in self.plans["configurations"]:
             raise InputError(
@@ -328,6 +349,12 @@ class NnunetSegmenter:
                 path=self.model_dir / "plans.json",
                 fix=MODEL_FOLDER_FIX,
             )
+        return checkpoints
+
+    def _make_predictor(self, predictor_class, checkpoints: list[dict]):
+        """nnU-Net's predictor with the network and every fold's weights; its configuration
+        manager."""
+        first = checkpoints[0]
         mirror_axes = first.get("inference_allowed_mirroring_axes")
         mirror_axes = None if mirror_axes is None else tuple(int(a) for a in mirror_axes)
         with quiet_nnunet("load"):
@@ -363,19 +390,7 @@ class NnunetSegmenter:
                 str(first.get("trainer_name") or "nnUNetTrainer"),
                 mirror_axes,
             )
-        self.patch_size = tuple(int(p) for p in configuration_manager.patch_size)
-        self.spacing = tuple(float(s) for s in configuration_manager.spacing)
-        log.info(
-            "nnU-Net model %s: configuration %s, folds %s, patch %s, spacing %s mm, "
-            "device %s, mirroring %s",
-            self.model_dir.name,
-            self.configuration,
-            ",".join(self.folds),
-            self.patch_size,
-            self.spacing,
-            self.device,
-            "on" if self.tta else "off",
-        )
+        return configuration_manager
 
     def _build_network(self, trainer_name: str):
         """The network of the plans, built the way the checkpoint's trainer builds it."""

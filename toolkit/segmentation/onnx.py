@@ -283,21 +283,8 @@ class OnnxSegmenter:
         data = np.ascontiguousarray(data.transpose([0, *[a + 1 for a in forward]]))
         spacing = [spacing[a] for a in forward]
         shape_before_crop = data.shape[1:]
-
-        bbox = (
-            nonzero_bbox(data)
-            if self.spec.get("crop_to_nonzero", True)
-            else [[0, s] for s in shape_before_crop]
-        )
-        crop = tuple(slice(a, b) for a, b in bbox)
-        mask = None
-        if self.spec["normalization"].get("use_mask_for_norm"):
-            mask = filled_nonzero_mask(data)[crop]
-        data = data[(slice(None),) + crop]
+        data, crop = self._crop_and_normalize(data)
         shape_cropped = data.shape[1:]
-        data = np.stack(
-            [normalize(data[c], self.spec["normalization"], mask) for c in range(data.shape[0])]
-        )
 
         target = [float(s) for s in self.spec["target_spacing"]]
         new_shape = compute_new_shape(shape_cropped, spacing, target)
@@ -351,6 +338,23 @@ class OnnxSegmenter:
         full[(slice(None),) + crop] = probs
         full = full.transpose([0, *[a + 1 for a in backward]])
         return label_image, np.ascontiguousarray(orient.backward(full))
+
+    def _crop_and_normalize(self, data: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...]]:
+        """(``data`` (C, ...) cropped to its nonzero box and normalised, the crop)."""
+        bbox = (
+            nonzero_bbox(data)
+            if self.spec.get("crop_to_nonzero", True)
+            else [[0, s] for s in data.shape[1:]]
+        )
+        crop = tuple(slice(a, b) for a, b in bbox)
+        mask = None
+        if self.spec["normalization"].get("use_mask_for_norm"):
+            mask = filled_nonzero_mask(data)[crop]
+        data = data[(slice(None),) + crop]
+        data = np.stack(
+            [normalize(data[c], self.spec["normalization"], mask) for c in range(data.shape[0])]
+        )
+        return data, crop
 
     def _sliding_window(self, data: np.ndarray, progress) -> np.ndarray:
         """Logits (heads, ...) of the preprocessed ``data`` (C, ...), Gaussian-weighted tiles."""

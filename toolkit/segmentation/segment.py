@@ -128,42 +128,23 @@ def segment(
 ) -> BatchReport:
     """Segment liver and lesions in every CT of ``raw_dir`` into ``out_dir``.
 
-    Args:
-        raw_dir: the raw dataset (``sub-<id>/[ses-<s>/]anat/..._ct.nii.gz``).
-        out_dir: the derivatives folder to write (not inside ``raw_dir``, except under
-            ``raw_dir/derivatives``).
-        model: a weights-manifest name or a model folder; None = the demo model
-            (:data:`metcli.segmentation.models.DEFAULT_MODEL`, synthetic phantoms only).
-        backend: a registered backend (:mod:`metcli.segmentation.backends`): ``nnunet``
-            (nnU-Net's predictor), ``onnx`` (an export-onnx folder)...
-        device: ``auto``, ``cpu`` or ``cuda``.
-        folds: nnU-Net folds to ensemble; None = all folds of the folder.
-        tta: mirroring test-time augmentation.
-        step_size: sliding-window step (fraction of the patch, nnU-Net's 0.5).
-        label_map: translation of the model's labels (see
-            :func:`metcli.segmentation.labelmaps.resolve_label_map`).
-        orientation: what CTs are brought to before the network sees them (a
-            three-letter code or ``as-stored``); None = the model's own (see
-            :func:`metcli.segmentation.models.resolve_segmentation_model`).
-        participants: labels to process (with or without ``sub-``); None = all.
-        level: ``participant``, ``group`` or ``both``; None = both, or only the
-            participant level when ``participants`` are given.
-        threads: CPU threads of the network, not a setting of the skip rule: PyTorch's
-            for the nnU-Net backend (recorded in the sidecars as ``TorchThreads``;
-            None = torch's current number, :mod:`metcli.core.threads`), ONNX
-            Runtime's for the ONNX backend (None = its own choice).
-        overwrite: redo outputs that are already done.
-        progress: called with (item, status) after each CT.
+    The options are those of ``metcli segment`` (docs/segment.md):
+    ``model`` a weights-manifest name or a model folder (None: the demo model,
+    :data:`metcli.segmentation.models.DEFAULT_MODEL`, synthetic phantoms only);
+    ``backend`` a registered backend (:mod:`metcli.segmentation.backends`);
+    ``device`` ``auto``, ``cpu`` or ``cuda``; ``folds`` the nnU-Net folds to ensemble
+    (None: all); ``tta`` mirroring; ``step_size`` the sliding-window step (fraction
+    of the patch); ``label_map`` the translation of the model's labels
+    (:func:`metcli.segmentation.labelmaps.resolve_label_map`); ``orientation`` what
+    CTs are brought to first (None: the model's own); ``participants`` and ``level``
+    as in every per-participant command; ``threads`` the network's CPU threads (not
+    a setting of the skip rule); ``progress`` called with (item, status) per CT.
 
-    Returns:
-        A :class:`~metcli.core.batch.BatchReport` with one entry per CT (``sub-001
-        portal``); an unreadable or unusable CT fails that entry only.
-
-    Raises:
-        UsageError: bad settings, an unknown model name (the message lists the known
-            ones), an unknown participant, the output inside the input.
-        InputError: a model folder that is incomplete (no plans.json...) or does not
-            match its sha256.
+    Returns a :class:`~metcli.core.batch.BatchReport` with one entry per CT (an
+    unreadable or unusable CT fails that entry only). Raises :class:`UsageError` for
+    bad settings, an unknown model name or participant, or the output inside the
+    input; :class:`InputError` for a model folder that is incomplete or does not
+    match its sha256.
     """
     from metcli.core.threads import check_threads
     from metcli.imaging.labels import write_label_table

@@ -15,10 +15,12 @@ _API = {
     "Grid": "phantom",
     "SIZES": "phantom",
     "SynthParams": "phantom",
+    "TRUTH_COLUMNS": "truth",
     "class_counts": "synth",
     "grid_for": "phantom",
     "make_phantom": "phantom",
     "phantom_arrays": "phantom",
+    "read_truth_lesions": "truth",
     "synth_cohort": "synth",
 }
 

@@ -14,25 +14,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from metcli.core.batch import DONE, SKIPPED, BatchReport, run_each
+from metcli.core.batch import BatchReport, run_each
 from metcli.core.errors import InputError, OutputError, ParticipantsFailed, UsageError
-from metcli.imaging.dicom.writer import ct_to_dicom_series, remove_stale_slices  # noqa: F401
-from metcli.io.bids import Entities, sidecar_path
-from metcli.io.files import (
-    NA,
-    OutputSet,
-    read_json,
-    read_tsv,
-    sha256_file,
-    write_image_to,
-    write_tsv_to,
-)
+from metcli.imaging.dicom.writer import ct_to_dicom_series
+from metcli.io.files import read_json
 from metcli.synth.phantom import (
     CLASSES,
     KNOBS,
@@ -48,11 +38,18 @@ from metcli.synth.phantom import (
     phantom_arrays,
 )
 from metcli.synth.placement import Lesion, lesion_plan
+from metcli.synth.subjects import (
+    Subject,
+    SubjectWriter,
+    ct_entities,
+    lesion_table_path,
+    participant_row,
+)
+from metcli.synth.truth import write_cohort_table
 
 log = logging.getLogger(__name__)
 #: Name of the raw dataset; a rawdata folder with another name is never written into.
 DATASET_NAME = "metcli synthetic cohort"
-DICOM_SIDECAR = "provenance.json"
 DICOM_INTERCEPT = -1024
 
 
@@ -97,76 +94,6 @@ def participant_labels(total: int) -> list[str]:
     return [f"{i + 1:0{width}d}" for i in range(total)]
 
 
-def demographics(rng: np.random.Generator) -> tuple[int, str]:
-    """(age, sex) of a synthetic participant: the same distribution in both classes."""
-    age = int(np.clip(round(rng.normal(63.0, 10.0)), 30, 90))
-    sex = "M" if rng.uniform() < 0.58 else "F"
-    return age, sex
-
-
-#: Columns of the truth table (schemas/synth_lesions.schema.json).
-TRUTH_COLUMNS = (
-    "participant_id",
-    "lesion_id",
-    "primary",
-    "centre_x_mm",
-    "centre_y_mm",
-    "centre_z_mm",
-    "centroid_x_mm",
-    "centroid_y_mm",
-    "centroid_z_mm",
-    "radius_mm",
-    "semi_axis_a_mm",
-    "semi_axis_b_mm",
-    "semi_axis_c_mm",
-    "voxels",
-    "volume_mm3",
-    "equivalent_diameter_mm",
-    "lesion_hu",
-    "texture_sd_hu",
-    "patient_offset_hu",
-)
-_INT_COLUMNS = ("lesion_id", "voxels")
-_TEXT_COLUMNS = ("participant_id", "primary")
-
-
-def read_truth_lesions(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a truth table (per participant or the cohort's ``lesions.tsv``), typed."""
-    rows = read_tsv(path, required=TRUTH_COLUMNS)
-    out = []
-    for number, row in enumerate(rows, start=2):
-        typed: dict[str, Any] = {}
-        for key, value in row.items():
-            try:
-                if key in _TEXT_COLUMNS:
-                    typed[key] = value
-                elif value == NA:
-                    typed[key] = None
-                elif key in _INT_COLUMNS:
-                    typed[key] = int(value)
-                else:
-                    typed[key] = float(value)
-            except ValueError:
-                raise InputError(
-                    f"line {number}: {key} {value!r} is not a number",
-                    path=path,
-                    fix="write the table again with metcli synth",
-                ) from None
-        out.append(typed)
-    return out
-
-
-@dataclass
-class _Subject:
-    index: int
-    label: str
-    primary: str
-
-    @property
-    def participant_id(self) -> str:
-        return f"sub-{self.label}"
-
-
 def synth_cohort(
     out_dir: str | Path,
     *,
@@ -205,13 +132,39 @@ def synth_cohort(
         OutputError: the folder cannot be written, or holds a raw dataset of someone else.
         ParticipantsFailed: some participants failed; the others are written.
     """
-    from metcli.io.participants import write_participants
-
     params = _resolve_params(size, null, knobs)
     _check_counts(n_colorectal, n_pancreatic, seed)
     out_dir = Path(out_dir)
     raw_dir, truth_dir = _prepare(out_dir)
-    settings = {
+    settings = _settings(params, size, n_colorectal, n_pancreatic, seed=seed, null=null)
+    dicom_dir = out_dir / "sourcedata" / "dicom"
+    steps = _start_datasets(raw_dir, truth_dir, dicom_dir, settings)
+    writer = SubjectWriter(
+        params, int(seed), steps, raw_dir, truth_dir, dicom_dir, dicom=dicom, overwrite=overwrite
+    )
+    subjects = _subjects(int(n_colorectal), int(n_pancreatic))
+    _warn_about_strays(raw_dir, [s.label for s in subjects])
+    report = run_each(
+        subjects,
+        key=lambda s: s.participant_id,
+        work=writer.write,
+        progress=progress,
+        report=report,
+    )
+    _write_cohort_tables(writer, subjects, report, seed)
+    if report.failed:
+        raise ParticipantsFailed(report.failed, total=len(subjects))
+    if truth_lesions:
+        _split_truth(truth_dir, out_dir / "derivatives" / "truth-lesions", overwrite)
+    log.info("synthetic cohort in %s: %d participant(s)", out_dir, len(subjects))
+    return out_dir
+
+
+def _settings(
+    params: SynthParams, size, n_colorectal: int, n_pancreatic: int, *, seed: int, null: bool
+) -> dict[str, Any]:
+    """The cohort's settings, as every output's provenance records them."""
+    return {
         "seed": int(seed),
         "size": size if isinstance(size, str) else "custom",
         "grid": params.grid.as_dict(),
@@ -221,57 +174,48 @@ def synth_cohort(
         "phase": PHASE,
         "knobs": params.knobs(),
     }
-    dicom_dir = out_dir / "sourcedata" / "dicom"
-    steps = _start_datasets(raw_dir, truth_dir, dicom_dir, settings)
+
+
+def _subjects(n_colorectal: int, n_pancreatic: int) -> list[Subject]:
+    """The cohort's participants: index, label and class."""
     labels = participant_labels(n_colorectal + n_pancreatic)
-    subjects = [
-        _Subject(i, label, cls)
-        for i, (label, cls) in enumerate(
-            zip(labels, cohort_classes(int(n_colorectal), int(n_pancreatic)))
-        )
+    return [
+        Subject(i, label, cls)
+        for i, (label, cls) in enumerate(zip(labels, cohort_classes(n_colorectal, n_pancreatic)))
     ]
-    _warn_about_strays(raw_dir, labels)
-    rows: dict[str, dict] = {}
 
-    def work(subject: _Subject) -> str:
-        return _write_subject(
-            subject,
-            params,
-            int(seed),
-            steps,
-            raw_dir,
-            truth_dir,
-            dicom_dir,
-            dicom=dicom,
-            overwrite=overwrite,
-            rows=rows,
-        )
 
-    report = run_each(
-        subjects, key=lambda s: s.participant_id, work=work, progress=progress, report=report
-    )
+def _write_cohort_tables(
+    writer: SubjectWriter, subjects: Sequence[Subject], report: BatchReport, seed: int
+) -> None:
+    """participants.tsv and the truth's ``lesions.tsv`` of the participants written."""
+    from metcli.io.participants import write_participants
+
     written = [
         s
         for s in subjects
-        if (raw_dir / _ct_entities(s).relpath()).is_file() and s.participant_id not in report.failed
+        if (writer.raw_dir / ct_entities(s).relpath()).is_file()
+        and s.participant_id not in report.failed
     ]
     if written:
         write_participants(
-            raw_dir, [rows.get(s.participant_id) or _participant_row(s, seed) for s in written]
+            writer.raw_dir,
+            [writer.rows.get(s.participant_id) or participant_row(s, seed) for s in written],
         )
-        _write_cohort_table(steps["truth"], truth_dir, written)
-    if report.failed:
-        raise ParticipantsFailed(report.failed, total=len(subjects))
-    if truth_lesions:
-        from metcli.lesions.split_lesions import split_lesions
+        write_cohort_table(
+            writer.steps["truth"],
+            writer.truth_dir,
+            [lesion_table_path(writer.truth_dir, s) for s in written],
+        )
 
-        lesion_report = split_lesions(
-            truth_dir, out_dir / "derivatives" / "truth-lesions", overwrite=overwrite
-        )
-        if lesion_report.failed:
-            raise ParticipantsFailed(lesion_report.failed, total=len(lesion_report.status))
-    log.info("synthetic cohort in %s: %d participant(s)", out_dir, len(subjects))
-    return out_dir
+
+def _split_truth(truth_dir: Path, out_dir: Path, overwrite: bool) -> None:
+    """split-lesions on the true masks (``derivatives/truth-lesions``)."""
+    from metcli.lesions.split_lesions import split_lesions
+
+    lesion_report = split_lesions(truth_dir, out_dir, overwrite=overwrite)
+    if lesion_report.failed:
+        raise ParticipantsFailed(lesion_report.failed, total=len(lesion_report.status))
 
 
 def _check_counts(n_colorectal, n_pancreatic, seed) -> None:
@@ -381,174 +325,6 @@ def _warn_about_strays(raw_dir: Path, labels: Sequence[str]) -> None:
         )
 
 
-def _ct_entities(subject: _Subject) -> Entities:
-    return Entities(sub=subject.label, ce=PHASE, suffix="ct", extension=".nii.gz")
-
-
-def _participant_row(subject: _Subject, seed: int) -> dict[str, Any]:
-    _phantom_seed, demo_seed = participant_seed(seed, subject.index).spawn(2)
-    age, sex = demographics(np.random.default_rng(demo_seed))
-    return {
-        "participant_id": subject.participant_id,
-        "primary": subject.primary,
-        "age": age,
-        "sex": sex,
-    }
-
-
-def _write_subject(
-    subject: _Subject,
-    params: SynthParams,
-    seed: int,
-    steps,
-    raw_dir: Path,
-    truth_dir: Path,
-    dicom_dir: Path,
-    *,
-    dicom: bool,
-    overwrite: bool,
-    rows: dict,
-) -> str:
-    from metcli.io.files import read_image
-
-    ent = _ct_entities(subject)
-    ct_path = raw_dir / ent.relpath()
-    dseg_path = truth_dir / ent.with_(suffix="dseg").relpath()
-    table_path = truth_dir / ent.with_(suffix="lesions", extension=".tsv").relpath()
-    series_dir = dicom_dir / subject.participant_id
-    dicom_sidecar = series_dir / DICOM_SIDECAR
-    row = _participant_row(subject, seed)
-    rows[subject.participant_id] = row
-
-    ct_done = not overwrite and steps["ct"].is_done(sidecar_path(ct_path), [])
-    truth_done = dicom_done = False
-    if ct_done:
-        ct_record = steps["truth"].inputs([ct_path])
-        truth_done = steps["truth"].is_done(sidecar_path(dseg_path), ct_record) and steps[
-            "truth"
-        ].is_done(sidecar_path(table_path), ct_record)
-        dicom_done = not dicom or steps["dicom"].is_done(
-            dicom_sidecar, steps["dicom"].inputs([ct_path])
-        )
-    if ct_done and truth_done and dicom_done:
-        return SKIPPED
-    if ct_done and truth_done:  # only the DICOM series is missing or stale
-        ct_image = read_image(ct_path, what="CT")
-        with OutputSet() as outs:
-            names = _write_dicom(
-                outs,
-                ct_image,
-                series_dir,
-                subject,
-                row,
-                seed,
-                steps["dicom"],
-                ct_path,
-                sha256_file(ct_path),
-            )
-        remove_stale_slices(series_dir, names)
-        return DONE
-
-    phantom_seed, _demo_seed = participant_seed(seed, subject.index).spawn(2)
-    phantom = phantom_arrays(np.random.default_rng(phantom_seed), params, subject.primary)
-    ct_image, dseg_image = phantom.images()
-    table_rows = [lesion.row(subject.participant_id, subject.primary) for lesion in phantom.lesions]
-    extra = {"Synthetic": True, "ContrastPhase": PHASE}
-    with OutputSet() as outs:
-        tmp_ct = outs.path(ct_path)
-        write_image_to(ct_image, tmp_ct)
-        steps["ct"].write_sidecar(outs, sidecar_path(ct_path), [], {ct_path: tmp_ct}, extra=extra)
-        ct_sha = sha256_file(tmp_ct)
-        ct_record = [{"uri": steps["truth"].uri(ct_path), "sha256": ct_sha}]
-        tmp_dseg = outs.path(dseg_path)
-        write_image_to(dseg_image, tmp_dseg)
-        steps["truth"].write_sidecar(
-            outs,
-            sidecar_path(dseg_path),
-            ct_record,
-            {dseg_path: tmp_dseg},
-            extra={"Synthetic": True},
-        )
-        tmp_table = outs.path(table_path)
-        write_tsv_to(table_rows, TRUTH_COLUMNS, tmp_table, schema="synth_lesions", where=table_path)
-        steps["truth"].write_sidecar(
-            outs,
-            sidecar_path(table_path),
-            ct_record,
-            {table_path: tmp_table},
-            extra={"Synthetic": True},
-        )
-        names = None
-        if dicom:
-            names = _write_dicom(
-                outs, ct_image, series_dir, subject, row, seed, steps["dicom"], ct_path, ct_sha
-            )
-    if names is not None:
-        remove_stale_slices(series_dir, names)
-    elif dicom_sidecar.is_file():
-        log.warning(
-            "%s: the DICOM series in %s was made from an earlier CT; run with --dicom to "
-            "refresh it or delete it",
-            subject.participant_id,
-            series_dir,
-        )
-    return DONE
-
-
-def _write_cohort_table(step, truth_dir: Path, subjects: Sequence[_Subject]) -> None:
-    """``derivatives/truth/lesions.tsv``: the per-participant tables, one after the other."""
-    tables = [
-        truth_dir / _ct_entities(s).with_(suffix="lesions", extension=".tsv").relpath()
-        for s in subjects
-    ]
-    tables = [t for t in tables if t.is_file()]
-    path = truth_dir / "lesions.tsv"
-    inputs = step.inputs(tables)
-    if step.is_done(sidecar_path(path), inputs):
-        return
-    rows = [row for table in tables for row in read_truth_lesions(table)]
-    with OutputSet() as outs:
-        tmp = outs.path(path)
-        write_tsv_to(rows, TRUTH_COLUMNS, tmp, schema="synth_lesions", where=path)
-        step.write_sidecar(outs, sidecar_path(path), inputs, {path: tmp}, extra={"Synthetic": True})
-
-
-# ============================================================================ DICOM
-def _write_dicom(
-    outs: OutputSet,
-    ct_image,
-    series_dir: Path,
-    subject: _Subject,
-    row: Mapping,
-    seed: int,
-    step,
-    ct_path: Path,
-    ct_sha: str,
-) -> list[str]:
-    uid_sources = ["metcli synth", str(seed), subject.participant_id, step.settings_sha256]
-    temps = ct_to_dicom_series(
-        ct_image,
-        series_dir,
-        outputs=outs,
-        uid_sources=uid_sources,
-        patient_id=subject.participant_id,
-        sex=row.get("sex"),
-        age=row.get("age"),
-        series_description=_SERIES_DESCRIPTION,
-    )
-    record = [{"uri": step.uri(ct_path), "sha256": ct_sha}]
-    step.write_sidecar(
-        outs,
-        series_dir / DICOM_SIDECAR,
-        record,
-        temps,
-        extra={"Synthetic": True, "SeriesDescription": _SERIES_DESCRIPTION},
-    )
-    return [p.name for p in temps]
-
-
-_SERIES_DESCRIPTION = "metcli synth portal-venous CT phantom"
-
 __all__ = [
     "CLASSES",
     "Grid",
@@ -567,6 +343,5 @@ __all__ = [
     "participant_labels",
     "participant_seed",
     "phantom_arrays",
-    "read_truth_lesions",
     "synth_cohort",
 ]

@@ -69,13 +69,39 @@ def _series_record(step, series: SeriesInfo, dicom_dir: Path) -> dict[str, Any]:
     return {"uri": step.uri(folder), "sha256": series_sha256(series.files), "files": series.n_files}
 
 
+def _check_labels(
+    participant: str, session: str | None, phase: str | None
+) -> tuple[str, str | None, str | None]:
+    """The participant, session and phase labels (``sub-``, ``ses-``, ``ce-`` entities)."""
+    from metcli.io.bids import KNOWN_PHASES, clean_label
+
+    label = clean_label(participant)
+    ses = clean_label(session, entity="ses", option="--session") if session is not None else None
+    ce = clean_label(phase, entity="ce", option="--phase") if phase is not None else None
+    if ce is not None and ce not in KNOWN_PHASES:
+        log.warning("--phase %s is not one of the usual phases (%s)", ce, ", ".join(KNOWN_PHASES))
+    return label, ses, ce
+
+
 def _check_folders(dicom_dir: Path, raw_dir: Path) -> None:
+    """Refuse a missing DICOM folder, a raw dataset inside it or a malformed
+    participants.tsv, before anything is written."""
+    from metcli.io.participants import participants_path, read_participants
+
+    if not dicom_dir.is_dir():
+        raise InputError(
+            "DICOM folder not found",
+            path=dicom_dir,
+            fix="give the folder that holds the DICOM files of the CT series",
+        )
     src, out = dicom_dir.resolve(), raw_dir.resolve()
     if out == src or src in out.parents:
         raise UsageError(
             f"RAW_DIR {raw_dir} lies inside DICOM_DIR {dicom_dir}",
             fix="write the raw dataset outside the DICOM folder",
         )
+    if participants_path(raw_dir).is_file():
+        read_participants(raw_dir)  # a malformed table fails now, before anything is written
 
 
 def _check_primary(primary: str | None) -> str | None:
@@ -160,28 +186,15 @@ def import_dicom(
     without ``overwrite`` (:class:`UsageError`): a raw image is not a derivative
     that can be remade. Nothing is written when the series is refused.
     """
-    from metcli.io.bids import KNOWN_PHASES, Entities, clean_label, sidecar_path
+    from metcli.io.bids import Entities, sidecar_path
     from metcli.io.files import OutputSet, write_image_to
-    from metcli.io.participants import participants_path, read_participants
     from metcli.io.provenance import Step
     from metcli.io.schemas import validate
 
-    label = clean_label(participant)
-    ses = clean_label(session, entity="ses", option="--session") if session is not None else None
-    ce = clean_label(phase, entity="ce", option="--phase") if phase is not None else None
-    if ce is not None and ce not in KNOWN_PHASES:
-        log.warning("--phase %s is not one of the usual phases (%s)", ce, ", ".join(KNOWN_PHASES))
+    label, ses, ce = _check_labels(participant, session, phase)
     primary = _check_primary(primary)
     dicom_dir, raw_dir = Path(dicom_dir), Path(raw_dir)
-    if not dicom_dir.is_dir():
-        raise InputError(
-            "DICOM folder not found",
-            path=dicom_dir,
-            fix="give the folder that holds the DICOM files of the CT series",
-        )
     _check_folders(dicom_dir, raw_dir)
-    if participants_path(raw_dir).is_file():
-        read_participants(raw_dir)  # a malformed table fails now, before anything is written
 
     entities = Entities(sub=label, ses=ses, ce=ce)
     out = raw_dir / entities.relpath()

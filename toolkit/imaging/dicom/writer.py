@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -58,12 +58,28 @@ def ct_to_dicom_series(
     -1024 and RescaleSlope 1. No identifying data: the patient's name and id are the
     synthetic ``patient_id``; no dates.
     """
-    import pydicom
-    import SimpleITK as sitk
-    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
-    from metcli._version import __version__
+    stored = _stored_pixels(ct_image)
+
+    def uid(*parts: str) -> str:
+        return generate_uid(entropy_srcs=[*uid_sources, *parts])
+
+    ds = _series_dataset(
+        ct_image,
+        stored.shape,
+        uid,
+        patient_id=patient_id,
+        sex=sex,
+        age=age,
+        series_description=series_description,
+    )
+    return _write_slices(ds, stored, ct_image, uid, folder, outputs)
+
+
+def _stored_pixels(ct_image) -> np.ndarray:
+    """The CT's voxels [z, y, x] as stored: unsigned, HU minus the rescale intercept."""
+    import SimpleITK as sitk
 
     direction = np.asarray(ct_image.GetDirection()).reshape(3, 3)
     if not np.allclose(direction, np.eye(3)):
@@ -71,14 +87,27 @@ def ct_to_dicom_series(
     array = sitk.GetArrayFromImage(ct_image).astype(np.int32)
     if array.min() < HU_MIN or array.max() > HU_MAX:
         raise UsageError(f"CT values must lie in [{HU_MIN}, {HU_MAX}] HU to be stored as DICOM")
-    stored = (array - DICOM_INTERCEPT).astype(np.uint16)
-    nz, ny, nx = array.shape
+    return (array - DICOM_INTERCEPT).astype(np.uint16)
+
+
+def _series_dataset(
+    ct_image,
+    shape: tuple[int, int, int],
+    uid: Callable[..., str],
+    *,
+    patient_id: str,
+    sex: str | None,
+    age: int | None,
+    series_description: str,
+):
+    """One dataset with the attributes every slice of the series shares."""
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    from metcli._version import __version__
+
+    _nz, ny, nx = shape
     sx, sy, sz = ct_image.GetSpacing()
-    ox, oy, oz = ct_image.GetOrigin()
-
-    def uid(*parts: str) -> str:
-        return generate_uid(entropy_srcs=[*uid_sources, *parts])
-
     common = {  # the attributes every slice shares
         "SOPClassUID": CTImageStorage,
         "StudyInstanceUID": uid("study"),
@@ -127,15 +156,26 @@ def ct_to_dicom_series(
     }
     if age is not None:
         common["PatientAge"] = f"{int(age):03d}Y"
-    major = int(pydicom.__version__.split(".")[0])
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset("", Dataset(), file_meta=meta, preamble=b"\0" * 128)
     for keyword, value in common.items():
         setattr(ds, keyword, value)
+    return ds
+
+
+def _write_slices(
+    ds, stored: np.ndarray, ct_image, uid: Callable[..., str], folder: Path, outputs: OutputSet
+) -> dict[Path, Path]:
+    """One file a slice through ``outputs``: ``ds`` with its per-slice attributes replaced."""
+    import pydicom
+
+    major = int(pydicom.__version__.split(".")[0])
+    ox, oy, oz = ct_image.GetOrigin()
+    sz = ct_image.GetSpacing()[2]
     produced: dict[Path, Path] = {}
-    for k in range(nz):  # one dataset, its per-slice attributes replaced for each file
+    for k in range(stored.shape[0]):  # one dataset, its per-slice attributes replaced
         instance = uid("instance", str(k))
         ds.file_meta.MediaStorageSOPInstanceUID = instance
         ds.SOPInstanceUID = instance
