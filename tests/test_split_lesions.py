@@ -482,6 +482,7 @@ def test_skip_rule(runner, seg_dir, out_dir):
         ("corrupt", "cannot read the segmentation"),
         ("2d", "2D"),
         ("fractional", "non-integer"),
+        ("other labels", "label(s) 3, 7 besides background"),
     ],
 )
 def test_a_bad_segmentation_fails_only_its_participant(runner, seg_dir, out_dir, problem, message):
@@ -497,12 +498,17 @@ def test_a_bad_segmentation_fails_only_its_participant(runner, seg_dir, out_dir,
         bad_path.write_bytes(data[: len(data) // 2])
     elif problem == "2d":
         sitk.WriteImage(sitk.GetImageFromArray(np.full((10, 10), 2, np.uint8)), str(bad_path))
+    elif problem == "other labels":
+        other = good.copy()
+        other[0, 0, :3] = 3
+        other[3, 9, 9] = 7
+        write_seg(seg_dir, "02", other)
     else:
         write_seg(seg_dir, "02", good.astype(np.float32) * 0.75)
     result = invoke(runner, ["split-lesions", seg_dir, out_dir], expect=3)
     assert "Traceback" not in result.stderr
-    lines = [row for row in result.stderr.splitlines() if bad_path.name in row and message in row]
-    assert lines, result.stderr
+    text = " ".join(result.stderr.split())  # rich wraps long lines at the terminal's width
+    assert f"{bad_path.name}: " in text and message in text, result.stderr
     assert "1 of 2 participant(s) failed: sub-02" in result.stderr
     assert out_files(out_dir, "01")["tsv"].is_file()
     assert not (out_dir / "sub-02").exists()
@@ -568,3 +574,19 @@ def test_the_group_schema_repeats_the_lesion_table():
     for key, spec in row["properties"].items():
         assert group["properties"][key] == spec
     assert list(schemas.load_schema("tumour_burden")["properties"]) == BURDEN_COLUMNS
+
+
+def test_other_label_values_are_named_with_the_options_that_fix_them(runner, seg_dir, out_dir):
+    """A segmentation labelled 5 (liver) and 7 (lesion) is refused with the defaults, which
+    would drop both and report no burden, and split with --liver-label 5 --lesion-label 7."""
+    array = np.zeros((4, 10, 10), np.uint8)
+    array[:, 1:9, 1:9] = 5
+    array[1:3, 2:5, 2:5] = 7
+    write_seg(seg_dir, "01", array)
+    result = invoke(runner, ["split-lesions", seg_dir, out_dir], expect=3)
+    assert "label(s) 5, 7 besides background" in result.stderr
+    assert "--lesion-label" in result.stderr and "--label-map" in result.stderr
+    assert not (out_dir / "sub-01").exists()
+    invoke(runner, ["split-lesions", seg_dir, out_dir, "--liver-label", "5", "--lesion-label", "7"])
+    rows = read_tsv(out_files(out_dir, "01")["tsv"])
+    assert len(rows) == 1 and int(rows[0]["voxels"]) == 2 * 3 * 3

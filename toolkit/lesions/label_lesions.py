@@ -102,6 +102,22 @@ def _components(lesion: np.ndarray, connectivity: int) -> np.ndarray:
     return sitk.GetArrayFromImage(labelled).astype(np.uint32, copy=False)
 
 
+def _refuse_other_labels(array: np.ndarray, lesion_label: int, liver_label: int) -> None:
+    """Refuse labels other than background, liver and lesion: dropping them silently
+    would change the lesion count and the tumour burden (import-mask's rule)."""
+    other = (array != 0) & (array != lesion_label) & (array != liver_label)
+    if not other.any():
+        return
+    found = np.unique(array[other])
+    shown = ", ".join(f"{v:g}" for v in found[:8]) + (" ..." if len(found) > 8 else "")
+    raise ImageError(
+        f"the segmentation holds label(s) {shown} besides background (0), liver "
+        f"({liver_label}) and lesion ({lesion_label}) in {int(other.sum())} voxels",
+        fix="give --lesion-label and --liver-label for the labels it uses, or map its "
+        "labels to 0/1/2 first (metcli import-mask MASK ... --label-map)",
+    )
+
+
 def _check_label_values(array: np.ndarray) -> None:
     if array.dtype.kind == "f":
         finite = np.isfinite(array)
@@ -176,6 +192,7 @@ def split_image(
         )
     array = sitk.GetArrayViewFromImage(seg_image)  # [k, j, i]
     _check_label_values(array)
+    _refuse_other_labels(array, settings["lesion_label"], settings["liver_label"])
 
     lesion = array == settings["lesion_label"]
     liver_voxels = int(np.count_nonzero(array == settings["liver_label"]))
