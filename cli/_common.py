@@ -189,14 +189,20 @@ def threads_option(what: str):
     return wrap
 
 
+#: The largest seed (numpy's and scikit-learn's random states take 32-bit seeds).
+MAX_SEED = 2**32 - 1
+
+
 def seed_option(default: int = 0):
+    """``--seed``, the same rule in every command: an integer from 0 to 2^32-1."""
+
     def wrap(fn):
         return click.option(
             "--seed",
-            type=int,
+            type=click.IntRange(0, MAX_SEED),
             default=default,
             show_default=True,
-            help="Random seed (same inputs and seed give the same outputs).",
+            help="Random seed, 0 to 2^32-1 (same inputs and seed give the same outputs).",
         )(fn)
 
     return wrap

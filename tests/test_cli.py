@@ -169,3 +169,21 @@ def test_progress_bar_grows_with_each_announced_total(monkeypatch):
     bar("y", "done")
     task = bar.progress.tasks[0]
     assert (task.total, task.completed) == (5, 1)
+
+
+@pytest.mark.parametrize(
+    "command", ["synth", "train-radiomics", "train-cnn", "evaluate", "evaluate-seg"]
+)
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "x"])
+def test_one_seed_rule_for_every_command(runner, tmp_path, command, seed):
+    """An out-of-range seed is a usage error (exit 2) naming --seed, before any work."""
+    args = {
+        "synth": [tmp_path / "out"],
+        "train-radiomics": [tmp_path, tmp_path / "out", "--labels", tmp_path],
+        "train-cnn": [tmp_path, tmp_path, tmp_path / "out", "--labels", tmp_path],
+        "evaluate": [tmp_path, tmp_path / "out", "--labels", tmp_path],
+        "evaluate-seg": [tmp_path, tmp_path, tmp_path / "out"],
+    }[command]
+    result = invoke(runner, [command, *args, "--seed", seed], expect=2)
+    assert "--seed" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
