@@ -68,6 +68,15 @@ def setup_logging(verbose: int, quiet: bool, debug: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- config files
+def _yaml_problem(exc: Exception) -> str:
+    """One line for a YAML parser's error: what and where (line and column)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    if mark is not None and problem:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
+
+
 def _load_config(ctx: click.Context, _param, value):
     """``--config FILE``: a YAML or JSON mapping of option names to default values."""
     if value is None:
@@ -79,7 +88,8 @@ def _load_config(ctx: click.Context, _param, value):
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise click.BadParameter(
-            f"{path}: cannot read it as YAML or JSON ({exc})", param_hint="--config"
+            f"{path}: cannot read it as YAML or JSON ({_yaml_problem(exc)})",
+            param_hint="--config",
         ) from None
     if data is None:
         data = {}

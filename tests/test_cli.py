@@ -187,3 +187,12 @@ def test_one_seed_rule_for_every_command(runner, tmp_path, command, seed):
     result = invoke(runner, [command, *args, "--seed", seed], expect=2)
     assert "--seed" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_yaml_error_in_config_is_one_line_with_its_position(runner, tmp_path):
+    config = tmp_path / "metcli.yaml"
+    config.write_text("subjects: [4\nseed: 3\n")
+    result = invoke(runner, ["synth", tmp_path / "out", "--config", config], expect=2)
+    error = [line for line in result.stderr.splitlines() if "Error" in line]
+    assert len(error) == 1 and "line 2, column 5" in error[0] and str(config) in error[0]
+    assert not (tmp_path / "out").exists()
