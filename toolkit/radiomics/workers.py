@@ -11,6 +11,7 @@ import collections
 import contextlib
 import logging
 import multiprocessing
+import signal
 from typing import Iterable, Iterator
 
 from metcli.radiomics.columns import RegionResult
@@ -51,6 +52,26 @@ def _work(item: tuple[Region, ExtractionParams]) -> RegionResult:
     return extract_region(region, params)
 
 
+def _submit_ignoring_interrupts(executor, item):
+    """Submit ``item``; a worker started by this submission inherits an ignored SIGINT.
+
+    Ctrl-C goes to every process of the terminal's process group. Workers that
+    started with Python's default handler would each print a KeyboardInterrupt
+    traceback (even while still importing); started with SIGINT ignored, only
+    the parent sees it, and it stops the run with exit 130 and one line.
+    The executor starts workers inside ``submit``, in this (the main) thread.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return executor.submit(_work, item)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return executor.submit(_work, item)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class LesionPool:
     """Lesions in parallel over ``jobs`` processes; results in submission order.
 
@@ -83,7 +104,7 @@ class LesionPool:
             return
         pending: collections.deque = collections.deque()
         for item in items:
-            pending.append(executor.submit(_work, item))
+            pending.append(_submit_ignoring_interrupts(executor, item))
             if len(pending) >= 2 * self.jobs:
                 yield pending.popleft().result()
         while pending:
