@@ -193,3 +193,135 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+# ----------------------------------------------------------------------------- cut or damaged
+def noisy_volume(shape=(12, 32, 32), seed=0) -> np.ndarray:
+    """int16 noise: it compresses little, so its voxels fill most of a .nii.gz."""
+    return np.random.default_rng(seed).integers(-200, 300, shape).astype(np.int16)
+
+
+def write_with_sitk(path, array, *, compress=True):
+    import SimpleITK as sitk
+
+    sitk.WriteImage(make_image(array, spacing=(0.8, 0.8, 2.0)), str(path), useCompression=compress)
+    return path
+
+
+def flip_middle(path, count=4):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for index in range(middle, middle + count):
+        data[index] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def refused(path, *needles):
+    with pytest.raises(ImageError) as info:
+        fileio.read_image(path, what="CT")
+    text = str(info.value)
+    assert text.startswith(f"{path}: cannot read the CT: ") and "\n" not in text, text
+    assert "Fix: copy or export the file again" in text, text
+    for needle in needles:
+        assert needle in text, text
+    return text
+
+
+def test_a_truncated_nii_gz_that_simpleitk_reads_as_zeros_is_refused(tmp_path):
+    import SimpleITK as sitk
+
+    array = noisy_volume()
+    path = write_with_sitk(tmp_path / "ct.nii.gz", array)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.6)])
+    silent = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))  # no complaint from SimpleITK
+    assert silent.shape == array.shape and not (silent[-1] == array[-1]).all()
+    expected = 352 + array.size * 2
+    refused(path, "truncated", "gzip stream ends early", f"of the {expected:,} its NIfTI header")
+
+
+def test_a_nii_gz_with_damaged_bytes_is_refused_as_corrupted(tmp_path):
+    path = write_with_sitk(tmp_path / "ct.nii.gz", noisy_volume())
+    flip_middle(path)
+    refused(path, "corrupted")
+
+
+def test_a_truncated_uncompressed_nii_is_refused(tmp_path):
+    import SimpleITK as sitk
+
+    array = noisy_volume()
+    path = write_with_sitk(tmp_path / "ct.nii", array, compress=False)
+    expected = path.stat().st_size
+    assert expected == 352 + array.size * 2
+    path.write_bytes(path.read_bytes()[: int(expected * 0.6)])
+    assert sitk.ReadImage(str(path)).GetSize() == (32, 32, 12)  # no complaint from SimpleITK
+    refused(path, f"holds {int(expected * 0.6):,} bytes, fewer than the {expected:,}")
+
+
+def test_a_complete_gzip_of_too_few_bytes_is_refused(tmp_path):
+    plain = write_with_sitk(tmp_path / "ct.nii", noisy_volume(), compress=False)
+    path = tmp_path / "short.nii.gz"
+    path.write_bytes(gzip.compress(plain.read_bytes()[:-100]))
+    refused(path, "decompressed bytes, fewer than the")
+
+
+def test_a_truncated_nifti2_is_refused(tmp_path):
+    import nibabel as nib
+
+    array = noisy_volume().transpose(2, 1, 0)
+    path = tmp_path / "ct.nii"
+    nib.save(nib.Nifti2Image(array, np.eye(4)), str(path))
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[:-2])
+    refused(path, f"{size - 2:,} bytes, fewer than the {size:,}")
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_damaged_compressed_nrrd_and_metaimage_data_are_refused(tmp_path, suffix):
+    path = write_with_sitk(tmp_path / f"ct{suffix}", noisy_volume())
+    flip_middle(path)
+    refused(path, "corrupted", "checksum" if suffix == ".mha" else "gzip CRC check failed")
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_truncated_compressed_nrrd_and_metaimage_are_refused(tmp_path, suffix):
+    path = write_with_sitk(tmp_path / f"ct{suffix}", noisy_volume())
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.6)])
+    refused(path, "truncated", "stream ends early")
+
+
+@pytest.mark.parametrize(
+    "suffix,compress",
+    [(".nii.gz", True), (".nii", False), (".nrrd", True), (".nrrd", False), (".mha", True)],
+)
+def test_complete_files_read_exactly_as_simpleitk_reads_them(tmp_path, suffix, compress):
+    import SimpleITK as sitk
+
+    path = write_with_sitk(tmp_path / f"ct{suffix}", noisy_volume(), compress=compress)
+    ours, theirs = fileio.read_image(path), sitk.ReadImage(str(path))
+    assert np.array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs))
+    assert ours.GetSpacing() == theirs.GetSpacing() and ours.GetOrigin() == theirs.GetOrigin()
+    assert ours.GetPixelID() == theirs.GetPixelID()
+
+
+def test_concatenated_gzip_members_and_zero_padding_are_complete(tmp_path):
+    """zlib's gzread, which SimpleITK uses, reads members one after the other."""
+    import SimpleITK as sitk
+
+    array = noisy_volume()
+    plain = write_with_sitk(tmp_path / "ct.nii", array, compress=False).read_bytes()
+    path = tmp_path / "members.nii.gz"
+    path.write_bytes(gzip.compress(plain[:1000]) + gzip.compress(plain[1000:]) + bytes(16))
+    assert np.array_equal(sitk.GetArrayFromImage(fileio.read_image(path)), array)
+    path.write_bytes(gzip.compress(plain[:1000]) + gzip.compress(plain[1000:])[:-50])
+    refused(path, "truncated")
+
+
+def test_check_complete_is_the_one_check_for_other_readers(tmp_path):
+    from metcli.io import check_complete
+
+    path = write_with_sitk(tmp_path / "mask.nii.gz", noisy_volume())
+    check_complete(path, "mask")
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(ImageError, match="cannot read the mask: the file is truncated"):
+        check_complete(path, "mask")

@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from metcli.core.errors import ImageError, InputError, OutputError
 from metcli.io.bids import split_extension
+from metcli.io.integrity import check_complete
+from metcli.io.oserrors import c_errors_refused, is_output_fault, output_error
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +82,11 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if is_output_fault(exc):
+            raise output_error(exc, dest.parent) from None
         raise
 
 
@@ -126,11 +130,22 @@ class OutputSet:
         if exc_type is None:
             try:
                 self.commit()
-            except BaseException:
+            except BaseException as error:
                 self.discard()
+                if is_output_fault(error):
+                    raise output_error(error, self._folder()) from None
                 raise
         else:
+            folder = self._folder()
             self.discard()
+            if is_output_fault(exc):
+                raise output_error(exc, folder) from None
+
+    def _folder(self) -> Path:
+        """The folder of the outputs (their common parent)."""
+        if not self._pending:
+            return Path(".")
+        return Path(os.path.commonpath([str(dest.parent) for _tmp, dest in self._pending]))
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -299,12 +314,17 @@ def read_tsv(path: str | Path, *, required: Iterable[str] = ()) -> list[dict[str
 
 # ----------------------------------------------------------------------------- images
 def read_image(path: str | Path, *, what: str = "image", pixel_type=None, dims: int = 3):
-    """Read a NIfTI/NRRD image with SimpleITK, refusing corrupt or non-3D files."""
+    """Read a NIfTI/NRRD image with SimpleITK, refusing corrupt or non-3D files.
+
+    A file cut short or damaged, which SimpleITK would read with zeros in place of
+    what is missing, is refused first (:func:`metcli.io.integrity.check_complete`).
+    """
     import SimpleITK as sitk
 
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{what} not found", path=path, fix="check the path")
+    check_complete(path, what)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -391,7 +411,8 @@ def _short(text: str, limit: int = 160) -> str:
 def write_image_to(image, target: Path, *, compress: bool = True) -> None:
     import SimpleITK as sitk
 
-    sitk.WriteImage(image, str(target), useCompression=compress)
+    with c_errors_refused(target):
+        sitk.WriteImage(image, str(target), useCompression=compress)
 
 
 def write_image(image, path: str | Path, *, compress: bool = True) -> Path:

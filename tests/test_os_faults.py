@@ -1,0 +1,69 @@
+"""Operating-system faults while writing: one line naming the output folder, what
+happened and the fix; no C-library lines, no traceback, nothing partial."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-c", "from metcli.cli.main import main; main()"]
+
+
+def _partial_files(root: Path) -> list[Path]:
+    """Images and temporary files under participants' folders."""
+    return [p for p in root.rglob("*") if p.is_file() and "sub-" in str(p.relative_to(root))]
+
+
+def _check_one_line_per_participant(stderr: str, needle: str) -> None:
+    text = " ".join(stderr.split())
+    assert needle in text, stderr
+    assert "Traceback" not in stderr and "unexpected" not in stderr, stderr
+    assert "NWAD" not in stderr and "** ERROR" not in stderr, stderr
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 kB tmpfs: room for the small tables, not for a CT."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_naming_the_folder(full_disk):
+    out = full_disk / "cohort"
+    result = subprocess.run(
+        [*CLI, "synth", str(out), "--subjects", "2"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    _check_one_line_per_participant(result.stderr, "anat: no space left on its device")
+    assert "Fix: free space there" in " ".join(result.stderr.split())
+    assert not [p for p in _partial_files(out) if p.suffix in (".gz", ".nii") or ".tmp" in p.name]
+
+
+def test_a_file_size_limit_is_one_line_naming_the_folder(tmp_path):
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    out = tmp_path / "cohort"
+    result = subprocess.run(
+        [*CLI, "synth", str(out), "--subjects", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+    )
+    assert result.returncode != 0
+    _check_one_line_per_participant(result.stderr, "a file would exceed the file-size limit")
+    assert "ulimit -f unlimited" in " ".join(result.stderr.split())
+    assert not [p for p in _partial_files(out) if p.suffix in (".gz", ".nii") or ".tmp" in p.name]
