@@ -147,7 +147,31 @@ def test_missing_feature_is_refused_naming_it(trained, tmp_path, runner):
         expect=1,
     )
     assert f"the features lack {dropped}" in result.stderr
+    assert str(trained["root"] / "models" / name / "model.json") in result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "out" / "predictions.tsv").exists()
+
+
+def test_a_participants_table_without_a_covariate_column_is_refused_naming_it(
+    trained, tmp_path, runner
+):
+    name = "logistic-regression_none"
+    rows = read_tsv(trained["participants"])
+    lacking = tmp_path / "participants.tsv"
+    columns = [c for c in rows[0] if c != "sex"]
+    lacking.write_text(
+        "\t".join(columns) + "\n" + "".join("\t".join(r[c] for c in columns) + "\n" for r in rows)
+    )
+    features = write_features(tmp_path / "f", trained["rows"])
+    model = trained["root"] / "models" / name
+    result = invoke(
+        runner,
+        ["predict", model, features, tmp_path / "out", "--participants", lacking],
+        expect=1,
+    )
+    assert result.stderr.count("\n") == 1
+    assert "no column sex" in result.stderr and str(model / "model.json") in result.stderr
+    assert str(lacking) in result.stderr
+    assert not (tmp_path / "out" / "predictions.tsv").exists()
 
 
 def test_other_extraction_settings_are_refused(trained, tmp_path, runner):

@@ -279,6 +279,50 @@ def test_cuda_without_cuda_is_a_clear_error(cohort, tmp_path, runner):
 def test_a_card_whose_preprocessing_cannot_be_reproduced_is_refused(
     cohort, tmp_path, runner, change, message
 ):
+    """A card that another metcli wrote consistently (its checksum over its content) but whose
+    preprocessing this one cannot reproduce; edited by hand, the checksum refuses it first."""
+    from metcli.io.cards import card_checksum
+
+    model = tmp_path / "model"
+    shutil.copytree(cohort["model"], model)
+    card = read_json(model / "model.json")
+    change(card)
+    (model / "model.json").write_text(json.dumps(card))
+    args = ["predict", model, cohort["raw"], cohort["lesions"], tmp_path / "out", "--device", "cpu"]
+    result = invoke(runner, args, expect=1)
+    text = " ".join(result.stderr.split())
+    assert "does not match its card_sha256" in text and "model.json" in text
+    card["card_sha256"] = card_checksum(card)
+    (model / "model.json").write_text(json.dumps(card))
+    result = invoke(runner, args, expect=1)
+    text = " ".join(result.stderr.split())
+    assert message in text and "model.json" in text
+    assert not (tmp_path / "out" / "predictions.tsv").exists()
+
+
+def test_the_graph_records_what_the_image_card_says(cohort):
+    from metcli.io.cards import card_checksum, graph_metadata, read_graph
+
+    card = read_json(cohort["model"] / "model.json")
+    assert card["card_sha256"] == card_checksum(card)
+    names, metadata = read_graph(cohort["model"] / "model.onnx")
+    assert names == [card["input"]["name"]] == ["image"]
+    assert metadata == graph_metadata(card)
+    assert json.loads(metadata["metcli.classes"]) == ["colorectal", "pancreatic"]
+    assert json.loads(metadata["metcli.kind"]) == "image"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.update(classes=c["classes"][::-1]), "classes (in output order)"),
+        (lambda c: c["input"].update(name="ct"), "input 1 is ct in model.json, image in"),
+        (lambda c: c.update(threshold=0.2), "does not match its card_sha256"),
+    ],
+)
+def test_an_image_card_that_does_not_describe_its_model_is_refused(
+    cohort, tmp_path, runner, change, message
+):
     model = tmp_path / "model"
     shutil.copytree(cohort["model"], model)
     card = read_json(model / "model.json")
@@ -289,8 +333,9 @@ def test_a_card_whose_preprocessing_cannot_be_reproduced_is_refused(
         ["predict", model, cohort["raw"], cohort["lesions"], tmp_path / "out", "--device", "cpu"],
         expect=1,
     )
+    assert result.stderr.count("\n") == 1
     text = " ".join(result.stderr.split())
-    assert message in text and "model.json" in text
+    assert message in text and str(model / "model.json") in text
     assert not (tmp_path / "out" / "predictions.tsv").exists()
 
 

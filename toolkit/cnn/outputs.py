@@ -3,6 +3,8 @@
 :func:`write_outputs` writes every file of OUT_DIR in one
 :class:`~metcli.io.files.OutputSet` (all appear, or none does; sidecars and
 the card last), once :func:`metcli.cnn.fit.fit` has trained the network.
+``model.onnx`` is canonical and records the ``metcli.*`` metadata its card
+describes; the card records its own ``card_sha256`` (:mod:`metcli.io.cards`).
 """
 
 from __future__ import annotations
@@ -180,14 +182,22 @@ def write_outputs(
 ) -> float:
     """Write OUT_DIR's files and return the ONNX parity difference."""
     from metcli.io.bids import sidecar_path
+    from metcli.io.cards import canonical_onnx, graph_metadata
     from metcli.io.files import OutputSet, write_tsv_to
 
     model, predictions = _kept_model_predictions(run, result, fit_settings)
     model.cpu()
     sample = stack(run.parts["val"] or run.parts["train"])[0][:4]
     onnx_bytes, difference = export_onnx(model, sample)
-
     pred_extra = _prediction_extra(run.classes, run.dims)
+    # canonical bytes, with the metcli.* metadata the card describes (metcli.io.cards)
+    described = {
+        "kind": "image",
+        "classes": run.classes,
+        "positive_class": pred_extra["positive_class"],
+        "input": run.spec["input"],
+    }
+    onnx_bytes = canonical_onnx(onnx_bytes, graph_metadata(described))
     tables = _tables(run, result=result, cv=cv, predictions=predictions, pred_extra=pred_extra)
     training = _training_record(
         run, result=result, cv=cv, fit_settings=fit_settings, torch_threads=torch_threads
@@ -245,9 +255,11 @@ def _write_model(
     training: dict,
     versions: dict[str, str],
 ) -> None:
-    """``model/``: model.onnx, checkpoint.pt and the card (with provenance), in ``outs``."""
+    """``model/``: model.onnx, checkpoint.pt and the card (with provenance and its
+    ``card_sha256``), in ``outs``."""
     import torch
 
+    from metcli.io.cards import with_checksum
     from metcli.io.files import dump_json_to, sha256_file
 
     model_dir = run.out_dir / "model"
@@ -272,6 +284,7 @@ def _write_model(
         {model_dir / "model.onnx": onnx_tmp, model_dir / "checkpoint.pt": ckpt_tmp},
         extra=card,
     )
+    doc = with_checksum(doc)
     card_path = model_dir / "model.json"
     dump_json_to(doc, outs.path(card_path), schema="cnn_card", where=card_path)
 

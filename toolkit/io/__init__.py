@@ -1,5 +1,6 @@
 """metcli.io: BIDS-like names, atomic files and tables, participants, splits, the
-predictions table, JSON Schemas, provenance sidecars, the weights manifest.
+predictions table, JSON Schemas, provenance sidecars, the weights manifest, model cards
+and the ONNX graphs they describe.
 
 The names in ``__all__`` are this room's public API: the names other rooms, the
 command line, the tests and the benchmarks use. Each is imported from its module on
@@ -23,6 +24,11 @@ _API = {
     "WeightsError": "weights",
     "aggregate_patients": "predictions",
     "atomic_path": "files",
+    "canonical_onnx": "cards",
+    "card_checksum": "cards",
+    "check_card": "cards",
+    "check_graph": "cards",
+    "check_complete": "integrity",
     "check_output_not_inside_input": "files",
     "clean_label": "bids",
     "derivative_path": "bids",
@@ -30,6 +36,7 @@ _API = {
     "fetch": "weights",
     "find_files": "bids",
     "format_value": "files",
+    "graph_metadata": "cards",
     "labels_by_participant": "participants",
     "list_models": "weights",
     "load_schema": "schemas",
@@ -63,6 +70,7 @@ _API = {
     "write_participants": "participants",
     "write_tsv": "files",
     "write_tsv_to": "files",
+    "with_checksum": "cards",
 }
 
 __all__ = sorted(_API)

@@ -197,6 +197,7 @@ class ImageBackend:
 
     def _open_onnx(self, providers, device: str) -> None:
         from metcli.core.devices import deterministic_options, start_session
+        from metcli.prediction.outputs import check_session
 
         self.session, self.provider = start_session(
             self.model_dir / "model.onnx",
@@ -204,6 +205,7 @@ class ImageBackend:
             options=deterministic_options(),
             providers=providers,
         )
+        check_session(self.session, self.card, self.card_path)
         self.input_name = self.card["input"]["name"]
         self.output_name = self.card["outputs"]["probabilities"]
 

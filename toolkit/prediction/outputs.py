@@ -15,7 +15,10 @@ COMMAND = "predict"
 
 
 def load_card(model_dir: Path) -> dict:
-    """The model card, checked against its schema and against model.onnx's sha256."""
+    """The model card, checked against its schema, against model.onnx's sha256, against
+    what model.onnx records of it (input names, classes, positive class, kind) and against
+    its own ``card_sha256`` (:func:`metcli.io.cards.check_card`)."""
+    from metcli.io.cards import check_card
     from metcli.io.files import read_json, sha256_file
 
     model_dir = Path(model_dir)
@@ -41,7 +44,21 @@ def load_card(model_dir: Path) -> dict:
             path=onnx_path,
             fix="copy the model directory again (model.onnx and model.json belong together)",
         )
+    check_card(card, onnx_path, card_path=card_path)
     return card
+
+
+def check_session(session, card: dict, card_path: Path) -> None:
+    """Check the card against the graph an ONNX Runtime session runs: its input names and,
+    where it records them, the ``metcli.*`` metadata (:func:`metcli.io.cards.check_graph`)."""
+    from metcli.io.cards import check_graph
+
+    check_graph(
+        card,
+        [i.name for i in session.get_inputs()],
+        dict(session.get_modelmeta().custom_metadata_map),
+        card_path=card_path,
+    )
 
 
 def sidecar_of(path: Path) -> Path:

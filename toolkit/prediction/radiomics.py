@@ -11,6 +11,7 @@ import numpy as np
 
 from metcli.core.devices import onnx_session
 from metcli.core.errors import InputError, MetcliError, UsageError
+from metcli.prediction.outputs import check_session
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,11 @@ class RadiomicsBackend:
 
     def __init__(self, model_dir: Path, card: dict, providers: Sequence[str]):
         self.card = card
+        self.card_path = Path(model_dir) / "model.json"
         self.names = [item["name"] for item in card["inputs"]]
         self.session = onnx_session(Path(model_dir) / "model.onnx", providers=providers)
         self.provider = self.session.get_providers()[0]
+        check_session(self.session, card, Path(model_dir) / "model.json")
 
     def prepare(
         self,
@@ -81,7 +84,7 @@ class RadiomicsBackend:
             raise InputError(
                 f"the features lack {', '.join(missing[:3])}"
                 + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-                + f", input(s) of model {card['name']}",
+                + f", input column(s) of model {card['name']} ({self.card_path})",
                 path=where,
                 fix="give features extracted with the model's settings (see inputs in model.json)",
             )
@@ -109,7 +112,16 @@ class RadiomicsBackend:
                 f"{', '.join(sorted({i['column'] for i in covariates}))})",
                 fix="give participants.tsv with --participants",
             )
-        rows = {r["participant_id"]: r for r in read_label_rows(participants, None)}
+        read = read_label_rows(participants, None)
+        absent = sorted({i["column"] for i in covariates} - set(read[0] if read else ()))
+        if read and absent:
+            raise InputError(
+                f"no column {', '.join(absent)}, covariate input(s) of model {card['name']} "
+                f"({self.card_path})",
+                path=Path(participants),
+                fix="give the participants.tsv with the columns the model was trained on",
+            )
+        rows = {r["participant_id"]: r for r in read}
         wanted = sorted({k[0] for k in table.keys})
         spec, encoded, lacking = encode_covariates(
             {p: rows.get(p, {}) for p in wanted}, [], spec=covariates

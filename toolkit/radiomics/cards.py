@@ -4,6 +4,12 @@ A card says what the ONNX graph expects and gives (inputs in order, classes,
 outputs), how the model was made (feature selection, sampler and weights,
 tuned hyper-parameters, search, split) and how well it did (CV and test
 metrics, the largest |ONNX - scikit-learn| difference); schema ``model_card``.
+
+A card and its graph check each other (:mod:`metcli.io.cards`): before the
+cards are made, :func:`stamp_graphs` writes into each graph the ``metcli.*``
+metadata its card describes (kind, classes, positive class, input names and
+columns), and the card written to model.json gets ``card_sha256``, the checksum
+of its own content.
 """
 
 from __future__ import annotations
@@ -260,3 +266,30 @@ def step_card(
         "groups": result.hierarchy.record()["groups"],
     }
     return doc
+
+
+def _graph_card(kind: str, model: ModelResult, cohort) -> dict:
+    """The part of a card that its graph's metadata records."""
+    return {
+        "kind": kind,
+        "classes": list(cohort.classes),
+        "positive_class": cohort.positive,
+        "inputs": _card_inputs(model, cohort),
+    }
+
+
+def stamp_graphs(result: TrainingResult, cohort) -> None:
+    """Give every graph of ``result`` (flat models, chains and their steps) the
+    ``metcli.*`` metadata of the card that will describe it
+    (:func:`metcli.io.cards.graph_metadata`), before the cards record the graphs' sha256.
+
+    Idempotent: a graph stamped again gets the same bytes.
+    """
+    from metcli.io.cards import canonical_onnx, graph_metadata
+
+    for model in result.models.values():
+        for name, part in model.steps.items():
+            stamped = _graph_card("radiomics", part, result.steps[name].cohort)
+            part.onnx = canonical_onnx(part.onnx, graph_metadata(stamped))
+        kind = "radiomics-hierarchy" if model.steps else "radiomics"
+        model.onnx = canonical_onnx(model.onnx, graph_metadata(_graph_card(kind, model, cohort)))

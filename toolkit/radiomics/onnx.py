@@ -16,6 +16,12 @@ before a tree casts its input to float32. Tree splits that fall exactly on a
 training value therefore go the same way, and the graph reproduces
 ``predict_proba`` to about 1e-6 (the card records the largest difference on
 the training and test lesions).
+
+The bytes are canonical (:func:`metcli.io.cards.canonical_onnx`: opset imports,
+node attributes and metadata in sorted order), so that the same model gives the
+same ``model.onnx`` whatever Python's hash seed; train-radiomics adds the
+``metcli.*`` metadata its card describes when it writes the graph
+(:func:`metcli.radiomics.cards.stamp_graphs`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from metcli.core.devices import onnx_session
+from metcli.io.cards import canonical_onnx
 from metcli.radiomics.classifiers import CLASSIFIERS, get
 
 log = logging.getLogger(__name__)
@@ -109,7 +116,7 @@ def to_onnx(
         raise RuntimeError(f"unexpected ONNX outputs {outputs}")
     onx.producer_name = "metcli"
     onx.doc_string = "metcli radiomics model: inputs are the selected features (see model.json)"
-    return onx.SerializeToString()
+    return canonical_onnx(onx.SerializeToString())
 
 
 def probabilities(sess, names: Sequence[str], values: np.ndarray) -> np.ndarray:
@@ -178,7 +185,7 @@ def chain(
         "of every step (see model.json)"
     )
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return canonical_onnx(model.SerializeToString())
 
 
 def _merged_steps(steps: Sequence[tuple[str, bytes]]):

@@ -1,7 +1,8 @@
 """Everything train-radiomics writes, at once: model folders, group tables, sidecars.
 
-``<classifier>_<sampler>/`` gets ``model.onnx``, ``model.json`` (the card,
-:mod:`metcli.radiomics.cards`), ``oof_predictions.tsv`` and, with a test set,
+``<classifier>_<sampler>/`` gets ``model.onnx`` (with the ``metcli.*`` metadata
+of its card), ``model.json`` (the card, :mod:`metcli.radiomics.cards`, with its
+``card_sha256``), ``oof_predictions.tsv`` and, with a test set,
 ``predictions.tsv``; a hierarchical model also one sub-folder per step. The
 group level gets ``results.tsv``, ``selected_features.tsv``, ``split.tsv``,
 ``oof_predictions.tsv`` and ``predictions.tsv``. Every table is checked
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from metcli.core.errors import SchemaError
-from metcli.radiomics.cards import card, chain_card, step_card
+from metcli.radiomics.cards import card, chain_card, stamp_graphs, step_card
 from metcli.radiomics.classifiers import results_schema
 from metcli.radiomics.models import CVOutcome
 from metcli.radiomics.results import ModelResult, TrainingResult
@@ -167,11 +168,15 @@ class _Writer:
         self.pending.append((path, produced, extra, schema))
 
     def write_sidecars(self, step, inputs) -> None:
+        """Write the noted sidecars and cards; a card gets its checksum (``card_sha256``)."""
+        from metcli.io.cards import with_checksum
         from metcli.io.files import dump_json_to
         from metcli.io.schemas import validate
 
         for sidecar, produced, extra, schema in self.pending:
             doc = step.sidecar(inputs, produced, extra=extra)
+            if schema == "model_card":
+                doc = with_checksum(doc)
             validate(doc, "sidecar", where=sidecar)
             dump_json_to(doc, self.outs.path(sidecar), schema=schema, where=sidecar)
             self.written.append(sidecar)
@@ -388,6 +393,7 @@ def write_outputs(
     if result.hierarchy is not None:
         base["hierarchy"] = result.hierarchy.record()["groups"]
     group_oof, group_test, models_info = [], [], {}
+    stamp_graphs(result, cohort)  # before the cards record the graphs' sha256
     with OutputSet() as outs:
         writer = _Writer(outs, result, cohort, plan, settings, train_rows, test_rows)
         for name, model in result.models.items():
