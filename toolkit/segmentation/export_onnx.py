@@ -406,3 +406,6 @@ def _torch_export(network, target: Path, in_channels: int, patch: list[int], ops
             ) from None
     for item in caught:
         log.debug("torch.onnx.export: %s", " ".join(str(item.message).split())[:200])
+    from metcli.io.cards import canonical_onnx
+
+    target.write_bytes(canonical_onnx(target.read_bytes()))  # the same bytes run after run
