@@ -67,3 +67,27 @@ def test_a_file_size_limit_is_one_line_naming_the_folder(tmp_path):
     _check_one_line_per_participant(result.stderr, "a file would exceed the file-size limit")
     assert "ulimit -f unlimited" in " ".join(result.stderr.split())
     assert not [p for p in _partial_files(out) if p.suffix in (".gz", ".nii") or ".tmp" in p.name]
+
+
+def test_a_read_only_file_system_is_one_line_naming_the_folder(tmp_path):
+    """Root ignores file permissions, so a read-only mount stands in for a read-only
+    folder (the matrix in tests/robustness covers permissions as another user)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        result = subprocess.run(
+            [*CLI, "synth", str(mount), "--subjects", "2"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert str(mount) in result.stderr and "read-only" in result.stderr.lower(), result.stderr

@@ -70,12 +70,13 @@ def _label_array(image, path: Path, what: str, allowed: Sequence[int] | None) ->
     if allowed is not None:
         bad = ~np.isin(values, allowed)
         if bad.any():
+            found = ", ".join(str(v) for v in np.unique(values[bad])[:8])
             raise ImageError(
-                f"the {what} holds the label {int(values[bad].flat[0])}; metcli "
-                f"segmentations hold {', '.join(map(str, allowed))} (0 background, "
-                "1 liver, 2 lesion)",
+                f"the {what} holds label(s) {found}; metcli segmentations hold "
+                f"{', '.join(map(str, allowed))} (0 background, 1 liver, 2 lesion)",
                 path=path,
-                fix="give a metcli _dseg file (segment or import-mask write them)",
+                fix="give a metcli _dseg file (segment or import-mask write them, "
+                "import-mask --label-map maps other labels)",
             )
     elif values.size and values.min() < 0:
         raise ImageError(

@@ -46,7 +46,12 @@ def _temp_name(dest: Path) -> Path:
         _stem, ext = split_extension(dest.name)
     except InputError:
         ext = dest.suffix
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".part{ext}", dir=dest.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".part{ext}", dir=dest.parent)
+    except OSError as exc:
+        if is_output_fault(exc):
+            raise output_error(exc, dest.parent) from None
+        raise
     try:
         # mkstemp creates the file 0600; give it the permissions a plain open() would.
         os.fchmod(fd, 0o666 & ~_umask())
