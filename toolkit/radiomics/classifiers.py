@@ -53,6 +53,10 @@ class Classifier:
             ``--sampler none``; otherwise the classifier is trained unweighted).
         onnx_converter: registers the skl2onnx converter the estimator needs;
             None when skl2onnx converts it as it is.
+        size_limited: parameters whose value cannot exceed the number of lesions
+            the classifier is fitted on (KNN's ``n_neighbors``): values that the
+            smallest training set of a search cannot take are left out of its
+            grid (see :mod:`metcli.radiomics.fold_limits`).
     """
 
     name: str
@@ -62,6 +66,7 @@ class Classifier:
     space: Callable[[], Mapping[str, Any]]
     sample_weights: bool = True
     onnx_converter: Callable[[], None] | None = None
+    size_limited: tuple[str, ...] = ()
 
 
 def _check_entry(entry: Classifier) -> None:
@@ -295,6 +300,7 @@ register(
         grid={"n_neighbors": [5, 9, 15]},
         space=_knn_space,
         sample_weights=False,
+        size_limited=("n_neighbors",),
     )
 )
 register(

@@ -45,6 +45,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from metcli.core.errors import InputError, UsageError
+from metcli.radiomics.fold_limits import check_searches
 from metcli.radiomics.models import (
     CVOutcome,
     each_outer_fold,
@@ -340,6 +341,8 @@ def cross_validate_hierarchy(
     chain = CVOutcome(list(models), empty(n, len(classes)), folds)
     steps = {STEP1: CVOutcome(list(models), empty(n, len(groups)), folds)}
     within, position = _within_groups(hierarchy, classes, y, group_y)
+    labels = {STEP1: group_y} | {step2_name(g): within[g] for g in hierarchy.split_groups}
+    check_searches(models, settings, splits, labels, cv_groups)  # before the first fit
     for g in hierarchy.split_groups:
         inside = within[g] >= 0
         steps[step2_name(g)] = CVOutcome(
@@ -448,12 +451,7 @@ def _outer_fold(
 def _fit_step(
     step, classifier, sampler, X, y, rows, patients, cv_groups, settings, keep, n_classes, cache_dir
 ):
-    present = np.unique(y[rows]).size
-    if present < n_classes:
-        raise InputError(
-            f"{step}: an outer training fold holds {present} of the step's {n_classes} classes",
-            fix="use fewer --cv-folds, or add patients of the rare labels",
-        )
+    # check_searches made sure that every class is in ``rows`` (and every inner fold)
     return fit_search(
         classifier,
         sampler,

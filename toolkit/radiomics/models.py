@@ -26,7 +26,9 @@ whose registry entry takes sample weights.
 The classifiers, their grids and search spaces are the entries of
 :mod:`metcli.radiomics.classifiers`; the options are
 :class:`~metcli.radiomics.settings.Settings`; the metrics are in
-:mod:`metcli.radiomics.metrics`.
+:mod:`metcli.radiomics.metrics`. On small cohorts every search follows its
+smallest training set (SMOTE's neighbours, KNN's grid) or is refused before the
+first fit: :mod:`metcli.radiomics.fold_limits`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import numpy as np
 
 from metcli.core.errors import InputError
 from metcli.radiomics.classifiers import CLASSIFIERS, Classifier, get, register, unregister
+from metcli.radiomics.fold_limits import SMOTE_NEIGHBOURS, check_searches, plan_search
 from metcli.radiomics.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,7 +77,7 @@ def build_pipeline(
 
     seed = settings.seed
     resampler: Any = {
-        "smote": lambda: SMOTE(random_state=seed),
+        "smote": lambda: SMOTE(k_neighbors=SMOTE_NEIGHBOURS, random_state=seed),
         "undersample": lambda: RandomUnderSampler(random_state=seed),
         "none": lambda: "passthrough",
     }[sampler]()
@@ -132,37 +135,42 @@ def fit_params(classifier: str, sampler: str, *, y, patients, settings: Settings
     return params
 
 
-def make_search(pipeline, classifier: str, *, settings: Settings, n_classes: int, jobs: int = 1):
-    """The inner, grouped hyper-parameter search around ``pipeline``."""
-    from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, StratifiedGroupKFold
+def make_search(
+    pipeline,
+    classifier: str,
+    *,
+    settings: Settings,
+    n_classes: int,
+    sampler: str,
+    y,
+    cv_groups,
+    jobs: int = 1,
+):
+    """The inner, grouped hyper-parameter search around ``pipeline`` for (y, cv_groups).
 
-    inner = StratifiedGroupKFold(
-        n_splits=settings.inner_folds, shuffle=True, random_state=settings.seed
-    )
+    The search is adapted to its smallest training set (SMOTE's ``k_neighbors``,
+    size-limited grid values; :mod:`metcli.radiomics.fold_limits`), or a UsageError
+    says why it cannot run. A grid of one candidate gives a :class:`FixedCandidate`.
+    """
+    from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
+
+    plan = plan_search(classifier, sampler, y, cv_groups, settings=settings, n_classes=n_classes)
+    if plan.changes():
+        log.debug("%s with %s: %s", classifier, sampler, ", ".join(plan.changes()))
+    params = plan.pipeline_params()
+    if plan.single:
+        # one candidate: nothing to tune, so no inner cross-validation is needed
+        return FixedCandidate(pipeline, {k: v[0] for k, v in params.items()})
     scoring = "roc_auc" if n_classes == 2 else "roc_auc_ovr"
-    grid = (settings.grids or {}).get(classifier)
-    if settings.search == "grid" or grid is not None:
-        grid = grid if grid is not None else get(classifier).grid
-        return GridSearchCV(
-            pipeline,
-            {f"clf__{k}": v for k, v in grid.items()},
-            cv=inner,
-            scoring=scoring,
-            n_jobs=jobs,
-            error_score="raise",
-            refit=True,
-        )
-    space = {f"clf__{k}": v for k, v in get(classifier).space().items()}
+    common = dict(cv=plan.splits, scoring=scoring, n_jobs=jobs, error_score="raise", refit=True)
+    if plan.kind == "grid":
+        return GridSearchCV(pipeline, params, **common)
     return RandomizedSearchCV(
         pipeline,
-        space,
+        params,
         n_iter=settings.search_iterations,
-        cv=inner,
-        scoring=scoring,
-        n_jobs=jobs,
-        error_score="raise",
         random_state=settings.seed,
-        refit=True,
+        **common,
     )
 
 
@@ -184,15 +192,23 @@ def fit_search(
     pipeline = build_pipeline(
         classifier, sampler, settings=settings, keep=keep, cache_dir=cache_dir
     )
-    search = make_search(pipeline, classifier, settings=settings, n_classes=n_classes, jobs=jobs)
+    search = make_search(
+        pipeline,
+        classifier,
+        settings=settings,
+        n_classes=n_classes,
+        jobs=jobs,
+        sampler=sampler,
+        y=y,
+        cv_groups=cv_groups,
+    )
     params = fit_params(classifier, sampler, y=y, patients=patients, settings=settings)
-    grid = getattr(search, "param_grid", None)
-    if isinstance(grid, dict) and all(len(v) == 1 for v in grid.values()):
-        # one candidate: nothing to tune, so no inner cross-validation is needed
-        search = FixedCandidate(pipeline, {k: v[0] for k, v in grid.items()})
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # SVC(probability=True)
         warnings.filterwarnings("ignore", message=".*least populated class.*")
+        # an inner test fold of one class: AUC undefined (check_searches logs it once)
+        warnings.filterwarnings("ignore", message=".*Only one class is present in y_true.*")
+        warnings.filterwarnings("ignore", message=".*test scores are non-finite.*")
         try:
             search.fit(X, y, groups=np.asarray(cv_groups), **params)
         except ValueError as exc:
@@ -333,6 +349,7 @@ def _cross_validate(
     y = np.asarray(y)
     n_classes = n_classes or int(np.unique(y).size)
     splits = list(outer_splits(y, cv_groups, settings=settings, fixed_folds=fixed_folds))
+    check_searches(models, settings, splits, {None: y}, cv_groups)
     repeats = 1 + max(s[0] for s in splits)
     names = [model_name(c, s) for c, s in models]
     outcome = CVOutcome(

@@ -22,7 +22,9 @@ validation leaks the test folds into the model.
 The selectors accept pandas DataFrames (feature names from the columns) or arrays (names
 ``x0``, ``x1``...), return the same kind they were given, and take a ``keep``
 tuple of column names that are always kept and never ranked (clinical
-covariates such as age and sex).
+covariates such as age and sex). They validate their input as scikit-learn's
+estimators do (NaN and infinity are refused) and pass its ``check_estimator``
+(tests/test_selection_estimators.py lists the one check they do not pass, and why).
 """
 
 from __future__ import annotations
@@ -80,61 +82,67 @@ def _store(path: Path, **arrays) -> None:
             os.unlink(tmp)
 
 
-def _names_and_array(X) -> tuple[list[str], np.ndarray]:
-    columns = getattr(X, "columns", None)
-    array = np.asarray(X, dtype=np.float64)
-    if array.ndim != 2:
-        raise ValueError(f"expected a 2D table of features, got an array of shape {array.shape}")
-    if columns is not None:
-        names = [str(c) for c in columns]
-    else:
-        names = [f"x{i}" for i in range(array.shape[1])]
+def _names(estimator) -> list[str]:
+    """The input feature names: the DataFrame's columns, else ``x0``, ``x1``..."""
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        return [f"x{i}" for i in range(estimator.n_features_in_)]
+    names = [str(n) for n in names]
     if len(set(names)) != len(names):
         raise ValueError("feature names are not unique")
-    return names, array
-
-
-def _select_columns(estimator, X):
-    """The kept columns of ``X`` (a DataFrame stays a DataFrame)."""
-    check_is_fitted(estimator, "support_")
-    columns = getattr(X, "columns", None)
-    if columns is not None:
-        names = [str(c) for c in columns]
-        if names != list(estimator.feature_names_in_):
-            missing = [n for n in estimator.feature_names_in_ if n not in names]
-            raise ValueError(
-                "the features differ from those seen in fit"
-                + (f" (missing: {', '.join(missing[:5])})" if missing else " (other order)")
-            )
-        return X.loc[:, list(estimator.get_feature_names_out())]
-    array = np.asarray(X)
-    if array.shape[1] != estimator.support_.size:
-        raise ValueError(
-            f"X has {array.shape[1]} features, {estimator.support_.size} were seen in fit"
-        )
-    return array[:, estimator.support_]
+    return names
 
 
 class _Selector(TransformerMixin, BaseEstimator):
-    """What both selectors share: names, ``keep``, transform and feature names out."""
+    """What both selectors share: input checks (scikit-learn's ``validate_data``: 2D
+    numbers, no NaN, infinity or sparse data; in ``transform`` the features seen in
+    ``fit``), ``keep``, transform and feature names out."""
 
-    def _start(self, X):
-        names, array = _names_and_array(X)
-        self.feature_names_in_ = np.asarray(names, dtype=object)
-        self.n_features_in_ = len(names)
+    def _start(self, X, y=None, *, with_y: bool = False):
+        """(names, float64 values, ``keep`` mask[, y]) of the training data, checked."""
+        from sklearn.utils.validation import validate_data
+
+        if not with_y:
+            array = validate_data(self, X, dtype=np.float64, reset=True)
+        else:
+            from sklearn.utils.multiclass import check_classification_targets
+
+            array, y = validate_data(self, X, y, dtype=np.float64, reset=True)
+            check_classification_targets(y)
+        names = _names(self)
         keep = set(self.keep or ())
-        return names, array, np.array([n in keep for n in names], dtype=bool)
+        kept_always = np.array([n in keep for n in names], dtype=bool)
+        return (names, array, kept_always, y) if with_y else (names, array, kept_always)
 
     def transform(self, X):
-        return _select_columns(self, X)
+        """The kept columns of ``X`` (a DataFrame stays a DataFrame, with its values)."""
+        from sklearn.utils.validation import validate_data
+
+        check_is_fitted(self, "support_")
+        array = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        if hasattr(X, "iloc"):
+            return X.iloc[:, np.flatnonzero(self.support_)]
+        return array[:, self.support_]
 
     def get_support(self, indices: bool = False):
         check_is_fitted(self, "support_")
         return np.flatnonzero(self.support_) if indices else self.support_.copy()
 
     def get_feature_names_out(self, input_features=None):
+        """The kept features' names (``x0``, ``x1``... when fitted on an array)."""
         check_is_fitted(self, "support_")
-        return np.asarray(self.feature_names_in_, dtype=object)[self.support_]
+        names = np.asarray(_names(self), dtype=object)
+        if input_features is not None:
+            given = np.asarray(input_features, dtype=object)
+            if len(given) != self.n_features_in_:
+                raise ValueError(
+                    f"input_features should have length equal to number of features "
+                    f"({self.n_features_in_}), got {len(given)}"
+                )
+            if hasattr(self, "feature_names_in_") and not np.array_equal(given, names):
+                raise ValueError("input_features is not equal to feature_names_in_")
+            names = given
+        return names[self.support_]
 
 
 class CorrelationFilter(_Selector):
@@ -143,8 +151,10 @@ class CorrelationFilter(_Selector):
     The rule, which depends only on the set of (name, values) columns and not
     on their order:
 
-    1. Features that are constant (or not finite) in the training data are
-       dropped first (their correlation is undefined).
+    1. Features that are constant in the training data are dropped first
+       (their correlation is undefined). NaN or infinite values are refused
+       (a ValueError, as scikit-learn's own estimators do): the cohort leaves
+       out lesions with a missing value before any fit.
     2. While some pair of remaining features has ``|r| > threshold``: among the
        features in such pairs, drop the one with the most partners above the
        threshold; on a tie, the one with the highest mean ``|r|`` to all other
@@ -194,7 +204,7 @@ class CorrelationFilter(_Selector):
         usable = []
         for i in candidates:
             column = array[:, i]
-            if not np.all(np.isfinite(column)) or np.ptp(column) == 0.0:
+            if np.ptp(column) == 0.0:
                 dropped.append(
                     {"feature": names[i], "reason": "constant", "partner": None, "r": None}
                 )
@@ -291,6 +301,11 @@ class PermutationImportanceSelector(_Selector):
         self.random_state = random_state
         self.cache_dir = cache_dir
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True  # the importances are measured on the labels
+        return tags
+
     def _split(self, y, groups):
         """(fit rows, held-out rows): the first fold whose both sides hold every class."""
         from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
@@ -315,12 +330,15 @@ class PermutationImportanceSelector(_Selector):
                     random_state=self.random_state,
                 )
                 splits = splitter.split(np.zeros(len(y)), y)
-            for fit_rows, held_out in splits:
-                if (
-                    np.unique(y[fit_rows]).size == n_classes
-                    and np.unique(y[held_out]).size == n_classes
-                ):
-                    return fit_rows, held_out
+            try:
+                for fit_rows, held_out in splits:
+                    if (
+                        np.unique(y[fit_rows]).size == n_classes
+                        and np.unique(y[held_out]).size == n_classes
+                    ):
+                        return fit_rows, held_out
+            except ValueError:  # too few lesions per class for any fold (tiny cohorts)
+                pass
         log.debug(
             "importance selector: no held-out split with every class; importances "
             "are measured on the training rows"
@@ -333,8 +351,15 @@ class PermutationImportanceSelector(_Selector):
 
         if int(self.max_features) < 1:
             raise ValueError(f"max_features must be at least 1, got {self.max_features!r}")
-        names, array, kept_always = self._start(X)
-        y = np.asarray(y)
+        names, array, kept_always, y = self._start(X, y, with_y=True)
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
+            if sample_weight.shape != y.shape:
+                raise ValueError(
+                    f"sample_weight has shape {sample_weight.shape}, expected {y.shape}"
+                )
+        if groups is not None and np.shape(groups) != y.shape:
+            raise ValueError(f"groups has shape {np.shape(groups)}, expected {y.shape}")
         cached = None
         if self.cache_dir:
             key = _digest(self, names, array, y, groups, sample_weight)
