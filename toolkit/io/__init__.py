@@ -1,6 +1,5 @@
 """metcli.io: BIDS-like names, atomic files and tables, participants, splits, the
-predictions table, JSON Schemas, provenance sidecars, the weights manifest, model cards
-and the ONNX graphs they describe.
+predictions table, JSON Schemas, provenance sidecars, the weights manifest.
 
 The names in ``__all__`` are this room's public API: the names other rooms, the
 command line, the tests and the benchmarks use. Each is imported from its module on
@@ -15,6 +14,7 @@ import importlib
 _API = {
     "AGGREGATES": "predictions",
     "Acquisition": "bids",
+    "CHECKSUM": "cards",
     "Entities": "bids",
     "GROUP_TABLE": "predictions",
     "KNOWN_PHASES": "bids",
@@ -27,8 +27,8 @@ _API = {
     "canonical_onnx": "cards",
     "card_checksum": "cards",
     "check_card": "cards",
-    "check_graph": "cards",
     "check_complete": "integrity",
+    "check_graph": "cards",
     "check_output_not_inside_input": "files",
     "clean_label": "bids",
     "derivative_path": "bids",
@@ -47,6 +47,7 @@ _API = {
     "predicted_labels": "predictions",
     "prediction_columns": "predictions",
     "prediction_rows": "predictions",
+    "read_graph": "cards",
     "read_image": "files",
     "read_json": "files",
     "read_label_rows": "participants",
@@ -65,12 +66,12 @@ _API = {
     "validate": "schemas",
     "validate_rows": "schemas",
     "verify": "weights",
+    "with_checksum": "cards",
     "write_dataset_description": "provenance",
     "write_image_to": "files",
     "write_participants": "participants",
     "write_tsv": "files",
     "write_tsv_to": "files",
-    "with_checksum": "cards",
 }
 
 __all__ = sorted(_API)

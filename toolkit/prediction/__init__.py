@@ -13,6 +13,7 @@ import importlib
 #: public name -> the module of this room that defines it
 _API = {
     "ImageBackend": "image",
+    "RadiomicsBackend": "radiomics",
     "find_image_jobs": "image",
     "load_card": "outputs",
 }
