@@ -257,7 +257,6 @@ def _write_model(
 ) -> None:
     """``model/``: model.onnx, checkpoint.pt and the card (with provenance and its
     ``card_sha256``), in ``outs``."""
-    import torch
 
     from metcli.io.cards import with_checksum
     from metcli.io.files import dump_json_to, sha256_file
@@ -266,7 +265,7 @@ def _write_model(
     onnx_tmp = outs.path(model_dir / "model.onnx")
     onnx_tmp.write_bytes(onnx_bytes)
     ckpt_tmp = outs.path(model_dir / "checkpoint.pt")
-    torch.save(result.kept_state, ckpt_tmp)
+    ckpt_tmp.write_bytes(checkpoint_bytes(result.kept_state))
     card = _card(
         run,
         pred_extra=pred_extra,
@@ -430,3 +429,15 @@ def _card(
         "onnx": onnx,
         "checkpoint": checkpoint,
     }
+
+
+def checkpoint_bytes(state) -> bytes:
+    """``torch.save`` of ``state`` into memory: a zip whose records do not carry the
+    (random) temporary file's name, so the same weights give the same bytes."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()

@@ -11,6 +11,7 @@ run is refused.
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
@@ -74,8 +75,10 @@ def save_state(path: Path, state: dict) -> None:
 
     from metcli.io.files import atomic_path
 
+    buffer = io.BytesIO()  # not the temporary path, whose random name torch would record
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_state(path: Path, fingerprint: str) -> dict:
