@@ -253,3 +253,48 @@ def test_dotted_names_in_docs_and_docstrings_exist():
                     stale.add(f"{path.relative_to(REPO)}: {'.'.join(parts)}")
                 break
     assert not stale, sorted(stale)
+
+
+def _names_used_across_rooms() -> dict[str, dict[str, str]]:
+    """room -> {name: module}: what cli, tests, benchmarks and the other rooms import from
+    a room's modules (``from metcli.<room>.<module> import name``), modules' own names and
+    private names left out."""
+    used: dict[str, dict[str, str]] = {room: {} for room in ROOMS}
+    files = [p for p in TOOLKIT.rglob("*.py") if p.name != "__init__.py"]
+    files += [*(REPO / "cli").glob("*.py"), *(REPO / "tests").glob("*.py")]
+    files += [*(REPO / "benchmarks").glob("*.py")]
+    for path in files:
+        own = path.relative_to(TOOLKIT).parts[0] if TOOLKIT in path.parents else None
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module or "").startswith("metcli."):
+                continue
+            parts = node.module.split(".")
+            if len(parts) < 3 or parts[1] not in used or parts[1] == own:
+                continue
+            room_dir = TOOLKIT / parts[1]
+            for alias in node.names:
+                if (
+                    alias.name.startswith("_")
+                    or (room_dir / f"{alias.name}.py").exists()
+                    or (room_dir / alias.name).is_dir()
+                ):
+                    continue
+                used[parts[1]][alias.name] = ".".join(parts[2:])
+    return used
+
+
+def test_each_rooms_api_lists_what_other_code_uses():
+    """A name that the command line, the tests, the benchmarks or another room import from
+    a room is in that room's ``__all__`` (``_API`` in its ``__init__.py``): a moved or new
+    public name cannot be forgotten there."""
+    import importlib
+
+    missing = {}
+    for room, names in _names_used_across_rooms().items():
+        api = importlib.import_module(f"metcli.{room}")._API
+        lacking = {
+            n: m for n, m in names.items() if api.get(n) != m.split(".")[-1] and api.get(n) != m
+        }
+        if lacking:
+            missing[room] = lacking
+    assert not missing, f"add to _API of the room's __init__.py (name: module): {missing}"
