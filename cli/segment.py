@@ -46,7 +46,8 @@ def _split_folds(values) -> list[str] | None:
     default=None,
     metavar="NAME|PATH",
     help="A model of the weights manifest ('metcli weights list') or a model folder "
-    "(nnU-Net v2 trained-model folder; export-onnx folder with --backend onnx). "
+    "(nnU-Net v2 trained-model folder; export-onnx folder with --backend onnx). A folder "
+    "is written with a path separator (./NAME); a bare NAME is always a manifest name. "
     "Default: metcli-demo-nnunet, which only knows synthetic phantoms.",
 )
 @click.option(

@@ -212,36 +212,17 @@ def detection_summary(
             "false_positives": len(fps),
             "false_positives_per_scan": len(fps) / n_scans if n_scans else None,
         }
-        if refs:
-            low, high, used, method, note = _cluster_ratio(
-                [1.0 if r["found"] else 0.0 for r in refs],
-                np.ones(len(refs)),
-                [r["participant_id"] for r in refs],
+        entry.update(
+            _rate_with_interval(
+                "detection_rate",
+                refs,
+                "found",
+                "no reference lesion in this band",
                 n_boot=n_boot,
                 seed=seed,
                 level=level,
             )
-            entry.update(
-                {
-                    "detection_rate": found / len(refs),
-                    "ci_lower": low,
-                    "ci_upper": high,
-                    "ci_method": "cluster_bootstrap" if method != "none" else "none",
-                    "bootstrap_resamples": used,
-                    "note": note or CLUSTER_NOTE,
-                }
-            )
-        else:
-            entry.update(
-                {
-                    "detection_rate": None,
-                    "ci_lower": None,
-                    "ci_upper": None,
-                    "ci_method": "none",
-                    "bootstrap_resamples": None,
-                    "note": "no reference lesion in this band",
-                }
-            )
+        )
         out.append(entry)
     return out
 
@@ -303,35 +284,56 @@ def agreement_rows(
             "ci_level": level,
             "n_participants": len({r["participant_id"] for r in inside}),
         }
-        if inside:
-            low, high, used, method, note = _cluster_ratio(
-                [1.0 if r["class_agrees"] else 0.0 for r in inside],
-                np.ones(len(inside)),
-                [r["participant_id"] for r in inside],
+        entry.update(
+            _rate_with_interval(
+                "agreement_rate",
+                inside,
+                "class_agrees",
+                "no matched lesion in this band",
                 n_boot=n_boot,
                 seed=seed,
                 level=level,
             )
-            entry.update(
-                {
-                    "agreement_rate": agree / len(inside),
-                    "ci_lower": low,
-                    "ci_upper": high,
-                    "ci_method": "cluster_bootstrap" if method != "none" else "none",
-                    "bootstrap_resamples": used,
-                    "note": note or CLUSTER_NOTE,
-                }
-            )
-        else:
-            entry.update(
-                {
-                    "agreement_rate": None,
-                    "ci_lower": None,
-                    "ci_upper": None,
-                    "ci_method": "none",
-                    "bootstrap_resamples": None,
-                    "note": "no matched lesion in this band",
-                }
-            )
+        )
         out.append(entry)
     return out
+
+
+def _rate_with_interval(
+    key: str,
+    rows: Sequence[dict],
+    flag: str,
+    empty_note: str,
+    *,
+    n_boot: int,
+    seed: int,
+    level: float,
+) -> dict:
+    """The share of ``rows`` whose ``flag`` is true, as ``key``, with its patient
+    (cluster) bootstrap interval; all None with ``empty_note`` when there is no row."""
+    if not rows:
+        return {
+            key: None,
+            "ci_lower": None,
+            "ci_upper": None,
+            "ci_method": "none",
+            "bootstrap_resamples": None,
+            "note": empty_note,
+        }
+    hits = [1.0 if r[flag] else 0.0 for r in rows]
+    low, high, used, method, note = _cluster_ratio(
+        hits,
+        np.ones(len(rows)),
+        [r["participant_id"] for r in rows],
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
+    )
+    return {
+        key: sum(hits) / len(rows),
+        "ci_lower": low,
+        "ci_upper": high,
+        "ci_method": "cluster_bootstrap" if method != "none" else "none",
+        "bootstrap_resamples": used,
+        "note": note or CLUSTER_NOTE,
+    }

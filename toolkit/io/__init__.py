@@ -57,6 +57,7 @@ _API = {
     "read_tsv": "files",
     "resolve_levels": "bids",
     "resolve_model": "weights",
+    "select_from_folder": "bids",
     "select_participants": "bids",
     "sha256_file": "files",
     "sha256_json": "files",

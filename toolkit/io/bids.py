@@ -285,6 +285,23 @@ def select_participants(
     return chosen
 
 
+def select_from_folder(
+    folder: str | Path, requested: Sequence[str] | None, *, what: str, fix: str
+) -> list[str]:
+    """The participant labels of ``folder`` (its ``sub-*`` folders) to process: all, or the
+    ``requested`` ones (:func:`select_participants`). A missing folder, or one without
+    participants, is an :class:`InputError` naming it ``what`` with ``fix``."""
+    from metcli.core.errors import InputError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"the {what} does not exist", path=folder, fix=fix)
+    available = participant_folders(folder)
+    if not available:
+        raise InputError("no sub-* participant folders found", path=folder, fix=fix)
+    return select_participants(available, list(requested) if requested else None, where=folder)
+
+
 @dataclass
 class Selection:
     """Which participants a run processes and at which level(s)."""

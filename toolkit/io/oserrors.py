@@ -58,11 +58,12 @@ def is_output_fault(exc: BaseException) -> bool:
 
 def output_error(exc: OSError, folder: Path) -> OutputError:
     """The one-line :class:`OutputError` of an OS fault while writing into ``folder``."""
-    what, fix = _FAULTS.get(
-        exc.errno, ("cannot write there ({reason})", "check the output folder and run again")
-    )
-    reason = exc.strerror or str(exc)
-    return OutputError(what.format(folder=folder, reason=reason), path=folder, fix=fix)
+    if exc.errno in _FAULTS:
+        what, fix = _FAULTS[exc.errno]
+    else:
+        what = f"cannot write there ({exc.strerror or exc})"
+        fix = "check the output folder and run again"
+    return OutputError(what, path=folder, fix=fix)
 
 
 @contextlib.contextmanager

@@ -78,9 +78,8 @@ from metcli.io.bids import (
     Acquisition,
     derivative_path,
     find_files,
-    participant_folders,
     resolve_levels,
-    select_participants,
+    select_from_folder,
     sidecar_path,
 )
 from metcli.lesions.label_lesions import check_settings, split_image
@@ -123,22 +122,11 @@ def output_paths(out_dir: Path, acq: Acquisition) -> tuple[Path, Path, Path]:
 
 def select(seg_dir: Path, participants: Sequence[str] | None) -> list[str]:
     """The participant labels of ``seg_dir`` to process (all, or the requested ones)."""
-    seg_dir = Path(seg_dir)
-    if not seg_dir.is_dir():
-        raise InputError(
-            "the segmentation folder does not exist",
-            path=seg_dir,
-            fix="give the folder that `metcli segment` wrote",
-        )
-    available = participant_folders(seg_dir)
-    if not available:
-        raise InputError(
-            "no sub-* participant folders found",
-            path=seg_dir,
-            fix="give the folder that `metcli segment` (or import-mask) wrote",
-        )
-    return select_participants(
-        available, list(participants) if participants else None, where=seg_dir
+    return select_from_folder(
+        seg_dir,
+        participants,
+        what="segmentation folder",
+        fix="give the folder that `metcli segment` (or import-mask) wrote",
     )
 
 

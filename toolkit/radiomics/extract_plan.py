@@ -15,7 +15,7 @@ from typing import Sequence
 
 from metcli.core.batch import FAILED, BatchReport
 from metcli.core.errors import InputError
-from metcli.io.bids import Acquisition, find_files, participant_folders, select_participants
+from metcli.io.bids import Acquisition, find_files, select_from_folder
 from metcli.lesions.maps import LESION_SUFFIX, find_lesion_maps
 
 log = logging.getLogger(__name__)
@@ -40,22 +40,11 @@ class Job:
 
 def select(lesions_dir: Path, participants: Sequence[str] | None) -> list[str]:
     """Participant labels of ``lesions_dir`` to process (all, or the requested ones)."""
-    lesions_dir = Path(lesions_dir)
-    if not lesions_dir.is_dir():
-        raise InputError(
-            "the lesions folder does not exist",
-            path=lesions_dir,
-            fix="give the folder that `metcli split-lesions` wrote",
-        )
-    available = participant_folders(lesions_dir)
-    if not available:
-        raise InputError(
-            "no sub-* participant folders found",
-            path=lesions_dir,
-            fix="give the folder that `metcli split-lesions` wrote",
-        )
-    return select_participants(
-        available, list(participants) if participants else None, where=lesions_dir
+    return select_from_folder(
+        lesions_dir,
+        participants,
+        what="lesions folder",
+        fix="give the folder that `metcli split-lesions` wrote",
     )
 
 

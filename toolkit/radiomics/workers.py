@@ -12,6 +12,7 @@ import contextlib
 import logging
 import multiprocessing
 import signal
+import threading
 from typing import Iterable, Iterator
 
 from metcli.radiomics.columns import RegionResult
@@ -61,8 +62,6 @@ def _submit_ignoring_interrupts(executor, item):
     the parent sees it, and it stops the run with exit 130 and one line.
     The executor starts workers inside ``submit``, in this (the main) thread.
     """
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return executor.submit(_work, item)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -34,9 +34,8 @@ from metcli.io.bids import (
     Acquisition,
     derivative_path,
     find_files,
-    participant_folders,
     resolve_levels,
-    select_participants,
+    select_from_folder,
     sidecar_path,
 )
 from metcli.segmentation.backends import Segmenter, get_backend
@@ -89,22 +88,11 @@ def find_cts(raw_dir: Path, participants: Sequence[str] | None) -> list[Acquisit
 
 def select(raw_dir: Path, participants: Sequence[str] | None) -> list[str]:
     """The participant labels of ``raw_dir`` to process (all, or the requested ones)."""
-    raw_dir = Path(raw_dir)
-    if not raw_dir.is_dir():
-        raise InputError(
-            "the raw dataset folder does not exist",
-            path=raw_dir,
-            fix="give the rawdata folder (sub-*/anat/*_ct.nii.gz)",
-        )
-    available = participant_folders(raw_dir)
-    if not available:
-        raise InputError(
-            "no sub-* participant folders found",
-            path=raw_dir,
-            fix="give the rawdata folder (sub-*/anat/*_ct.nii.gz)",
-        )
-    return select_participants(
-        available, list(participants) if participants else None, where=raw_dir
+    return select_from_folder(
+        raw_dir,
+        participants,
+        what="raw dataset folder",
+        fix="give the rawdata folder (sub-*/anat/*_ct.nii.gz)",
     )
 
 
