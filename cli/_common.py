@@ -1,8 +1,10 @@
 """What every metcli command shares: options, error handling, logging, progress.
 
-Exit codes: 0 success, 1 error, 2 usage error, 3 some participants failed (the
-rest done), 130 interrupted. Errors are printed as one line on stderr;
-``--debug`` prints the traceback as well. stdout carries results only.
+Exit codes: 0 success, 1 error (nothing done: every participant failed, or the
+command failed before any finished), 2 usage error, 3 some participants failed or the
+group-level step failed after some finished (their outputs kept), 130 interrupted.
+Errors are printed as one line on stderr; ``--debug`` prints the traceback as well.
+stdout carries results only.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import functools
 import logging
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -65,6 +68,16 @@ def setup_logging(verbose: int, quiet: bool, debug: bool) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    warnings.showwarning = _warning_to_log
+
+
+def _warning_to_log(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings (numpy's RuntimeWarnings on a tiny cohort, a library's
+    deprecation notes) are for developers: one line in the log at -v, never raw on
+    stderr."""
+    logging.getLogger("metcli.warnings").info(
+        "%s: %s (%s:%d)", category.__name__, message, Path(filename).name, lineno
+    )
 
 
 # ----------------------------------------------------------------------------- config files
@@ -231,7 +244,7 @@ def run_command(fn: Callable) -> Callable:
         no_progress: bool = False,
         **kwargs,
     ):
-        from metcli.core.errors import MetcliError, ParticipantsFailed, UsageError
+        from metcli.core.errors import MetcliError, ParticipantsFailed, PartlyDone, UsageError
 
         setup_logging(verbose, quiet, debug)
         ctx = click.get_current_context()
@@ -249,11 +262,12 @@ def run_command(fn: Callable) -> Callable:
             raise
         except click.ClickException:
             raise
-        except ParticipantsFailed as exc:
+        except (ParticipantsFailed, PartlyDone) as exc:
             if debug:
                 traceback.print_exc()
             echo_error(exc.one_line())
-            ctx.exit(EXIT_PARTIAL)
+            nothing_done = isinstance(exc, ParticipantsFailed) and exc.all_failed
+            ctx.exit(EXIT_ERROR if nothing_done else EXIT_PARTIAL)
         except UsageError as exc:
             if debug:
                 traceback.print_exc()

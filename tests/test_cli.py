@@ -94,6 +94,32 @@ def _command(behaviour):
             report.record("sub-1", "done")
             report.record("sub-2", "failed", "sub-2_ct.nii.gz: cannot read the image.")
             _common.finish(report)
+        if behaviour == "all-failed":
+            report = BatchReport()
+            report.record("sub-1", "failed", "sub-1_ct.nii.gz: cannot read the image.")
+            report.record("sub-2", "failed", "sub-2_ct.nii.gz: cannot read the image.")
+            _common.finish(report)
+        if behaviour == "group-failed":
+            from metcli.core.batch import group_level
+
+            report = BatchReport()
+            report.record("sub-1", "done")
+            report.record("sub-2", "skipped")
+            with group_level(report):
+                raise errors.OutputError("no space left on its device", path="out")
+        if behaviour == "group-only-failed":
+            from metcli.core.batch import group_level
+
+            with group_level(BatchReport()):
+                raise errors.InputError("no participant tables", path="out")
+        if behaviour == "warning":
+            import warnings
+
+            import numpy as np
+
+            warnings.simplefilter("always")  # each invocation of the test warns again
+            warnings.warn("a developer's note", DeprecationWarning, stacklevel=1)
+            np.array([0.0]) / np.array([0.0])
         if behaviour == "interrupt":
             raise KeyboardInterrupt
         if behaviour == "bug":
@@ -109,6 +135,14 @@ def _command(behaviour):
         ("usage", 2, "--value 7 is too large. Fix: use 1 to 5."),
         ("input", 1, "sub-1_ct.nii.gz: cannot read the image. Fix: export it again."),
         ("partial", 3, "1 of 2 participant(s) failed: sub-2"),
+        ("all-failed", 1, "all 2 participant(s) failed: sub-1, sub-2"),
+        (
+            "group-failed",
+            3,
+            "out: no space left on its device; 2 participant(s) finished before this and "
+            "their outputs are kept. Fix: run the same command again",
+        ),
+        ("group-only-failed", 1, "out: no participant tables."),
         ("interrupt", 130, "interrupted"),
         ("bug", 1, "unexpected ZeroDivisionError"),
     ],
@@ -120,6 +154,19 @@ def test_errors_are_one_line_with_exit_codes(behaviour, code, text):
     assert len(error_lines) == 1 and text in error_lines[0]
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_python_warnings_reach_the_log_at_v_never_stderr_raw():
+    """numpy's RuntimeWarnings (a tiny cohort) and libraries' notes stay off stderr; -v
+    shows each as one log line."""
+    quiet = CliRunner().invoke(_command("warning"), [], catch_exceptions=False)
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+    verbose = CliRunner().invoke(_command("warning"), ["-v"], catch_exceptions=False)
+    assert verbose.exit_code == 0
+    text = " ".join(verbose.stderr.split())
+    assert "RuntimeWarning: invalid value encountered in divide" in text
+    assert "DeprecationWarning: a developer's note" in text
+    assert "np.array([0.0])" not in text  # no source lines
 
 
 def test_debug_shows_the_traceback():

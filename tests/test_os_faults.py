@@ -91,3 +91,58 @@ def test_a_read_only_file_system_is_one_line_naming_the_folder(tmp_path):
     assert result.returncode == 1, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert str(mount) in result.stderr and "read-only" in result.stderr.lower(), result.stderr
+
+
+def test_every_participant_failing_exits_1(full_disk):
+    """Nothing was done: exit 1, and the line says all failed."""
+    out = full_disk / "cohort"
+    result = subprocess.run(
+        [*CLI, "synth", str(out), "--subjects", "2"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1, result.stderr
+    assert "all 2 participant(s) failed" in " ".join(result.stderr.split())
+
+
+def test_a_group_level_fault_after_participants_finished_exits_3(tmp_path):
+    """The participants' files are complete and kept (exit 3); removing the cause and
+    running again writes the group table and skips them."""
+    out = tmp_path / "cohort"
+    blocker = out / "derivatives" / "truth" / "lesions.tsv"
+    blocker.mkdir(parents=True)
+    command = [*CLI, "synth", str(out), "--subjects", "2", "--no-truth-lesions"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr
+    line = " ".join(result.stderr.split())
+    assert f"{blocker}: a folder stands where this output file goes" in line
+    assert "2 participant(s) finished before this and their outputs are kept" in line
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr
+    cts = sorted((out / "rawdata").rglob("*_ct.nii.gz"))
+    assert len(cts) == 2
+    assert not [p for p in out.rglob("*") if ".part" in p.name]
+    before = [p.stat().st_mtime_ns for p in cts]
+    blocker.rmdir()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert blocker.is_file() and [p.stat().st_mtime_ns for p in cts] == before
+
+
+def test_split_lesions_group_level_fault_exits_3(tmp_path):
+    out = tmp_path / "cohort"
+    made = subprocess.run(
+        [*CLI, "synth", str(out), "--subjects", "2", "--no-truth-lesions"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr
+    lesions = tmp_path / "lesions"
+    (lesions / "lesions.tsv").mkdir(parents=True)
+    result = subprocess.run(
+        [*CLI, "split-lesions", str(out / "derivatives" / "truth"), str(lesions)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "2 participant(s) finished before this" in " ".join(result.stderr.split())
+    assert len(list(lesions.rglob("*_desc-lesions_dseg.nii.gz"))) == 2

@@ -8,11 +8,12 @@ participants failed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
-from metcli.core.errors import MetcliError
+from metcli.core.errors import MetcliError, ParticipantsFailed, PartlyDone
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +107,22 @@ def run_each(
         if progress is not None:
             progress(name, report.status[name])
     return report
+
+
+@contextlib.contextmanager
+def group_level(report: BatchReport) -> Iterator[None]:
+    """Run a batch's group-level step (cohort tables) after its participants.
+
+    An error there after some participants finished (done now, or skipped as done
+    before) becomes :class:`PartlyDone`, which the command line reports with exit code
+    3: their outputs are complete and kept, only the group-level files are missing.
+    """
+    try:
+        yield
+    except (ParticipantsFailed, PartlyDone):
+        raise
+    except MetcliError as exc:
+        finished = len(report.done) + len(report.skipped)
+        if finished:
+            raise PartlyDone(exc, finished) from exc
+        raise

@@ -74,13 +74,45 @@ class OutputError(MetcliError):
 
 
 class ParticipantsFailed(MetcliError):
-    """Some participants of a batch failed; the others were done (exit code 3)."""
+    """Some participants of a batch failed; the others were done (exit code 3).
+
+    When every participant failed, :attr:`all_failed` is true and the command line
+    exits 1: nothing was done.
+    """
 
     def __init__(self, failures: dict[str, str], total: int):
         self.failures = dict(failures)
         self.total = total
+        what = (
+            f"all {total} participant(s) failed"
+            if self.all_failed
+            else f"{len(failures)} of {total} participant(s) failed"
+        )
         super().__init__(
-            f"{len(failures)} of {total} participant(s) failed: " + ", ".join(sorted(failures)),
+            what + ": " + ", ".join(sorted(failures)),
             fix="see the messages above, correct those inputs and run the same command again "
             "(finished participants are skipped)",
+        )
+
+    @property
+    def all_failed(self) -> bool:
+        return len(self.failures) >= self.total
+
+
+class PartlyDone(MetcliError):
+    """The group-level step failed after some participants finished (exit code 3).
+
+    The participants' own outputs are complete and kept; a re-run skips them and
+    redoes only the group-level step.
+    """
+
+    def __init__(self, cause: MetcliError, finished: int):
+        self.cause = cause
+        self.finished = int(finished)
+        super().__init__(
+            f"{cause.what.rstrip('.')}; {self.finished} participant(s) finished before this "
+            "and their outputs are kept",
+            path=cause.path,
+            fix=(cause.fix.rstrip(".") + ", then run " if cause.fix else "run ")
+            + "the same command again (finished participants are skipped)",
         )

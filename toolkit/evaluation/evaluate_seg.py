@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from metcli.core.batch import DONE, SKIPPED, BatchReport, run_each
+from metcli.core.batch import DONE, SKIPPED, BatchReport, group_level, run_each
 from metcli.core.errors import GeometryError, InputError, MetcliError, UsageError
 from metcli.evaluation.seg_group import GroupSettings, write_group
 from metcli.evaluation.seg_measures import REGIONS
@@ -175,7 +175,8 @@ def evaluate_seg(
     if do_participants:
         _participant_level(run, overwrite, progress, result.report)
     if do_group:
-        _group_level(run, settings, overwrite, result)
+        with group_level(result.report):
+            _group_level(run, settings, overwrite, result)
     return result
 
 

@@ -74,6 +74,19 @@ def _umask() -> int:
     return mask
 
 
+def _replace(tmp: Path, dest: Path) -> None:
+    """Rename a finished temporary file to its output name; a folder in the way is an
+    :class:`OutputError` naming it."""
+    try:
+        os.replace(tmp, dest)
+    except IsADirectoryError:
+        raise OutputError(
+            "a folder stands where this output file goes",
+            path=dest,
+            fix="move or remove that folder, or give another output folder",
+        ) from None
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it to ``dest`` on success.
@@ -86,7 +99,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     tmp = _temp_name(dest)
     try:
         yield tmp
-        os.replace(tmp, dest)
+        _replace(tmp, dest)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -117,7 +130,7 @@ class OutputSet:
     def commit(self) -> list[Path]:
         done = []
         for tmp, dest in self._pending:
-            os.replace(tmp, dest)
+            _replace(tmp, dest)
             done.append(dest)
         self._pending = []
         return done

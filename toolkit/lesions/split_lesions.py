@@ -72,7 +72,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from metcli.core.batch import DONE, FAILED, SKIPPED, BatchReport, run_each
+from metcli.core.batch import DONE, FAILED, SKIPPED, BatchReport, group_level, run_each
 from metcli.core.errors import InputError, MetcliError
 from metcli.io.bids import (
     Acquisition,
@@ -195,7 +195,8 @@ def split_lesions(
     if do_participants:
         _participant_level(seg_dir, out_dir, chosen, step, settings, overwrite, progress, report)
     if do_group:
-        _group_level(seg_dir, out_dir, chosen, step, overwrite, report)
+        with group_level(report):
+            _group_level(seg_dir, out_dir, chosen, step, overwrite, report)
     return report
 
 

@@ -283,7 +283,7 @@ def predict_image(
     :class:`~metcli.core.batch.BatchReport`; its ``outputs`` lists the files written or
     found current.
     """
-    from metcli.core.batch import run_each
+    from metcli.core.batch import group_level, run_each
     from metcli.io.files import check_output_not_inside_input
     from metcli.prediction.image_run import ImageRun, run_record
     from metcli.prediction.outputs import check_run_options, load_card
@@ -324,7 +324,8 @@ def predict_image(
         jobs, key=lambda j: j.participant_id, work=run.work, progress=progress, report=run.report
     )
     if do_group and run.rows:
-        run.write_group_table()
+        with group_level(run.report):
+            run.write_group_table()
     return run.report
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from metcli.core.batch import FAILED, SKIPPED, BatchReport, run_each
+from metcli.core.batch import FAILED, SKIPPED, BatchReport, group_level, run_each
 from metcli.prediction.outputs import (
     COMMAND,
     current_predictions,
@@ -223,11 +223,19 @@ def _write_participants(
 
     run_each(sorted(by_participant), key=lambda p: p, work=work, progress=progress, report=report)
     if do_group and all_rows:
-        report.outputs.extend(
-            write_group(
-                out_dir, all_rows, card, run.step, inputs_record, run.extra, run.models, overwrite
+        with group_level(report):
+            report.outputs.extend(
+                write_group(
+                    out_dir,
+                    all_rows,
+                    card,
+                    run.step,
+                    inputs_record,
+                    run.extra,
+                    run.models,
+                    overwrite,
+                )
             )
-        )
 
 
 def radiomics_group(
@@ -263,18 +271,19 @@ def radiomics_group(
 
     run_each(sorted(first), key=lambda p: p, work=work, progress=progress, report=report)
     if all_rows:
-        report.outputs.extend(
-            write_group(
-                out_dir,
-                all_rows,
-                card,
-                run.step,
-                used,
-                recorded_extra(run.extra, recorded),
-                run.models,
-                overwrite,
+        with group_level(report):
+            report.outputs.extend(
+                write_group(
+                    out_dir,
+                    all_rows,
+                    card,
+                    run.step,
+                    used,
+                    recorded_extra(run.extra, recorded),
+                    run.models,
+                    overwrite,
+                )
             )
-        )
     return report
 
 

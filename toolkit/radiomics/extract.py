@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from metcli.core.batch import DONE, SKIPPED, BatchReport, run_each
+from metcli.core.batch import DONE, SKIPPED, BatchReport, group_level, run_each
 from metcli.core.errors import InputError, UsageError
 from metcli.io.bids import Acquisition, derivative_path, resolve_levels, sidecar_path
 from metcli.radiomics.acquisition import extract_acquisition
@@ -212,7 +212,8 @@ def extract(
                 report=report,
             )
     if do_group:
-        _group_level(report, jobs_list, run, after_participants=do_participants)
+        with group_level(report):
+            _group_level(report, jobs_list, run, after_participants=do_participants)
     return report
 
 

@@ -42,9 +42,14 @@ def radiomics_silenced() -> Iterator[None]:
 
 
 def _init_worker() -> None:
+    import warnings
+
     import SimpleITK as sitk
 
     _quiet_radiomics()
+    # a worker's stderr is the terminal's: numpy's RuntimeWarnings on odd lesions would
+    # reach it raw (the command line routes the main process's warnings into its log)
+    warnings.simplefilter("ignore")
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # one process per core already
 
 

@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from metcli.core.batch import DONE, FAILED, SKIPPED, BatchReport, run_each
+from metcli.core.batch import DONE, FAILED, SKIPPED, BatchReport, group_level, run_each
 from metcli.core.errors import GeometryError, InputError, MetcliError, UsageError
 from metcli.imaging.labels import LABELS, LESION, LIVER
 from metcli.io.bids import (
@@ -166,10 +166,11 @@ def segment(
             report=report,
         )
     if do_group:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not (out_dir / "dataset_description.json").is_file():
-            _write_description(out_dir, raw_dir)
-        report.outputs.append(write_label_table(out_dir))
+        with group_level(report):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if not (out_dir / "dataset_description.json").is_file():
+                _write_description(out_dir, raw_dir)
+            report.outputs.append(write_label_table(out_dir))
     return report
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from metcli.core.batch import BatchReport, run_each
+from metcli.core.batch import BatchReport, group_level, run_each
 from metcli.core.errors import InputError, OutputError, ParticipantsFailed, UsageError
 from metcli.imaging.dicom.writer import ct_to_dicom_series
 from metcli.io.files import read_json
@@ -151,11 +151,13 @@ def synth_cohort(
         progress=progress,
         report=report,
     )
-    _write_cohort_tables(writer, subjects, report, seed)
+    with group_level(report):
+        _write_cohort_tables(writer, subjects, report, seed)
     if report.failed:
         raise ParticipantsFailed(report.failed, total=len(subjects))
     if truth_lesions:
-        _split_truth(truth_dir, out_dir / "derivatives" / "truth-lesions", overwrite)
+        with group_level(report):
+            _split_truth(truth_dir, out_dir / "derivatives" / "truth-lesions", overwrite)
     log.info("synthetic cohort in %s: %d participant(s)", out_dir, len(subjects))
     return out_dir
 
