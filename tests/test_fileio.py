@@ -325,3 +325,37 @@ def test_check_complete_is_the_one_check_for_other_readers(tmp_path):
     path.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(ImageError, match="cannot read the mask: the file is truncated"):
         check_complete(path, "mask")
+
+
+# ----------------------------------------------------------------------------- stale temporaries
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_killed_runs_temporary_files_are_removed_when_the_output_is_written_again(tmp_path):
+    """SIGKILL leaves ``.NAME.<pid>-<host>.XXXXXXXX.part.EXT``; the next write of NAME removes
+    those of processes that are gone, and only those."""
+    import os
+
+    from metcli.io.temporaries import owner_tag
+
+    _pid, host = owner_tag().split("-")
+    dest = tmp_path / "table.tsv"
+    stale = tmp_path / f".table.tsv.{_dead_pid()}-{host}.abcd1234.part.tsv"
+    live = tmp_path / f".table.tsv.{os.getppid()}-{host}.abcd1234.part.tsv"
+    elsewhere = tmp_path / f".table.tsv.{_dead_pid()}-00000000.abcd1234.part.tsv"
+    unknown = tmp_path / ".table.tsv.abcd1234.part.tsv"  # no owner tag
+    other = tmp_path / f".other.tsv.{_dead_pid()}-{host}.abcd1234.part.tsv"
+    for path in (stale, live, elsewhere, unknown, other):
+        path.write_text("partial")
+    with fileio.atomic_path(dest) as tmp:
+        assert tmp.name.startswith(f".table.tsv.{owner_tag()}.") and tmp.name.endswith(".part.tsv")
+        tmp.write_text("whole")
+    assert dest.read_text() == "whole"
+    assert not stale.exists()
+    assert live.exists() and elsewhere.exists() and unknown.exists() and other.exists()

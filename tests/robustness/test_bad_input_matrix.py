@@ -300,6 +300,7 @@ class Scenario:
     then: Callable[[Path], None] | None = None  # checks of a documented success
     read_only: bool = False  # the output folder exists and may not be written to
     done: str | None = None  # for exit 3: the participant whose outputs were written
+    batch: bool = False  # every participant failed (exit 1): the batch's summary and table
 
     def __post_init__(self):
         if isinstance(self.message, str):
@@ -353,16 +354,19 @@ def check(scenario: Scenario, result) -> None:
             line for line in stderr.splitlines() if line.startswith(("metcli: error:", "Error:"))
         ]
         assert len(errors) == 1, stderr
-        if scenario.code != 3 and errors[0].startswith("metcli:"):  # click adds its usage
+        batch = scenario.code == 3 or scenario.batch
+        if not batch and errors[0].startswith("metcli:"):  # click adds its usage
             assert stderr.strip() == errors[0], f"more than the error line:\n{stderr}"
-        # exit 1 and 2: the error line names the file; exit 3: the log line and the
-        # table do, and the error line names the participant
-        where = _squash(errors[0] if scenario.code in (1, 2) else stderr)
+        # exit 1 and 2: the error line names the file; a batch with failed participants
+        # (exit 3, or exit 1 when all failed): the log line and the table do, and the
+        # error line names the participant
+        where = _squash(stderr if batch else errors[0])
         for needle in (scenario.names, *scenario.message):
             assert _squash(needle) in where, f"{needle!r} not in:\n{stderr}"
-        if scenario.code == 3:
+        if batch:
             assert scenario.failed in errors[0], stderr
             assert "failed" in stderr.splitlines()[-2], stderr  # the summary line
+            assert ("all " in errors[0]) == (scenario.code == 1), errors[0]
             if scenario.done:
                 written = [str(p.relative_to(scenario.out)) for p in scenario.out.rglob("*")]
                 assert any(scenario.done in p for p in written), written
@@ -398,6 +402,7 @@ def read_only(scenario: Scenario) -> Scenario:
     """The case's output folder, made and then made read-only by the test."""
     scenario.read_only = True
     scenario.code, scenario.failed, scenario.message = 1, ALL, ("permission",)
+    scenario.batch = False
     scenario.names = scenario.out.name
     return scenario
 
@@ -1095,9 +1100,9 @@ def _(i):
 
 
 # ----------------------------------------------------------------------------- segment
-def _segment(inputs: Inputs, fault=None, *, code=3, message="", **kw):
+def _segment(inputs: Inputs, fault=None, *, code=1, message="", **kw):
     """The shipped demo model on sub-001 only (--participant-label 001): the model
-    loads, the CT fails, nothing is segmented."""
+    loads, the CT fails, nothing is segmented (exit 1: every participant failed)."""
     work = inputs.small()
     raw = work / "rawdata"
     if fault is not None:
@@ -1113,6 +1118,7 @@ def _segment(inputs: Inputs, fault=None, *, code=3, message="", **kw):
         out=out,
         failed=kw.pop("failed", SUB),
         inputs=[raw, *kw.pop("also", [])],
+        batch=kw.pop("batch", code == 1),
         **kw,
     )
 
@@ -1169,6 +1175,7 @@ def _(i):
         message="not valid JSON",
         failed=ALL,
         also=[model],
+        batch=False,
     )
 
 

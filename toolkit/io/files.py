@@ -25,6 +25,7 @@ from metcli.core.errors import ImageError, InputError, OutputError
 from metcli.io.bids import split_extension
 from metcli.io.integrity import check_complete
 from metcli.io.oserrors import c_errors_refused, is_output_fault, output_error
+from metcli.io.temporaries import owner_tag, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,11 @@ def _temp_name(dest: Path) -> Path:
         _stem, ext = split_extension(dest.name)
     except InputError:
         ext = dest.suffix
+    remove_stale_temporaries(dest)
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".part{ext}", dir=dest.parent)
+        fd, name = tempfile.mkstemp(
+            prefix=f".{dest.name}.{owner_tag()}.", suffix=f".part{ext}", dir=dest.parent
+        )
     except OSError as exc:
         if is_output_fault(exc):
             raise output_error(exc, dest.parent) from None
@@ -292,17 +296,27 @@ def write_tsv(
 
 def read_tsv(path: str | Path, *, required: Iterable[str] = ()) -> list[dict[str, str]]:
     """Rows of a TSV file as dictionaries of strings (``n/a`` kept as text)."""
+    return read_table(path, required=required)
+
+
+def read_table(
+    path: str | Path, *, required: Iterable[str] = (), delimiter: str = "\t"
+) -> list[dict[str, str]]:
+    """Rows of a TSV file, or of a CSV file with ``delimiter=","`` (quoted cells allowed),
+    as dictionaries of strings."""
     path = Path(path)
+    kind = "tab-separated" if delimiter == "\t" else "comma-separated"
     if not path.is_file():
         raise InputError("file not found", path=path, fix="check the path")
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+            quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+            reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
             if reader.fieldnames is None:
                 raise InputError(
                     "the table is empty (no header line)",
                     path=path,
-                    fix="write a tab-separated header line",
+                    fix=f"write a {kind} header line",
                 )
             header = [h.strip() for h in reader.fieldnames]
             rows = []
@@ -311,14 +325,15 @@ def read_tsv(path: str | Path, *, required: Iterable[str] = ()) -> list[dict[str
                     raise InputError(
                         f"line {number} has a different number of cells than the header",
                         path=path,
-                        fix="separate cells with single tabs, one per column",
+                        fix="one cell per column, separated by single "
+                        + ("tabs" if delimiter == "\t" else "commas"),
                     )
                 rows.append(
                     {k.strip(): (v.strip() if v is not None else v) for k, v in row.items()}
                 )
     except UnicodeDecodeError:
         raise InputError(
-            "not a UTF-8 text table", path=path, fix="save it as tab-separated UTF-8 text"
+            "not a UTF-8 text table", path=path, fix=f"save it as {kind} UTF-8 text"
         ) from None
     missing = [c for c in required if c not in header]
     if missing:
