@@ -10,6 +10,13 @@ are not features. Missing values are ``n/a``. The JSON sidecar beside the
 table records the extraction settings hash under ``extraction_settings_sha256``
 (at its top level or under ``Provenance.settings``).
 
+Tables from other tools (pyradiomics' own batch output with two columns added, a
+spreadsheet) need only ``participant_id``, ``lesion_id`` and the features: ``session``
+and ``phase`` (or ``channel``) default to ``n/a``, ``status`` to ``ok``, and
+pyradiomics' ``Image`` and ``Mask`` path columns are not features. A ``.csv`` table is
+read as comma-separated. A column named like a label (``primary``) is refused: the
+labels come from participants.tsv, never from the features.
+
 Covariates from participants.tsv are encoded here too (:func:`encode_covariates`);
 :mod:`metcli.radiomics.cohort` joins features with labels. The predictions
 format lives in :mod:`metcli.prediction.predict`.
@@ -32,8 +39,15 @@ log = logging.getLogger(__name__)
 
 FEATURES_TABLE = "features.tsv"
 ID_COLUMNS = ("participant_id", "session", "phase", "lesion_id", "status")
-#: Columns of extract's tables that are neither identifiers nor features.
-TEXT_COLUMNS = ("message", "peritumoral_status", "peritumoral_message")
+#: The columns every features table needs; the other identifiers have defaults.
+REQUIRED_COLUMNS = ("participant_id", "lesion_id")
+#: Defaults of the optional identifiers (``channel`` is read as ``phase``).
+DEFAULTS = {"session": NA, "phase": NA, "status": "ok"}
+#: Columns of extract's tables (and pyradiomics' batch output) that are neither
+#: identifiers nor features.
+TEXT_COLUMNS = ("message", "peritumoral_status", "peritumoral_message", "Image", "Mask", "channel")
+#: Columns that would carry the label into the features (refused).
+LABEL_COLUMNS = ("primary",)
 SETTINGS_KEY = "extraction_settings_sha256"
 
 
@@ -138,12 +152,37 @@ def _is_feature(column: str) -> bool:
     return column not in ID_COLUMNS and column not in TEXT_COLUMNS and "diagnostics_" not in column
 
 
-def _read_one(table: Path) -> tuple[list[str], list[tuple], list[list[float]], int]:
-    from metcli.io.files import read_tsv
+def _table_rows(table: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a features table (TSV, or CSV by its extension), with the
+    optional identifiers filled in (:data:`DEFAULTS`)."""
+    import csv
 
-    rows = read_tsv(table, required=ID_COLUMNS)
-    header = table.read_text(encoding="utf-8-sig").split("\n", 1)[0].rstrip("\r").split("\t")
-    names = [c.strip() for c in header if _is_feature(c.strip())]
+    from metcli.io.files import read_table
+
+    delimiter = "," if table.suffix.lower() == ".csv" else "\t"
+    rows = read_table(table, required=REQUIRED_COLUMNS, delimiter=delimiter)
+    with open(table, encoding="utf-8-sig", newline="") as handle:
+        header = [c.strip() for c in next(csv.reader(handle, delimiter=delimiter))]
+    leaking = [c for c in header if c in LABEL_COLUMNS]
+    if leaking:
+        raise InputError(
+            f"the features table has a label column ({', '.join(leaking)})",
+            path=table,
+            fix="remove it: the labels are read from participants.tsv (--labels), "
+            "never from the features",
+        )
+    for row in rows:
+        if "phase" not in row and "channel" in row:
+            row["phase"] = row["channel"]
+        for column, default in DEFAULTS.items():
+            if row.get(column) in (None, ""):
+                row[column] = default
+    return header, rows
+
+
+def _read_one(table: Path) -> tuple[list[str], list[tuple], list[list[float]], int]:
+    header, rows = _table_rows(table)
+    names = [c for c in header if _is_feature(c)]
     keys, values, failed = [], [], 0
     for line, row in enumerate(rows, start=2):
         status = row["status"]
@@ -183,7 +222,8 @@ def _read_one(table: Path) -> tuple[list[str], list[tuple], list[list[float]], i
                 raise InputError(
                     f"line {line}, column {name}: {text!r} is not a number",
                     path=table,
-                    fix="write numbers, or n/a when missing",
+                    fix="write numbers, or n/a when missing; a column that is not a feature "
+                    "must be removed (or named diagnostics_<name>)",
                 ) from None
             record.append(value if math.isfinite(value) else math.nan)
         session = None if row["session"] in (NA, "") else row["session"]
