@@ -148,7 +148,10 @@ def command(
     from metcli.synth.synth import class_counts, synth_cohort
 
     if subjects is not None and (colorectal is not None or pancreatic is not None):
-        raise UsageError("give either --subjects or --colorectal and --pancreatic, not both")
+        raise UsageError(
+            "give either --subjects or --colorectal and --pancreatic, not both",
+            fix="--subjects N for the study's ratio, or the two counts",
+        )
     if (colorectal is None) != (pancreatic is None):
         raise UsageError(
             "--colorectal and --pancreatic go together",

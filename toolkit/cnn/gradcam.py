@@ -151,7 +151,8 @@ def _architecture(arch: str) -> Architecture:
     except UsageError:
         raise InputError(
             f"architecture {arch!r} has no Grad-CAM target layer "
-            f"(known: {', '.join(architecture_names())})"
+            f"(known: {', '.join(architecture_names())})",
+            fix="predict without --explain, or train the model with one of those architectures",
         ) from None
 
 

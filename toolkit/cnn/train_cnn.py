@@ -124,7 +124,8 @@ def _labels(
         if positive_class not in classes or len(classes) != 2:
             raise UsageError(
                 f"--positive-class {positive_class!r} is not one of the two "
-                f"classes ({', '.join(classes)})"
+                f"classes ({', '.join(classes)})",
+                fix="name one of them, or leave --positive-class out for more than two classes",
             )
         classes = [c for c in classes if c != positive_class] + [positive_class]
     return all_labels, classes

@@ -66,7 +66,10 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise UsageError(self._unknown(name, ", ".join(self._entries))) from None
+            raise UsageError(
+                self._unknown(name, ", ".join(self._entries)),
+                fix="choose one of the names listed",
+            ) from None
 
     def names(self) -> tuple[str, ...]:
         """The names, in registration order."""

@@ -64,7 +64,9 @@ def _label_array(image, path: Path, what: str, allowed: Sequence[int] | None) ->
             )
     elif array.dtype.kind not in "iub":
         raise ImageError(
-            f"the {what} has voxels of type {array.dtype}; a label image is needed", path=path
+            f"the {what} has voxels of type {array.dtype}; a label image is needed",
+            path=path,
+            fix="give a 3D integer label image (a _dseg file), not an intensity image",
         )
     values = np.asarray(array, dtype=np.int64)
     if allowed is not None:

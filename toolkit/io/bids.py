@@ -155,6 +155,7 @@ def parse_name(name: str | Path) -> Entities:
             f"{base!r} does not follow the naming convention sub-<id>[_ses-<s>][_ce-<phase>]"
             "[_desc-<d>]_<suffix><ext>",
             path=name,
+            fix="rename it that way, with labels of letters and digits only",
         )
     values: dict[str, str] = {}
     order = list(ENTITY_ORDER)
@@ -162,18 +163,31 @@ def parse_name(name: str | Path) -> Entities:
     for part in parts[:-1]:
         key, sep, value = part.partition("-")
         if not sep or key not in ENTITY_ORDER:
-            raise InputError(f"{base!r} has an unknown entity {part!r}", path=name)
+            raise InputError(
+                f"{base!r} has an unknown entity {part!r}",
+                path=name,
+                fix=f"use only the entities {', '.join(ENTITY_ORDER)} (in that order), "
+                "each as <entity>-<label>",
+            )
         index = order.index(key)
         if index < position or key in values:
-            raise InputError(f"{base!r} has its entities out of order or repeated", path=name)
+            raise InputError(
+                f"{base!r} has its entities out of order or repeated",
+                path=name,
+                fix=f"name each entity once, in the order {', '.join(ENTITY_ORDER)}",
+            )
         position = index
         values[key] = value
     if "sub" not in values:
-        raise InputError(f"{base!r} does not start with sub-<id>", path=name)
+        raise InputError(
+            f"{base!r} does not start with sub-<id>",
+            path=name,
+            fix="rename it sub-<id>_..., the participant's label first",
+        )
     try:
         return Entities(suffix=parts[-1], extension=ext, **values)
     except UsageError as exc:
-        raise InputError(f"{base!r}: {exc.what}", path=name) from None
+        raise InputError(f"{base!r}: {exc.what}", path=name, fix=exc.fix) from None
 
 
 def derivative_path(

@@ -212,7 +212,8 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         raise OutputError(
             f"internal: a path ({obj.name}) was put in provenance settings; "
-            "record paths as inputs instead"
+            "record paths as inputs instead",
+            fix="this is a bug in metcli: run again with --debug and report the traceback",
         )
     if hasattr(obj, "item") and callable(obj.item):
         return obj.item()

@@ -76,7 +76,10 @@ def validate_rows(
     missing = [c for c in required if c not in columns]
     if missing:
         raise SchemaError(
-            f"table lacks required column(s) {', '.join(missing)} of the {name} schema", path=where
+            f"table lacks required column(s) {', '.join(missing)} of the {name} schema",
+            path=where,
+            fix="give the table as the metcli command that makes it wrote it "
+            "(its columns are in schemas/)",
         )
     if schema.get("additionalProperties") is False:
         extra = [
@@ -89,6 +92,7 @@ def validate_rows(
             raise SchemaError(
                 f"table has column(s) {', '.join(extra)} that the {name} schema does not allow",
                 path=where,
+                fix="remove those columns, or give the table the metcli command wrote",
             )
     validator = _validator(name)
     for number, row in enumerate(rows, start=2):

@@ -75,7 +75,10 @@ def participant_path(out_dir: Path, key) -> Path:
     try:
         entities = Entities(sub=pid[4:], ses=ses, ce=phase, suffix="predictions", extension=".tsv")
     except MetcliError as exc:
-        raise InputError(f"{pid}: {exc.what}") from None
+        raise InputError(
+            f"{pid}: {exc.what}",
+            fix=exc.fix or "write participant ids as sub-<label>, letters and digits only",
+        ) from None
     return derivative_path(out_dir, entities, suffix="predictions", extension=".tsv")
 
 

@@ -103,7 +103,10 @@ def _label_images(
     seg = None
     if peritumoral_mm is not None:
         if seg_path is None:
-            raise UsageError("the peritumoral ring needs the segmentation (--seg)")
+            raise UsageError(
+                "the peritumoral ring needs the segmentation (--seg)",
+                fix="give --seg SEG_DIR (segment's output), or leave out --peritumoral-mm",
+            )
         seg = to_reference_grid(
             _read_label_image(seg_path, "segmentation"),
             ct,

@@ -220,7 +220,10 @@ def _check_settings(fold, opset, orientation, tolerance) -> tuple[int | str, str
     if orientation is not None:
         orientation = _check_orientation(orientation)
     if not tolerance > 0:
-        raise UsageError(f"tolerance must be positive, got {tolerance!r}")
+        raise UsageError(
+            f"--tolerance must be positive, got {tolerance!r}",
+            fix="give a small positive number such as 1e-4 (the default)",
+        )
     return fold, orientation
 
 
