@@ -52,6 +52,26 @@ from metcli.cli._common import common_options, overwrite_option, path_arg, run_c
     metavar="NAME",
     help="Import only this ROI or segment (repeatable; RTSTRUCT and DICOM-SEG).",
 )
+@click.option(
+    "--fractional-threshold",
+    "fractional_threshold",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.5,
+    show_default=True,
+    metavar="F",
+    help="DICOM-SEG of SegmentationType FRACTIONAL: a voxel belongs to a segment when "
+    "its fraction (probability or occupancy, 0 to 1) is at least F, in (0, 1]. "
+    "Recorded in the sidecar with the SegmentationType; BINARY segments are taken as "
+    "they are.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    default=False,
+    help="Refuse a DICOM mask whose FrameOfReferenceUID differs from the CT's (when "
+    "import-dicom wrote the CT) and an RTSTRUCT with contours (partly) outside the "
+    "CT. Without it, these are warnings, recorded in the sidecar (DicomChecks).",
+)
 @overwrite_option
 @common_options
 @run_command
@@ -64,6 +84,8 @@ def command(
     phase: str | None,
     label_map: tuple[str, ...],
     roi_names: tuple[str, ...],
+    fractional_threshold: float,
+    strict: bool,
     overwrite: bool,
 ) -> None:
     """Bring a manual segmentation MASK onto the grid of the participant's CT in RAW_DIR.
@@ -72,10 +94,16 @@ def command(
     folder holding one). It is matched to the CT in physical space, never by
     array index and never resampled: a label image on another grid is refused;
     RTSTRUCT contours are filled on the slices they lie in (a voxel belongs to a
-    contour when its centre lies inside it; inner contours are holes). Writes
+    contour when its centre lies inside it; inner contours are holes); FRACTIONAL
+    DICOM-SEG segments are cut at --fractional-threshold (default 0.5). Writes
     SEG_DIR/sub-<id>/[ses-<s>/]anat/<name>_dseg.nii.gz (0 background, 1 liver,
     2 lesion; lesion wins where both overlap) with its provenance sidecar, and
     prints its path.
+
+    When import-dicom wrote the CT, a DICOM mask's FrameOfReferenceUID and
+    referenced series are compared with the CT's (a mismatch is a warning, an
+    error for the frame of reference with --strict); RTSTRUCT contours outside the
+    CT are counted. The sidecar records these checks (DicomChecks).
     """
     from metcli.imaging.import_mask import import_mask
 
@@ -89,5 +117,7 @@ def command(
         label_map=list(label_map) or None,
         roi_names=list(roi_names) or None,
         overwrite=overwrite,
+        fractional_threshold=fractional_threshold,
+        strict=strict,
     )
     click.echo(str(out))

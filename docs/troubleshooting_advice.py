@@ -150,17 +150,11 @@ ADVICE: dict[str, str] = {
     "cli/evaluate_seg.py:_dice_edges:... is not a comma-separated": (
         "give --dice-bands as increasing numbers between 0 and 1, for example 0.5,0.7,0.9"
     ),
-    "cli/synth.py:command:give either --subjects or --colorectal": (
-        "give --subjects N for the study's ratio, or --colorectal and --pancreatic"
-    ),
     "cli/train_cnn.py:_window:... is not WIDTH,LEVEL (for": (
         "give --window as two numbers, width then level in HU, for example 330,10"
     ),
     "cnn/data.py:assign_folds:--cv-folds must be at least": "give --cv-folds 2 or more",
     "cnn/fit.py:Monitor.__init__:--monitor must be one of": _CHOICES,
-    "cnn/gradcam.py:_architecture:architecture ... has no Grad-CAM": (
-        "predict without --explain, or train with an architecture the message lists"
-    ),
     "cnn/options.py:check_options:--dims must be 2 or": "give --dims 2 (lesion slices) or 3",
     "cnn/options.py:check_options:... must be at least": "give 1 or more",
     "cnn/options.py:check_options:--lr must be positive, got": "give --lr above 0, e.g. 1e-4",
@@ -172,15 +166,7 @@ ADVICE: dict[str, str] = {
     "cnn/options.py:resolve_options:give --test-patients or --split, not": (
         "leave out --test-patients: the split file already names the test patients"
     ),
-    "cnn/train_cnn.py:_labels:--positive-class ... is not one": (
-        "give one of the two classes the message lists, spelt as in the label column"
-    ),
     "core/devices.py:check_device:--device ... is not one": _CHOICES,
-    "core/registry.py:Registry.get:--arch must be one of": _CHOICES,
-    "core/registry.py:Registry.get:--backend ... is not one": _CHOICES,
-    "core/registry.py:Registry.get:classifier ... is not one": (
-        "give classifier names from train-radiomics --help (--classifiers)"
-    ),
     "evaluation/evaluate.py:_check_arguments:--level ... is not one": _CHOICES,
     "evaluation/evaluate.py:_check_arguments:--set ... is not one": _CHOICES,
     "evaluation/evaluate.py:_check_arguments:confidence level ... must lie": (
@@ -191,9 +177,6 @@ ADVICE: dict[str, str] = {
     ),
     "evaluation/evaluate_seg.py:_group_settings:confidence level ... must lie": (
         "give confidence_level between 0.5 and 1, for example 0.95"
-    ),
-    "evaluation/seg_pairs.py:_label_array:the ... has voxels of": (
-        "give a label image of whole numbers (a _dseg file that segment or import-mask wrote)"
     ),
     "evaluation/seg_summaries.py:check_dice_edges:--dice-bands must be numbers, got": (
         "give --dice-bands as numbers between 0 and 1, for example 0.5,0.7,0.9"
@@ -224,11 +207,7 @@ ADVICE: dict[str, str] = {
         "use one of the extensions the message lists"
     ),
     "io/bids.py:clean_label:... must be text, got": "give the label as text, for example '001'",
-    "io/bids.py:parse_name:... does not follow the": _RENAME,
-    "io/bids.py:parse_name:... has an unknown entity": _RENAME,
-    "io/bids.py:parse_name:... has its entities out": _RENAME,
-    "io/bids.py:parse_name:... does not start with": _RENAME,
-    "io/bids.py:parse_name:InputError(f'{base!r} {exc.what}', path=name)": _RENAME,
+    "io/bids.py:parse_name:InputError(f'{base!r} {exc.what}', path=name, fix=exc.fix)": _RENAME,
     "io/bids.py:resolve_levels:--level ... is not one": _CHOICES,
     "io/bids.py:split_extension:file name ... has none": (
         "give a file with one of the extensions the message lists (images: .nii.gz or .nii)"
@@ -237,15 +216,8 @@ ADVICE: dict[str, str] = {
         "see Operating-system faults while writing outputs, below"
     ),
     "io/predictions.py:aggregate_patients:aggregate ... is not one": _CHOICES,
-    "io/provenance.py:_jsonable:internal a path (...) was": "a bug in metcli: report it",
     "io/schemas.py:load_schema:no schema named ... ships": (
         "reinstall metcli (its schemas are missing), or report it"
-    ),
-    "io/schemas.py:validate_rows:table lacks required column(s) ...": (
-        "give the table the metcli command wrote, or add the columns the message lists"
-    ),
-    "io/schemas.py:validate_rows:table has column(s) ... that": (
-        "remove the columns the message lists, or give the table the metcli command wrote"
     ),
     "io/weights.py:_download_source:model ... is in the": (
         "convert the model to an nnU-Net v2 folder or an ONNX export, or use another model "
@@ -267,15 +239,12 @@ ADVICE: dict[str, str] = {
     "prediction/image.py:ImageBackend.__init__:runtime ... is not one": _CHOICES,
     "prediction/image.py:ImageBackend.__init__:--device ... is not one": _CHOICES,
     "prediction/outputs.py:check_run_options:--aggregate ... is not one": _CHOICES,
-    "prediction/outputs.py:participant_path:InputError(f'{pid} {exc.what}')": (
+    "prediction/outputs.py:participant_path:InputError(f'{pid} {exc.what}', fix=exc.fix or 'write": (  # noqa: E501
         "the participant, session or phase in the input holds characters other than letters "
         "and digits: rename it"
     ),
     "prediction/radiomics.py:read_feature_rows:InputError(exc.what, path=tables[0], fix=exc.fix)": (  # noqa: E501
         _FORWARDED
-    ),
-    "radiomics/acquisition.py:_label_images:the peritumoral ring needs the": (
-        "give --seg with the segmentation folder, or leave out --peritumoral-mm"
     ),
     "radiomics/classifiers.py:_check_entry:register takes a Classifier, not": (
         "register a metcli.radiomics.classifiers.Classifier (docs/developing.md)"
@@ -324,9 +293,6 @@ ADVICE: dict[str, str] = {
     ),
     "segmentation/backends.py:_onnx_folder:--folds applies to the nnunet": (
         "leave out --folds, or export the folds you want with metcli export-onnx --fold"
-    ),
-    "segmentation/export_onnx.py:_check_settings:tolerance must be positive, got": (
-        "give --tolerance above 0, or leave it out for the default"
     ),
     "segmentation/export_onnx.py:parse_fold:--fold must be a non-negative": (
         "give --fold as a fold number (0, 1, ...) or 'all'"

@@ -7,6 +7,7 @@ come from the shared reference data (skipped where it is absent).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "PID98765"
+FRAME_OF_REFERENCE = "1.2.826.0.1.3680043.8.498.77"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -77,6 +79,7 @@ def _dataset(
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
     ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = FRAME_OF_REFERENCE
     ds.Modality = modality
     ds.PatientName = PATIENT_NAME
     ds.PatientID = PATIENT_ID
@@ -376,10 +379,57 @@ def test_mr_series_is_refused(tmp_path):
 
 def test_single_slice_is_refused(tmp_path):
     truth = write_series(tmp_path / "one", known_hu((1, 16, 16)))
-    with pytest.raises(DicomError, match="single slice"):
-        read_ct_series(tmp_path / "one")
-    with pytest.raises(DicomError, match="2D image"):
-        read_ct_series(tmp_path / "one", series_uid=truth["uid"])
+    # The same message whether the series is found, named, or given as a SeriesInfo.
+    for kwargs in ({}, {"series_uid": truth["uid"]}):
+        with pytest.raises(DicomError) as err:
+            read_ct_series(tmp_path / "one", **kwargs)
+        message = str(err.value)
+        assert f"series {truth['uid']}" in message and "has only one slice (IM0000)" in message
+        assert "a 3D volume needs at least 2 slices" in message
+        assert "export the full series" in message and "--series-uid" not in message
+    with pytest.raises(DicomError, match="has only one slice"):
+        read_ct_series(find_series(tmp_path / "one")[0])
+
+
+def test_cli_single_slice_series_says_so_and_names_a_usable_series(tmp_path, runner):
+    raw = tmp_path / "raw"
+    one = write_series(tmp_path / "dicom" / "scout", known_hu((1, 16, 16)), description="key")
+    args = ["import-dicom", tmp_path / "dicom", raw, "--participant-label", "1"]
+    # Found alone, or named with --series-uid: one message, and no advice that fails next.
+    for extra in ([], ["--series-uid", one["uid"]]):
+        result = invoke(runner, args + extra, expect=1)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert str(tmp_path / "dicom") in lines[0]
+        assert "has only one slice" in lines[0] and "needs at least 2 slices" in lines[0]
+        assert "export the full series" in lines[0] and "localiser/scout" in lines[0]
+        assert "--series-uid" not in lines[0]
+        assert not raw.exists()
+
+    # With a volume beside it: named, and how to import it.
+    ct = write_series(tmp_path / "dicom" / "ct", known_hu((4, 16, 16)))
+    result = invoke(runner, args + ["--series-uid", one["uid"]], expect=1)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has only one slice" in lines[0], result.stderr
+    assert f"the folder also holds an axial CT series: {ct['uid']}" in lines[0]
+    assert f"import that series instead (--series-uid {ct['uid']})" in lines[0]
+    assert not raw.exists()
+    invoke(runner, args)  # without --series-uid the volume is taken
+    assert (raw / "sub-1" / "anat" / "sub-1_ct.nii.gz").is_file()
+
+
+def test_cli_several_single_slice_series_are_one_error(tmp_path, runner):
+    hu = known_hu((3, 16, 16))
+    for k in range(3):  # one scan exported with a SeriesInstanceUID per slice
+        write_series(tmp_path / "dicom", hu[k : k + 1], origin=(0.0, 0.0, 2.0 * k), prefix=f"S{k}")
+    result = invoke(
+        runner,
+        ["import-dicom", tmp_path / "dicom", tmp_path / "raw", "--participant-label", "1"],
+        expect=1,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the 3 CT series found have only one slice each" in lines[0]
+    assert "one SeriesInstanceUID" in lines[0] and "Traceback" not in result.stderr
 
 
 def test_folder_without_dicom(tmp_path):
@@ -569,6 +619,12 @@ def test_import_dicom_writes_image_sidecar_and_participant(tmp_path):
     assert doc["Manufacturer"] == "ACME" and doc["KVP"] == 120.0
     assert doc["ContrastBolusAgent"] == "Iomeprol"
     assert "SeriesInstanceUID" not in doc and len(doc["SeriesInstanceUIDSha256"]) == 64
+    assert doc["SeriesInstanceUIDSha256"] == hashlib.sha256(truth["uid"].encode()).hexdigest()
+    assert "FrameOfReferenceUID" not in doc  # the UIDs only as their sha256
+    assert (
+        doc["FrameOfReferenceUIDSha256"] == hashlib.sha256(FRAME_OF_REFERENCE.encode()).hexdigest()
+    )
+    assert truth["uid"] not in json.dumps(doc) and FRAME_OF_REFERENCE not in json.dumps(doc)
     rows = (raw / "participants.tsv").read_text().splitlines()
     assert rows == ["participant_id\tprimary", "sub-007\tcolorectal"]
     description = json.loads((raw / "dataset_description.json").read_text())

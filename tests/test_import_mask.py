@@ -58,8 +58,18 @@ def physical(image, index_xyz):
     return image.TransformContinuousIndexToPhysicalPoint([float(v) for v in index_xyz])
 
 
-def write_rtstruct(path: Path, rois: dict[str, list[np.ndarray]]) -> Path:
-    """An RTSTRUCT whose ROIs hold the given closed contours (points in mm, (n, 3))."""
+def write_rtstruct(
+    path: Path,
+    rois: dict[str, list[np.ndarray]],
+    *,
+    frame_uid: str | None = None,
+    series_uid: str | None = None,
+) -> Path:
+    """An RTSTRUCT whose ROIs hold the given closed contours (points in mm, (n, 3)).
+
+    ``frame_uid`` is the frame of reference its ROIs name (default a new UID);
+    ``series_uid`` adds a ReferencedFrameOfReferenceSequence naming that CT series.
+    """
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
@@ -74,7 +84,18 @@ def write_rtstruct(path: Path, rois: dict[str, list[np.ndarray]]) -> Path:
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "RTSTRUCT"
-    frame = generate_uid()
+    frame = frame_uid or generate_uid()
+    if series_uid is not None:
+        series = Dataset()
+        series.SeriesInstanceUID = series_uid
+        study = Dataset()
+        study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+        study.ReferencedSOPInstanceUID = generate_uid()
+        study.RTReferencedSeriesSequence = Sequence([series])
+        reference = Dataset()
+        reference.FrameOfReferenceUID = frame
+        reference.RTReferencedStudySequence = Sequence([study])
+        ds.ReferencedFrameOfReferenceSequence = Sequence([reference])
     ds.StructureSetROISequence = Sequence()
     ds.ROIContourSequence = Sequence()
     for number, (name, contours) in enumerate(rois.items(), start=1):
@@ -183,6 +204,13 @@ def test_cli_imports_phantom_rtstruct_with_provenance_and_skip_rule(
     assert doc["MaskFormat"] == "RTSTRUCT"
     assert doc["LabelMapping"] == {"GTV-1": "lesion"}
     assert doc["VoxelCounts"] == {"liver": 0, "lesion": PHANTOM_VOXELS}
+    checks = doc["DicomChecks"]  # the CT was copied from NIfTI: no DICOM origin to compare
+    assert checks["frame_of_reference"]["checked"] is False
+    assert "no DICOM origin" in checks["referenced_series"]["reason"]
+    assert checks["contours"] == {
+        "GTV-1": {"contours": 26, "outside": 0, "beyond_slices": 0, "outside_grid": 0}
+    }
+    assert "SegmentationType" not in doc
     assert [i["uri"] for i in doc["Provenance"]["inputs"]] == [
         "bids:raw:sub-ibsi/anat/sub-ibsi_ct.nii.gz",
         "bids:mask:DCM_RS_00060.dcm",

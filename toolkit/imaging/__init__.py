@@ -13,15 +13,20 @@ import importlib
 #: public name -> the module of this room that defines it
 _API = {
     "BACKGROUND": "labels",
+    "ContourCounts": "rtstruct",
+    "FRACTIONAL_THRESHOLD": "dicom_seg",
     "LABELS": "labels",
     "LESION": "labels",
     "LIVER": "labels",
     "SETTINGS": "dicom.import_dicom",
+    "ct_dicom_origin": "dicom_checks",
     "ct_to_dicom_series": "dicom.writer",
+    "find_mask_file": "mask_files",
     "find_series": "dicom.series",
     "grid_difference": "geometry",
     "import_dicom": "dicom.import_dicom",
     "label_from_name": "mask_labels",
+    "label_image_to_dseg": "label_image",
     "mask_to_dseg": "import_mask",
     "parse_label_map": "mask_labels",
     "place_on_grid": "geometry",
@@ -32,6 +37,7 @@ _API = {
     "select_series": "dicom.series",
     "series_sha256": "dicom.import_dicom",
     "to_reference_grid": "geometry",
+    "uid_sha256": "dicom.metadata",
     "voxel_volume_mm3": "geometry",
     "write_label_table": "labels",
 }

@@ -14,7 +14,15 @@ Every format is matched to the CT in physical space, never by array index:
 - **RTSTRUCT** contours are rasterised by :func:`metcli.imaging.rtstruct.rasterize_rtstruct`
   on the slices they lie in (see :mod:`metcli.imaging.rtstruct` for the inclusion rule).
 - **DICOM-SEG** segments are placed by an exact voxel correspondence
-  (:mod:`metcli.imaging.dicom_seg`).
+  (:mod:`metcli.imaging.dicom_seg`); FRACTIONAL segments are cut at a threshold
+  (default :data:`metcli.imaging.dicom_seg.FRACTIONAL_THRESHOLD`), recorded in the
+  sidecar with the SegmentationType.
+
+A DICOM mask is also checked against the CT's DICOM origin (when import-dicom wrote
+the CT): its frame of reference and referenced series, and an RTSTRUCT's contours
+outside the CT (:mod:`metcli.imaging.dicom_checks`). The sidecar records the checks
+under ``DicomChecks``; ``strict`` turns a frame of reference that differs, and
+contours outside the CT, into errors.
 
 Which source labels become liver or lesion is chosen with a label map
 (:mod:`metcli.imaging.mask_labels`). Without one, a label image holding only 0, 1
@@ -25,19 +33,45 @@ case-insensitively. Where a voxel is both, lesion wins.
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from metcli.core.errors import InputError, MaskError, UsageError
-from metcli.imaging.dicom_seg import dicom_seg_segments, read_seg, segment_masks
-from metcli.imaging.geometry import load_reference, reference_name, to_reference_grid
-from metcli.imaging.labels import BACKGROUND, LABELS, LESION, LIVER, write_label_table
+from metcli.imaging.dicom_checks import (
+    CtOrigin,
+    check_strict,
+    compare_uids,
+    contour_report,
+    ct_dicom_origin,
+    warn_mismatches,
+)
+from metcli.imaging.dicom_seg import (
+    FRACTIONAL_THRESHOLD,
+    dicom_seg_segments,
+    read_seg,
+    segment_masks,
+    segmentation_type,
+)
+from metcli.imaging.geometry import load_reference, reference_name
+from metcli.imaging.label_image import label_image_to_dseg
+from metcli.imaging.labels import LABELS, LESION, LIVER, write_label_table
+from metcli.imaging.mask_files import (
+    FORMAT_DICOM_SEG,
+    FORMAT_LABEL_IMAGE,
+    FORMAT_RTSTRUCT,
+    find_mask_file,
+)
 from metcli.imaging.mask_labels import MaskEntry, assign_labels, parse_label_map
-from metcli.imaging.rtstruct import SLICE_TOLERANCE, rasterize_rois, read_rtstruct, rtstruct_rois
+from metcli.imaging.rtstruct import (
+    SLICE_TOLERANCE,
+    ContourCounts,
+    rasterize_rois,
+    read_rtstruct,
+    rtstruct_rois,
+)
 from metcli.io.bids import (
     Acquisition,
     clean_label,
@@ -54,147 +88,8 @@ log = logging.getLogger(__name__)
 
 COMMAND = "import-mask"
 
-FORMAT_LABEL_IMAGE = "label-image"
-FORMAT_RTSTRUCT = "RTSTRUCT"
-FORMAT_DICOM_SEG = "DICOM-SEG"
 
-#: File name endings read as label images (with SimpleITK).
-LABEL_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-# ----------------------------------------------------------------------------- finding the mask
-def _is_label_image_name(path: Path) -> bool:
-    return path.name.lower().endswith(LABEL_IMAGE_SUFFIXES)
-
-
-def _dicom_kind(path: Path) -> str | None:
-    """``RTSTRUCT``, ``SEG`` or another modality for a DICOM file; None if not DICOM."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(
-            path, stop_before_pixels=True, specific_tags=["Modality", "SOPClassUID"]
-        )
-    except (InvalidDicomError, OSError, ValueError, TypeError, EOFError, AttributeError):
-        return None
-    return str(ds.get("Modality", "") or "unknown")
-
-
-def find_mask_file(mask: str | Path) -> tuple[Path, str]:
-    """The mask file and its format (:data:`FORMAT_LABEL_IMAGE`, ``RTSTRUCT``, ``DICOM-SEG``).
-
-    ``mask`` may be the file or a folder holding exactly one mask file (a
-    folder of DICOM files with one RTSTRUCT or SEG among them, for example).
-    """
-    mask = Path(mask)
-    if mask.is_dir():
-        candidates = []
-        for path in sorted(p for p in mask.rglob("*") if p.is_file()):
-            if _is_label_image_name(path):
-                candidates.append((path, FORMAT_LABEL_IMAGE))
-                continue
-            kind = _dicom_kind(path)
-            if kind == "RTSTRUCT":
-                candidates.append((path, FORMAT_RTSTRUCT))
-            elif kind == "SEG":
-                candidates.append((path, FORMAT_DICOM_SEG))
-        if not candidates:
-            raise MaskError(
-                "the folder holds no RTSTRUCT, DICOM-SEG, NIfTI or NRRD file",
-                path=mask,
-                fix="give the mask file itself",
-            )
-        if len(candidates) > 1:
-            shown = ", ".join(str(p.relative_to(mask)) for p, _ in candidates[:10])
-            raise MaskError(
-                f"the folder holds {len(candidates)} mask files ({shown}"
-                f"{' ...' if len(candidates) > 10 else ''})",
-                path=mask,
-                fix="give the mask file itself",
-            )
-        return candidates[0]
-    if not mask.is_file():
-        raise InputError("mask not found", path=mask, fix="check the path")
-    if _is_label_image_name(mask):
-        return mask, FORMAT_LABEL_IMAGE
-    kind = _dicom_kind(mask)
-    if kind == "RTSTRUCT":
-        return mask, FORMAT_RTSTRUCT
-    if kind == "SEG":
-        return mask, FORMAT_DICOM_SEG
-    if kind is not None:
-        raise MaskError(
-            f"a DICOM {kind} file is not a mask (an RTSTRUCT or a DICOM-SEG is needed)",
-            path=mask,
-            fix="give the RTSTRUCT or DICOM-SEG file of the segmentation",
-        )
-    raise MaskError(
-        "not a NIfTI, NRRD, RTSTRUCT or DICOM-SEG file",
-        path=mask,
-        fix="give a label image (.nii.gz, .nii, .nrrd) or a DICOM RTSTRUCT or SEG file",
-    )
-
-
-# ----------------------------------------------------------------------------- label images
-def _label_image_mapping(
-    values: np.ndarray, label_map: Mapping[str, int] | None, path: Path
-) -> dict[int, int]:
-    shown = ", ".join(str(int(v)) for v in values[:20]) + (" ..." if len(values) > 20 else "")
-    if label_map is None:
-        if set(int(v) for v in values) <= {BACKGROUND, LIVER, LESION}:
-            return {int(v): int(v) for v in values if v != BACKGROUND}
-        raise MaskError(
-            f"the label image holds values other than 0, 1 and 2 ({shown})",
-            path=path,
-            fix="say which values are liver and lesion, for example --label-map '5=liver,2=lesion'",
-        )
-    mapping: dict[int, int] = {}
-    present = set(int(v) for v in values)
-    for key, label in label_map.items():
-        if not re.fullmatch(r"-?\d+", key.strip()):
-            raise UsageError(
-                f"--label-map source {key!r} is not a number; a label image's "
-                "sources are its voxel values",
-                fix="write it as --label-map '5=liver'",
-            )
-        value = int(key)
-        if value not in present:
-            raise MaskError(
-                f"--label-map names value {value}, which the label image does not hold "
-                f"(it holds {shown})",
-                path=path,
-                fix="use one of these values in --label-map",
-            )
-        mapping[value] = label
-    return mapping
-
-
-def _label_image_to_dseg(
-    path: Path, reference, reference_path: str, label_map: Mapping[str, int] | None
-) -> tuple[np.ndarray, dict]:
-    import SimpleITK as sitk
-
-    image = read_image(path, what="mask")
-    on_grid = to_reference_grid(image, reference, image_path=path, reference_path=reference_path)
-    array = sitk.GetArrayFromImage(on_grid)
-    values = np.unique(array)
-    if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
-        raise MaskError(
-            "the mask holds non-integer values; a label image is needed",
-            path=path,
-            fix="give a label image (integer voxel values)",
-        )
-    values = values.astype(np.int64)
-    mapping = _label_image_mapping(values, label_map, path)
-    dseg = np.zeros(array.shape, dtype=np.uint8)
-    for label in (LIVER, LESION):  # lesion last: lesion wins
-        sources = [v for v, target in mapping.items() if target == label]
-        if sources:
-            dseg[np.isin(array, sources)] = label
-    return dseg, {str(v): LABELS[t] for v, t in sorted(mapping.items())}
-
-
+# ----------------------------------------------------------------------------- conversion
 def _masks_to_dseg(masks: Mapping[str, np.ndarray], labels: Mapping[str, int], shape) -> np.ndarray:
     dseg = np.zeros(shape, dtype=np.uint8)
     for label in (LIVER, LESION):  # lesion last: lesion wins
@@ -202,6 +97,82 @@ def _masks_to_dseg(masks: Mapping[str, np.ndarray], labels: Mapping[str, int], s
             if labels[name] == label:
                 dseg[mask] = label
     return dseg
+
+
+@dataclass
+class _Converted:
+    """A mask on the CT's grid, and what the sidecar says about its conversion."""
+
+    dseg: np.ndarray
+    applied: dict[str, str]  # source -> 'liver' | 'lesion'
+    details: dict[str, Any] = field(default_factory=dict)  # SegmentationType, threshold
+    contours: dict[str, ContourCounts] = field(default_factory=dict)  # RTSTRUCT, per ROI
+    empty: list[str] = field(default_factory=list)  # sources without voxels on the grid
+
+
+def _convert_mask(
+    path: Path,
+    mask_format: str,
+    reference,
+    ref_name: str,
+    *,
+    label_map: Mapping[str, int] | None,
+    roi_names: Sequence[str] | None,
+    slice_tolerance: float,
+    fractional_threshold: float,
+    warn: bool = True,
+) -> _Converted:
+    """The dseg of a mask on the reference's grid (see :func:`mask_to_dseg`)."""
+    if mask_format == FORMAT_LABEL_IMAGE:
+        return _Converted(*label_image_to_dseg(path, reference, ref_name, label_map))
+    details: dict[str, Any] = {}
+    contours: dict[str, ContourCounts] = {}
+    if mask_format == FORMAT_RTSTRUCT:
+        ds = read_rtstruct(path)
+        entries = [MaskEntry(n, name) for n, name in rtstruct_rois(ds)]
+        assigned = assign_labels(entries, label_map, roi_names, path=path, kind="ROI")
+        chosen = sorted(assigned, key=lambda e: e.number)
+        arrays = rasterize_rois(
+            ds,
+            chosen,
+            reference,
+            path=path,
+            ref_name=ref_name,
+            slice_tolerance=slice_tolerance,
+            counts=contours,
+            warn=warn,
+        )
+    elif mask_format == FORMAT_DICOM_SEG:
+        seg = read_seg(path)
+        details = segmentation_type(seg)
+        if details["SegmentationType"] == "FRACTIONAL":
+            details["FractionalThreshold"] = float(fractional_threshold)
+        entries = [MaskEntry(n, name) for n, name in dicom_seg_segments(seg)]
+        assigned = assign_labels(entries, label_map, roi_names, path=path, kind="segment")
+        chosen = sorted(assigned, key=lambda e: e.number)
+        arrays = segment_masks(
+            seg, chosen, reference, path=path, ref_name=ref_name, threshold=fractional_threshold
+        )
+    else:
+        raise UsageError(f"unknown mask format {mask_format!r}")
+    masks = {}
+    labels = {}
+    for entry, array in zip(chosen, arrays, strict=True):
+        key = entry.name if entry.name not in masks else f"{entry.name} #{entry.number}"
+        masks[key] = array
+        labels[key] = assigned[entry]
+    return _Converted(
+        _masks_to_dseg(masks, labels, reference.GetSize()[::-1]),
+        {n: LABELS[labels[n]] for n in masks},
+        details,
+        contours,
+        [name for name, mask in masks.items() if not mask.any()],
+    )
+
+
+def _warn_empty(path: Path, converted: _Converted) -> None:
+    for name in converted.empty:
+        log.warning("%s: %r has no voxels on the image's grid", path.name, name)
 
 
 def mask_to_dseg(
@@ -213,49 +184,34 @@ def mask_to_dseg(
     label_map: Mapping[str, int] | None = None,
     roi_names: Sequence[str] | None = None,
     slice_tolerance: float = SLICE_TOLERANCE,
+    fractional_threshold: float = FRACTIONAL_THRESHOLD,
 ) -> tuple[np.ndarray, dict[str, str]]:
     """A metcli dseg array ([z, y, x], uint8) of a mask on the reference's grid.
 
-    Returns the array and the applied mapping ``{source: 'liver' | 'lesion'}``.
+    ``fractional_threshold``: a voxel of a FRACTIONAL DICOM-SEG segment belongs to it when
+    its fraction is at least this. Returns the array and the applied mapping
+    ``{source: 'liver' | 'lesion'}``.
     """
     path = Path(mask_path)
     reference = load_reference(reference_image)
-    shape = reference.GetSize()[::-1]
     if mask_format == FORMAT_LABEL_IMAGE and roi_names:
         raise UsageError(
             "--roi-name applies to RTSTRUCT and DICOM-SEG masks, not to label "
             f"images ({path.name})",
             fix="use --label-map VALUE=liver|lesion",
         )
-    ref_name = reference_name(reference_image, reference_path)
-    if mask_format == FORMAT_LABEL_IMAGE:
-        return _label_image_to_dseg(path, reference, ref_name, label_map)
-    if mask_format == FORMAT_RTSTRUCT:
-        ds = read_rtstruct(path)
-        entries = [MaskEntry(n, name) for n, name in rtstruct_rois(ds)]
-        assigned = assign_labels(entries, label_map, roi_names, path=path, kind="ROI")
-        chosen = sorted(assigned, key=lambda e: e.number)
-        arrays = rasterize_rois(
-            ds, chosen, reference, path=path, ref_name=ref_name, slice_tolerance=slice_tolerance
-        )
-    elif mask_format == FORMAT_DICOM_SEG:
-        seg = read_seg(path)
-        entries = [MaskEntry(n, name) for n, name in dicom_seg_segments(seg)]
-        assigned = assign_labels(entries, label_map, roi_names, path=path, kind="segment")
-        chosen = sorted(assigned, key=lambda e: e.number)
-        arrays = segment_masks(seg, chosen, reference, path=path, ref_name=ref_name)
-    else:
-        raise UsageError(f"unknown mask format {mask_format!r}")
-    masks = {}
-    labels = {}
-    for entry, array in zip(chosen, arrays, strict=True):
-        key = entry.name if entry.name not in masks else f"{entry.name} #{entry.number}"
-        masks[key] = array
-        labels[key] = assigned[entry]
-    for name, mask in masks.items():
-        if not mask.any():
-            log.warning("%s: %r has no voxels on the image's grid", path.name, name)
-    return _masks_to_dseg(masks, labels, shape), {n: LABELS[labels[n]] for n in masks}
+    converted = _convert_mask(
+        path,
+        mask_format,
+        reference,
+        reference_name(reference_image, reference_path),
+        label_map=label_map,
+        roi_names=roi_names,
+        slice_tolerance=slice_tolerance,
+        fractional_threshold=fractional_threshold,
+    )
+    _warn_empty(path, converted)
+    return converted.dseg, converted.applied
 
 
 # ----------------------------------------------------------------------------- the command
@@ -299,6 +255,9 @@ class _MaskImport:
     label_map: dict[str, int] | None
     roi_names: list[str] | None
     slice_tolerance: float
+    fractional_threshold: float = FRACTIONAL_THRESHOLD
+    strict: bool = False
+    origin: CtOrigin | None = None  # the CT's DICOM origin (DICOM masks only)
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -307,7 +266,21 @@ class _MaskImport:
             else {k: LABELS[v] for k, v in self.label_map.items()},
             "roi_names": self.roi_names,
             "slice_tolerance": float(self.slice_tolerance),
+            "fractional_threshold": float(self.fractional_threshold),
+            "strict": bool(self.strict),
         }
+
+    def step(self) -> Step:
+        """The provenance step: the raw dataset and the mask's folder are the input roots."""
+        mask_root = self.mask if self.mask.is_dir() else self.mask.parent
+        return Step(
+            COMMAND, self.seg_dir, {"raw": self.raw_dir, "mask": mask_root}, self.settings()
+        )
+
+    def input_files(self) -> list[Path]:
+        """The CT, the import-dicom sidecar the checks read (if any) and the mask."""
+        sidecar = self.origin.sidecar if self.origin is not None else None
+        return [self.acquisition.path, *([sidecar] if sidecar else []), self.mask_file]
 
 
 def import_mask(
@@ -322,6 +295,8 @@ def import_mask(
     roi_names: Sequence[str] | None = None,
     overwrite: bool = False,
     slice_tolerance: float = SLICE_TOLERANCE,
+    fractional_threshold: float = FRACTIONAL_THRESHOLD,
+    strict: bool = False,
 ) -> Path:
     """Import a manual segmentation as the participant's dseg on its CT's grid.
 
@@ -337,6 +312,11 @@ def import_mask(
         roi_names: only import these ROIs/segments (RTSTRUCT, DICOM-SEG).
         overwrite: redo the output even if its sidecar says it is done.
         slice_tolerance: see :data:`metcli.imaging.rtstruct.SLICE_TOLERANCE`.
+        fractional_threshold: a voxel of a FRACTIONAL DICOM-SEG segment belongs to it
+            when its fraction is at least this, in (0, 1].
+        strict: refuse a DICOM mask whose frame of reference differs from the CT's, and
+            an RTSTRUCT with contours outside the CT (:mod:`metcli.imaging.dicom_checks`);
+            without it they are warnings, recorded in the sidecar.
 
     Returns:
         The path of the ``_dseg.nii.gz`` written (or found done).
@@ -351,18 +331,15 @@ def import_mask(
         label_map=label_map,
         roi_names=roi_names,
         slice_tolerance=slice_tolerance,
+        fractional_threshold=fractional_threshold,
+        strict=strict,
     )
-    step = Step(
-        COMMAND,
-        run.seg_dir,
-        {"raw": run.raw_dir, "mask": run.mask if run.mask.is_dir() else run.mask.parent},
-        run.settings(),
-    )
+    step = run.step()
     out_image = derivative_path(
         run.seg_dir, run.acquisition.entities, suffix="dseg", extension=".nii.gz"
     )
     sidecar = sidecar_path(out_image)
-    inputs = step.inputs([run.acquisition.path, run.mask_file])
+    inputs = step.inputs(run.input_files())
     if not overwrite and step.is_done(sidecar, inputs):
         log.info(
             "%s: already done with the same inputs and settings; skipped (--overwrite redoes it)",
@@ -371,29 +348,34 @@ def import_mask(
         _write_dataset_files(run.seg_dir, run.raw_dir)
         return out_image
 
-    image, applied, counts = _dseg_image(run)
+    image, extra = _dseg_image(run)
     _write_dataset_files(run.seg_dir, run.raw_dir)
     with OutputSet() as outputs:
         tmp_image = outputs.path(out_image)
         write_image_to(image, tmp_image)
-        step.write_sidecar(
-            outputs,
-            sidecar,
-            inputs,
-            {out_image: tmp_image},
-            extra={"MaskFormat": run.mask_format, "LabelMapping": applied, "VoxelCounts": counts},
-        )
+        step.write_sidecar(outputs, sidecar, inputs, {out_image: tmp_image}, extra=extra)
     log.info(
         "%s: %s mask imported (%s)",
         out_image.name,
         run.mask_format,
-        ", ".join(f"{k} {v} voxels" for k, v in counts.items()),
+        ", ".join(f"{k} {v} voxels" for k, v in extra["VoxelCounts"].items()),
     )
     return out_image
 
 
 def _check_inputs(
-    mask, raw_dir, seg_dir, *, participant, session, phase, label_map, roi_names, slice_tolerance
+    mask,
+    raw_dir,
+    seg_dir,
+    *,
+    participant,
+    session,
+    phase,
+    label_map,
+    roi_names,
+    slice_tolerance,
+    fractional_threshold,
+    strict,
 ) -> _MaskImport:
     """Check the arguments, find the CT and the mask file; raise before anything is written."""
     label = clean_label(participant)
@@ -403,6 +385,11 @@ def _check_inputs(
     roi_names = [str(r) for r in roi_names] if roi_names else None
     if not 0 < slice_tolerance <= 0.5:
         raise UsageError(f"slice tolerance {slice_tolerance} must lie in (0, 0.5] slice spacings")
+    if not 0 < fractional_threshold <= 1:
+        raise UsageError(
+            f"--fractional-threshold {fractional_threshold} must lie in (0, 1]",
+            fix="give a fraction above 0 and at most 1, e.g. 0.5",
+        )
     mask, raw_dir, seg_dir = Path(mask), Path(raw_dir), Path(seg_dir)
     if not mask.exists():
         raise InputError("mask not found", path=mask, fix="check the path")
@@ -421,6 +408,7 @@ def _check_inputs(
             f"images ({mask_file.name})",
             fix="use --label-map VALUE=liver|lesion",
         )
+    dicom = mask_format in (FORMAT_RTSTRUCT, FORMAT_DICOM_SEG)
     return _MaskImport(
         mask=mask,
         raw_dir=raw_dir,
@@ -431,35 +419,62 @@ def _check_inputs(
         label_map=parsed_map,
         roi_names=roi_names,
         slice_tolerance=slice_tolerance,
+        fractional_threshold=float(fractional_threshold),
+        strict=bool(strict),
+        origin=ct_dicom_origin(acquisition.path) if dicom else None,
     )
 
 
-def _dseg_image(run: _MaskImport) -> tuple[Any, dict[str, str], dict[str, int]]:
-    """(dseg image on the CT's grid, applied label mapping, voxel counts of liver and lesion)."""
+def _dseg_image(run: _MaskImport) -> tuple[Any, dict[str, Any]]:
+    """(dseg image on the CT's grid, the sidecar's keys: format, mapping, voxel counts,
+    segmentation type and threshold, DICOM checks)."""
     import SimpleITK as sitk
 
     acquisition = run.acquisition
+    ct_name = str(acquisition.path)
     reference = read_image(acquisition.path, what="CT image")
-    dseg, applied = mask_to_dseg(
+    checks = None
+    if run.origin is not None:
+        checks = compare_uids(run.mask_file, run.mask_format, run.origin)
+        if run.strict:
+            check_strict(checks, run.mask_file, ct_name)
+    converted = _convert_mask(
         run.mask_file,
         run.mask_format,
         reference,
-        reference_path=acquisition.path,
+        ct_name,
         label_map=run.label_map,
         roi_names=run.roi_names,
         slice_tolerance=run.slice_tolerance,
+        fractional_threshold=run.fractional_threshold,
+        warn=not run.strict,
     )
-    counts = {LABELS[v]: int(np.count_nonzero(dseg == v)) for v in (LIVER, LESION)}
+    if checks is not None and run.mask_format == FORMAT_RTSTRUCT:
+        checks["contours"] = contour_report(converted.contours)
+        if run.strict:
+            check_strict(checks, run.mask_file, ct_name)
+    if checks is not None:  # warnings only once --strict has passed: one line for an error
+        warn_mismatches(checks, run.mask_file, acquisition.path.name)
+    _warn_empty(run.mask_file, converted)
+    counts = {LABELS[v]: int(np.count_nonzero(converted.dseg == v)) for v in (LIVER, LESION)}
     if not any(counts.values()):
         raise MaskError(
             f"the imported mask has no liver or lesion voxels on the CT grid of "
-            f"{acquisition.relpath.as_posix()} (mapping {applied or 'none'})",
+            f"{acquisition.relpath.as_posix()} (mapping {converted.applied or 'none'})",
             path=run.mask_file,
             fix="check --label-map/--roi-name and that the mask belongs to this CT",
         )
-    image = sitk.GetImageFromArray(dseg)
+    image = sitk.GetImageFromArray(converted.dseg)
     image.CopyInformation(reference)
-    return image, applied, counts
+    extra = {
+        "MaskFormat": run.mask_format,
+        "LabelMapping": converted.applied,
+        "VoxelCounts": counts,
+        **converted.details,
+    }
+    if checks is not None:
+        extra["DicomChecks"] = checks
+    return image, extra
 
 
 def _write_dataset_files(seg_dir: Path, raw_dir: Path) -> None:

@@ -12,6 +12,11 @@ polygon; centres exactly on an edge or vertex count as inside (scikit-image's
 even-odd rule (XOR), so a contour inside another one is a hole, as the RTSTRUCT
 convention has it. Only ``CLOSED_PLANAR`` contours are filled; points and open
 contours are skipped with a warning.
+
+Contours outside the CT are counted per ROI (:class:`ContourCounts`): a contour
+beyond the first or last slice is skipped, one that reaches outside the in-plane
+grid is cut at its edge; both are logged, and import-mask records the counts (and
+refuses them under ``--strict``).
 """
 
 from __future__ import annotations
@@ -114,6 +119,29 @@ def read_rtstruct(path: Path):
     return ds
 
 
+#: How far (in voxels) a contour point may lie beyond the outer edge of the grid
+#: and still count as inside (rounding of exported coordinates).
+EDGE_TOLERANCE = 1e-3
+
+
+@dataclass
+class ContourCounts:
+    """How many closed contours of one ROI lie (partly) outside the image."""
+
+    contours: int = 0  # closed planar contours of the ROI
+    beyond_slices: int = 0  # in a plane beyond the first or last slice: skipped
+    outside_grid: int = 0  # in a slice, but reaching outside the in-plane grid: cut
+
+    @property
+    def outside(self) -> int:
+        return self.beyond_slices + self.outside_grid
+
+    def add(self, other: "ContourCounts") -> None:
+        self.contours += other.contours
+        self.beyond_slices += other.beyond_slices
+        self.outside_grid += other.outside_grid
+
+
 @dataclass(frozen=True)
 class _VoxelGrid:
     """The CT's grid: physical = origin + matrix @ (x, y, z) index."""
@@ -132,8 +160,14 @@ def rasterize_rois(
     path: Path,
     ref_name: str,
     slice_tolerance: float,
+    counts: dict[str, ContourCounts] | None = None,
+    warn: bool = True,
 ) -> list[np.ndarray]:
-    """One boolean [z, y, x] array per entry (see :func:`rasterize_rtstruct`)."""
+    """One boolean [z, y, x] array per entry (see :func:`rasterize_rtstruct`).
+
+    ``counts``, when given, receives each ROI's :class:`ContourCounts` by name; ``warn``
+    False leaves the warnings about contours outside the image to the caller.
+    """
     contours_by_number: dict[int, list] = {}
     for item in ds.get("ROIContourSequence", []):
         number = int(item.get("ReferencedROINumber", -1))
@@ -141,8 +175,9 @@ def rasterize_rois(
 
     matrix, origin = index_to_physical(reference)
     grid = _VoxelGrid(matrix, origin, np.linalg.inv(matrix), np.asarray(reference.GetSize()))
-    return [
-        _rasterize_roi(
+    arrays = []
+    for entry in entries:
+        array, found = _rasterize_roi(
             entry,
             contours_by_number.get(entry.number, []),
             grid,
@@ -150,8 +185,12 @@ def rasterize_rois(
             ref_name=ref_name,
             slice_tolerance=slice_tolerance,
         )
-        for entry in entries
-    ]
+        if warn:
+            _warn_outside(path, entry, found)
+        arrays.append(array)
+        if counts is not None:
+            counts.setdefault(entry.name, ContourCounts()).add(found)
+    return arrays
 
 
 def _rasterize_roi(
@@ -162,13 +201,14 @@ def _rasterize_roi(
     path: Path,
     ref_name: str,
     slice_tolerance: float,
-) -> np.ndarray:
-    """The boolean [z, y, x] array of one ROI's contours (even-odd rule)."""
+) -> tuple[np.ndarray, ContourCounts]:
+    """The boolean [z, y, x] array of one ROI's contours (even-odd rule), and its counts."""
     from skimage.draw import polygon2mask
 
     size = grid.size
     volume = np.zeros(tuple(size), dtype=bool)  # indexed [x, y, z]
-    skipped_kind = outside = 0
+    skipped_kind = 0
+    counts = ContourCounts()
     for number, item in enumerate(contours, start=1):
         kind = str(item.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
         try:
@@ -193,10 +233,15 @@ def _rasterize_roi(
             ref_name=ref_name,
             slice_tolerance=slice_tolerance,
         )
+        counts.contours += 1
         if not 0 <= slice_index < size[axis]:
-            outside += 1
+            counts.beyond_slices += 1
             continue
         in_plane = [a for a in range(3) if a != axis]
+        low, high = index[:, in_plane].min(axis=0), index[:, in_plane].max(axis=0)
+        edge = 0.5 + EDGE_TOLERANCE
+        if np.any(low < -edge) or np.any(high > size[in_plane] - 1 + edge):
+            counts.outside_grid += 1
         filled = polygon2mask((int(size[in_plane[0]]), int(size[in_plane[1]])), index[:, in_plane])
         where: list[Any] = [slice(None)] * 3
         where[axis] = slice_index
@@ -208,14 +253,27 @@ def _rasterize_roi(
             entry.name,
             skipped_kind,
         )
-    if outside:
+    return np.ascontiguousarray(volume.transpose(2, 1, 0)), counts
+
+
+def _warn_outside(path: Path, entry: MaskEntry, counts: ContourCounts) -> None:
+    if counts.beyond_slices:
         log.warning(
-            "%s: ROI %r: %d contour(s) lie outside the image's slices and were skipped",
+            "%s: ROI %r: %d of %d contour(s) lie beyond the image's slices and were skipped",
             path.name,
             entry.name,
-            outside,
+            counts.beyond_slices,
+            counts.contours,
         )
-    return np.ascontiguousarray(volume.transpose(2, 1, 0))
+    if counts.outside_grid:
+        log.warning(
+            "%s: ROI %r: %d of %d contour(s) reach outside the image's in-plane grid and "
+            "were cut at its edge",
+            path.name,
+            entry.name,
+            counts.outside_grid,
+            counts.contours,
+        )
 
 
 def _contour_slice(

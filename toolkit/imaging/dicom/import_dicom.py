@@ -8,8 +8,10 @@ series is :mod:`metcli.imaging.dicom.series`'s work, checking and reading it
 rules are documented there.
 
 Privacy: the sidecar holds non-identifying acquisition metadata only (never
-names, IDs, dates, institutions or UIDs; the SeriesInstanceUID only as its
-sha256, so that a mask referencing the series can be matched). The input record
+names, IDs, dates, institutions or UIDs; the SeriesInstanceUID and the
+FrameOfReferenceUID only as their sha256, ``SeriesInstanceUIDSha256`` and
+``FrameOfReferenceUIDSha256``, so that import-mask can check that a mask belongs
+to the series, :mod:`metcli.imaging.dicom_checks`). The input record
 names the series folder relative to DICOM_DIR, unless a part of that path looks
 identifying (patient name or ID, accession number, a UID or a date), in which
 case the DICOM_DIR root is recorded instead; the sha256 and the file count

@@ -50,13 +50,20 @@ def identifying(text: str, identifiers: Sequence[str]) -> bool:
     )
 
 
+def uid_sha256(uid: str) -> str:
+    """sha256 of a UID's text: how metcli records a UID without writing it."""
+    return hashlib.sha256(str(uid).strip().rstrip("\0").encode()).hexdigest()
+
+
 def acquisition_metadata(
     path: Path, *, step: float, padding_hu: float | None = None, series_uid: str = ""
 ) -> dict[str, Any]:
     """Non-identifying acquisition metadata for the sidecar (BIDS-like keys).
 
     Free-text values that contain the patient's name or ID, a date or a UID are
-    left out. The SeriesInstanceUID is kept only as its sha256.
+    left out. The SeriesInstanceUID and the FrameOfReferenceUID are kept only as
+    their sha256 (:func:`uid_sha256`), so that import-mask can check that a mask
+    belongs to this series without any UID being written.
     """
     ds = read_dataset(Path(path), stop_before_pixels=True)
     identifiers = identifying_words(ds)
@@ -85,5 +92,8 @@ def acquisition_metadata(
     if padding_hu is not None:
         meta["PixelPaddingValueHU"] = padding_hu
     if series_uid:
-        meta["SeriesInstanceUIDSha256"] = hashlib.sha256(series_uid.encode()).hexdigest()
+        meta["SeriesInstanceUIDSha256"] = uid_sha256(series_uid)
+    frame_of_reference = text_value(ds.get("FrameOfReferenceUID"))
+    if frame_of_reference:
+        meta["FrameOfReferenceUIDSha256"] = uid_sha256(frame_of_reference)
     return meta

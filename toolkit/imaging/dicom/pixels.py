@@ -10,15 +10,15 @@ JPEG 2000); transfer syntaxes pydicom has no plug-in for (JPEG lossless process
 from __future__ import annotations
 
 import contextlib
-import re
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
 from metcli.core.errors import DicomError
 from metcli.imaging.dicom.headers import SliceHeader, read_dataset
 from metcli.imaging.dicom.stack import slice_name
+from metcli.imaging.dicom.syntax import install_hint, pydicom_decoder, transfer_syntax_name
 
 
 @contextlib.contextmanager
@@ -32,26 +32,6 @@ def _quiet_itk() -> Iterator[None]:
         yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(before)
-
-
-def _transfer_syntax_name(uid: str) -> str:
-    from pydicom.uid import UID
-
-    name = UID(uid).name if uid else "unknown transfer syntax"
-    return f"{name} ({uid})" if name != uid else uid
-
-
-def _pydicom_decoder(uid: str):
-    """(available?, what is missing) for pydicom's decoders of a transfer syntax."""
-    from pydicom.pixels import get_decoder
-
-    if not uid:
-        return True, []
-    try:
-        decoder = get_decoder(uid)
-    except NotImplementedError:
-        return False, []
-    return bool(decoder.is_available), list(getattr(decoder, "missing_dependencies", []) or [])
 
 
 def _decode_with_gdcm(path: Path, rows: int, columns: int) -> np.ndarray:
@@ -73,7 +53,7 @@ def decode_slice(
     header: SliceHeader, rows: int, columns: int, root: Path | None, where: Path
 ) -> tuple[np.ndarray, str]:
     """HU values of one slice (float64 or integer array) and the decoder used."""
-    available, missing = _pydicom_decoder(header.transfer_syntax)
+    available, missing = pydicom_decoder(header.transfer_syntax)
     problem = None
     if available:
         try:
@@ -106,14 +86,14 @@ def decode_slice(
         return _decode_with_gdcm(header.path, rows, columns), "gdcm"
     except Exception as exc:  # noqa: BLE001
         gdcm_problem = _short_reason(exc)
-    syntax = _transfer_syntax_name(header.transfer_syntax)
+    syntax = transfer_syntax_name(header.transfer_syntax)
     if problem is None:
         raise DicomError(
             f"{slice_name(header, root)}: cannot decode pixel data compressed as {syntax}: "
             "pydicom has no decoder plug-in for it installed and SimpleITK/GDCM failed "
             f"({gdcm_problem})",
             path=where,
-            fix=_install_hint(missing),
+            fix=install_hint(missing),
         )
     raise DicomError(
         f"{slice_name(header, root)}: cannot decode the pixel data ({syntax}): "
@@ -121,31 +101,6 @@ def decode_slice(
         path=where,
         fix="the file may be damaged or truncated: export or copy the series again",
     )
-
-
-#: pydicom names some plug-ins by their import name; pip knows them by another.
-_PIP_NAMES = {"gdcm": "python-gdcm"}
-
-
-def _install_hint(missing: Sequence[str]) -> str:
-    """'pip install ...' alternatives from pydicom's list of missing decoder dependencies."""
-    commands = []
-    for item in missing:  # e.g. "pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1"
-        _plugin, _sep, requirement = item.partition(" - requires ")
-        packages = []
-        for spec in (requirement or _plugin).split(" and "):
-            name = re.split(r"[<>=!~ ]", spec.strip(), maxsplit=1)[0]
-            packages.append(spec.strip().replace(name, _PIP_NAMES.get(name, name), 1))
-        commands.append(
-            "pip install "
-            + " ".join(f"'{p}'" if any(c in p for c in "<>=") else p for p in packages)
-        )
-    if not commands:
-        return (
-            "install a DICOM decoder for this transfer syntax (python-gdcm, or pylibjpeg "
-            "with its plug-ins), or export the series uncompressed"
-        )
-    return "install a decoder: " + "; or ".join(commands) + "; or export the series uncompressed"
 
 
 def _short_reason(exc: Exception) -> str:

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 LOCALIZER_TYPES = frozenset({"LOCALIZER", "SCOUT", "TOPOGRAM"})
 #: Largest difference between direction cosines of slices of one stack.
 ORIENTATION_TOLERANCE = 1e-4
+#: The fewest slices a series needs to be imported as a 3D volume.
+MIN_SLICES = 2
 
 
 def orientation_name(orientation: Sequence[float] | None) -> str:
@@ -121,7 +123,7 @@ class SeriesInfo:
             return "slices of mixed orientations"
         if self.orientation != "axial":
             return f"{self.orientation} (not axial)"
-        if self.n_files < 2:
+        if self.n_files < MIN_SLICES:
             return "single slice"
         return None
 
@@ -217,6 +219,52 @@ def _listing(series: Sequence[SeriesInfo], limit: int = 20) -> str:
     return shown
 
 
+def single_slice_error(
+    series: SeriesInfo, others: Sequence[SeriesInfo] = (), *, where: str | Path | None = None
+) -> DicomError:
+    """The one error for a series of a single slice, naming an importable series beside it."""
+    name = relative_text(series.files[0], series.root) if series.root else series.files[0].name
+    what = (
+        f"series {series.describe()} has only one slice ({name}); a 3D volume needs at "
+        f"least {MIN_SLICES} slices"
+    )
+    fix = (
+        "export the full series (every slice of the scan) from the scanner or PACS; a "
+        "localiser/scout or a single key image is not a volume"
+    )
+    usable = sorted(
+        (s for s in others if s is not series and s.not_a_candidate is None),
+        key=lambda s: -s.n_files,
+    )
+    if usable:
+        what += f"; the folder also holds an axial CT series: {usable[0].describe()}"
+        fix = f"import that series instead (--series-uid {usable[0].uid}), or {fix}"
+    return DicomError(what, path=where, fix=fix)
+
+
+def _no_candidate_error(series: Sequence[SeriesInfo], where) -> DicomError:
+    """Why no series of the folder can be imported; single-slice CT series said as such."""
+    ct = [s for s in series if s.modality == "CT"]
+    single = [s for s in ct if s.n_files < MIN_SLICES]
+    if single and len(single) == len(ct):
+        if len(single) == 1:
+            return single_slice_error(single[0], series, where=where)
+        return DicomError(
+            f"the {len(single)} CT series found have only one slice each "
+            f"({_listing(single, limit=5)}); a 3D volume needs at least {MIN_SLICES} slices "
+            "of one series",
+            path=where,
+            fix="export the full series (every slice of the scan, with one SeriesInstanceUID) "
+            "from the scanner or PACS; a localiser/scout or a key image is not a volume",
+        )
+    return DicomError(
+        "no axial CT image series found; found: "
+        + "; ".join(f"{s.describe()}: {s.not_a_candidate}" for s in series[:20]),
+        path=where,
+        fix="give the folder of an axial CT series, or name a series with --series-uid",
+    )
+
+
 def select_series(
     series: Sequence[SeriesInfo], series_uid: str | None = None, *, where: str | Path | None = None
 ) -> SeriesInfo:
@@ -224,7 +272,8 @@ def select_series(
 
     An unknown UID, or two axial CT series of the same largest size, is a
     :class:`UsageError` listing the series found; no axial CT series at all is a
-    :class:`DicomError`.
+    :class:`DicomError`, and so is a CT series of a single slice (named by UID, or the
+    only CT series there is), with the importable series beside it if there is one.
     """
     if not series:
         raise DicomError(
@@ -236,6 +285,8 @@ def select_series(
         wanted = series_uid.strip()
         for item in series:
             if item.uid and item.uid == wanted:
+                if item.modality == "CT" and item.n_files < MIN_SLICES:
+                    raise single_slice_error(item, series, where=where)
                 log.info("series %s chosen by --series-uid", item.describe())
                 return item
         raise UsageError(
@@ -247,12 +298,7 @@ def select_series(
         )
     candidates = [s for s in series if s.not_a_candidate is None]
     if not candidates:
-        raise DicomError(
-            "no axial CT image series found; found: "
-            + "; ".join(f"{s.describe()}: {s.not_a_candidate}" for s in series[:20]),
-            path=where,
-            fix="give the folder of an axial CT series, or name a series with --series-uid",
-        )
+        raise _no_candidate_error(series, where)
     candidates.sort(key=lambda s: -s.n_files)
     chosen = candidates[0]
     if len(candidates) > 1 and candidates[1].n_files == chosen.n_files:

@@ -7,7 +7,8 @@ Rules (each checked on the headers before any pixel is decoded):
   dotted with ImagePositionPatient), never by file name, InstanceNumber or
   SliceThickness. The slice spacing written is the measured step between
   positions; SliceThickness is only recorded as stated.
-- A series must be CT, have at least two slices, one orientation, one matrix
+- A series must be CT, have at least two slices
+  (:data:`metcli.imaging.dicom.series.MIN_SLICES`), one orientation, one matrix
   size and pixel spacing, no two slices at the same position, evenly spaced
   slices (within ``max(0.01 mm, 1 % of the step)``; a missing slice is reported
   with the two slices around the gap) and slices stacked along their normal (no
@@ -29,10 +30,12 @@ import numpy as np
 from metcli.core.errors import DicomError
 from metcli.imaging.dicom.headers import ENHANCED_CT_IMAGE_STORAGE, SliceHeader
 from metcli.imaging.dicom.series import (
+    MIN_SLICES,
     ORIENTATION_TOLERANCE,
     SeriesInfo,
     orientation_name,
     relative_text,
+    single_slice_error,
 )
 
 #: Slice positions may deviate from a regular grid by max(this, fraction * step) mm.
@@ -112,13 +115,8 @@ def _check_series_kind(series: SeriesInfo, where: Path, root: Path | None) -> No
             path=where,
             fix="export the series as classic single-frame CT images",
         )
-    if len(slices) < 2:
-        raise DicomError(
-            f"the series has a single slice ({slice_name(slices[0], root)}): a 2D "
-            "image, not a volume",
-            path=where,
-            fix="give the folder of a CT volume (a stack of axial slices)",
-        )
+    if len(slices) < MIN_SLICES:
+        raise single_slice_error(series, where=where)
 
 
 def _check_slice_headers(slices: Sequence[SliceHeader], where: Path, root: Path | None) -> None:
