@@ -51,7 +51,7 @@ def setup_logging(verbose: int, quiet: bool, debug: bool) -> None:
     for handler in list(logger.handlers):
         if getattr(handler, "_metcli_cli", False):
             logger.removeHandler(handler)
-    try:
+    if sys.stderr.isatty():
         from rich.logging import RichHandler
 
         handler = RichHandler(
@@ -62,8 +62,9 @@ def setup_logging(verbose: int, quiet: bool, debug: bool) -> None:
             rich_tracebacks=debug,
         )
         handler.setFormatter(logging.Formatter("%(message)s"))
-    except ImportError:  # pragma: no cover - rich is a dependency
+    else:  # a log file or a cluster job's stderr: one line per message, never wrapped
         handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
     handler._metcli_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(level)

@@ -167,6 +167,21 @@ def test_python_warnings_reach_the_log_at_v_never_stderr_raw():
     assert "RuntimeWarning: invalid value encountered in divide" in text
     assert "DeprecationWarning: a developer's note" in text
     assert "np.array([0.0])" not in text  # no source lines
+    # stderr is not a terminal here (a log file, a cluster job): one line per message
+    assert len(verbose.stderr.splitlines()) == 2, verbose.stderr
+
+
+def test_log_lines_are_never_wrapped_when_stderr_is_not_a_terminal():
+    @click.command()
+    @_common.common_options
+    @_common.run_command
+    def demo():
+        import logging
+
+        logging.getLogger("metcli.demo").warning("a long warning " + "word " * 60)
+
+    result = CliRunner().invoke(demo, [], catch_exceptions=False)
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("WARNING  a long")
 
 
 def test_debug_shows_the_traceback():
