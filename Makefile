@@ -8,7 +8,9 @@ STAMP := $(VENV)/.metcli-installed
 DEMO ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean-demo
+BIDS_VALIDATOR_VERSION ?= 1.15.0
+
+.PHONY: install demo test tools clean-demo
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +39,16 @@ demo: $(STAMP)
 		--lesions $(DEMO)/derivatives/lesions --seed 0
 	@echo "demo done: open $(DEMO)/derivatives/evaluation/report.html"
 
-test: $(STAMP)
+# Optional tools some tests use (they skip where these are absent): the official BIDS
+# validator (npm), installed under .tools/ where node and npm are present.
+tools:
+	@if [ -x .tools/node_modules/.bin/bids-validator ]; then :; \
+	elif ! command -v npm >/dev/null 2>&1; then echo "npm not found: the BIDS validator tests will skip"; \
+	else npm install --silent --no-audit --no-fund --prefix .tools \
+		bids-validator@$(BIDS_VALIDATOR_VERSION) >/dev/null 2>&1 \
+		|| echo "could not install the BIDS validator: its tests will skip"; fi
+
+test: $(STAMP) tools
 	$(BIN)/python -m pytest --durations=10 $(PYTEST_ARGS)
 
 clean-demo:

@@ -305,6 +305,8 @@ def test_every_written_file_follows_its_schema(tmp_path):
         name = path.relative_to(out).as_posix()
         if path.name == "dataset_description.json":
             schemas.validate(read_json(path), "dataset_description", where=path)
+        elif path.name == "participants.json":  # BIDS' data dictionary of participants.tsv
+            assert set(read_json(path)) <= set(read_participants(path.parent)[0])
         elif path.suffix == ".json":
             doc = read_json(path)
             schemas.validate(doc, "sidecar", where=path)
@@ -334,6 +336,8 @@ def test_every_written_file_follows_its_schema(tmp_path):
             assert read_image(path).GetPixelIDTypeAsString() == "8-bit unsigned integer"
         elif path.suffix == ".dcm":
             pass  # tested in test_dicom_series_round_trip
+        elif name in ("rawdata/.bidsignore", "rawdata/README"):
+            assert path.read_text().strip()  # tested in test_bids_validator
         else:
             raise AssertionError(f"unexpected file {name}")
         checked.add(name)

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping
 from metcli.core.errors import InputError
 from metcli.io.bids import clean_label, participant_folders
 from metcli.io.files import NA, read_tsv, write_tsv
+from metcli.io.rawdata import write_participants_dictionary
 
 FILENAME = "participants.tsv"
 BASE_COLUMNS = ("participant_id", "primary", "age", "sex", "site")
@@ -100,7 +101,9 @@ def write_participants(raw_dir: Path, rows: list[Mapping[str, Any]]) -> Path:
         c for c in columns if c == "participant_id" or any(r.get(c) is not None for r in rows)
     ]
     ordered = sorted(rows, key=lambda r: r["participant_id"])
-    return write_tsv(ordered, columns, participants_path(raw_dir), schema="participants")
+    path = write_tsv(ordered, columns, participants_path(raw_dir), schema="participants")
+    write_participants_dictionary(raw_dir, columns, ordered)
+    return path
 
 
 def upsert_participant(raw_dir: Path, row: Mapping[str, Any]) -> Path:

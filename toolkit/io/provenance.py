@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from metcli._version import __version__
 from metcli.core.errors import InputError, OutputError
@@ -66,10 +66,28 @@ def write_dataset_description(
     sources: Mapping[str, Path] | None = None,
     dataset_type: str = "derivative",
     description: str | None = None,
+    authors: Sequence[str] | None = None,
+    readme: str | None = None,
 ) -> Path:
-    """Write (or refresh) ``dataset_description.json`` of a dataset metcli writes."""
+    """Write (or refresh) ``dataset_description.json`` of a dataset metcli writes.
+
+    A raw dataset also gets what BIDS tools expect around it
+    (:func:`metcli.io.rawdata.write_raw_extras`: ``.bidsignore`` for the CT names BIDS
+    does not define, a ``README`` from ``readme`` unless one is there).
+    """
     out_dir = Path(out_dir)
     doc: dict[str, Any] = {"Name": name, "BIDSVersion": "1.10.0", "DatasetType": dataset_type}
+    if authors:
+        doc["Authors"] = [str(a) for a in authors]
+    if dataset_type == "raw":
+        from metcli.io.rawdata import write_raw_extras
+
+        write_raw_extras(
+            out_dir,
+            readme=readme
+            or f"{name}\n\nCT images in metcli's BIDS-like layout (docs/bids.md); describe "
+            "the cohort, its acquisition and its licence here.",
+        )
     if dataset_type == "derivative":
         doc["GeneratedBy"] = generated_by(description)
     if sources:

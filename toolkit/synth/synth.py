@@ -241,7 +241,15 @@ def _start_datasets(
     from metcli.imaging.labels import write_label_table
     from metcli.io.provenance import Step, write_dataset_description
 
-    write_dataset_description(raw_dir, name=DATASET_NAME, dataset_type="raw")
+    write_dataset_description(
+        raw_dir,
+        name=DATASET_NAME,
+        dataset_type="raw",
+        authors=["metcli synth (synthetic data, no real person)"],
+        readme=f"{DATASET_NAME}\n\nSynthetic abdominal CT phantoms with liver metastases, "
+        "written by `metcli synth` (docs/synth.md): no real person's data. The "
+        "settings and seed of each file are in its JSON sidecar.",
+    )
     write_dataset_description(
         truth_dir,
         name="metcli synth: true liver and lesion masks",
