@@ -34,7 +34,8 @@ from metcli.cli._common import (
     "seg_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Segmentation folder (_dseg: 1 liver, 2 lesion) for the peritumoral ring.",
+    help="Segmentation folder (_dseg: 1 liver, 2 lesion) for the peritumoral ring, the "
+    "liver features and the registration mask (with --channels, the reference channel's).",
 )
 @click.option(
     "--peritumoral-mm",
@@ -50,6 +51,37 @@ from metcli.cli._common import (
     multiple=True,
     metavar="PHASE",
     help="Extract only this contrast phase (ce- entity; repeatable). Default: all.",
+)
+@click.option(
+    "--channels",
+    default=None,
+    metavar="C1,C2,...",
+    help="Phases to extract together (e.g. native,arterial,portal,delayed): each is "
+    "brought onto the reference channel's grid and every lesion gets one row with each "
+    "channel's features (<channel>_original_...). Default: one table per phase.",
+)
+@click.option(
+    "--reference",
+    default=None,
+    metavar="CHANNEL",
+    help="With --channels: the channel the lesion maps were made on "
+    "[default: portal if listed, else the first].",
+)
+@click.option(
+    "--register",
+    type=click.Choice(["none", "rigid", "affine"]),
+    default="none",
+    show_default=True,
+    help="With --channels: align each channel to the reference before resampling "
+    "(SimpleITK, Mattes mutual information; the transform is recorded in the sidecar). "
+    "none trusts the scanner's positions.",
+)
+@click.option(
+    "--liver-features",
+    is_flag=True,
+    default=False,
+    help="With --channels and --seg: add the liver's features per channel "
+    "(liver_<channel>_original_...) to every lesion row.",
 )
 @click.option(
     "-j",
@@ -71,6 +103,10 @@ def command(
     seg_dir,
     peritumoral_mm,
     phase,
+    channels,
+    reference,
+    register,
+    liver_features,
     jobs,
     participant_label,
     level,
@@ -86,12 +122,20 @@ def command(
     resolved pyradiomics parameters and their hash; at the group level
     features.tsv. A lesion pyradiomics cannot extract gets status
     failed:<reason> and n/a values; its participant still succeeds.
+
+    With --channels, the lesion map of the reference channel is used for every
+    channel: one table per participant (named after the reference phase), one row
+    per lesion with each channel's features; see docs/channels.md.
     """
     from metcli.io.bids import resolve_levels
+    from metcli.radiomics.channels import ChannelSpec
     from metcli.radiomics.extract import as_params, check_options, extract
 
     resolved = as_params(params)  # a bad parameter file stops here, before any work
-    check_options(jobs=jobs, peritumoral_mm=peritumoral_mm, seg_dir=seg_dir, params=resolved)
+    spec = ChannelSpec.from_options(channels, reference, register, liver_features)
+    check_options(
+        jobs=jobs, peritumoral_mm=peritumoral_mm, seg_dir=seg_dir, params=resolved, spec=spec
+    )
     labels = list(participant_label) or None
     phases = list(phase) or None
     do_participants, _do_group = resolve_levels(level, labels)
@@ -109,6 +153,10 @@ def command(
             jobs=jobs,
             overwrite=overwrite,
             progress=progress,
+            channels=channels,
+            reference=reference,
+            register=register,
+            liver=liver_features,
         )
     ctx = click.get_current_context()
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))

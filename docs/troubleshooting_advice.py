@@ -305,6 +305,9 @@ ADVICE: dict[str, str] = {
         "name each model label once in --label-map"
     ),
     "segmentation/models.py:resolve_segmentation_model:--model ...": _FORWARDED,
+    "imaging/registration.py:read_transform:InputError(exc.what, path=path, fix=exc.fix)": (
+        _FORWARDED
+    ),
     "segmentation/nnunet.py:_check_step_size:--step-size must be a number": (
         "give --step-size above 0 and at most 1 (0.5 is nnU-Net's default)"
     ),

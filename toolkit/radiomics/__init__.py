@@ -13,6 +13,7 @@ import importlib
 #: public name -> the module of this room that defines it
 _API = {
     "CLASSIFIERS": "classifiers",
+    "ChannelSpec": "channels",
     "Classifier": "classifiers",
     "CorrelationFilter": "selection",
     "DESC": "extract",

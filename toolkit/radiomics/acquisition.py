@@ -179,3 +179,79 @@ def _regions(
             ),
             params,
         )
+
+
+def extract_channels_acquisition(
+    job, params: ExtractionParams, spec, pool: LesionPool | None = None
+) -> tuple[list[tuple[int, RegionResult]], dict]:
+    """``(lesion id, result)`` for every kept lesion of one participant's channels, and
+    the record of how each channel was aligned (:mod:`metcli.radiomics.channels`).
+
+    Raises :class:`~metcli.core.errors.GeometryError` when a channel does not cover a
+    lesion (naming both files).
+    """
+    import SimpleITK as sitk
+
+    from metcli.imaging.channels_grid import check_covers
+    from metcli.imaging.geometry import to_reference_grid
+    from metcli.io.files import read_image
+    from metcli.radiomics.channels import (
+        align_channel,
+        channel_params,
+        liver_features,
+        merge_results,
+    )
+
+    pool = pool if pool is not None else LesionPool(1)
+    reference_path = job.channels[spec.reference]
+    reference = read_image(reference_path, what="CT")
+    lesion_map, seg = _label_images(
+        reference, reference_path, job.lesion_map, seg_path=job.seg, peritumoral_mm=None
+    )
+    if job.seg is not None:
+        seg = _read_label_image(job.seg, "segmentation")
+        seg = to_reference_grid(seg, reference, image_path=job.seg, reference_path=reference_path)
+    map_array = sitk.GetArrayViewFromImage(lesion_map)
+    ids = kept_lesion_ids(job.lesion_table)
+    boxes = _lesion_boxes(map_array, ids, job.lesion_map, job.lesion_table)
+    liver = None if seg is None else sitk.GetArrayFromImage(seg) == LIVER_LABEL
+    images, records, per_channel = {}, {}, {}
+    for channel in spec.channels:
+        path = job.channels[channel]
+        if channel == spec.reference:
+            image, records[channel] = reference, {"registration": "reference"}
+        else:
+            image, covered, records[channel] = align_channel(
+                read_image(path, what="CT"),
+                reference,
+                spec=spec,
+                path=path,
+                reference_path=reference_path,
+                mask=None,  # the whole image: a liver-only metric misaligned synth's phases
+            )
+            check_covers(covered, map_array, ids, channel_path=path, reference_path=job.lesion_map)
+        one = channel_params(params, shape=channel == spec.reference)
+        prepared = prepare_image(image, one)
+        images[channel] = prepared
+        regions = _regions(
+            ids,
+            boxes,
+            map_array,
+            None,
+            prepared,
+            sitk.GetArrayViewFromImage(prepared),
+            one,
+            margin=margin_voxels(one, reference.GetSpacing(), None),
+            axis=shape2d_axis(reference, one),
+            peritumoral_mm=None,
+        )
+        per_channel[channel] = list(zip(ids, pool.map(regions)))
+    merged = merge_results(per_channel, spec.reference)
+    if spec.liver:
+        values = liver_features(images, liver, params, pool, job.seg)
+        for _id, result in merged:
+            if result.ok:
+                result.features.update(values)
+            else:
+                result.features.update({k: None for k in values})
+    return merged, records

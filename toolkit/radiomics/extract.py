@@ -24,7 +24,8 @@ import numpy as np
 from metcli.core.batch import DONE, SKIPPED, BatchReport, group_level, run_each
 from metcli.core.errors import InputError, UsageError
 from metcli.io.bids import Acquisition, derivative_path, resolve_levels, sidecar_path
-from metcli.radiomics.acquisition import extract_acquisition
+from metcli.radiomics.acquisition import extract_acquisition, extract_channels_acquisition
+from metcli.radiomics.channels import ChannelSpec, channel_columns, plan_channel_jobs
 from metcli.radiomics.columns import (
     ID_COLUMNS,
     RING_STATUS_COLUMNS,
@@ -96,7 +97,12 @@ def output_path(out_dir: Path, ct: Acquisition) -> Path:
 
 
 def check_options(
-    *, jobs: int, peritumoral_mm: float | None, seg_dir: Path | None, params: ExtractionParams
+    *,
+    jobs: int,
+    peritumoral_mm: float | None,
+    seg_dir: Path | None,
+    params: ExtractionParams,
+    spec: ChannelSpec | None = None,
 ) -> None:
     if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or jobs < 1:
         raise UsageError(f"--jobs must be a whole number of 1 or more, got {jobs!r}")
@@ -121,7 +127,18 @@ def check_options(
                 "shape is not a feature); the parameters enable only shape",
                 fix="enable firstorder or a texture class",
             )
-    elif seg_dir is not None:
+        if spec is not None:
+            raise UsageError(
+                "--peritumoral-mm does not go with --channels yet",
+                fix="extract the ring per phase (without --channels)",
+            )
+    elif spec is not None and spec.liver:
+        if seg_dir is None:
+            raise UsageError(
+                "--liver-features needs --seg SEG_DIR: the liver is the segmentation's label 1",
+                fix="add --seg with the folder `metcli segment` wrote",
+            )
+    elif seg_dir is not None and spec is None:
         raise UsageError(
             "--seg is only used for the peritumoral ring",
             fix="add --peritumoral-mm R, or leave --seg out",
@@ -154,6 +171,10 @@ def extract(
     jobs: int = 1,
     overwrite: bool = False,
     progress: Callable[[str, str], None] | None = None,
+    channels=None,
+    reference: str | None = None,
+    register: str = "none",
+    liver: bool = False,
 ) -> ExtractionReport:
     """Per-lesion radiomics for every lesion map of ``lesions_dir``.
 
@@ -179,6 +200,13 @@ def extract(
         jobs: processes that extract lesions in parallel.
         overwrite: redo outputs that are already done.
         progress: called with (item, status) after each CT.
+        channels: phases extracted together, one row per lesion with every channel's
+            features (:mod:`metcli.radiomics.channels`); None: one table per phase.
+        reference: the channel the lesion maps (and ``seg_dir``) belong to (default
+            ``portal`` when listed, else the first channel).
+        register: ``none`` (the scanner's positions), ``rigid`` or ``affine``: how the
+            other channels are aligned to the reference before resampling.
+        liver: add the liver's features per channel (needs ``seg_dir``).
 
     Returns:
         An :class:`ExtractionReport` (one entry per CT; lesion counts).
@@ -186,35 +214,46 @@ def extract(
     params = as_params(params)
     raw_dir, lesions_dir, out_dir = Path(raw_dir), Path(lesions_dir), Path(out_dir)
     seg_dir = None if seg_dir is None else Path(seg_dir)
-    check_options(jobs=jobs, peritumoral_mm=peritumoral_mm, seg_dir=seg_dir, params=params)
+    spec = ChannelSpec.from_options(channels, reference, register, liver)
+    check_options(
+        jobs=jobs, peritumoral_mm=peritumoral_mm, seg_dir=seg_dir, params=params, spec=spec
+    )
     _check_folders(raw_dir, seg_dir)
     labels = [participants] if isinstance(participants, str) else participants
     phases = [phases] if isinstance(phases, str) else (list(phases) if phases else None)
     do_participants, do_group = resolve_levels(level, labels)
     chosen = select(lesions_dir, labels)
-    roots = {"raw": raw_dir, "lesions": lesions_dir}
-    if seg_dir is not None:
-        roots["seg"] = seg_dir
-    run = _start(out_dir, roots, params, peritumoral_mm, overwrite)
+    roots = {"raw": raw_dir, "lesions": lesions_dir, **({"seg": seg_dir} if seg_dir else {})}
+    run = _start(out_dir, roots, params, peritumoral_mm, overwrite, spec)
     report = ExtractionReport()
-    jobs_list = plan_jobs(raw_dir, lesions_dir, seg_dir, chosen, phases, report)
+    if spec is None:
+        jobs_list = plan_jobs(raw_dir, lesions_dir, seg_dir, chosen, phases, report)
+    else:
+        jobs_list = plan_channel_jobs(raw_dir, lesions_dir, seg_dir, chosen, spec, report)
     if do_participants:
-        with LesionPool(jobs) as pool:
-
-            def work(job: Job) -> str:
-                return _extract_one(job, run, pool, report)
-
-            run_each(
-                jobs_list,
-                key=lambda j: j.entities.describe(),
-                work=work,
-                progress=progress,
-                report=report,
-            )
+        _participant_level(jobs_list, run, jobs, progress, report)
     if do_group:
         with group_level(report):
             _group_level(report, jobs_list, run, after_participants=do_participants)
     return report
+
+
+def _participant_level(
+    jobs_list: Sequence[Job], run: "_Run", jobs: int, progress, report: ExtractionReport
+) -> None:
+    """Every job's table (or skipped when current), lesions extracted in ``jobs`` processes."""
+    with LesionPool(jobs) as pool:
+
+        def work(job: Job) -> str:
+            return _extract_one(job, run, pool, report)
+
+        run_each(
+            jobs_list,
+            key=lambda j: j.entities.describe(),
+            work=work,
+            progress=progress,
+            report=report,
+        )
 
 
 @dataclass(frozen=True)
@@ -227,6 +266,7 @@ class _Run:
     columns: list[str]
     peritumoral_mm: float | None
     overwrite: bool
+    spec: ChannelSpec | None = None
 
 
 def _check_folders(raw_dir: Path, seg_dir: Path | None) -> None:
@@ -249,6 +289,7 @@ def _start(
     params: ExtractionParams,
     peritumoral_mm: float | None,
     overwrite: bool,
+    spec: ChannelSpec | None = None,
 ) -> _Run:
     """Check OUT_DIR against the inputs, write its dataset_description.json; the run."""
     from metcli.io.files import check_output_not_inside_input
@@ -256,6 +297,8 @@ def _start(
 
     check_output_not_inside_input(out_dir, list(roots.values()))
     settings = extraction_settings(params, peritumoral_mm)
+    if spec is not None:
+        settings.update(spec.settings())
     step = Step(COMMAND, out_dir, roots, settings)
     write_dataset_description(
         out_dir,
@@ -263,8 +306,11 @@ def _start(
         sources=roots,
         description="per-lesion radiomics features (pyradiomics)",
     )
-    columns = table_columns(params, peritumoral=peritumoral_mm is not None)
-    return _Run(out_dir, step, params, columns, peritumoral_mm, overwrite)
+    if spec is None:
+        columns = table_columns(params, peritumoral=peritumoral_mm is not None)
+    else:
+        columns = channel_columns(params, spec)
+    return _Run(out_dir, step, params, columns, peritumoral_mm, overwrite, spec)
 
 
 def _group_level(
@@ -309,15 +355,19 @@ def _extract_one(job: Job, run: _Run, pool: LesionPool, report: ExtractionReport
             pass
         report.outputs.extend([table, sidecar])
         return SKIPPED
-    results = extract_acquisition(
-        job.ct.path,
-        job.lesion_map,
-        job.lesion_table,
-        run.params,
-        seg_path=job.seg,
-        peritumoral_mm=peritumoral_mm,
-        pool=pool,
-    )
+    records = None
+    if run.spec is not None:
+        results, records = extract_channels_acquisition(job, run.params, run.spec, pool)
+    else:
+        results = extract_acquisition(
+            job.ct.path,
+            job.lesion_map,
+            job.lesion_table,
+            run.params,
+            seg_path=job.seg,
+            peritumoral_mm=peritumoral_mm,
+            pool=pool,
+        )
     rows = _rows(job, results, peritumoral_mm is not None)
     failed = sum(1 for _id, r in results if not r.ok)
     rings_failed = sum(1 for _id, r in results if r.ring_status not in (None, STATUS_OK))
@@ -331,6 +381,8 @@ def _extract_one(job: Job, run: _Run, pool: LesionPool, report: ExtractionReport
     }
     if peritumoral_mm is not None:
         extra["PeritumoralFailed"] = rings_failed
+    if records is not None:
+        extra["Channels"] = records
     with OutputSet() as outs:
         tmp = outs.path(table)
         write_tsv_to(rows, run.columns, tmp, schema=SCHEMA, where=table)

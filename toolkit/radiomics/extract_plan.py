@@ -29,13 +29,19 @@ class Job:
     lesion_map: Path
     lesion_table: Path
     seg: Path | None = None
+    #: every channel's CT by channel name (the reference's is ``ct``), for a multi-channel
+    #: extraction (:mod:`metcli.radiomics.channels`); None: this CT alone
+    channels: dict[str, Path] | None = None
 
     @property
     def entities(self):
         return self.ct.entities
 
     def inputs(self) -> list[Path]:
-        return [p for p in (self.ct.path, self.lesion_map, self.lesion_table, self.seg) if p]
+        files = [self.ct.path, self.lesion_map, self.lesion_table, self.seg]
+        if self.channels:
+            files += [p for c, p in self.channels.items() if p != self.ct.path]
+        return [p for p in files if p]
 
 
 def select(lesions_dir: Path, participants: Sequence[str] | None) -> list[str]:

@@ -1,0 +1,245 @@
+"""Radiomics of several channels (CT phases) of one participant, on one reference grid.
+
+Real phases are separate acquisitions: other extent, slice thickness and position, a
+breath-hold apart. The lesion map (and the segmentation) belong to the reference
+channel; every other channel is brought onto the reference grid in physical space
+(:func:`metcli.imaging.channels_grid.resample_to_reference`), after a rigid or affine
+registration when asked (:func:`metcli.imaging.registration.register`, its transform
+recorded in the table's sidecar), and each lesion is extracted from every channel
+through the same mask. A channel that does not cover a lesion fails the participant
+with one line naming both files.
+
+One row per lesion: ``<channel>_original_<class>_<feature>`` for every channel (shape
+features, which depend on the mask only, once, under the reference channel), and with
+``liver=True`` the liver's features (the segmentation's liver label, a participant-level
+region) as ``liver_<channel>_original_...`` on every row of the participant.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from metcli.core.batch import FAILED, BatchReport
+from metcli.core.errors import InputError, UsageError
+from metcli.io.bids import clean_label, find_files
+from metcli.radiomics.columns import (
+    ID_COLUMNS,
+    STATUS_COLUMNS,
+    STATUS_OK,
+    RegionResult,
+    diagnostic_names,
+    feature_names,
+)
+from metcli.radiomics.params import SHAPE_CLASSES, ExtractionParams
+
+log = logging.getLogger(__name__)
+
+REGISTRATIONS = ("none", "rigid", "affine")
+LIVER_PREFIX = "liver_"
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """Which channels a multi-channel extraction reads and how it aligns them."""
+
+    channels: tuple[str, ...]
+    reference: str
+    register: str = "none"
+    liver: bool = False
+
+    @classmethod
+    def from_options(
+        cls, channels, reference=None, register: str = "none", liver: bool = False
+    ) -> "ChannelSpec | None":
+        """The spec of ``--channels``/``--reference``/``--register``/``--liver-features``;
+        None without channels (one table per phase, as before)."""
+        if channels is None:
+            if reference is not None or register != "none" or liver:
+                raise UsageError(
+                    "--reference, --register and --liver-features go with --channels",
+                    fix="name the channels, for example --channels native,arterial,portal,delayed",
+                )
+            return None
+        names = [channels] if isinstance(channels, str) else list(channels)
+        names = [n.strip() for name in names for n in str(name).split(",") if n.strip()]
+        names = [clean_label(n, entity="ce", option="--channels") for n in names]
+        if len(set(names)) != len(names) or not names:
+            raise UsageError(
+                f"--channels {','.join(names)} names a channel twice (or none)",
+                fix="name each channel once",
+            )
+        if reference is None:
+            reference = "portal" if "portal" in names else names[0]
+        reference = clean_label(reference, entity="ce", option="--reference")
+        if reference not in names:
+            raise UsageError(
+                f"--reference {reference} is not one of --channels {','.join(names)}",
+                fix="name the channel the lesion maps were made on, and list it in --channels",
+            )
+        if register not in REGISTRATIONS:
+            raise UsageError(
+                f"--register {register!r} is not one of {', '.join(REGISTRATIONS)}",
+                fix="choose none (the scanner's positions), rigid or affine",
+            )
+        return cls(tuple(names), reference, register, bool(liver))
+
+    def settings(self) -> dict[str, Any]:
+        """What the spec changes in the features (hashed with the extraction settings)."""
+        return {
+            "channels": list(self.channels),
+            "reference_channel": self.reference,
+            "registration": self.register,
+            "interpolation": "linear",
+            "liver_features": self.liver,
+        }
+
+
+def channel_params(params: ExtractionParams, *, shape: bool) -> ExtractionParams:
+    """The parameters for one channel: without the shape classes unless ``shape``."""
+    if shape:
+        return params
+    classes = {k: v for k, v in params.feature_classes.items() if k not in SHAPE_CLASSES}
+    return replace(params, feature_classes=classes)
+
+
+def channel_columns(params: ExtractionParams, spec: ChannelSpec) -> list[str]:
+    """Columns of a multi-channel features table."""
+    columns = [*ID_COLUMNS, *STATUS_COLUMNS]
+    for channel in spec.channels:
+        one = channel_params(params, shape=channel == spec.reference)
+        columns.extend(feature_names(one, prefix=f"{channel}_"))
+    if spec.liver:
+        for channel in spec.channels:
+            one = channel_params(params, shape=False)
+            columns.extend(feature_names(one, prefix=f"{LIVER_PREFIX}{channel}_"))
+    columns.extend(diagnostic_names(params))
+    return columns
+
+
+# ----------------------------------------------------------------------------- planning
+def plan_channel_jobs(
+    raw_dir: Path,
+    lesions_dir: Path,
+    seg_dir: Path | None,
+    chosen: Sequence[str],
+    spec: ChannelSpec,
+    report: BatchReport,
+) -> list:
+    """One job per participant (and session): the reference channel's lesion map and CT,
+    and the CT of every other channel; a participant missing one fails alone."""
+    from metcli.radiomics.extract_plan import plan_jobs
+
+    jobs = plan_jobs(raw_dir, lesions_dir, seg_dir, chosen, [spec.reference], report)
+    others = [c for c in spec.channels if c != spec.reference]
+    cts = {
+        a.entities.key: a.path
+        for a in find_files(raw_dir, suffix="ct", participants=chosen, phases=others)
+    }
+    planned = []
+    for job in jobs:
+        ent = job.entities
+        paths = {spec.reference: job.ct.path}
+        missing = []
+        for channel in others:
+            path = cts.get((ent.sub, ent.ses, channel))
+            if path is None:
+                missing.append(channel)
+            paths[channel] = path
+        if missing:
+            expected = ent.with_(ce=missing[0])
+            problem = InputError(
+                f"no CT of channel(s) {', '.join(missing)} for {ent.describe()}",
+                path=Path(raw_dir) / expected.relpath(),
+                fix="add the phase, or leave it out of --channels",
+            )
+            log.error("%s: %s", ent.describe(), problem.one_line())
+            report.record(ent.describe(), FAILED, problem.one_line())
+            continue
+        planned.append(replace(job, channels={c: paths[c] for c in spec.channels}))
+    return planned
+
+
+# ----------------------------------------------------------------------------- extraction
+def align_channel(ct, reference, *, spec: ChannelSpec, path: Path, reference_path: Path, mask):
+    """``ct`` on the reference grid, its coverage, and what was done (for the sidecar)."""
+    from metcli.imaging.channels_grid import coverage, resample_to_reference
+    from metcli.imaging.registration import register
+
+    transform = None
+    record: dict[str, Any] = {"registration": spec.register}
+    if spec.register != "none":
+        found = register(
+            ct,
+            reference,
+            kind=spec.register,
+            mask=mask,
+            moving_path=path,
+            fixed_path=reference_path,
+        )
+        transform = found
+        record["transform"] = found.as_record()
+    aligned = resample_to_reference(ct, reference, transform=transform)
+    covered = coverage(ct, reference, transform)
+    record["resampled"] = aligned.GetSize() != ct.GetSize() or transform is not None
+    return aligned, covered, record
+
+
+def merge_results(
+    per_channel: dict[str, list[tuple[int, RegionResult]]], reference: str
+) -> list[tuple[int, RegionResult]]:
+    """One result per lesion from every channel's: features prefixed by the channel; the
+    lesion failed when any channel failed (the message names the channel)."""
+    merged = []
+    ref = per_channel[reference]
+    for index, (lesion_id, ref_result) in enumerate(ref):
+        features: dict[str, float | None] = {}
+        status, message = STATUS_OK, None
+        for channel, results in per_channel.items():
+            other_id, result = results[index]
+            assert other_id == lesion_id
+            features.update({f"{channel}_{k}": v for k, v in result.features.items()})
+            if not result.ok and status == STATUS_OK:
+                status = result.status
+                message = f"channel {channel}: {result.message}"
+        if status != STATUS_OK:
+            features = {k: None for k in features}
+        merged.append((lesion_id, RegionResult(status, features, ref_result.diagnostics, message)))
+    return merged
+
+
+def liver_features(
+    images: dict[str, Any], liver: np.ndarray, params: ExtractionParams, pool, seg_path: Path
+) -> dict[str, float | None]:
+    """The liver's features in every channel (``liver_<channel>_...``)."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    from metcli.radiomics.regions import crop_region
+
+    if not liver.any():
+        raise InputError(
+            "the segmentation has no liver voxels (label 1) for the liver features",
+            path=seg_path,
+            fix="give the segmentation of this participant, or leave out --liver-features",
+        )
+    box = ndimage.find_objects(liver.astype(np.uint8))[0]
+    one = channel_params(params, shape=False)
+    out: dict[str, float | None] = {}
+    for channel, image in images.items():
+        region = crop_region(
+            0, sitk.GetArrayViewFromImage(image), liver[box], box, image, shape2d_axis=None
+        )
+        (result,) = list(pool.map([(region, one)]))
+        if not result.ok:
+            raise InputError(
+                f"the liver's features of channel {channel} failed ({result.message})",
+                path=seg_path,
+                fix="check the segmentation's liver, or leave out --liver-features",
+            )
+        out.update({f"{LIVER_PREFIX}{channel}_{k}": v for k, v in result.features.items()})
+    return out
