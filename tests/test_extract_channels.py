@@ -188,7 +188,7 @@ def test_a_missing_channel_fails_that_participant_naming_the_file(runner, cohort
         expect=3,
     )
     text = " ".join(result.stderr.split())
-    assert "no CT of channel(s) arterial for sub-002" in text
+    assert "no image of channel(s) arterial for sub-002" in text
     assert "sub-002_ce-arterial_ct.nii.gz" in text
 
 

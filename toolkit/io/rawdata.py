@@ -21,7 +21,13 @@ from typing import Any, Iterable, Mapping, Sequence
 from metcli.io.files import atomic_path, read_json, write_json
 
 #: metcli's names that BIDS does not define (yet): CT images and their sidecars.
-BIDSIGNORE = ("**/*_ct.nii.gz", "**/*_ct.nii", "**/*_ct.json")
+BIDSIGNORE = (
+    "**/*_ct.nii.gz",
+    "**/*_ct.nii",
+    "**/*_ct.json",
+    "**/*_ADC.nii.gz",
+    "**/*_ADC.json",
+)
 
 #: The data dictionary of participants.tsv's columns metcli knows (BIDS' format).
 COLUMN_DESCRIPTIONS: dict[str, dict[str, Any]] = {

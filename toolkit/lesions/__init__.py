@@ -23,6 +23,7 @@ _API = {
     "find_lesion_maps": "maps",
     "kept_lesion_ids": "maps",
     "lesion_slices": "slices",
+    "lesion_table_path": "maps",
     "lesion_volumes": "volumes",
     "max_pairwise_distance": "diameters",
     "model_inputs": "inputs",

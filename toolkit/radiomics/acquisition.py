@@ -192,9 +192,10 @@ def extract_channels_acquisition(
     """
     import SimpleITK as sitk
 
+    from metcli.imaging.channel_images import read_channel
     from metcli.imaging.channels_grid import check_covers
     from metcli.imaging.geometry import to_reference_grid
-    from metcli.io.files import read_image
+    from metcli.io.channels import parse_channel
     from metcli.radiomics.channels import (
         align_channel,
         channel_params,
@@ -203,8 +204,13 @@ def extract_channels_acquisition(
     )
 
     pool = pool if pool is not None else LesionPool(1)
+    ent = job.entities
+
+    def read(channel: str):
+        return read_channel(job.ct.root, parse_channel(channel), ent.sub, ent.ses)
+
     reference_path = job.channels[spec.reference]
-    reference = read_image(reference_path, what="CT")
+    reference = read(spec.reference)
     lesion_map, seg = _label_images(
         reference, reference_path, job.lesion_map, seg_path=job.seg, peritumoral_mm=None
     )
@@ -222,7 +228,7 @@ def extract_channels_acquisition(
             image, records[channel] = reference, {"registration": "reference"}
         else:
             image, covered, records[channel] = align_channel(
-                read_image(path, what="CT"),
+                read(channel),
                 reference,
                 spec=spec,
                 path=path,

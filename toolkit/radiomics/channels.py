@@ -26,7 +26,6 @@ import numpy as np
 
 from metcli.core.batch import FAILED, BatchReport
 from metcli.core.errors import InputError, UsageError
-from metcli.io.bids import clean_label, find_files
 from metcli.radiomics.columns import (
     ID_COLUMNS,
     STATUS_COLUMNS,
@@ -65,17 +64,12 @@ class ChannelSpec:
                     fix="name the channels, for example --channels native,arterial,portal,delayed",
                 )
             return None
-        names = [channels] if isinstance(channels, str) else list(channels)
-        names = [n.strip() for name in names for n in str(name).split(",") if n.strip()]
-        names = [clean_label(n, entity="ce", option="--channels") for n in names]
-        if len(set(names)) != len(names) or not names:
-            raise UsageError(
-                f"--channels {','.join(names)} names a channel twice (or none)",
-                fix="name each channel once",
-            )
+        from metcli.io.channels import parse_channel, parse_channels
+
+        names = [c.name for c in parse_channels(channels)]
         if reference is None:
             reference = "portal" if "portal" in names else names[0]
-        reference = clean_label(reference, entity="ce", option="--reference")
+        reference = parse_channel(reference, option="--reference").name
         if reference not in names:
             raise UsageError(
                 f"--reference {reference} is not one of --channels {','.join(names)}",
@@ -130,38 +124,82 @@ def plan_channel_jobs(
     spec: ChannelSpec,
     report: BatchReport,
 ) -> list:
-    """One job per participant (and session): the reference channel's lesion map and CT,
-    and the CT of every other channel; a participant missing one fails alone."""
-    from metcli.radiomics.extract_plan import plan_jobs
+    """One job per participant (and session): the reference channel's lesion map (and
+    segmentation), and every channel's file; a participant missing one fails alone."""
+    from metcli.io.bids import Acquisition
+    from metcli.io.channels import channel_files, channel_path, parse_channel
+    from metcli.lesions.maps import LESION_SUFFIX, find_lesion_maps, lesion_table_path
+    from metcli.radiomics.extract_plan import Job
 
-    jobs = plan_jobs(raw_dir, lesions_dir, seg_dir, chosen, [spec.reference], report)
-    others = [c for c in spec.channels if c != spec.reference]
-    cts = {
-        a.entities.key: a.path
-        for a in find_files(raw_dir, suffix="ct", participants=chosen, phases=others)
-    }
-    planned = []
-    for job in jobs:
-        ent = job.entities
-        paths = {spec.reference: job.ct.path}
-        missing = []
-        for channel in others:
-            path = cts.get((ent.sub, ent.ses, channel))
-            if path is None:
-                missing.append(channel)
-            paths[channel] = path
+    reference = parse_channel(spec.reference)
+    maps = find_lesion_maps(lesions_dir, chosen, [reference.phase])
+    _fail_without_maps(chosen, maps, lesions_dir, reference, report)
+    jobs = []
+    for lesion_map in maps:
+        ent = lesion_map.entities
+        name = ent.describe()
+        paths = {
+            c: channel_path(raw_dir, parse_channel(c), ent.sub, ent.ses) for c in spec.channels
+        }
+        files = {c: channel_files(raw_dir, parse_channel(c), ent.sub, ent.ses) for c in paths}
+        missing = [c for c, fs in files.items() if not all(f.is_file() for f in fs)]
+        seg = None
+        if seg_dir is not None:
+            seg = Path(seg_dir) / ent.with_(desc=None, suffix=LESION_SUFFIX).relpath()
+        table = lesion_table_path(lesion_map.path)
+        problem = None
         if missing:
-            expected = ent.with_(ce=missing[0])
+            first = next(f for f in files[missing[0]] if not f.is_file())
             problem = InputError(
-                f"no CT of channel(s) {', '.join(missing)} for {ent.describe()}",
-                path=Path(raw_dir) / expected.relpath(),
-                fix="add the phase, or leave it out of --channels",
+                f"no image of channel(s) {', '.join(missing)} for {name}",
+                path=first,
+                fix="add it, or leave the channel out of --channels",
             )
-            log.error("%s: %s", ent.describe(), problem.one_line())
-            report.record(ent.describe(), FAILED, problem.one_line())
+        elif not table.is_file():
+            problem = InputError(
+                "the lesion table beside the lesion map is missing",
+                path=table,
+                fix="run split-lesions again for this participant",
+            )
+        elif seg is not None and not seg.is_file():
+            problem = InputError(
+                "no segmentation of the reference channel",
+                path=seg,
+                fix="give the folder `metcli segment` (or import-mask) wrote as --seg",
+            )
+        if problem is not None:
+            log.error("%s: %s", name, problem.one_line())
+            report.record(name, FAILED, problem.one_line())
             continue
-        planned.append(replace(job, channels={c: paths[c] for c in spec.channels}))
-    return planned
+        ref_entities = reference.entities(ent.sub, ent.ses)
+        ct = Acquisition(ref_entities, paths[spec.reference], Path(raw_dir))
+        jobs.append(
+            Job(
+                ct=ct,
+                lesion_map=lesion_map.path,
+                lesion_table=table,
+                seg=seg,
+                channels=paths,
+                inputs_extra=[f for fs in files.values() for f in fs],
+            )
+        )
+    return jobs
+
+
+def _fail_without_maps(chosen, maps, lesions_dir: Path, reference, report: BatchReport) -> None:
+    """Record a chosen participant without a lesion map of the reference channel as failed."""
+    found = {m.entities.sub for m in maps}
+    for label in chosen:
+        if label not in found:
+            problem = InputError(
+                f"no lesion map of the reference channel {reference.name} "
+                "(sub-<id>[_ses-<s>][_ce-<phase>]_desc-lesions_dseg.nii.gz)",
+                path=Path(lesions_dir) / f"sub-{label}",
+                fix="run split-lesions on this participant's segmentation of that channel, "
+                "or leave it out",
+            )
+            log.error("sub-%s: %s", label, problem.one_line())
+            report.record(f"sub-{label}", FAILED, problem.one_line())
 
 
 # ----------------------------------------------------------------------------- extraction

@@ -32,6 +32,8 @@ class Job:
     #: every channel's CT by channel name (the reference's is ``ct``), for a multi-channel
     #: extraction (:mod:`metcli.radiomics.channels`); None: this CT alone
     channels: dict[str, Path] | None = None
+    #: further files the job reads (a diffusion series' .bval and .bvec)
+    inputs_extra: list[Path] | None = None
 
     @property
     def entities(self):
@@ -39,8 +41,7 @@ class Job:
 
     def inputs(self) -> list[Path]:
         files = [self.ct.path, self.lesion_map, self.lesion_table, self.seg]
-        if self.channels:
-            files += [p for c, p in self.channels.items() if p != self.ct.path]
+        files += [p for p in (self.inputs_extra or []) if p not in files]
         return [p for p in files if p]
 
 
