@@ -56,8 +56,12 @@ class Job:
 
 
 def parse_phases(phases) -> list[str] | None:
-    """``portal,arterial`` (or a list) -> ``["portal", "arterial"]``; None or empty -> None."""
-    from metcli.io.bids import clean_label
+    """``portal,arterial`` (or a list) -> ``["portal", "arterial"]``; None or empty -> None.
+
+    Any channel name of :mod:`metcli.io.channels` is taken (CT phases, ``T2w``,
+    ``DWI-b800``, ``ADC``...); the first is the reference, whose lesion maps are used.
+    """
+    from metcli.io.channels import parse_channels
 
     if phases is None:
         return None
@@ -65,13 +69,12 @@ def parse_phases(phases) -> list[str] | None:
     items = [str(p).strip() for p in items if str(p).strip()]
     if not items:
         return None
-    out = [clean_label(p, entity="ce", option="--phases") for p in items]
-    if len(set(out)) != len(out):
+    if len(set(items)) != len(items):
         raise UsageError(
-            f"--phases lists a phase twice: {','.join(out)}",
+            f"--phases lists a phase twice: {','.join(items)}",
             fix="name each phase once, in the channel order you want",
         )
-    return out
+    return [c.name for c in parse_channels(items, option="--phases")]
 
 
 def find_jobs(
@@ -91,6 +94,7 @@ def find_jobs(
     from metcli.core.errors import InputError
     from metcli.io.bids import find_files
     from metcli.lesions.maps import (
+        channel_files_by_key,
         choose_lesion_map,
         find_lesion_maps,
         kept_lesion_ids,
@@ -102,6 +106,8 @@ def find_jobs(
     cts = {
         a.entities.key: a.path for a in find_files(Path(raw_dir), suffix="ct", participants=chosen)
     }
+    if phases:
+        cts.update(channel_files_by_key(Path(raw_dir), chosen, phases))
     by_patient: dict[str, list] = {}
     for m in maps:
         by_patient.setdefault(m.entities.participant_id, []).append(m)
@@ -142,12 +148,13 @@ def load_samples(
     :func:`metcli.lesions.inputs.model_inputs` reads: ``dims``, ``phases``,
     ``input`` and ``preprocessing``.
     """
+    from metcli.imaging.channel_images import read_channel_file
     from metcli.io.files import read_image
     from metcli.lesions.inputs import model_inputs
 
     samples = []
     for job in jobs:
-        images = {phase: read_image(path, what="CT") for phase, path in job.cts.items()}
+        images = {phase: read_channel_file(path, phase) for phase, path in job.cts.items()}
         per_lesion = model_inputs(
             input_spec,
             images,

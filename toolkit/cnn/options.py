@@ -138,6 +138,10 @@ def input_spec(*, dims: int, phases: list[str] | None, size: int, slice_settings
     if dims == 3:
         preprocessing["preprocessing_version"] = lesion_volumes.PREPROCESSING_VERSION
     channels = list(phases) if phases else ["ct"]
+    from metcli.lesions.channel_inputs import CHANNEL_GRIDS, default_intensities
+
+    preprocessing["channel_intensity"] = default_intensities(channels)
+    preprocessing["channel_grids"] = CHANNEL_GRIDS
     return {
         "dims": dims,
         "phases": list(phases) if phases else None,

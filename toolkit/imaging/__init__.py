@@ -13,6 +13,7 @@ import importlib
 #: public name -> the module of this room that defines it
 _API = {
     "BACKGROUND": "labels",
+    "ChannelIntensity": "intensity",
     "ContourCounts": "rtstruct",
     "FRACTIONAL_THRESHOLD": "dicom_seg",
     "LABELS": "labels",
@@ -38,6 +39,7 @@ _API = {
     "place_on_grid": "geometry",
     "rasterize_rtstruct": "rtstruct",
     "read_channel": "channel_images",
+    "read_channel_file": "channel_images",
     "read_ct_series": "dicom.volume",
     "read_dicom_seg": "dicom_seg",
     "read_transform": "registration",
@@ -48,9 +50,11 @@ _API = {
     "series_sha256": "dicom.import_dicom",
     "shell_image": "channel_images",
     "to_reference_grid": "geometry",
+    "to_window": "intensity",
     "uid_sha256": "dicom.metadata",
     "voxel_volume_mm3": "geometry",
     "write_label_table": "labels",
+    "zscore_stats": "intensity",
 }
 
 __all__ = sorted(_API)

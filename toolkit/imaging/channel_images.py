@@ -25,9 +25,20 @@ ADC_MAX = 5e-3
 
 def read_channel(root: Path, channel: Channel, sub: str, ses: str | None = None):
     """The channel's 3D SimpleITK image of one participant (and session)."""
+    return read_channel_file(channel_path(root, channel, sub, ses), channel)
+
+
+def read_channel_file(path: Path, channel: Channel | str | None):
+    """The 3D image of ``channel`` from its file (:func:`metcli.io.channels.channel_path`);
+    a channel given by name is parsed; None or ``ct`` is a CT."""
+    from metcli.io.channels import parse_channel
     from metcli.io.files import read_image
 
-    path = channel_path(root, channel, sub, ses)
+    if channel is None or channel == "ct":
+        channel = Channel("CT")
+    elif isinstance(channel, str):
+        channel = parse_channel(channel)
+    path = Path(path)
     if channel.modality == "DWI":
         return shell_image(path, channel.bvalue)
     if channel.modality == "ADC" and path.name.endswith("_dwi.nii.gz"):

@@ -27,6 +27,8 @@ CARD_PREPROCESSING_KEYS = frozenset(
         "fov_mm",
         "preprocessing_version",
         "orientation",
+        "channel_intensity",
+        "channel_grids",
     }
 )
 
@@ -185,13 +187,25 @@ def model_inputs(
     must hold each; every phase is preprocessed with the same lesion mask and
     crop and stacked as a channel). Anything else is refused.
     """
+    from metcli.lesions.channel_inputs import card_intensities, prepare_channels
+
     settings = settings_from_card(card, card_path=card_path)
+    order = _channel_order(card, cts, card_path)
+    images = prepare_channels(
+        {p: cts[p] for p in order},
+        lesion_map,
+        lesion_ids,
+        card_intensities(card, order, card_path=card_path),
+        window=(settings.window_width, settings.window_level),
+        paths=ct_paths,
+        lesion_map_path=lesion_map_path,
+    )
     per_channel = []
-    for phase in _channel_order(card, cts, card_path):
+    for phase in order:
         per_channel.append(
             _channel_inputs(
                 card,
-                cts[phase],
+                images[phase],
                 lesion_map,
                 lesion_ids,
                 settings,

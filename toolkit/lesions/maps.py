@@ -146,3 +146,22 @@ def pair_images(
         table,
         {p: cts_by_key[(sub, ses, p)] for p in wanted},
     )
+
+
+def channel_files_by_key(
+    raw_dir: Path, participants: Sequence[str], channels: Sequence[str]
+) -> dict[tuple, Path]:
+    """The files of MR (or any) channels by (participant label, session, channel name), as
+    :func:`pair_images` looks CTs up; a channel without its file is left out."""
+    from metcli.io.channels import channel_files, channel_path, parse_channel
+
+    found: dict[tuple, Path] = {}
+    for label in participants:
+        folder = Path(raw_dir) / f"sub-{label}"
+        sessions = [None] + sorted(p.name[4:] for p in folder.glob("ses-*") if p.is_dir())
+        for ses in sessions:
+            for name in channels:
+                channel = parse_channel(name)
+                if all(f.is_file() for f in channel_files(raw_dir, channel, label, ses)):
+                    found[(label, ses, name)] = channel_path(raw_dir, channel, label, ses)
+    return found

@@ -93,7 +93,12 @@ def find_image_jobs(
     session and phase); with ``phases`` (the card's), one CT per phase.
     """
     from metcli.io.bids import find_files
-    from metcli.lesions.maps import choose_lesion_map, find_lesion_maps, pair_images
+    from metcli.lesions.maps import (
+        channel_files_by_key,
+        choose_lesion_map,
+        find_lesion_maps,
+        pair_images,
+    )
 
     raw_dir, lesions_dir = Path(raw_dir), Path(lesions_dir)
     maps = find_lesion_maps(lesions_dir)
@@ -108,6 +113,8 @@ def find_image_jobs(
     for acq in maps:
         by_pid.setdefault(acq.entities.participant_id, []).append(acq)
     ct_by_key = {a.entities.key: a.path for a in cts}
+    if phases:
+        ct_by_key.update(channel_files_by_key(raw_dir, sorted(p[4:] for p in by_pid), phases))
     jobs = []
     for pid in sorted(set(by_pid) | {a.entities.participant_id for a in cts}):
         job = ImageJob(pid, (pid[4:], session, None))
@@ -211,10 +218,11 @@ class ImageBackend:
 
     def lesion_inputs(self, job: ImageJob, lesion_ids: Sequence[int]):
         """The preprocessed network inputs of each lesion (:func:`model_inputs`)."""
+        from metcli.imaging.channel_images import read_channel_file
         from metcli.io.files import read_image
         from metcli.lesions.inputs import model_inputs
 
-        cts = {phase: read_image(path, what="CT") for phase, path in job.cts.items()}
+        cts = {phase: read_channel_file(path, phase) for phase, path in job.cts.items()}
         lesion_map = read_image(job.lesion_map, what="lesion map")
         return model_inputs(
             self.card,
