@@ -214,3 +214,43 @@ def test_the_channel_table_trains_without_choosing_a_phase(runner, cohort, tmp_p
     table = read_features(out)
     assert table.phase == "portal"
     assert {n.split("_original_")[0] for n in table.feature_names} == {"arterial", "portal"}
+
+
+def test_an_mr_channel_is_normalised_on_its_own_grid(runner, cohort, tmp_path):
+    """A T2w channel (other units, another in-plane grid): pyradiomics' normalisation
+    (z-score over the image, x100) on its own grid, then resampled; recorded."""
+    import SimpleITK as sitk
+    from test_cnn_channels import make_t2w
+
+    raw = tmp_path / "raw"
+    shutil.copytree(cohort / "rawdata", raw)
+    t2 = {}
+    for ct in sorted(raw.rglob("*_ce-portal_ct.nii.gz")):
+        path = make_t2w(ct)
+        values = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(float)
+        t2[ct.name.split("_")[0]] = (values.mean(), values.std())
+    out = tmp_path / "features"
+    invoke(
+        runner,
+        [
+            "extract",
+            raw,
+            cohort / "derivatives" / "truth-lesions",
+            out,
+            "--channels",
+            "portal,T2w",
+        ],
+    )
+    sidecar = json.loads(next(out.rglob("sub-*_features.json")).read_text())
+    settings = sidecar["Provenance"]["settings"]
+    assert settings["mr_normalisation"] == {"T2w": {"normalize": True, "normalizeScale": 100}}
+    checked = 0
+    for row in read_tsv(out / "features.tsv"):
+        if float(row["portal_original_shape_VoxelVolume"]) < 500:
+            continue
+        mean, sd = t2[row["participant_id"]]
+        raw_median = 2.5 * float(row["portal_original_firstorder_Median"]) + 900
+        expected = (raw_median - mean) / sd * 100
+        assert abs(float(row["T2w_original_firstorder_Median"]) - expected) < 10, row
+        checked += 1
+    assert checked

@@ -194,10 +194,10 @@ def extract_channels_acquisition(
 
     from metcli.imaging.channel_images import read_channel
     from metcli.imaging.channels_grid import check_covers
-    from metcli.imaging.geometry import to_reference_grid
     from metcli.io.channels import parse_channel
     from metcli.radiomics.channels import (
         align_channel,
+        channel_kind,
         channel_params,
         liver_features,
         merge_results,
@@ -211,33 +211,29 @@ def extract_channels_acquisition(
 
     reference_path = job.channels[spec.reference]
     reference = read(spec.reference)
-    lesion_map, seg = _label_images(
-        reference, reference_path, job.lesion_map, seg_path=job.seg, peritumoral_mm=None
-    )
-    if job.seg is not None:
-        seg = _read_label_image(job.seg, "segmentation")
-        seg = to_reference_grid(seg, reference, image_path=job.seg, reference_path=reference_path)
+    lesion_map, liver = _reference_labels(job, reference, reference_path)
     map_array = sitk.GetArrayViewFromImage(lesion_map)
     ids = kept_lesion_ids(job.lesion_table)
     boxes = _lesion_boxes(map_array, ids, job.lesion_map, job.lesion_table)
-    liver = None if seg is None else sitk.GetArrayFromImage(seg) == LIVER_LABEL
     images, records, per_channel = {}, {}, {}
     for channel in spec.channels:
         path = job.channels[channel]
+        one = channel_params(params, shape=channel == spec.reference, kind=channel_kind(channel))
         if channel == spec.reference:
-            image, records[channel] = reference, {"registration": "reference"}
+            prepared = prepare_image(reference, one)
+            records[channel] = {"registration": "reference"}
         else:
-            image, covered, records[channel] = align_channel(
-                read(channel),
+            raw = read(channel)
+            prepared, covered, records[channel] = align_channel(
+                raw,
                 reference,
                 spec=spec,
                 path=path,
                 reference_path=reference_path,
                 mask=None,  # the whole image: a liver-only metric misaligned synth's phases
+                values=prepare_image(raw, one),  # normalised on its own grid (MR)
             )
             check_covers(covered, map_array, ids, channel_path=path, reference_path=job.lesion_map)
-        one = channel_params(params, shape=channel == spec.reference)
-        prepared = prepare_image(image, one)
         images[channel] = prepared
         regions = _regions(
             ids,
@@ -261,3 +257,20 @@ def extract_channels_acquisition(
             else:
                 result.features.update({k: None for k in values})
     return merged, records
+
+
+def _reference_labels(job, reference, reference_path: Path):
+    """The lesion map on the reference channel's grid, and the liver of the segmentation
+    (None without one) as a boolean array on it."""
+    import SimpleITK as sitk
+
+    from metcli.imaging.geometry import to_reference_grid
+
+    lesion_map, _ = _label_images(
+        reference, reference_path, job.lesion_map, seg_path=None, peritumoral_mm=None
+    )
+    if job.seg is None:
+        return lesion_map, None
+    seg = _read_label_image(job.seg, "segmentation")
+    seg = to_reference_grid(seg, reference, image_path=job.seg, reference_path=reference_path)
+    return lesion_map, sitk.GetArrayFromImage(seg) == LIVER_LABEL

@@ -90,15 +90,33 @@ class ChannelSpec:
             "registration": self.register,
             "interpolation": "linear",
             "liver_features": self.liver,
+            "mr_normalisation": {
+                c: MR_NORMALISATION for c in self.channels if channel_kind(c) == "mr"
+            },
         }
 
 
-def channel_params(params: ExtractionParams, *, shape: bool) -> ExtractionParams:
-    """The parameters for one channel: without the shape classes unless ``shape``."""
-    if shape:
-        return params
-    classes = {k: v for k, v in params.feature_classes.items() if k not in SHAPE_CLASSES}
-    return replace(params, feature_classes=classes)
+#: pyradiomics' normalisation of MR channels (no absolute unit): z-score over the image,
+#: times 100 (pyradiomics' documentation for MR), unless the parameters normalise already.
+MR_NORMALISATION = {"normalize": True, "normalizeScale": 100}
+
+
+def channel_params(params: ExtractionParams, *, shape: bool, kind: str = "ct") -> ExtractionParams:
+    """The parameters for one channel: without the shape classes unless ``shape``; an MR
+    channel normalised (:data:`MR_NORMALISATION`) unless the parameters already are."""
+    if not shape:
+        classes = {k: v for k, v in params.feature_classes.items() if k not in SHAPE_CLASSES}
+        params = replace(params, feature_classes=classes)
+    if kind == "mr" and not params.settings.get("normalize"):
+        params = replace(params, settings={**params.settings, **MR_NORMALISATION})
+    return params
+
+
+def channel_kind(name: str) -> str:
+    """``ct`` or ``mr`` for a channel name."""
+    from metcli.io.channels import parse_channel
+
+    return parse_channel(name).kind
 
 
 def channel_columns(params: ExtractionParams, spec: ChannelSpec) -> list[str]:
@@ -203,8 +221,22 @@ def _fail_without_maps(chosen, maps, lesions_dir: Path, reference, report: Batch
 
 
 # ----------------------------------------------------------------------------- extraction
-def align_channel(ct, reference, *, spec: ChannelSpec, path: Path, reference_path: Path, mask):
-    """``ct`` on the reference grid, its coverage, and what was done (for the sidecar)."""
+def align_channel(
+    ct,
+    reference,
+    *,
+    spec: ChannelSpec,
+    path: Path,
+    reference_path: Path,
+    mask,
+    values=None,
+):
+    """``values`` (the channel as extracted: ``ct`` normalised on its own grid, or ``ct``)
+    on the reference grid, the channel's coverage, and what was done (for the sidecar).
+    The registration sees ``ct`` as it is; voxels the channel does not cover get the
+    lowest value of ``values`` (background), never NaN."""
+    import SimpleITK as sitk
+
     from metcli.imaging.channels_grid import coverage, resample_to_reference
     from metcli.imaging.registration import register
 
@@ -221,9 +253,17 @@ def align_channel(ct, reference, *, spec: ChannelSpec, path: Path, reference_pat
         )
         transform = found
         record["transform"] = found.as_record()
-    aligned = resample_to_reference(ct, reference, transform=transform)
+    source = ct if values is None else values
+    lowest = float(np.min(sitk.GetArrayViewFromImage(source)))
+    aligned = resample_to_reference(source, reference, transform=transform, default_value=lowest)
     covered = coverage(ct, reference, transform)
-    record["resampled"] = aligned.GetSize() != ct.GetSize() or transform is not None
+    same = (
+        ct.GetSize() == reference.GetSize()
+        and np.allclose(ct.GetSpacing(), reference.GetSpacing())
+        and np.allclose(ct.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+        and np.allclose(ct.GetDirection(), reference.GetDirection())
+    )
+    record["resampled"] = transform is not None or not same
     return aligned, covered, record
 
 
