@@ -19,6 +19,7 @@ _API = {
     "LABELS": "labels",
     "LESION": "labels",
     "LIVER": "labels",
+    "MR_SETTINGS": "dicom.mr_volume",
     "Registration": "registration",
     "RegistrationSettings": "registration",
     "SETTINGS": "dicom.import_dicom",

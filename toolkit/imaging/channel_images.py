@@ -52,6 +52,10 @@ def _series(path: Path):
     from metcli.io.files import read_image
 
     series = read_image(path, what="diffusion series", dims=4)
+    if series.GetDimension() == 3:  # a series of one volume: read_image drops its 4th axis
+        import SimpleITK as sitk
+
+        series = sitk.JoinSeries([series])
     bvals = read_bvals(path)
     if len(bvals) != series.GetSize()[3]:
         raise InputError(

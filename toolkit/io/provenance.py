@@ -85,8 +85,9 @@ def write_dataset_description(
         write_raw_extras(
             out_dir,
             readme=readme
-            or f"{name}\n\nCT images in metcli's BIDS-like layout (docs/bids.md); describe "
-            "the cohort, its acquisition and its licence here.",
+            or f"{name}\n\nImages in metcli's BIDS-like layout (docs/bids.md: CT as _ct, "
+            "MR under BIDS' own names); describe the cohort, its acquisition and its "
+            "licence here.",
         )
     if dataset_type == "derivative":
         doc["GeneratedBy"] = generated_by(description)

@@ -1,6 +1,8 @@
 """DICOM headers: read one file's header into a :class:`SliceHeader`.
 
-Files that are not DICOM, and DICOMDIR index files, read as None.
+Files that are not DICOM, and DICOMDIR index files, read as None. An MR file's header
+also carries what the MR import needs (:class:`MRHeader`: sequence, echo and diffusion
+tags, and which vendor-private diffusion tags are present).
 """
 
 from __future__ import annotations
@@ -15,7 +17,36 @@ log = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+#: Vendor-private tags that hold diffusion b-values/directions (read by dcm2niix, not metcli).
+PRIVATE_DIFFUSION_TAGS = (
+    ((0x0029, 0x1010), "Siemens CSA image header (0029,1010)"),
+    ((0x0019, 0x100C), "Siemens (0019,100C)"),
+    ((0x0043, 0x1039), "GE (0043,1039)"),
+    ((0x2001, 0x1003), "Philips (2001,1003)"),
+)
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+@dataclass(frozen=True)
+class MRHeader:
+    """What the MR import needs from one MR file's header (times in ms, as DICOM has them)."""
+
+    scanning_sequence: tuple[str, ...]  # (0018,0020): SE, GR, IR, EP, RM
+    sequence_variant: tuple[str, ...]  # (0018,0021): SK, SP, MP, OSP...
+    sequence_name: str
+    echo_time: float | None
+    repetition_time: float | None
+    echo_number: int | None
+    temporal_position: int | None  # (0020,0100)
+    trigger_time: float | None
+    acquisition_number: int | None
+    b_value: float | None  # DiffusionBValue (0018,9087), s/mm2
+    gradient: tuple[float, ...] | None  # DiffusionGradientOrientation (0018,9089), patient LPS
+    directionality: str  # DiffusionDirectionality (0018,9075)
+    complex_component: str  # ComplexImageComponent (0008,9208)
+    private_diffusion: tuple[str, ...]  # vendor-private diffusion tags present (names)
 
 
 @dataclass(frozen=True)
@@ -39,6 +70,7 @@ class SliceHeader:
     transfer_syntax: str
     slope: float | None
     intercept: float | None
+    mr: MRHeader | None = None
 
 
 def _floats(value, count: int) -> tuple[float, ...] | None:
@@ -162,4 +194,47 @@ def read_header(path: str | Path) -> SliceHeader | None:
         transfer_syntax=transfer_syntax,
         slope=float_value(ds.get("RescaleSlope")),
         intercept=float_value(ds.get("RescaleIntercept")),
+        mr=mr_header(ds) if text_value(ds.get("Modality")).upper() == "MR" else None,
+    )
+
+
+def _item(ds, keyword: str):
+    """The first item of a sequence element, or None."""
+    sequence = ds.get(keyword) if ds is not None else None
+    try:
+        return sequence[0] if sequence else None
+    except (TypeError, IndexError):
+        return None
+
+
+def mr_header(ds) -> MRHeader:
+    """The MR fields of a header; diffusion tags at the top level or in MRDiffusionSequence."""
+    diffusion = _item(ds, "MRDiffusionSequence")
+    b_value = float_value(ds.get("DiffusionBValue"))
+    gradient = _floats(ds.get("DiffusionGradientOrientation"), 3)
+    directionality = text_value(ds.get("DiffusionDirectionality")).upper()
+    if diffusion is not None:
+        if b_value is None:
+            b_value = float_value(diffusion.get("DiffusionBValue"))
+        directionality = (
+            directionality or text_value(diffusion.get("DiffusionDirectionality")).upper()
+        )
+        direction_item = _item(diffusion, "DiffusionGradientDirectionSequence")
+        if gradient is None and direction_item is not None:
+            gradient = _floats(direction_item.get("DiffusionGradientOrientation"), 3)
+    return MRHeader(
+        scanning_sequence=tuple(v.upper() for v in text_values(ds.get("ScanningSequence"))),
+        sequence_variant=tuple(v.upper() for v in text_values(ds.get("SequenceVariant"))),
+        sequence_name=text_value(ds.get("SequenceName")),
+        echo_time=float_value(ds.get("EchoTime")),
+        repetition_time=float_value(ds.get("RepetitionTime")),
+        echo_number=_int(text_value(ds.get("EchoNumbers")).split("\\")[0]),
+        temporal_position=_int(ds.get("TemporalPositionIdentifier")),
+        trigger_time=float_value(ds.get("TriggerTime")),
+        acquisition_number=_int(ds.get("AcquisitionNumber")),
+        b_value=b_value,
+        gradient=gradient,
+        directionality=directionality,
+        complex_component=text_value(ds.get("ComplexImageComponent")).upper(),
+        private_diffusion=tuple(name for tag, name in PRIVATE_DIFFUSION_TAGS if tag in ds),
     )

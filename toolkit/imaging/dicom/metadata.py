@@ -1,7 +1,8 @@
-"""Non-identifying acquisition metadata of a DICOM CT series, for the sidecar.
+"""Non-identifying acquisition metadata of a DICOM CT or MR series, for the sidecar.
 
-:func:`acquisition_metadata` keeps non-identifying acquisition metadata only;
-what the import records is described in :mod:`metcli.imaging.dicom.import_dicom`.
+:func:`acquisition_metadata` (CT) and :func:`mr_acquisition_metadata` (MR) keep
+non-identifying acquisition metadata only; what the import records is described in
+:mod:`metcli.imaging.dicom.import_dicom`.
 """
 
 from __future__ import annotations
@@ -96,4 +97,64 @@ def acquisition_metadata(
     frame_of_reference = text_value(ds.get("FrameOfReferenceUID"))
     if frame_of_reference:
         meta["FrameOfReferenceUIDSha256"] = uid_sha256(frame_of_reference)
+    return meta
+
+
+def _seconds(ds, tag: str) -> float | None:
+    """A time in ms in DICOM as seconds (BIDS' unit for EchoTime, RepetitionTime...)."""
+    value = float_value(ds.get(tag))
+    return None if value is None else round(value / 1000.0, 9)
+
+
+def mr_acquisition_metadata(
+    path: Path, *, step: float, series_uid: str = "", channel: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Non-identifying MR acquisition metadata, in BIDS' keys and units (times in s).
+
+    As :func:`acquisition_metadata`: free texts that contain the patient's name or ID, a
+    date or a UID are left out, and UIDs are kept only as their sha256. ``channel`` (the
+    channel written and how it was chosen) is added as it is, its reason withheld when it
+    quotes an identifying description.
+    """
+    ds = read_dataset(Path(path), stop_before_pixels=True)
+    identifiers = identifying_words(ds)
+    meta: dict[str, Any] = {"Modality": "MR"}
+    for key, tag in (
+        ("Manufacturer", "Manufacturer"),
+        ("ManufacturersModelName", "ManufacturerModelName"),
+        ("SeriesDescription", "SeriesDescription"),
+        ("SequenceName", "SequenceName"),
+        ("ContrastBolusAgent", "ContrastBolusAgent"),
+        ("BodyPartExamined", "BodyPartExamined"),
+    ):
+        text = text_value(ds.get(tag))
+        if text and not identifying(text, identifiers):
+            meta[key] = text
+    for key in ("ScanningSequence", "SequenceVariant"):
+        values = text_values(ds.get(key))
+        if values and not any(identifying(v, identifiers) for v in values):
+            meta[key] = "_".join(values)
+    for key in ("MagneticFieldStrength", "FlipAngle", "SliceThickness"):
+        value = float_value(ds.get(key))
+        if value is not None:
+            meta[key] = value
+    for key in ("EchoTime", "RepetitionTime", "InversionTime"):
+        value = _seconds(ds, key)
+        if value is not None:
+            meta[key] = value
+    meta["SpacingBetweenSlices"] = round(float(step), 6)
+    image_type = text_values(ds.get("ImageType"))
+    if image_type and not any(identifying(v, identifiers) for v in image_type):
+        meta["ImageType"] = image_type
+    if series_uid:
+        meta["SeriesInstanceUIDSha256"] = uid_sha256(series_uid)
+    frame_of_reference = text_value(ds.get("FrameOfReferenceUID"))
+    if frame_of_reference:
+        meta["FrameOfReferenceUIDSha256"] = uid_sha256(frame_of_reference)
+    if channel:
+        record = dict(channel)
+        reason = str(record.get("ChannelReason", ""))
+        if reason and identifying(reason, identifiers):
+            record["ChannelReason"] = "(withheld: it quotes a description that may identify)"
+        meta.update(record)
     return meta

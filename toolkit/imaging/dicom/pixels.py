@@ -1,9 +1,10 @@
-"""Pixel data of one DICOM CT slice, decoded and rescaled to HU.
+"""Pixel data of one DICOM slice, decoded and rescaled (CT: to HU).
 
 RescaleSlope/RescaleIntercept are applied slice by slice (they may differ
-between slices). Pixel data are decoded by pydicom (with pylibjpeg-openjpeg for
-JPEG 2000); transfer syntaxes pydicom has no plug-in for (JPEG lossless process
-14 is common) are decoded by SimpleITK's GDCM. A syntax neither can decode is a
+between CT slices; an MR image without them keeps its stored values). Pixel data
+are decoded by pydicom (with pylibjpeg-openjpeg for JPEG 2000); transfer syntaxes
+pydicom has no plug-in for (JPEG lossless process 14 is common) are decoded by
+SimpleITK's GDCM. A syntax neither can decode is a
 :class:`~metcli.core.errors.DicomError` naming it and the packages to install.
 """
 
@@ -52,7 +53,7 @@ def _decode_with_gdcm(path: Path, rows: int, columns: int) -> np.ndarray:
 def decode_slice(
     header: SliceHeader, rows: int, columns: int, root: Path | None, where: Path
 ) -> tuple[np.ndarray, str]:
-    """HU values of one slice (float64 or integer array) and the decoder used."""
+    """Rescaled values of one slice (float64 or integer array) and the decoder used."""
     available, missing = pydicom_decoder(header.transfer_syntax)
     problem = None
     if available:
@@ -72,7 +73,8 @@ def decode_slice(
                     path=where,
                     fix="export the series again",
                 )
-            slope, intercept = header.slope, header.intercept
+            slope = 1.0 if header.slope is None else header.slope  # MR often has none
+            intercept = 0.0 if header.intercept is None else header.intercept
             if float(slope).is_integer() and float(intercept).is_integer():
                 values = stored.astype(np.int64) * int(slope) + int(intercept)
             else:

@@ -1,4 +1,4 @@
-"""The geometry of a DICOM CT series: check its headers and sort its slices.
+"""The geometry of a DICOM series: check its headers and sort its slices.
 
 Rules (each checked on the headers before any pixel is decoded):
 
@@ -14,6 +14,9 @@ Rules (each checked on the headers before any pixel is decoded):
   with the two slices around the gap) and slices stacked along their normal (no
   gantry tilt, which would need resampling). Anything else is a
   :class:`~metcli.core.errors.DicomError`: nothing is resampled or guessed.
+- An MR series is checked by :mod:`metcli.imaging.dicom.mr_checks` and each of its
+  volumes (one, or one per b-value and direction of a diffusion series) by
+  :func:`slices_geometry`, the same rules without the CT-only ones.
 - Geometry: origin = ImagePositionPatient of the first sorted slice;
   direction = (row cosine, column cosine, normal); spacing = (PixelSpacing[1],
   PixelSpacing[0], step), PixelSpacing being (between rows, between columns).
@@ -69,7 +72,7 @@ def fmt(values: Sequence[float]) -> str:
 
 
 def stack_geometry(series: SeriesInfo) -> StackGeometry:
-    """Check a series' headers and sort its slices along the slice normal.
+    """Check a CT series' headers and sort its slices along the slice normal.
 
     Raises :class:`DicomError` for anything that would make the volume unfaithful
     (see the module docstring).
@@ -77,11 +80,17 @@ def stack_geometry(series: SeriesInfo) -> StackGeometry:
     where = series.folder
     root = series.root
     _check_series_kind(series, where, root)
-    _check_slice_headers(series.slices, where, root)
-    _check_one_stack(series.slices, where, root)
-    first = series.slices[0]
+    check_slice_headers(series.slices, where, root)
+    check_one_stack(series.slices, where, root)
+    return slices_geometry(series.slices, where, root)
+
+
+def slices_geometry(slices: Sequence[SliceHeader], where: Path, root: Path | None) -> StackGeometry:
+    """Sort slices of one orientation and matrix along their normal and check the stack
+    (distinct, evenly spaced, no tilt): the geometry of one volume of any modality."""
+    first = slices[0]
     row_cosine, col_cosine, normal = _slice_axes(first, where, root)
-    ordered = sorted(series.slices, key=lambda s: (float(np.dot(normal, s.position)), str(s.path)))
+    ordered = sorted(slices, key=lambda s: (float(np.dot(normal, s.position)), str(s.path)))
     positions = np.array([float(np.dot(normal, s.position)) for s in ordered])
     step = _even_step(ordered, positions, where, root)
     origin = np.asarray(ordered[0].position, dtype=float)
@@ -119,8 +128,10 @@ def _check_series_kind(series: SeriesInfo, where: Path, root: Path | None) -> No
         raise single_slice_error(series, where=where)
 
 
-def _check_slice_headers(slices: Sequence[SliceHeader], where: Path, root: Path | None) -> None:
-    """Every slice has the geometry and rescale tags, and one sample per pixel."""
+def check_slice_headers(
+    slices: Sequence[SliceHeader], where: Path, root: Path | None, *, kind: str = "CT"
+) -> None:
+    """Every slice has the geometry tags (and for CT the rescale tags), one sample per pixel."""
     for item in slices:
         missing = [
             tag
@@ -130,8 +141,8 @@ def _check_slice_headers(slices: Sequence[SliceHeader], where: Path, root: Path 
                 ("PixelSpacing", item.pixel_spacing),
                 ("Rows", item.rows),
                 ("Columns", item.columns),
-                ("RescaleSlope", item.slope),
-                ("RescaleIntercept", item.intercept),
+                ("RescaleSlope", item.slope if kind == "CT" else 1),
+                ("RescaleIntercept", item.intercept if kind == "CT" else 0),
             )
             if value is None
         ]
@@ -139,18 +150,18 @@ def _check_slice_headers(slices: Sequence[SliceHeader], where: Path, root: Path 
             raise DicomError(
                 f"{slice_name(item, root)} lacks {', '.join(missing)} (or holds an invalid value)",
                 path=where,
-                fix="export the series again with complete CT image headers",
+                fix=f"export the series again with complete {kind} image headers",
             )
         if item.samples_per_pixel != 1:
             raise DicomError(
                 f"{slice_name(item, root)} has {item.samples_per_pixel} samples per "
-                "pixel (a colour image), not a CT slice",
+                f"pixel (a colour image), not a {kind} slice",
                 path=where,
-                fix="give the original CT series, not a rendered one",
+                fix=f"give the original {kind} series, not a rendered one",
             )
 
 
-def _check_one_stack(slices: Sequence[SliceHeader], where: Path, root: Path | None) -> None:
+def check_one_stack(slices: Sequence[SliceHeader], where: Path, root: Path | None) -> None:
     """Every slice has the first one's orientation, matrix size and pixel spacing."""
     first = slices[0]
     reference = np.asarray(first.orientation)

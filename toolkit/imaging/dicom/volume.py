@@ -84,7 +84,7 @@ class _VolumeBuilder:
             self.volume[index] = values
 
 
-def _build_image(volume: np.ndarray, geometry: StackGeometry, where: Path):
+def build_image(volume: np.ndarray, geometry: StackGeometry, where: Path):
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(volume)
@@ -161,7 +161,7 @@ def read_ct_series(files_or_dir, series_uid: str | None = None):
         builder.put(index, values)
         decoders.add(decoder)
     volume = builder.volume
-    image = _build_image(volume, geometry, where)
+    image = build_image(volume, geometry, where)
     first = geometry.slices[0]
     padding = _padding_hu(first)
     info = VolumeInfo(
