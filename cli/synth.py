@@ -54,7 +54,8 @@ _KNOB_OPTIONS = (
         "--patient-sd",
         "patient_sd",
         "HU",
-        "SD of the per-patient offset shared by all lesions of a patient. [default: 6.0]",
+        "SD of the per-patient offset shared by all lesions of a patient. [default: 6.0] "
+        "(almss: 4.0)",
     ),
     ("--noise-sd", "noise_sd", "HU", "SD of the image noise. [default: 12.0]"),
 )
@@ -71,12 +72,30 @@ def _knob_options(fn):
 )
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
+    "--scenario",
+    type=click.Choice(["study2023", "almss"]),
+    default="study2023",
+    show_default=True,
+    help="study2023: portal-venous CT, colorectal vs pancreatic (Tharmaseelan et al. 2023); "
+    "almss: four phases on their own grids, HCC, ICC and six metastasis origins, with "
+    "OUT_DIR/hierarchy.yaml (Xin et al. 2024).",
+)
+@click.option(
     "--subjects",
     type=click.IntRange(min=1),
     default=None,
     metavar="N",
     help="Participants, split 47:31 colorectal:pancreatic as in the 2023 study "
-    "[default: 12; or give --colorectal and --pancreatic].",
+    "[default: 12; or give --colorectal and --pancreatic]; almss: split 3:1:7 HCC:ICC:"
+    "metastasis, the metastases 2 colorectal to 1 of each other origin [default: 11].",
+)
+@click.option(
+    "--class-counts",
+    default=None,
+    metavar="CLASS=N,...",
+    help="Participants per class instead of --subjects, e.g. hcc=6,icc=4,colorectal=5 "
+    "(almss classes: hcc, icc, colorectal, pancreatic, gastric, lung, breast, "
+    "neuroendocrine; classes left out get none).",
 )
 @click.option(
     "--colorectal",
@@ -99,12 +118,13 @@ def _knob_options(fn):
     default="small",
     show_default=True,
     help="small: 96x96x48 voxels of 2x2x2.5 mm (fast); paper: 512x512x140 voxels of "
-    "0.78x0.78x1.5 mm.",
+    "0.78x0.78x1.5 mm; almss: a grid per phase (docs/synth.md).",
 )
 @click.option(
     "--dicom",
     is_flag=True,
-    help="Also write each CT as a DICOM series to OUT_DIR/sourcedata/dicom/sub-<id>/.",
+    help="Also write each CT as a DICOM series to OUT_DIR/sourcedata/dicom/sub-<id>/ "
+    "(almss: one series per phase, in sub-<id>/ce-<phase>/).",
 )
 @click.option(
     "--truth-lesions/--no-truth-lesions",
@@ -114,39 +134,124 @@ def _knob_options(fn):
 )
 @_knob_options
 @click.option(
+    "--lesion-counts",
+    default=None,
+    metavar="CLASS=N,...",
+    help="almss: mean lesions per patient of some classes, e.g. pancreatic=8,hcc=1 "
+    "(defaults in docs/synth.md).",
+)
+@click.option(
+    "--diameters",
+    default=None,
+    metavar="CLASS=MM,...",
+    help="almss: mean lesion diameter (mm) of some classes, e.g. hcc=25.",
+)
+@click.option(
+    "--max-lesions",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="almss: most lesions per patient [default: 15].",
+)
+@click.option(
     "--null",
     is_flag=True,
     help="No class difference: both classes get the average lesion count and size, "
-    "and no texture signal (labels independent of the images).",
+    "and no texture signal (labels independent of the images); almss: every class gets "
+    "the average enhancement, counts, sizes, age and sex of all classes.",
 )
 @overwrite_option
 @common_options
 @run_command
-def command(
-    out_dir: Path,
-    subjects,
-    colorectal,
-    pancreatic,
-    seed,
-    size,
-    dicom,
-    truth_lesions,
-    null,
-    overwrite,
-    **knobs,
-):
-    """Write a synthetic cohort of portal-venous CT phantoms to OUT_DIR.
+def command(out_dir: Path, scenario, **options):
+    """Write a synthetic cohort of CT phantoms to OUT_DIR.
 
-    OUT_DIR/rawdata holds the CTs (int16 HU) and participants.tsv (primary: colorectal or
-    pancreatic); OUT_DIR/derivatives/truth the true masks (0 background, 1 liver, 2 lesion)
-    and the table of placed lesions (lesions.tsv); OUT_DIR/derivatives/truth-lesions the
-    split-lesions output on them. The same seed gives the same files; re-running skips
-    finished participants. See docs/synth.md for the phantom model.
+    OUT_DIR/rawdata holds the CTs (int16 HU) and participants.tsv (primary: the class);
+    OUT_DIR/derivatives/truth the true masks (0 background, 1 liver, 2 lesion) and the
+    table of placed lesions (lesions.tsv); OUT_DIR/derivatives/truth-lesions the
+    split-lesions output on them. The default scenario writes portal-venous CTs of
+    colorectal and pancreatic metastases; --scenario almss four phases per participant
+    (the truth on the portal grid) and OUT_DIR/hierarchy.yaml. The same seed gives the same
+    files; re-running skips finished participants. See docs/synth.md for the phantom model.
     """
-    from metcli.core.batch import BatchReport
-    from metcli.core.errors import ParticipantsFailed, UsageError
-    from metcli.synth.synth import class_counts, synth_cohort
+    if scenario == "almss":
+        _almss(out_dir, options)
+    else:
+        _study2023(out_dir, options)
 
+
+#: The options of each scenario alone.
+_ALMSS_ONLY = ("lesion_counts", "diameters", "max_lesions")
+_STUDY2023_ONLY = ("colorectal", "pancreatic") + tuple(name for _f, name, _m, _t in _KNOB_OPTIONS)
+_SHARED_KNOBS = ("noise_sd", "patient_sd")
+
+
+def _refuse(scenario: str, given: dict) -> None:
+    from metcli.core.errors import UsageError
+
+    named = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+    if named:
+        raise UsageError(
+            f"{', '.join(named)} do(es) not apply to --scenario {scenario}",
+            fix="see metcli synth --help and docs/synth.md for the options of each scenario",
+        )
+
+
+def _run(out_dir: Path, synth, **kwargs) -> None:
+    from metcli.core.batch import BatchReport
+    from metcli.core.errors import ParticipantsFailed
+
+    report = BatchReport()
+    with progress_bar("synth") as advance:
+        try:
+            synth(out_dir, progress=advance, report=report, **kwargs)
+        except ParticipantsFailed:
+            if report.failed:  # participants of the cohort failed: print their table
+                finish(report)
+            raise  # split-lesions failed on the truth
+    finish(report)
+    click.echo(str(out_dir))
+
+
+def _almss(out_dir: Path, options: dict) -> None:
+    from metcli.synth.almss import parse_class_values
+    from metcli.synth.almss_cohort import synth_almss_cohort
+
+    _refuse("almss", {k: options.pop(k) for k in _STUDY2023_ONLY if k not in _SHARED_KNOBS})
+    text = options.pop("class_counts")
+    counts = None if text is None else parse_class_values(text, "--class-counts", _whole)
+    for name in ("lesion_counts", "diameters"):
+        text = options.pop(name)
+        if text is not None:
+            options[name] = parse_class_values(text, f"--{name.replace('_', '-')}")
+    _run(out_dir, synth_almss_cohort, class_counts=counts, **options)
+
+
+def _whole(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _study2023(out_dir: Path, options: dict) -> None:
+    from metcli.core.errors import UsageError
+    from metcli.synth.almss import parse_class_values
+    from metcli.synth.synth import class_counts as study_counts
+    from metcli.synth.synth import synth_cohort
+
+    _refuse("study2023", {k: options.pop(k) for k in _ALMSS_ONLY})
+    subjects, text = options.pop("subjects"), options.pop("class_counts")
+    colorectal, pancreatic = options.pop("colorectal"), options.pop("pancreatic")
+    if text is not None:
+        if subjects is not None or colorectal is not None or pancreatic is not None:
+            raise UsageError(
+                "give one of --subjects, --class-counts, or --colorectal and --pancreatic",
+                fix="--class-counts colorectal=N,pancreatic=M gives both counts",
+            )
+        keys = ("colorectal", "pancreatic")
+        counts = parse_class_values(text, "--class-counts", _whole, keys=keys)
+        colorectal, pancreatic = counts.get("colorectal", 0), counts.get("pancreatic", 0)
     if subjects is not None and (colorectal is not None or pancreatic is not None):
         raise UsageError(
             "give either --subjects or --colorectal and --pancreatic, not both",
@@ -158,27 +263,5 @@ def command(
             fix="give both (0 is allowed), or --subjects N for the study's ratio",
         )
     if colorectal is None:
-        colorectal, pancreatic = class_counts(12 if subjects is None else subjects)
-    report = BatchReport()
-    with progress_bar("synth") as advance:
-        try:
-            synth_cohort(
-                out_dir,
-                n_colorectal=colorectal,
-                n_pancreatic=pancreatic,
-                seed=seed,
-                size=size,
-                dicom=dicom,
-                truth_lesions=truth_lesions,
-                null=null,
-                overwrite=overwrite,
-                progress=advance,
-                report=report,
-                **knobs,
-            )
-        except ParticipantsFailed:
-            if report.failed:  # participants of the cohort failed: print their table
-                finish(report)
-            raise  # split-lesions failed on the truth
-    finish(report)
-    click.echo(str(out_dir))
+        colorectal, pancreatic = study_counts(12 if subjects is None else subjects)
+    _run(out_dir, synth_cohort, n_colorectal=colorectal, n_pancreatic=pancreatic, **options)

@@ -131,6 +131,11 @@ _LIBRARY = (
     "its own options first, so from a command this is a bug: report it"
 )
 _FORWARDED = "follow the advice printed with it: it comes from the underlying error"
+_ALMSS_KNOB = (
+    "correct that option or knob of `synth --scenario almss`: docs/synth.md lists the "
+    "classes, the knobs and their ranges"
+)
+_SYNTH_SIZE = "use --size small or paper, or a grid whose phases share their in-plane size"
 _RENAME = (
     "rename the file to sub-<id>[_ses-<s>][_ce-<phase>][_desc-<d>]_<suffix><ext>, labels "
     "of letters and digits only (docs/architecture.md, Data conventions)"
@@ -305,6 +310,24 @@ ADVICE: dict[str, str] = {
         "name each model label once in --label-map"
     ),
     "segmentation/models.py:resolve_segmentation_model:--model ...": _FORWARDED,
+    "synth/almss.py:AlmssParams.validate:... must give a value": _ALMSS_KNOB,
+    "synth/almss.py:_known:class ... is not one": _ALMSS_KNOB,
+    "synth/almss.py:_validate_class:demography of ... must have": _ALMSS_KNOB,
+    "synth/almss.py:_validate_class:diameters of ... must be": _ALMSS_KNOB,
+    "synth/almss.py:_validate_class:enhancement of ... must be": _ALMSS_KNOB,
+    "synth/almss.py:_validate_class:enhancement of ... must give": _ALMSS_KNOB,
+    "synth/almss.py:_validate_scalars.need:... must be ..., got": _ALMSS_KNOB,
+    "synth/almss.py:_validate_scalars:liver_hu of ... must be": _ALMSS_KNOB,
+    "synth/almss.py:make_params:... ... is not one": _ALMSS_KNOB,
+    "synth/almss.py:make_params:... must be a mapping": _ALMSS_KNOB,
+    "synth/almss.py:parse_class_values:... ... of ... is": _ALMSS_KNOB,
+    "synth/almss_cohort.py:almss_classes:class ... is not one": _ALMSS_KNOB,
+    "synth/almss_cohort.py:almss_classes:subjects must be a whole": _ALMSS_KNOB,
+    "synth/almss_cohort.py:almss_classes:the count of ... must": _ALMSS_KNOB,
+    "synth/almss_cohort.py:synth_almss_cohort:seed must be a whole": _ALMSS_KNOB,
+    "synth/phases.py:phase_sizes:a size must give a": _SYNTH_SIZE,
+    "synth/phases.py:phase_sizes:size ... is not one": _SYNTH_SIZE,
+    "synth/phases.py:phase_sizes:the phases' grids must share": _SYNTH_SIZE,
     "imaging/registration.py:read_transform:InputError(exc.what, path=path, fix=exc.fix)": (
         _FORWARDED
     ),

@@ -12,7 +12,22 @@ import importlib
 
 #: public name -> the module of this room that defines it
 _API = {
+    "ALMSS_SIZES": "phases",
+    "ALMSS_TRUTH_COLUMNS": "truth",
+    "AlmssParams": "almss",
+    "CLASS_RATIO": "almss",
+    "ALMSS_CLASSES": "almss",
     "Grid": "phantom",
+    "ORIGINS": "almss",
+    "PHASES": "almss",
+    "Subject": "subjects",
+    "almss_phantom": "multiphase",
+    "almss_row": "almss_subjects",
+    "class_sequence": "almss",
+    "hierarchy_groups": "almss_cohort",
+    "parse_class_values": "almss",
+    "participant_phantom": "almss_subjects",
+    "synth_almss_cohort": "almss_cohort",
     "SIZES": "phantom",
     "SynthParams": "phantom",
     "TRUTH_COLUMNS": "truth",

@@ -9,6 +9,7 @@ arguments are a :class:`~metcli.synth.phantom.Grid`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -76,35 +77,74 @@ def smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma_vox) -> n
 
 
 # ============================================================================ anatomy
-def body_slice(rng: np.random.Generator, grid, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """The axial tissue map (the same on every slice): body layers, spine, aorta."""
-    s = grid.anatomy_scale
+@dataclass(frozen=True)
+class Body:
+    """The drawn sizes (mm) of one body's axial cross-section (see :func:`draw_body`)."""
+
+    bx: float  #: semi-axis of the body along x
+    by: float  #: semi-axis along y
+    fat: float  #: subcutaneous fat layer
+    muscle: float  #: abdominal-wall muscle layer
+    vy: float  #: y of the vertebral body's centre
+    vr: float  #: vertebral body radius
+    cortex: float
+    canal_r: float
+    canal_dy: float  #: the canal's centre lies this far behind the vertebral body's edge
+    arch_r: float  #: outer radius of the vertebral arch
+    aorta_xy: tuple[float, float]
+    aorta_r: float
+
+
+def draw_body(rng: np.random.Generator, scale: float) -> Body:
+    """One body's cross-section sizes for an anatomy scaled by ``scale``."""
+    s = scale
     bx = BODY_SEMI_AXES[0] * s * rng.uniform(0.93, 1.05)
     by = BODY_SEMI_AXES[1] * s * rng.uniform(0.93, 1.05)
     fat = FAT_MM * s * rng.uniform(0.6, 1.4)
     muscle = MUSCLE_MM * s * rng.uniform(0.8, 1.2)
-    X, Y = x[None, :], y[:, None]
+    vy = VERTEBRA_Y * s + rng.normal(0.0, 2.0 * s)
+    return Body(
+        bx=bx,
+        by=by,
+        fat=fat,
+        muscle=muscle,
+        vy=vy,
+        vr=VERTEBRA_R * s,
+        cortex=CORTEX_MM * s,
+        canal_r=CANAL_R * s,
+        canal_dy=0.8 * CANAL_R * s,
+        arch_r=(CANAL_R + ARCH_MM) * s,
+        aorta_xy=(AORTA_XY[0] * s, AORTA_XY[1] * s),
+        aorta_r=AORTA_R * s,
+    )
+
+
+def body_tissue(body: Body, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Tissue codes at the points (X, Y) (mm; arrays that broadcast to the output's shape)."""
 
     def ellipse(ax, ay):
         return (X / ax) ** 2 + (Y / ay) ** 2 <= 1.0
 
-    out = np.full((grid.shape[1], grid.shape[0]), AIR, np.uint8)
+    out = np.full(np.broadcast_shapes(np.shape(X), np.shape(Y)), AIR, np.uint8)
+    bx, by, fat, muscle = body.bx, body.by, body.fat, body.muscle
     out[ellipse(bx, by)] = FAT
     out[ellipse(bx - fat, by - fat)] = MUSCLE
     out[ellipse(bx - fat - muscle, by - fat - muscle)] = CAVITY
-    vy = VERTEBRA_Y * s + rng.normal(0.0, 2.0 * s)
-    vr = VERTEBRA_R * s
+    vy, vr = body.vy, body.vr
     d_vertebra = np.hypot(X, Y - vy)
     out[d_vertebra <= vr] = MARROW
-    out[(d_vertebra <= vr) & (d_vertebra > vr - CORTEX_MM * s)] = CORTICAL_BONE
-    cy = vy + vr + 0.8 * CANAL_R * s
+    out[(d_vertebra <= vr) & (d_vertebra > vr - body.cortex)] = CORTICAL_BONE
+    cy = vy + vr + body.canal_dy
     d_canal = np.hypot(X, Y - cy)
-    out[(d_canal > CANAL_R * s) & (d_canal <= (CANAL_R + ARCH_MM) * s) & (d_vertebra > vr)] = (
-        CORTICAL_BONE
-    )
-    out[d_canal <= CANAL_R * s] = CANAL
-    out[np.hypot(X - AORTA_XY[0] * s, Y - AORTA_XY[1] * s) <= AORTA_R * s] = AORTA
+    out[(d_canal > body.canal_r) & (d_canal <= body.arch_r) & (d_vertebra > vr)] = CORTICAL_BONE
+    out[d_canal <= body.canal_r] = CANAL
+    out[np.hypot(X - body.aorta_xy[0], Y - body.aorta_xy[1]) <= body.aorta_r] = AORTA
     return out
+
+
+def body_slice(rng: np.random.Generator, grid, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The axial tissue map (the same on every slice): body layers, spine, aorta."""
+    return body_tissue(draw_body(rng, grid.anatomy_scale), x[None, :], y[:, None])
 
 
 def _box_slices(grid, centre, half) -> tuple[slice, slice, slice]:

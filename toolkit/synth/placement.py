@@ -42,6 +42,8 @@ class Lesion:
     patient_offset_hu: float
     centroid_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     first_voxel: tuple[int, int, int] = field(repr=False, default=(0, 0, 0))
+    #: the generating shape (:func:`shape_rho` evaluates it at any point)
+    shape: Any = field(repr=False, default=None, compare=False)
 
     def order_key(self) -> tuple:
         """split-lesions' id order: decreasing volume, then centroid z, y, x, then raster."""
@@ -258,14 +260,7 @@ def _lesion_mask(
     d = np.stack(
         np.broadcast_arrays(dx[None, None, :], dy[None, :, None], dz[:, None, None]), axis=-1
     ).astype(float)
-    rho = np.sqrt((((d @ shape.rotation) / shape.semi) ** 2).sum(axis=-1))
-    norm = np.linalg.norm(d, axis=-1)
-    unit = d / np.where(norm > 0, norm, 1.0)[..., None]
-    wobble = (
-        shape.wobble_weight
-        * np.cos(math.pi * shape.wobble_freq * (unit @ shape.wobble_dirs.T) + shape.wobble_phase)
-    ).sum(axis=-1)
-    mask = rho * (1.0 + irregularity * wobble) <= 1.0
+    mask = shape_rho(shape, d, irregularity) <= 1.0
     labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     if count == 0:
         return None
@@ -274,6 +269,19 @@ def _lesion_mask(
         sizes[0] = 0
         mask = labels == int(np.argmax(sizes))
     return mask
+
+
+def shape_rho(shape: _Shape, d: np.ndarray, irregularity: float) -> np.ndarray:
+    """The lesion's boundary function at offsets ``d`` (mm, [..., 3] x, y, z) from its centre:
+    below 1 inside, 1 on the (irregular) boundary, growing outwards."""
+    rho = np.sqrt((((d @ shape.rotation) / shape.semi) ** 2).sum(axis=-1))
+    norm = np.linalg.norm(d, axis=-1)
+    unit = d / np.where(norm > 0, norm, 1.0)[..., None]
+    wobble = (
+        shape.wobble_weight
+        * np.cos(math.pi * shape.wobble_freq * (unit @ shape.wobble_dirs.T) + shape.wobble_phase)
+    ).sum(axis=-1)
+    return rho * (1.0 + irregularity * wobble)
 
 
 def _block_around(space: _LiverBox, local: tuple, mask: np.ndarray) -> None:
@@ -309,6 +317,7 @@ def _lesion_record(
     voxels = int(mask.sum())
     voxel_mm3 = float(np.prod(grid.spacing))
     return Lesion(
+        shape=shape,
         lesion_id=0,
         centre_mm=tuple(float(c) for c in centre),
         radius_mm=shape.radius,

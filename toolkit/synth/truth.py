@@ -33,6 +33,10 @@ TRUTH_COLUMNS = (
     "texture_sd_hu",
     "patient_offset_hu",
 )
+#: The almss scenario's truth table adds each phase's designed lesion mean.
+ALMSS_TRUTH_COLUMNS = TRUTH_COLUMNS + tuple(
+    f"lesion_hu_{phase}" for phase in ("native", "arterial", "portal", "delayed")
+)
 _INT_COLUMNS = ("lesion_id", "voxels")
 _TEXT_COLUMNS = ("participant_id", "primary")
 
@@ -63,9 +67,11 @@ def read_truth_lesions(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def write_cohort_table(step, truth_dir: Path, tables: Sequence[Path]) -> None:
+def write_cohort_table(
+    step, truth_dir: Path, tables: Sequence[Path], columns: Sequence[str] = TRUTH_COLUMNS
+) -> None:
     """``derivatives/truth/lesions.tsv``: the per-participant ``tables`` (those that exist),
-    one after the other."""
+    one after the other, with ``columns``."""
     tables = [t for t in tables if t.is_file()]
     path = truth_dir / "lesions.tsv"
     inputs = step.inputs(tables)
@@ -74,5 +80,5 @@ def write_cohort_table(step, truth_dir: Path, tables: Sequence[Path]) -> None:
     rows = [row for table in tables for row in read_truth_lesions(table)]
     with OutputSet() as outs:
         tmp = outs.path(path)
-        write_tsv_to(rows, TRUTH_COLUMNS, tmp, schema="synth_lesions", where=path)
+        write_tsv_to(rows, columns, tmp, schema="synth_lesions", where=path)
         step.write_sidecar(outs, sidecar_path(path), inputs, {path: tmp}, extra={"Synthetic": True})
