@@ -115,16 +115,16 @@ def measure_components(
     """
     from scipy import ndimage
 
-    counts = np.bincount(labelled.ravel())
     array_slice_axis = 2 - axis  # numpy arrays are [k, j, i]
     measured = []
+    # every component is measured in its bounding box: no full-size array is made
     for label, box in enumerate(ndimage.find_objects(labelled), start=1):
         if box is None:
             continue
         crop = labelled[box] == label
         start = np.array([s.start for s in box], dtype=np.int64)  # [k, j, i]
         stop = np.array([s.stop for s in box], dtype=np.int64) - 1
-        voxels = int(counts[label])
+        voxels = int(np.count_nonzero(crop))
 
         where = np.nonzero(crop)
         mean_index_kji = np.array([w.mean() for w in where]) + start

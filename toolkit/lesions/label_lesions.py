@@ -87,32 +87,57 @@ def check_settings(
 
 
 # ----------------------------------------------------------------------------- components
-def _components(lesion: np.ndarray, connectivity: int) -> np.ndarray:
-    """Connected components (uint32, 0 background, raster-order ids) of a boolean array."""
+def _components(seg_image, array: np.ndarray, lesion_label: int, connectivity: int):
+    """(connected components of the lesion label: uint32, 0 background, 1..N; the image
+    that owns them, or None). 6 and 26 stay in SimpleITK (a view of its labels, no
+    copy); 18 goes through cc3d."""
+    import SimpleITK as sitk
+
     if connectivity == 18:
         import cc3d
 
-        return np.asarray(
-            cc3d.connected_components(lesion.astype(np.uint8), connectivity=18, out_dtype=np.uint32)
-        )
-    import SimpleITK as sitk
-
-    binary = sitk.GetImageFromArray(lesion.astype(np.uint8))
+        lesion = (array == lesion_label).astype(np.uint8)
+        out = cc3d.connected_components(lesion, connectivity=18, out_dtype=np.uint32)
+        return np.asarray(out), None
+    binary = sitk.BinaryThreshold(seg_image, lesion_label, lesion_label, 1, 0)
     labelled = sitk.ConnectedComponent(binary, connectivity == 26)
-    return sitk.GetArrayFromImage(labelled).astype(np.uint32, copy=False)
+    del binary
+    if labelled.GetPixelID() != sitk.sitkUInt32:
+        labelled = sitk.Cast(labelled, sitk.sitkUInt32)
+    return sitk.GetArrayViewFromImage(labelled), labelled
 
 
-def _refuse_other_labels(array: np.ndarray, lesion_label: int, liver_label: int) -> None:
+def _slabs(array: np.ndarray):
+    """Slabs of about four million voxels along the first axis (views)."""
+    step = max(1, (1 << 22) // max(1, int(np.prod(array.shape[1:]))))
+    for first in range(0, array.shape[0], step):
+        yield array[first : first + step]
+
+
+def _label_voxels(array: np.ndarray, lesion_label: int, liver_label: int) -> tuple[int, int]:
+    """(lesion voxels, liver voxels), refusing any other label (see below), slab by slab."""
+    lesion = liver = other = 0
+    found = []
+    for part in _slabs(array):
+        is_lesion, is_liver = part == lesion_label, part == liver_label
+        lesion += int(np.count_nonzero(is_lesion))
+        liver += int(np.count_nonzero(is_liver))
+        rest = (part != 0) & ~is_lesion & ~is_liver
+        if rest.any():
+            other += int(np.count_nonzero(rest))
+            found.append(np.unique(part[rest]))
+    if other:
+        _refuse_other_labels(np.unique(np.concatenate(found)), other, lesion_label, liver_label)
+    return lesion, liver
+
+
+def _refuse_other_labels(found: np.ndarray, count: int, lesion_label: int, liver_label: int):
     """Refuse labels other than background, liver and lesion: dropping them silently
     would change the lesion count and the tumour burden (import-mask's rule)."""
-    other = (array != 0) & (array != lesion_label) & (array != liver_label)
-    if not other.any():
-        return
-    found = np.unique(array[other])
     shown = ", ".join(f"{v:g}" for v in found[:8]) + (" ..." if len(found) > 8 else "")
     raise ImageError(
         f"the segmentation holds label(s) {shown} besides background (0), liver "
-        f"({liver_label}) and lesion ({lesion_label}) in {int(other.sum())} voxels",
+        f"({liver_label}) and lesion ({lesion_label}) in {count} voxels",
         fix="give --lesion-label and --liver-label for the labels it uses, or map its "
         "labels to 0/1/2 first (metcli import-mask MASK ... --label-map)",
     )
@@ -120,22 +145,22 @@ def _refuse_other_labels(array: np.ndarray, lesion_label: int, liver_label: int)
 
 def _check_label_values(array: np.ndarray) -> None:
     if array.dtype.kind == "f":
-        finite = np.isfinite(array)
-        if not finite.all():
+        if not all(np.isfinite(part).all() for part in _slabs(array)):
             raise ImageError(
                 "the segmentation holds NaN or infinite values; a label image "
                 "of whole numbers (0 background, 1 liver, 2 lesion) is needed",
                 fix="give a discrete segmentation (_dseg)",
             )
-        fractional = array != np.floor(array)
-        if fractional.any():
-            example = float(array[fractional].flat[0])
-            raise ImageError(
-                f"the segmentation holds non-integer values (for example "
-                f"{example:g}); a label image of whole numbers (0 background, "
-                "1 liver, 2 lesion) is needed",
-                fix="give a discrete segmentation (_dseg), not a probability map",
-            )
+        for part in _slabs(array):
+            fractional = part != np.floor(part)
+            if fractional.any():
+                example = float(part[fractional].flat[0])
+                raise ImageError(
+                    f"the segmentation holds non-integer values (for example "
+                    f"{example:g}); a label image of whole numbers (0 background, "
+                    "1 liver, 2 lesion) is needed",
+                    fix="give a discrete segmentation (_dseg), not a probability map",
+                )
     elif array.dtype.kind not in "iub":
         raise ImageError(
             f"the segmentation has voxels of type {array.dtype}; a label image is needed",
@@ -192,20 +217,20 @@ def split_image(
         )
     array = sitk.GetArrayViewFromImage(seg_image)  # [k, j, i]
     _check_label_values(array)
-    _refuse_other_labels(array, settings["lesion_label"], settings["liver_label"])
-
-    lesion = array == settings["lesion_label"]
-    liver_voxels = int(np.count_nonzero(array == settings["liver_label"]))
+    lesion_voxels, liver_voxels = _label_voxels(
+        array, settings["lesion_label"], settings["liver_label"]
+    )
     matrix, origin = index_to_physical(seg_image)
     voxel_volume = float(abs(np.linalg.det(matrix)))
     axis = slice_axis(seg_image)
-    lesion_voxels = int(np.count_nonzero(lesion))
 
-    labelled = (
-        _components(lesion, settings["connectivity"])
-        if lesion_voxels
-        else np.zeros(array.shape, dtype=np.uint32)
-    )
+    owner = None  # the SimpleITK image behind ``labelled``, kept alive while it is used
+    if lesion_voxels:
+        labelled, owner = _components(
+            seg_image, array, settings["lesion_label"], settings["connectivity"]
+        )
+    else:
+        labelled = np.zeros(array.shape, dtype=np.uint32)
     n_components = int(labelled.max()) if labelled.size else 0
     if n_components > 65535:
         raise ImageError(
@@ -214,7 +239,18 @@ def split_image(
             fix="check the segmentation; it looks like noise",
         )
     measured = measure_components(labelled, matrix, origin, axis, voxel_volume)
+    lookup, rows = _rows(measured, settings)
+    lesion_map = np.empty(array.shape, dtype=np.uint16)
+    for part, source in zip(_slabs(lesion_map), _slabs(labelled)):
+        part[...] = lookup[source]
+    del labelled, owner
+    lesion_map = sitk.GetImageFromArray(lesion_map)
+    lesion_map.CopyInformation(seg_image)
+    return LesionSplit(lesion_map, rows, liver_voxels, lesion_voxels, voxel_volume, axis)
 
+
+def _rows(measured, settings) -> tuple[np.ndarray, list[dict]]:
+    """(raw component label -> lesion id, 0 when dropped; the table's rows)."""
     threshold = settings["min_diameter_mm"]
     column = _RULE_COLUMN[settings["diameter_rule"]]
     lookup = np.zeros(len(measured) + 1, dtype=np.uint16)
@@ -232,9 +268,7 @@ def split_image(
                 "reason": None if kept else BELOW_MIN_DIAMETER,
             }
         )
-    lesion_map = sitk.GetImageFromArray(lookup[labelled])
-    lesion_map.CopyInformation(seg_image)
-    return LesionSplit(lesion_map, rows, liver_voxels, lesion_voxels, voxel_volume, axis)
+    return lookup, rows
 
 
 def label_lesions(

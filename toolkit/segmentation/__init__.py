@@ -13,6 +13,8 @@ import importlib
 #: public name -> the module of this room that defines it
 _API = {
     "Backend": "backends",
+    "CtSource": "streaming",
+    "LabelResampler": "resample_back",
     "ModelFolder": "backends",
     "NNUNET_FOLDERS": "nnunet",
     "NnunetSegmenter": "nnunet",
@@ -37,6 +39,7 @@ _API = {
     "parse_fold": "export_onnx",
     "read_model_folder": "nnunet",
     "register": "backends",
+    "resample_source": "streaming",
     "resample_to_shape": "preprocessing",
     "resolve_folds": "nnunet",
     "resolve_label_map": "labelmaps",

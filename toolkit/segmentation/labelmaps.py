@@ -135,7 +135,7 @@ def apply_label_map(label_image, mapping: Mapping[int, int]):
     """A uint8 metcli label image from a model's label image (same grid)."""
     import SimpleITK as sitk
 
-    array = sitk.GetArrayFromImage(label_image)
+    array = sitk.GetArrayViewFromImage(label_image)  # no copy; lut[array] is the one
     if array.size and array.min() < 0:
         raise InputError(f"the model wrote a negative label ({int(array.min())})")
     top = int(array.max()) if array.size else 0

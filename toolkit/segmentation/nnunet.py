@@ -41,7 +41,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from metcli.core.errors import ImageError, InputError, UsageError
+from metcli.core.errors import InputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -444,8 +444,11 @@ class NnunetSegmenter:
 
         from metcli.core.threads import limit_cpu_threads
         from metcli.segmentation.orientation import orientation_transform
+        from metcli.segmentation.streaming import check_ct_image
 
-        array = check_ct(ct)
+        check_ct_image(ct)
+        # the voxels as stored (no float32 copy: nnU-Net's preprocessing makes its own)
+        array = sitk.GetArrayViewFromImage(ct)
         orient = orientation_transform(ct.GetDirection(), self.orientation)
         spacing_zyx = orient.spacing_zyx([float(s) for s in reversed(ct.GetSpacing())])
         oriented = np.ascontiguousarray(orient.forward(array))
@@ -468,23 +471,7 @@ def check_ct(ct) -> np.ndarray:
     """The CT's voxels as float32 [z, y, x], or an :class:`ImageError` for unusable images."""
     import SimpleITK as sitk
 
-    if ct.GetDimension() != 3:
-        raise ImageError(
-            f"the CT is {ct.GetDimension()}D (size "
-            f"{'x'.join(map(str, ct.GetSize()))}); a 3D volume is needed",
-            fix="give one 3D volume per file",
-        )
-    if ct.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageError(
-            "the CT has several components per voxel; a scalar image is needed",
-            fix="export a single-channel CT",
-        )
-    array = sitk.GetArrayFromImage(ct).astype(np.float32, copy=False)
-    finite = np.isfinite(array)
-    if not finite.all():
-        bad = int(array.size - np.count_nonzero(finite))
-        raise ImageError(
-            f"the CT has {bad} voxel(s) that are NaN or infinite",
-            fix="convert it again from DICOM, or replace those voxels",
-        )
-    return array
+    from metcli.segmentation.streaming import check_ct_image
+
+    check_ct_image(ct)
+    return sitk.GetArrayFromImage(ct).astype(np.float32, copy=False)

@@ -27,9 +27,15 @@ source: ``preprocessors/default_preprocessor.py``, ``resampling/default_resampli
    probabilities (softmax) and labels (argmax), put back into the uncropped
    array, transposed back, and returned on the CT's exact grid.
 
-Differences from nnU-Net that remain: nnU-Net accumulates the sliding window and
-resamples the logits in float16, metcli in float32; the figures of the agreement
-between the two are in ``docs/onnx.md``.
+Memory: steps 2 to 5 read the CT's own array block by block
+(:mod:`metcli.segmentation.streaming`), and step 7 gives the labels slab by slab
+without full-size logits (:mod:`metcli.segmentation.resample_back`); both give the
+same numbers as the whole-volume computation of
+:mod:`metcli.segmentation.preprocessing`, which :meth:`OnnxSegmenter.predict_with_probabilities`
+still uses for the (full-size) probabilities.
+
+Differences from nnU-Net that remain are described in ``docs/onnx.md``, with the
+figures of the agreement between the two.
 """
 
 from __future__ import annotations
@@ -46,9 +52,6 @@ from metcli.segmentation.orientation import AS_STORED, orientation_transform
 from metcli.segmentation.preprocessing import (
     ANISOTROPY_THRESHOLD,
     compute_new_shape,
-    filled_nonzero_mask,
-    nonzero_bbox,
-    normalize,
     resample_to_shape,
 )
 from metcli.segmentation.sliding_window import (
@@ -271,90 +274,88 @@ class OnnxSegmenter:
 
     # ------------------------------------------------------------------ steps
     def _predict(self, ct, *, probabilities: bool, progress):
+        """Steps 1 to 7 (see the module); the CT's own array is read, never copied whole."""
         import SimpleITK as sitk
 
-        array, spacing_zyx = _ct_array(ct)
+        from metcli.segmentation.streaming import CtSource, resample_source
+
+        view, spacing_zyx = _ct_view(ct)
         axes = self.spec["axes"]
         orient = orientation_transform(ct.GetDirection(), axes["orientation"])
-        data = orient.forward(array)[None].astype(np.float32)
-        spacing = orient.spacing_zyx(spacing_zyx)
         forward = [int(a) for a in axes["transpose_forward"]]
         backward = [int(a) for a in axes["transpose_backward"]]
-        data = np.ascontiguousarray(data.transpose([0, *[a + 1 for a in forward]]))
+        oriented = orient.forward(view).transpose(forward)
+        spacing = orient.spacing_zyx(spacing_zyx)
         spacing = [spacing[a] for a in forward]
-        shape_before_crop = data.shape[1:]
-        data, crop = self._crop_and_normalize(data)
-        shape_cropped = data.shape[1:]
-
-        target = [float(s) for s in self.spec["target_spacing"]]
-        new_shape = compute_new_shape(shape_cropped, spacing, target)
-        rs = self.spec["resampling"]
-        threshold = float(rs.get("anisotropy_threshold", ANISOTROPY_THRESHOLD))
-        data = resample_to_shape(
-            data,
-            new_shape,
-            spacing,
-            target,
-            order=rs["data"]["order"],
-            order_z=rs["data"]["order_z"],
-            force_separate_z=rs["data"]["force_separate_z"],
-            threshold=threshold,
+        source = CtSource(
+            oriented,
+            self.spec["normalization"],
+            crop_to_nonzero=self.spec.get("crop_to_nonzero", True),
         )
+        target = [float(s) for s in self.spec["target_spacing"]]
+        new_shape = compute_new_shape(source.shape, spacing, target)
+        data = resample_source(source, new_shape, spacing, target, **self._resampling("data"))
         log.debug(
             "shape %s -> cropped %s -> resampled %s (spacing %s -> %s)",
-            shape_before_crop,
-            shape_cropped,
+            oriented.shape,
+            source.shape,
             data.shape[1:],
             spacing,
             target,
         )
-
-        logits = self._sliding_window(data.astype(np.float32, copy=False), progress)
+        logits = self._sliding_window(data, progress)
         del data
-        logits = resample_to_shape(
-            logits,
-            shape_cropped,
-            target,
-            spacing,
-            order=rs["probabilities"]["order"],
-            order_z=rs["probabilities"]["order_z"],
-            force_separate_z=rs["probabilities"]["force_separate_z"],
-            threshold=threshold,
+        seg = self._labels(logits, source, oriented.shape, spacing, target)
+        label_image = sitk.GetImageFromArray(
+            np.ascontiguousarray(orient.backward(seg.transpose(backward)))
         )
-        index = np.argmax(logits, axis=0)
-        values = np.asarray(self._values)
-        dtype = np.uint8 if values.max() < 256 else np.uint16
-        seg = np.zeros(shape_before_crop, dtype=dtype)
-        seg[crop] = values[index].astype(dtype)
-        seg = orient.backward(seg.transpose(backward))
-        label_image = sitk.GetImageFromArray(np.ascontiguousarray(seg))
+        del seg
         label_image.CopyInformation(ct)
         if not probabilities:
             return label_image, None
+        # the probabilities are full-size by nature: resample the whole logits
+        logits = resample_to_shape(
+            logits, source.shape, target, spacing, **self._resampling("probabilities")
+        )
         probs = _softmax(logits.astype(np.float32))
         del logits
-        full = np.zeros((probs.shape[0], *shape_before_crop), dtype=np.float32)
+        full = np.zeros((probs.shape[0], *oriented.shape), dtype=np.float32)
         full[0] = 1.0
-        full[(slice(None),) + crop] = probs
+        full[(slice(None),) + source.crop] = probs
         full = full.transpose([0, *[a + 1 for a in backward]])
         return label_image, np.ascontiguousarray(orient.backward(full))
 
-    def _crop_and_normalize(self, data: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...]]:
-        """(``data`` (C, ...) cropped to its nonzero box and normalised, the crop)."""
-        bbox = (
-            nonzero_bbox(data)
-            if self.spec.get("crop_to_nonzero", True)
-            else [[0, s] for s in data.shape[1:]]
-        )
-        crop = tuple(slice(a, b) for a, b in bbox)
-        mask = None
-        if self.spec["normalization"].get("use_mask_for_norm"):
-            mask = filled_nonzero_mask(data)[crop]
-        data = data[(slice(None),) + crop]
-        data = np.stack(
-            [normalize(data[c], self.spec["normalization"], mask) for c in range(data.shape[0])]
-        )
-        return data, crop
+    def _resampling(self, key: str) -> dict[str, Any]:
+        """Keyword arguments of the resampling of ``data`` or ``probabilities``."""
+        rs = self.spec["resampling"]
+        return {
+            "order": rs[key]["order"],
+            "order_z": rs[key]["order_z"],
+            "force_separate_z": rs[key]["force_separate_z"],
+            "threshold": float(rs.get("anisotropy_threshold", ANISOTROPY_THRESHOLD)),
+        }
+
+    def _labels(self, logits, source, full_shape, spacing, target) -> np.ndarray:
+        """The labels (the model's values) on the uncropped grid, slab by slab."""
+        from metcli.segmentation.resample_back import LabelResampler
+        from metcli.segmentation.streaming import BLOCK_VOXELS
+
+        values = np.asarray(self._values)
+        dtype = np.uint8 if values.max() < 256 else np.uint16
+        values = values.astype(dtype)
+        seg = np.zeros(full_shape, dtype=dtype)
+        inside = seg[source.crop]
+        kwargs = self._resampling("probabilities")
+        resampler = LabelResampler(logits, source.shape, target, spacing, **kwargs)
+        if not resampler.supported:  # not streamed: resample every channel whole
+            whole = resample_to_shape(logits, source.shape, target, spacing, **kwargs)
+            inside[...] = values[np.argmax(whole, axis=0)]
+            return seg
+        step = max(1, BLOCK_VOXELS // max(1, inside.shape[1] * inside.shape[2]))
+        for first in range(0, inside.shape[0], step):
+            stop = min(first + step, inside.shape[0])
+            inside[first:stop] = values[resampler.labels(first, stop)]
+        return seg
 
     def _sliding_window(self, data: np.ndarray, progress) -> np.ndarray:
         """Logits (heads, ...) of the preprocessed ``data`` (C, ...), Gaussian-weighted tiles."""
@@ -414,9 +415,12 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted.astype(np.float32, copy=False)
 
 
-def _ct_array(ct) -> tuple[np.ndarray, list[float]]:
-    """The CT as a float32 array [z, y, x] and its spacing in the same order; checked."""
+def _ct_view(ct) -> tuple[np.ndarray, list[float]]:
+    """The CT's voxels [z, y, x] as a view of the image (no copy) and its spacing in the
+    same order; checked."""
     import SimpleITK as sitk
+
+    from metcli.segmentation.streaming import count_nonfinite
 
     if not isinstance(ct, sitk.Image):
         raise UsageError(
@@ -433,15 +437,15 @@ def _ct_array(ct) -> tuple[np.ndarray, list[float]]:
         raise ImageError(
             f"the CT is {ct.GetDimension()}D; a 3D volume is needed", fix="give a 3D CT volume"
         )
-    array = sitk.GetArrayFromImage(ct).astype(np.float32, copy=False)
-    if not np.all(np.isfinite(array)):
-        bad = int(np.count_nonzero(~np.isfinite(array)))
+    view = sitk.GetArrayViewFromImage(ct)
+    bad = count_nonfinite(view)
+    if bad:
         raise ImageError(
             f"the CT has {bad} voxel(s) that are NaN or infinite",
             fix="repair or re-export the image (every voxel needs a value in HU)",
         )
     spacing = [abs(float(s)) for s in ct.GetSpacing()[::-1]]
-    return array, spacing
+    return view, spacing
 
 
 def _checked_sha256(path: Path, expected: str) -> str:

@@ -303,7 +303,7 @@ class _Runner:
     def work(self, acq: Acquisition) -> str:
         from metcli.imaging.geometry import grid_difference
         from metcli.io.files import OutputSet, read_image, write_image_to
-        from metcli.segmentation.nnunet import check_ct
+        from metcli.segmentation.streaming import check_ct_image
 
         out_image = output_path(self.out_dir, acq)
         sidecar = sidecar_path(out_image)
@@ -313,7 +313,7 @@ class _Runner:
             return SKIPPED
         ct = read_image(acq.path, what="CT")
         try:
-            check_ct(ct)
+            check_ct_image(ct)
             labels = self.segmenter.predict(ct)
         except MetcliError as exc:
             if exc.path is None:
@@ -328,7 +328,7 @@ class _Runner:
                 path=acq.path,
                 fix="report this bug",
             )
-        counts = np.bincount(_array(dseg).ravel(), minlength=3)
+        counts = _label_counts(_array(dseg))
         extra = {
             "Description": "Liver and lesion segmentation (0 background, 1 liver, 2 lesion) on "
             "the CT's grid",
@@ -360,6 +360,21 @@ class _Runner:
         )
         self.report.outputs.extend([out_image, sidecar])
         return DONE
+
+
+def _label_counts(array: np.ndarray) -> np.ndarray:
+    """Voxels per label value (at least 0, 1, 2) of a label array, slab by slab: a
+    bincount of the whole array would first convert it to int64 (8 bytes a voxel)."""
+    from metcli.segmentation.streaming import BLOCK_VOXELS
+
+    counts = np.zeros(3, dtype=np.int64)
+    step = max(1, BLOCK_VOXELS // max(1, int(np.prod(array.shape[1:]))))
+    for first in range(0, array.shape[0], step):
+        part = np.bincount(array[first : first + step].ravel())
+        if len(part) > len(counts):
+            counts = np.concatenate([counts, np.zeros(len(part) - len(counts), np.int64)])
+        counts[: len(part)] += part
+    return counts
 
 
 def _array(image) -> np.ndarray:
