@@ -334,6 +334,8 @@ def leftovers(out: Path, failed: str | None) -> list[str]:
         if not path.is_file():
             continue
         relative = str(path.relative_to(out))
+        if path.name == ".bidsignore":  # a raw dataset's own file (docs/bids.md)
+            continue
         if path.name.startswith(".") or ".tmp" in path.name or ".part" in path.name:
             found.append(relative)
         elif failed == ALL and path.name != "dataset_description.json":
