@@ -101,6 +101,13 @@ class ChannelSpec:
 MR_NORMALISATION = {"normalize": True, "normalizeScale": 100}
 
 
+def column_prefix(channel: str) -> str:
+    """The prefix of a channel's feature columns: its name with ``-`` as ``_``
+    (``DWI-b800`` -> ``DWI_b800_``), so that columns are valid names everywhere, ONNX
+    input names included."""
+    return channel.replace("-", "_") + "_"
+
+
 def channel_params(params: ExtractionParams, *, shape: bool, kind: str = "ct") -> ExtractionParams:
     """The parameters for one channel: without the shape classes unless ``shape``; an MR
     channel normalised (:data:`MR_NORMALISATION`) unless the parameters already are."""
@@ -124,11 +131,11 @@ def channel_columns(params: ExtractionParams, spec: ChannelSpec) -> list[str]:
     columns = [*ID_COLUMNS, *STATUS_COLUMNS]
     for channel in spec.channels:
         one = channel_params(params, shape=channel == spec.reference)
-        columns.extend(feature_names(one, prefix=f"{channel}_"))
+        columns.extend(feature_names(one, prefix=column_prefix(channel)))
     if spec.liver:
         for channel in spec.channels:
             one = channel_params(params, shape=False)
-            columns.extend(feature_names(one, prefix=f"{LIVER_PREFIX}{channel}_"))
+            columns.extend(feature_names(one, prefix=LIVER_PREFIX + column_prefix(channel)))
     columns.extend(diagnostic_names(params))
     return columns
 
@@ -280,7 +287,7 @@ def merge_results(
         for channel, results in per_channel.items():
             other_id, result = results[index]
             assert other_id == lesion_id
-            features.update({f"{channel}_{k}": v for k, v in result.features.items()})
+            features.update({column_prefix(channel) + k: v for k, v in result.features.items()})
             if not result.ok and status == STATUS_OK:
                 status = result.status
                 message = f"channel {channel}: {result.message}"
@@ -319,5 +326,6 @@ def liver_features(
                 path=seg_path,
                 fix="check the segmentation's liver, or leave out --liver-features",
             )
-        out.update({f"{LIVER_PREFIX}{channel}_{k}": v for k, v in result.features.items()})
+        prefix = LIVER_PREFIX + column_prefix(channel)
+        out.update({prefix + k: v for k, v in result.features.items()})
     return out

@@ -1,5 +1,5 @@
-"""metcli.synth: synthetic cohorts: CT phantoms with liver and lesions, truth masks and
-lesion tables.
+"""metcli.synth: synthetic cohorts: CT and MR phantoms with liver and lesions, truth masks
+and lesion tables.
 
 The names in ``__all__`` are this room's public API: the names other rooms, the
 command line, the tests and the benchmarks use. Each is imported from its module on
@@ -18,6 +18,11 @@ _API = {
     "CLASS_RATIO": "almss",
     "ALMSS_CLASSES": "almss",
     "Grid": "phantom",
+    "LESION_TYPES": "mri",
+    "MR_CLASSES": "mri",
+    "MR_SIZES": "mri_phantom",
+    "MRI_TRUTH_COLUMNS": "truth",
+    "MriParams": "mri",
     "ORIGINS": "almss",
     "PHASES": "almss",
     "Subject": "subjects",
@@ -25,6 +30,12 @@ _API = {
     "almss_row": "almss_subjects",
     "class_sequence": "almss",
     "hierarchy_groups": "almss_cohort",
+    "lesion_types": "mri",
+    "make_mri_params": "mri",
+    "mr_class_sequence": "mri",
+    "mri_participant": "mri_subjects",
+    "mri_phantom": "mri_phantom",
+    "mri_row": "mri_subjects",
     "parse_class_values": "almss",
     "participant_phantom": "almss_subjects",
     "synth_almss_cohort": "almss_cohort",
@@ -37,6 +48,8 @@ _API = {
     "phantom_arrays": "phantom",
     "read_truth_lesions": "truth",
     "synth_cohort": "synth",
+    "synth_mri_cohort": "mri_cohort",
+    "volume_list": "mri_phantom",
 }
 
 __all__ = sorted(_API)

@@ -37,8 +37,18 @@ TRUTH_COLUMNS = (
 ALMSS_TRUTH_COLUMNS = TRUTH_COLUMNS + tuple(
     f"lesion_hu_{phase}" for phase in ("native", "arterial", "portal", "delayed")
 )
+#: The MR world's truth table (truth on the T2w grid): the HU columns are n/a, and each
+#: lesion's type, pattern, designed T2w signal (relative to the patient's liver) and ADC
+#: (mm2/s), and the patient's liver ADC, are added.
+MRI_TRUTH_COLUMNS = TRUTH_COLUMNS + (
+    "lesion_type",
+    "pattern",
+    "t2_relative",
+    "adc_mm2s",
+    "liver_adc_mm2s",
+)
 _INT_COLUMNS = ("lesion_id", "voxels")
-_TEXT_COLUMNS = ("participant_id", "primary")
+_TEXT_COLUMNS = ("participant_id", "primary", "lesion_type", "pattern")
 
 
 def read_truth_lesions(path: str | Path) -> list[dict[str, Any]]:
