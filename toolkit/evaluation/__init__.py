@@ -13,6 +13,7 @@ import importlib
 #: public name -> the module of this room that defines it
 _API = {
     "SECTIONS": "report",
+    "delong_ci": "stats",
     "find_prediction_files": "inputs",
     "load_predictions": "evaluate",
     "overlap_measures": "seg_measures",
