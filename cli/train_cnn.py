@@ -60,11 +60,35 @@ def _window(ctx, param, value):
     help="2: every axial slice of a lesion (the study); 3: one cube per lesion.",
 )
 @click.option(
+    "--channels",
     "--phases",
+    "phases",
     default=None,
-    metavar="PHASE,...",
-    help="Contrast phases (ce- labels) stacked as input channels, in this order, "
-    "for example portal,arterial. Default: the CT of the lesion map's phase.",
+    metavar="CHANNEL,...",
+    help="Channels stacked as inputs, in this order, the reference (the lesion map's) "
+    "first: CT phases (portal,arterial), T1w, T2w, DWI-b<value>, ADC (docs/channels.md). "
+    "Default: the CT of the lesion map's phase.",
+)
+@click.option(
+    "--register",
+    type=click.Choice(["none", "rigid", "affine"]),
+    default="none",
+    show_default=True,
+    help="Align each channel to the first before resampling it onto the lesion map's grid "
+    "(recorded in the card; predict does the same).",
+)
+@click.option(
+    "--intensity",
+    multiple=True,
+    metavar="CHANNEL=RULE",
+    help="A channel's intensity rule: hu (CT) or zscore[:LOWER,UPPER] (MR, percentiles; "
+    "default zscore:0.5,99.5 for MR channels). Repeatable.",
+)
+@click.option(
+    "--n4",
+    multiple=True,
+    metavar="CHANNEL",
+    help="Correct this MR channel for its bias field (SimpleITK N4) first. Repeatable.",
 )
 @click.option(
     "--window",

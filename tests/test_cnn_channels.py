@@ -111,7 +111,9 @@ def test_the_card_records_each_channels_grid_and_intensity_rule(trained):
         "method": "zscore",
         "lower_percentile": 0.5,
         "upper_percentile": 99.5,
+        "n4": False,
     }
+    assert card["preprocessing"]["channel_registration"] == "none"
     assert "lesion map's grid" in card["preprocessing"]["channel_grids"]
 
 
@@ -221,3 +223,134 @@ def test_a_missing_mr_channel_leaves_that_participant_out(cohort, runner, tmp_pa
         ],
     )
     assert "sub-006 (no CT of phase(s) T2w for sub-006)" in result.stderr
+
+
+def test_n4_removes_a_multiplicative_bias_field():
+    """A homogeneous body times a smooth field (up to 1.6x across the image): after N4 the
+    body's coefficient of variation falls by more than half (Tustison et al. 2010)."""
+    import SimpleITK as sitk
+
+    from metcli.imaging.intensity import n4_correct
+
+    z, y, x = np.mgrid[0:24, 0:64, 0:64].astype(float)
+    body = ((y - 32) ** 2 + (x - 32) ** 2 < 26**2) & (z > 2) & (z < 21)
+    field = 1.0 + 0.6 * (x / 63.0) * (0.5 + 0.5 * y / 63.0)
+    rng = np.random.default_rng(0)
+    array = np.where(body, 800.0 * field, 0.0) + rng.normal(0, 5, body.shape).clip(0)
+    image = sitk.GetImageFromArray(array.astype(np.float32))
+    image.SetSpacing((2.0, 2.0, 4.0))
+    corrected = sitk.GetArrayFromImage(n4_correct(image))
+
+    def cv(values):
+        return values[body].std() / values[body].mean()
+
+    assert cv(corrected) < 0.5 * cv(array), (cv(array), cv(corrected))
+
+
+def test_registration_aligns_a_moved_channel_before_resampling(cohort, tmp_path):
+    """An arterial phase moved by (4, -3, 2) mm: registered, its lesion medians follow
+    0.8 x portal + 20 far closer than without (measured: 8.5 HU against 24.5 HU)."""
+    import SimpleITK as sitk
+
+    from metcli.imaging.intensity import ChannelIntensity
+    from metcli.lesions.channel_inputs import prepare_channels
+
+    portal_path = cohort["raw"] / "sub-003" / "anat" / "sub-003_ce-portal_ct.nii.gz"
+    copy = tmp_path / "sub-003_ce-portal_ct.nii.gz"
+    shutil.copy(portal_path, copy)
+    shutil.copy(str(portal_path).replace(".nii.gz", ".json"), tmp_path)
+    arterial = sitk.ReadImage(str(make_arterial(copy, shift=(4.0, -3.0, 2.0))))
+    portal = sitk.ReadImage(str(portal_path))
+    lesion_map = sitk.ReadImage(
+        str(cohort["lesions"] / "sub-003" / "anat" / "sub-003_ce-portal_desc-lesions_dseg.nii.gz")
+    )
+    ids = sitk.GetArrayFromImage(lesion_map)
+    wanted = [int(i) for i in np.unique(ids) if i]
+    errors = {}
+    for register in ("none", "rigid"):
+        out = prepare_channels(
+            {"portal": portal, "arterial": arterial},
+            lesion_map,
+            wanted,
+            {"portal": ChannelIntensity(), "arterial": ChannelIntensity()},
+            window=(330.0, 10.0),
+            register=register,
+        )
+        p = sitk.GetArrayFromImage(out["portal"]).astype(float)
+        a = sitk.GetArrayFromImage(out["arterial"]).astype(float)
+        errors[register] = np.mean(
+            [abs(np.median(a[ids == i]) - (0.8 * np.median(p[ids == i]) + 20)) for i in wanted]
+        )
+    # every lesion, small ones included: the 3 mm slices' partial volume stays
+    assert errors["rigid"] < 0.5 * errors["none"] and errors["rigid"] < 12, errors
+
+
+def test_registration_intensity_and_n4_options_are_recorded_and_replayed(cohort, runner, tmp_path):
+    out = tmp_path / "train"
+    args = [a for a in ARGS if a != "--no-progress"]
+    invoke(
+        runner,
+        [
+            "train-cnn",
+            cohort["raw"],
+            cohort["lesions"],
+            out,
+            "--labels",
+            cohort["raw"] / "participants.tsv",
+            *args,
+            "--register",
+            "rigid",
+            "--intensity",
+            "T2w=zscore:1,99",
+            "--n4",
+            "T2w",
+            "--no-progress",
+        ],
+    )
+    card = read_json(out / "model" / "model.json")
+    pre = card["preprocessing"]
+    assert pre["channel_registration"] == "rigid"
+    assert pre["channel_intensity"]["T2w"] == {
+        "method": "zscore",
+        "lower_percentile": 1.0,
+        "upper_percentile": 99.0,
+        "n4": True,
+    }
+    predicted = tmp_path / "predict"
+    invoke(
+        runner,
+        ["predict", out / "model", cohort["raw"], cohort["lesions"], predicted, "--device", "cpu"],
+    )
+    got = {
+        (r["participant_id"], r["lesion_id"], r["level"]): r
+        for r in read_tsv(predicted / "predictions.tsv")
+    }
+    for row in read_tsv(out / "val_predictions.tsv"):
+        mine = got[(row["participant_id"], row["lesion_id"], row["level"])]
+        assert abs(float(mine["prob_pancreatic"]) - float(row["prob_pancreatic"])) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (["--intensity", "T2w=window"], "is not CHANNEL=hu or CHANNEL=zscore"),
+        (["--n4", "portal"], "N4 bias-field correction is for MR channels"),
+        (["--intensity", "T1w=zscore"], "name channel(s) T1w that are not inputs"),
+    ],
+)
+def test_bad_channel_options_are_usage_errors(cohort, runner, tmp_path, options, message):
+    result = invoke(
+        runner,
+        [
+            "train-cnn",
+            cohort["raw"],
+            cohort["lesions"],
+            tmp_path / "out",
+            "--labels",
+            cohort["raw"] / "participants.tsv",
+            *ARGS,
+            *options,
+        ],
+        expect=2,
+    )
+    assert message in " ".join(result.stderr.split())

@@ -62,6 +62,9 @@ class CnnOptions:
     device: str = "auto"
     amp: bool = False
     seed: int = 0
+    register: str = "none"
+    intensity: Sequence[str] = ()
+    n4: Sequence[str] = ()
 
 
 def check_options(
@@ -130,18 +133,40 @@ def require_libraries() -> None:
         )
 
 
-def input_spec(*, dims: int, phases: list[str] | None, size: int, slice_settings) -> dict:
-    """The card's ``dims``, ``phases``, ``input`` and ``preprocessing``, for model_inputs."""
+def input_spec(
+    *,
+    dims: int,
+    phases: list[str] | None,
+    size: int,
+    slice_settings,
+    register: str = "none",
+    intensity: Sequence[str] = (),
+    n4: Sequence[str] = (),
+) -> dict:
+    """The card's ``dims``, ``phases``, ``input`` and ``preprocessing``, for model_inputs.
+
+    ``register``: how channels are aligned to the reference (the first); ``intensity``:
+    ``CHANNEL=hu|zscore[:LOWER,UPPER]`` rules beside each kind's default; ``n4``: the MR
+    channels to correct for the bias field first."""
     from metcli.lesions import volumes as lesion_volumes
 
     preprocessing = slice_settings.as_dict()
     if dims == 3:
         preprocessing["preprocessing_version"] = lesion_volumes.PREPROCESSING_VERSION
     channels = list(phases) if phases else ["ct"]
-    from metcli.lesions.channel_inputs import CHANNEL_GRIDS, default_intensities
+    from metcli.imaging.intensity import parse_intensity
+    from metcli.lesions.channel_inputs import CHANNEL_GRIDS, REGISTRATIONS, default_intensities
 
-    preprocessing["channel_intensity"] = default_intensities(channels)
+    if register not in REGISTRATIONS or (register != "none" and len(channels) < 2):
+        raise UsageError(
+            f"--register {register} needs one of {', '.join(REGISTRATIONS)} and two channels "
+            "or more",
+            fix="give --phases with the reference channel first, or leave --register out",
+        )
+    overrides = dict(parse_intensity(text) for text in intensity)
+    preprocessing["channel_intensity"] = default_intensities(channels, overrides, list(n4))
     preprocessing["channel_grids"] = CHANNEL_GRIDS
+    preprocessing["channel_registration"] = register
     return {
         "dims": dims,
         "phases": list(phases) if phases else None,
@@ -190,7 +215,15 @@ def resolve_options(options: CnnOptions, *, threads: int | None) -> tuple[CnnOpt
         context_mm=float(o.context_mm),
         fov_mm=o.fov_mm,
     )
-    spec = input_spec(dims=o.dims, phases=phases, size=size, slice_settings=slice_settings)
+    spec = input_spec(
+        dims=o.dims,
+        phases=phases,
+        size=size,
+        slice_settings=slice_settings,
+        register=o.register,
+        intensity=tuple(o.intensity or ()),
+        n4=tuple(o.n4 or ()),
+    )
     return replace(o, size=size, phases=phases, device=device), spec
 
 

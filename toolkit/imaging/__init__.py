@@ -36,6 +36,8 @@ _API = {
     "label_from_name": "mask_labels",
     "label_image_to_dseg": "label_image",
     "mask_to_dseg": "import_mask",
+    "n4_correct": "intensity",
+    "parse_intensity": "intensity",
     "parse_label_map": "mask_labels",
     "place_on_grid": "geometry",
     "rasterize_rtstruct": "rtstruct",

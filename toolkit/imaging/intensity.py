@@ -37,12 +37,19 @@ class ChannelIntensity:
     method: str = "hu"
     lower_percentile: float | None = None
     upper_percentile: float | None = None
+    #: N4 bias-field correction (SimpleITK) before the z-score (MR only)
+    n4: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise UsageError(
                 f"intensity method {self.method!r} is not one of {', '.join(METHODS)}",
                 fix="use hu for CT, zscore for MR",
+            )
+        if self.n4 and self.method != "zscore":
+            raise UsageError(
+                "N4 bias-field correction is for MR channels (zscore), not for HU",
+                fix="leave --n4 out for CT channels",
             )
         if self.method == "zscore":
             lo, hi = self.lower_percentile, self.upper_percentile
@@ -110,3 +117,39 @@ def to_window(
     z = (np.clip(array.astype(np.float64), lo, hi) - mean) / sd
     low = level - width / 2.0
     return (low + (z + Z_RANGE) / (2 * Z_RANGE) * width).astype(np.float32)
+
+
+def parse_intensity(text: str) -> tuple[str, ChannelIntensity]:
+    """``T2w=zscore:1,99`` (or ``T2w=zscore``, ``portal=hu``) -> (channel, rule)."""
+    channel, sep, rule = str(text).partition("=")
+    method, _, bounds = rule.strip().partition(":")
+    try:
+        if not sep or not channel.strip():
+            raise ValueError
+        if method == "zscore":
+            lo, hi = (float(v) for v in bounds.split(",")) if bounds else (0.5, 99.5)
+            return channel.strip(), ChannelIntensity("zscore", lo, hi)
+        if method == "hu" and not bounds:
+            return channel.strip(), ChannelIntensity("hu")
+        raise ValueError
+    except ValueError:
+        raise UsageError(
+            f"--intensity {text!r} is not CHANNEL=hu or CHANNEL=zscore[:LOWER,UPPER]",
+            fix="for example --intensity T2w=zscore:1,99",
+        ) from None
+
+
+def n4_correct(image, *, shrink: int = 4, iterations: tuple[int, ...] = (50, 50, 30)):
+    """``image`` divided by the bias field SimpleITK's N4 (Tustison et al. 2010) fits on a
+    ``shrink``-times smaller copy, inside the body (Otsu); float32, same grid."""
+    import SimpleITK as sitk
+
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    mask = sitk.OtsuThreshold(image, 0, 1, 200)
+    small = sitk.Shrink(image, [shrink] * image.GetDimension())
+    small_mask = sitk.Shrink(mask, [shrink] * image.GetDimension())
+    corrector = sitk.N4BiasFieldCorrectionImageFilter()
+    corrector.SetMaximumNumberOfIterations(list(iterations))
+    corrector.Execute(small, small_mask)
+    log_field = corrector.GetLogBiasFieldAsImage(image)
+    return sitk.Cast(image / sitk.Exp(log_field), sitk.sitkFloat32)

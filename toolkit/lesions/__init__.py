@@ -17,6 +17,7 @@ _API = {
     "GROUP_LESION_COLUMNS": "tables",
     "LESION_COLUMNS": "tables",
     "LESION_SUFFIX": "maps",
+    "REGISTRATIONS": "channel_inputs",
     "SliceSettings": "preprocess",
     "card_intensities": "channel_inputs",
     "card_phases": "inputs",

@@ -20,7 +20,8 @@ import numpy as np
 from metcli.imaging.intensity import ChannelIntensity, to_window, zscore_stats
 
 #: What the card records about the channels' grids (``preprocessing.channel_grids``).
-CHANNEL_GRIDS = "resampled onto the lesion map's grid (linear, physical space, no registration)"
+CHANNEL_GRIDS = "resampled onto the lesion map's grid (linear, physical space)"
+REGISTRATIONS = ("none", "rigid", "affine")
 
 
 def card_intensities(card: dict, channels: Sequence[str], *, card_path=None) -> dict:
@@ -35,14 +36,32 @@ def card_intensities(card: dict, channels: Sequence[str], *, card_path=None) -> 
     }
 
 
-def default_intensities(channels: Sequence[str]) -> dict[str, dict]:
-    """The record train-cnn writes: each channel's default by its kind (CT or MR)."""
+def default_intensities(
+    channels: Sequence[str], overrides: dict | None = None, n4: Sequence[str] = ()
+) -> dict[str, dict]:
+    """The record train-cnn writes: each channel's rule, its kind's default (CT in HU, MR
+    z-scored) unless ``overrides`` (channel -> :class:`ChannelIntensity`) names it; N4 for
+    the channels in ``n4``."""
+    from dataclasses import replace
+
+    from metcli.core.errors import UsageError
     from metcli.io.channels import parse_channel
 
+    overrides = dict(overrides or {})
+    unknown = sorted((set(overrides) | set(n4)) - set(channels))
+    if unknown:
+        raise UsageError(
+            f"--intensity/--n4 name channel(s) {', '.join(unknown)} that are not inputs",
+            fix=f"name some of {', '.join(channels)}",
+        )
     out = {}
     for name in channels:
         kind = "ct" if name == "ct" else parse_channel(name).kind
-        out[name] = ChannelIntensity.for_kind(kind).as_dict()
+        rule = overrides.get(name) or ChannelIntensity.for_kind(kind)
+        if name in n4:
+            rule = replace(rule, n4=True)
+            rule.__post_init__()
+        out[name] = rule.as_dict()
     return out
 
 
@@ -55,26 +74,46 @@ def prepare_channels(
     window: tuple[float, float],
     paths: dict | None = None,
     lesion_map_path=None,
+    register: str = "none",
 ) -> dict:
-    """Each channel (SimpleITK image) on the lesion map's grid, in the window's values."""
+    """Each channel (SimpleITK image) on the lesion map's grid, in the window's values.
+
+    With ``register`` (``rigid`` or ``affine``) every channel but the first (the
+    reference, the lesion map's own) is first registered to it
+    (:func:`metcli.imaging.registration.register`)."""
     import SimpleITK as sitk
 
     from metcli.imaging.channels_grid import check_covers, coverage, resample_to_reference
+    from metcli.imaging.intensity import n4_correct
 
     width, level = window
     paths = paths or {}
     ids_array = None
     out = {}
-    for name, image in images.items():
+    reference = next(iter(images.values()))
+    for index, (name, image) in enumerate(images.items()):
         spec = intensities.get(name, ChannelIntensity())
+        transform = None
+        if register != "none" and index > 0:
+            from metcli.imaging.registration import register as find_transform
+
+            transform = find_transform(
+                image,
+                reference,
+                kind=register,
+                moving_path=paths.get(name),
+                fixed_path=paths.get(next(iter(images))),
+            )
+        if spec.n4:
+            image = n4_correct(image)
         stats = None
         if spec.method != "hu":
             stats = zscore_stats(sitk.GetArrayViewFromImage(image).astype(np.float64), spec)
-        on_grid = resample_to_reference(image, lesion_map)
+        on_grid = resample_to_reference(image, lesion_map, transform=transform)
         if on_grid is not image:
             if ids_array is None:
                 ids_array = sitk.GetArrayFromImage(lesion_map)
-            covered = coverage(image, lesion_map)
+            covered = coverage(image, lesion_map, transform)
             check_covers(
                 covered,
                 ids_array,

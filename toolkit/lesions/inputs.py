@@ -29,6 +29,7 @@ CARD_PREPROCESSING_KEYS = frozenset(
         "orientation",
         "channel_intensity",
         "channel_grids",
+        "channel_registration",
     }
 )
 
@@ -199,6 +200,7 @@ def model_inputs(
         window=(settings.window_width, settings.window_level),
         paths=ct_paths,
         lesion_map_path=lesion_map_path,
+        register=str(card["preprocessing"].get("channel_registration", "none")),
     )
     per_channel = []
     for phase in order:
