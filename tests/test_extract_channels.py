@@ -254,3 +254,30 @@ def test_an_mr_channel_is_normalised_on_its_own_grid(runner, cohort, tmp_path):
         assert abs(float(row["T2w_original_firstorder_Median"]) - expected) < 10, row
         checked += 1
     assert checked
+
+
+def test_a_model_trained_on_channel_features_predicts_from_them(runner, cohort, tmp_path):
+    """train-radiomics on a --channels table (10 participants), then predict on it: the
+    card's inputs are channel columns, and every lesion gets a prediction."""
+    six = tmp_path / "six"
+    invoke(runner, ["synth", six, "--subjects", 10, "-q"])
+    for ct in sorted((six / "rawdata").rglob("*_ce-portal_ct.nii.gz")):
+        make_arterial(ct)
+    cohort = six
+    out = tmp_path / "features"
+    extract(runner, cohort, out)
+    models = tmp_path / "models"
+    invoke(
+        runner,
+        ["train-radiomics", out, models, "--labels", cohort / "rawdata" / "participants.tsv",
+         "--classifiers", "logistic-regression", "--sampler", "none", "--cv-folds", 3,
+         "--cv-repeats", 1, "--inner-folds", 2, "--importance-trees", 10,
+         "--importance-repeats", 2, "--max-features", 3, "--no-progress", "-q"],
+    )  # fmt: skip
+    card = json.loads((models / "logistic-regression_none" / "model.json").read_text())
+    assert all(i["name"].startswith(("arterial_", "portal_")) for i in card["inputs"])
+    predicted = tmp_path / "predicted"
+    invoke(runner, ["predict", models / "logistic-regression_none", out, predicted, "-q"])
+    rows = read_tsv(predicted / "predictions.tsv")
+    lesions = read_tsv(out / "features.tsv")
+    assert len([r for r in rows if r["level"] == "lesion"]) == len(lesions)
