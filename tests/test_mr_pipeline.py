@@ -124,7 +124,7 @@ def test_the_card_records_each_channels_normalisation(cnn):
     assert card["input"]["channels"] == CHANNELS.split(",")
     assert card["input"]["shape"] == ["batch", 3, 32, 32]
     assert card["classes"] == ["benign", "hcc", "metastasis"]
-    zscore = {"method": "zscore", "lower_percentile": 0.5, "upper_percentile": 99.5}
+    zscore = {"method": "zscore", "lower_percentile": 0.5, "upper_percentile": 99.5, "n4": False}
     assert card["preprocessing"]["channel_intensity"] == dict.fromkeys(CHANNELS.split(","), zscore)
     assert "lesion map's grid" in card["preprocessing"]["channel_grids"]
 
