@@ -21,23 +21,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/metcli synth $(DEMO) --subjects 24 --seed 0
-	$(BIN)/metcli segment $(DEMO)/rawdata $(DEMO)/derivatives/segment --no-tta
-	$(BIN)/metcli evaluate-seg $(DEMO)/derivatives/segment $(DEMO)/derivatives/truth \
-		$(DEMO)/derivatives/segment-vs-truth
-	$(BIN)/metcli split-lesions $(DEMO)/derivatives/segment $(DEMO)/derivatives/lesions
-	$(BIN)/metcli extract $(DEMO)/rawdata $(DEMO)/derivatives/lesions $(DEMO)/derivatives/radiomics --jobs 2
-	$(BIN)/metcli train-radiomics $(DEMO)/derivatives/radiomics $(DEMO)/derivatives/models \
-		--labels $(DEMO)/rawdata/participants.tsv --protocol holdout --test-patients 8 \
-		--cv-repeats 1 --jobs 2 --seed 0
-	$(BIN)/metcli train-cnn $(DEMO)/rawdata $(DEMO)/derivatives/lesions $(DEMO)/derivatives/cnn \
-		--labels $(DEMO)/rawdata/participants.tsv --split $(DEMO)/derivatives/models/split.tsv \
-		--val-patients 4 --size 64 --epochs 8 --patience 3 --seed 0
-	$(BIN)/metcli evaluate $(DEMO)/derivatives/models $(DEMO)/derivatives/cnn \
-		$(DEMO)/derivatives/evaluation --compare \
-		--labels $(DEMO)/rawdata/participants.tsv --raw $(DEMO)/rawdata \
-		--lesions $(DEMO)/derivatives/lesions --seed 0
-	@echo "demo done: open $(DEMO)/derivatives/evaluation/report.html"
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/run_demo.sh $(DEMO)
 
 # Optional tools some tests use (they skip where these are absent): the official BIDS
 # validator (npm), installed under .tools/ where node and npm are present.
