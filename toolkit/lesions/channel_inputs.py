@@ -59,8 +59,7 @@ def default_intensities(
         kind = "ct" if name == "ct" else parse_channel(name).kind
         rule = overrides.get(name) or ChannelIntensity.for_kind(kind)
         if name in n4:
-            rule = replace(rule, n4=True)
-            rule.__post_init__()
+            rule = replace(rule, n4=True)  # replace() validates again (__post_init__)
         out[name] = rule.as_dict()
     return out
 
