@@ -102,6 +102,13 @@ def _split_folds(values) -> list[str] | None:
     "(an ONNX export's, a manifest model's input.orientation, else as-stored "
     "as nnU-Net does).",
 )
+@click.option(
+    "--dicom-seg",
+    is_flag=True,
+    help="Also write ..._dseg.dcm, a DICOM Segmentation (liver and lesion segments) that "
+    "refers to the CT's DICOM series, for viewers and PACS. The CT must come from "
+    "'metcli import-dicom' (its sidecar keeps the series' UIDs).",
+)
 @threads_option("the nnU-Net backend (nnU-Net uses at most nnUNet_def_n_proc, 8 by default)")
 @participant_options
 @overwrite_option
@@ -118,6 +125,7 @@ def command(
     step_size,
     label_map,
     orientation,
+    dicom_seg,
     threads,
     participant_label,
     level,
@@ -153,6 +161,7 @@ def command(
             threads=threads,
             overwrite=overwrite,
             progress=progress,
+            dicom_seg=dicom_seg,
         )
     if do_participants:
         finish(report, what="CTs")

@@ -55,6 +55,14 @@ from metcli.cli._common import (
     show_default=True,
     help="Label of the liver in the segmentation (for the tumour burden).",
 )
+@click.option(
+    "--dicom-seg",
+    is_flag=True,
+    help="Also write ..._desc-lesions_dseg.dcm, a DICOM Segmentation with one segment per "
+    "kept lesion (labelled with its name in the lesion table) that refers to the CT's DICOM "
+    "series. The CT is found in the raw dataset SEG_DIR was made from and must come from "
+    "'metcli import-dicom'.",
+)
 @participant_options
 @overwrite_option
 @common_options
@@ -67,6 +75,7 @@ def command(
     connectivity,
     lesion_label,
     liver_label,
+    dicom_seg,
     participant_label,
     level,
     overwrite,
@@ -98,6 +107,7 @@ def command(
             liver_label=liver_label,
             overwrite=overwrite,
             progress=progress,
+            dicom_seg=dicom_seg,
         )
     ctx = click.get_current_context()
     quiet = bool(ctx.obj and ctx.obj.get("quiet"))

@@ -624,7 +624,12 @@ def test_import_dicom_writes_image_sidecar_and_participant(tmp_path):
     assert (
         doc["FrameOfReferenceUIDSha256"] == hashlib.sha256(FRAME_OF_REFERENCE.encode()).hexdigest()
     )
-    assert truth["uid"] not in json.dumps(doc) and FRAME_OF_REFERENCE not in json.dumps(doc)
+    # The UIDs themselves only inside DicomSource (a DICOM-SEG written from the CT must
+    # name them: tests/test_dicom_seg_out.py), never a name, ID or date.
+    assert doc["DicomSource"]["SeriesInstanceUID"] == truth["uid"]
+    outside = json.dumps({k: v for k, v in doc.items() if k != "DicomSource"})
+    assert truth["uid"] not in outside and FRAME_OF_REFERENCE not in outside
+    assert PATIENT_ID not in json.dumps(doc) and "Doe" not in json.dumps(doc)
     rows = (raw / "participants.tsv").read_text().splitlines()
     assert rows == ["participant_id\tprimary", "sub-007\tcolorectal"]
     description = json.loads((raw / "dataset_description.json").read_text())
@@ -839,5 +844,7 @@ def test_cli_real_series_chosen_by_uid_among_two_patients(data_dir, tmp_path, ru
     # The folder CRLM-CT-1004/image carries the PatientID: the root is recorded instead.
     assert doc["Provenance"]["inputs"][0]["uri"] == "bids:dicom:"
     assert "CRLM-CT-1004" not in text and str(first.PatientName) not in text
-    assert first.SeriesInstanceUID not in text
+    assert doc["DicomSource"]["SeriesInstanceUID"] == first.SeriesInstanceUID
+    del doc["DicomSource"]  # the UIDs only there (see the synthetic test above)
+    assert first.SeriesInstanceUID not in json.dumps(doc)
     assert doc["PixelPaddingValueHU"] == -3024 and doc["SpacingBetweenSlices"] == 5.0

@@ -27,7 +27,10 @@ ENTITY_ORDER = ("sub", "ses", "ce", "lesion", "desc")
 #: Contrast phases metcli knows; others are accepted if they are valid labels.
 KNOWN_PHASES = ("native", "arterial", "portal", "delayed")
 #: Extensions metcli reads and writes, longest first so ``.nii.gz`` wins over ``.gz``.
-EXTENSIONS = (".nii.gz", ".nii", ".tsv", ".json", ".png", ".html", ".onnx")
+EXTENSIONS = (".nii.gz", ".nii", ".tsv", ".json", ".png", ".html", ".onnx", ".dcm")
+#: A DICOM object a command writes beside its NIfTI output (``..._dseg.dcm``: a DICOM-SEG
+#: of ``..._dseg.nii.gz``, sharing its sidecar ``..._dseg.json``).
+DICOM_EXTENSION = ".dcm"
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 _SUFFIX_RE = re.compile(r"^[A-Za-z0-9]+$")

@@ -75,6 +75,7 @@ from typing import Any, Callable, Mapping, Sequence
 from metcli.core.batch import DONE, FAILED, SKIPPED, BatchReport, group_level, run_each
 from metcli.core.errors import InputError, MetcliError
 from metcli.io.bids import (
+    DICOM_EXTENSION,
     Acquisition,
     derivative_path,
     find_files,
@@ -120,6 +121,13 @@ def output_paths(out_dir: Path, acq: Acquisition) -> tuple[Path, Path, Path]:
     return image, table, sidecar_path(image)
 
 
+def dicom_seg_path(out_dir: Path, acq: Acquisition) -> Path:
+    """``..._desc-lesions_dseg.dcm``: the lesion map as a DICOM-SEG (``--dicom-seg``)."""
+    return derivative_path(
+        out_dir, acq.entities, desc=DESC, suffix=SEG_SUFFIX, extension=DICOM_EXTENSION
+    )
+
+
 def select(seg_dir: Path, participants: Sequence[str] | None) -> list[str]:
     """The participant labels of ``seg_dir`` to process (all, or the requested ones)."""
     return select_from_folder(
@@ -143,6 +151,7 @@ def split_lesions(
     liver_label=1,
     overwrite=False,
     progress: Callable[[str, str], None] | None = None,
+    dicom_seg: bool = False,
 ) -> BatchReport:
     """Split, measure and filter the lesions of every segmentation in ``seg_dir``.
 
@@ -163,6 +172,12 @@ def split_lesions(
             participant level when ``participants`` are given.
         overwrite: redo outputs that are already done.
         progress: called with (item, status) after each acquisition.
+        dicom_seg: also write ``..._desc-lesions_dseg.dcm``, a DICOM-SEG with one segment
+            per kept lesion (labelled with its name) that refers to the CT's DICOM series:
+            the CT is found in the raw dataset ``seg_dir`` names (its
+            ``dataset_description.json`` ``DatasetLinks``) and must come from
+            ``import-dicom`` (:mod:`metcli.imaging.dicom.seg_out`). Without kept lesions
+            no DICOM-SEG is written (it needs one segment at least).
         Other arguments: see :func:`~metcli.lesions.label_lesions.label_lesions`.
 
     Returns:
@@ -190,7 +205,12 @@ def split_lesions(
     chosen = select(seg_dir, labels)
     check_output_not_inside_input(out_dir, [seg_dir])
 
-    step = _start(seg_dir, out_dir, settings)
+    raw_dir = None
+    if dicom_seg:
+        from metcli.imaging.dicom.seg_out import linked_raw_dir
+
+        raw_dir = linked_raw_dir(seg_dir)
+    step = _start(seg_dir, out_dir, settings, raw_dir)
     report = BatchReport()
     if do_participants:
         _participant_level(seg_dir, out_dir, chosen, step, settings, overwrite, progress, report)
@@ -200,15 +220,19 @@ def split_lesions(
     return report
 
 
-def _start(seg_dir: Path, out_dir: Path, settings: Mapping[str, Any]):
-    """The provenance step of the run; writes the dataset description."""
+def _start(seg_dir: Path, out_dir: Path, settings: Mapping[str, Any], raw_dir: Path | None):
+    """The provenance step of the run (with ``raw_dir``, the CTs' raw dataset for
+    ``--dicom-seg``); writes the dataset description."""
     from metcli.io.provenance import Step, write_dataset_description
 
-    step = Step(COMMAND, out_dir, {"seg": seg_dir}, settings)
+    roots = {"seg": seg_dir} if raw_dir is None else {"seg": seg_dir, "raw": raw_dir}
+    if raw_dir is not None:  # only then: outputs made without it stay current
+        settings = {**settings, "dicom_seg": True}
+    step = Step(COMMAND, out_dir, roots, settings)
     write_dataset_description(
         out_dir,
         name="metcli split-lesions",
-        sources={"seg": seg_dir},
+        sources=roots,
         description="single lesions, lesion tables and tumour burden",
     )
     return step
@@ -278,9 +302,9 @@ def _split_one(
     from metcli.io.files import OutputSet, read_image, write_image_to, write_tsv_to
 
     out_image, out_table, sidecar = output_paths(out_dir, acq)
-    inputs = step.inputs([acq.path])
+    inputs, source = _inputs_of(acq, step)
     if not overwrite and step.is_done(sidecar, inputs):
-        report.outputs.extend([out_image, out_table, sidecar])
+        report.outputs.extend(_existing_outputs(acq, out_dir))
         return SKIPPED
     image = read_image(acq.path, what="segmentation")
     try:
@@ -307,14 +331,54 @@ def _split_one(
         write_tsv_to(
             result.rows, list(LESION_COLUMNS), tmp_table, schema="lesion_table", where=out_table
         )
-        step.write_sidecar(
-            outs, sidecar, inputs, {out_image: tmp_image, out_table: tmp_table}, extra=extra
-        )
+        produced = {out_image: tmp_image, out_table: tmp_table}
+        if source is not None:
+            extra["DicomSeg"] = _write_dicom_seg(outs, acq, out_dir, result, source, produced)
+        step.write_sidecar(outs, sidecar, inputs, produced, extra=extra)
     log.info(
         "%s: %d lesion(s) kept of %d component(s)", acq.entities.describe(), kept, len(result.rows)
     )
-    report.outputs.extend([out_image, out_table, sidecar])
+    report.outputs.extend(_existing_outputs(acq, out_dir))
     return DONE
+
+
+def _inputs_of(acq: Acquisition, step) -> tuple[list[dict], dict | None]:
+    """The input records of one segmentation (with ``--dicom-seg`` also its CT's sidecar,
+    which holds DicomSource) and the CT's DicomSource (None without ``--dicom-seg``)."""
+    raw_dir = step.roots.get("raw")
+    if raw_dir is None:
+        return step.inputs([acq.path]), None
+    from metcli.imaging.dicom.seg_out import source_ct_path
+    from metcli.imaging.dicom.source import read_dicom_source
+
+    ct = source_ct_path(raw_dir, acq.entities)
+    source = read_dicom_source(ct)
+    return step.inputs([acq.path, sidecar_path(ct)]), source
+
+
+def _existing_outputs(acq: Acquisition, out_dir: Path) -> list[Path]:
+    out_image, out_table, sidecar = output_paths(out_dir, acq)
+    dcm = dicom_seg_path(out_dir, acq)
+    return [out_image, out_table, *([dcm] if dcm.is_file() else []), sidecar]
+
+
+def _write_dicom_seg(outs, acq: Acquisition, out_dir: Path, result, source, produced) -> Any:
+    """The lesion map as a DICOM-SEG through ``outs`` (added to ``produced``); what the
+    sidecar records of it. No kept lesion: nothing is written."""
+    from metcli.imaging.dicom.seg_out import NO_LESION, lesion_segments, write_lesion_seg
+    from metcli.io.files import read_json
+
+    if not lesion_segments(result.rows):
+        return NO_LESION
+    try:
+        made_by = read_json(sidecar_path(acq.path))["Provenance"]["command"]
+    except (MetcliError, KeyError, TypeError):
+        made_by = None
+    final = dicom_seg_path(out_dir, acq)
+    produced[final] = outs.path(final)
+    return write_lesion_seg(
+        result.lesion_map, result.rows, source, produced[final], made_by=made_by, where=acq.path
+    )
 
 
 # ----------------------------------------------------------------------------- group level
@@ -410,7 +474,7 @@ def _current_table(acq: Acquisition, table: Path, sidecar: Path, step) -> tuple[
             path=table,
             fix=fix,
         )
-    if not step.is_done(sidecar, step.inputs([acq.path])):
+    if not step.is_done(sidecar, _inputs_of(acq, step)[0]):
         raise InputError(
             f"the lesion table of {acq.entities.describe()} was not made from "
             "the current segmentation with these settings (see its sidecar); "

@@ -31,6 +31,7 @@ from metcli.core.batch import DONE, FAILED, SKIPPED, BatchReport, group_level, r
 from metcli.core.errors import GeometryError, InputError, MetcliError, UsageError
 from metcli.imaging.labels import LABELS, LESION, LIVER
 from metcli.io.bids import (
+    DICOM_EXTENSION,
     Acquisition,
     derivative_path,
     find_files,
@@ -81,6 +82,11 @@ def output_path(out_dir: Path, acq: Acquisition) -> Path:
     return derivative_path(out_dir, acq.entities, suffix=SEG_SUFFIX, extension=".nii.gz")
 
 
+def dicom_seg_path(out_dir: Path, acq: Acquisition) -> Path:
+    """``OUT_DIR/sub-<id>/[ses-<s>/]anat/<ct name with _dseg>.dcm`` (``--dicom-seg``)."""
+    return derivative_path(out_dir, acq.entities, suffix=SEG_SUFFIX, extension=DICOM_EXTENSION)
+
+
 def find_cts(raw_dir: Path, participants: Sequence[str] | None) -> list[Acquisition]:
     """The CTs of the given participants (all participants: None)."""
     return find_files(Path(raw_dir), suffix=CT_SUFFIX, participants=participants)
@@ -113,6 +119,7 @@ def segment(
     threads: int | None = None,
     overwrite: bool = False,
     progress: Callable[[str, str], None] | None = None,
+    dicom_seg: bool = False,
 ) -> BatchReport:
     """Segment liver and lesions in every CT of ``raw_dir`` into ``out_dir``.
 
@@ -126,7 +133,9 @@ def segment(
     (:func:`metcli.segmentation.labelmaps.resolve_label_map`); ``orientation`` what
     CTs are brought to first (None: the model's own); ``participants`` and ``level``
     as in every per-participant command; ``threads`` the network's CPU threads (not
-    a setting of the skip rule); ``progress`` called with (item, status) per CT.
+    a setting of the skip rule); ``progress`` called with (item, status) per CT;
+    ``dicom_seg`` also writes ``..._dseg.dcm``, a DICOM-SEG referring to the CT's series
+    (:mod:`metcli.imaging.dicom.seg_out`; a CT not from ``import-dicom`` fails).
 
     Returns a :class:`~metcli.core.batch.BatchReport` with one entry per CT (an
     unreadable or unusable CT fails that entry only). Raises :class:`UsageError` for
@@ -164,6 +173,7 @@ def segment(
             overwrite=overwrite,
             progress=progress,
             report=report,
+            dicom_seg=bool(dicom_seg),
         )
     if do_group:
         with group_level(report):
@@ -196,6 +206,7 @@ def _segment_participants(
     overwrite: bool,
     progress,
     report: BatchReport,
+    dicom_seg: bool = False,
 ) -> None:
     """The participant level: every CT of ``chosen`` segmented (or skipped) into ``report``."""
     from metcli.io.provenance import Step
@@ -210,6 +221,8 @@ def _segment_participants(
         "orientation": model.orientation or AS_STORED,
         "label_map": {str(k): v for k, v in mapping.items()},
     }
+    if dicom_seg:  # only then: outputs made without it stay current
+        settings["dicom_seg"] = True
     step = Step(COMMAND, out_dir, {"raw": raw_dir}, settings)
     _write_description(out_dir, raw_dir)
     acquisitions = find_cts(raw_dir, chosen)
@@ -234,6 +247,7 @@ def _segment_participants(
         step_size=step_size,
         report=report,
         threads=threads,
+        dicom_seg=dicom_seg,
     )
     runner.prepare(acquisitions)
     run_each(
@@ -261,17 +275,48 @@ class _Runner:
         step_size: float,
         report: BatchReport,
         threads: int | None = None,
+        dicom_seg: bool = False,
     ):
         self.step, self.out_dir, self.model, self.mapping = step, out_dir, model, mapping
         self.overwrite, self.device, self.tta, self.step_size = overwrite, device, tta, step_size
-        self.report, self.threads = report, threads
+        self.report, self.threads, self.dicom_seg = report, threads, dicom_seg
         self.segmenter: Segmenter | None = None
         self._inputs: dict[Path, list[dict]] = {}
+        self._sources: dict[Path, dict] = {}
 
     def _inputs_of(self, acq: Acquisition) -> list[dict]:
+        """The CT (and with ``dicom_seg`` its sidecar, which holds DicomSource)."""
         if acq.path not in self._inputs:
-            self._inputs[acq.path] = self.step.inputs([acq.path])
+            paths = [acq.path]
+            if self.dicom_seg:  # a CT without DicomSource fails here, before the model runs
+                from metcli.imaging.dicom.source import read_dicom_source
+
+                self._sources[acq.path] = read_dicom_source(acq.path)
+                paths.append(sidecar_path(acq.path))
+            self._inputs[acq.path] = self.step.inputs(paths)
         return self._inputs[acq.path]
+
+    def _outputs(self, acq: Acquisition) -> list[Path]:
+        out_image = output_path(self.out_dir, acq)
+        extra = [dicom_seg_path(self.out_dir, acq)] if self.dicom_seg else []
+        return [out_image, *extra, sidecar_path(out_image)]
+
+    def _write_dicom_seg(self, outs, acq: Acquisition, dseg) -> tuple[dict[Path, Path], dict]:
+        """The DICOM-SEG of ``dseg`` through ``outs``: ({final path: temporary path}, what
+        the sidecar records of it)."""
+        from metcli.imaging.dicom.seg_out import write_dseg_seg
+
+        final = dicom_seg_path(self.out_dir, acq)
+        tmp = outs.path(final)
+        record = write_dseg_seg(
+            dseg,
+            self._sources[acq.path],
+            tmp,
+            model=self.model.name,
+            model_sha256=self.model.sha256,
+            where=acq.path,
+        )
+        return {final: tmp}, record
 
     def _done(self, acq: Acquisition) -> bool:
         if self.overwrite:
@@ -309,7 +354,7 @@ class _Runner:
         sidecar = sidecar_path(out_image)
         inputs = self._inputs_of(acq)
         if self._done(acq):
-            self.report.outputs.extend([out_image, sidecar])
+            self.report.outputs.extend(self._outputs(acq))
             return SKIPPED
         ct = read_image(acq.path, what="CT")
         try:
@@ -344,13 +389,12 @@ class _Runner:
         with OutputSet() as outs:
             tmp_image = outs.path(out_image)
             write_image_to(dseg, tmp_image)
+            produced = {out_image: tmp_image}
+            if self.dicom_seg:
+                dcm, extra["DicomSeg"] = self._write_dicom_seg(outs, acq, dseg)
+                produced.update(dcm)
             self.step.write_sidecar(
-                outs,
-                sidecar,
-                inputs,
-                {out_image: tmp_image},
-                extra=extra,
-                models=[self.model.record()],
+                outs, sidecar, inputs, produced, extra=extra, models=[self.model.record()]
             )
         log.info(
             "%s: liver %d voxels, lesion %d voxels",
@@ -358,7 +402,7 @@ class _Runner:
             counts[LIVER],
             counts[LESION],
         )
-        self.report.outputs.extend([out_image, sidecar])
+        self.report.outputs.extend(self._outputs(acq))
         return DONE
 
 

@@ -12,10 +12,14 @@ series :mod:`metcli.imaging.dicom.mr_checks`', :mod:`metcli.imaging.dicom.diffus
 and :mod:`metcli.imaging.dicom.mr_volume`'s; their rules are documented there.
 
 Privacy: the sidecar holds non-identifying acquisition metadata only (never
-names, IDs, dates, institutions or UIDs; the SeriesInstanceUID and the
-FrameOfReferenceUID only as their sha256, ``SeriesInstanceUIDSha256`` and
-``FrameOfReferenceUIDSha256``, so that import-mask can check that a mask belongs
-to the series, :mod:`metcli.imaging.dicom_checks`). The input record
+names, IDs, dates, institutions or people; the SeriesInstanceUID and the
+FrameOfReferenceUID at the top level only as their sha256, ``SeriesInstanceUIDSha256``
+and ``FrameOfReferenceUIDSha256``, so that import-mask can check that a mask belongs
+to the series, :mod:`metcli.imaging.dicom_checks`). A CT's sidecar also keeps
+``DicomSource`` (:mod:`metcli.imaging.dicom.source`): the study, series, frame of
+reference and slice UIDs with the slices' geometry, which a DICOM-SEG written by
+``segment`` or ``split-lesions --dicom-seg`` must name to be attached to the CT by
+viewers and PACS; UIDs are pseudonymous links, no patient data. The input record
 names the series folder relative to DICOM_DIR, unless a part of that path looks
 identifying (patient name or ID, accession number, a UID or a date), in which
 case the DICOM_DIR root is recorded instead; the sha256 and the file count
@@ -35,6 +39,7 @@ from metcli.core.errors import InputError, UsageError
 from metcli.imaging.dicom.headers import read_dataset
 from metcli.imaging.dicom.metadata import identifying, identifying_words
 from metcli.imaging.dicom.series import SeriesInfo, find_series, relative_text
+from metcli.imaging.dicom.source import DICOM_SOURCE_KEY, dicom_source
 from metcli.imaging.dicom.stack import fmt, stack_geometry
 from metcli.imaging.dicom.volume import read_ct_series
 
@@ -47,6 +52,7 @@ SETTINGS = {
     "values": "HU (RescaleSlope and RescaleIntercept per slice)",
     "padding": "kept",
     "dtype": "int16 when every value is an integer in range, else float32",
+    "dicom_source": "UIDs and slice geometry kept in DicomSource (CT)",
 }
 _LOCK_NAME = ".participants.tsv.lock"
 
@@ -264,6 +270,9 @@ def _import_ct(
         return out
 
     image, info = read_ct_series(series)
+    source = dicom_source(info)
+    if source is not None:
+        info.metadata[DICOM_SOURCE_KEY] = source
     validate(info.metadata, "import_dicom", where=sidecar)
     with OutputSet() as outputs:
         tmp_image = outputs.path(out)
