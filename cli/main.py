@@ -27,6 +27,7 @@ COMMANDS = {
     "train-cnn": "train_cnn",
     "predict": "predict",
     "export-onnx": "export_onnx",
+    "train-seg": "train_seg",
     "weights": "weights",
 }
 
