@@ -143,6 +143,15 @@ def classifiers_help() -> str:
     help="Predictions the threshold is chosen on.",
 )
 @click.option(
+    "--decision",
+    type=click.Choice(["argmax", "best-f1"]),
+    default="argmax",
+    show_default=True,
+    help="Three classes or more: the predicted class is the most probable one (argmax) or "
+    "follows per-class cut-offs chosen by best F1 on out-of-fold predictions (best-f1); "
+    "the cut-offs are recorded in model.json either way.",
+)
+@click.option(
     "--covariates",
     default="",
     help="Clinical columns of --labels to add as inputs (for example age,sex).",

@@ -154,7 +154,9 @@ def recorded_extra(extra: dict, sidecars: Sequence[dict]) -> dict:
 
 
 def rows_for(card, pid, lesion_ids, proba, aggregate) -> list[dict]:
-    return prediction_rows(
+    from metcli.io.cutoffs import apply_decision
+
+    rows = prediction_rows(
         [pid] * len(lesion_ids),
         lesion_ids,
         proba,
@@ -165,6 +167,20 @@ def rows_for(card, pid, lesion_ids, proba, aggregate) -> list[dict]:
         threshold=card["threshold"],
         aggregate=aggregate,
     )
+    return apply_decision(rows, card["classes"], card.get("decision"), aggregate)
+
+
+def decision_extra(card: dict) -> dict:
+    """The sidecar's ``decision`` of a model of three classes or more: the card's (its rule
+    and per-class cut-offs, :mod:`metcli.io.cutoffs`), or argmax for a card without one
+    (an older metcli's); nothing for a binary model (its threshold decides)."""
+    from metcli.io.cutoffs import cutoffs_apply
+
+    if not cutoffs_apply(card["classes"]):
+        return {}
+    if card.get("decision"):
+        return {"decision": card["decision"]}
+    return {"decision": {"rule": "argmax", "chosen_on": "the model card records no cut-offs"}}
 
 
 def write_participant(
@@ -240,13 +256,11 @@ def check_run_options(
 ) -> tuple[list[str] | None, bool, bool]:
     """predict's shared checks: (participant labels or None, run the participant level,
     run the group level)."""
-    from metcli.core.errors import UsageError
     from metcli.core.threads import check_threads
     from metcli.io.bids import resolve_levels
-    from metcli.io.predictions import AGGREGATES
+    from metcli.io.predictions import parse_aggregate
 
-    if aggregate not in AGGREGATES:
-        raise UsageError(f"--aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")
+    parse_aggregate(aggregate)  # a rule of AGGREGATES; any:CLASS,... names its classes
     check_threads(threads)
     labels = (
         [participant_label]

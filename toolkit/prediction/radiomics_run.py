@@ -13,6 +13,7 @@ from metcli.core.batch import FAILED, SKIPPED, BatchReport, group_level, run_eac
 from metcli.prediction.outputs import (
     COMMAND,
     current_predictions,
+    decision_extra,
     participant_path,
     recorded_extra,
     rows_for,
@@ -81,6 +82,7 @@ def run_context(
     for key in ("positive_class", "threshold"):  # none for a multi-class model
         if extra[key] is None:
             del extra[key]
+    extra.update(decision_extra(card))
     return RadiomicsRun(
         step, roots, extra, [{"name": card["name"], "sha256": model_sha}], participants_table
     )

@@ -132,7 +132,7 @@ def card(
     """The model card (model.json) of a flat model or of one step of a hierarchy."""
     from metcli.radiomics import onnx as onnx_export
 
-    return {
+    doc = {
         "Description": f"metcli radiomics model {model.name}: {model.classifier} with "
         f"{model.sampler} sampling; ONNX graph from the selected features "
         "(inputs, in order) to class probabilities",
@@ -179,6 +179,9 @@ def card(
             "max_abs_difference": model.onnx_difference,
         },
     }
+    if model.decision is not None:  # three classes or more: the per-class cut-offs
+        doc["decision"] = model.decision
+    return doc
 
 
 def chain_card(

@@ -17,7 +17,7 @@ pyradiomics' ``Image`` and ``Mask`` path columns are not features. A ``.csv`` ta
 read as comma-separated. A column named like a label (``primary``) is refused: the
 labels come from participants.tsv, never from the features.
 
-Covariates from participants.tsv are encoded here too (:func:`encode_covariates`);
+Covariates from participants.tsv are encoded by :mod:`metcli.io.covariates`;
 :mod:`metcli.radiomics.cohort` joins features with labels. The predictions
 format lives in :mod:`metcli.prediction.predict`.
 """
@@ -28,11 +28,12 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from metcli.core.errors import InputError, UsageError
+from metcli.io.covariates import encode_covariates  # noqa: F401 (the room's API)
 from metcli.io.files import NA
 
 log = logging.getLogger(__name__)
@@ -309,6 +310,12 @@ def read_features(
 
 def _choose_phase_and_session(table: FeatureTable, phase, session, option) -> FeatureTable:
     phases = sorted({k[2] for k in table.keys}, key=str)
+    if not table.keys:
+        raise InputError(
+            "the features hold no lesion: no row to predict or train on",
+            fix="check split-lesions' tables (kept) and extract's output; a participant "
+            "without a kept lesion has nothing to predict",
+        )
     if phase is not None:
         if phase not in phases:
             raise UsageError(
@@ -339,65 +346,3 @@ def _choose_phase_and_session(table: FeatureTable, phase, session, option) -> Fe
         )
     table.phase = table.keys[0][2] if table.keys else None
     return table
-
-
-# ----------------------------------------------------------------------------- covariates
-def encode_covariates(
-    rows: Mapping[str, Mapping[str, Any]],
-    covariates: Sequence[str],
-    *,
-    spec: Sequence[Mapping[str, Any]] | None = None,
-) -> tuple[list[dict], dict[str, list[float]], list[str]]:
-    """Covariate columns per participant.
-
-    A covariate whose values all read as numbers is one numeric column
-    (``covariate_<name>``); another one is categorical: one indicator column
-    per level but the first in sorted order (``covariate_<name>_<level>``).
-    ``spec`` (from a model card) fixes the encoding instead of learning it.
-
-    Returns (spec, {participant_id: values}, participants lacking a value).
-    """
-    if spec is None:
-        spec = []
-        for name in covariates:
-            present = [r.get(name) for r in rows.values() if r.get(name) is not None]
-            if not present:
-                raise InputError(
-                    f"covariate {name!r} has no value for any participant",
-                    fix=f"add a {name} column to participants.tsv",
-                )
-            try:
-                [float(v) for v in present]
-                spec.append({"name": f"covariate_{name}", "column": name, "encoding": "numeric"})
-            except (TypeError, ValueError):
-                levels = sorted({str(v) for v in present})
-                for level in levels[1:]:
-                    spec.append(
-                        {
-                            "name": f"covariate_{name}_{level}",
-                            "column": name,
-                            "encoding": "indicator",
-                            "level": level,
-                            "reference": levels[0],
-                        }
-                    )
-    values: dict[str, list[float]] = {}
-    lacking = []
-    for pid, row in rows.items():
-        record = []
-        for item in spec:
-            raw = row.get(item["column"])
-            if raw is None:
-                break
-            if item["encoding"] == "numeric":
-                try:
-                    record.append(float(raw))
-                except (TypeError, ValueError):
-                    break
-            else:
-                record.append(1.0 if str(raw) == item["level"] else 0.0)
-        else:
-            values[pid] = record
-            continue
-        lacking.append(pid)
-    return list(spec), values, sorted(lacking)

@@ -185,6 +185,7 @@ class _Writer:
         self, name: str, model: ModelResult, base: dict, columns, group_oof: list, group_test: list
     ) -> dict:
         """A model's folder (graphs, cards, predictions); returns its entry of ``models``."""
+        from metcli.io.cutoffs import apply_decision
         from metcli.io.predictions import prediction_rows
 
         result, cohort, folder = self.result, self.cohort, self.result.out_dir / name
@@ -218,6 +219,8 @@ class _Writer:
         }
         if model.threshold is None:
             del info["threshold"]
+        if model.decision is not None:  # the per-class cut-offs (evaluate reads them)
+            info["decision"] = model.decision
         for set_name, rows_idx, proba, file in (
             ("train", self.train_rows, model.oof, "oof_predictions"),
             ("test", self.test_rows, model.test_proba, "predictions"),
@@ -234,6 +237,7 @@ class _Writer:
                 positive=cohort.positive,
                 threshold=model.threshold,
             )
+            apply_decision(rows, cohort.classes, model.decision)
             (group_oof if set_name == "train" else group_test).extend(rows)
             produced = self.table(rows, columns, folder / f"{file}.tsv", "predictions")
             what = (

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ class ModelResult:
     onnx_difference: float
     hyperparameters: dict
     step: str | None = None  # a step of a hierarchical model
+    decision: dict | None = None  # multi-class: per-class cut-offs (metcli.io.cutoffs)
     steps: dict[str, "ModelResult"] = field(default_factory=dict)  # a chained model's steps
 
     @property
@@ -84,20 +86,29 @@ def jsonable(value):
     return value
 
 
+def _units(cohort, proba, rows, level: str):
+    """(truth, probabilities) of ``rows`` per lesion, or per patient (mean of its lesions)."""
+    y = cohort.y[rows]
+    if level != "patient":
+        return y, proba
+    from metcli.io.predictions import aggregate_patients
+
+    patients = cohort.participants[rows]
+    order, proba = aggregate_patients(patients, proba, cohort.classes)
+    return np.array([y[np.flatnonzero(patients == p)[0]] for p in order]), proba
+
+
 def threshold_of(cohort, oof, rows, settings: Settings):
     """(threshold, how it was chosen) on the out-of-fold predictions of ``rows``."""
     if cohort.positive is None:
+        if settings.decision == "best-f1" and len(cohort.classes) > 2:
+            return None, (
+                "best-f1 per class on out-of-fold predictions "
+                f"({settings.threshold_level} level, patient = mean of lesions; see decision)"
+            )
         return None, "argmax (multi-class: the most probable class)"
     pos = cohort.classes.index(cohort.positive)
-    y = cohort.y[rows]
-    if settings.threshold_level == "patient":
-        from metcli.io.predictions import aggregate_patients
-
-        patients = cohort.participants[rows]
-        order, proba = aggregate_patients(patients, oof, cohort.classes)
-        truth = np.array([y[np.flatnonzero(patients == p)[0]] for p in order])
-    else:
-        proba, truth = oof, y
+    truth, proba = _units(cohort, oof, rows, settings.threshold_level)
     value = choose_threshold(truth == pos, proba[:, pos], settings.threshold)
     return value, (
         f"{settings.threshold} on out-of-fold predictions "
@@ -105,19 +116,55 @@ def threshold_of(cohort, oof, rows, settings: Settings):
     )
 
 
-def set_metrics(cohort, rows, proba, threshold) -> dict:
-    """Metrics of ``rows`` of ``cohort`` at lesion and patient level."""
+def decision_of(cohort, oof, rows, settings: Settings) -> dict | None:
+    """The per-class best-F1 cut-offs (three classes or more) on the out-of-fold
+    predictions of ``rows``, at ``--threshold-level``, as a decision record whose rule
+    is ``--decision``; None for a binary model (it keeps its threshold)."""
+    from metcli.io.cutoffs import choose_decision
+
+    if len(cohort.classes) < 3:
+        return None
+    truth, proba = _units(cohort, oof, rows, settings.threshold_level)
+    return choose_decision(
+        settings.decision,
+        truth,
+        proba,
+        cohort.classes,
+        chosen_on="out-of-fold predictions of the training patients (mean over the CV repeats)",
+        level=settings.threshold_level,
+    )
+
+
+def set_metrics(cohort, rows, proba, threshold, decision: dict | None = None) -> dict:
+    """Metrics of ``rows`` of ``cohort`` at lesion and patient level (accuracies by the
+    cut-offs of ``decision`` when its rule is best-f1)."""
+    from metcli.io.cutoffs import decided_labels, uses_cutoffs
+
     kwargs = {"classes": cohort.classes, "positive": cohort.positive, "threshold": threshold}
-    return {
+    out = {
         "lesion": level_metrics(cohort.y[rows], proba, **kwargs),
         "patient": level_metrics(
             cohort.y[rows], proba, patients=cohort.participants[rows], **kwargs
         ),
     }
+    if uses_cutoffs(decision) and len(rows):
+        from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+        for level in out:
+            truth, units = _units(cohort, proba, rows, level)
+            labels = decided_labels(units, cohort.classes, decision)
+            pred = np.array([cohort.classes.index(c) for c in labels])
+            out[level]["accuracy"] = float(accuracy_score(truth, pred))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out[level]["balanced_accuracy"] = float(balanced_accuracy_score(truth, pred))
+    return out
 
 
-def cv_metrics(outcome: CVOutcome, name: str, cohort, train_rows, oof, threshold) -> dict:
-    cv = set_metrics(cohort, train_rows, oof, threshold)
+def cv_metrics(
+    outcome: CVOutcome, name: str, cohort, train_rows, oof, threshold, decision=None
+) -> dict:
+    cv = set_metrics(cohort, train_rows, oof, threshold, decision)
     for level, patients in (("lesion", None), ("patient", cohort.participants[train_rows])):
         cv[level]["auc"] = cv_auc(
             outcome,
@@ -156,12 +203,13 @@ def finish_model(
     name = model_name(classifier, sampler)
     oof = outcome.mean_oof(name)
     threshold, source = threshold_of(cohort, oof, train_rows, settings)
-    cv = cv_metrics(outcome, name, cohort, train_rows, oof, threshold)
+    decision = decision_of(cohort, oof, train_rows, settings)
+    cv = cv_metrics(outcome, name, cohort, train_rows, oof, threshold, decision)
     test = test_proba = None
     if test_rows.size:
         with np.errstate(all="ignore"):
             test_proba = pipeline.predict_proba(cohort.frame.iloc[test_rows])
-        test = set_metrics(cohort, test_rows, test_proba, threshold)
+        test = set_metrics(cohort, test_rows, test_proba, threshold, decision)
     names = onnx_export.input_names(pipeline)
     label = name if step is None else f"{name}.{step}"
     model = onnx_export.to_onnx(pipeline, names, model_name=label, classifier=classifier)
@@ -185,6 +233,7 @@ def finish_model(
         difference,
         tuned,
         step=step,
+        decision=decision,
     )
 
 
@@ -205,13 +254,15 @@ def finish_chain(
 
     name = model_name(classifier, sampler)
     oof = outcome.mean_oof(name)
-    threshold, _ = threshold_of(cohort, oof, train_rows, settings)
-    source = "argmax of the chained probabilities (the most probable label)"
-    cv = cv_metrics(outcome, name, cohort, train_rows, oof, threshold)
+    threshold, source = threshold_of(cohort, oof, train_rows, settings)
+    if threshold is None and source.startswith("argmax"):
+        source = "argmax of the chained probabilities (the most probable label)"
+    decision = decision_of(cohort, oof, train_rows, settings)
+    cv = cv_metrics(outcome, name, cohort, train_rows, oof, threshold, decision)
     test = test_proba = None
     if test_rows.size:
         test_proba = chained.predict_proba(cohort.frame.iloc[test_rows])
-        test = set_metrics(cohort, test_rows, test_proba, threshold)
+        test = set_metrics(cohort, test_rows, test_proba, threshold, decision)
     names = chained.input_names
     model = onnx_export.chain(
         [(k, v.onnx) for k, v in parts.items()],
@@ -240,6 +291,7 @@ def finish_chain(
         difference,
         tuned,
         steps=parts,
+        decision=decision,
     )
 
 

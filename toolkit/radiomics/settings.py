@@ -50,9 +50,12 @@ class Settings:
     seed: int = 0
     grids: dict | None = None
     hierarchy: dict | None = None
+    decision: str = "argmax"  # multi-class: argmax or best-f1 (metcli.io.cutoffs)
 
     def record(self) -> dict:
         out = asdict(self)
+        if self.decision == "argmax":  # the default: the records of earlier runs stay current
+            del out["decision"]
         out["classifiers"] = list(self.classifiers)
         out["samplers"] = list(self.samplers)
         out["covariates"] = list(self.covariates)
@@ -104,6 +107,7 @@ def check_settings(**options) -> Settings:
         (s.search_iterations >= 1, "--search-iterations must be at least 1"),
         (s.threshold in THRESHOLD_RULES, "--threshold must be youden or f1"),
         (s.threshold_level in LEVELS, "--threshold-level must be patient or lesion"),
+        (s.decision in ("argmax", "best-f1"), "--decision must be argmax or best-f1"),
         (
             s.importance_trees >= 1 and s.importance_repeats >= 1,
             "--importance-trees and --importance-repeats must be at least 1",

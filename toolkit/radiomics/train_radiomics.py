@@ -11,7 +11,9 @@ writes the outputs:
 ``<classifier>_<sampler>/``
     ``model.onnx``, ``model.json`` (the model card, with provenance),
     ``oof_predictions.tsv`` and, with a test set, ``predictions.tsv`` (each with
-    a sidecar naming classes, positive class, threshold, threshold source and
+    a sidecar naming classes, positive class, threshold, threshold source,
+    with three classes or more the ``decision`` (per-class best-F1 cut-offs
+    chosen on the out-of-fold predictions, :mod:`metcli.io.cutoffs`), and
     whether this is the model cross-validation chose).
 group level
     ``results.tsv`` (one row per model and level), ``selected_features.tsv``,
