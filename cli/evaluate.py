@@ -81,6 +81,37 @@ from metcli.cli._common import common_options, overwrite_option, run_command, se
     show_default=True,
     help="Most lesions shown on CT per patient (with --raw and --lesions).",
 )
+@click.option(
+    "--readers",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Reader study TSV (participant_id, reader, call, optional assisted yes/no): "
+    "readers' sensitivity and specificity, their points on the patient ROC figure and "
+    "McNemar's test against each model (readers.tsv).",
+)
+@click.option(
+    "--table1-columns",
+    default=None,
+    metavar="COL[,COL...]",
+    help="Columns of participants.tsv in Table 1 (table1.tsv) by true class "
+    "[default: age, sex and site where present; 'none': no Table 1].",
+)
+@click.option(
+    "--collapse",
+    multiple=True,
+    metavar="NAME=CLASS[,CLASS...]",
+    help="Sum the probabilities of these classes into one class NAME before scoring, "
+    "e.g. malignant=HCC,metastasis; the other classes form one more class (its own "
+    "name when one is left, else 'other'); repeatable. Two classes: binary with NAME "
+    "positive.",
+)
+@click.option(
+    "--cutoffs",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON {class: cut-off} for multi-class models (default: the predictions' "
+    "sidecar's): figures at these cut-offs and at argmax (cutoff_metrics.tsv).",
+)
 @seed_option()
 @overwrite_option
 @common_options
@@ -99,6 +130,10 @@ def command(
     raw,
     lesions,
     overlay_lesions,
+    cutoffs,
+    readers,
+    table1_columns,
+    collapse,
     seed,
     overwrite,
 ):
@@ -113,6 +148,9 @@ def command(
     probabilities are the mean of its lesions' (reported as derived). With --raw and
     --lesions, report.html also shows every evaluated patient's lesion masks on the CT
     (an axial slice through each lesion's centroid, abdominal window W330/L10).
+    Table 1 (table1.tsv) describes the evaluated patients by class; --readers adds
+    readers' operating points and McNemar's tests; --collapse scores a three-class model
+    as binary (docs/evaluate.md).
     """
     from metcli.evaluation.evaluate import evaluate
     from metcli.io.files import format_value
@@ -133,6 +171,12 @@ def command(
         raw=raw,
         lesions=lesions,
         overlay_lesions=overlay_lesions,
+        cutoffs=cutoffs,
+        readers=readers,
+        table1_columns=None
+        if table1_columns is None
+        else [c.strip() for c in table1_columns.split(",") if c.strip() not in ("", "none")],
+        collapse=list(collapse),
     )
     if result.skipped:
         click.echo(f"evaluate: {out_dir} is up to date (use --overwrite to redo)", err=True)

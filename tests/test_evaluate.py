@@ -163,6 +163,8 @@ def test_cli_writes_metrics_plots_and_comparisons_that_follow_their_schemas(runn
         "lesion_grid.json",
         "report.html",
         "report.json",
+        "table1.tsv",
+        "table1.json",
     }
     for level in ("patient", "lesion"):
         for name in ("roc", "calibration", "confusion"):
@@ -799,6 +801,7 @@ def test_several_classes_compared_and_levels_chosen(runner, tmp_path):
     _, comparisons = typed_rows(tmp_path / "out" / "comparisons.tsv", "comparisons")
     assert [(r["level"], r["metric"]) for r in comparisons] == [
         ("patient", "auc_macro"),
+        *[("patient", "auc")] * 3,  # the paired DeLong test of each class
         ("patient", "accuracy"),
     ]
     macro = comparisons[0]

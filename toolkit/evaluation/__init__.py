@@ -13,6 +13,12 @@ import importlib
 #: public name -> the module of this room that defines it
 _API = {
     "SECTIONS": "report",
+    "agg_figure": "canvas",
+    "class_mapping": "collapse",
+    "draw_reader_points": "readers",
+    "parse_collapse": "collapse",
+    "table1_columns": "table1",
+    "table1_table": "table1",
     "delong_ci": "stats",
     "find_prediction_files": "inputs",
     "load_predictions": "evaluate",

@@ -80,7 +80,7 @@ def compare_pair(a: LevelResult, b: LevelResult, *, n_boot: int, seed: int) -> l
             }
         ]
     pair.weights = bootstrap_weights(pair.da, n_boot, seed)
-    return [_auc_comparison(pair), _accuracy_comparison(pair)]
+    return [_auc_comparison(pair), *_per_class_delong(pair), _accuracy_comparison(pair)]
 
 
 @dataclass
@@ -207,6 +207,29 @@ def _auc_comparison(pair: _Pair) -> dict:
     }
 
 
+def _per_class_delong(pair: _Pair) -> list[dict]:
+    """Several classes at patient level: the paired DeLong test of each class's
+    one-vs-rest AUC (the two models' probabilities of that class on the same patients)."""
+    if pair.a.model.binary or pair.level != "patient":
+        return []
+    rows = []
+    da, db = pair.da, pair.db
+    for i, cls in enumerate(pair.a.model.classes):
+        truth = da.y == i
+        if truth.any() and not truth.all():
+            row = pair.row("auc", stats.delong_paired_test(da.prob[:, i], db.prob[:, i], truth))
+        else:
+            row = {
+                **pair.base,
+                **pair.common,
+                "metric": "auc",
+                "test": "none",
+                "note": pair.note(f"AUC undefined: no {cls} patients or no others"),
+            }
+        rows.append({**row, "class": cls})
+    return rows
+
+
 def _accuracy_comparison(pair: _Pair) -> dict:
     """Accuracy: McNemar's test at patient level, the cluster bootstrap at lesion level."""
     da, db = pair.da, pair.db
@@ -279,7 +302,7 @@ def comparison_table(results: Sequence[LevelResult]) -> list[dict]:
         }[result.level]
         for metric in TABLE_METRICS:
             wanted = metric
-            if not result.model.binary and metric in ("auc", "f1"):
+            if not result.model.binary and metric in ("auc", "f1", "sensitivity", "specificity"):
                 wanted = f"{metric}_macro"
             candidates = [
                 r

@@ -57,6 +57,13 @@ from metcli.evaluation.inputs import (
     read_labels,
 )
 from metcli.evaluation.metrics import LevelResult, compute_level, level_data
+from metcli.evaluation.study import (
+    add_reader_points,
+    check_study_options,
+    compute_study,
+    prepare_study,
+    study_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +113,10 @@ def evaluate(
     raw: str | Path | None = None,
     lesions: str | Path | None = None,
     overlay_lesions: int = 3,
+    cutoffs: str | Path | None = None,
+    readers: str | Path | None = None,
+    table1_columns: Sequence[str] | None = None,
+    collapse: Sequence[str] | dict[str, Sequence[str]] | None = None,
 ) -> EvaluationResult:
     """Evaluate prediction tables against the labels; write metrics, comparisons and plots.
 
@@ -129,6 +140,11 @@ def evaluate(
             per patient, ``sub-<id>[_ses-<s>][_ce-<phase>]_desc-lesions_overlay.png``, see
             :func:`metcli.evaluation.overlays.overlay_panels`). Give both or neither.
         overlay_lesions: the most lesions shown per patient.
+        cutoffs: a JSON file ``{class: cut-off}`` for multi-class models (else the
+            predictions' sidecar's): figures at these cut-offs and at argmax
+            (:mod:`metcli.evaluation.cutoff_metrics`).
+        readers, table1_columns, collapse: a reader study (TSV), Table 1's columns, class
+            groups (``["malignant=HCC,metastasis"]``): see :mod:`metcli.evaluation.study`.
 
     Raises:
         UsageError: for bad arguments; InputError for bad inputs (nothing is written).
@@ -147,6 +163,8 @@ def evaluate(
         raw=None if raw is None else Path(raw),
         lesions=None if lesions is None else Path(lesions),
         overlay_lesions=overlay_lesions,
+        cutoffs=None if cutoffs is None else Path(cutoffs),
+        **study_options(readers, table1_columns, collapse),
     )
     _check_arguments(predictions, options)
     run = _prepare(predictions, out_dir, labels, options)
@@ -172,6 +190,7 @@ def _check_arguments(predictions: Sequence[str | Path], options: EvaluateOptions
         )
     if not 0.5 <= options.confidence_level < 1.0:
         raise UsageError(f"confidence level {options.confidence_level} must lie in [0.5, 1)")
+    check_study_options(options)
     if not predictions:
         raise UsageError(
             "no predictions given", fix="give one or more predictions.tsv files or folders"
@@ -214,6 +233,7 @@ def _prepare(
         eval_set=options.eval_set,
         label_column=options.label_column,
     )
+    models, label_map, study = prepare_study(options, labels_path, models, label_map, roots)
     found, missing = _find_overlay_sources(options, out_dir, roots, models)
     if options.compare and len(models) < 2:
         raise UsageError(
@@ -223,9 +243,11 @@ def _prepare(
         )
     step = Step("evaluate", out_dir, roots, options.settings())
     input_files = list(files) + [sidecar_path(f) for f in files if sidecar_path(f).is_file()]
-    input_files.append(labels_path)
+    input_files += [labels_path, *study.files]
     for source in found.values():
         input_files += [source["ct"], source["map"], source["table"]]
+    if options.cutoffs is not None:
+        input_files.append(options.cutoffs)
     return EvaluateRun(
         out_dir=out_dir,
         models=models,
@@ -235,6 +257,7 @@ def _prepare(
         inputs=step.inputs(input_files),
         overlay_found=found,
         overlay_missing=missing,
+        study=study,
     )
 
 
@@ -301,7 +324,12 @@ def _compute(run: EvaluateRun, options: EvaluateOptions) -> Computed:
                 )
         table_rows = comparison_table(ordered)
     figures = plots.figure_plan(results, options.confidence_level) if options.draw_plots else {}
+    from metcli.evaluation.cutoff_metrics import cutoff_results
+
+    cutoffs = cutoff_results(run.models, results, options.cutoffs)
     overlays = overlay_plan(run.overlay_found, results, run.label_map, options.overlay_lesions)
+    study = compute_study(run.study, results, run.models, run.label_map, options.confidence_level)
+    add_reader_points(figures, study)
     return Computed(
         results=results,
         ordered=ordered,
@@ -309,4 +337,6 @@ def _compute(run: EvaluateRun, options: EvaluateOptions) -> Computed:
         table_rows=table_rows,
         figures=figures,
         overlays=overlays,
+        cutoffs=cutoffs,
+        study=study,
     )

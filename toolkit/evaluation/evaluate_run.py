@@ -54,6 +54,10 @@ class EvaluateOptions:
     raw: Path | None
     lesions: Path | None
     overlay_lesions: int
+    cutoffs: Path | None = None  # --cutoffs FILE (metcli.evaluation.cutoff_metrics)
+    readers: Path | None = None  # --readers: a reader study (metcli.evaluation.readers)
+    table1_columns: tuple[str, ...] | None = None  # None: age, sex, site where present
+    collapse: tuple = ()  # --collapse groups (metcli.evaluation.collapse)
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -74,6 +78,15 @@ class EvaluateOptions:
             "confidence_level": self.confidence_level,
             "plots": self.draw_plots,
         }
+        for key, value in (  # only when used: earlier runs keep their settings
+            ("collapse", [[n, list(m)] for n, m in self.collapse] or None),
+            ("readers", self.readers is not None or None),
+            ("table1_columns", None if self.table1_columns is None else list(self.table1_columns)),
+        ):
+            if value is not None:
+                settings[key] = value
+        if self.cutoffs is not None:
+            settings["cutoffs"] = Path(self.cutoffs).name
         if self.raw is not None:
             settings["overlays"] = {
                 "lesions_per_patient": self.overlay_lesions,
@@ -96,6 +109,7 @@ class EvaluateRun:
     overlay_missing: dict[str, str]
     produced: dict[Path, Path] = field(default_factory=dict)  # output -> its temporary file
     written: list[Path] = field(default_factory=list)
+    study: Any = None  # metcli.evaluation.study.StudyInputs
 
     @property
     def metrics_json(self) -> Path:
@@ -119,10 +133,13 @@ class Computed:
     table_rows: list[dict]
     figures: dict[str, tuple]
     overlays: dict[str, tuple]
+    cutoffs: list[dict] = field(default_factory=list)  # metcli.evaluation.cutoff_metrics
+    study: Any = None  # metcli.evaluation.study.StudyResults
 
 
 def write_outputs(run: EvaluateRun, computed: Computed, options: EvaluateOptions) -> None:
     """The dataset description, then every file through one OutputSet."""
+    from metcli.evaluation.study import study_document, write_study_outputs
     from metcli.io.files import OutputSet, dump_json_to, write_tsv_to
     from metcli.io.provenance import write_dataset_description
     from metcli.io.schemas import validate
@@ -137,6 +154,7 @@ def write_outputs(run: EvaluateRun, computed: Computed, options: EvaluateOptions
         inlined = _write_figures(run, outs, computed.figures)
         if options.compare:
             _write_comparisons(run, outs, computed)
+        write_study_outputs(run, outs, computed.study)
         metrics_tsv = run.out_dir / "metrics.tsv"
         tmp = outs.path(metrics_tsv)
         metric_rows = [row for r in computed.ordered for row in r.rows]
@@ -152,6 +170,11 @@ def write_outputs(run: EvaluateRun, computed: Computed, options: EvaluateOptions
             options.eval_set,
             options.confidence_level,
         )
+        if computed.cutoffs:  # multi-class models: figures at the cut-offs and at argmax
+            from metcli.evaluation.cutoff_metrics import write_cutoff_metrics
+
+            content["Cutoffs"] = write_cutoff_metrics(run, outs, computed.cutoffs)
+        content.update(study_document(computed.study))
         overlay_figures = _write_overlays(run, outs, computed.overlays)
         _write_report(
             run,

@@ -29,6 +29,8 @@ ROC_COLUMNS = (
     "threshold",
     "tpr_lower",
     "tpr_upper",
+    "reader",  # kind reader: a reader's operating point (metcli.evaluation.readers)
+    "assisted",
 )
 CALIBRATION_COLUMNS = (
     "model",

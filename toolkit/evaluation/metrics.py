@@ -91,7 +91,8 @@ def level_data(model: ModelPredictions, level: str, labels: dict[str, str]) -> L
             source = f"{source} (applied to the mean of the lesion probabilities)"
         pred = np.where(prob[:, pos] >= threshold, pos, 1 - pos)
     else:
-        threshold, source = None, "highest probability (multi-class)"
+        threshold = None
+        source = "highest probability (multi-class; the cut-offs: cutoff_metrics.tsv)"
         pred = np.argmax(prob, axis=1)
     patients = sorted({r["participant_id"] for r in rows})
     index = {p: i for i, p in enumerate(patients)}
@@ -360,6 +361,25 @@ class _LevelFigures:
                 else f"undefined: no true or predicted {cls} {unit}",
             )
 
+    def add_macro_rates(self) -> None:
+        """Macro sensitivity and specificity (the mean over classes of the one-vs-rest
+        figures) with the patient (cluster) bootstrap interval: a mean of proportions has
+        no exact interval, so Clopper-Pearson stays with the per-class figures."""
+        k = len(self.classes)
+        point = [bootstrap.one_vs_rest_rates(self.cm[None].astype(float), i) for i in range(k)]
+        boot = [bootstrap.one_vs_rest_rates(self.counts, i) for i in range(k)]
+        for metric in ("sensitivity", "specificity"):
+            estimate = float(np.mean([p[metric][0] for p in point]))
+            self.add_boot(
+                f"{metric}_macro",
+                None,
+                estimate,
+                np.mean([b[metric] for b in boot], axis=0),
+                ""
+                if math.isfinite(estimate)
+                else f"undefined: the {metric} of a class is undefined",
+            )
+
     def add_binary(self, pos: int, accuracy: float) -> dict[str, Any]:
         """The figures of a binary model (positive class ``pos``); returns the summary."""
         from sklearn.metrics import brier_score_loss
@@ -411,6 +431,7 @@ class _LevelFigures:
         self.add_boot("f1_macro", None, f1_macro, boot_f1)
         for i in range(k):
             self.add_rates(i, with_f1=True)
+        self.add_macro_rates()
         # Integer labels: scikit-learn reads the probability columns in sorted label order.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*do not sum to one.*")

@@ -23,6 +23,7 @@ COMPARISON_COLUMNS = (
     "model_a",
     "model_b",
     "metric",
+    "class",
     "estimate_a",
     "estimate_b",
     "difference",

@@ -28,6 +28,7 @@ from metcli.evaluation.figure_rows import (
     lesion_grid_rows,
     roc_rows,
 )
+from metcli.evaluation.readers import draw_reader_points
 
 if TYPE_CHECKING:  # pragma: no cover
     from metcli.evaluation.metrics import LevelResult
@@ -202,6 +203,7 @@ def roc_figure(
                 color=colour,
                 markeredgecolor="black",
             )
+    draw_reader_points(ax, rows, {keys[i]: c for c, i in zip(_colours(len(shown)), shown)})
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")

@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from metcli.evaluation.checklist import checklist
+from metcli.evaluation.cutoff_metrics import cutoffs_section
+from metcli.evaluation.report_study import readers_section, study_methods, table1_section
 
 #: Section ids, in page order (a test checks that a browser shows each).
 SECTIONS = (
     "summary",
+    "table1",
     "metrics",
     "comparisons",
+    "readers",
     "figures",
     "overlays",
     "checklist",
@@ -123,8 +127,11 @@ def render(
         "validated diagnostic device.</p>",
     ]
     parts.append(_summary(doc))
+    parts.append(table1_section(doc, _table, _e))
     parts.append(_metrics(doc))
+    parts.append(cutoffs_section(doc))  # multi-class cut-offs ('' without)
     parts.append(_comparisons(doc, table_rows))
+    parts.append(readers_section(doc, _table, _e))
     parts.append(_figures(figures))
     parts.append(_overlays(overlays))
     parts.append(_checklist(doc))
@@ -301,7 +308,7 @@ def _comparisons(doc, table_rows) -> str:
                     c["level"],
                     c["model_a"],
                     c["model_b"],
-                    c["metric"],
+                    c["metric"] + (f" ({c['class']})" if c.get("class") else ""),
                     c.get("estimate_a"),
                     c.get("estimate_b"),
                     c["test"],
@@ -421,7 +428,7 @@ def _methods(doc) -> str:
         f"draws {boot['resamples']} resamples (seed {boot['seed']}), stratified by "
         f"{_e(boot['stratified_by'])}, with percentile intervals. Comparisons: paired DeLong "
         "test of AUCs and McNemar's test of accuracies at patient level; a paired patient "
-        "bootstrap test at lesion level.</p></section>"
+        "bootstrap test at lesion level.</p>" + study_methods(doc) + "</section>"
     )
 
 
