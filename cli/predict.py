@@ -34,14 +34,21 @@ from metcli.cli._common import (
 )
 @click.option(
     "--aggregate",
-    type=click.Choice(["mean", "max", "vote", "sum"]),
+    type=click.Choice(["mean", "max", "vote", "sum", "any"]),
     default="mean",
     show_default=True,
     help="Patient from lesions: mean or maximum of the probabilities, the share of "
     "lesions predicted as each class (vote), or the per-class sums of the "
     "probabilities through a softmax (sum; every agreeing lesion adds "
     "evidence). The card's threshold applies to mean only; vote and sum "
-    "predict the larger class.",
+    "predict the larger class. any: one lesion called one of --malignant-classes "
+    "makes the patient malignant (its probabilities: that lesion's).",
+)
+@click.option(
+    "--malignant-classes",
+    default=None,
+    metavar="CLASS,...",
+    help="--aggregate any: the classes that make a patient malignant (e.g. hcc,metastasis).",
 )
 @click.option(
     "--device",
@@ -72,6 +79,7 @@ def command(
     out_dir,
     participants,
     aggregate,
+    malignant_classes,
     device,
     session,
     explain,
@@ -95,6 +103,8 @@ def command(
     """
     from metcli.prediction.predict import predict
 
+    if aggregate == "any" or malignant_classes:  # one rule text: any:CLASS,... (checked)
+        aggregate = f"{aggregate}:{malignant_classes or ''}"
     report = predict(
         model_dir,
         list(inputs),

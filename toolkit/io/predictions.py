@@ -20,7 +20,36 @@ from metcli.core.errors import UsageError
 #: The group-level predictions table of a folder.
 GROUP_TABLE = "predictions.tsv"
 #: Lesion-to-patient rules (see :func:`aggregate_patients`).
-AGGREGATES = ("mean", "max", "vote", "sum")
+AGGREGATES = ("mean", "max", "vote", "sum", "any")
+
+
+def parse_aggregate(
+    aggregate: str, classes: Sequence[str] | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """(rule, malignant classes) of an aggregate: ``mean``, ``max``, ``vote``, ``sum``, or
+    ``any:CLASS,...`` (the classes that make a patient malignant; checked against
+    ``classes`` when given)."""
+    rule, _, named = str(aggregate).partition(":")
+    malignant = tuple(c.strip() for c in named.split(",") if c.strip())
+    if rule not in AGGREGATES:
+        raise UsageError(
+            f"aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}",
+            fix="give mean, max, vote, sum or any:CLASS,...",
+        )
+    if (rule == "any") != bool(malignant):
+        raise UsageError(
+            "the rule 'any' needs the malignant classes, and only it takes them"
+            f" (got {aggregate!r})",
+            fix="give --aggregate any --malignant-classes CLASS,... (for example hcc,metastasis)",
+        )
+    unknown = [c for c in malignant if classes is not None and c not in classes]
+    if unknown:
+        raise UsageError(
+            f"malignant class(es) {', '.join(unknown)} are not classes of the model "
+            f"({', '.join(classes)})",
+            fix="name classes of the model's card",
+        )
+    return rule, malignant
 
 
 # ----------------------------------------------------------------------------- predictions
@@ -65,14 +94,23 @@ def aggregate_patients(
     agrees makes the patient's probabilities sharper (two classes:
     1 / (1 + exp(-sum of (2 p - 1))) for the positive class). Dividing the sums
     by their total would give the mean again, since a lesion's probabilities
-    sum to 1.
+    sum to 1. ``any:CLASS,...`` (any lesion called malignant makes the patient
+    malignant): a lesion is called malignant when its predicted class (threshold
+    for a binary model, else the most probable class) is one of the named classes;
+    the patient takes the probabilities of its called lesion with the largest
+    summed probability of those classes, or, when none is called, of its lesion
+    with the largest such sum (its most suspicious one), so that its predicted
+    class is malignant exactly when a lesion was called malignant.
     """
-    if aggregate not in AGGREGATES:
-        raise UsageError(f"aggregate {aggregate!r} is not one of {', '.join(AGGREGATES)}")
+    aggregate, malignant = parse_aggregate(aggregate, classes)
     participants = np.asarray(participants, dtype=object)
     proba = np.asarray(proba, dtype=float)
     order = sorted(set(participants.tolist()))
     out = np.zeros((len(order), proba.shape[1]))
+    if aggregate == "any":
+        return order, _any_malignant(
+            participants, proba, classes, order, malignant, positive, threshold
+        )
     if aggregate == "vote":
         votes = np.array(
             predicted_labels(proba, classes, positive=positive, threshold=threshold), dtype=object
@@ -96,6 +134,22 @@ def aggregate_patients(
         else:
             out[i] = [np.mean(votes[rows] == c) for c in classes]
     return order, out
+
+
+def _any_malignant(participants, proba, classes, order, malignant, positive, threshold):
+    """The ``any`` rule's patient probabilities (see :func:`aggregate_patients`)."""
+    columns = [list(classes).index(c) for c in malignant]
+    suspicion = proba[:, columns].sum(axis=1)
+    called = np.isin(
+        np.array(predicted_labels(proba, classes, positive=positive, threshold=threshold)),
+        list(malignant),
+    )
+    out = np.zeros((len(order), proba.shape[1]))
+    for i, pid in enumerate(order):
+        rows = np.flatnonzero(participants == pid)
+        pool = rows[called[rows]] if called[rows].any() else rows
+        out[i] = proba[pool[np.argmax(suspicion[pool])]]
+    return out
 
 
 def prediction_rows(

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 MANIFEST_SCHEMA = "weights_manifest"
 #: Formats metcli's backends can run (others are listed for information only).
 RUNNABLE_FORMATS = ("nnunetv2", "onnx-export")
+#: Formats of pretrained network weights (one file; train-cnn --pretrained NAME).
+PRETRAINED_FORMATS = ("timm-weights",)
 
 
 # ============================================================================ places
@@ -82,6 +84,17 @@ class ModelEntry:
     @property
     def runnable(self) -> bool:
         return self.data["format"] in RUNNABLE_FORMATS
+
+    @property
+    def pretrained(self) -> bool:
+        """One weights file to initialise a network from (train-cnn ``--pretrained``)."""
+        return self.data["format"] in PRETRAINED_FORMATS
+
+    @property
+    def expected_sha256(self) -> str | None:
+        """The download's sha256: metcli's (``sha256``), else the publisher's
+        (``publisher_sha256``, not recomputed by metcli), else None."""
+        return (self.data.get("sha256") or self.data.get("publisher_sha256") or "").lower() or None
 
     @property
     def label_map(self) -> dict[int, int]:
@@ -146,7 +159,7 @@ def _status(entry: ModelEntry) -> str:
         return "shipped" if folder.is_dir() else "not built"
     if (folder / INSTALL_RECORD).is_file():
         return "installed"
-    return "not installed" if entry.runnable else "listed only"
+    return "not installed" if entry.runnable or entry.pretrained else "listed only"
 
 
 def get_entry(name: str, manifest: str | Path | None = None) -> ModelEntry:
@@ -274,6 +287,48 @@ def verify(name: str | None = None, *, manifest: str | Path | None = None) -> li
     return [verify_entry(entry) for entry in entries]
 
 
+def pretrained_file(name: str, *, manifest: str | Path | None = None) -> tuple[Path, str]:
+    """(path, sha256) of the installed weights file of the manifest entry ``name`` (a
+    ``timm-weights`` entry), re-hashed first: it must match the manifest's sha256, else the
+    publisher's, else the one recorded when ``metcli weights fetch`` downloaded it.
+    Nothing is downloaded here."""
+    from metcli.io.files import sha256_file
+
+    entry = get_entry(name, manifest)
+    if not entry.pretrained:
+        raise WeightsError(
+            f"{name!r} is a {entry['format']} model, not a file of network weights",
+            fix="name a timm-weights entry of 'metcli weights list', or a weights file",
+        )
+    path = models_dir() / name / entry["path"]
+    if not (models_dir() / name / INSTALL_RECORD).is_file() or not path.is_file():
+        raise WeightsError(
+            f"the weights {name!r} are not installed under {models_dir()}",
+            fix=f"run 'metcli weights fetch {name}' once (or point METCLI_HOME at a folder "
+            "where they are installed)",
+        )
+    expected = entry.expected_sha256 or record_sha(models_dir() / name)
+    actual = sha256_file(path)
+    if expected is None or actual != expected:
+        raise WeightsError(
+            f"the weights {name!r} failed their sha256 check: the file has "
+            f"{actual[:16]}..., expected {str(expected)[:16]}...",
+            path=path,
+            fix=f"run 'metcli weights fetch {name} --overwrite' to download them again",
+        )
+    if not entry["verified"]:
+        log.info("weights %s: sha256 %s matches %s", name, actual, _checksum_source(entry))
+    return path, actual
+
+
+def _checksum_source(entry: ModelEntry) -> str:
+    if entry.get("sha256"):
+        return "the manifest"
+    if entry.get("publisher_sha256"):
+        return "the publisher's checksum (not recomputed by metcli's maintainers)"
+    return "the download's record (no published checksum)"
+
+
 # ============================================================================ fetching
 def fetch(
     name: str,
@@ -325,7 +380,7 @@ def _download_source(
             f"model {name!r} ships with metcli; there is nothing to download",
             fix="use it by its name",
         )
-    if not entry.runnable:
+    if not entry.runnable and not entry.pretrained:
         raise WeightsError(
             f"model {name!r} is in the {entry['format']} format, which metcli's "
             "backends cannot run; it is not downloaded",
@@ -336,7 +391,7 @@ def _download_source(
         raise UsageError(
             f"the manifest has no download URL for {name!r}", fix="give one with --url"
         )
-    expected = (entry.get("sha256") or "").lower() or None
+    expected = entry.expected_sha256
     if sha256 is not None:
         sha256 = sha256.strip().lower()
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -382,7 +437,10 @@ def _install(
                 actual,
             )
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=models_dir()))
-        unpack(tmp_file, tmp_dir, source)
+        if entry.pretrained:  # one weights file, kept under the manifest's name for it
+            shutil.copyfile(tmp_file, tmp_dir / entry["path"])
+        else:
+            unpack(tmp_file, tmp_dir, source)
         files = hash_tree(tmp_dir)
         record = {
             "name": name,
@@ -396,7 +454,7 @@ def _install(
         }
         (tmp_dir / INSTALL_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         root = model_root(tmp_dir, entry)
-        if not root.is_dir():
+        if not root.is_dir() and not entry.pretrained:
             raise WeightsError(
                 f"the archive has no folder {entry.get('path')!r}",
                 fix="report this: the manifest's 'path' is wrong",

@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 #: Version of this preprocessing; model cards record it so that predict can refuse others.
 PREPROCESSING_VERSION = 1
+#: Resize modes (``SliceSettings.resize``) -> spline order of :func:`skimage.transform.resize`.
+RESIZE_ORDERS = {"bilinear": 1, "bicubic": 3}
 
 
 ORIENTATION = "LPS"
@@ -30,8 +32,15 @@ class SliceSettings:
     size: int = 224
     context_mm: float = 0.0
     fov_mm: float | None = None
+    #: 2D slices' resize (``bilinear``, the study's; ``bicubic``: the MRI study's)
+    resize: str = "bilinear"
 
     def __post_init__(self):
+        if self.resize not in RESIZE_ORDERS:
+            raise UsageError(
+                f"--resize must be one of {', '.join(RESIZE_ORDERS)}, got {self.resize!r}",
+                fix="give --resize bilinear or --resize bicubic",
+            )
         if not np.isfinite(self.window_width) or self.window_width <= 0:
             raise UsageError(
                 f"window width must be a positive number, got {self.window_width}",
@@ -66,6 +75,8 @@ class SliceSettings:
 
     def as_dict(self) -> dict:
         doc = asdict(self)
+        if self.resize == "bilinear":  # the default: cards stay as they were before --resize
+            del doc["resize"]
         doc["preprocessing_version"] = PREPROCESSING_VERSION
         doc["orientation"] = ORIENTATION
         return doc
@@ -131,9 +142,10 @@ def square_crop(
     return _take(image, r0, nr, c0, nc)
 
 
-def resize_to(array: np.ndarray, size: int) -> np.ndarray:
+def resize_to(array: np.ndarray, size: int, order: int = 1) -> np.ndarray:
     """``array`` (2D or 3D, values in [0, 1]) resized to ``size`` along every axis
-    (linear; anti-aliased when shrinking), float32 in [0, 1]."""
+    (linear, or the spline ``order``: 3 is bicubic; anti-aliased when shrinking),
+    float32 in [0, 1]."""
     from skimage.transform import resize
 
     shape = (int(size),) * array.ndim
@@ -142,7 +154,7 @@ def resize_to(array: np.ndarray, size: int) -> np.ndarray:
     out = resize(
         array.astype(np.float64),
         shape,
-        order=1,
+        order=order,
         mode="edge",
         anti_aliasing=min(array.shape) > size,
         preserve_range=True,
@@ -150,9 +162,10 @@ def resize_to(array: np.ndarray, size: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """``image`` resized to size x size (bilinear; anti-aliased when shrinking), float32."""
-    return resize_to(image, size)
+def resize_square(image: np.ndarray, size: int, mode: str = "bilinear") -> np.ndarray:
+    """``image`` resized to size x size (``mode``: bilinear or bicubic; anti-aliased when
+    shrinking), float32."""
+    return resize_to(image, size, RESIZE_ORDERS[mode])
 
 
 def oriented_arrays(ct, lesion_map, *, ct_path=None, lesion_map_path=None):

@@ -17,7 +17,8 @@ that contains the lesion becomes one square image, in this order:
    fixed field of view of that many millimetres centred on the lesion's
    bounding box instead, so that the lesion's size is not hidden by the resize.
 4. **Resize** to ``size`` x ``size`` with :func:`skimage.transform.resize`
-   (bilinear, anti-aliased when shrinking).
+   (bilinear, anti-aliased when shrinking; ``SliceSettings.resize`` ``bicubic``:
+   cubic splines, as the MRI study's 299-pixel inputs; clipped to [0, 1]).
 
 The lesion map is matched to the CT in physical space
 (:func:`metcli.imaging.geometry.to_reference_grid`: the same grid, or flipped or
@@ -92,7 +93,7 @@ def lesion_slices(
             kept = keep_mask(lesion, spacing_rc, settings.context_mm)
             windowed[~kept] = 0.0
             crop = square_crop(windowed, kept, spacing_rc, settings.fov_mm)
-            images.append(resize_square(crop, int(settings.size)))
+            images.append(resize_square(crop, int(settings.size), settings.resize))
         stack = (
             np.stack(images) if images else np.zeros((0, settings.size, settings.size), np.float32)
         )

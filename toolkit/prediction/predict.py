@@ -43,6 +43,7 @@ from typing import Any, Callable, Sequence
 from metcli.core.batch import BatchReport
 from metcli.core.devices import check_device
 from metcli.core.errors import InputError, UsageError
+from metcli.io.predictions import parse_aggregate
 from metcli.prediction.image import ImageBackend
 from metcli.prediction.outputs import check_run_options, load_card
 from metcli.prediction.radiomics import RadiomicsBackend
@@ -100,6 +101,7 @@ def predict(
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     inputs = _input_paths(inputs)
     card = load_card(model_dir)
+    parse_aggregate(aggregate, card["classes"])  # any:CLASS,... must name the card's classes
     backend_class = _backend_class(card, model_dir)
     if hasattr(backend_class, "predict"):  # image models: CT + lesion maps, one by one
         return backend_class.predict(
