@@ -28,7 +28,7 @@ def _names():
 def _help():
     from metcli.cnn.networks import architectures_help
 
-    return "Network, trained from scratch. " + architectures_help()
+    return "Network, trained from scratch unless --pretrained. " + architectures_help()
 
 
 def _window(ctx, param, value):
@@ -37,6 +37,74 @@ def _window(ctx, param, value):
     except ValueError:
         raise click.BadParameter(f"{value!r} is not WIDTH,LEVEL (for example 330,10)") from None
     return width, level
+
+
+def _recipe_options(fn):
+    """Transfer learning and the training recipe (docs/train-cnn.md, "Transfer learning")."""
+    options = [
+        click.option(
+            "--pretrained",
+            default=None,
+            metavar="NAME_OR_FILE",
+            help="Start from these weights (timm architectures): a name of 'metcli weights "
+            "list' (installed by 'metcli weights fetch', checked by sha256) or a state-dict "
+            "file (./file.safetensors; its sha256 goes in the card). Default: from scratch.",
+        ),
+        click.option(
+            "--resize",
+            type=click.Choice(["bilinear", "bicubic"]),
+            default=None,
+            help="How 2D slices are resized to --size [default: the architecture's: "
+            "bicubic for inception_resnet_v2, else bilinear].",
+        ),
+        click.option(
+            "--optimizer",
+            type=click.Choice(["adam", "sgd"]),
+            default="adam",
+            show_default=True,
+            help="Adam, or SGD with --momentum.",
+        ),
+        click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD only."),
+        click.option("--weight-decay", type=float, default=0.0, show_default=True),
+        click.option(
+            "--warmup-epochs",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Linear warm-up: epoch e <= N runs at lr * e / (N + 1).",
+        ),
+        click.option(
+            "--lr-step",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Multiply the learning rate by --lr-gamma every this many epochs.",
+        ),
+        click.option("--lr-gamma", type=float, default=0.1, show_default=True),
+        click.option(
+            "--augment",
+            type=click.Choice(["affine", "flip-rotate", "none"]),
+            default="affine",
+            show_default=True,
+            help="affine: the study's RandAffine; flip-rotate: random flips and a rotation "
+            "up to --rotate degrees (the MRI study's; 2D); none.",
+        ),
+        click.option(
+            "--flip",
+            default=None,
+            metavar="horizontal,vertical|none",
+            help="flip-rotate: which random flips (p 0.5 each) [default: both].",
+        ),
+        click.option(
+            "--rotate",
+            type=float,
+            default=None,
+            metavar="DEG",
+            help="flip-rotate: the largest rotation in degrees [default: 40].",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
 @click.command("train-cnn")
@@ -91,6 +159,47 @@ def _window(ctx, param, value):
     help="Correct this MR channel for its bias field (SimpleITK N4) first. Repeatable.",
 )
 @click.option(
+    "--hierarchy",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A hierarchy file (groups of labels, as train-radiomics'): step 1 learns the "
+    "group, step 2 the label within each group; one model folder, chained probabilities.",
+)
+@click.option(
+    "--decision",
+    type=click.Choice(["argmax", "best-f1"]),
+    default="argmax",
+    show_default=True,
+    help="Three classes or more: the most probable class, or per-class cut-offs chosen by "
+    "best F1 on the validation lesions (recorded in the card either way).",
+)
+@click.option(
+    "--seg",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="--arch almss: segmentations (metcli segment's OUT_DIR, liver 1, lesion 2) "
+    "whose liver is the network's global input.",
+)
+@click.option(
+    "--covariates",
+    default="",
+    metavar="COLUMN,...",
+    help="--arch almss: participants.tsv columns (for example age,sex) fed through an "
+    "MLP; predict takes them from --participants.",
+)
+@click.option(
+    "--liver-branch/--no-liver-branch",
+    default=True,
+    show_default=True,
+    help="--arch almss: the liver (global) branch; off is the study's ablation.",
+)
+@click.option(
+    "--shared-backbone/--separate-backbones",
+    default=False,
+    show_default=True,
+    help="--arch almss: one ResNet for every phase, or one per phase.",
+)
+@click.option(
     "--window",
     default="330,10",
     show_default=True,
@@ -118,7 +227,10 @@ def _window(ctx, param, value):
 )
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option(
+    "--lr", type=float, default=1e-4, show_default=True, help="Learning rate (Adam or SGD)."
+)
+@_recipe_options
 @click.option(
     "--val-patients",
     type=click.IntRange(min=0),
@@ -187,7 +299,12 @@ def command(raw_dir, lesions_dir, out_dir, dims, overwrite, **options):
     run continues with --resume. Prints the model folder.
     """
     from metcli.cnn.train_cnn import train_cnn
+    from metcli.core.errors import UsageError
 
+    ctx = click.get_current_context()
+    explicit = ctx.get_parameter_source("dims") != click.core.ParameterSource.DEFAULT
+    if options["arch"] == "almss" and explicit and dims != "3":
+        raise UsageError("--arch almss is a 3D network", fix="leave --dims out, or give --dims 3")
     with progress_bar("train-cnn") as progress:
         result = train_cnn(
             raw_dir,
@@ -198,7 +315,6 @@ def command(raw_dir, lesions_dir, out_dir, dims, overwrite, **options):
             progress=progress,
             **options,
         )
-    ctx = click.get_current_context()
     quiet = ctx.obj and ctx.obj.get("quiet")
     if result.excluded and not quiet:
         click.echo(

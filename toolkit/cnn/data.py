@@ -37,6 +37,7 @@ class Sample:
     lesion_id: int
     label: int
     images: np.ndarray
+    covariates: np.ndarray | None = None  #: float32 [K], the patient's encoded covariates
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Job:
     lesion_map: Path | None = None
     lesion_table: Path | None = None
     lesion_ids: list[int] = field(default_factory=list)
+    liver_mask: Path | None = None  #: the dseg of the lesion map (``--seg``), for ``almss``
 
     @property
     def ct(self) -> Path:
@@ -162,10 +164,41 @@ def load_samples(
             job.lesion_ids,
             ct_paths=job.cts,
             lesion_map_path=job.lesion_map,
+            liver_mask=None
+            if job.liver_mask is None
+            else read_image(job.liver_mask, what="segmentation"),
+            liver_mask_path=job.liver_mask,
         )
         label = classes.index(labels[job.participant_id])
         samples.extend(Sample(job.participant_id, s.lesion_id, label, s.images) for s in per_lesion)
     return samples
+
+
+def stack_covariates(samples: Sequence[Sample]) -> np.ndarray | None:
+    """The covariates of every network input (:func:`stack`'s rows), or None without any."""
+    if not samples or samples[0].covariates is None:
+        return None
+    return np.concatenate(
+        [np.repeat(s.covariates[None], len(s.images), axis=0) for s in samples]
+    ).astype(np.float32)
+
+
+def find_liver_masks(seg_dir: Path, jobs: Sequence[Job], excluded: dict[str, str]) -> list[Job]:
+    """Each job's segmentation (``dseg`` of the lesion map's participant, session and
+    phase in ``seg_dir``); a participant without one is left out, the reason recorded."""
+    from metcli.io.bids import find_files, parse_name
+
+    found = {a.entities.key: a.path for a in find_files(Path(seg_dir), suffix="dseg", desc=None)}
+    kept = []
+    for job in jobs:
+        key = parse_name(job.lesion_map.name).key
+        if key not in found:
+            excluded[job.participant_id] = f"no segmentation (dseg) in {seg_dir}"
+            log.warning("%s left out: no segmentation (dseg) in %s", job.participant_id, seg_dir)
+            continue
+        job.liver_mask = found[key]
+        kept.append(job)
+    return kept
 
 
 def stack(samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -28,8 +28,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from metcli.cnn.data import Sample, stack
+from metcli.cnn.data import Sample, stack, stack_covariates
 from metcli.cnn.networks import build_network
+from metcli.cnn.optim import start_recipe
 from metcli.cnn.resume import (
     STATE_FORMAT,
     load_state,
@@ -68,6 +69,8 @@ class FitSettings:
     monitor: str = "loss"
     patience: int | None = None
     keep_last: bool = False
+    network: dict | None = None  #: the architecture's own options (the card's ``network``)
+    recipe: Any = None  #: optimiser, schedule, augmentation, weights (metcli.cnn.optim.Recipe)
 
 
 @dataclass
@@ -111,19 +114,37 @@ def _autocast(device: str, amp: bool):
     )
 
 
+def forward(model, images, covariates, device: str):
+    """The network's logits of a batch (numpy arrays; ``covariates`` None without any)."""
+    import torch
+
+    x = torch.from_numpy(images).to(device)
+    if covariates is None:
+        return model(x)
+    return model(x, torch.from_numpy(covariates).to(device))
+
+
 def slice_probabilities(
-    model, images: np.ndarray, device: str, batch_size: int, amp: bool = False
+    model,
+    images: np.ndarray,
+    device: str,
+    batch_size: int,
+    amp: bool = False,
+    covariates: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Softmax probabilities of each input row (a slice, or a volume in 3D)."""
+    """Softmax probabilities of each input row (a slice, or a volume in 3D); ``covariates``:
+    the rows' clinical inputs, for a network that takes them."""
     import torch
 
     model.eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(images[start : start + batch_size]).to(device)
+            part = slice(start, start + batch_size)
             with _autocast(device, amp):
-                logits = model(batch)
+                logits = forward(
+                    model, images[part], None if covariates is None else covariates[part], device
+                )
             out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -213,6 +234,9 @@ class _Training:
     val: Sequence[Sample]
     val_inputs: tuple | None  #: (images, labels, owner) of the validation inputs
     label: str = ""
+    covariates: np.ndarray | None = None  #: the training inputs' clinical values
+    val_covariates: np.ndarray | None = None
+    schedule: Any = None  #: the learning-rate schedule, stepped after each epoch (or None)
 
     def train_epoch(self) -> float:
         """One pass over the training inputs in a random order; the mean loss."""
@@ -230,16 +254,18 @@ class _Training:
             batch = np.stack(
                 [np.asarray(self.augment(images[i], spatial_size=spatial)) for i in idx]
             ).astype(np.float32)
-            x = torch.from_numpy(batch).to(s.device)
             y = torch.from_numpy(labels[idx]).to(s.device)
             self.optimiser.zero_grad()
             with _autocast(s.device, s.amp):
-                logits = self.model(x)
+                extra = None if self.covariates is None else self.covariates[idx]
+                logits = forward(self.model, batch, extra, s.device)
             loss = self.loss_fn(logits.float(), y)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimiser)
             self.scaler.update()
             total += float(loss.item()) * len(idx)
+        if self.schedule is not None:
+            self.schedule.step()  # the next epoch's learning rate
         return total / len(images)
 
     def validate(self, row: dict) -> tuple[float, float | None]:
@@ -249,7 +275,9 @@ class _Training:
         s = self.settings
         val_images, val_labels, val_owner = self.val_inputs
         val_lesion_labels = np.array([v.label for v in self.val])
-        probs = slice_probabilities(self.model, val_images, s.device, s.batch_size, s.amp)
+        probs = slice_probabilities(
+            self.model, val_images, s.device, s.batch_size, s.amp, self.val_covariates
+        )
         with torch.no_grad():
             val_loss = float(
                 self.loss_fn(
@@ -317,7 +345,9 @@ def _start(train: Sequence[Sample], val: Sequence[Sample], s: FitSettings, label
     torch.manual_seed(s.seed)
     if s.device == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
-    model = build_network(s.arch, s.n_classes, dims=dims, in_channels=channels).to(s.device)
+    model = build_network(
+        s.arch, s.n_classes, dims=dims, in_channels=channels, options=s.network
+    ).to(s.device)
     images, labels, _ = stack(train)
     val_inputs = stack(val) if val else None
     if not val and not s.keep_last:
@@ -330,9 +360,8 @@ def _start(train: Sequence[Sample], val: Sequence[Sample], s: FitSettings, label
     loss_fn = torch.nn.CrossEntropyLoss(
         weight=torch.tensor(weights, dtype=torch.float32, device=s.device)
     )
-    optimiser = torch.optim.Adam(model.parameters(), lr=s.lr)
+    optimiser, schedule, augment = start_recipe(model, s, dims, int(spatial[0]), augmenter)
     scaler = torch.amp.GradScaler(s.device, enabled=s.amp and s.device == "cuda")
-    augment = augmenter(s.seed, dims, int(spatial[0]))
     return _Training(
         s,
         model,
@@ -347,6 +376,9 @@ def _start(train: Sequence[Sample], val: Sequence[Sample], s: FitSettings, label
         val,
         val_inputs,
         label,
+        stack_covariates(train),
+        stack_covariates(val) if val else None,
+        schedule=schedule,
     )
 
 

@@ -75,7 +75,22 @@ def load_network(model_dir: Path, card: dict, *, device: str = "cpu"):
             fix="copy the model directory again (model.onnx, model.json and "
             "checkpoint.pt belong together)",
         )
-    return load_checkpoint(model_dir, arch, len(card["classes"])).to(device).eval()
+    from metcli.cnn.hierarchy_net import card_hierarchy
+
+    network = card.get("network")
+    channels = int(card["input"]["shape"][1]) if network else None
+    return (
+        load_checkpoint(
+            model_dir,
+            arch,
+            len(card["classes"]),
+            in_channels=channels,
+            options=network,
+            hierarchy=card_hierarchy(card),
+        )
+        .to(device)
+        .eval()
+    )
 
 
 class GradCam:

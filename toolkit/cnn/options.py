@@ -17,6 +17,7 @@ from typing import Sequence
 from metcli.cnn.data import parse_phases
 from metcli.cnn.fit import MONITORS, THRESHOLD
 from metcli.cnn.networks import get_architecture
+from metcli.cnn.optim import recipe_record, resolve_recipe
 from metcli.core.errors import UsageError
 
 DEFAULT_SIZE = {2: 224, 3: 64}
@@ -65,6 +66,24 @@ class CnnOptions:
     register: str = "none"
     intensity: Sequence[str] = ()
     n4: Sequence[str] = ()
+    # transfer learning and training recipe (metcli.cnn.optim, augment, pretrained)
+    pretrained: object = None  #: a manifest name or a file (str), a PretrainedFile once resolved
+    resize: str | None = None  #: 2D slices: bilinear or bicubic (None: the architecture's)
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_epochs: int = 0
+    lr_step: int | None = None
+    lr_gamma: float = 0.1
+    augment: str = "affine"
+    flip: str | Sequence[str] | None = None
+    rotate: float | None = None
+    decision: str = "argmax"  #: 3+ classes: argmax or best-f1 (cut-offs on validation)
+    seg: Path | None = None  #: segmentations (dseg) for the liver region (``--arch almss``)
+    covariates: str | Sequence[str] = ()  #: participants.tsv columns fed to the network
+    liver_branch: bool = True  #: ``almss``: the liver branch (the study's ablation: off)
+    shared_backbone: bool = False  #: ``almss``: one backbone for every phase
+    hierarchy: Path | None = None  #: a hierarchy file: step 1 groups, step 2 within each
 
 
 def check_options(
@@ -86,6 +105,12 @@ def check_options(
     min_size = get_architecture(arch).min_size
     if dims not in (2, 3):
         raise UsageError(f"--dims must be 2 or 3, got {dims!r}")
+    if dims not in get_architecture(arch).dims:
+        raise UsageError(
+            f"--arch {arch} is a {' or '.join(map(str, get_architecture(arch).dims))}D network; "
+            f"--dims {dims} is not possible",
+            fix="leave --dims out, or choose another --arch",
+        )
     if size < min_size:
         raise UsageError(
             f"--size {size} is too small for {arch}, which needs at least {min_size} pixels",
@@ -188,7 +213,11 @@ def resolve_options(options: CnnOptions, *, threads: int | None) -> tuple[CnnOpt
     from metcli.lesions.preprocess import SliceSettings
 
     o = options
-    size = DEFAULT_SIZE.get(o.dims, 224) if o.size is None else int(o.size)
+    if o.arch == "almss":
+        o = replace(o, dims=3)  # a 3D network only
+    arch = get_architecture(o.arch)
+    default_size = arch.default_size if o.dims == 2 and arch.default_size else None
+    size = (default_size or DEFAULT_SIZE.get(o.dims, 224)) if o.size is None else int(o.size)
     check_options(
         arch=o.arch,
         size=size,
@@ -206,6 +235,15 @@ def resolve_options(options: CnnOptions, *, threads: int | None) -> tuple[CnnOpt
     if o.split is not None and o.test_patients is not None:
         raise UsageError("give --test-patients or --split, not both")
     check_threads(threads)
+    o = replace(o, pretrained=resolve_recipe(o).pretrained)  # checks the recipe's options
+    resize = o.resize or (arch.resize if o.dims == 2 else "bilinear")
+    if o.dims == 3 and resize != "bilinear":
+        raise UsageError("--resize bicubic is for 2D slices", fix="leave --resize out in 3D")
+    if o.decision not in ("argmax", "best-f1"):
+        raise UsageError(
+            f"decision {o.decision!r} is not argmax or best-f1",
+            fix="give --decision argmax or --decision best-f1",
+        )
     phases = parse_phases(o.phases)
     device = torch_device(o.device, amp=o.amp)
     slice_settings = SliceSettings(
@@ -214,6 +252,7 @@ def resolve_options(options: CnnOptions, *, threads: int | None) -> tuple[CnnOpt
         size=size,
         context_mm=float(o.context_mm),
         fov_mm=o.fov_mm,
+        resize=resize,
     )
     spec = input_spec(
         dims=o.dims,
@@ -224,7 +263,31 @@ def resolve_options(options: CnnOptions, *, threads: int | None) -> tuple[CnnOpt
         intensity=tuple(o.intensity or ()),
         n4=tuple(o.n4 or ()),
     )
-    return replace(o, size=size, phases=phases, device=device), spec
+    covariates = _check_almss(o)
+    if o.arch == "almss" and o.liver_branch:
+        spec["input"]["regions"] = ["tumour", "liver"]
+        spec["input"]["shape"][1] *= 2
+    return replace(o, size=size, phases=phases, device=device, covariates=covariates), spec
+
+
+def _check_almss(o: CnnOptions) -> list[str]:
+    """The covariate columns; refuses the ``almss`` options with another network."""
+    from metcli.cnn.clinical import parse_covariates
+
+    covariates = parse_covariates(o.covariates)
+    if o.arch != "almss":
+        if covariates or o.seg is not None or not o.liver_branch or o.shared_backbone:
+            raise UsageError(
+                "--covariates, --seg, --no-liver-branch and --shared-backbone are options "
+                f"of --arch almss, not of {o.arch}",
+                fix="give --arch almss, or leave these options out",
+            )
+    elif o.liver_branch and o.seg is None:
+        raise UsageError(
+            "--arch almss sees the liver of each phase: it needs the segmentations",
+            fix="give --seg SEG_DIR (metcli segment's output), or --no-liver-branch",
+        )
+    return covariates
 
 
 def settings_record(options: CnnOptions, classes: list[str], spec: dict) -> dict:
@@ -248,8 +311,18 @@ def settings_record(options: CnnOptions, classes: list[str], spec: dict) -> dict
         "amp": o.amp,
         "seed": o.seed,
         "device": o.device,
-        "augmentation": AUGMENTATION,
+        **recipe_record(resolve_recipe(o), AUGMENTATION),
+        **(
+            {
+                "covariates": list(o.covariates),
+                "liver_branch": o.liver_branch,
+                "shared_backbone": o.shared_backbone,
+            }
+            if o.arch == "almss"
+            else {}
+        ),
         "threshold": THRESHOLD,
+        **({"decision": o.decision} if o.decision != "argmax" else {}),
         "lesion_aggregate": "mean",
         "patient_aggregate": "mean",
     }

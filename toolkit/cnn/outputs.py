@@ -17,9 +17,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from metcli.cnn.cross_validation import CvResult
-from metcli.cnn.data import Sample, stack
+from metcli.cnn.data import Sample, stack, stack_covariates
 from metcli.cnn.fit import LOG_COLUMNS, THRESHOLD, FitResult, FitSettings
-from metcli.cnn.networks import build_network
+from metcli.cnn.hierarchy_net import make_network
 from metcli.cnn.options import CnnOptions
 from metcli.core.errors import OutputError
 
@@ -47,6 +47,10 @@ class TrainingRun:
     classes: list[str]
     spec: dict  # dims, phases, input and preprocessing (metcli.cnn.options.input_spec)
     options: CnnOptions
+    network: dict | None = None  # the architecture's own options (the card's network)
+    covariates: list | None = None  # the covariates' spec (metcli.cnn.clinical)
+    hierarchy: Any = None  # metcli.io.hierarchy.Hierarchy of a two-step model
+    hierarchy_record: dict | None = None  # the card's hierarchy (groups, rule, steps)
 
     @property
     def dims(self) -> int:
@@ -57,17 +61,35 @@ class TrainingRun:
         return f"cnn-{self.options.arch}" + ("-3d" if self.dims == 3 else "")
 
 
-def decide(probs: np.ndarray, classes: Sequence[str]) -> list[str]:
-    """Binary: the positive (last) class at or above 0.5; otherwise the most probable class."""
+def decide(probs: np.ndarray, classes: Sequence[str], cutoffs: dict | None = None) -> list[str]:
+    """Binary: the positive (last) class at or above 0.5; otherwise the most probable class,
+    or with ``cutoffs`` the rule of per-class cut-offs (:func:`metcli.io.cutoffs.decide`)."""
     if len(classes) == 2:
         return [classes[1] if p[1] >= THRESHOLD else classes[0] for p in probs]
+    if cutoffs:
+        from metcli.io.cutoffs import decide as by_cutoffs
+
+        return by_cutoffs(np.asarray(probs), classes, cutoffs)
     return [classes[int(np.argmax(p))] for p in probs]
 
 
-def export_onnx(model, sample: np.ndarray) -> tuple[bytes, float]:
+def validation_decision(run: TrainingRun, val_probs: np.ndarray | None) -> dict | None:
+    """3+ classes: best-F1 cut-offs on the validation lesions (not patients: few of them)."""
+    from metcli.io.cutoffs import choose_decision
+
+    if val_probs is None:
+        return None
+    labels, rule = [s.label for s in run.parts["val"]], run.options.decision
+    where = "the validation set's predictions (never the test set)"
+    return choose_decision(rule, labels, val_probs, run.classes, chosen_on=where, level="lesion")
+
+
+def export_onnx(model, sample: np.ndarray, covariates: np.ndarray | None = None):
     """model.onnx bytes (softmax included, dynamic batch) and its max difference to torch.
 
-    ``sample``: a few network inputs ``[n, channels, *spatial]`` for the parity check.
+    ``sample``: a few network inputs ``[n, channels, *spatial]`` for the parity check;
+    ``covariates`` ``[n, K]``: their clinical inputs, for a network that takes them (the
+    graph's second input, ``covariates``).
     """
     import io
     import warnings
@@ -81,28 +103,33 @@ def export_onnx(model, sample: np.ndarray) -> tuple[bytes, float]:
             super().__init__()
             self.net = net
 
-        def forward(self, image):
-            return torch.softmax(self.net(image), dim=1)
+        def forward(self, image, *extra):
+            return torch.softmax(self.net(image, *extra), dim=1)
 
     wrapped = WithSoftmax(model).cpu().eval()
     buffer = io.BytesIO()
+    names, example, feeds = ["image"], [torch.zeros(2, *sample.shape[1:])], {"image": sample}
+    if covariates is not None:
+        names.append("covariates")
+        example.append(torch.zeros(2, covariates.shape[1]))
+        feeds["covariates"] = covariates
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapped,
-            (torch.zeros(2, *sample.shape[1:]),),
+            tuple(example),
             buffer,
             dynamo=False,
-            input_names=["image"],
+            input_names=names,
             output_names=["probabilities"],
-            dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
+            dynamic_axes={n: {0: "batch"} for n in [*names, "probabilities"]},
             opset_version=17,
         )
     data = buffer.getvalue()
     sess = session(data)
     with torch.no_grad():
-        expected = wrapped(torch.from_numpy(sample)).numpy()
-    got = sess.run(["probabilities"], {"image": sample})[0]
+        expected = wrapped(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+    got = sess.run(["probabilities"], feeds)[0]
     difference = float(np.max(np.abs(got - expected)))
     if difference > PARITY_TOLERANCE:
         raise OutputError(
@@ -118,10 +145,13 @@ def prediction_rows(
     classes: list[str],
     which: str,
     model_name: str,
+    cutoffs: dict | None = None,
 ) -> list[dict[str, Any]]:
-    """Lesion rows, then patient rows (mean of the patient's lesion probabilities)."""
+    """Lesion rows, then patient rows (mean of the patient's lesion probabilities);
+    ``cutoffs``: the per-class cut-offs that decide (three classes or more)."""
     rows = []
-    for sample, probs, predicted in zip(samples, lesion_probs, decide(lesion_probs, classes)):
+    decided = decide(lesion_probs, classes, cutoffs)
+    for sample, probs, predicted in zip(samples, lesion_probs, decided):
         row = {
             "participant_id": sample.participant_id,
             "lesion_id": sample.lesion_id,
@@ -140,7 +170,7 @@ def prediction_rows(
             "level": "patient",
             "model": model_name,
             "set": which,
-            "predicted": decide(mean[None], classes)[0],
+            "predicted": decide(mean[None], classes, cutoffs)[0],
         }
         row.update({f"prob_{c}": round(float(p), 6) for c, p in zip(classes, mean)})
         rows.append(row)
@@ -153,9 +183,8 @@ def _predict(
     from metcli.cnn.fit import lesion_probabilities, slice_probabilities
 
     images, _, owner = stack(samples)
-    return lesion_probabilities(
-        slice_probabilities(model, images, device, batch_size, amp), owner, len(samples)
-    )
+    probs = slice_probabilities(model, images, device, batch_size, amp, stack_covariates(samples))
+    return lesion_probabilities(probs, owner, len(samples))
 
 
 def _selection(fit_settings: FitSettings, cv: CvResult | None) -> str:
@@ -185,11 +214,19 @@ def write_outputs(
     from metcli.io.cards import canonical_onnx, graph_metadata
     from metcli.io.files import OutputSet, write_tsv_to
 
-    model, predictions = _kept_model_predictions(run, result, fit_settings)
+    model, predictions, decision = _kept_model_predictions(run, result, fit_settings)
     model.cpu()
-    sample = stack(run.parts["val"] or run.parts["train"])[0][:4]
-    onnx_bytes, difference = export_onnx(model, sample)
+    some = (run.parts["val"] or run.parts["train"])[:4]
+    covariates = stack_covariates(some)
+    sample = stack(some)[0][:4]
+    onnx_bytes, difference = export_onnx(
+        model, sample, None if covariates is None else covariates[:4]
+    )
     pred_extra = _prediction_extra(run.classes, run.dims)
+    if decision is not None:  # the per-class cut-offs, in the card and the sidecars
+        pred_extra["decision"] = decision
+        if decision["rule"] != "argmax":
+            pred_extra["threshold_source"] = "best-f1 per class on validation lesions"
     # canonical bytes, with the metcli.* metadata the card describes (metcli.io.cards)
     described = {
         "kind": "image",
@@ -230,18 +267,29 @@ def _kept_model_predictions(run: TrainingRun, result: FitResult, fit_settings: F
     """The network with the kept weights (on the device) and its validation and test
     predictions rows (a set without patients has none)."""
     s = fit_settings
-    channels = len(run.spec["input"]["channels"])
-    model = build_network(run.options.arch, len(run.classes), dims=run.dims, in_channels=channels)
+    channels = len(run.spec["input"]["channels"]) * len(run.spec["input"].get("regions", [1]))
+    model = make_network(
+        run.options.arch,
+        len(run.classes),
+        dims=run.dims,
+        in_channels=channels,
+        options=run.network,
+        hierarchy=run.hierarchy,
+    )
     model.load_state_dict(result.kept_state)
     model.to(s.device)
-    predictions = {}
-    for which in ("val", "test"):
-        if run.parts[which]:
-            probs = _predict(model, run.parts[which], s.device, s.batch_size, s.amp)
-            predictions[which] = prediction_rows(
-                run.parts[which], probs, run.classes, which, run.model_name
-            )
-    return model, predictions
+    probs = {
+        which: _predict(model, run.parts[which], s.device, s.batch_size, s.amp)
+        for which in ("val", "test")
+        if run.parts[which]
+    }
+    decision = validation_decision(run, probs.get("val"))
+    cutoffs = decision["cutoffs"] if decision and decision["rule"] != "argmax" else None
+    predictions = {
+        which: prediction_rows(run.parts[which], p, run.classes, which, run.model_name, cutoffs)
+        for which, p in probs.items()
+    }
+    return model, predictions, decision
 
 
 def _write_model(
@@ -407,12 +455,16 @@ def _card(
         "classes": classes,
         "positive_class": pred_extra["positive_class"],
         "input": spec["input"],
+        **({"network": run.network} if run.network else {}),
+        **({"covariates": run.covariates} if run.covariates else {}),
+        **({"hierarchy": run.hierarchy_record} if run.hierarchy_record else {}),
         "outputs": {"probabilities": "probabilities"},
         "preprocessing": spec["preprocessing"],
         "lesion_aggregate": LESION_AGGREGATE[dims],
         "patient_aggregate": "mean",
         "threshold": pred_extra["threshold"],
         "threshold_source": pred_extra["threshold_source"],
+        **({"decision": pred_extra["decision"]} if "decision" in pred_extra else {}),
         "split": {
             "source": "split file"
             if run.options.split is not None

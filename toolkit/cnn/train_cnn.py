@@ -41,8 +41,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from metcli.cnn.almss_net import HIDDEN, WIDTH, clinical_order
 from metcli.cnn.cross_validation import choose_epochs
-from metcli.cnn.data import Sample, find_jobs, load_samples, plan_split
+from metcli.cnn.data import Sample, find_jobs, find_liver_masks, load_samples, plan_split
 from metcli.cnn.fit import (
     LOG_COLUMNS,
     THRESHOLD,
@@ -51,7 +52,9 @@ from metcli.cnn.fit import (
     lesion_probabilities,
     slice_probabilities,
 )
+from metcli.cnn.hierarchy_net import fit_steps, hierarchy_record, make_network
 from metcli.cnn.networks import build_network
+from metcli.cnn.optim import resolve_recipe
 from metcli.cnn.options import CnnOptions, require_libraries, resolve_options, settings_record
 from metcli.cnn.outputs import TrainingRun, decide, export_onnx, prediction_rows, write_outputs
 from metcli.core.batch import announce_total
@@ -168,20 +171,35 @@ def train_cnn(
     check_output_not_inside_input(out_dir, [raw_dir, lesions_dir])
     excluded: dict[str, str] = {}
     all_labels, classes = _labels(Path(labels), opts.label_column, opts.positive_class, excluded)
-    sources = {"raw": raw_dir, "lesions": lesions_dir}
+    hierarchy = _hierarchy(opts, classes, Path(labels))
+    sources = {"raw": raw_dir, "lesions": lesions_dir, **({"seg": opts.seg} if opts.seg else {})}
     step = Step("train-cnn", out_dir, sources, settings_record(opts, classes, spec))
-    jobs = find_jobs(raw_dir, lesions_dir, all_labels, excluded, phases=opts.phases)
-    files = [f for j in jobs for f in (*j.cts.values(), j.lesion_map, j.lesion_table)]
-    split = [Path(opts.split)] if opts.split is not None else []
-    inputs = step.inputs(files + [Path(labels)] + split)
+    jobs, files = _jobs(raw_dir, lesions_dir, all_labels, excluded, opts)
+    inputs = step.inputs(files + [Path(labels)])
     if not overwrite and step.is_done(out_dir / "model" / "model.json", inputs):
         return CnnResult(out_dir / "model", skipped=True, excluded=excluded)
     plan, folds, parts = _split_samples(jobs, all_labels, classes, spec, opts)
-    run = TrainingRun(out_dir, step, inputs, plan, folds, parts, classes, spec, opts)
+    covariates = _add_covariates(Path(labels), opts, plan, parts, spec)
+    run = TrainingRun(
+        out_dir,
+        step,
+        inputs,
+        plan,
+        folds,
+        parts,
+        classes,
+        spec,
+        opts,
+        network=network_options(opts, len(covariates or [])),
+        covariates=covariates,
+        hierarchy=hierarchy,
+    )
     state_dir = _start_output(out_dir, sources, resume)
     with limit_cpu_threads(threads) as torch_threads:
         log.info("train-cnn: %d PyTorch CPU thread(s)", torch_threads)
-        result, cv, fit_settings = _train(run, state_dir, resume=resume, progress=progress)
+        result, cv, fit_settings, steps = _train(run, state_dir, resume=resume, progress=progress)
+        if steps:
+            run = replace(run, hierarchy_record=hierarchy_record(hierarchy, steps))
         difference = write_outputs(
             run, result, cv, fit_settings, versions=_versions(), torch_threads=torch_threads
         )
@@ -195,6 +213,17 @@ def train_cnn(
         epochs_run=len(result.rows),
         cv_epochs=None if cv is None else cv.epochs,
     )
+
+
+def _jobs(raw_dir: Path, lesions_dir: Path, labels: dict, excluded: dict, options: CnnOptions):
+    """(the participants' jobs, every input file: images, tables, split and hierarchy)."""
+    o = options
+    jobs = find_jobs(raw_dir, lesions_dir, labels, excluded, phases=o.phases)
+    if o.seg is not None:
+        jobs = find_liver_masks(Path(o.seg), jobs, excluded)
+    files = [f for j in jobs for f in (*j.cts.values(), j.lesion_map, j.lesion_table)]
+    files += [j.liver_mask for j in jobs if j.liver_mask is not None]
+    return jobs, files + [Path(p) for p in (o.split, o.hierarchy) if p is not None]
 
 
 def _split_samples(
@@ -228,6 +257,41 @@ def _split_samples(
             fix="use --monitor loss, or more --val-patients",
         )
     return plan, folds, parts
+
+
+def network_options(options: CnnOptions, n_covariates: int) -> dict | None:
+    """The card's ``network``: the architecture's own options (None for the others)."""
+    o = options
+    if o.arch != "almss":
+        return None
+    return {
+        "phases": len(o.phases or ["ct"]),
+        "liver": bool(o.liver_branch),
+        "covariates": n_covariates,
+        "shared": bool(o.shared_backbone),
+        "width": WIDTH,
+        "hidden": HIDDEN,
+        "order": clinical_order(list(o.phases or ["ct"])),
+    }
+
+
+def _add_covariates(labels: Path, options: CnnOptions, plan, parts, spec: dict):
+    """The covariates' spec (None without ``--covariates``); each sample gets its values,
+    the card's input its second tensor."""
+    if not options.covariates:
+        return None
+    from metcli.cnn.clinical import fit_covariates
+
+    covariates, values = fit_covariates(labels, list(options.covariates), plan)
+    for samples in parts.values():
+        for sample in samples:
+            sample.covariates = values[sample.participant_id]
+    spec["input"]["covariates"] = {
+        "name": "covariates",
+        "shape": ["batch", len(covariates)],
+        "columns": list(options.covariates),
+    }
+    return covariates
 
 
 def _start_output(out_dir: Path, sources: dict[str, Path], resume: bool) -> Path:
@@ -267,6 +331,8 @@ def _train(run: TrainingRun, state_dir: Path, *, resume: bool, progress):
         amp=o.amp,
         monitor=o.monitor,
         patience=o.patience,
+        network=run.network,
+        recipe=resolve_recipe(o),  # optimiser, schedule, augmentation, --pretrained
     )
     announce_total(progress, fit_settings.epochs * (1 + (o.cv_folds or 0)))
     cv = None
@@ -281,6 +347,21 @@ def _train(run: TrainingRun, state_dir: Path, *, resume: bool, progress):
             progress=progress,
         )
         fit_settings = replace(fit_settings, epochs=cv.epochs, keep_last=True)
+    if run.hierarchy is not None:
+        spec = run.spec["input"]
+        result, steps = fit_steps(
+            parts,
+            run.hierarchy,
+            run.classes,
+            fit_settings,
+            state_dir=state_dir,
+            resume=resume,
+            fingerprint=fingerprint,
+            progress=progress,
+            dims=run.dims,
+            in_channels=int(spec["shape"][1]),
+        )
+        return result, cv, fit_settings, steps
     result = fit(
         parts["train"],
         parts["val"],
@@ -290,7 +371,24 @@ def _train(run: TrainingRun, state_dir: Path, *, resume: bool, progress):
         fingerprint=f"{fingerprint}:train",
         progress=progress,
     )
-    return result, cv, fit_settings
+    return result, cv, fit_settings, None
+
+
+def _hierarchy(options: CnnOptions, classes: list[str], labels: Path):
+    """The hierarchy of ``--hierarchy`` (checked against the labels), or None."""
+    if options.hierarchy is None:
+        return None
+    from metcli.io.hierarchy import check_labels, read_hierarchy
+
+    if options.cv_folds is not None or options.positive_class is not None:
+        raise UsageError(
+            "--hierarchy trains each step on its own validation patients; it takes neither "
+            "--cv-folds nor --positive-class",
+            fix="leave those options out",
+        )
+    hierarchy = read_hierarchy(Path(options.hierarchy))
+    check_labels(hierarchy, classes, labels_path=labels)
+    return hierarchy
 
 
 def _folds(
@@ -321,18 +419,32 @@ def load_checkpoint(
     *,
     dims: int | None = None,
     in_channels: int | None = None,
+    options: dict | None = None,
+    hierarchy=None,
 ):
     """The network with the weights of ``model_dir/checkpoint.pt`` (``weights_only=True``).
 
     ``dims`` and ``in_channels`` default to those of the checkpoint's first
-    convolution (2D or 3D; one channel, or one per phase).
+    convolution (2D or 3D; one channel, or one per phase); ``options``: the card's
+    ``network`` (the architecture's own options); ``hierarchy``: the
+    :class:`~metcli.io.hierarchy.Hierarchy` of a two-step model (its steps' networks).
     """
     import torch
 
     state = torch.load(Path(model_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
     first = next(v for v in state.values() if getattr(v, "ndim", 0) in (4, 5))
-    model = build_network(
-        arch, n_classes, dims=dims or first.ndim - 2, in_channels=in_channels or int(first.shape[1])
+    if options and in_channels is None:
+        raise UsageError(
+            f"the {arch} network's channels are not those of its first convolution",
+            fix="give in_channels (the card's input shape)",
+        )
+    model = make_network(
+        arch,
+        n_classes,
+        dims=dims or first.ndim - 2,
+        in_channels=in_channels or int(first.shape[1]),
+        options=options,
+        hierarchy=hierarchy,
     )
     model.load_state_dict(state)
     return model.eval()

@@ -80,7 +80,8 @@ def input_names(card: Mapping[str, Any]) -> list[str]:
     image: the one ``input``)."""
     if "inputs" in card:
         return [str(item["name"]) for item in card["inputs"]]
-    return [str(card["input"]["name"])]
+    covariates = card["input"].get("covariates")
+    return [str(card["input"]["name"])] + ([str(covariates["name"])] if covariates else [])
 
 
 def _described(card: Mapping[str, Any]) -> dict[str, Any]:

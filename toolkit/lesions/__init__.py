@@ -21,6 +21,8 @@ _API = {
     "SliceSettings": "preprocess",
     "card_intensities": "channel_inputs",
     "card_phases": "inputs",
+    "card_regions": "inputs",
+    "liver_inputs": "inputs",
     "channel_files_by_key": "maps",
     "choose_lesion_map": "maps",
     "cube_crop": "volumes",

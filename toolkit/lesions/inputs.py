@@ -30,6 +30,7 @@ CARD_PREPROCESSING_KEYS = frozenset(
         "channel_intensity",
         "channel_grids",
         "channel_registration",
+        "resize",
     }
 )
 
@@ -69,10 +70,9 @@ def settings_from_card(card: dict, *, card_path=None) -> SliceSettings:
     """The :class:`SliceSettings` of a model card, or an error for what this version cannot redo.
 
     Refused (:class:`~metcli.core.errors.InputError` naming ``card_path``): another
-    ``preprocessing_version`` or orientation, a setting this version does not
-    know, ``dims`` other than 2 (the default) or 3, an input shape that is not
-    ``[batch, channels, size, size(, size)]`` with the card's ``size`` and
-    number of ``input.channels``, or invalid values.
+    ``preprocessing_version`` or orientation, a setting this version does not know, ``dims``
+    other than 2 (the default) or 3, an input shape that is not ``[batch, channels, size,
+    size(, size)]`` with the card's ``size`` and number of ``input.channels``, or invalid values.
     """
     pre = card.get("preprocessing")
     if not isinstance(pre, dict):
@@ -119,6 +119,7 @@ def settings_from_card(card: dict, *, card_path=None) -> SliceSettings:
             size=int(pre["size"]),
             context_mm=float(pre["context_mm"]),
             fov_mm=None if pre["fov_mm"] is None else float(pre["fov_mm"]),
+            resize=str(pre.get("resize", "bilinear")),
         )
     except KeyError as exc:
         raise _refuse(
@@ -135,7 +136,8 @@ def settings_from_card(card: dict, *, card_path=None) -> SliceSettings:
         ) from None
     shape = list(card.get("input", {}).get("shape", []))
     channels = list(card.get("input", {}).get("channels") or ["ct"])
-    expected = ["batch", len(channels)] + [settings.size] * dims
+    regions = card_regions(card, card_path=card_path)
+    expected = ["batch", len(channels) * len(regions)] + [settings.size] * dims
     if shape != expected:
         raise _refuse(
             f"the model's input shape {shape} is not {expected}, the {dims}D "
@@ -144,6 +146,23 @@ def settings_from_card(card: dict, *, card_path=None) -> SliceSettings:
             card_path,
         )
     return settings
+
+
+def card_regions(card: dict, *, card_path=None) -> list[str]:
+    """The regions a card's network sees per channel: ``["tumour"]`` (the lesion's cube or
+    slices, every card before ``train-cnn --arch almss``) or ``["tumour", "liver"]``
+    (then the liver's cube of each channel follows the lesions' channels)."""
+    regions = list(card.get("input", {}).get("regions") or ["tumour"])
+    if regions not in (["tumour"], ["tumour", "liver"]):
+        raise _refuse(
+            f"the model takes the regions {regions}; this metcli makes tumour and liver cubes only",
+            card_path,
+        )
+    if "liver" in regions and card.get("dims", 2) != 3:
+        raise _refuse(
+            "the model takes a 2D liver region; this metcli makes it in 3D only", card_path
+        )
+    return regions
 
 
 def card_phases(card: dict) -> list[str] | None:
@@ -166,6 +185,8 @@ def model_inputs(
     ct_paths: dict | None = None,
     lesion_map_path=None,
     card_path=None,
+    liver_mask=None,
+    liver_mask_path=None,
 ) -> list[LesionInputs]:
     """The inputs of the network a model card describes, for each lesion (training and predict).
 
@@ -180,6 +201,9 @@ def model_inputs(
             missing from the map is a :class:`~metcli.core.errors.MaskError` naming
             ``lesion_map_path``.
         ct_paths, lesion_map_path, card_path: the files, for error messages.
+        liver_mask: a segmentation (``dseg``: liver 1, lesion 2) on the lesion map's grid,
+            for a card whose ``input.regions`` include ``liver``
+            (:func:`liver_inputs`); ``liver_mask_path`` names it in errors.
 
     Cards: ``dims`` 2 (default), lesion slices (:func:`lesion_slices`), or 3,
     one cube per lesion (:func:`metcli.lesions.volumes.lesion_volumes`), with
@@ -215,14 +239,62 @@ def model_inputs(
                 lesion_map_path=lesion_map_path,
             )
         )
-    return [
-        LesionInputs(
-            lesion_id,
-            indices,
-            np.stack([channel[i][2] for channel in per_channel], axis=1).astype(np.float32),
+    liver = None
+    if "liver" in card_regions(card, card_path=card_path):
+        liver = liver_inputs(
+            [images[p] for p in order],
+            liver_mask,
+            settings,
+            liver_mask_path=liver_mask_path,
+            card_path=card_path,
         )
-        for i, (lesion_id, indices, _images) in enumerate(per_channel[0])
+    out = []
+    for i, (lesion_id, indices, _images) in enumerate(per_channel[0]):
+        stacked = np.stack([channel[i][2] for channel in per_channel], axis=1)
+        if liver is not None:
+            stacked = np.concatenate([stacked, liver], axis=1)
+        out.append(LesionInputs(lesion_id, indices, stacked.astype(np.float32)))
+    return out
+
+
+def liver_inputs(
+    channels: Sequence, liver_mask, settings: SliceSettings, *, liver_mask_path=None, card_path=None
+) -> np.ndarray:
+    """``[1, channels, size, size, size]``: the liver's cube in each channel (the global
+    branch of ``--arch almss``): liver and lesions (labels 1 and 2 of ``liver_mask``) kept,
+    the rest black, cropped to the cube around them and resized, by the rules of
+    :mod:`metcli.lesions.volumes` with the card's window and size (no context, no fixed
+    field of view)."""
+    import SimpleITK as sitk
+
+    from metcli.core.errors import MaskError
+    from metcli.lesions.volumes import lesion_volumes
+
+    if liver_mask is None:
+        raise _refuse(
+            "the model takes the liver region of each phase, but no liver mask was given",
+            card_path,
+            fix="give the segmentation folder (metcli segment's OUT_DIR) as the third input",
+        )
+    region = sitk.Cast(liver_mask > 0, sitk.sitkUInt8)
+    if not sitk.GetArrayViewFromImage(region).any():
+        raise MaskError(
+            "the segmentation has no liver or lesion voxel",
+            path=liver_mask_path,
+            fix="give the participant's metcli segment output (labels 1 liver, 2 lesion)",
+        )
+    whole = SliceSettings(
+        window_width=settings.window_width,
+        window_level=settings.window_level,
+        size=settings.size,
+    )
+    cubes = [
+        lesion_volumes(
+            image, region, lesion_ids=[1], settings=whole, lesion_map_path=liver_mask_path
+        )[0].image
+        for image in channels
     ]
+    return np.stack(cubes)[None].astype(np.float32)
 
 
 def _channel_order(card: dict, cts: dict, card_path) -> list:

@@ -74,10 +74,14 @@ class ImageJob:
     cts: dict = field(default_factory=dict)  # phase -> Path
     lesion_table: Path | None = None
     problem: InputError | None = None
+    liver_mask: Path | None = None  #: the segmentation, for a card with a liver region
+    participants: Path | None = None  #: participants.tsv, for a card with covariates
+    covariates: np.ndarray | None = None  #: the encoded covariates (float32 [K])
 
     @property
     def files(self) -> list[Path]:
-        return [*self.cts.values(), self.lesion_map, self.lesion_table]
+        extra = [p for p in (self.liver_mask, self.participants) if p is not None]
+        return [*self.cts.values(), self.lesion_map, self.lesion_table, *extra]
 
 
 def find_image_jobs(
@@ -193,13 +197,20 @@ class ImageBackend:
     def predict(cls, model_dir, card: dict, inputs: Sequence[Path], out_dir, **options):
         """:func:`predict_image` with ``inputs`` (RAW_DIR, LESIONS_DIR): the hook that
         metcli.prediction.predict calls."""
+        from metcli.lesions.inputs import card_regions
+
         inputs = [Path(p) for p in inputs]
-        if len(inputs) != 2 or not all(p.is_dir() for p in inputs):
+        liver = "liver" in card_regions(card, card_path=Path(model_dir) / "model.json")
+        wanted = "RAW_DIR LESIONS_DIR SEG_DIR" if liver else "RAW_DIR LESIONS_DIR"
+        if len(inputs) != len(wanted.split()) or not all(p.is_dir() for p in inputs):
             raise UsageError(
-                f"model {card['name']} is an image model: give RAW_DIR LESIONS_DIR "
+                f"model {card['name']} is an image model: give {wanted} "
                 f"(got {len(inputs)} input(s))",
-                fix="metcli predict MODEL_DIR RAW_DIR LESIONS_DIR OUT_DIR",
+                fix=f"metcli predict MODEL_DIR {wanted} OUT_DIR"
+                + (" (SEG_DIR: metcli segment's output, for the liver region)" if liver else ""),
             )
+        if liver:
+            options["seg_dir"] = inputs[2]
         return predict_image(model_dir, inputs[0], inputs[1], out_dir, card=card, **options)
 
     def _open_onnx(self, providers, device: str) -> None:
@@ -224,6 +235,7 @@ class ImageBackend:
 
         cts = {phase: read_channel_file(path, phase) for phase, path in job.cts.items()}
         lesion_map = read_image(job.lesion_map, what="lesion map")
+        liver = None if job.liver_mask is None else read_image(job.liver_mask, what="segmentation")
         return model_inputs(
             self.card,
             cts,
@@ -232,27 +244,37 @@ class ImageBackend:
             ct_paths=job.cts,
             lesion_map_path=job.lesion_map,
             card_path=self.card_path,
+            liver_mask=liver,
+            liver_mask_path=job.liver_mask,
         )
 
-    def slice_probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities ``[n, classes]`` (float64) of network inputs ``[n, C, *spatial]``."""
+    def slice_probabilities(self, images: np.ndarray, covariates=None) -> np.ndarray:
+        """Class probabilities ``[n, classes]`` (float64) of network inputs ``[n, C, *spatial]``
+        (``covariates``: one participant's encoded covariates, for a card with them)."""
         images = np.ascontiguousarray(images, dtype=np.float32)
+        extra = []
+        if covariates is not None:
+            extra = [np.repeat(np.asarray(covariates, np.float32)[None], len(images), axis=0)]
         out = []
         for start in range(0, len(images), BATCH):
-            batch = images[start : start + BATCH]
+            batch = [images[start : start + BATCH]] + [e[start : start + BATCH] for e in extra]
             if self.runtime == "onnx":
-                out.append(self.session.run([self.output_name], {self.input_name: batch})[0])
+                names = [self.input_name] + (
+                    [self.card["input"]["covariates"]["name"]] if extra else []
+                )
+                feeds = dict(zip(names, batch))
+                out.append(self.session.run([self.output_name], feeds)[0])
             else:
                 import torch
 
                 with torch.no_grad():
-                    logits = self.net(torch.from_numpy(batch).to(self.torch_device))
+                    logits = self.net(*(torch.from_numpy(b).to(self.torch_device) for b in batch))
                     out.append(torch.softmax(logits, dim=1).cpu().numpy())
         if not out:
             return np.zeros((0, len(self.classes)))
         return np.clip(np.concatenate(out).astype(np.float64), 0.0, 1.0)
 
-    def lesion_probabilities(self, lesions) -> tuple[np.ndarray, list[np.ndarray]]:
+    def lesion_probabilities(self, lesions, covariates=None) -> tuple[np.ndarray, list]:
         """(lesion probabilities [lesions, classes], each lesion's input probabilities).
 
         A lesion's probabilities are the mean over its inputs (slices; 3D: its one cube).
@@ -260,7 +282,9 @@ class ImageBackend:
         counts = [len(lesion.images) for lesion in lesions]
         if not counts:
             return np.zeros((0, len(self.classes))), []
-        probs = self.slice_probabilities(np.concatenate([lesion.images for lesion in lesions]))
+        probs = self.slice_probabilities(
+            np.concatenate([lesion.images for lesion in lesions]), covariates
+        )
         per_lesion = np.split(probs, np.cumsum(counts)[:-1])
         return np.stack([p.mean(axis=0) for p in per_lesion]), per_lesion
 
@@ -282,8 +306,12 @@ def predict_image(
     threads: int | None = None,
     overwrite: bool = False,
     progress: Callable[[str, str], None] | None = None,
+    seg_dir=None,
 ):
     """Predict every participant of RAW_DIR/LESIONS_DIR with an image model (module docstring).
+
+    ``seg_dir``: the segmentations whose liver a card with a liver region takes
+    (``--arch almss``); ``participants``: participants.tsv with a card's covariates.
 
     ``participant_label`` and ``level`` choose participants and levels as in
     :func:`metcli.prediction.predict.predict`; ``threads``: PyTorch's CPU threads for the
@@ -305,9 +333,10 @@ def predict_image(
     card = card if card is not None else load_card(model_dir)
     _check_image_card(card, model_dir)
     check_output_not_inside_input(out_dir, [model_dir, raw_dir, lesions_dir])
-    if participants is not None:
-        log.warning("image models use no covariates; --participants is not used")
     jobs = _chosen_jobs(raw_dir, lesions_dir, card, session=session, labels=labels)
+    if seg_dir is not None:
+        add_liver_masks(jobs, Path(seg_dir))
+    participants = add_covariates(jobs, card, participants)
     backend = explainer = None
     if do_participants:
         backend, explainer = _open_model(
@@ -324,6 +353,7 @@ def predict_image(
         explain=explain,
         backend=backend,
         explainer=explainer,
+        more_sources=_more_sources(seg_dir, participants),
     )
     run = ImageRun(
         card, out_dir, aggregate, overwrite, do_participants, backend, explainer, *record
@@ -335,6 +365,60 @@ def predict_image(
         with group_level(run.report):
             run.write_group_table()
     return run.report
+
+
+def _more_sources(seg_dir, participants) -> dict[str, Path]:
+    """The input roots besides the model, RAW_DIR and LESIONS_DIR: SEG_DIR, participants'."""
+    roots = {"seg": seg_dir, "participants": None if participants is None else participants.parent}
+    return {name: Path(path) for name, path in roots.items() if path is not None}
+
+
+def add_liver_masks(jobs: Sequence[ImageJob], seg_dir: Path) -> None:
+    """Each job's segmentation: the ``dseg`` of its lesion map's participant, session and
+    phase in ``seg_dir``; a job without one fails alone."""
+    from metcli.io.bids import find_files
+
+    found = {a.entities.key: a.path for a in find_files(seg_dir, suffix="dseg", desc=None)}
+    for job in jobs:
+        if job.problem is None and job.key not in found:
+            job.problem = InputError(
+                f"{job.participant_id}: no segmentation (dseg) of its lesion map's phase",
+                path=seg_dir,
+                fix="give the folder metcli segment wrote for these CTs as SEG_DIR",
+            )
+        job.liver_mask = found.get(job.key)
+
+
+def add_covariates(jobs: Sequence[ImageJob], card: dict, participants) -> Path | None:
+    """Each job's covariates by the card's spec (a participant lacking one fails alone);
+    participants.tsv's path, or None for a card without covariates."""
+    spec = card.get("covariates")
+    if not spec:
+        if participants is not None:
+            log.warning("model %s uses no covariates; --participants is not used", card["name"])
+        return None
+    from metcli.cnn.clinical import encode_for_card
+    from metcli.io.participants import read_label_rows
+
+    columns = ", ".join(sorted({item["column"] for item in spec}))
+    if participants is None:
+        raise UsageError(
+            f"model {card['name']} uses covariates ({columns})",
+            fix="give participants.tsv with --participants",
+        )
+    path = Path(participants)
+    path = path / "participants.tsv" if path.is_dir() else path
+    rows = {r["participant_id"]: r for r in read_label_rows(path, None)}
+    for job in jobs:
+        job.participants = path
+        try:
+            job.covariates = encode_for_card(
+                spec, {job.participant_id: rows.get(job.participant_id, {})}, path
+            )[job.participant_id]
+        except InputError as exc:
+            if job.problem is None:
+                job.problem = exc
+    return path
 
 
 def _check_image_card(card: dict, model_dir: Path) -> None:
@@ -374,5 +458,15 @@ def _explainer(model_dir: Path, card: dict, device: str, threads: int | None = N
     from metcli.cnn.gradcam import GradCam, load_network
     from metcli.core.devices import torch_device
 
+    if card.get("hierarchy"):
+        raise UsageError(
+            f"model {card['name']} is a two-step (hierarchical) image model; its heat maps "
+            "are not made by this metcli",
+            fix="predict without --explain",
+        )
     net = load_network(model_dir, card, device=torch_device(device))
+    if card.get("network"):  # a multi-branch network: one map per phase
+        from metcli.cnn.gradcam_phases import PhaseGradCam
+
+        return PhaseGradCam(net, threads=threads)
     return GradCam(net, card["architecture"], threads=threads)

@@ -29,21 +29,24 @@ def run_record(
     explain: bool,
     backend,
     explainer,
+    more_sources: dict | None = None,
 ):
     """(provenance step, sidecar extra keys, models, model files) of an image predict run;
-    writes the dataset description."""
+    writes the dataset description. ``more_sources``: other input roots (``seg``,
+    ``participants``) by name."""
     from metcli.io.files import sha256_file
     from metcli.io.provenance import Step, write_dataset_description
-    from metcli.prediction.outputs import COMMAND
+    from metcli.prediction.outputs import COMMAND, decision_extra
 
     model_files = [model_dir / "model.onnx", model_dir / "model.json"]
     if explain:
         model_files.append(model_dir / "checkpoint.pt")
     model_sha = sha256_file(model_dir / "model.onnx")
+    sources = {"model": model_dir, "raw": raw_dir, "lesions": lesions_dir, **(more_sources or {})}
     step = Step(
         COMMAND,
         out_dir,
-        {"model": model_dir, "raw": raw_dir, "lesions": lesions_dir},
+        sources,
         {
             "model_sha256": model_sha,
             "aggregate": aggregate,
@@ -54,7 +57,7 @@ def run_record(
     write_dataset_description(
         out_dir,
         name="metcli predict",
-        sources={"model": model_dir, "raw": raw_dir, "lesions": lesions_dir},
+        sources=sources,
         description=f"predictions of model {card['name']}",
     )
     extra = {
@@ -72,6 +75,7 @@ def run_record(
     for key in ("positive_class", "threshold"):  # none for a multi-class model
         if extra[key] is None:
             del extra[key]
+    extra.update(decision_extra(card))
     models = [{"name": card["name"], "sha256": model_sha}]
     if explain:
         models.append(
@@ -166,6 +170,7 @@ class ImageRun:
 
 def predict_participant(backend, explainer, job, card: dict, aggregate: str, out_dir: Path):
     """(prediction rows, [(png path, sidecar path, rgb array, sidecar extra)] for --explain)."""
+    from metcli.io.cutoffs import apply_decision
     from metcli.io.predictions import prediction_rows
     from metcli.lesions.maps import kept_lesion_ids
 
@@ -184,7 +189,7 @@ def predict_participant(backend, explainer, job, card: dict, aggregate: str, out
                 path=job.lesion_map,
                 fix="run split-lesions again",
             )
-    proba, per_slice = backend.lesion_probabilities(lesions)
+    proba, per_slice = backend.lesion_probabilities(lesions, job.covariates)
     rows = prediction_rows(
         [job.participant_id] * len(lesions),
         [lesion.lesion_id for lesion in lesions],
@@ -196,6 +201,7 @@ def predict_participant(backend, explainer, job, card: dict, aggregate: str, out
         threshold=card["threshold"],
         aggregate=aggregate,
     )
+    apply_decision(rows, card["classes"], card.get("decision"), aggregate)
     pictures = []
     if explainer is not None:
         predicted = {r["lesion_id"]: r["predicted"] for r in rows if r["level"] == "lesion"}
@@ -227,7 +233,12 @@ def gradcam_picture(
 
     class_index = list(card["classes"]).index(label)
     channels = list(card["input"]["channels"])
-    if lesion.images.ndim == 5:  # 3D: one cube per lesion
+    rgb = None
+    if card.get("network"):  # a multi-branch network: one map per phase, side by side
+        rgb, heat, where = _phase_pictures(
+            explainer, job, lesion, slice_probs, class_index, channels
+        )
+    elif lesion.images.ndim == 5:  # 3D: one cube per lesion
         heat = explainer(lesion.images, class_index)[0]
         middle = heat.shape[0] // 2
         picture, heat = lesion.images[0, 0, middle], heat[middle]
@@ -246,7 +257,7 @@ def gradcam_picture(
             "probability": float(slice_probs[best, class_index]),
             "slices": len(lesion.images),
         }
-    rgb = overlay(picture, heat)
+    rgb = overlay(picture, heat) if rgb is None else rgb
     sub, ses, ce = job.key
     entities = Entities(
         sub=sub,
@@ -263,7 +274,7 @@ def gradcam_picture(
         "lesion_id": int(lesion.lesion_id),
         "class": label,
         **where,
-        "channel": channels[0],
+        "channel": where.pop("channels", channels[0]),
         "method": "Grad-CAM (monai.visualize.GradCAM)",
         "target_layer": explainer.target_layer,
         "architecture": explainer.arch,
@@ -278,6 +289,27 @@ def gradcam_picture(
         "TorchThreads": explainer.threads,
     }
     return path, sidecar_path(path), rgb, info
+
+
+def _phase_pictures(explainer, job, lesion, slice_probs, class_index: int, channels: list):
+    """(RGB montage, heat maps, sidecar fields) of a multi-branch network: each channel's
+    central axial slice of the lesion's cube under its own Grad-CAM map, left to right in
+    channel order."""
+    from metcli.cnn.gradcam import overlay
+
+    covariates = None if job.covariates is None else job.covariates[None]
+    heat = explainer(lesion.images, class_index, covariates)[0]  # [channels, *spatial]
+    middle = heat.shape[1] // 2
+    panels = [overlay(lesion.images[0, c, middle], heat[c, middle]) for c in range(len(heat))]
+    where = {
+        "cube_slice": middle,
+        "slice_choice": "the central axial slice of the lesion's cube, one panel per channel",
+        "probability": float(slice_probs[0, class_index]),
+        "channels": channels,
+        "panels": "left to right in the order of channels",
+        "heat_map_max_per_channel": [float(h.max()) for h in heat],
+    }
+    return np.concatenate(panels, axis=1), heat, where
 
 
 def write_participant(
