@@ -220,7 +220,6 @@ ADVICE: dict[str, str] = {
     "io/oserrors.py:output_error:OutputError(what, path=folder, fix=fix)": (
         "see Operating-system faults while writing outputs, below"
     ),
-    "io/predictions.py:aggregate_patients:aggregate ... is not one": _CHOICES,
     "io/schemas.py:load_schema:no schema named ... ships": (
         "reinstall metcli (its schemas are missing), or report it"
     ),
@@ -243,7 +242,7 @@ ADVICE: dict[str, str] = {
     ),
     "prediction/image.py:ImageBackend.__init__:runtime ... is not one": _CHOICES,
     "prediction/image.py:ImageBackend.__init__:--device ... is not one": _CHOICES,
-    "prediction/outputs.py:check_run_options:--aggregate ... is not one": _CHOICES,
+    "radiomics/settings.py:check_settings:--decision must be argmax or": _CHOICES,
     "prediction/outputs.py:participant_path:InputError(f'{pid} {exc.what}', fix=exc.fix or 'write": (  # noqa: E501
         "the participant, session or phase in the input holds characters other than letters "
         "and digits: rename it"
