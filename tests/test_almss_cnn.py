@@ -173,12 +173,10 @@ def test_the_card_records_the_network_and_the_covariates(trained, cohort):
     assert card["covariates"][0]["center"] == pytest.approx(np.mean([ages[p] for p in train]))
 
 
-def test_predict_reproduces_the_test_predictions_with_covariates(trained):
+@pytest.mark.parametrize("table", ["val_predictions.tsv", "predictions.tsv"])
+def test_predict_reproduces_the_validation_and_test_predictions_with_covariates(trained, table):
     out, predicted = trained
-    mine = {
-        (r["participant_id"], r["lesion_id"], r["level"]): r
-        for r in read_tsv(out / "predictions.tsv")
-    }
+    mine = {(r["participant_id"], r["lesion_id"], r["level"]): r for r in read_tsv(out / table)}
     again = {
         (r["participant_id"], r["lesion_id"], r["level"]): r
         for r in read_tsv(predicted / "predictions.tsv")
