@@ -37,7 +37,7 @@ shows before readers and Table 1 were added).
 Run from the repository root::
 
     python docs/make_report_screenshot.py --top 5500   # the hand-made example (the PNG)
-    python docs/make_report_screenshot.py --multiclass --top 5900   # the three-class PNG
+    python docs/make_report_screenshot.py --multiclass --top 5600   # the three-class PNG
     python docs/make_report_screenshot.py --report demo/derivatives/evaluation/report.html \
         --top 5200
     python docs/make_report_screenshot.py --keep /tmp/example   # keep the example data

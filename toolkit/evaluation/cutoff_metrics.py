@@ -221,23 +221,34 @@ def cutoffs_section(doc: Mapping[str, Any]) -> str:
         out.append(f"<h3>{_cell(e['model'])}</h3><p>Cut-offs from {_cell(e['source'])}")
         if e.get("rule_of_predicted_column"):
             out.append(f"; the predicted column used {_cell(e['rule_of_predicted_column'])}")
-        out.append(".</p><table><thead><tr><th>class</th><th>cut-off</th></tr></thead><tbody>")
-        for c in e["classes"]:
-            out.append(f'<tr><td>{_cell(c)}</td><td class="num">{_cell(e["cutoffs"][c])}</td></tr>')
-        out.append("</tbody></table>")
-        out.append(
-            "<table><thead><tr><th>level</th><th>metric</th><th>class</th>"
-            "<th>argmax</th><th>cut-offs</th></tr></thead><tbody>"
-        )
-        pairs: dict[tuple, dict] = {}
-        for r in e["metrics"]:
-            pairs.setdefault((r["level"], r["metric"], r["class"]), {})[r["rule"]] = r["estimate"]
-        for (level, metric, cls), values in pairs.items():
-            out.append(
-                f"<tr><td>{_cell(level)}</td><td>{_cell(metric)}</td><td>{_cell(cls)}</td>"
-                f'<td class="num">{_cell(values.get("argmax"))}</td>'
-                f'<td class="num">{_cell(values.get("cutoffs"))}</td></tr>'
-            )
-        out.append("</tbody></table>")
+        out.append(". Each cell: argmax / cut-offs.</p>")
+        out.append(_rules_table(e))
     out.append("</section>")
     return "".join(out)
+
+
+def _rules_table(entry: Mapping[str, Any]) -> str:
+    """One row per level and metric, one column per class (its cut-off in the header) and
+    one for the whole model; each cell the figure by argmax, then by the cut-offs."""
+    classes = list(entry["classes"])
+    cells: dict[tuple, dict] = {}
+    for r in entry["metrics"]:
+        key = (r["level"], r["metric"])
+        cells.setdefault(key, {}).setdefault(r["class"], {})[r["rule"]] = r["estimate"]
+    head = "".join(f"<th>{_cell(c)} (cut-off {_cell(entry['cutoffs'][c])})</th>" for c in classes)
+    rows = [
+        "<table><thead><tr><th>level</th><th>metric</th><th>all classes</th>"
+        f"{head}</tr></thead><tbody>"
+    ]
+    for (level, metric), by_class in cells.items():
+        row = [f"<tr><td>{_cell(level)}</td><td>{_cell(metric)}</td>"]
+        for c in [None, *classes]:
+            values = by_class.get(c)
+            text = (
+                ""
+                if values is None
+                else f"{_cell(values.get('argmax'))} / {_cell(values.get('cutoffs'))}"
+            )
+            row.append(f'<td class="num">{text}</td>')
+        rows.append("".join(row) + "</tr>")
+    return "".join(rows) + "</tbody></table>"
