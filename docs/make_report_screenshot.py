@@ -26,7 +26,7 @@ per-class cut-offs chosen by best F1 on the validation predictions
 recorded in the predictions' sidecar as ``decision``, as ``metcli predict`` records a
 card's cut-offs (so evaluate's cut-offs section reads them there; ``--cutoffs FILE``
 is the other route); two readers without and with the model calling one of the three
-classes; Table 1 (age, sex). The top 5900 px show Table 1, the metrics, the cut-offs
+classes; Table 1 (age, sex). The top 5600 px show Table 1, the metrics, the cut-offs
 with the figures by argmax and by the cut-offs, the readers and the patient-level ROC
 figure (one-vs-rest curves, the readers' points in their class's colour).
 
