@@ -240,12 +240,14 @@ def machine() -> str:
 
 
 # ----------------------------------------------------------------------------- main
-def commands(work: Path, onnx_dir: Path, jobs: int, tta: bool) -> dict[str, list[str]]:
+def commands(
+    work: Path, onnx_dir: Path, jobs: int, tta: bool, device: str = "auto"
+) -> dict[str, list[str]]:
     metcli = str(Path(sys.executable).with_name("metcli"))
     raw = work / "scan" / "rawdata"
     common = ["--overwrite", "--no-progress"]
     seg_onnx = work / "seg-onnx"
-    segment = [metcli, "segment"] + ([] if tta else ["--no-tta"])
+    segment = [metcli, "segment", "--device", device] + ([] if tta else ["--no-tta"])
     return {
         "segment-nnunet": [*segment, str(raw), str(work / "seg-nnunet"), *common],
         "segment-onnx": [
@@ -298,6 +300,9 @@ def main(argv=None) -> int:
         "but the demo model finds livers where there are none there)",
     )
     parser.add_argument("--no-tta", action="store_true", help="segment --no-tta")
+    parser.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="segment --device"
+    )
     parser.add_argument("--lesions", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0, help="first seed tried")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"of {', '.join(STEPS)}")
@@ -360,7 +365,7 @@ def _run(args, steps: list[str], work: Path) -> int:
     log_dir = work / "logs"
     log_dir.mkdir(exist_ok=True)
     results = []
-    every = commands(work, onnx_dir, args.jobs, tta=not args.no_tta)
+    every = commands(work, onnx_dir, args.jobs, tta=not args.no_tta, device=args.device)
     for name in steps:
         result = run_step(name, every[name], log_dir)
         results.append(result)
