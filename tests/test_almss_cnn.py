@@ -293,3 +293,21 @@ def test_explain_writes_one_panel_per_phase(trained, cohort, tmp_path, runner):
     info = read_json(png.with_suffix(".json"))
     assert info["channel"] == ["portal", "native", "arterial", "delayed"]
     assert len(info["heat_map_max_per_channel"]) == 4
+
+
+def test_phase_gradcam_of_a_two_step_model_hooks_step_1():
+    from metcli.cnn.gradcam_phases import PhaseGradCam
+    from metcli.cnn.hierarchy_net import make_network
+    from metcli.io.hierarchy import Hierarchy
+
+    hierarchy = Hierarchy({"hcc": ("hcc",), "metastasis": ("colorectal", "pancreatic")})
+    torch.manual_seed(5)
+    options = {"phases": 2, "liver": False, "covariates": 1}
+    net = make_network(
+        "almss", 3, dims=3, in_channels=2, options=options, hierarchy=hierarchy
+    ).eval()
+    images = np.random.default_rng(3).random((1, 2, 64, 64, 64)).astype(np.float32)
+    cam = PhaseGradCam(net, threads=1, step="step1")
+    maps = cam(images, 1, np.zeros((1, 1), np.float32))
+    assert maps.shape == (1, 2, 64, 64, 64)
+    assert cam.target_layer.startswith("steps.step1.tumour")

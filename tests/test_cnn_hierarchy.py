@@ -146,3 +146,14 @@ def test_a_label_outside_the_hierarchy_is_refused(trained, tmp_path, runner):
         expect=1,
     )  # fmt: skip
     assert "'icc'" in done.output and "no group" in done.output
+
+
+def test_explain_maps_step_1s_features_for_the_chained_class(trained, tmp_path, runner):
+    cohort, out, _ = trained
+    raw, lesions = cohort / "rawdata", cohort / "derivatives/truth-lesions"
+    invoke(runner, ["predict", out / "model", raw, lesions, tmp_path / "x", "--explain",
+                    "--participant-label", "001"])  # fmt: skip
+    png = next((tmp_path / "x").glob("sub-001/anat/*_gradcam.png"))
+    info = read_json(png.with_suffix(".json"))
+    assert info["target_layer"] == "steps.step1.layer4"
+    assert info["class"] in read_json(out / "model" / "model.json")["classes"]

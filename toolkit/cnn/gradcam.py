@@ -106,7 +106,7 @@ class GradCam:
             processes keep cores busy, 1 is much faster than torch's default.
     """
 
-    def __init__(self, net, arch: str, *, threads: int | None = None):
+    def __init__(self, net, arch: str, *, threads: int | None = None, prefix: str = ""):
         import torch
         from monai.visualize import GradCAM
 
@@ -116,7 +116,8 @@ class GradCam:
         self.threads = check_threads(threads) or torch.get_num_threads()
         self.net = net
         self.arch = arch
-        self.target_layer = self.architecture.target_layer
+        # a two-step model (metcli.cnn.hierarchy_net): step 1's layer, "steps.step1."
+        self.target_layer = prefix + self.architecture.target_layer
         self._cam = GradCAM(
             nn_module=net, target_layers=self.target_layer, postprocessing=_identity
         )

@@ -27,17 +27,21 @@ class PhaseGradCam:
     float32 in [0, 1], the phases in channel order (the card's ``input.channels``).
     """
 
-    def __init__(self, net, *, threads: int | None = None):
+    def __init__(self, net, *, threads: int | None = None, step: str | None = None):
         import torch
 
         from metcli.core.threads import check_threads
 
         self.net = net
+        #: the ALMSS network whose tumour branch is hooked: ``net``, or for a two-step
+        #: model (:mod:`metcli.cnn.hierarchy_net`) its step ``step`` (``step1``)
+        self.hooked = net if step is None else net.steps[step]
         self.arch = "almss"
-        self.target_layer = f"tumour.*.{TARGET} (one map per phase)"
+        where = "" if step is None else f"steps.{step}."
+        self.target_layer = f"{where}tumour.*.{TARGET} (one map per phase)"
         self.threads = check_threads(threads) or torch.get_num_threads()
         self._calls: list = []
-        for backbone in net.tumour:
+        for backbone in self.hooked.tumour:
             getattr(backbone, TARGET).register_forward_hook(self._keep)
 
     def _keep(self, module, inputs, output):
@@ -67,7 +71,7 @@ class PhaseGradCam:
                 maps.append(F.interpolate(cam, size=x.shape[2:], mode="trilinear"))
         self._calls = []
         # the calls come in the network's order (its clinical order); back to channel order
-        order = list(self.net.order)
+        order = list(self.hooked.order)
         by_channel = [maps[order.index(c)] for c in range(len(order))]
         stacked = torch.cat(by_channel, dim=1).detach().cpu().numpy().astype(np.float64)
         peak = stacked.reshape(*stacked.shape[:2], -1).max(axis=2)[..., None, None, None]

@@ -458,15 +458,12 @@ def _explainer(model_dir: Path, card: dict, device: str, threads: int | None = N
     from metcli.cnn.gradcam import GradCam, load_network
     from metcli.core.devices import torch_device
 
-    if card.get("hierarchy"):
-        raise UsageError(
-            f"model {card['name']} is a two-step (hierarchical) image model; its heat maps "
-            "are not made by this metcli",
-            fix="predict without --explain",
-        )
     net = load_network(model_dir, card, device=torch_device(device))
+    # a two-step model: the maps of step 1's features, for the chained probability
+    step = "step1" if card.get("hierarchy") else None
     if card.get("network"):  # a multi-branch network: one map per phase
         from metcli.cnn.gradcam_phases import PhaseGradCam
 
-        return PhaseGradCam(net, threads=threads)
-    return GradCam(net, card["architecture"], threads=threads)
+        return PhaseGradCam(net, threads=threads, step=step)
+    prefix = "" if step is None else f"steps.{step}."
+    return GradCam(net, card["architecture"], threads=threads, prefix=prefix)
