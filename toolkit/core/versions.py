@@ -19,7 +19,7 @@ MODEL_LIBRARIES = (
     "onnxruntime",
 )
 #: What an image model card records besides.
-CNN_LIBRARIES = ("torch", "monai", "scikit-image")
+CNN_LIBRARIES = ("torch", "monai", "timm", "scikit-image")
 
 
 def versions(
