@@ -334,7 +334,8 @@ def _train(run: TrainingRun, state_dir: Path, *, resume: bool, progress):
         network=run.network,
         recipe=resolve_recipe(o),  # optimiser, schedule, augmentation, --pretrained
     )
-    announce_total(progress, fit_settings.epochs * (1 + (o.cv_folds or 0)))
+    steps = 1 if run.hierarchy is None else 1 + len(run.hierarchy.split_groups)
+    announce_total(progress, fit_settings.epochs * (1 + (o.cv_folds or 0)) * steps)
     cv = None
     if o.cv_folds is not None:
         cv = choose_epochs(

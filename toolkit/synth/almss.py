@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from metcli.core.errors import UsageError
+from metcli.synth.classes import TabulatedLesions, interleave
 
 #: The contrast phases, in acquisition order, and the reference (truth) phase.
 PHASES = ("native", "arterial", "portal", "delayed")
@@ -154,7 +155,7 @@ def _table(default: Mapping) -> Any:
 
 
 @dataclass(frozen=True)
-class AlmssParams:
+class AlmssParams(TabulatedLesions):
     """Everything that shapes an almss participant but the grids and the random numbers.
 
     Per class (mappings over :data:`ALMSS_CLASSES`): ``lesion_counts`` (mean lesions per
@@ -196,20 +197,9 @@ class AlmssParams:
     #: phase, so the placed lesion's ``hu`` is its own offset (patient + lesion jitter).
     lesion_hu = 0.0
 
-    # --- what lesion placement asks of its parameters
-    def lesion_mean(self, cls: str) -> float:
-        return float(self.lesion_counts[_known(cls)])
-
-    def diameter_mean(self, cls: str) -> float:
-        return float(self.diameters[_known(cls)])
-
-    def hu_shift(self, cls: str) -> float:
-        _known(cls)
-        return 0.0
-
-    def texture_sd(self, cls: str) -> float:
-        _known(cls)
-        return float(self.lesion_texture_sd)
+    # --- what lesion placement asks of its parameters (TabulatedLesions answers it)
+    def known(self, cls: str) -> str:
+        return _known(cls)
 
     def liver_phase_hu(self, phase: str, factor: float, offset: float) -> float:
         """A patient's liver mean in ``phase``: enhancement scaled by ``factor``, + offset."""
@@ -391,28 +381,9 @@ def make_params(null: bool = False, **knobs: Any) -> AlmssParams:
 
 # ============================================================================ class counts
 def class_sequence(counts: Mapping[str, int], total: int | None = None) -> list[str]:
-    """The class of each participant: ``counts`` (class -> participants, or a ratio when
-    ``total`` is given) interleaved so that every prefix keeps the ratio as well as it can.
-
-    Participant k gets the class furthest behind its share ((k + 1) x its fraction minus
-    those it has; ties in the order of :data:`ALMSS_CLASSES`). With ``total``, the first
-    ``total`` of that endless sequence: a larger cohort starts with a smaller one.
-    """
-    weights = {c: int(counts.get(c, 0)) for c in ALMSS_CLASSES}
-    size = sum(weights.values())
-    if size < 1:
-        raise UsageError("the cohort is empty", fix="ask for at least one participant")
-    n = size if total is None else int(total)
-    have = dict.fromkeys(ALMSS_CLASSES, 0)
-    out = []
-    for k in range(n):
-        cls = max(
-            ALMSS_CLASSES,
-            key=lambda c: ((k + 1) * weights[c] / size - have[c], -ALMSS_CLASSES.index(c)),
-        )
-        have[cls] += 1
-        out.append(cls)
-    return out
+    """The class of each participant: ``counts`` (or a ratio, with ``total``) interleaved
+    (:func:`metcli.synth.classes.interleave`; ties in the order of :data:`ALMSS_CLASSES`)."""
+    return interleave(counts, ALMSS_CLASSES, total)
 
 
 def class_counts_of(sequence) -> dict[str, int]:

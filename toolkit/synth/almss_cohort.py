@@ -27,10 +27,10 @@ from metcli.synth.almss import (
     REFERENCE_PHASE,
     AlmssParams,
     class_counts_of,
-    class_sequence,
     make_params,
 )
 from metcli.synth.almss_subjects import AlmssFiles, AlmssWriter
+from metcli.synth.classes import cohort_classes
 from metcli.synth.phases import phase_sizes, sizes_record
 from metcli.synth.subjects import Subject
 from metcli.synth.synth import (
@@ -56,22 +56,9 @@ def almss_classes(
 ) -> list[str]:
     """Each participant's class: the first ``subjects`` of the default ratio
     (:data:`~metcli.synth.almss.CLASS_RATIO`), or ``class_counts`` interleaved."""
-    if subjects is not None and class_counts is not None:
-        raise UsageError(
-            "give either subjects or class counts, not both",
-            fix="--subjects N for the default ratio, or --class-counts hcc=N,icc=M,...",
-        )
-    if class_counts is None:
-        total = DEFAULT_SUBJECTS if subjects is None else subjects
-        if isinstance(total, bool) or not isinstance(total, (int, np.integer)) or total < 1:
-            raise UsageError(f"subjects must be a whole number >= 1, got {total!r}")
-        return class_sequence(CLASS_RATIO, total=int(total))
-    for cls, count in class_counts.items():
-        if cls not in ALMSS_CLASSES:
-            raise UsageError(f"class {cls!r} is not one of {', '.join(ALMSS_CLASSES)}")
-        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
-            raise UsageError(f"the count of {cls} must be a whole number >= 0, got {count!r}")
-    return class_sequence(class_counts)
+    return cohort_classes(
+        subjects, class_counts, order=ALMSS_CLASSES, ratio=CLASS_RATIO, default=DEFAULT_SUBJECTS
+    )
 
 
 def synth_almss_cohort(

@@ -35,6 +35,7 @@ from metcli.synth.anatomy import (
     MUSCLE,
     VISCERAL_FAT,
 )
+from metcli.synth.classes import TabulatedLesions, interleave
 
 SCENARIO = "mri"
 #: The classes, as participants.tsv's ``primary`` writes them.
@@ -142,7 +143,7 @@ def _table(default: Mapping) -> Any:
 
 
 @dataclass(frozen=True)
-class MriParams:
+class MriParams(TabulatedLesions):
     """Everything that shapes an MR participant but the grids and the random numbers.
 
     Per lesion type (:data:`LESION_TYPES`): ``lesion_counts``, ``diameters``, ``looks``,
@@ -193,20 +194,10 @@ class MriParams:
     #: factor (the type's look is applied when the lesion is rendered).
     lesion_hu = 0.0
 
-    # --- what lesion placement asks of its parameters (``cls`` is a lesion type)
-    def lesion_mean(self, cls: str) -> float:
-        return float(self.lesion_counts[known_type(cls)])
-
-    def diameter_mean(self, cls: str) -> float:
-        return float(self.diameters[known_type(cls)])
-
-    def hu_shift(self, cls: str) -> float:
-        known_type(cls)
-        return 0.0
-
-    def texture_sd(self, cls: str) -> float:
-        known_type(cls)
-        return float(self.lesion_texture_sd)
+    # --- what lesion placement asks of its parameters (``cls`` is a lesion type;
+    # TabulatedLesions answers it)
+    def known(self, cls: str) -> str:
+        return known_type(cls)
 
     def null(self) -> "MriParams":
         """The same parameters with every lesion type given the average of all types: one
@@ -393,24 +384,9 @@ def make_mri_params(null: bool = False, **knobs: Any) -> MriParams:
 
 # ============================================================================ participants
 def mr_class_sequence(counts: Mapping[str, int], total: int | None = None) -> list[str]:
-    """The class of each participant: ``counts`` (class -> participants, or a ratio when
-    ``total`` is given) interleaved so that every prefix keeps the ratio as well as it can
-    (participant k gets the class furthest behind its share; ties in the order of
-    :data:`MR_CLASSES`). With ``total``, a larger cohort starts with a smaller one."""
-    weights = {c: int(counts.get(c, 0)) for c in MR_CLASSES}
-    size = sum(weights.values())
-    if size < 1:
-        raise UsageError("the cohort is empty", fix="ask for at least one participant")
-    have = dict.fromkeys(MR_CLASSES, 0)
-    out = []
-    for k in range(size if total is None else int(total)):
-        cls = max(
-            MR_CLASSES,
-            key=lambda c: ((k + 1) * weights[c] / size - have[c], -MR_CLASSES.index(c)),
-        )
-        have[cls] += 1
-        out.append(cls)
-    return out
+    """The class of each participant: ``counts`` (or a ratio, with ``total``) interleaved
+    (:func:`metcli.synth.classes.interleave`; ties in the order of :data:`MR_CLASSES`)."""
+    return interleave(counts, MR_CLASSES, total)
 
 
 def lesion_types(classes: list[str]) -> list[str]:

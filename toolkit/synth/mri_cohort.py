@@ -20,6 +20,7 @@ import numpy as np
 
 from metcli.core.batch import BatchReport, group_level, run_each
 from metcli.core.errors import ParticipantsFailed, UsageError
+from metcli.synth.classes import cohort_classes
 from metcli.synth.mri import (
     B_VALUES,
     DEFAULT_SUBJECTS,
@@ -31,7 +32,6 @@ from metcli.synth.mri import (
     MriParams,
     lesion_types,
     make_mri_params,
-    mr_class_sequence,
 )
 from metcli.synth.mri_phantom import mr_sizes
 from metcli.synth.mri_subjects import MriFiles, MriWriter
@@ -40,6 +40,7 @@ from metcli.synth.synth import (
     DATASET_NAME,
     _prepare,
     _split_truth,
+    _start_datasets,
     _warn_about_strays,
     participant_labels,
 )
@@ -60,31 +61,9 @@ def mri_classes(
 ) -> list[str]:
     """Each participant's class: the first ``subjects`` of the default ratio (1 : 1 : 1),
     or ``class_counts`` interleaved."""
-    if subjects is not None and class_counts is not None:
-        raise UsageError(
-            "give either subjects or class counts, not both",
-            fix="--subjects N for the default ratio, or --class-counts benign=N,hcc=M,...",
-        )
-    if class_counts is None:
-        total = DEFAULT_SUBJECTS if subjects is None else subjects
-        if isinstance(total, bool) or not isinstance(total, (int, np.integer)) or total < 1:
-            raise UsageError(
-                f"subjects must be a whole number >= 1, got {total!r}",
-                fix="ask for at least one participant",
-            )
-        return mr_class_sequence(MR_CLASS_RATIO, total=int(total))
-    for cls, count in class_counts.items():
-        if cls not in MR_CLASSES:
-            raise UsageError(
-                f"class {cls!r} is not one of {', '.join(MR_CLASSES)}",
-                fix="the MR world's classes are benign, hcc and metastasis",
-            )
-        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
-            raise UsageError(
-                f"the count of {cls} must be a whole number >= 0, got {count!r}",
-                fix="give counts such as benign=4,hcc=4,metastasis=4",
-            )
-    return mr_class_sequence(class_counts)
+    return cohort_classes(
+        subjects, class_counts, order=MR_CLASSES, ratio=MR_CLASS_RATIO, default=DEFAULT_SUBJECTS
+    )
 
 
 def synth_mri_cohort(
@@ -131,7 +110,15 @@ def synth_mri_cohort(
     raw_dir, truth_dir = _prepare(out_dir)
     settings = mri_settings(params, size, sizes, classes, seed=int(seed), null=null)
     dicom_dir = out_dir / "sourcedata" / "dicom"
-    steps = _start_datasets(raw_dir, truth_dir, dicom_dir, settings)
+    steps = _start_datasets(
+        raw_dir,
+        truth_dir,
+        dicom_dir,
+        settings,
+        readme=README,
+        dicom={"transfer_syntax": "ExplicitVRLittleEndian", "sop_class": "MR Image Storage"},
+        images="raw",
+    )
     labels = participant_labels(len(classes))
     cohort = [Subject(i, label, cls) for i, (label, cls) in enumerate(zip(labels, classes))]
     types = {s.participant_id: t for s, t in zip(cohort, lesion_types(classes))}
@@ -169,35 +156,6 @@ def mri_settings(
         "reference": REFERENCE,
         "b_values": list(B_VALUES),
         "knobs": params.knobs(),
-    }
-
-
-def _start_datasets(
-    raw_dir: Path, truth_dir: Path, dicom_dir: Path, settings: dict[str, Any]
-) -> dict[str, Any]:
-    """The datasets' descriptions and label table; the provenance step of each output."""
-    from metcli.imaging.labels import write_label_table
-    from metcli.io.provenance import Step, write_dataset_description
-
-    write_dataset_description(
-        raw_dir,
-        name=DATASET_NAME,
-        dataset_type="raw",
-        authors=["metcli synth (synthetic data, no real person)"],
-        readme=README,
-    )
-    write_dataset_description(
-        truth_dir,
-        name="metcli synth: true liver and lesion masks",
-        sources={"raw": raw_dir},
-        description="the masks and lesions metcli synth placed",
-    )
-    write_label_table(truth_dir)
-    dicom = {"transfer_syntax": "ExplicitVRLittleEndian", "sop_class": "MR Image Storage"}
-    return {
-        "raw": Step("synth", raw_dir, {}, settings),
-        "truth": Step("synth", truth_dir, {"raw": raw_dir}, settings),
-        "dicom": Step("synth", dicom_dir, {"raw": raw_dir}, {**settings, "dicom": dicom}),
     }
 
 

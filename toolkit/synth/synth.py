@@ -234,10 +234,29 @@ def _check_counts(n_colorectal, n_pancreatic, seed) -> None:
         raise UsageError(f"seed must be a whole number >= 0, got {seed!r}")
 
 
+#: The raw dataset's README of the 2023 scenario (each world passes its own).
+CT_README = (
+    f"{DATASET_NAME}\n\nSynthetic abdominal CT phantoms with liver metastases, "
+    "written by `metcli synth` (docs/synth.md): no real person's data. The "
+    "settings and seed of each file are in its JSON sidecar."
+)
+#: The DICOM record of the CT worlds' series.
+CT_DICOM = {"transfer_syntax": "ExplicitVRLittleEndian", "rescale_intercept": DICOM_INTERCEPT}
+
+
 def _start_datasets(
-    raw_dir: Path, truth_dir: Path, dicom_dir: Path, settings: dict[str, Any]
+    raw_dir: Path,
+    truth_dir: Path,
+    dicom_dir: Path,
+    settings: dict[str, Any],
+    *,
+    readme: str = CT_README,
+    dicom: dict[str, Any] = CT_DICOM,
+    images: str = "ct",
 ) -> dict[str, Any]:
-    """Write the datasets' descriptions and label table; the provenance step of each output."""
+    """Write the datasets' descriptions and label table; the provenance step of each output
+    (``images``: the name of the raw images' step, ``ct`` or ``raw``; ``dicom``: what the
+    DICOM series' sidecars record)."""
     from metcli.imaging.labels import write_label_table
     from metcli.io.provenance import Step, write_dataset_description
 
@@ -246,9 +265,7 @@ def _start_datasets(
         name=DATASET_NAME,
         dataset_type="raw",
         authors=["metcli synth (synthetic data, no real person)"],
-        readme=f"{DATASET_NAME}\n\nSynthetic abdominal CT phantoms with liver metastases, "
-        "written by `metcli synth` (docs/synth.md): no real person's data. The "
-        "settings and seed of each file are in its JSON sidecar.",
+        readme=readme,
     )
     write_dataset_description(
         truth_dir,
@@ -258,20 +275,9 @@ def _start_datasets(
     )
     write_label_table(truth_dir)
     return {
-        "ct": Step("synth", raw_dir, {}, settings),
+        images: Step("synth", raw_dir, {}, settings),
         "truth": Step("synth", truth_dir, {"raw": raw_dir}, settings),
-        "dicom": Step(
-            "synth",
-            dicom_dir,
-            {"raw": raw_dir},
-            {
-                **settings,
-                "dicom": {
-                    "transfer_syntax": "ExplicitVRLittleEndian",
-                    "rescale_intercept": DICOM_INTERCEPT,
-                },
-            },
-        ),
+        "dicom": Step("synth", dicom_dir, {"raw": raw_dir}, {**settings, "dicom": dict(dicom)}),
     }
 
 
